@@ -1,0 +1,70 @@
+//! `ztun-lab`: command-line access to the namespace lab for scripts.
+//!
+//! Usage: `ztun-lab <command> [options]`; `ztun-lab help` lists the commands. Each command is
+//! one entry in `COMMANDS` and one function, so adding a command touches nothing else.
+
+use std::process::ExitCode;
+
+use anyhow::{bail, Context as _};
+use ztun::testkit::lab::{self, LAB_PREFIX};
+
+/// A subcommand: its name, a one-line usage, and what runs it with the remaining arguments.
+struct Command {
+    name: &'static str,
+    usage: &'static str,
+    run: fn(&[String]) -> anyhow::Result<()>,
+}
+
+const COMMANDS: &[Command] = &[Command {
+    name: "cleanup",
+    usage: "cleanup [--prefix PREFIX]   delete leftover lab namespaces and temp dirs (default prefix ztl-)",
+    run: cleanup,
+}];
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(name) = args.first() else {
+        eprintln!("{}", usage());
+        return ExitCode::from(2);
+    };
+    if matches!(name.as_str(), "help" | "-h" | "--help") {
+        println!("{}", usage());
+        return ExitCode::SUCCESS;
+    }
+    let Some(command) = COMMANDS.iter().find(|c| c.name == name) else {
+        eprintln!("unknown command {name:?}\n{}", usage());
+        return ExitCode::from(2);
+    };
+    match (command.run)(&args[1..]) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ztun-lab {name}: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn usage() -> String {
+    let mut text = String::from("usage: ztun-lab <command>\ncommands:\n");
+    for command in COMMANDS {
+        text.push_str(&format!("  {}\n", command.usage));
+    }
+    text
+}
+
+fn cleanup(args: &[String]) -> anyhow::Result<()> {
+    let mut prefix = LAB_PREFIX.to_string();
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        match arg.as_str() {
+            "--prefix" => prefix = rest.next().context("--prefix needs a value")?.clone(),
+            other => bail!("unexpected argument {other:?}"),
+        }
+    }
+    let removed = lab::cleanup_stale(&prefix)?;
+    for name in &removed {
+        println!("deleted netns {name}");
+    }
+    println!("{} stale lab namespace(s) removed", removed.len());
+    Ok(())
+}

@@ -1,0 +1,405 @@
+//! ztun's static configuration: one immutable, typed tree built once at startup.
+//!
+//! [`Config::from_source`] turns environment variables (the interface Istio's Helm chart and
+//! ztunnel users already rely on) into typed values at the edge; code that reads a `Config` never
+//! re-parses or re-checks a value. Only [`env`](self) reads the environment, through the
+//! [`Source`] trait, so tests build a configuration from a [`MapEnv`] and never mutate the
+//! process environment. Runtime changes (workloads, policies, certificates) arrive through
+//! `state/`, never through `Config`.
+//!
+//! Conventions: durations are [`Duration`] and accept `500ms`, `5s`, `10m`, `24h`, `1h30m`
+//! (a bare integer is seconds); booleans accept `true`/`false`/`1`/`0` in any case; an empty
+//! variable counts as unset, except `XDS_ADDRESS` and `CA_ADDRESS` where empty disables the
+//! client. Unknown variables (including the legacy `INPOD_ENABLED`) are ignored.
+//!
+//! Allowed imports: `identity` (to check that the trust domain can form identities). Nothing
+//! else in the crate; every other module may import `config`.
+
+mod env;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use env::{MapEnv, ProcessEnv, Source};
+
+/// The whole static configuration of a ztun process.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Config {
+    /// `PROXY_MODE`: one proxy per pod on the node (`shared`, the default) or a single proxy for
+    /// one workload (`dedicated`).
+    pub proxy_mode: ProxyMode,
+    /// `PROXY_WORKLOAD_INFO` (`namespace/name/serviceaccount`): the workload a dedicated proxy
+    /// serves. Required in dedicated mode; ignored (always `None`) in shared mode.
+    pub workload_info: Option<WorkloadInfo>,
+    /// ZDS (istio-cni ↔ ztun) settings used in shared mode.
+    pub inpod: InpodConfig,
+    /// `PACKET_MARK`: `SO_MARK` put on every socket ztun creates in a pod, so the pod's capture
+    /// rules skip ztun's own traffic. Default `Some(1337)` (0x539) in shared mode, `None`
+    /// (no mark) in dedicated mode. Never `Some(0)`.
+    pub packet_mark: Option<u32>,
+    /// `NODE_NAME`: the node this ztun runs on; decides which workloads are local. Default unset.
+    pub node_name: Option<String>,
+    /// `ISTIO_META_CLUSTER_ID`, else `CLUSTER_ID`; default `Kubernetes`. Sent to the CA and istiod
+    /// as the `clusterid` header and used in telemetry.
+    pub cluster_id: String,
+    /// `CLUSTER_DOMAIN`: the cluster's DNS suffix; default `cluster.local`.
+    pub cluster_domain: String,
+    /// `TRUST_DOMAIN`: trust domain of ztun's own identity; default `cluster.local`. Always a
+    /// valid SPIFFE trust domain.
+    pub trust_domain: String,
+    /// `NETWORK`: the network this node's workloads are on; default `""` (the default network).
+    pub network: String,
+    /// `LOCAL_XDS_PATH` or `LOCAL_XDS`: a static mesh description in the local YAML format,
+    /// from a file or inline. Setting both is an error. Default unset.
+    pub local_xds: Option<LocalXds>,
+    /// `XDS_ADDRESS`: istiod's xDS endpoint as an `http(s)://host:port` URI; `None` (set to the
+    /// empty string) disables the xDS client. Unset: `https://istiod.istio-system.svc:15012`
+    /// when `KUBERNETES_SERVICE_HOST` is set, else `https://localhost:15012`. A value without a
+    /// scheme gets `https://`.
+    pub xds_address: Option<String>,
+    /// Certificate authority client settings.
+    pub ca: CaConfig,
+    /// Number of data-plane worker threads, at least 1. From `ZTUNNEL_WORKER_THREADS` (`N`,
+    /// `P%` of the CPUs rounded up, or `0` for all CPUs), else derived from the pod's CPU
+    /// resources: `max(limit, request)` when `ZTUNNEL_RESOURCE_CPU_LIMIT` is set, else
+    /// `max(ceil(25% of CPUs), request, 2)`. "CPUs" is `ZTUNNEL_CPU_LIMIT` when set (the chart
+    /// passes the container's CPU limit, or the node's CPU count when there is none), else what
+    /// the OS reports. CPU quantities use Kubernetes syntax (`500m`, `1.5`, `2`), rounded up.
+    /// Each thread costs a stack (2 MiB virtual) and its share of per-thread buffers.
+    pub worker_threads: usize,
+    /// Logging settings.
+    pub log: LogConfig,
+    /// Data-plane (listener, pool, socket, HTTP/2) settings.
+    pub proxy: ProxyConfig,
+    /// Who this ztun process is (downward API values).
+    pub identity: SelfIdentity,
+    /// Admin API listener: `127.0.0.1:15000` (loopback only: it can dump configuration and
+    /// trigger shutdown).
+    pub admin_addr: SocketAddr,
+    /// Prometheus metrics listener: `[::]:15020` (`0.0.0.0:15020` when IPv6 is disabled).
+    pub stats_addr: SocketAddr,
+    /// Readiness probe listener (`/healthz/ready`): `[::]:15021` (`0.0.0.0:15021` when IPv6 is
+    /// disabled).
+    pub readiness_addr: SocketAddr,
+    /// How long a graceful drain may take before remaining connections are closed forcibly.
+    /// `CONNECTION_TERMINATION_DEADLINE` if set; else from `TERMINATION_GRACE_PERIOD_SECONDS`
+    /// = N: N − 5 s when N > 10, else N − 1 s, never below 1 s (leaving Kubernetes' SIGKILL a
+    /// margin); default 5 s.
+    #[serde(serialize_with = "env::serialize_duration")]
+    pub termination_deadline: Duration,
+    /// `XDS_ON_DEMAND`: subscribe to addresses on demand instead of receiving all of them.
+    /// Default false. Cannot be combined with the DNS proxy (see [`ProxyConfig::dns_capture`]).
+    pub xds_on_demand: bool,
+    /// Command-line arguments after the program name (Helm passes `proxy ztunnel`); recorded
+    /// for the config dump only. Filled in by `main`; empty from [`Config::from_source`].
+    pub proxy_args: Vec<String>,
+    /// Every `ISTIO_META_<K>` variable as `<K>` → value (including `CLUSTER_ID` and
+    /// `DNS_CAPTURE`); sent to istiod as node metadata.
+    pub proxy_metadata: BTreeMap<String, String>,
+    /// Every `XDS_HEADER_<name>` variable as lowercased `<name>` → value: extra gRPC metadata
+    /// on the xDS stream. Names are HTTP tokens, values printable ASCII.
+    pub xds_headers: BTreeMap<String, String>,
+    /// Every `CA_HEADER_<name>` variable, as for [`Config::xds_headers`], on CA requests.
+    pub ca_headers: BTreeMap<String, String>,
+    /// `XDS_ROOT_CA`: roots that verify istiod's xDS certificate. Default the file
+    /// `./var/run/secrets/istio/root-cert.pem`.
+    pub xds_root_ca: RootCert,
+    /// `CA_ROOT_CA`: roots that verify the CA's certificate; same forms and default as
+    /// [`Config::xds_root_ca`].
+    pub ca_root_ca: RootCert,
+    /// `ALT_XDS_HOSTNAME`: a name accepted in istiod's certificate in addition to the URI host.
+    pub alt_xds_hostname: Option<String>,
+    /// `ALT_CA_HOSTNAME`: a name accepted in the CA's certificate in addition to the URI host.
+    pub alt_ca_hostname: Option<String>,
+    /// `AUTH_TOKEN`: the bearer token presented to istiod and the CA. Never printed.
+    pub auth_token: AuthToken,
+}
+
+impl Config {
+    /// Builds the configuration from `source`, taking the CPU count from the OS.
+    ///
+    /// Fails on the first variable whose value is not one of its accepted forms, on
+    /// contradictory settings, and when dedicated mode lacks `PROXY_WORKLOAD_INFO`.
+    pub fn from_source(source: &dyn Source) -> Result<Config, ConfigError> {
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        Self::from_source_with_cpus(source, cpus)
+    }
+
+    /// As [`Config::from_source`], with the CPU count the OS would report given explicitly
+    /// (it only affects [`Config::worker_threads`]), so the result is deterministic.
+    pub fn from_source_with_cpus(
+        source: &dyn Source,
+        available_cpus: usize,
+    ) -> Result<Config, ConfigError> {
+        env::build(source, available_cpus)
+    }
+
+    /// Ports that a connection must never be proxied to on a local address, because they are
+    /// ztun's own: outbound, inbound plaintext, HBONE, DNS, admin, stats and readiness. Proxying
+    /// to them would loop or expose ztun's internals.
+    pub fn illegal_ports(&self) -> [u16; 7] {
+        [
+            self.proxy.outbound_port,
+            self.proxy.inbound_plaintext_port,
+            self.proxy.inbound_hbone_port,
+            self.proxy.dns_port,
+            self.admin_addr.port(),
+            self.stats_addr.port(),
+            self.readiness_addr.port(),
+        ]
+    }
+}
+
+/// Whether ztun serves every pod on its node or a single workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub enum ProxyMode {
+    /// One ztun per node; pods' network namespaces arrive over ZDS and each gets its own proxy.
+    #[default]
+    Shared,
+    /// One proxy for the workload named by `PROXY_WORKLOAD_INFO`, in ztun's own namespace.
+    Dedicated,
+}
+
+/// The workload a dedicated proxy serves. All three parts are non-empty and free of `/`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadInfo {
+    /// Kubernetes namespace.
+    pub namespace: String,
+    /// Pod name.
+    pub name: String,
+    /// Kubernetes service account.
+    pub service_account: String,
+}
+
+/// Settings of the ZDS connection to istio-cni (shared mode).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InpodConfig {
+    /// `INPOD_UDS`: the ZDS unix socket istio-cni listens on; default
+    /// `/var/run/ztunnel/ztunnel.sock`.
+    pub uds: PathBuf,
+    /// `INPOD_PORT_REUSE`: create pod listeners with `SO_REUSEPORT`, so an old and a new ztun
+    /// can both hold a pod's ports during a rolling upgrade. Default true.
+    pub port_reuse: bool,
+}
+
+/// Where the static local mesh description comes from.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub enum LocalXds {
+    /// `LOCAL_XDS_PATH`: a YAML file, read at startup.
+    Path(PathBuf),
+    /// `LOCAL_XDS`: the YAML text itself.
+    Inline(String),
+}
+
+/// Certificate authority client settings.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CaConfig {
+    /// `CA_ADDRESS`: the CA endpoint, with the same defaulting, `https://` completion and
+    /// empty-disables rule as [`Config::xds_address`]. Always `None` when `fake_ca` is set.
+    pub address: Option<String>,
+    /// `FAKE_CA`: issue certificates from a built-in throwaway CA (testing only). Default false.
+    pub fake_ca: bool,
+    /// `LOCAL_CA_DIR`: a directory holding a CA certificate and key to issue workload
+    /// certificates locally instead of asking a remote CA. Default unset.
+    pub local_ca_dir: Option<PathBuf>,
+    /// `SECRET_TTL`: requested certificate lifetime; default 24 h, never zero.
+    #[serde(serialize_with = "env::serialize_duration")]
+    pub secret_ttl: Duration,
+}
+
+/// Logging settings.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LogConfig {
+    /// `RUST_LOG`: `tracing` filter directives; default `info`.
+    pub filter: String,
+    /// `LOG_FORMAT`: `json` for one JSON object per line, `plain` (default) for text.
+    pub json: bool,
+}
+
+/// Data-plane settings shared by every per-pod proxy.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyConfig {
+    /// Outbound capture listener port: 15001.
+    pub outbound_port: u16,
+    /// Inbound plaintext capture listener port: 15006.
+    pub inbound_plaintext_port: u16,
+    /// Inbound HBONE (mTLS) listener port: 15008.
+    pub inbound_hbone_port: u16,
+    /// DNS proxy port (TCP and UDP, loopback): 15053.
+    pub dns_port: u16,
+    /// `IPV6_ENABLED`: bind dual-stack `[::]` listeners and answer AAAA; false binds IPv4 only.
+    /// Default true.
+    pub ipv6_enabled: bool,
+    /// `ENABLE_ORIG_SRC`: force (`Some(true)`) or forbid (`Some(false)`) source-IP spoofing
+    /// toward applications; `None` (default) uses it when the kernel allows.
+    pub enable_orig_src: Option<bool>,
+    /// `POOL_MAX_STREAMS_PER_CONNECTION`: CONNECT streams an HBONE pool connection carries before
+    /// the pool opens another; default 100, at least 1.
+    pub pool_max_streams_per_connection: u32,
+    /// `POOL_UNUSED_RELEASE_TIMEOUT`: an HBONE pool connection idle this long is closed;
+    /// default 5 min.
+    #[serde(serialize_with = "env::serialize_duration")]
+    pub pool_unused_release_timeout: Duration,
+    /// `HTTP2_STREAM_WINDOW_SIZE`: HTTP/2 per-stream receive window in bytes; default 4 MiB,
+    /// 1..=2³¹−1. Bounds memory buffered per tunnel.
+    pub http2_stream_window: u32,
+    /// `HTTP2_CONNECTION_WINDOW_SIZE`: HTTP/2 per-connection receive window in bytes; default
+    /// 16 MiB, 1..=2³¹−1. Larger than the stream window so one stalled stream cannot starve
+    /// the others; bounds memory buffered per HBONE connection.
+    pub http2_connection_window: u32,
+    /// `HTTP2_FRAME_SIZE`: largest HTTP/2 frame payload accepted, in bytes; default 1 MiB,
+    /// within HTTP/2's 16 KiB..=16 MiB−1.
+    pub http2_frame_size: u32,
+    /// Timeout for a TCP connect to an upstream or peer: 10 s (not configurable).
+    #[serde(serialize_with = "env::serialize_duration")]
+    pub connect_timeout: Duration,
+    /// `ZTUN_HANDSHAKE_TIMEOUT`: timeout for a TLS handshake with a peer; default 10 s, never
+    /// zero.
+    #[serde(serialize_with = "env::serialize_duration")]
+    pub handshake_timeout: Duration,
+    /// TCP keepalive on upstream and accepted sockets.
+    pub keepalive: Keepalive,
+    /// `ENABLE_RESPONSE_BAGGAGE`: send and parse `baggage` on HBONE requests and responses for
+    /// telemetry. Default true.
+    pub enable_response_baggage: bool,
+    /// `ISTIO_META_DNS_CAPTURE`: run the DNS proxy. On when unset or `true` (any case), off for
+    /// any other value.
+    pub dns_capture: bool,
+    /// `LOCALHOST_APP_TUNNEL`: deliver PROXY-protocol application tunnels over loopback
+    /// (`127.0.0.1:<port>`) rather than to the pod IP. Default true.
+    pub localhost_app_tunnel: bool,
+}
+
+/// TCP keepalive settings (`SO_KEEPALIVE`, `TCP_KEEPIDLE`, `TCP_KEEPINTVL`, `TCP_KEEPCNT`,
+/// `TCP_USER_TIMEOUT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Keepalive {
+    /// `KEEPALIVE_ENABLED`: turn keepalive on; default true.
+    pub enabled: bool,
+    /// `KEEPALIVE_TIME`: idle time before the first probe; default 180 s, at least 1 s.
+    #[serde(serialize_with = "env::serialize_duration")]
+    pub time: Duration,
+    /// `KEEPALIVE_INTERVAL`: time between probes; default 180 s, at least 1 s.
+    #[serde(serialize_with = "env::serialize_duration")]
+    pub interval: Duration,
+    /// `KEEPALIVE_RETRIES`: unanswered probes before the connection is dropped; default 9.
+    pub retries: u32,
+    /// `USER_TIMEOUT_ENABLED`: also set `TCP_USER_TIMEOUT` to time + retries × interval;
+    /// default false.
+    pub user_timeout_enabled: bool,
+}
+
+/// Who this ztun process is, from the Kubernetes downward API.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SelfIdentity {
+    /// `POD_NAME`: ztun's pod name; default `""`.
+    pub pod_name: String,
+    /// `POD_NAMESPACE`: ztun's namespace; default `""`.
+    pub pod_namespace: String,
+    /// `SERVICE_ACCOUNT`: ztun's service account; default unset. With the pod name and
+    /// namespace it gives ztun an identity of its own.
+    pub service_account: Option<String>,
+    /// `INSTANCE_IP`: ztun's pod IP, used in the xDS node id; default `1.1.1.1`.
+    pub instance_ip: IpAddr,
+}
+
+/// Trust roots for verifying a control-plane server's certificate.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub enum RootCert {
+    /// PEM bundle in a file, re-read when the connection is re-established.
+    File(PathBuf),
+    /// The operating system's trust store (`SYSTEM`).
+    System,
+    /// PEM text given inline (a value containing `-----BEGIN`).
+    Static(String),
+}
+
+/// The bearer token presented to istiod and the CA.
+///
+/// `Debug` and `Serialize` never reveal a static token's value.
+#[derive(Clone, PartialEq, Eq)]
+pub enum AuthToken {
+    /// A token file, re-read on every use (projected tokens rotate).
+    File(PathBuf),
+    /// A literal token (`AUTH_TOKEN` naming no existing file).
+    Static(String),
+    /// No token: `AUTH_TOKEN` unset and the default token file absent.
+    None,
+}
+
+impl fmt::Debug for AuthToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AuthToken::File(path) => f.debug_tuple("File").field(path).finish(),
+            AuthToken::Static(_) => f.write_str("Static(<redacted>)"),
+            AuthToken::None => f.write_str("None"),
+        }
+    }
+}
+
+impl serde::Serialize for AuthToken {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            AuthToken::File(path) => {
+                serializer.serialize_newtype_variant("AuthToken", 0, "File", path)
+            }
+            AuthToken::Static(_) => {
+                serializer.serialize_newtype_variant("AuthToken", 1, "Static", "<redacted>")
+            }
+            AuthToken::None => serializer.serialize_unit_variant("AuthToken", 2, "None"),
+        }
+    }
+}
+
+/// Why the environment does not describe a valid configuration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// A variable's value is not one of its accepted forms.
+    #[error("{var}={value:?}: expected {expected}")]
+    Invalid {
+        /// The variable.
+        var: String,
+        /// Its value as found.
+        value: String,
+        /// The accepted forms.
+        expected: &'static str,
+    },
+    /// A variable's name (of a prefixed family such as `XDS_HEADER_<name>`) is not acceptable.
+    #[error("variable name {var}: expected {expected}")]
+    InvalidName {
+        /// The variable.
+        var: String,
+        /// What the name must look like.
+        expected: &'static str,
+    },
+    /// A variable required by another setting is unset.
+    #[error("{var} must be set when {because}")]
+    Missing {
+        /// The missing variable.
+        var: &'static str,
+        /// The setting that requires it.
+        because: &'static str,
+    },
+    /// Two settings that exclude each other are both in effect.
+    #[error("{first} conflicts with {second}")]
+    Conflict {
+        /// The first setting.
+        first: &'static str,
+        /// The setting it excludes.
+        second: &'static str,
+    },
+}

@@ -1,0 +1,1134 @@
+//! The local xDS file: a static mesh description in ztunnel's YAML format (`LOCAL_XDS_PATH` /
+//! `LOCAL_XDS`), converted into [`state::model`](crate::state::model) values.
+//!
+//! The format is ztunnel's, key for key: a map with optional `workloads`, `services` and
+//! `policies` lists, camelCase keys, unknown keys rejected. Parsing happens in two steps: serde
+//! reads the text into private structs that mirror the format (syntax, unknown keys, wrong
+//! types and out-of-range numbers are reported with their YAML line and column), then each
+//! entry is converted into the model, where semantic problems are reported with the entry and
+//! field (`workloads[2] (uid "x"): workloadIps[0] "10.0.0.300" is not an IP address`).
+//!
+//! Policies are converted strictly: an unparsable CIDR, a string match without a variant, a
+//! prefix longer than the address, or a match object without conditions rejects the whole
+//! file. ztunnel drops such entries silently, which can turn "match these" into "match
+//! everything"; ztun never widens a policy.
+//!
+//! Allowed imports: `config` (for [`LocalXds`]), `state::model`.
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::config::LocalXds;
+use crate::state::model::{
+    AppTunnelProtocol, ApplicationTunnel, CidrVip, GatewayAddress, GatewayDestination,
+    HealthPolicy, HealthStatus, IpFamilies, IpNet, LoadBalancer, LoadBalancerMode,
+    LoadBalancerScope, Locality, NamespacedHostname, NetworkAddress, NetworkMode, Policy,
+    PolicyAction, PolicyMatch, PolicyScope, PortMap, Service, ServiceAccountMatch, StringMatch,
+    Strng, TunnelProtocol, Visibility, WeightedWaypoint, Workload,
+};
+
+/// Trust domain of a workload that does not name one.
+const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
+/// Service account of a workload that does not name one.
+const DEFAULT_SERVICE_ACCOUNT: &str = "default";
+/// Cluster of a workload that does not name one.
+const DEFAULT_CLUSTER_ID: &str = "Kubernetes";
+/// HBONE port of a gateway that does not name one.
+const DEFAULT_HBONE_PORT: u16 = 15008;
+
+/// Everything a local file defines. Loading one replaces all mesh state.
+///
+/// Every workload has a unique non-empty `uid`, a non-empty namespace, trust domain, service
+/// account and cluster id, and a capacity of at least 1. Service keys (`namespace/hostname`)
+/// and policy keys (`namespace/name`) are unique. Every IP prefix is normalised to its first
+/// address.
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize)]
+pub struct LocalConfig {
+    /// Workloads, in file order, with service memberships from both their own `services`
+    /// map and the services' `endpoints`.
+    pub workloads: Vec<Workload>,
+    /// Services, in file order.
+    pub services: Vec<Service>,
+    /// Authorization policies, in file order.
+    pub policies: Vec<Policy>,
+}
+
+/// Parses a local config document. An empty document is an empty config.
+pub fn parse(yaml: &str) -> Result<LocalConfig, LocalConfigError> {
+    // An empty document (or one holding only comments) deserializes as `None`.
+    let doc: Option<YamlConfig> = serde_yaml_ng::from_str(yaml)?;
+    convert(doc.unwrap_or_default())
+}
+
+/// Reads and parses the local config file at `path`.
+pub fn load(path: &Path) -> Result<LocalConfig, LocalConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LocalConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse(&text)
+}
+
+/// Loads the local config from wherever the configuration says it is.
+pub fn from_source(source: &LocalXds) -> Result<LocalConfig, LocalConfigError> {
+    match source {
+        LocalXds::Path(path) => load(path),
+        LocalXds::Inline(yaml) => parse(yaml),
+    }
+}
+
+/// Why a local config cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalConfigError {
+    /// The file could not be read.
+    #[error("cannot read local config {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The text is not YAML of the expected shape: a syntax error, an unknown key, a value of
+    /// the wrong type or a number out of range. The message names the path and line/column.
+    #[error("local config: {0}")]
+    Yaml(#[from] serde_yaml_ng::Error),
+    /// An entry has the expected shape but a value that does not make sense.
+    #[error("local config: {entry}: {field} {problem}")]
+    Invalid {
+        /// The entry, e.g. `workloads[2] (uid "x")`.
+        entry: String,
+        /// The field within the entry, e.g. `workloadIps[0]`.
+        field: String,
+        /// What is wrong.
+        problem: Problem,
+    },
+}
+
+impl LocalConfigError {
+    /// The 1-based line and column of a YAML error, when the parser knows them.
+    pub fn location(&self) -> Option<(usize, usize)> {
+        match self {
+            LocalConfigError::Yaml(err) => err.location().map(|at| (at.line(), at.column())),
+            LocalConfigError::Read { .. } | LocalConfigError::Invalid { .. } => None,
+        }
+    }
+}
+
+/// What is wrong with a field of an entry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Problem {
+    /// A value that must be present is empty.
+    #[error("must not be empty")]
+    Empty,
+    /// The value is not an IP address.
+    #[error("{0:?} is not an IP address")]
+    NotAnIp(String),
+    /// The value is not `<network>/<IP>`.
+    #[error("{0:?} is not <network>/<IP>")]
+    NotANetworkAddress(String),
+    /// The value is not `<namespace>/<name>`.
+    #[error("{0:?} is not <namespace>/<name>")]
+    NotANamespacedName(String),
+    /// The value is neither form of gateway destination.
+    #[error("{0:?} is neither <network>/<IP> nor <namespace>/<hostname>")]
+    NotAGatewayDestination(String),
+    /// The value is not an IP prefix.
+    #[error("{0:?} is not a CIDR (<IP>/<prefix length>)")]
+    NotACidr(String),
+    /// The prefix length exceeds the address's bits.
+    #[error("{value:?} has a prefix length above {max}")]
+    PrefixTooLong {
+        /// The CIDR as written.
+        value: String,
+        /// The address family's bit count.
+        max: u8,
+    },
+    /// Zero where at least one is required.
+    #[error("must be at least 1")]
+    Zero,
+    /// A policy match with no conditions, which would match every connection.
+    #[error("has no conditions; it would match every connection")]
+    EmptyMatch,
+    /// The key is already used by an earlier entry of the same list.
+    #[error("{0:?} is already used by an earlier entry")]
+    Duplicate(String),
+    /// A service endpoint names a workload uid the file does not define.
+    #[error("{0:?} names no workload in this file")]
+    UnknownWorkload(String),
+    /// A service endpoint gives a workload a port map different from the workload's own.
+    #[error("gives workload {0:?} ports that differ from its own services entry")]
+    ConflictingPorts(String),
+}
+
+fn convert(doc: YamlConfig) -> Result<LocalConfig, LocalConfigError> {
+    let mut workloads = Vec::with_capacity(doc.workloads.len());
+    let mut uids = HashSet::new();
+    for (index, yaml) in doc.workloads.into_iter().enumerate() {
+        let workload = workload(index, yaml)?;
+        if !uids.insert(workload.uid.clone()) {
+            let at = At(format!("workloads[{index}] (uid {:?})", workload.uid));
+            return Err(at.err("uid", Problem::Duplicate(workload.uid.to_string())));
+        }
+        workloads.push(workload);
+    }
+
+    let mut services = Vec::with_capacity(doc.services.len());
+    let mut keys = HashSet::new();
+    for (index, mut yaml) in doc.services.into_iter().enumerate() {
+        let at = At(format!(
+            "services[{index}] ({}/{})",
+            yaml.namespace, yaml.hostname
+        ));
+        let endpoints = std::mem::take(&mut yaml.endpoints);
+        let service = service(&at, yaml)?;
+        if !keys.insert(service.key()) {
+            return Err(at.err("hostname", Problem::Duplicate(service.key())));
+        }
+        attach_endpoints(&at, &service, endpoints, &mut workloads)?;
+        services.push(service);
+    }
+
+    let mut policies = Vec::with_capacity(doc.policies.len());
+    let mut keys = HashSet::new();
+    for (index, yaml) in doc.policies.into_iter().enumerate() {
+        let at = At(format!(
+            "policies[{index}] ({}/{})",
+            yaml.namespace, yaml.name
+        ));
+        let policy = policy(&at, yaml)?;
+        if !keys.insert(policy.key()) {
+            return Err(at.err("name", Problem::Duplicate(policy.key())));
+        }
+        policies.push(policy);
+    }
+
+    Ok(LocalConfig {
+        workloads,
+        services,
+        policies,
+    })
+}
+
+/// Converts one workload.
+///
+/// Deliberate difference from ztunnel: an empty `trustDomain`, `serviceAccount` or `clusterId`
+/// defaults to `cluster.local`, `default` and `Kubernetes` (as for xDS workloads), where
+/// ztunnel's YAML path keeps them empty. An empty trust domain cannot form a valid SPIFFE
+/// identity, so such a workload could never be reached over HBONE.
+fn workload(index: usize, w: YamlWorkload) -> Result<Workload, LocalConfigError> {
+    let cluster_id = or_default(w.cluster_id, DEFAULT_CLUSTER_ID);
+    if w.namespace.is_empty() {
+        return Err(At(format!("workloads[{index}]")).err("namespace", Problem::Empty));
+    }
+    let uid = match (w.uid.is_empty(), w.name.is_empty()) {
+        (false, _) => w.uid,
+        (true, false) => format!("{cluster_id}//Pod/{}/{}", w.namespace, w.name),
+        // Without a uid or a name to derive one from, the entry cannot be told apart.
+        (true, true) => return Err(At(format!("workloads[{index}]")).err("name", Problem::Empty)),
+    };
+    let at = At(format!("workloads[{index}] (uid {uid:?})"));
+    let workload_ips = w
+        .workload_ips
+        .iter()
+        .enumerate()
+        .map(|(i, ip)| {
+            parse_ip(ip)
+                .ok_or_else(|| at.err(format!("workloadIps[{i}]"), Problem::NotAnIp(ip.clone())))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut services = BTreeMap::new();
+    for (key, ports) in w.services {
+        if split_namespaced(&key).is_none() {
+            return Err(at.err(
+                format!("services[{key:?}]"),
+                Problem::NotANamespacedName(key),
+            ));
+        }
+        services.insert(Strng::from(key), ports);
+    }
+    for (i, policy) in w.authorization_policies.iter().enumerate() {
+        if split_namespaced(policy).is_none() {
+            let problem = Problem::NotANamespacedName(policy.clone());
+            return Err(at.err(format!("authorizationPolicies[{i}]"), problem));
+        }
+    }
+    if w.capacity == 0 {
+        return Err(at.err("capacity", Problem::Zero));
+    }
+    Ok(Workload {
+        uid: uid.into(),
+        name: w.name.into(),
+        namespace: w.namespace.into(),
+        workload_ips,
+        hostname: w.hostname.into(),
+        network: w.network.into(),
+        protocol: w.protocol.into(),
+        trust_domain: or_default(w.trust_domain, DEFAULT_TRUST_DOMAIN).into(),
+        service_account: or_default(w.service_account, DEFAULT_SERVICE_ACCOUNT).into(),
+        waypoint: w
+            .waypoint
+            .map(|g| gateway(&at, "waypoint", g))
+            .transpose()?,
+        network_gateway: w
+            .network_gateway
+            .map(|g| gateway(&at, "networkGateway", g))
+            .transpose()?,
+        node: w.node.into(),
+        canonical_name: w.canonical_name.into(),
+        canonical_revision: w.canonical_revision.into(),
+        workload_type: w.workload_type.to_ascii_lowercase().into(),
+        workload_name: w.workload_name.into(),
+        native_tunnel: w.native_tunnel,
+        application_tunnel: w.application_tunnel.map(|t| ApplicationTunnel {
+            protocol: t.protocol.into(),
+            // Port 0 means "the target port", as in the xDS resource.
+            port: t.port.filter(|port| *port != 0),
+        }),
+        services,
+        authorization_policies: w
+            .authorization_policies
+            .into_iter()
+            .map(Strng::from)
+            .collect(),
+        status: w.status.into(),
+        cluster_id: cluster_id.into(),
+        locality: Locality {
+            region: w.locality.region.into(),
+            zone: w.locality.zone.into(),
+            subzone: w.locality.subzone.into(),
+        },
+        network_mode: w.network_mode.into(),
+        capacity: w.capacity,
+    })
+}
+
+fn service(at: &At, s: YamlService) -> Result<Service, LocalConfigError> {
+    if s.namespace.is_empty() {
+        return Err(at.err("namespace", Problem::Empty));
+    }
+    if s.hostname.is_empty() {
+        return Err(at.err("hostname", Problem::Empty));
+    }
+    let vips = s
+        .vips
+        .iter()
+        .enumerate()
+        .map(|(i, vip)| {
+            parse_network_address(vip).ok_or_else(|| {
+                at.err(
+                    format!("vips[{i}]"),
+                    Problem::NotANetworkAddress(vip.clone()),
+                )
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let cidr_vips = s
+        .cidr_vips
+        .into_iter()
+        .enumerate()
+        .map(|(i, vip)| {
+            let net = parse_cidr(&vip.cidr)
+                .map_err(|problem| at.err(format!("cidrVips[{i}].cidr"), problem))?;
+            Ok(CidrVip {
+                network: vip.network.into(),
+                address: net.address,
+                prefix_len: net.prefix_len,
+            })
+        })
+        .collect::<Result<Vec<_>, LocalConfigError>>()?;
+    let weighted_waypoints = s
+        .weighted_waypoints
+        .into_iter()
+        .enumerate()
+        .map(|(i, w)| {
+            let destination = gateway(
+                at,
+                &format!("weightedWaypoints[{i}].destination"),
+                w.destination,
+            )?;
+            Ok(WeightedWaypoint {
+                destination,
+                weight: w.weight,
+            })
+        })
+        .collect::<Result<Vec<_>, LocalConfigError>>()?;
+    Ok(Service {
+        name: s.name.into(),
+        namespace: s.namespace.into(),
+        hostname: s.hostname.into(),
+        vips,
+        cidr_vips,
+        ports: s.ports,
+        subject_alt_names: s.subject_alt_names.into_iter().map(Strng::from).collect(),
+        waypoint: s.waypoint.map(|g| gateway(at, "waypoint", g)).transpose()?,
+        weighted_waypoints,
+        load_balancer: s.load_balancer.map(|lb| LoadBalancer {
+            routing_preferences: lb.routing_preferences.into_iter().map(Into::into).collect(),
+            mode: lb.mode.into(),
+            health_policy: lb.health_policy.into(),
+        }),
+        ip_families: s.ip_families.map_or(IpFamilies::Automatic, Into::into),
+        canonical: s.canonical,
+        visibility: s.visibility.into(),
+    })
+}
+
+/// Adds a service's explicitly listed endpoints to the workloads' memberships. The map key is
+/// informational; `workloadUid` decides. An endpoint's `status` is accepted but the
+/// workload's own `status` governs.
+fn attach_endpoints(
+    at: &At,
+    service: &Service,
+    endpoints: BTreeMap<String, YamlEndpoint>,
+    workloads: &mut [Workload],
+) -> Result<(), LocalConfigError> {
+    let key = Strng::from(service.key());
+    for (name, endpoint) in endpoints {
+        let field = format!("endpoints[{name:?}].workloadUid");
+        let uid = endpoint.workload_uid;
+        let Some(workload) = workloads.iter_mut().find(|w| *w.uid == *uid) else {
+            return Err(at.err(field, Problem::UnknownWorkload(uid)));
+        };
+        match workload.services.get(&key) {
+            Some(existing) if *existing != endpoint.port => {
+                return Err(at.err(field, Problem::ConflictingPorts(uid)));
+            }
+            Some(_) => {}
+            None => {
+                workload.services.insert(key.clone(), endpoint.port);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn policy(at: &At, p: YamlPolicy) -> Result<Policy, LocalConfigError> {
+    if p.name.is_empty() {
+        return Err(at.err("name", Problem::Empty));
+    }
+    if p.namespace.is_empty() {
+        return Err(at.err("namespace", Problem::Empty));
+    }
+    let mut rules = Vec::with_capacity(p.rules.len());
+    for (r, rule) in p.rules.into_iter().enumerate() {
+        let mut clauses = Vec::with_capacity(rule.len());
+        for (c, clause) in rule.into_iter().enumerate() {
+            let matches = clause
+                .into_iter()
+                .enumerate()
+                .map(|(m, yaml)| policy_match(at, &format!("rules[{r}][{c}][{m}]"), yaml))
+                .collect::<Result<Vec<_>, _>>()?;
+            clauses.push(matches);
+        }
+        rules.push(clauses);
+    }
+    Ok(Policy {
+        name: p.name.into(),
+        namespace: p.namespace.into(),
+        scope: p.scope.into(),
+        action: p.action.into(),
+        rules,
+        dry_run: p.dry_run,
+    })
+}
+
+fn policy_match(at: &At, field: &str, m: YamlMatch) -> Result<PolicyMatch, LocalConfigError> {
+    let ips = |name: &str, list: Vec<String>| {
+        list.iter()
+            .enumerate()
+            .map(|(i, cidr)| {
+                parse_cidr(cidr).map_err(|problem| at.err(format!("{field}.{name}[{i}]"), problem))
+            })
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let accounts = |name: &str, list: Vec<YamlServiceAccount>| {
+        list.into_iter()
+            .enumerate()
+            .map(|(i, sa)| {
+                if sa.namespace.is_empty() {
+                    return Err(at.err(format!("{field}.{name}[{i}].namespace"), Problem::Empty));
+                }
+                if sa.service_account.is_empty() {
+                    return Err(at.err(
+                        format!("{field}.{name}[{i}].serviceAccount"),
+                        Problem::Empty,
+                    ));
+                }
+                Ok(ServiceAccountMatch {
+                    namespace: sa.namespace.into(),
+                    service_account: sa.service_account.into(),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let strings =
+        |list: Vec<YamlStringMatch>| list.into_iter().map(StringMatch::from).collect::<Vec<_>>();
+    let converted = PolicyMatch {
+        namespaces: strings(m.namespaces),
+        not_namespaces: strings(m.not_namespaces),
+        principals: strings(m.principals),
+        not_principals: strings(m.not_principals),
+        service_accounts: accounts("serviceAccounts", m.service_accounts)?,
+        not_service_accounts: accounts("notServiceAccounts", m.not_service_accounts)?,
+        source_ips: ips("sourceIps", m.source_ips)?,
+        not_source_ips: ips("notSourceIps", m.not_source_ips)?,
+        destination_ips: ips("destinationIps", m.destination_ips)?,
+        not_destination_ips: ips("notDestinationIps", m.not_destination_ips)?,
+        destination_ports: m.destination_ports,
+        not_destination_ports: m.not_destination_ports,
+    };
+    if converted == PolicyMatch::default() {
+        return Err(at.err(field, Problem::EmptyMatch));
+    }
+    Ok(converted)
+}
+
+fn gateway(at: &At, field: &str, g: YamlGateway) -> Result<GatewayAddress, LocalConfigError> {
+    let destination = match parse_network_address(&g.destination) {
+        Some(address) => GatewayDestination::Address(address),
+        None => match split_namespaced(&g.destination) {
+            Some((namespace, hostname)) => GatewayDestination::Hostname(NamespacedHostname {
+                namespace: namespace.into(),
+                hostname: hostname.into(),
+            }),
+            None => {
+                let problem = Problem::NotAGatewayDestination(g.destination);
+                return Err(at.err(format!("{field}.destination"), problem));
+            }
+        },
+    };
+    Ok(GatewayAddress {
+        destination,
+        hbone_mtls_port: g.hbone_mtls_port,
+    })
+}
+
+/// Where a semantic error is: the entry's description.
+struct At(String);
+
+impl At {
+    fn err(&self, field: impl Into<String>, problem: Problem) -> LocalConfigError {
+        LocalConfigError::Invalid {
+            entry: self.0.clone(),
+            field: field.into(),
+            problem,
+        }
+    }
+}
+
+fn or_default(value: String, default: &str) -> String {
+    match value.is_empty() {
+        true => default.to_owned(),
+        false => value,
+    }
+}
+
+/// An IP address; IPv4-mapped IPv6 addresses become IPv4, as the data plane sees peers.
+fn parse_ip(text: &str) -> Option<IpAddr> {
+    text.parse::<IpAddr>().ok().map(|ip| ip.to_canonical())
+}
+
+/// `<network>/<IP>`; the network may be empty.
+fn parse_network_address(text: &str) -> Option<NetworkAddress> {
+    let (network, ip) = text.split_once('/')?;
+    Some(NetworkAddress {
+        network: network.into(),
+        address: parse_ip(ip)?,
+    })
+}
+
+/// `<namespace>/<name>` with both parts non-empty and no further `/`.
+fn split_namespaced(text: &str) -> Option<(&str, &str)> {
+    let (namespace, name) = text.split_once('/')?;
+    (!namespace.is_empty() && !name.is_empty() && !name.contains('/')).then_some((namespace, name))
+}
+
+/// `<IP>/<prefix length>` or a bare IP (a single address), normalised to the first address.
+/// IPv4-mapped IPv6 prefixes of /96 or longer become IPv4 prefixes, so they match the IPv4
+/// peers the data plane sees (otherwise a `not` list holding one would never match).
+fn parse_cidr(text: &str) -> Result<IpNet, Problem> {
+    let not_a_cidr = || Problem::NotACidr(text.to_owned());
+    let (ip, len) = match text.split_once('/') {
+        Some((ip, len)) => (ip, Some(len)),
+        None => (text, None),
+    };
+    let address: IpAddr = ip.parse().map_err(|_| not_a_cidr())?;
+    let max: u8 = if address.is_ipv4() { 32 } else { 128 };
+    let prefix_len = match len {
+        None => max,
+        Some(len) if !len.is_empty() && len.bytes().all(|b| b.is_ascii_digit()) => len
+            .parse::<u8>()
+            .ok()
+            .filter(|n| *n <= max)
+            .ok_or(Problem::PrefixTooLong {
+                value: text.to_owned(),
+                max,
+            })?,
+        Some(_) => return Err(not_a_cidr()),
+    };
+    let (address, prefix_len) = match address {
+        IpAddr::V6(v6) if prefix_len >= 96 => match v6.to_ipv4_mapped() {
+            Some(v4) => (IpAddr::V4(v4), prefix_len - 96),
+            None => (address, prefix_len),
+        },
+        _ => (address, prefix_len),
+    };
+    Ok(IpNet {
+        address: first_address(address, prefix_len),
+        prefix_len,
+    })
+}
+
+fn first_address(address: IpAddr, prefix_len: u8) -> IpAddr {
+    match address {
+        IpAddr::V4(v4) => {
+            let mask = u32::MAX
+                .checked_shl(32 - u32::from(prefix_len))
+                .unwrap_or(0);
+            IpAddr::V4((u32::from(v4) & mask).into())
+        }
+        IpAddr::V6(v6) => {
+            let mask = u128::MAX
+                .checked_shl(128 - u32::from(prefix_len))
+                .unwrap_or(0);
+            IpAddr::V6((u128::from(v6) & mask).into())
+        }
+    }
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn default_hbone_port() -> u16 {
+    DEFAULT_HBONE_PORT
+}
+
+// The file format. These mirror ztunnel's keys and enum spellings exactly; they never leave
+// this module.
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct YamlConfig {
+    #[serde(default)]
+    workloads: Vec<YamlWorkload>,
+    #[serde(default)]
+    services: Vec<YamlService>,
+    #[serde(default)]
+    policies: Vec<YamlPolicy>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct YamlWorkload {
+    workload_ips: Vec<String>,
+    #[serde(default)]
+    uid: String,
+    #[serde(default)]
+    name: String,
+    namespace: String,
+    #[serde(default)]
+    service_account: String,
+    #[serde(default)]
+    trust_domain: String,
+    #[serde(default)]
+    network: String,
+    #[serde(default)]
+    node: String,
+    #[serde(default)]
+    protocol: YamlProtocol,
+    #[serde(default)]
+    network_mode: YamlNetworkMode,
+    #[serde(default)]
+    hostname: String,
+    #[serde(default)]
+    waypoint: Option<YamlGateway>,
+    #[serde(default)]
+    network_gateway: Option<YamlGateway>,
+    #[serde(default)]
+    native_tunnel: bool,
+    #[serde(default)]
+    application_tunnel: Option<YamlAppTunnel>,
+    #[serde(default)]
+    authorization_policies: Vec<String>,
+    #[serde(default)]
+    status: YamlHealth,
+    #[serde(default)]
+    cluster_id: String,
+    #[serde(default)]
+    locality: YamlLocality,
+    #[serde(default)]
+    workload_name: String,
+    #[serde(default)]
+    workload_type: String,
+    #[serde(default)]
+    canonical_name: String,
+    #[serde(default)]
+    canonical_revision: String,
+    #[serde(default = "one")]
+    capacity: u32,
+    #[serde(default)]
+    services: BTreeMap<String, PortMap>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct YamlGateway {
+    destination: String,
+    #[serde(default = "default_hbone_port")]
+    hbone_mtls_port: u16,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct YamlAppTunnel {
+    #[serde(default)]
+    protocol: YamlAppTunnelProtocol,
+    #[serde(default)]
+    port: Option<u16>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct YamlLocality {
+    #[serde(default)]
+    region: String,
+    #[serde(default)]
+    zone: String,
+    #[serde(default)]
+    subzone: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct YamlService {
+    name: String,
+    namespace: String,
+    hostname: String,
+    #[serde(default)]
+    vips: Vec<String>,
+    #[serde(default)]
+    cidr_vips: Vec<YamlCidrVip>,
+    #[serde(default)]
+    ports: PortMap,
+    #[serde(default)]
+    endpoints: BTreeMap<String, YamlEndpoint>,
+    #[serde(default)]
+    subject_alt_names: Vec<String>,
+    #[serde(default)]
+    waypoint: Option<YamlGateway>,
+    #[serde(default)]
+    weighted_waypoints: Vec<YamlWeightedWaypoint>,
+    #[serde(default)]
+    load_balancer: Option<YamlLoadBalancer>,
+    #[serde(default)]
+    ip_families: Option<YamlIpFamilies>,
+    #[serde(default)]
+    canonical: bool,
+    #[serde(default)]
+    visibility: YamlVisibility,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct YamlCidrVip {
+    #[serde(default)]
+    network: String,
+    cidr: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct YamlEndpoint {
+    workload_uid: String,
+    #[serde(default)]
+    port: PortMap,
+    #[serde(default, rename = "status")]
+    _status: Option<YamlHealth>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct YamlWeightedWaypoint {
+    destination: YamlGateway,
+    #[serde(default = "one")]
+    weight: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct YamlLoadBalancer {
+    #[serde(default)]
+    routing_preferences: Vec<YamlScope>,
+    #[serde(default)]
+    mode: YamlLbMode,
+    #[serde(default)]
+    health_policy: YamlHealthPolicy,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct YamlPolicy {
+    name: String,
+    namespace: String,
+    scope: YamlPolicyScope,
+    action: YamlPolicyAction,
+    #[serde(default)]
+    rules: Vec<Vec<Vec<YamlMatch>>>,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct YamlMatch {
+    #[serde(default)]
+    namespaces: Vec<YamlStringMatch>,
+    #[serde(default)]
+    not_namespaces: Vec<YamlStringMatch>,
+    #[serde(default)]
+    principals: Vec<YamlStringMatch>,
+    #[serde(default)]
+    not_principals: Vec<YamlStringMatch>,
+    #[serde(default)]
+    service_accounts: Vec<YamlServiceAccount>,
+    #[serde(default)]
+    not_service_accounts: Vec<YamlServiceAccount>,
+    #[serde(default)]
+    source_ips: Vec<String>,
+    #[serde(default)]
+    not_source_ips: Vec<String>,
+    #[serde(default)]
+    destination_ips: Vec<String>,
+    #[serde(default)]
+    not_destination_ips: Vec<String>,
+    #[serde(default)]
+    destination_ports: Vec<u16>,
+    #[serde(default)]
+    not_destination_ports: Vec<u16>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct YamlServiceAccount {
+    namespace: String,
+    service_account: String,
+}
+
+/// A string match, written as a single-key map like ztunnel writes it (`{Exact: "x"}`,
+/// `{Prefix: "x"}`, `{Suffix: "x"}`, `{Presence: []}`) or as a YAML tag (`!Exact x`). A map
+/// with no key, several keys or another key is a YAML error: a match that cannot be read is
+/// never dropped.
+enum YamlStringMatch {
+    Exact(String),
+    Prefix(String),
+    Suffix(String),
+    Presence,
+}
+
+const STRING_MATCH_VARIANTS: &[&str] = &["Exact", "Prefix", "Suffix", "Presence"];
+
+impl<'de> Deserialize<'de> for YamlStringMatch {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::{EnumAccess, Error, MapAccess, VariantAccess};
+
+        fn variant<E: Error>(name: &str) -> Result<fn(String) -> YamlStringMatch, Option<E>> {
+            match name {
+                "Exact" => Ok(YamlStringMatch::Exact),
+                "Prefix" => Ok(YamlStringMatch::Prefix),
+                "Suffix" => Ok(YamlStringMatch::Suffix),
+                "Presence" => Err(None),
+                other => Err(Some(E::unknown_variant(other, STRING_MATCH_VARIANTS))),
+            }
+        }
+
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = YamlStringMatch;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("one of {Exact: s}, {Prefix: s}, {Suffix: s} or {Presence: []}")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<YamlStringMatch, A::Error> {
+                let Some(name) = map.next_key::<String>()? else {
+                    return Err(A::Error::invalid_length(0, &self));
+                };
+                let value = match variant::<A::Error>(&name) {
+                    Ok(make) => make(map.next_value()?),
+                    Err(None) => {
+                        map.next_value::<NoArguments>()?;
+                        YamlStringMatch::Presence
+                    }
+                    Err(Some(err)) => return Err(err),
+                };
+                match map.next_key::<serde::de::IgnoredAny>()? {
+                    None => Ok(value),
+                    Some(_) => Err(A::Error::invalid_length(2, &self)),
+                }
+            }
+            fn visit_enum<A: EnumAccess<'de>>(self, data: A) -> Result<YamlStringMatch, A::Error> {
+                let (name, access) = data.variant::<String>()?;
+                match variant::<A::Error>(&name) {
+                    Ok(make) => Ok(make(access.newtype_variant()?)),
+                    Err(None) => {
+                        access.newtype_variant::<NoArguments>()?;
+                        Ok(YamlStringMatch::Presence)
+                    }
+                    Err(Some(err)) => Err(err),
+                }
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// The (ignored) value of `Presence`: `[]`, `{}` or nothing.
+struct NoArguments;
+
+impl<'de> Deserialize<'de> for NoArguments {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = NoArguments;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an empty list, an empty map or nothing")
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<NoArguments, E> {
+                Ok(NoArguments)
+            }
+            fn visit_none<E: serde::de::Error>(self) -> Result<NoArguments, E> {
+                Ok(NoArguments)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<NoArguments, A::Error> {
+                match seq.next_element::<serde::de::IgnoredAny>()? {
+                    None => Ok(NoArguments),
+                    Some(_) => Err(serde::de::Error::invalid_length(1, &self)),
+                }
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<NoArguments, A::Error> {
+                match map.next_key::<serde::de::IgnoredAny>()? {
+                    None => Ok(NoArguments),
+                    Some(_) => Err(serde::de::Error::invalid_length(1, &self)),
+                }
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+#[derive(Deserialize, Default)]
+enum YamlProtocol {
+    #[default]
+    #[serde(rename = "TCP")]
+    Tcp,
+    #[serde(rename = "HBONE")]
+    Hbone,
+}
+
+#[derive(Deserialize, Default)]
+enum YamlNetworkMode {
+    #[default]
+    Standard,
+    HostNetwork,
+}
+
+#[derive(Deserialize, Default)]
+enum YamlHealth {
+    #[default]
+    Healthy,
+    Unhealthy,
+}
+
+#[derive(Deserialize, Default)]
+enum YamlAppTunnelProtocol {
+    #[default]
+    #[serde(rename = "NONE")]
+    None,
+    #[serde(rename = "PROXY")]
+    Proxy,
+}
+
+#[derive(Deserialize)]
+enum YamlScope {
+    Region,
+    Zone,
+    Subzone,
+    Node,
+    Cluster,
+    Network,
+}
+
+#[derive(Deserialize, Default)]
+enum YamlLbMode {
+    #[default]
+    Standard,
+    Strict,
+    Failover,
+    Passthrough,
+}
+
+#[derive(Deserialize, Default)]
+enum YamlHealthPolicy {
+    #[default]
+    OnlyHealthy,
+    AllowAll,
+}
+
+#[derive(Deserialize)]
+enum YamlIpFamilies {
+    Dual,
+    #[serde(rename = "IPv4")]
+    Ipv4,
+    #[serde(rename = "IPv6")]
+    Ipv6,
+}
+
+#[derive(Deserialize, Default)]
+enum YamlVisibility {
+    #[default]
+    Public,
+    Namespace,
+}
+
+#[derive(Deserialize)]
+enum YamlPolicyScope {
+    Global,
+    Namespace,
+    WorkloadSelector,
+}
+
+#[derive(Deserialize)]
+enum YamlPolicyAction {
+    Allow,
+    Deny,
+}
+
+impl From<YamlStringMatch> for StringMatch {
+    fn from(value: YamlStringMatch) -> Self {
+        match value {
+            YamlStringMatch::Exact(s) => StringMatch::Exact(s.into()),
+            YamlStringMatch::Prefix(s) => StringMatch::Prefix(s.into()),
+            YamlStringMatch::Suffix(s) => StringMatch::Suffix(s.into()),
+            YamlStringMatch::Presence => StringMatch::Presence,
+        }
+    }
+}
+
+impl From<YamlProtocol> for TunnelProtocol {
+    fn from(value: YamlProtocol) -> Self {
+        match value {
+            YamlProtocol::Tcp => TunnelProtocol::Tcp,
+            YamlProtocol::Hbone => TunnelProtocol::Hbone,
+        }
+    }
+}
+
+impl From<YamlNetworkMode> for NetworkMode {
+    fn from(value: YamlNetworkMode) -> Self {
+        match value {
+            YamlNetworkMode::Standard => NetworkMode::Standard,
+            YamlNetworkMode::HostNetwork => NetworkMode::HostNetwork,
+        }
+    }
+}
+
+impl From<YamlHealth> for HealthStatus {
+    fn from(value: YamlHealth) -> Self {
+        match value {
+            YamlHealth::Healthy => HealthStatus::Healthy,
+            YamlHealth::Unhealthy => HealthStatus::Unhealthy,
+        }
+    }
+}
+
+impl From<YamlAppTunnelProtocol> for AppTunnelProtocol {
+    fn from(value: YamlAppTunnelProtocol) -> Self {
+        match value {
+            YamlAppTunnelProtocol::None => AppTunnelProtocol::None,
+            YamlAppTunnelProtocol::Proxy => AppTunnelProtocol::Proxy,
+        }
+    }
+}
+
+impl From<YamlScope> for LoadBalancerScope {
+    fn from(value: YamlScope) -> Self {
+        match value {
+            YamlScope::Region => LoadBalancerScope::Region,
+            YamlScope::Zone => LoadBalancerScope::Zone,
+            YamlScope::Subzone => LoadBalancerScope::Subzone,
+            YamlScope::Node => LoadBalancerScope::Node,
+            YamlScope::Cluster => LoadBalancerScope::Cluster,
+            YamlScope::Network => LoadBalancerScope::Network,
+        }
+    }
+}
+
+impl From<YamlLbMode> for LoadBalancerMode {
+    fn from(value: YamlLbMode) -> Self {
+        match value {
+            YamlLbMode::Standard => LoadBalancerMode::Standard,
+            YamlLbMode::Strict => LoadBalancerMode::Strict,
+            YamlLbMode::Failover => LoadBalancerMode::Failover,
+            YamlLbMode::Passthrough => LoadBalancerMode::Passthrough,
+        }
+    }
+}
+
+impl From<YamlHealthPolicy> for HealthPolicy {
+    fn from(value: YamlHealthPolicy) -> Self {
+        match value {
+            YamlHealthPolicy::OnlyHealthy => HealthPolicy::OnlyHealthy,
+            YamlHealthPolicy::AllowAll => HealthPolicy::AllowAll,
+        }
+    }
+}
+
+impl From<YamlIpFamilies> for IpFamilies {
+    fn from(value: YamlIpFamilies) -> Self {
+        match value {
+            YamlIpFamilies::Dual => IpFamilies::Dual,
+            YamlIpFamilies::Ipv4 => IpFamilies::Ipv4Only,
+            YamlIpFamilies::Ipv6 => IpFamilies::Ipv6Only,
+        }
+    }
+}
+
+impl From<YamlVisibility> for Visibility {
+    fn from(value: YamlVisibility) -> Self {
+        match value {
+            YamlVisibility::Public => Visibility::Public,
+            YamlVisibility::Namespace => Visibility::Namespace,
+        }
+    }
+}
+
+impl From<YamlPolicyScope> for PolicyScope {
+    fn from(value: YamlPolicyScope) -> Self {
+        match value {
+            YamlPolicyScope::Global => PolicyScope::Global,
+            YamlPolicyScope::Namespace => PolicyScope::Namespace,
+            YamlPolicyScope::WorkloadSelector => PolicyScope::WorkloadSelector,
+        }
+    }
+}
+
+impl From<YamlPolicyAction> for PolicyAction {
+    fn from(value: YamlPolicyAction) -> Self {
+        match value {
+            YamlPolicyAction::Allow => PolicyAction::Allow,
+            YamlPolicyAction::Deny => PolicyAction::Deny,
+        }
+    }
+}

@@ -1,0 +1,330 @@
+//! ZDS client: the CNI agent hands us pods (uid, identity, netns fd) over a SOCK_SEQPACKET
+//! Unix socket; we start a proxy inside each pod's namespace and acknowledge every message.
+//!
+//! Protocol (one bare protobuf per packet): we send `ZdsHello{V1}`; the agent replays its
+//! cache as `add`/`keep`, then `snapshot_sent` (pods not replayed are stopped), then only
+//! `add`/`del`. Every message gets an `Ack`; a non-empty `error` is a NACK.
+//!
+//! Robustness (deliberately stricter and more forgiving than a crash): a malformed message,
+//! a missing or extra fd, an fd that is not a network namespace, or an out-of-order message
+//! is NACKed with the reason, and the connection and all other pods keep going. A lost
+//! connection is retried with capped exponential backoff; pods keep running meanwhile.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{self, IoSliceMut};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::socket::{
+    self, AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixAddr,
+};
+use prost::Message;
+use tokio::io::unix::AsyncFd;
+
+use crate::sys::netns::NetnsId;
+use crate::sys::Netns;
+
+/// Generated ZDS messages (`proto/zds.proto`).
+#[allow(missing_docs, clippy::all)]
+pub mod proto {
+    include!(concat!(env!("OUT_DIR"), "/istio.workload.zds.rs"));
+}
+
+use proto::workload_request::Payload;
+
+/// Largest message we accept; bigger ones are truncated and NACKed.
+const MAX_MESSAGE: usize = 1024;
+/// Most descriptors one message may carry before it is refused.
+const MAX_FDS: usize = 4;
+
+/// A pod as announced by the CNI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pod {
+    /// Kubernetes uid.
+    pub uid: String,
+    /// Pod name.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Service account.
+    pub service_account: String,
+}
+
+/// Starts a proxy for a pod inside its namespace. The returned guard keeps it running;
+/// dropping the guard stops the pod's listeners and connections.
+pub trait PodStarter: Send + Sync + 'static {
+    /// Starts the pod's proxy.
+    fn start(&self, pod: &Pod, netns: Arc<Netns>) -> io::Result<Box<dyn Send + Sync>>;
+}
+
+/// Observes the ZDS lifecycle (readiness, metrics).
+pub trait ZdsObserver: Send + Sync + 'static {
+    /// Connected and the snapshot was reconciled (`true`), or disconnected (`false`).
+    fn synced(&self, synced: bool);
+}
+
+impl ZdsObserver for () {
+    fn synced(&self, _: bool) {}
+}
+
+struct Running {
+    netns: NetnsId,
+    pod: Pod,
+    _guard: Box<dyn Send + Sync>,
+}
+
+/// The ZDS client and the pods it runs.
+pub struct Client {
+    path: PathBuf,
+    starter: Arc<dyn PodStarter>,
+    observer: Arc<dyn ZdsObserver>,
+    pods: HashMap<String, Running>,
+    /// Uids added or kept since the current connection started.
+    seen: HashSet<String>,
+    snapshot_done: bool,
+}
+
+/// Why a ZDS connection ended.
+#[derive(Debug, thiserror::Error)]
+pub enum ZdsError {
+    /// Socket I/O failed.
+    #[error("zds socket: {0}")]
+    Io(#[from] io::Error),
+}
+
+impl Client {
+    /// A client for the socket at `path`.
+    pub fn new(
+        path: PathBuf,
+        starter: Arc<dyn PodStarter>,
+        observer: Arc<dyn ZdsObserver>,
+    ) -> Self {
+        Client {
+            path,
+            starter,
+            observer,
+            pods: HashMap::new(),
+            seen: HashSet::new(),
+            snapshot_done: false,
+        }
+    }
+
+    /// Connects, serves, reconnects; never returns.
+    pub async fn run(mut self) {
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            match connect(&self.path) {
+                Ok(fd) => {
+                    tracing::info!(path = %self.path.display(), "connected to CNI");
+                    backoff = Duration::from_millis(10);
+                    match self.serve(fd).await {
+                        Ok(()) => tracing::warn!("CNI closed the ZDS connection"),
+                        Err(e) => tracing::warn!(error = %e, "ZDS connection failed"),
+                    }
+                    self.observer.synced(false);
+                }
+                Err(e) => {
+                    tracing::debug!(path = %self.path.display(), error = %e, "cannot connect to CNI")
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(15));
+        }
+    }
+
+    /// Number of running pod proxies.
+    pub fn pods(&self) -> usize {
+        self.pods.len()
+    }
+
+    async fn serve(&mut self, fd: OwnedFd) -> Result<(), ZdsError> {
+        let fd = crate::sys::socket::async_fd(fd)?;
+        self.seen.clear();
+        self.snapshot_done = false;
+        let hello = proto::ZdsHello {
+            version: proto::Version::V1 as i32,
+        }
+        .encode_to_vec();
+        send(&fd, &hello).await?;
+        let mut buf = vec![0u8; MAX_MESSAGE];
+        loop {
+            let Some((len, fds, truncated)) = recv(&fd, &mut buf).await? else {
+                return Ok(());
+            };
+            let error = if truncated {
+                "message or its control data was truncated".to_string()
+            } else {
+                self.handle(&buf[..len], fds).err().unwrap_or_default()
+            };
+            if !error.is_empty() {
+                tracing::warn!(%error, "NACK to CNI");
+            }
+            let ack = proto::WorkloadResponse {
+                payload: Some(proto::workload_response::Payload::Ack(proto::Ack { error })),
+            };
+            send(&fd, &ack.encode_to_vec()).await?;
+        }
+    }
+
+    /// Applies one message; `Err` carries the NACK reason.
+    fn handle(&mut self, bytes: &[u8], mut fds: Vec<OwnedFd>) -> Result<(), String> {
+        let req =
+            proto::WorkloadRequest::decode(bytes).map_err(|e| format!("malformed message: {e}"))?;
+        let payload = req.payload.ok_or("message has no payload")?;
+        if !matches!(payload, Payload::Add(_)) && !fds.is_empty() {
+            return Err("unexpected file descriptor on a non-add message".into());
+        }
+        match payload {
+            Payload::Add(add) => {
+                if fds.len() != 1 {
+                    return Err(format!(
+                        "add must carry exactly one netns fd, got {}",
+                        fds.len()
+                    ));
+                }
+                let info = add.workload_info.ok_or("add without workload_info")?;
+                if add.uid.is_empty() {
+                    return Err("add without uid".into());
+                }
+                let netns =
+                    Netns::from_fd(fds.remove(0)).map_err(|e| format!("pod {}: {e}", add.uid))?;
+                let pod = Pod {
+                    uid: add.uid,
+                    name: info.name,
+                    namespace: info.namespace,
+                    service_account: info.service_account,
+                };
+                self.add(pod, netns)
+            }
+            Payload::Keep(keep) => {
+                if self.snapshot_done {
+                    return Err("keep after snapshot_sent".into());
+                }
+                if !self.pods.contains_key(&keep.uid) {
+                    return Err(format!("keep for unknown pod {}", keep.uid));
+                }
+                self.seen.insert(keep.uid);
+                Ok(())
+            }
+            Payload::Del(del) => {
+                self.seen.remove(&del.uid);
+                if let Some(r) = self.pods.remove(&del.uid) {
+                    tracing::info!(uid = %del.uid, pod = %r.pod.name, namespace = %r.pod.namespace, "pod removed");
+                }
+                Ok(())
+            }
+            Payload::SnapshotSent(_) => {
+                if self.snapshot_done {
+                    return Err("second snapshot_sent".into());
+                }
+                let stale: Vec<String> = self
+                    .pods
+                    .keys()
+                    .filter(|u| !self.seen.contains(*u))
+                    .cloned()
+                    .collect();
+                for uid in stale {
+                    tracing::info!(%uid, "pod not in CNI snapshot, stopping");
+                    self.pods.remove(&uid);
+                }
+                self.snapshot_done = true;
+                self.observer.synced(true);
+                Ok(())
+            }
+        }
+    }
+
+    fn add(&mut self, pod: Pod, netns: Netns) -> Result<(), String> {
+        if let Some(r) = self.pods.get(&pod.uid) {
+            if r.netns == netns.id() {
+                self.seen.insert(pod.uid);
+                return Ok(());
+            }
+            tracing::info!(uid = %pod.uid, "pod has a new network namespace, replacing its proxy");
+            self.pods.remove(&pod.uid);
+        }
+        let id = netns.id();
+        let guard = self
+            .starter
+            .start(&pod, Arc::new(netns))
+            .map_err(|e| format!("starting proxy for {}: {e}", pod.uid))?;
+        tracing::info!(uid = %pod.uid, pod = %pod.name, namespace = %pod.namespace, "pod added");
+        self.seen.insert(pod.uid.clone());
+        self.pods.insert(
+            pod.uid.clone(),
+            Running {
+                netns: id,
+                pod,
+                _guard: guard,
+            },
+        );
+        Ok(())
+    }
+}
+
+fn connect(path: &std::path::Path) -> io::Result<OwnedFd> {
+    let fd = socket::socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    let addr = UnixAddr::new(path)?;
+    socket::connect(fd.as_raw_fd(), &addr)?;
+    let flags = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_GETFL)?;
+    let flags = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
+    nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFL(flags))?;
+    Ok(fd)
+}
+
+async fn send(fd: &AsyncFd<OwnedFd>, bytes: &[u8]) -> io::Result<()> {
+    loop {
+        let mut guard = fd.writable().await?;
+        match guard.try_io(|inner| {
+            socket::send(inner.as_raw_fd(), bytes, MsgFlags::MSG_NOSIGNAL).map_err(io::Error::from)
+        }) {
+            Ok(res) => return res.map(|_| ()),
+            Err(_would_block) => continue,
+        }
+    }
+}
+
+/// One packet: its length, the fds it carried, and whether anything was truncated.
+/// `None` at end of stream.
+async fn recv(
+    fd: &AsyncFd<OwnedFd>,
+    buf: &mut [u8],
+) -> io::Result<Option<(usize, Vec<OwnedFd>, bool)>> {
+    loop {
+        let mut guard = fd.readable().await?;
+        let res = guard.try_io(|inner| {
+            let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; MAX_FDS]);
+            let mut iov = [IoSliceMut::new(buf)];
+            let msg = socket::recvmsg::<()>(
+                inner.as_raw_fd(),
+                &mut iov,
+                Some(&mut cmsg),
+                MsgFlags::MSG_CMSG_CLOEXEC,
+            )
+            .map_err(io::Error::from)?;
+            let mut fds = Vec::new();
+            for c in msg.cmsgs().map_err(io::Error::from)? {
+                if let ControlMessageOwned::ScmRights(raw) = c {
+                    fds.extend(crate::sys::socket::own_received_fds(&raw));
+                }
+            }
+            let truncated = msg
+                .flags
+                .intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC);
+            Ok((msg.bytes, fds, truncated))
+        });
+        match res {
+            Ok(Ok((0, fds, false))) if fds.is_empty() => return Ok(None),
+            Ok(Ok(v)) => return Ok(Some(v)),
+            Ok(Err(e)) => return Err(e),
+            Err(_would_block) => continue,
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! Dialling an HBONE peer: TCP in the source pod's namespace, mTLS with the source identity,
+//! the peer identity checked against the expected set, then an HTTP/2 connection.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use h2::client::SendRequest;
+use rustls::pki_types::ServerName;
+use tokio_rustls::TlsConnector;
+
+use super::H2Settings;
+use crate::dataplane::sockets::Sockets;
+use crate::dataplane::Error;
+use crate::identity::Identity;
+use crate::tls::{peer_identity, WorkloadCert};
+
+/// Largest header list we accept in CONNECT responses.
+const MAX_HEADER_LIST: u32 = 16 * 1024;
+
+/// An established HBONE connection: the request handle, and the task driving it.
+pub struct Dialed {
+    /// Opens CONNECT streams.
+    pub send: SendRequest<Bytes>,
+    /// Drives the connection; completes when it closes.
+    pub connection:
+        h2::client::Connection<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, Bytes>,
+    /// The identity the peer proved.
+    pub peer: Identity,
+}
+
+/// Dials `dst` presenting `cert`, accepting only a peer proving one of `expected`.
+pub async fn dial(
+    sockets: &Sockets,
+    cert: &WorkloadCert,
+    expected: &[Identity],
+    dst: SocketAddr,
+    settings: &H2Settings,
+    handshake_timeout: Duration,
+) -> Result<Dialed, Error> {
+    let tcp = sockets
+        .connect(dst, None)
+        .await
+        .map_err(|e| Error::ConnectPeer(Arc::new(e)))?;
+    let connector = TlsConnector::from(cert.client_config());
+    // SNI is disabled in the config; the name only satisfies the API.
+    let name = ServerName::IpAddress(dst.ip().into());
+    let tls = match tokio::time::timeout(handshake_timeout, connector.connect(name, tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => return Err(Error::Tls(Arc::new(e))),
+        Err(_) => return Err(Error::HandshakeTimeout),
+    };
+    let peer = peer_identity(tls.get_ref().1.peer_certificates()).map_err(Error::PeerIdentity)?;
+    if !expected.contains(&peer) {
+        return Err(Error::UnexpectedPeer {
+            got: peer,
+            expected: expected.first().cloned(),
+        });
+    }
+    let (send, connection) = h2::client::Builder::new()
+        .initial_window_size(settings.stream_window)
+        .initial_connection_window_size(settings.connection_window)
+        .max_frame_size(settings.frame_size)
+        .max_header_list_size(MAX_HEADER_LIST)
+        .max_send_buffer_size(settings.stream_window as usize)
+        .enable_push(false)
+        .handshake(tls)
+        .await
+        .map_err(|e| Error::H2(Arc::new(e)))?;
+    Ok(Dialed {
+        send,
+        connection,
+        peer,
+    })
+}

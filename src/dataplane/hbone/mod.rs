@@ -1,0 +1,133 @@
+//! HBONE: TCP tunnelled in HTTP/2 CONNECT streams over mutual TLS 1.3.
+//!
+//! `client` dials and multiplexes (with `pool`), `dataplane::inbound` terminates, `stream` moves bytes
+//! between a TCP socket and an HTTP/2 stream with flow control.
+
+pub mod client;
+pub mod pool;
+pub mod stream;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::config::ProxyConfig;
+
+/// HTTP/2 settings shared by both sides, from configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct H2Settings {
+    /// Initial stream window (bytes).
+    pub stream_window: u32,
+    /// Initial connection window (bytes).
+    pub connection_window: u32,
+    /// Max frame size (bytes).
+    pub frame_size: u32,
+    /// PING interval; a PING unanswered for twice this long closes the connection.
+    pub ping_interval: Duration,
+}
+
+impl H2Settings {
+    /// Settings from the proxy configuration.
+    pub fn from_config(cfg: &ProxyConfig) -> Self {
+        H2Settings {
+            stream_window: cfg.http2_stream_window,
+            connection_window: cfg.http2_connection_window,
+            frame_size: cfg.http2_frame_size,
+            ping_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why a CONNECT `:authority` is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AuthorityError {
+    /// Not `ip:port` / `[ipv6]:port` (hostnames, zone ids, junk).
+    #[error("authority is not ip:port")]
+    Malformed,
+    /// Port 0.
+    #[error("authority port is 0")]
+    PortZero,
+}
+
+/// Parses a CONNECT authority of the form `ip:port` or `[ipv6]:port`. Strict: no zone ids,
+/// no whitespace, no leading zeros tricks beyond what `std` rejects, port 1..=65535.
+pub fn parse_authority(s: &str) -> Result<SocketAddr, AuthorityError> {
+    if s.len() > 64 || s.contains('%') {
+        return Err(AuthorityError::Malformed);
+    }
+    let addr: SocketAddr = s.parse().map_err(|_| AuthorityError::Malformed)?;
+    if let SocketAddr::V6(v6) = addr {
+        if v6.flowinfo() != 0 || v6.scope_id() != 0 {
+            return Err(AuthorityError::Malformed);
+        }
+    }
+    if addr.port() == 0 {
+        return Err(AuthorityError::PortZero);
+    }
+    Ok(SocketAddr::new(
+        crate::state::canonical_ip(addr.ip()),
+        addr.port(),
+    ))
+}
+
+/// A fresh W3C `traceparent` value with random trace and parent ids, sampled flag off.
+pub fn traceparent() -> String {
+    let trace: u128 = rand::random::<u128>() | 1;
+    let parent: u64 = rand::random::<u64>() | 1;
+    format!("00-{trace:032x}-{parent:016x}-00")
+}
+
+/// The `forwarded` header value naming the original client.
+pub fn forwarded(client: SocketAddr) -> String {
+    format!("for=\"{client}\"")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn authorities() {
+        let ok = [
+            ("10.0.0.1:80", "10.0.0.1:80"),
+            ("[fd00::1]:8080", "[fd00::1]:8080"),
+            ("[::ffff:10.0.0.1]:80", "10.0.0.1:80"),
+            ("1.2.3.4:65535", "1.2.3.4:65535"),
+        ];
+        for (input, want) in ok {
+            assert_eq!(parse_authority(input).unwrap().to_string(), want, "{input}");
+        }
+        let bad = [
+            ("", AuthorityError::Malformed),
+            ("10.0.0.1", AuthorityError::Malformed),
+            ("10.0.0.1:", AuthorityError::Malformed),
+            ("10.0.0.1:0", AuthorityError::PortZero),
+            ("10.0.0.1:65536", AuthorityError::Malformed),
+            ("fd00::1:80", AuthorityError::Malformed),
+            ("[fe80::1%eth0]:80", AuthorityError::Malformed),
+            ("example.com:80", AuthorityError::Malformed),
+            (" 10.0.0.1:80", AuthorityError::Malformed),
+            ("10.0.0.1:80\0", AuthorityError::Malformed),
+            ("10.0.0.1:+80", AuthorityError::Malformed),
+            ("ünïcode:80", AuthorityError::Malformed),
+        ];
+        for (input, want) in bad {
+            assert_eq!(parse_authority(input).unwrap_err(), want, "{input:?}");
+        }
+        let long = format!("{}:80", "1".repeat(300));
+        assert_eq!(
+            parse_authority(&long).unwrap_err(),
+            AuthorityError::Malformed
+        );
+    }
+
+    #[test]
+    fn traceparent_shape() {
+        let t = traceparent();
+        let parts: Vec<_> = t.split('-').collect();
+        assert_eq!(parts.len(), 4);
+        assert_eq!(
+            (parts[0], parts[1].len(), parts[2].len(), parts[3]),
+            ("00", 32, 16, "00")
+        );
+    }
+}

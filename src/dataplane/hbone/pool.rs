@@ -1,0 +1,254 @@
+//! The HBONE connection pool of one proxy instance (one pod in shared mode).
+//!
+//! Keyed by (source identity, expected destination identities, destination address, source
+//! IP): a stream of pod A never rides a connection authenticated as pod B, nor one that proved
+//! a different peer. Each connection carries up to `max_streams` CONNECT streams; when all are
+//! busy a new connection is dialled. At most one dial per key is in flight: other callers wait
+//! for it and then share the result. A connection idle for `idle_timeout` is released.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use h2::client::SendRequest;
+use parking_lot::Mutex;
+use tokio::time::Instant;
+
+use super::client::{dial, Dialed};
+use super::H2Settings;
+use crate::dataplane::sockets::Sockets;
+use crate::dataplane::Error;
+use crate::identity::Identity;
+use crate::tls::WorkloadCert;
+
+/// What a pooled connection is keyed by.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    /// Identity presented by the source.
+    pub src_identity: Identity,
+    /// Identities the destination may prove (ordered as the route gave them).
+    pub dst_identities: Arc<[Identity]>,
+    /// Where the connection goes (`ip:15008`).
+    pub dst: SocketAddr,
+    /// IP of the source workload.
+    pub src_ip: IpAddr,
+}
+
+/// Pool limits.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolConfig {
+    /// Streams per connection before another is dialled.
+    pub max_streams: u32,
+    /// Idle time after which an unused connection is closed.
+    pub idle_timeout: Duration,
+    /// TLS handshake deadline.
+    pub handshake_timeout: Duration,
+    /// HTTP/2 settings.
+    pub h2: H2Settings,
+}
+
+/// A per-proxy HBONE pool. Cheap to clone.
+#[derive(Clone)]
+pub struct Pool {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cfg: PoolConfig,
+    sockets: Sockets,
+    // Short critical sections only (lookup/insert); never held across `.await`.
+    conns: Mutex<HashMap<PoolKey, Vec<Arc<Conn>>>>,
+    // One async lock per key serialises dials for that key.
+    dialing: Mutex<HashMap<PoolKey, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+struct Conn {
+    send: SendRequest<Bytes>,
+    active: AtomicU32,
+    closed: AtomicBool,
+    /// Last time the stream count dropped to zero.
+    idle_since: Mutex<Instant>,
+}
+
+/// A checked-out stream slot on a pooled connection. Dropping it frees the slot.
+pub struct Checkout {
+    conn: Arc<Conn>,
+}
+
+impl Checkout {
+    /// A handle to open the stream with.
+    pub fn sender(&self) -> SendRequest<Bytes> {
+        self.conn.send.clone()
+    }
+}
+
+impl Drop for Checkout {
+    fn drop(&mut self) {
+        if self.conn.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            *self.conn.idle_since.lock() = Instant::now();
+        }
+    }
+}
+
+impl Pool {
+    /// An empty pool creating its sockets with `sockets`.
+    pub fn new(cfg: PoolConfig, sockets: Sockets) -> Self {
+        Pool {
+            inner: Arc::new(Inner {
+                cfg,
+                sockets,
+                conns: Mutex::new(HashMap::new()),
+                dialing: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// A stream slot for `key`, dialling with `cert` if no connection has room.
+    pub async fn checkout(&self, key: &PoolKey, cert: &WorkloadCert) -> Result<Checkout, Error> {
+        if let Some(c) = self.inner.try_reserve(key) {
+            return Ok(c);
+        }
+        let lock = self
+            .inner
+            .dialing
+            .lock()
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        let _dialing = lock.lock().await;
+        // Someone may have dialled while we waited.
+        if let Some(c) = self.inner.try_reserve(key) {
+            return Ok(c);
+        }
+        let cfg = &self.inner.cfg;
+        let Dialed {
+            send,
+            connection,
+            peer,
+        } = dial(
+            &self.inner.sockets,
+            cert,
+            &key.dst_identities,
+            key.dst,
+            &cfg.h2,
+            cfg.handshake_timeout,
+        )
+        .await?;
+        tracing::debug!(dst = %key.dst, %peer, src = %key.src_identity, "hbone connection established");
+        let conn = Arc::new(Conn {
+            send,
+            active: AtomicU32::new(1),
+            closed: AtomicBool::new(false),
+            idle_since: Mutex::new(Instant::now()),
+        });
+        self.inner
+            .conns
+            .lock()
+            .entry(key.clone())
+            .or_default()
+            .push(conn.clone());
+        tokio::spawn(drive(
+            Arc::downgrade(&self.inner),
+            key.clone(),
+            Arc::downgrade(&conn),
+            connection,
+        ));
+        Ok(Checkout { conn })
+    }
+
+    /// Number of open connections (for introspection and tests).
+    pub fn connections(&self) -> usize {
+        self.inner.conns.lock().values().map(Vec::len).sum()
+    }
+
+    /// Drops every connection; their streams end as the connections close.
+    pub fn clear(&self) {
+        self.inner.conns.lock().clear();
+    }
+}
+
+impl Inner {
+    fn try_reserve(&self, key: &PoolKey) -> Option<Checkout> {
+        let conns = self.conns.lock();
+        let list = conns.get(key)?;
+        for c in list {
+            if c.closed.load(Ordering::Acquire) {
+                continue;
+            }
+            let reserved = c
+                .active
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    (n < self.cfg.max_streams).then_some(n + 1)
+                })
+                .is_ok();
+            if reserved {
+                return Some(Checkout { conn: c.clone() });
+            }
+        }
+        None
+    }
+
+    fn remove(&self, key: &PoolKey, conn: &Arc<Conn>) {
+        let mut conns = self.conns.lock();
+        if let Some(list) = conns.get_mut(key) {
+            list.retain(|c| !Arc::ptr_eq(c, conn));
+            if list.is_empty() {
+                conns.remove(key);
+                self.dialing.lock().remove(key);
+            }
+        }
+    }
+}
+
+/// Drives one connection until it closes or sits idle past the timeout.
+async fn drive<T>(
+    pool: Weak<Inner>,
+    key: PoolKey,
+    conn: Weak<Conn>,
+    mut connection: h2::client::Connection<T, Bytes>,
+) where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let idle_timeout = match pool.upgrade() {
+        Some(p) => p.cfg.idle_timeout,
+        None => return,
+    };
+    let mut check = tokio::time::interval(
+        idle_timeout
+            .min(Duration::from_secs(30))
+            .max(Duration::from_millis(100)),
+    );
+    check.tick().await;
+    // Once unpooled, the connection is only polled until h2 closes it: that happens when the
+    // last request handle and the last stream are gone.
+    let mut unpooled = false;
+    loop {
+        tokio::select! {
+            res = &mut connection => {
+                if let Err(e) = res {
+                    tracing::debug!(dst = %key.dst, error = %e, "hbone connection closed");
+                }
+                break;
+            }
+            _ = check.tick(), if !unpooled => {
+                let (Some(p), Some(c)) = (pool.upgrade(), conn.upgrade()) else {
+                    unpooled = true;
+                    continue;
+                };
+                let idle = c.active.load(Ordering::Acquire) == 0 && c.idle_since.lock().elapsed() >= idle_timeout;
+                if idle {
+                    c.closed.store(true, Ordering::Release);
+                    p.remove(&key, &c);
+                    unpooled = true;
+                }
+            }
+        }
+    }
+    if let (Some(p), Some(c)) = (pool.upgrade(), conn.upgrade()) {
+        c.closed.store(true, Ordering::Release);
+        p.remove(&key, &c);
+    }
+}

@@ -1,0 +1,129 @@
+//! Moving bytes between a TCP socket and one HTTP/2 stream.
+//!
+//! TCP → HTTP/2: read into a reusable buffer, hand the filled part to h2 as a `Bytes` (no
+//! copy), wait for flow-control capacity. HTTP/2 → TCP: write each received `Bytes` chunk
+//! straight to the socket and only then release its window, so a slow reader pushes back on
+//! the sender. EOF on either side becomes a half-close on the other (END_STREAM / FIN); a
+//! reset with NO_ERROR or CANCEL counts as EOF.
+
+use std::future::poll_fn;
+use std::io;
+
+use bytes::{Bytes, BytesMut};
+use h2::{RecvStream, SendStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Smallest read buffer; it grows while the flow is busy.
+const MIN_READ: usize = 16 * 1024;
+/// Largest read buffer.
+const MAX_READ: usize = 256 * 1024;
+
+/// Byte counts of a finished relay.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Transferred {
+    /// Bytes read from the TCP side and sent into the tunnel.
+    pub from_tcp: u64,
+    /// Bytes received from the tunnel and written to the TCP side.
+    pub to_tcp: u64,
+}
+
+/// Relays until both directions are finished; returns the byte counts even on error.
+pub async fn relay<R, W>(
+    tcp_read: R,
+    tcp_write: W,
+    send: SendStream<Bytes>,
+    recv: RecvStream,
+) -> (Transferred, io::Result<()>)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut t = Transferred::default();
+    let up = tcp_to_h2(tcp_read, send, &mut t.from_tcp);
+    let down = h2_to_tcp(recv, tcp_write, &mut t.to_tcp);
+    let res = tokio::try_join!(up, down).map(|_| ());
+    (t, res)
+}
+
+async fn tcp_to_h2<R: AsyncRead + Unpin>(
+    mut rd: R,
+    mut send: SendStream<Bytes>,
+    count: &mut u64,
+) -> io::Result<()> {
+    let mut want = MIN_READ;
+    let mut buf = BytesMut::with_capacity(want);
+    loop {
+        if buf.capacity() < want {
+            buf.reserve(want);
+        }
+        let n = rd.read_buf(&mut buf).await?;
+        if n == 0 {
+            send.send_data(Bytes::new(), true).map_err(h2_io)?;
+            return Ok(());
+        }
+        *count += n as u64;
+        // A full read means the flow is busy: read more per syscall next time.
+        if n >= want && want < MAX_READ {
+            want *= 2;
+        }
+        send_all(&mut send, buf.split().freeze()).await?;
+    }
+}
+
+async fn send_all(send: &mut SendStream<Bytes>, mut data: Bytes) -> io::Result<()> {
+    while !data.is_empty() {
+        send.reserve_capacity(data.len());
+        let cap = match poll_fn(|cx| send.poll_capacity(cx)).await {
+            Some(Ok(c)) => c,
+            Some(Err(e)) => return Err(h2_io(e)),
+            None => {
+                return Err(io::Error::new(
+                    io::ErrorKind::BrokenPipe,
+                    "stream closed by peer",
+                ))
+            }
+        };
+        if cap == 0 {
+            continue;
+        }
+        let chunk = data.split_to(cap.min(data.len()));
+        send.send_data(chunk, false).map_err(h2_io)?;
+    }
+    Ok(())
+}
+
+async fn h2_to_tcp<W: AsyncWrite + Unpin>(
+    mut recv: RecvStream,
+    mut wr: W,
+    count: &mut u64,
+) -> io::Result<()> {
+    loop {
+        match recv.data().await {
+            Some(Ok(chunk)) => {
+                let n = chunk.len();
+                wr.write_all(&chunk).await?;
+                *count += n as u64;
+                recv.flow_control().release_capacity(n).map_err(h2_io)?;
+            }
+            Some(Err(e)) if is_graceful_reset(&e) => break,
+            Some(Err(e)) => return Err(h2_io(e)),
+            None => break,
+        }
+    }
+    wr.shutdown().await
+}
+
+fn is_graceful_reset(e: &h2::Error) -> bool {
+    e.reason()
+        .is_some_and(|r| r == h2::Reason::NO_ERROR || r == h2::Reason::CANCEL)
+}
+
+/// Converts an h2 error into an I/O error, keeping I/O errors as they are.
+pub fn h2_io(e: h2::Error) -> io::Error {
+    if e.is_io() {
+        e.into_io()
+            .unwrap_or_else(|| io::Error::other("h2 I/O error"))
+    } else {
+        io::Error::other(e)
+    }
+}

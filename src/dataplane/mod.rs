@@ -1,0 +1,152 @@
+//! The data plane: per-pod listeners and the connections they carry.
+//!
+//! For each enrolled pod a [`Proxy`] owns the pod's identity, socket factory and HBONE pool.
+//! Listeners: 15001 outbound capture → [`outbound`], 15008 HBONE → [`inbound`], 15006
+//! plaintext inbound → [`passthrough`]. Routing decisions are synchronous functions over a
+//! state snapshot ([`route`]); I/O comes after.
+//!
+//! Allowed imports: `state`, `tls`, `identity`, `config`, `sys`, `drain`, `ops`. Never
+//! `control/` or generated proto code.
+
+pub mod hbone;
+pub mod inbound;
+pub mod outbound;
+pub mod passthrough;
+pub mod proxy;
+pub mod route;
+pub mod sockets;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::identity::Identity;
+use crate::tls::{FetchError, IdentityError};
+
+pub use proxy::{PodInfo, Proxy, ProxyHandle};
+
+/// Whose fault a failed connection is (for logs and metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The client sent something wrong.
+    Source,
+    /// The destination (peer ztun or app) failed or misbehaved.
+    Destination,
+    /// Something on this node (state, certificates, sockets).
+    Local,
+    /// A policy decision.
+    Policy,
+}
+
+/// Why a proxied connection failed or was refused.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    /// The connection targets one of ztun's own ports or loopback.
+    #[error("refused call to ztun's own port or loopback: {0}")]
+    SelfCall(SocketAddr),
+    /// The original destination of a captured connection cannot be determined.
+    #[error("no original destination")]
+    NoOriginalDestination,
+    /// The local workload is not (yet) known in the mesh state.
+    #[error("unknown local workload {0}")]
+    UnknownLocalWorkload(Arc<str>),
+    /// The local workload's identity in state differs from the one the CNI announced.
+    #[error("local workload identity mismatch: CNI says {cni}, mesh state says {state}")]
+    LocalIdentityMismatch {
+        /// From the CNI.
+        cni: Arc<str>,
+        /// From state.
+        state: Arc<str>,
+    },
+    /// No certificate for the identity.
+    #[error(transparent)]
+    Certificate(#[from] FetchError),
+    /// Connecting to the HBONE peer failed.
+    #[error("connecting to peer: {0}")]
+    ConnectPeer(#[source] Arc<io::Error>),
+    /// TLS handshake did not finish in time.
+    #[error("TLS handshake timed out")]
+    HandshakeTimeout,
+    /// TLS failed.
+    #[error("TLS: {0}")]
+    Tls(#[source] Arc<io::Error>),
+    /// The peer's certificate carries no usable identity.
+    #[error("peer identity: {0}")]
+    PeerIdentity(#[from] IdentityError),
+    /// The peer proved an identity we did not expect.
+    #[error("peer identity {got} is not the expected {}", expected.as_ref().map(ToString::to_string).unwrap_or_default())]
+    UnexpectedPeer {
+        /// Proven identity.
+        got: Identity,
+        /// First expected identity.
+        expected: Option<Identity>,
+    },
+    /// HTTP/2 failed.
+    #[error("http2: {0}")]
+    H2(#[source] Arc<h2::Error>),
+    /// The HBONE peer answered the CONNECT with a non-200 status.
+    #[error("peer answered {0}")]
+    HttpStatus(http::StatusCode),
+    /// Connecting to the destination application failed.
+    #[error("connecting to destination: {0}")]
+    ConnectUpstream(#[source] Arc<io::Error>),
+    /// Authority IP is not the IP the client dialled.
+    #[error("authority {authority} does not match dialled address {dialled}")]
+    IpMismatch {
+        /// From `:authority`.
+        authority: SocketAddr,
+        /// The local address of the connection.
+        dialled: SocketAddr,
+    },
+    /// The CONNECT request is malformed.
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    /// A service has no usable endpoint.
+    #[error("no healthy upstream for {0}")]
+    NoHealthyUpstream(SocketAddr),
+    /// The destination is not served here.
+    #[error("unknown destination {0}")]
+    UnknownDestination(SocketAddr),
+    /// Relaying bytes failed.
+    #[error("relay: {0}")]
+    Io(#[source] Arc<io::Error>),
+}
+
+impl Error {
+    /// Whose fault it is.
+    pub fn side(&self) -> Side {
+        match self {
+            Error::SelfCall(_) | Error::IpMismatch { .. } | Error::BadRequest(_) => Side::Source,
+            Error::NoOriginalDestination
+            | Error::UnknownLocalWorkload(_)
+            | Error::LocalIdentityMismatch { .. }
+            | Error::Certificate(_) => Side::Local,
+            Error::ConnectPeer(_)
+            | Error::HandshakeTimeout
+            | Error::Tls(_)
+            | Error::PeerIdentity(_)
+            | Error::UnexpectedPeer { .. }
+            | Error::H2(_)
+            | Error::HttpStatus(_)
+            | Error::ConnectUpstream(_)
+            | Error::NoHealthyUpstream(_)
+            | Error::UnknownDestination(_)
+            | Error::Io(_) => Side::Destination,
+        }
+    }
+
+    /// The HTTP status an inbound CONNECT gets for this error.
+    pub fn status(&self) -> http::StatusCode {
+        match self.side() {
+            Side::Source => http::StatusCode::BAD_REQUEST,
+            Side::Policy => http::StatusCode::UNAUTHORIZED,
+            Side::Local | Side::Destination => http::StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+impl From<io::Error> for Error {
+    fn from(e: io::Error) -> Self {
+        Error::Io(Arc::new(e))
+    }
+}

@@ -1,0 +1,170 @@
+//! Outbound capture (15001): a pod's connection, redirected here, leaves as HBONE (mesh
+//! destinations), plain TCP (non-mesh workloads) or passthrough (unknown addresses).
+//!
+//! The source is always the pod this listener belongs to: never looked up by IP.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::{Method, Request, StatusCode};
+use tokio::net::TcpStream;
+
+use super::hbone::pool::PoolKey;
+use super::hbone::stream::relay as relay_h2;
+use super::proxy::Drains;
+use super::route::{self, RefuseReason, Route};
+use super::{Error, Proxy};
+use crate::ops::access::{AccessLog, Direction};
+use crate::state::canonical_ip;
+
+/// Serves one captured outbound connection to completion.
+pub async fn serve(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, _drain: Drains) {
+    let mut log = AccessLog::new(Direction::Outbound);
+    log.src.addr = Some(canonical(peer));
+    log.src.workload = Some(proxy.pod.name.clone());
+    log.src.namespace = Some(proxy.pod.namespace.clone());
+    let (sent, recv, res) = match run(&proxy, tcp, peer, &mut log).await {
+        Ok((sent, recv)) => (sent, recv, Ok(())),
+        Err((sent, recv, e)) => (sent, recv, Err(e)),
+    };
+    match &res {
+        Ok(()) => log.complete(sent, recv, None),
+        Err(e) => log.complete(sent, recv, Some(e)),
+    }
+}
+
+type Outcome = Result<(u64, u64), (u64, u64, Error)>;
+
+async fn run(proxy: &Proxy, tcp: TcpStream, peer: SocketAddr, log: &mut AccessLog) -> Outcome {
+    let fail = |e: Error| (0, 0, e);
+    let _ = proxy.sockets.prepare_accepted(&tcp);
+    let dst = original_destination(&tcp, proxy.cfg.proxy.outbound_port)
+        .ok_or_else(|| fail(Error::NoOriginalDestination))?;
+    log.dst.addr = Some(dst);
+    if proxy.is_own_port(dst.port())
+        && (dst.ip().is_loopback() || dst.ip() == canonical_ip(local_ip(&tcp)))
+    {
+        return Err(fail(Error::SelfCall(dst)));
+    }
+    let src = proxy.local_workload().await.map_err(fail)?;
+    log.src.identity = src.identity();
+    let src_ip = canonical_ip(peer.ip());
+    let route = {
+        let snap = proxy.state.load();
+        route::plan(
+            &snap,
+            &proxy.cfg.network,
+            &src,
+            dst,
+            proxy.cfg.proxy.inbound_hbone_port,
+        )
+    };
+    match route {
+        Route::Refuse(RefuseReason::NoHealthyUpstream)
+        | Route::Refuse(RefuseReason::UnknownServicePort) => {
+            Err(fail(Error::NoHealthyUpstream(dst)))
+        }
+        Route::Tcp {
+            dst: target,
+            workload,
+            service,
+        } => {
+            log.dst.addr = Some(target);
+            if let Some(w) = &workload {
+                log.dst.workload = Some(w.name.clone());
+                log.dst.namespace = Some(w.namespace.clone());
+            }
+            log.service = service.map(|s| s.hostname.clone());
+            let upstream = proxy
+                .sockets
+                .connect(target, None)
+                .await
+                .map_err(|e| fail(Error::ConnectUpstream(Arc::new(e))))?;
+            relay_tcp(tcp, upstream).await
+        }
+        Route::Hbone {
+            dst: hbone_dst,
+            authority,
+            identities,
+            workload,
+            service,
+        } => {
+            log.dst.addr = Some(hbone_dst);
+            log.hbone_addr = Some(authority);
+            log.dst.workload = Some(workload.name.clone());
+            log.dst.namespace = Some(workload.namespace.clone());
+            log.service = service.as_ref().map(|s| s.hostname.clone());
+            let cert = proxy.local_cert(&src).await.map_err(fail)?;
+            let key = PoolKey {
+                src_identity: cert.identity().clone(),
+                dst_identities: identities,
+                dst: hbone_dst,
+                src_ip,
+            };
+            let checkout = proxy.pool.checkout(&key, &cert).await.map_err(fail)?;
+            // The pool only hands out connections whose peer proved one of the identities.
+            log.dst.identity = workload.identity();
+            let mut forwarded = super::hbone::forwarded(canonical(peer));
+            if let Some(s) = &service {
+                forwarded.push_str(";host=");
+                forwarded.push_str(&s.hostname);
+            }
+            let req = Request::builder()
+                .method(Method::CONNECT)
+                .uri(authority.to_string())
+                .header("forwarded", forwarded)
+                .header("traceparent", super::hbone::traceparent())
+                .body(())
+                .map_err(|_| fail(Error::BadRequest("cannot build CONNECT")))?;
+            let mut sender = checkout
+                .sender()
+                .ready()
+                .await
+                .map_err(|e| fail(Error::H2(Arc::new(e))))?;
+            let (resp, send) = sender
+                .send_request(req, false)
+                .map_err(|e| fail(Error::H2(Arc::new(e))))?;
+            let resp = resp.await.map_err(|e| fail(Error::H2(Arc::new(e))))?;
+            if resp.status() != StatusCode::OK {
+                return Err(fail(Error::HttpStatus(resp.status())));
+            }
+            let recv = resp.into_body();
+            let (rd, wr) = tcp.into_split();
+            let (t, res) = relay_h2(rd, wr, send, recv).await;
+            drop(checkout);
+            match res {
+                Ok(()) => Ok((t.from_tcp, t.to_tcp)),
+                Err(e) => Err((t.from_tcp, t.to_tcp, e.into())),
+            }
+        }
+    }
+}
+
+/// Bidirectional copy between two sockets with half-close both ways.
+pub(crate) async fn relay_tcp(mut a: TcpStream, mut b: TcpStream) -> Outcome {
+    match tokio::io::copy_bidirectional(&mut a, &mut b).await {
+        Ok((sent, recv)) => Ok((sent, recv)),
+        Err(e) => Err((0, 0, e.into())),
+    }
+}
+
+/// Where a captured connection was headed: `SO_ORIGINAL_DST` for REDIRECT captures, else the
+/// local address (TPROXY). `None` if the client connected to the listener port directly.
+pub(crate) fn original_destination(tcp: &TcpStream, listener_port: u16) -> Option<SocketAddr> {
+    let local = tcp.local_addr().ok()?;
+    let dst = crate::sys::socket::original_dst(tcp)
+        .map(canonical)
+        .unwrap_or_else(|| canonical(local));
+    (dst.port() != listener_port || dst.ip() != canonical_ip(local.ip())).then_some(dst)
+}
+
+fn local_ip(tcp: &TcpStream) -> std::net::IpAddr {
+    tcp.local_addr()
+        .map(|a| a.ip())
+        .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]))
+}
+
+/// IPv4-mapped socket addresses as plain IPv4.
+pub(crate) fn canonical(a: SocketAddr) -> SocketAddr {
+    SocketAddr::new(canonical_ip(a.ip()), a.port())
+}

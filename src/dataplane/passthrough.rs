@@ -1,0 +1,37 @@
+//! Plaintext inbound (15006): TCP from clients outside the mesh, redirected here by the pod's
+//! rules, delivered to the app with the client's own IP. Such connections carry no identity.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpStream;
+
+use super::outbound::{canonical, original_destination, relay_tcp};
+use super::proxy::Drains;
+use super::{Error, Proxy};
+use crate::ops::access::{AccessLog, Direction};
+
+/// Serves one plaintext inbound connection.
+pub async fn serve(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, _drain: Drains) {
+    let peer = canonical(peer);
+    let mut log = AccessLog::new(Direction::Inbound);
+    log.src.addr = Some(peer);
+    log.dst.workload = Some(proxy.pod.name.clone());
+    log.dst.namespace = Some(proxy.pod.namespace.clone());
+    let _ = proxy.sockets.prepare_accepted(&tcp);
+    let Some(dst) = original_destination(&tcp, proxy.cfg.proxy.inbound_plaintext_port) else {
+        return log.complete(0, 0, Some(&Error::NoOriginalDestination));
+    };
+    log.dst.addr = Some(dst);
+    if dst.ip().is_loopback() || proxy.is_own_port(dst.port()) {
+        return log.complete(0, 0, Some(&Error::SelfCall(dst)));
+    }
+    let upstream = match proxy.sockets.connect(dst, Some(peer.ip())).await {
+        Ok(s) => s,
+        Err(e) => return log.complete(0, 0, Some(&Error::ConnectUpstream(Arc::new(e)))),
+    };
+    match relay_tcp(tcp, upstream).await {
+        Ok((sent, recv)) => log.complete(sent, recv, None),
+        Err((sent, recv, e)) => log.complete(sent, recv, Some(&e)),
+    }
+}

@@ -1,0 +1,259 @@
+//! One proxy instance: a pod's identity, sockets and pool, and its three listeners.
+
+use std::io;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Handle;
+
+use super::hbone::pool::{Pool, PoolConfig};
+use super::hbone::H2Settings;
+use super::sockets::Sockets;
+use super::Error;
+use crate::config::Config;
+use crate::drain::{self, DrainMode};
+use crate::state::model::Workload;
+use crate::state::Reader;
+use crate::tls::{CertSource, WorkloadCert};
+
+/// How long a connection waits for its own workload to appear in the mesh state.
+const LOCAL_WORKLOAD_WAIT: Duration = Duration::from_secs(5);
+
+/// Who a proxy instance serves, as the CNI (or `PROXY_WORKLOAD_INFO`) announced it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodInfo {
+    /// Pod uid (may be empty in dedicated mode).
+    pub uid: Arc<str>,
+    /// Pod name.
+    pub name: Arc<str>,
+    /// Namespace.
+    pub namespace: Arc<str>,
+    /// Service account.
+    pub service_account: Arc<str>,
+}
+
+/// Everything a pod's connections need. Shared by all its connection tasks.
+pub struct Proxy {
+    pub(crate) pod: PodInfo,
+    pub(crate) cfg: Arc<Config>,
+    pub(crate) state: Reader,
+    certs: Arc<dyn CertSource>,
+    pub(crate) sockets: Sockets,
+    pub(crate) pool: Pool,
+}
+
+impl Proxy {
+    /// A proxy for `pod` whose sockets come from `sockets`.
+    pub fn new(
+        pod: PodInfo,
+        cfg: Arc<Config>,
+        state: Reader,
+        certs: Arc<dyn CertSource>,
+        sockets: Sockets,
+    ) -> Arc<Self> {
+        let pool_cfg = PoolConfig {
+            max_streams: cfg.proxy.pool_max_streams_per_connection,
+            idle_timeout: cfg.proxy.pool_unused_release_timeout,
+            handshake_timeout: cfg.proxy.handshake_timeout,
+            h2: H2Settings::from_config(&cfg.proxy),
+        };
+        let pool = Pool::new(pool_cfg, sockets.clone());
+        Arc::new(Proxy {
+            pod,
+            cfg,
+            state,
+            certs,
+            sockets,
+            pool,
+        })
+    }
+
+    /// The pod's workload from the mesh state, waiting a bounded time for it to arrive. Its
+    /// identity must match what the CNI announced: a mismatch fails closed.
+    pub async fn local_workload(&self) -> Result<Arc<Workload>, Error> {
+        let mut state = self.state.clone();
+        let deadline = tokio::time::Instant::now() + LOCAL_WORKLOAD_WAIT;
+        loop {
+            let found = {
+                let snap = state.load();
+                snap.workload_by_pod(
+                    &self.pod.namespace,
+                    &self.pod.name,
+                    self.cfg.node_name.as_deref(),
+                )
+                .cloned()
+            };
+            if let Some(w) = found {
+                if w.service_account != self.pod.service_account {
+                    return Err(Error::LocalIdentityMismatch {
+                        cni: self.pod.service_account.clone(),
+                        state: w.service_account.clone(),
+                    });
+                }
+                return Ok(w);
+            }
+            match tokio::time::timeout_at(deadline, state.changed()).await {
+                Ok(true) => continue,
+                _ => {
+                    return Err(Error::UnknownLocalWorkload(
+                        format!("{}/{}", self.pod.namespace, self.pod.name).into(),
+                    ))
+                }
+            }
+        }
+    }
+
+    /// The certificate of the pod's own identity (the only one this proxy may use).
+    pub async fn local_cert(&self, w: &Workload) -> Result<Arc<WorkloadCert>, Error> {
+        let id = w
+            .identity()
+            .ok_or_else(|| Error::UnknownLocalWorkload(w.uid.clone()))?;
+        Ok(self.certs.fetch(&id).await?)
+    }
+
+    /// Ports a captured connection must never be sent to on loopback or this pod.
+    pub(crate) fn is_own_port(&self, port: u16) -> bool {
+        self.cfg.illegal_ports().contains(&port)
+    }
+
+    /// Binds the pod's listeners (on the calling thread, in the pod's namespace) and starts
+    /// serving them on `data`. Dropping the returned handle stops the listeners and closes the
+    /// pod's connections. `process` is the process-wide drain: its signal reaches every
+    /// listener and connection, and its `closed()` waits for all of them.
+    pub fn start(
+        self: &Arc<Self>,
+        data: &Handle,
+        process: &drain::Trigger,
+    ) -> io::Result<ProxyHandle> {
+        let any = if self.cfg.proxy.ipv6_enabled {
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+        } else {
+            IpAddr::from([0, 0, 0, 0])
+        };
+        let transparent = self.cfg.proxy.enable_orig_src.unwrap_or(true);
+        let p = &self.cfg.proxy;
+        let outbound = self
+            .sockets
+            .std_listener(SocketAddr::new(any, p.outbound_port), transparent)?;
+        let plaintext = self
+            .sockets
+            .std_listener(SocketAddr::new(any, p.inbound_plaintext_port), transparent)?;
+        let hbone = self
+            .sockets
+            .std_listener(SocketAddr::new(any, p.inbound_hbone_port), transparent)?;
+        let (trigger, pod) = drain::channel();
+        let drains = Drains {
+            pod,
+            process: process.watch(),
+        };
+        let this = self.clone();
+        let d = drains.clone();
+        data.spawn(async move {
+            serve(outbound, d, move |s, peer, d| {
+                super::outbound::serve(this.clone(), s, peer, d)
+            })
+            .await
+        });
+        let this = self.clone();
+        let d = drains.clone();
+        data.spawn(async move {
+            serve(plaintext, d, move |s, peer, d| {
+                super::passthrough::serve(this.clone(), s, peer, d)
+            })
+            .await
+        });
+        let this = self.clone();
+        data.spawn(async move {
+            serve(hbone, drains, move |s, peer, d| {
+                super::inbound::serve(this.clone(), s, peer, d)
+            })
+            .await
+        });
+        Ok(ProxyHandle { trigger })
+    }
+}
+
+/// Keeps a pod's proxy running; dropping it (or [`ProxyHandle::drain`]) stops it.
+pub struct ProxyHandle {
+    trigger: drain::Trigger,
+}
+
+impl ProxyHandle {
+    /// Stops accepting; connections stop now (`Immediate`) or run to completion (`Graceful`).
+    pub fn drain(&self, mode: DrainMode) {
+        self.trigger.start(mode);
+    }
+
+    /// Resolves when every listener and connection of the pod is gone.
+    pub async fn closed(&self) {
+        self.trigger.closed().await
+    }
+}
+
+/// The two drains a pod's tasks obey: the pod's own (CNI `del`) and the process's (SIGTERM).
+#[derive(Clone)]
+pub struct Drains {
+    pod: drain::Watch,
+    process: drain::Watch,
+}
+
+impl Drains {
+    /// Resolves when either drain starts, with its mode.
+    pub async fn signaled(&mut self) -> DrainMode {
+        tokio::select! {
+            m = self.pod.signaled() => m,
+            m = self.process.signaled() => m,
+        }
+    }
+
+    /// Resolves when either drain becomes immediate.
+    pub async fn immediate(&mut self) {
+        tokio::select! {
+            _ = self.pod.immediate() => {}
+            _ = self.process.immediate() => {}
+        }
+    }
+}
+
+/// Accepts until drained; each connection runs in its own task until done or drained
+/// immediately. Every task holds a clone of the drains, which is what lets the process wait
+/// for its connections on shutdown.
+async fn serve<F, Fut>(listener: std::net::TcpListener, mut drains: Drains, handle: F)
+where
+    F: Fn(TcpStream, SocketAddr, Drains) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = match TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot register listener");
+            return;
+        }
+    };
+    loop {
+        let accepted = tokio::select! {
+            _ = drains.signaled() => break,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let conn = handle(stream, peer, drains.clone());
+                let mut d = drains.clone();
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = conn => {}
+                        _ = d.immediate() => {}
+                    }
+                });
+            }
+            Err(e) => {
+                // Out of file descriptors or similar: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! Socket creation for one proxy instance: in the pod's network namespace (shared mode) or
+//! ztun's own (dedicated mode), with the packet mark that the pod's redirection rules skip.
+//!
+//! Every socket ztun opens on behalf of a pod, listeners and upstream connections alike, comes
+//! from here, so no socket can be created in the wrong namespace or without its mark.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
+use tokio::net::{TcpSocket, TcpStream};
+
+use crate::config::Keepalive;
+use crate::sys::Netns;
+
+/// Listen backlog for pod listeners.
+const BACKLOG: i32 = 128;
+
+/// Creates sockets for one proxy instance.
+#[derive(Clone)]
+pub struct Sockets {
+    netns: Option<Arc<Netns>>,
+    mark: Option<u32>,
+    reuse_port: bool,
+    keepalive: Keepalive,
+    connect_timeout: Duration,
+}
+
+impl Sockets {
+    /// Sockets in `netns` (or the current namespace when `None`), marked with `mark`.
+    pub fn new(
+        netns: Option<Arc<Netns>>,
+        mark: Option<u32>,
+        reuse_port: bool,
+        keepalive: Keepalive,
+        connect_timeout: Duration,
+    ) -> Self {
+        Sockets {
+            netns,
+            mark,
+            reuse_port,
+            keepalive,
+            connect_timeout,
+        }
+    }
+
+    fn in_ns<R>(&self, f: impl FnOnce() -> io::Result<R>) -> io::Result<R> {
+        match &self.netns {
+            Some(ns) => ns.run(f)?,
+            None => f(),
+        }
+    }
+
+    /// A TCP listener on `addr`, transparent when asked (needed for TPROXY captures).
+    /// `[::]` listeners accept IPv4 too; if the namespace has no IPv6, falls back to `0.0.0.0`.
+    /// The listener is not yet registered with a runtime: register it (`from_std`) on the
+    /// runtime that will serve it.
+    pub fn std_listener(
+        &self,
+        addr: SocketAddr,
+        transparent: bool,
+    ) -> io::Result<std::net::TcpListener> {
+        self.in_ns(|| match self.bind_listener(addr, transparent) {
+            Err(e) if addr.is_ipv6() && addr.ip().is_unspecified() && is_no_ipv6(&e) => self
+                .bind_listener(
+                    SocketAddr::new(IpAddr::from([0, 0, 0, 0]), addr.port()),
+                    transparent,
+                ),
+            other => other,
+        })
+    }
+
+    fn bind_listener(
+        &self,
+        addr: SocketAddr,
+        transparent: bool,
+    ) -> io::Result<std::net::TcpListener> {
+        let s = Socket::new(
+            Domain::for_address(addr),
+            Type::STREAM.nonblocking(),
+            Some(Protocol::TCP),
+        )?;
+        s.set_reuse_address(true)?;
+        if self.reuse_port {
+            s.set_reuse_port(true)?;
+        }
+        if let Some(mark) = self.mark {
+            s.set_mark(mark)?;
+        }
+        if addr.is_ipv6() {
+            s.set_only_v6(false)?;
+        }
+        if transparent {
+            // Best effort: without CAP_NET_ADMIN only REDIRECT captures work.
+            let _ = s.set_ip_transparent_v4(true);
+            if addr.is_ipv6() {
+                let _ = s.set_ip_transparent_v6(true);
+            }
+        }
+        s.bind(&addr.into())?;
+        s.listen(BACKLOG)?;
+        Ok(s.into())
+    }
+
+    /// Connects to `dst`. With `source`, the socket is transparent and bound to that IP, so the
+    /// peer sees the original client address.
+    pub async fn connect(&self, dst: SocketAddr, source: Option<IpAddr>) -> io::Result<TcpStream> {
+        let sock = self.in_ns(|| {
+            let s = Socket::new(
+                Domain::for_address(dst),
+                Type::STREAM.nonblocking(),
+                Some(Protocol::TCP),
+            )?;
+            if let Some(mark) = self.mark {
+                s.set_mark(mark)?;
+            }
+            s.set_tcp_nodelay(true)?;
+            self.apply_keepalive(&SockRef::from(&s))?;
+            if let Some(src) = source {
+                if dst.is_ipv4() {
+                    s.set_ip_transparent_v4(true)?;
+                    s.set_freebind_v4(true)?;
+                } else {
+                    s.set_ip_transparent_v6(true)?;
+                    s.set_freebind_v6(true)?;
+                }
+                s.bind(&SocketAddr::new(src, 0).into())?;
+            }
+            Ok(s)
+        })?;
+        let sock = TcpSocket::from_std_stream(sock.into());
+        match tokio::time::timeout(self.connect_timeout, sock.connect(dst)).await {
+            Ok(r) => r,
+            Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
+        }
+    }
+
+    /// Socket options for an accepted connection.
+    pub fn prepare_accepted(&self, s: &TcpStream) -> io::Result<()> {
+        s.set_nodelay(true)?;
+        self.apply_keepalive(&SockRef::from(s))
+    }
+
+    fn apply_keepalive(&self, s: &SockRef<'_>) -> io::Result<()> {
+        let k = &self.keepalive;
+        if !k.enabled {
+            return Ok(());
+        }
+        s.set_keepalive(true)?;
+        let params = TcpKeepalive::new()
+            .with_time(k.time)
+            .with_interval(k.interval)
+            .with_retries(k.retries);
+        s.set_tcp_keepalive(&params)?;
+        if k.user_timeout_enabled {
+            s.set_tcp_user_timeout(Some(k.time + k.interval * k.retries))?;
+        }
+        Ok(())
+    }
+}
+
+fn is_no_ipv6(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EAFNOSUPPORT) | Some(libc::EADDRNOTAVAIL)
+    )
+}

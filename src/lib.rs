@@ -1,0 +1,23 @@
+//! ztun: a per-node zero-trust tunnel for Kubernetes ambient meshes.
+//!
+//! The tree follows the data flow: `control` (CNI, local config, certificates) writes `state`;
+//! `dataplane` reads it to capture, route and tunnel connections (HBONE over mTLS, `tls`);
+//! `ops` reports what happened. `app` wires it together; `sys` holds the few syscalls.
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod app;
+pub mod config;
+pub mod control;
+pub mod dataplane;
+pub mod drain;
+pub mod identity;
+pub mod ops;
+pub mod state;
+pub mod sys;
+#[cfg(any(test, feature = "testing"))]
+pub mod testkit;
+pub mod tls;
+
+/// Version of this build.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

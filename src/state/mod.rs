@@ -1,0 +1,97 @@
+//! The shared state between the control side (writer) and the data plane (readers).
+//!
+//! The control side builds a complete [`Snapshot`] off to the side and publishes it with one
+//! atomic pointer swap per update (one generation per xDS response or local file load), so a
+//! reader always sees a consistent mesh. Readers decide synchronously over a snapshot; they
+//! never hold a loaded guard across `.await` (use [`Reader::load_full`] for that).
+//!
+//! Allowed imports: `identity`, `state::model`. Never `control/` or generated proto code.
+
+pub mod model;
+mod snapshot;
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
+
+pub use snapshot::{canonical_ip, Snapshot, SnapshotBuilder};
+
+/// Creates an empty store, returning its single writer and a reader factory.
+pub fn new() -> (Writer, Reader) {
+    let snap = Arc::new(Snapshot::default());
+    let (tx, rx) = watch::channel(0u64);
+    let shared = Arc::new(Shared {
+        current: ArcSwap::new(snap),
+        changed: tx,
+    });
+    (
+        Writer {
+            shared: shared.clone(),
+        },
+        Reader {
+            shared,
+            changed: rx,
+        },
+    )
+}
+
+struct Shared {
+    current: ArcSwap<Snapshot>,
+    /// Carries the generation of the latest published snapshot.
+    changed: watch::Sender<u64>,
+}
+
+/// Read access to the mesh state. Cheap to clone.
+#[derive(Clone)]
+pub struct Reader {
+    shared: Arc<Shared>,
+    changed: watch::Receiver<u64>,
+}
+
+impl Reader {
+    /// The current snapshot: one atomic load, no allocation. Do not hold across `.await`.
+    pub fn load(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+        self.shared.current.load()
+    }
+
+    /// The current snapshot as an owned `Arc`, safe to keep across `.await`.
+    pub fn load_full(&self) -> Arc<Snapshot> {
+        self.shared.current.load_full()
+    }
+
+    /// Waits until a snapshot newer than the last one this reader observed is published.
+    /// Returns `false` if the writer is gone (no update will ever come).
+    pub async fn changed(&mut self) -> bool {
+        self.changed.changed().await.is_ok()
+    }
+}
+
+/// The single writer of the mesh state (owned by the control side).
+pub struct Writer {
+    shared: Arc<Shared>,
+}
+
+impl Writer {
+    /// Publishes a new generation built by `builder`.
+    pub fn publish(&self, builder: SnapshotBuilder) -> Arc<Snapshot> {
+        let generation = self.shared.current.load().generation() + 1;
+        let snap = Arc::new(builder.build(generation));
+        self.shared.current.store(snap.clone());
+        self.shared.changed.send_replace(generation);
+        snap
+    }
+
+    /// A builder holding the current contents, to apply a delta to.
+    pub fn builder(&self) -> SnapshotBuilder {
+        SnapshotBuilder::from_snapshot(&self.shared.current.load())
+    }
+
+    /// A reader of this store.
+    pub fn reader(&self) -> Reader {
+        Reader {
+            shared: self.shared.clone(),
+            changed: self.shared.changed.subscribe(),
+        }
+    }
+}

@@ -1,0 +1,425 @@
+//! ztun's own model of the mesh: workloads, services and authorization policies.
+//!
+//! These types are what the data plane reads. They carry no protobuf or YAML: the control side
+//! (`control/`) converts its inputs into them at the edge, validating as it goes, so code that
+//! reads a model value never re-checks it.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use crate::identity::Identity;
+
+/// Shared immutable string.
+pub type Strng = Arc<str>;
+
+/// Tunnel protocol a workload accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum TunnelProtocol {
+    /// Plain TCP (not meshed, or meshed without a tunnel).
+    #[default]
+    Tcp,
+    /// HBONE: HTTP/2 CONNECT over mutual TLS to port 15008.
+    Hbone,
+}
+
+/// How the workload's pod is networked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub enum NetworkMode {
+    /// A pod with its own IPs.
+    #[default]
+    Standard,
+    /// A host-network pod: its IPs are the node's, so it is never indexed by IP.
+    HostNetwork,
+}
+
+/// Health as reported by the control plane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub enum HealthStatus {
+    /// Ready to receive traffic.
+    #[default]
+    Healthy,
+    /// Not ready; excluded from load balancing unless the service allows all.
+    Unhealthy,
+}
+
+/// Where a gateway (waypoint or network gateway) is reached.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub enum GatewayDestination {
+    /// A workload address on a network.
+    Address(NetworkAddress),
+    /// A service, by namespace and hostname.
+    Hostname(NamespacedHostname),
+}
+
+/// A waypoint or network gateway reference.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct GatewayAddress {
+    /// Where the gateway is.
+    pub destination: GatewayDestination,
+    /// The port its HBONE listener is on (usually 15008).
+    pub hbone_mtls_port: u16,
+}
+
+/// An IP address qualified by its network (the empty network is the default one).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub struct NetworkAddress {
+    /// Network name; empty for the default network.
+    pub network: Strng,
+    /// The address.
+    pub address: IpAddr,
+}
+
+/// A service name qualified by its namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub struct NamespacedHostname {
+    /// Namespace of the service.
+    pub namespace: Strng,
+    /// Fully qualified hostname of the service.
+    pub hostname: Strng,
+}
+
+/// Protocol of an application tunnel (how a sandwiched waypoint wants traffic delivered).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub enum AppTunnelProtocol {
+    /// Deliver raw bytes.
+    #[default]
+    None,
+    /// Prepend a PROXY protocol v2 header.
+    Proxy,
+}
+
+/// A workload's application tunnel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct ApplicationTunnel {
+    /// How to deliver.
+    pub protocol: AppTunnelProtocol,
+    /// Port to deliver to; `None` means the target port.
+    pub port: Option<u16>,
+}
+
+/// Locality of a workload.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
+pub struct Locality {
+    /// Region, e.g. `us-east1`.
+    pub region: Strng,
+    /// Zone within the region.
+    pub zone: Strng,
+    /// Subzone within the zone.
+    pub subzone: Strng,
+}
+
+/// Service port → target port of one endpoint (target 0 = use the service's target port).
+pub type PortMap = BTreeMap<u16, u16>;
+
+/// A workload (a pod, VM or other endpoint) as the mesh knows it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Workload {
+    /// Unique id; the xDS resource name (e.g. `cluster//Pod/ns/name`).
+    pub uid: Strng,
+    /// Pod name.
+    pub name: Strng,
+    /// Namespace.
+    pub namespace: Strng,
+    /// IP addresses, possibly empty (hostname-only workloads).
+    pub workload_ips: Vec<IpAddr>,
+    /// Hostname for DNS-resolved workloads.
+    pub hostname: Strng,
+    /// Network the IPs belong to.
+    pub network: Strng,
+    /// Tunnel protocol the workload accepts.
+    pub protocol: TunnelProtocol,
+    /// Trust domain of its identity.
+    pub trust_domain: Strng,
+    /// Service account of its identity.
+    pub service_account: Strng,
+    /// Workload waypoint, if any.
+    pub waypoint: Option<GatewayAddress>,
+    /// Network gateway for cross-network traffic, if any.
+    pub network_gateway: Option<GatewayAddress>,
+    /// Node the workload runs on.
+    pub node: Strng,
+    /// Canonical service name (telemetry).
+    pub canonical_name: Strng,
+    /// Canonical revision (telemetry).
+    pub canonical_revision: Strng,
+    /// Kind of controller (deployment, cronjob, pod, job), lowercase.
+    pub workload_type: Strng,
+    /// Name of the controller (telemetry).
+    pub workload_name: Strng,
+    /// Whether the workload terminates HBONE itself.
+    pub native_tunnel: bool,
+    /// Application tunnel, if any.
+    pub application_tunnel: Option<ApplicationTunnel>,
+    /// Service memberships: `namespace/hostname` → port map.
+    pub services: BTreeMap<Strng, PortMap>,
+    /// WORKLOAD_SELECTOR policies (`namespace/name`) that apply to it.
+    pub authorization_policies: Vec<Strng>,
+    /// Health.
+    pub status: HealthStatus,
+    /// Cluster id.
+    pub cluster_id: Strng,
+    /// Locality.
+    pub locality: Locality,
+    /// Network mode.
+    pub network_mode: NetworkMode,
+    /// Load-balancing weight (≥ 1).
+    pub capacity: u32,
+}
+
+impl Workload {
+    /// The workload's SPIFFE identity, or `None` when a part is not a valid identity part
+    /// (such a workload can never be the peer of an mTLS connection).
+    pub fn identity(&self) -> Option<Identity> {
+        Identity::new(&self.trust_domain, &self.namespace, &self.service_account).ok()
+    }
+}
+
+/// How a service's VIPs and endpoints are chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub enum LoadBalancerMode {
+    /// No preference: all endpoints are candidates.
+    #[default]
+    Standard,
+    /// Only endpoints matching every routing preference.
+    Strict,
+    /// Prefer endpoints matching the most leading routing preferences.
+    Failover,
+    /// Send to the original destination without endpoint selection.
+    Passthrough,
+}
+
+/// A locality scope for routing preferences.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum LoadBalancerScope {
+    /// Same region.
+    Region,
+    /// Same zone.
+    Zone,
+    /// Same subzone.
+    Subzone,
+    /// Same node.
+    Node,
+    /// Same cluster.
+    Cluster,
+    /// Same network.
+    Network,
+}
+
+/// Which endpoints may receive traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub enum HealthPolicy {
+    /// Only healthy endpoints.
+    #[default]
+    OnlyHealthy,
+    /// Every endpoint.
+    AllowAll,
+}
+
+/// Load-balancing settings of a service.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LoadBalancer {
+    /// Ordered routing preferences.
+    pub routing_preferences: Vec<LoadBalancerScope>,
+    /// Mode.
+    pub mode: LoadBalancerMode,
+    /// Health policy.
+    pub health_policy: HealthPolicy,
+}
+
+/// IP families a service serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub enum IpFamilies {
+    /// Whatever the endpoints have.
+    #[default]
+    Automatic,
+    /// IPv4 only.
+    Ipv4Only,
+    /// IPv6 only.
+    Ipv6Only,
+    /// Both.
+    Dual,
+}
+
+/// Who can see a service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub enum Visibility {
+    /// Everyone.
+    #[default]
+    Public,
+    /// Clients in the service's namespace only.
+    Namespace,
+}
+
+/// A CIDR VIP: every address of the prefix belongs to the service.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CidrVip {
+    /// Network of the prefix.
+    pub network: Strng,
+    /// First address of the prefix.
+    pub address: IpAddr,
+    /// Prefix length.
+    pub prefix_len: u8,
+}
+
+/// A waypoint chosen with a weight.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct WeightedWaypoint {
+    /// The waypoint.
+    pub destination: GatewayAddress,
+    /// Relative weight.
+    pub weight: u32,
+}
+
+/// A service: VIPs, ports and the endpoints behind them.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Service {
+    /// Short name.
+    pub name: Strng,
+    /// Namespace.
+    pub namespace: Strng,
+    /// Fully qualified hostname; with the namespace, the service's key.
+    pub hostname: Strng,
+    /// Virtual IPs (full-length addresses).
+    pub vips: Vec<NetworkAddress>,
+    /// CIDR VIPs.
+    pub cidr_vips: Vec<CidrVip>,
+    /// Service port → target port (0 = a named port resolved per endpoint).
+    pub ports: PortMap,
+    /// Extra SPIFFE identities accepted from endpoints of this service.
+    pub subject_alt_names: Vec<Strng>,
+    /// Service waypoint.
+    pub waypoint: Option<GatewayAddress>,
+    /// Weighted waypoints (sampled per connection).
+    pub weighted_waypoints: Vec<WeightedWaypoint>,
+    /// Load balancing.
+    pub load_balancer: Option<LoadBalancer>,
+    /// IP families.
+    pub ip_families: IpFamilies,
+    /// Tie-break among services sharing a VIP or hostname.
+    pub canonical: bool,
+    /// Visibility.
+    pub visibility: Visibility,
+}
+
+impl Service {
+    /// The key the service is stored and removed under: `namespace/hostname`.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.hostname)
+    }
+}
+
+/// Where an authorization policy applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum PolicyScope {
+    /// Every workload in the mesh.
+    Global,
+    /// Every workload in the policy's namespace.
+    Namespace,
+    /// Only workloads that list the policy.
+    WorkloadSelector,
+}
+
+/// What a matching policy does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum PolicyAction {
+    /// Permit matching connections.
+    Allow,
+    /// Refuse matching connections.
+    Deny,
+}
+
+/// A string matcher.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub enum StringMatch {
+    /// Equal to.
+    Exact(Strng),
+    /// Starts with.
+    Prefix(Strng),
+    /// Ends with.
+    Suffix(Strng),
+    /// Any non-empty value.
+    Presence,
+}
+
+/// A (namespace, service account) pair to match exactly.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ServiceAccountMatch {
+    /// Namespace.
+    pub namespace: Strng,
+    /// Service account.
+    pub service_account: Strng,
+}
+
+/// An IP prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct IpNet {
+    /// First address.
+    pub address: IpAddr,
+    /// Prefix length (≤ 32 for IPv4, ≤ 128 for IPv6).
+    pub prefix_len: u8,
+}
+
+/// One match: every present field must hold (positive lists: any element; `not_` lists: none).
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyMatch {
+    /// Source namespace.
+    pub namespaces: Vec<StringMatch>,
+    /// Source namespace must not match.
+    pub not_namespaces: Vec<StringMatch>,
+    /// Source principal (identity without `spiffe://`).
+    pub principals: Vec<StringMatch>,
+    /// Source principal must not match.
+    pub not_principals: Vec<StringMatch>,
+    /// Source service account.
+    pub service_accounts: Vec<ServiceAccountMatch>,
+    /// Source service account must not match.
+    pub not_service_accounts: Vec<ServiceAccountMatch>,
+    /// Source IP.
+    pub source_ips: Vec<IpNet>,
+    /// Source IP must not match.
+    pub not_source_ips: Vec<IpNet>,
+    /// Destination IP.
+    pub destination_ips: Vec<IpNet>,
+    /// Destination IP must not match.
+    pub not_destination_ips: Vec<IpNet>,
+    /// Destination port.
+    pub destination_ports: Vec<u16>,
+    /// Destination port must not match.
+    pub not_destination_ports: Vec<u16>,
+}
+
+/// A clause: OR of matches.
+pub type PolicyClause = Vec<PolicyMatch>;
+/// A rule: AND of clauses.
+pub type PolicyRule = Vec<PolicyClause>;
+
+/// An L4 authorization policy.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Policy {
+    /// Name.
+    pub name: Strng,
+    /// Namespace; with the name, the policy's key.
+    pub namespace: Strng,
+    /// Where it applies.
+    pub scope: PolicyScope,
+    /// What it does.
+    pub action: PolicyAction,
+    /// Rules (OR).
+    pub rules: Vec<PolicyRule>,
+    /// Only log the decision.
+    pub dry_run: bool,
+}
+
+impl Policy {
+    /// The key the policy is stored under and referenced by: `namespace/name`.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}

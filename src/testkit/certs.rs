@@ -1,0 +1,86 @@
+//! Certificate-authority fixtures: self-signed EC P-256 CAs written in the layout ztun reads
+//! from `LOCAL_CA_DIR` (`root-cert.pem` + `ca-key.pem`, the key in PKCS#8).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyPair, KeyUsagePurpose,
+    PKCS_ECDSA_P256_SHA256,
+};
+
+/// The files of a CA written by [`write_ca_dir`], and their contents.
+#[derive(Debug, Clone)]
+pub struct CaFiles {
+    /// The directory holding the files (pass it as `LOCAL_CA_DIR`).
+    pub dir: PathBuf,
+    /// `<dir>/root-cert.pem`: the self-signed CA certificate.
+    pub root_cert: PathBuf,
+    /// `<dir>/ca-key.pem`: the CA's private key, PKCS#8 PEM.
+    pub ca_key: PathBuf,
+    /// PEM of the CA certificate.
+    pub cert_pem: String,
+    /// PEM of the CA key.
+    pub key_pem: String,
+}
+
+/// Creates `dir` if needed and writes a fresh mesh CA into it (organisation `ztun-test`).
+pub fn write_ca_dir(dir: &Path) -> anyhow::Result<CaFiles> {
+    write_named_ca_dir(dir, "ztun-test")
+}
+
+/// Like [`write_ca_dir`], but a second CA that shares nothing with the first (different key
+/// and subject): workloads certified by it must not be trusted by the first mesh.
+pub fn write_other_ca_dir(dir: &Path) -> anyhow::Result<CaFiles> {
+    write_named_ca_dir(dir, "ztun-test-other")
+}
+
+/// Writes a fresh self-signed CA whose subject has organisation `org`.
+pub fn write_named_ca_dir(dir: &Path, org: &str) -> anyhow::Result<CaFiles> {
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    let mut name = DistinguishedName::new();
+    name.push(DnType::OrganizationName, org);
+    name.push(DnType::CommonName, format!("{org} root CA"));
+    params.distinguished_name = name;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let cert = params.self_signed(&key)?;
+
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    let files = CaFiles {
+        dir: dir.to_path_buf(),
+        root_cert: dir.join("root-cert.pem"),
+        ca_key: dir.join("ca-key.pem"),
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    };
+    std::fs::write(&files.root_cert, &files.cert_pem)
+        .with_context(|| format!("write {}", files.root_cert.display()))?;
+    std::fs::write(&files.ca_key, &files.key_pem)
+        .with_context(|| format!("write {}", files.ca_key.display()))?;
+    Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_two_distinct_pkcs8_cas() {
+        let base = std::env::temp_dir().join(format!("ztun-certs-test-{}", std::process::id()));
+        let one = write_ca_dir(&base.join("one")).unwrap();
+        let other = write_other_ca_dir(&base.join("other")).unwrap();
+        assert!(one.key_pem.starts_with("-----BEGIN PRIVATE KEY-----"));
+        assert!(std::fs::read_to_string(&one.root_cert)
+            .unwrap()
+            .contains("BEGIN CERTIFICATE"));
+        assert_ne!(one.cert_pem, other.cert_pem);
+        assert_ne!(one.key_pem, other.key_pem);
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+}

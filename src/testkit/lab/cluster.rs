@@ -1,0 +1,659 @@
+//! The lab cluster: nodes and pods as network namespaces, wired like a small Kubernetes
+//! cluster, torn down on drop.
+//!
+//! Addressing (k = node number from 1 in declaration order, j = pod number on its node from 1):
+//! - node `k`: netns `<prefix><node>`, link `eth0` with 172.30.0.k/24 (a veth pair for two
+//!   nodes; a bridge in a `<prefix>switch` netns for more; a dummy link for one);
+//!   routes 10.0.m.0/24 via 172.30.0.m for every other node m; forwarding on, rp_filter off.
+//! - pod `j` on node `k`: netns `<prefix><pod>`, `eth0` with 10.0.k.(10+j)/32, an on-link
+//!   route to 10.0.k.1 and a default route via it; the node side of the veth (`veth<10+j>`)
+//!   holds 10.0.k.1/32 and a /32 route to the pod.
+
+use std::net::Ipv4Addr;
+use std::ops::Deref;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Weak;
+
+use anyhow::{bail, Context as _};
+use parking_lot::Mutex;
+
+use super::capture::Capture;
+use super::cni::{PodInfo, TestCni};
+use super::netns::{self, Netns};
+use super::process::{kill_and_reap, Process};
+use super::redirect::{self, CaptureMode};
+
+/// Every lab namespace and temp dir name starts with this.
+pub const LAB_PREFIX: &str = "ztl-";
+/// Name of a node's inter-node link interface.
+pub const NODE_LINK: &str = "eth0";
+/// Sysctls applied in node namespaces (and rp_filter in pods).
+const NODE_SYSCTLS: &[(&str, &str)] = &[
+    ("net/ipv4/ip_forward", "1"),
+    ("net/ipv4/conf/all/rp_filter", "0"),
+    ("net/ipv4/conf/default/rp_filter", "0"),
+];
+const POD_SYSCTLS: &[(&str, &str)] = &[
+    ("net/ipv4/conf/all/rp_filter", "0"),
+    ("net/ipv4/conf/default/rp_filter", "0"),
+];
+
+/// Collects nodes and pods; [`build`](LabBuilder::build) creates them.
+#[derive(Debug)]
+#[must_use]
+pub struct LabBuilder {
+    test_name: String,
+    nodes: Vec<String>,
+    pods: Vec<PodSpec>,
+}
+
+/// Describes one pod of the lab.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct PodSpec {
+    name: String,
+    node: String,
+    namespace: String,
+    service_account: String,
+    captured: bool,
+    enrolled: bool,
+    capture_mode: CaptureMode,
+}
+
+/// A built lab. Dropping it kills every process it started (and any still inside its
+/// namespaces), deletes its namespaces and removes its temp dir — also when a test panics.
+pub struct Lab {
+    test_name: String,
+    prefix: String,
+    dir: PathBuf,
+    /// Namespaces in creation order; deleted in reverse.
+    created: Vec<String>,
+    nodes: Vec<Node>,
+    pods: Vec<Pod>,
+    children: Mutex<Vec<Weak<Mutex<Child>>>>,
+    captures: AtomicUsize,
+}
+
+/// A lab node: a namespace where that node's ztun runs, with its own test CNI.
+#[derive(Debug)]
+pub struct Node {
+    name: String,
+    index: u8,
+    netns: Netns,
+    dir: PathBuf,
+    cni: TestCni,
+}
+
+/// A lab pod: a namespace with one IPv4 address. Dereferences to its [`Netns`], so
+/// `pod.run(..)`, `pod.spawn_echo_server(..)`, `pod.bulk_echo(..)` run inside the pod.
+#[derive(Debug)]
+pub struct Pod {
+    spec: PodSpec,
+    uid: String,
+    ip: Ipv4Addr,
+    netns: Netns,
+}
+
+impl Lab {
+    /// Starts describing a lab for the test `test_name` (used in logs and the temp dir).
+    pub fn builder(test_name: &str) -> LabBuilder {
+        LabBuilder {
+            test_name: test_name.to_string(),
+            nodes: Vec::new(),
+            pods: Vec::new(),
+        }
+    }
+
+    /// The test name given to the builder.
+    pub fn test_name(&self) -> &str {
+        &self.test_name
+    }
+
+    /// The unique `ztl-<random>-` prefix of every namespace of this lab.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The lab's temp dir (node working dirs, CNI sockets, captures); removed on drop.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The node named `name`; panics if there is none.
+    pub fn node(&self, name: &str) -> &Node {
+        self.nodes
+            .iter()
+            .find(|n| n.name == name)
+            .unwrap_or_else(|| panic!("lab {} has no node {name:?}", self.test_name))
+    }
+
+    /// The pod named `name`; panics if there is none.
+    pub fn pod(&self, name: &str) -> &Pod {
+        self.pods
+            .iter()
+            .find(|p| p.spec.name == name)
+            .unwrap_or_else(|| panic!("lab {} has no pod {name:?}", self.test_name))
+    }
+
+    /// All nodes in declaration order.
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
+
+    /// All pods in declaration order.
+    pub fn pods(&self) -> &[Pod] {
+        &self.pods
+    }
+
+    /// The test CNI of node `name` (shorthand for `lab.node(name).cni()`).
+    pub fn cni(&self, node: &str) -> &TestCni {
+        self.node(node).cni()
+    }
+
+    /// Runs `proxy ztunnel` with the ztun binary from [`ztun_bin`](crate::testkit::ztun_bin)
+    /// in `node`'s namespace; see [`spawn_ztun_with`](Self::spawn_ztun_with).
+    pub fn spawn_ztun(&self, node: &str, env: &[(&str, &str)]) -> anyhow::Result<Process> {
+        let bin = crate::testkit::ztun_bin()?;
+        self.spawn_ztun_with(node, &bin, &["proxy", "ztunnel"], env)
+    }
+
+    /// Runs `bin args...` in `node`'s namespace, with the node's dir as working directory
+    /// and a clean environment: `PATH`, `RUST_BACKTRACE=1`, then the defaults
+    /// `INPOD_UDS=<node's CNI socket>`, `NODE_NAME=<node>`, `RUST_LOG=info,ztun=debug`,
+    /// `XDS_ADDRESS=""`, then `env` (which overrides the defaults). Logs are echoed with
+    /// the node name as label.
+    pub fn spawn_ztun_with(
+        &self,
+        node: &str,
+        bin: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Process> {
+        let node = self.node(node);
+        let socket = node.cni.socket_path().to_string_lossy().into_owned();
+        let mut vars = vec![
+            ("INPOD_UDS", socket.as_str()),
+            ("NODE_NAME", node.name.as_str()),
+            ("RUST_LOG", "info,ztun=debug"),
+            ("XDS_ADDRESS", ""),
+        ];
+        vars.extend_from_slice(env);
+        self.spawn_in(&node.netns, &node.name, bin, args, &vars, &node.dir)
+    }
+
+    /// Runs `program args...` inside `netns` with a clean environment (`PATH`,
+    /// `RUST_BACKTRACE=1`, then `env`) and working directory `cwd`, under supervision; the
+    /// lab kills it on drop if the returned handle is still alive.
+    pub fn spawn_in(
+        &self,
+        netns: &Netns,
+        label: &str,
+        program: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+        cwd: &Path,
+    ) -> anyhow::Result<Process> {
+        if !program.exists() {
+            bail!("{} does not exist", program.display());
+        }
+        let mut cmd = netns.command(program);
+        cmd.args(args)
+            .current_dir(cwd)
+            .env_clear()
+            .env("RUST_BACKTRACE", "1");
+        if let Some(path) = std::env::var_os("PATH") {
+            cmd.env("PATH", path);
+        }
+        cmd.envs(env.iter().copied());
+        let process = Process::spawn(label, cmd)?;
+        self.children.lock().push(process.child_handle());
+        Ok(process)
+    }
+
+    /// Starts `tcpdump` on `node`'s inter-node link, writing to a fresh file in the lab dir;
+    /// returns once it is listening.
+    pub fn capture(&self, node: &str) -> anyhow::Result<Capture> {
+        let node = self.node(node);
+        let n = self.captures.fetch_add(1, Ordering::Relaxed);
+        let file = self.dir.join(format!("{}-{n}.pcap", node.name));
+        let capture = Capture::start(&node.netns, NODE_LINK, &file)?;
+        Ok(capture)
+    }
+
+    fn create_netns(&mut self, suffix: &str) -> anyhow::Result<Netns> {
+        let name = format!("{}{suffix}", self.prefix);
+        let netns = Netns::create(&name)?;
+        self.created.push(name);
+        Ok(netns)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for child in self.children.lock().drain(..) {
+            if let Some(child) = child.upgrade() {
+                kill_and_reap(&child);
+            }
+        }
+        // Stop the CNIs before their sockets' directory goes away.
+        self.nodes.clear();
+        self.pods.clear();
+        for name in self.created.iter().rev() {
+            if let Err(e) = netns::delete(name) {
+                eprintln!("[lab {}] cannot delete netns {name}: {e:#}", self.test_name);
+            }
+        }
+        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+            eprintln!(
+                "[lab {}] cannot remove {}: {e}",
+                self.test_name,
+                self.dir.display()
+            );
+        }
+    }
+}
+
+impl std::fmt::Debug for Lab {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lab")
+            .field("test_name", &self.test_name)
+            .field("prefix", &self.prefix)
+            .field("nodes", &self.nodes)
+            .field("pods", &self.pods)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LabBuilder {
+    /// Adds a node (its number is its position among nodes, from 1).
+    pub fn node(mut self, name: &str) -> LabBuilder {
+        self.nodes.push(name.to_string());
+        self
+    }
+
+    /// Adds a pod.
+    pub fn pod(mut self, spec: PodSpec) -> LabBuilder {
+        self.pods.push(spec);
+        self
+    }
+
+    /// Creates every namespace, link, address, route and capture rule, and starts one test
+    /// CNI per node with its captured pods enrolled. Fails with a clear message when not
+    /// run as root or when `ip`/`iptables-restore` are missing. On failure, whatever was
+    /// already created is removed.
+    pub fn build(self) -> anyhow::Result<Lab> {
+        self.validate()?;
+        // /proc/self is owned by the process's effective uid.
+        let euid = std::fs::metadata("/proc/self")
+            .map(|m| m.uid())
+            .unwrap_or(u32::MAX);
+        if euid != 0 {
+            bail!(
+                "the namespace lab needs root (it creates network namespaces); \
+                 run the e2e tests as root, e.g. via scripts/test.sh"
+            );
+        }
+        let id = random_id();
+        let prefix = format!("{LAB_PREFIX}{id}-");
+        let dir = std::env::temp_dir().join(format!("{LAB_PREFIX}{id}"));
+        std::fs::create_dir(&dir).with_context(|| format!("create {}", dir.display()))?;
+        std::fs::write(dir.join("test-name"), &self.test_name)?;
+        let mut lab = Lab {
+            test_name: self.test_name.clone(),
+            prefix,
+            dir,
+            created: Vec::new(),
+            nodes: Vec::new(),
+            pods: Vec::new(),
+            children: Mutex::new(Vec::new()),
+            captures: AtomicUsize::new(0),
+        };
+        self.build_into(&mut lab)
+            .with_context(|| format!("build lab {} ({})", lab.test_name, lab.prefix))?;
+        Ok(lab)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.nodes.is_empty() || self.nodes.len() > 250 {
+            bail!("a lab needs 1 to 250 nodes, got {}", self.nodes.len());
+        }
+        let mut names: Vec<&str> = self.nodes.iter().map(String::as_str).collect();
+        names.push("switch");
+        for pod in &self.pods {
+            if !self.nodes.contains(&pod.node) {
+                bail!("pod {} is on unknown node {}", pod.name, pod.node);
+            }
+            names.push(&pod.name);
+        }
+        for (i, name) in names.iter().enumerate() {
+            if name.is_empty() || name.contains(['/', ' ']) || names[..i].contains(name) {
+                bail!(
+                    "node and pod names must be distinct, non-empty, without '/' or ' ': {name:?}"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn build_into(self, lab: &mut Lab) -> anyhow::Result<()> {
+        let count = self.nodes.len();
+        let mut node_netns = Vec::new();
+        for name in &self.nodes {
+            let netns = lab.create_netns(name)?;
+            netns.set_sysctls(NODE_SYSCTLS)?;
+            node_netns.push(netns);
+        }
+        wire_nodes(lab, &node_netns)?;
+        for (k, netns) in node_netns.iter().enumerate() {
+            let k = k + 1;
+            let mut lines = vec![
+                format!("addr add 172.30.0.{k}/24 dev {NODE_LINK}"),
+                format!("link set {NODE_LINK} up"),
+            ];
+            lines.extend(
+                (1..=count)
+                    .filter(|&m| m != k)
+                    .map(|m| format!("route add 10.0.{m}.0/24 via 172.30.0.{m} dev {NODE_LINK}")),
+            );
+            netns.ip_batch(&lines)?;
+        }
+        for (k, (name, netns)) in self.nodes.iter().zip(node_netns).enumerate() {
+            let dir = lab.dir.join(name);
+            std::fs::create_dir_all(&dir)?;
+            let cni = TestCni::start(dir.join("ztunnel.sock"))?;
+            let index = u8::try_from(k + 1).expect("at most 250 nodes");
+            lab.nodes.push(Node {
+                name: name.clone(),
+                index,
+                netns,
+                dir,
+                cni,
+            });
+        }
+        for spec in self.pods {
+            let pod = create_pod(lab, spec)?;
+            if pod.spec.captured && pod.spec.enrolled {
+                lab.node(&pod.spec.node).cni.enroll(&pod.info());
+            }
+            lab.pods.push(pod);
+        }
+        Ok(())
+    }
+}
+
+/// Creates the inter-node links: each node ends up with an `eth0` on a shared segment.
+fn wire_nodes(lab: &mut Lab, nodes: &[Netns]) -> anyhow::Result<()> {
+    match nodes {
+        // Not every kernel has the dummy driver: a veth whose peer stays in the node will do.
+        [single] => single.ip_batch(&[
+            format!("link add {NODE_LINK} type veth peer name {NODE_LINK}-stub"),
+            format!("link set {NODE_LINK}-stub up"),
+        ]),
+        [a, b] => a
+            .ip_command(&[
+                "link",
+                "add",
+                NODE_LINK,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                NODE_LINK,
+                "netns",
+                b.name(),
+            ])
+            .map(drop),
+        _ => {
+            let switch = lab.create_netns("switch")?;
+            let mut lines = vec![
+                "link add br0 type bridge".to_string(),
+                "link set br0 up".to_string(),
+            ];
+            for (k, node) in nodes.iter().enumerate() {
+                let port = format!("port{}", k + 1);
+                lines.push(format!(
+                    "link add {port} type veth peer name {NODE_LINK} netns {}",
+                    node.name()
+                ));
+                lines.push(format!("link set {port} master br0 up"));
+            }
+            switch.ip_batch(&lines)
+        }
+    }
+}
+
+fn create_pod(lab: &mut Lab, spec: PodSpec) -> anyhow::Result<Pod> {
+    let node = lab.node(&spec.node);
+    let (k, node_netns) = (node.index, node.netns.clone());
+    let j = lab.pods.iter().filter(|p| p.spec.node == spec.node).count() + 1;
+    let host = u8::try_from(10 + j)
+        .ok()
+        .filter(|h| *h < 255)
+        .context("too many pods on one node")?;
+    let ip = Ipv4Addr::new(10, 0, k, host);
+    let gateway = Ipv4Addr::new(10, 0, k, 1);
+    let netns = lab.create_netns(&spec.name)?;
+    netns.set_sysctls(POD_SYSCTLS)?;
+    let veth = format!("veth{host}");
+    node_netns.ip_batch(&[
+        format!(
+            "link add {veth} type veth peer name eth0 netns {}",
+            netns.name()
+        ),
+        format!("link set {veth} up"),
+        format!("addr add {gateway}/32 dev {veth}"),
+        format!("route add {ip}/32 dev {veth} scope link"),
+    ])?;
+    netns.ip_batch(&[
+        format!("addr add {ip}/32 dev eth0"),
+        "link set eth0 up".to_string(),
+        format!("route add {gateway} dev eth0 scope link"),
+        format!("route add default via {gateway} dev eth0"),
+    ])?;
+    if spec.captured {
+        redirect::apply(&netns, spec.capture_mode)
+            .with_context(|| format!("install capture rules in pod {}", spec.name))?;
+    }
+    Ok(Pod {
+        uid: random_uid(),
+        ip,
+        netns,
+        spec,
+    })
+}
+
+impl Node {
+    /// The node name given to the builder (also its `NODE_NAME`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The node's number, from 1 in declaration order.
+    pub fn index(&self) -> u8 {
+        self.index
+    }
+
+    /// The node's namespace.
+    pub fn netns(&self) -> &Netns {
+        &self.netns
+    }
+
+    /// The node's address on the inter-node link, 172.30.0.k.
+    pub fn link_ip(&self) -> Ipv4Addr {
+        Ipv4Addr::new(172, 30, 0, self.index)
+    }
+
+    /// The inter-node link interface inside the node's namespace (for tcpdump).
+    pub fn link_iface(&self) -> &str {
+        NODE_LINK
+    }
+
+    /// The node's pod CIDR, 10.0.k.0/24, as (network address, prefix length).
+    pub fn pod_cidr(&self) -> (Ipv4Addr, u8) {
+        (Ipv4Addr::new(10, 0, self.index, 0), 24)
+    }
+
+    /// The node's private dir in the lab dir (ztun's working directory).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The node's test CNI (its socket is ztun's `INPOD_UDS`).
+    pub fn cni(&self) -> &TestCni {
+        &self.cni
+    }
+}
+
+impl Deref for Node {
+    type Target = Netns;
+
+    fn deref(&self) -> &Netns {
+        &self.netns
+    }
+}
+
+impl Pod {
+    /// The pod name.
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    /// The pod's Kubernetes namespace.
+    pub fn namespace(&self) -> &str {
+        &self.spec.namespace
+    }
+
+    /// The pod's service account.
+    pub fn service_account(&self) -> &str {
+        &self.spec.service_account
+    }
+
+    /// The pod's SPIFFE identity in trust domain `cluster.local`.
+    pub fn spiffe_id(&self) -> String {
+        format!(
+            "spiffe://cluster.local/ns/{}/sa/{}",
+            self.spec.namespace, self.spec.service_account
+        )
+    }
+
+    /// The pod's UID (random, UUID-shaped, fixed for the lab's life).
+    pub fn uid(&self) -> &str {
+        &self.uid
+    }
+
+    /// The name of the node the pod runs on.
+    pub fn node(&self) -> &str {
+        &self.spec.node
+    }
+
+    /// The pod IP, 10.0.k.(10+j).
+    pub fn ip(&self) -> Ipv4Addr {
+        self.ip
+    }
+
+    /// The pod's network namespace.
+    pub fn netns(&self) -> &Netns {
+        &self.netns
+    }
+
+    /// Whether capture rules are installed in the pod.
+    pub fn captured(&self) -> bool {
+        self.spec.captured
+    }
+
+    /// How inbound traffic is captured (meaningful only if captured).
+    pub fn capture_mode(&self) -> CaptureMode {
+        self.spec.capture_mode
+    }
+
+    /// What the CNI sends ztun for this pod.
+    pub fn info(&self) -> PodInfo {
+        PodInfo {
+            uid: self.uid.clone(),
+            name: self.spec.name.clone(),
+            namespace: self.spec.namespace.clone(),
+            service_account: self.spec.service_account.clone(),
+            netns_path: self.netns.path().to_path_buf(),
+        }
+    }
+}
+
+impl Deref for Pod {
+    type Target = Netns;
+
+    fn deref(&self) -> &Netns {
+        &self.netns
+    }
+}
+
+impl PodSpec {
+    /// A pod `name` on node `node`: namespace `default`, service account `default`, not
+    /// captured.
+    pub fn new(name: &str, node: &str) -> PodSpec {
+        PodSpec {
+            name: name.to_string(),
+            node: node.to_string(),
+            namespace: "default".to_string(),
+            service_account: "default".to_string(),
+            captured: false,
+            enrolled: true,
+            capture_mode: CaptureMode::default(),
+        }
+    }
+
+    /// Sets the Kubernetes namespace.
+    pub fn namespace(mut self, namespace: &str) -> PodSpec {
+        self.namespace = namespace.to_string();
+        self
+    }
+
+    /// Sets the service account.
+    pub fn service_account(mut self, service_account: &str) -> PodSpec {
+        self.service_account = service_account.to_string();
+        self
+    }
+
+    /// Whether the pod is in the mesh: capture rules installed and, unless
+    /// [`enrolled(false)`](Self::enrolled), announced to its node's CNI snapshot.
+    pub fn captured(mut self, captured: bool) -> PodSpec {
+        self.captured = captured;
+        self
+    }
+
+    /// For a captured pod: whether it is in the CNI snapshot from the start (default). With
+    /// `false` the test announces it later, e.g. `lab.cni(node).add_pod(&pod.info())`.
+    pub fn enrolled(mut self, enrolled: bool) -> PodSpec {
+        self.enrolled = enrolled;
+        self
+    }
+
+    /// How inbound traffic is captured (default [`CaptureMode::Redirect`]).
+    pub fn capture_mode(mut self, mode: CaptureMode) -> PodSpec {
+        self.capture_mode = mode;
+        self
+    }
+}
+
+/// Six lowercase alphanumerics: short enough for names, random enough for parallel tests.
+fn random_id() -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    (0..6)
+        .map(|_| char::from(ALPHABET[rand::random_range(0..ALPHABET.len())]))
+        .collect()
+}
+
+fn random_uid() -> String {
+    let n: u128 = rand::random();
+    let h = format!("{n:032x}");
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}

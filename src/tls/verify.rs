@@ -1,0 +1,278 @@
+//! SPIFFE-aware certificate verification.
+//!
+//! Both sides first validate the peer chain to the trust roots that came with our own workload
+//! certificate (webpki, with the right extended key usage). Names are never DNS or IP: the
+//! identity is the leaf's single SPIFFE URI SAN. The client then requires that identity to be
+//! one of the expected destination identities (checked right after the handshake, before any
+//! request is sent, by [`peer_identity`] + the caller); the server requires the client's trust
+//! domain to equal its own.
+
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName, TrustAnchor, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use x509_parser::extensions::GeneralName;
+
+use crate::identity::Identity;
+
+/// Why a certificate does not yield a workload identity.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdentityError {
+    /// The certificate is not parsable X.509.
+    #[error("certificate is not valid X.509")]
+    Malformed,
+    /// No URI SAN, or more than one.
+    #[error("certificate must carry exactly one URI SAN (found {0})")]
+    UriSanCount(usize),
+    /// An otherName SAN is present: ambiguous identity, refused.
+    #[error("certificate carries an otherName SAN")]
+    OtherName,
+    /// The URI SAN is not a SPIFFE workload identity.
+    #[error("URI SAN is not a SPIFFE workload identity: {0}")]
+    NotSpiffe(crate::identity::ParseError),
+    /// The peer presented no certificate.
+    #[error("peer presented no certificate")]
+    NoCertificate,
+}
+
+/// The SPIFFE identity of a leaf certificate: its one and only URI SAN.
+pub fn identity_of(der: &CertificateDer<'_>) -> Result<Identity, IdentityError> {
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der).map_err(|_| IdentityError::Malformed)?;
+    let san = cert
+        .subject_alternative_name()
+        .map_err(|_| IdentityError::Malformed)?;
+    let Some(san) = san else {
+        return Err(IdentityError::UriSanCount(0));
+    };
+    let mut uri = None;
+    let mut count = 0;
+    for name in &san.value.general_names {
+        match name {
+            GeneralName::URI(u) => {
+                count += 1;
+                uri = Some(*u);
+            }
+            GeneralName::OtherName(..) => return Err(IdentityError::OtherName),
+            _ => {}
+        }
+    }
+    match (count, uri) {
+        (1, Some(u)) => u.parse().map_err(IdentityError::NotSpiffe),
+        _ => Err(IdentityError::UriSanCount(count)),
+    }
+}
+
+/// The identity of the peer of an established TLS connection.
+pub fn peer_identity(certs: Option<&[CertificateDer<'_>]>) -> Result<Identity, IdentityError> {
+    let leaf = certs
+        .and_then(|c| c.first())
+        .ok_or(IdentityError::NoCertificate)?;
+    identity_of(leaf)
+}
+
+fn verify_chain(
+    provider: &CryptoProvider,
+    anchors: &[TrustAnchor<'_>],
+    end_entity: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    now: UnixTime,
+    usage: webpki::KeyUsage,
+) -> Result<Identity, rustls::Error> {
+    let ee = webpki::EndEntityCert::try_from(end_entity).map_err(pki_error)?;
+    ee.verify_for_usage(
+        provider.signature_verification_algorithms.all,
+        anchors,
+        intermediates,
+        now,
+        usage,
+        None,
+        None,
+    )
+    .map_err(pki_error)?;
+    identity_of(end_entity).map_err(|e| {
+        rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(
+            Arc::new(e),
+        )))
+    })
+}
+
+fn pki_error(e: webpki::Error) -> rustls::Error {
+    use rustls::CertificateError as C;
+    use webpki::Error as E;
+    rustls::Error::InvalidCertificate(match e {
+        E::BadDer | E::BadDerTime => C::BadEncoding,
+        E::CertExpired { .. } | E::InvalidCertValidity => C::Expired,
+        E::CertNotValidYet { .. } => C::NotValidYet,
+        E::UnknownIssuer => C::UnknownIssuer,
+        E::InvalidSignatureForPublicKey => C::BadSignature,
+        other => C::Other(rustls::OtherError(Arc::new(other))),
+    })
+}
+
+/// Verifies an HBONE server (used by the client side).
+#[derive(Debug)]
+pub(super) struct ServerVerifier {
+    anchors: Arc<[TrustAnchor<'static>]>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerVerifier {
+    pub(super) fn new(anchors: Arc<[TrustAnchor<'static>]>, provider: Arc<CryptoProvider>) -> Self {
+        ServerVerifier { anchors, provider }
+    }
+}
+
+impl ServerCertVerifier for ServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        verify_chain(
+            &self.provider,
+            &self.anchors,
+            end_entity,
+            intermediates,
+            now,
+            webpki::KeyUsage::server_auth(),
+        )?;
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls13RequiredForQuic,
+        ))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Verifies an HBONE client (used by the server side): chain to our roots, and a SPIFFE
+/// identity in our own trust domain.
+#[derive(Debug)]
+pub(super) struct ClientVerifier {
+    anchors: Arc<[TrustAnchor<'static>]>,
+    trust_domain: Arc<str>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ClientVerifier {
+    pub(super) fn new(
+        anchors: Arc<[TrustAnchor<'static>]>,
+        trust_domain: Arc<str>,
+        provider: Arc<CryptoProvider>,
+    ) -> Self {
+        ClientVerifier {
+            anchors,
+            trust_domain,
+            provider,
+        }
+    }
+}
+
+/// The client's trust domain differs from ours.
+#[derive(Debug, thiserror::Error)]
+#[error("client trust domain {got:?} is not {want:?}")]
+struct TrustDomainMismatch {
+    got: String,
+    want: Arc<str>,
+}
+
+impl ClientCertVerifier for ClientVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let id = verify_chain(
+            &self.provider,
+            &self.anchors,
+            end_entity,
+            intermediates,
+            now,
+            webpki::KeyUsage::client_auth(),
+        )?;
+        if id.trust_domain() != &*self.trust_domain {
+            return Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::Other(rustls::OtherError(Arc::new(
+                    TrustDomainMismatch {
+                        got: id.trust_domain().to_string(),
+                        want: self.trust_domain.clone(),
+                    },
+                ))),
+            ));
+        }
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls13RequiredForQuic,
+        ))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+}

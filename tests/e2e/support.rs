@@ -1,0 +1,123 @@
+//! Shared fixtures for the e2e suites: the standard two-node cluster with ztun running.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ztun::testkit::lab::{Lab, PodSpec, Process};
+use ztun::testkit::mesh::MeshFile;
+
+/// Generous deadline for anything the tests wait on (loaded 2-core CI machines).
+pub const WAIT: Duration = Duration::from_secs(60);
+
+/// A lab with ztun on every node, fed by a local mesh file and a shared local CA.
+pub struct Cluster {
+    /// The namespaces, pods and test CNIs.
+    pub lab: Lab,
+    /// ztun per node, in node order.
+    pub ztuns: Vec<(String, Process)>,
+    /// The mesh file (`LOCAL_XDS_PATH`).
+    pub mesh_path: PathBuf,
+    /// The CA directory (`LOCAL_CA_DIR`).
+    pub ca_dir: PathBuf,
+}
+
+/// The standard topology: node n1 with captured pods `a` (sa-a) and `b` (sa-b), node n2 with
+/// captured pod `c` (sa-c) and uncaptured pod `u`.
+pub fn standard_lab(test: &str) -> Lab {
+    require_root();
+    Lab::builder(test)
+        .node("n1")
+        .node("n2")
+        .pod(
+            PodSpec::new("a", "n1")
+                .service_account("sa-a")
+                .captured(true),
+        )
+        .pod(
+            PodSpec::new("b", "n1")
+                .service_account("sa-b")
+                .captured(true),
+        )
+        .pod(
+            PodSpec::new("c", "n2")
+                .service_account("sa-c")
+                .captured(true),
+        )
+        .pod(PodSpec::new("u", "n2").service_account("sa-u"))
+        .build()
+        .expect("building the namespace lab")
+}
+
+/// Fails loudly (never skips) when not root: the e2e suite needs namespaces.
+pub fn require_root() {
+    let uid = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let root = uid
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"));
+    assert!(
+        root,
+        "the e2e suite needs root (network namespaces, iptables)"
+    );
+}
+
+impl Cluster {
+    /// Starts ztun on every node of `lab` with `mesh` and a fresh shared CA, and waits until
+    /// each has synced with its CNI.
+    pub fn start(lab: Lab, mesh: MeshFile) -> Cluster {
+        Cluster::start_with(lab, mesh, &[])
+    }
+
+    /// Like [`Cluster::start`] with extra environment for every ztun.
+    pub fn start_with(lab: Lab, mesh: MeshFile, env: &[(&str, &str)]) -> Cluster {
+        let ca_dir = lab.dir().join("ca");
+        ztun::testkit::certs::write_ca_dir(&ca_dir).expect("writing CA");
+        let mesh_path = lab.dir().join("mesh.yaml");
+        mesh.write(&mesh_path).expect("writing mesh file");
+        let mut cluster = Cluster {
+            lab,
+            ztuns: Vec::new(),
+            mesh_path,
+            ca_dir,
+        };
+        let nodes: Vec<String> = cluster
+            .lab
+            .nodes()
+            .iter()
+            .map(|n| n.name().to_string())
+            .collect();
+        for node in nodes {
+            let p = cluster.spawn(&node, env);
+            cluster.ztuns.push((node, p));
+        }
+        for (node, _) in &cluster.ztuns {
+            let cni = cluster.lab.cni(node);
+            cni.wait_connected(WAIT)
+                .unwrap_or_else(|e| panic!("ztun on {node} never synced with its CNI: {e:#}"));
+            let nacks: Vec<_> = cni.acks().into_iter().filter(|a| !a.ack.is_ok()).collect();
+            assert!(nacks.is_empty(), "ztun on {node} refused pods: {nacks:?}");
+        }
+        cluster
+    }
+
+    /// Spawns (another) ztun on `node` with the cluster's mesh file and CA.
+    pub fn spawn(&self, node: &str, env: &[(&str, &str)]) -> Process {
+        let mesh = self.mesh_path.to_string_lossy().into_owned();
+        let ca = self.ca_dir.to_string_lossy().into_owned();
+        let mut vars = vec![
+            ("LOCAL_XDS_PATH", mesh.as_str()),
+            ("LOCAL_CA_DIR", ca.as_str()),
+        ];
+        vars.extend_from_slice(env);
+        self.lab.spawn_ztun(node, &vars).expect("spawning ztun")
+    }
+
+    /// The ztun process of `node`.
+    pub fn ztun(&self, node: &str) -> &Process {
+        &self
+            .ztuns
+            .iter()
+            .find(|(n, _)| n == node)
+            .expect("no ztun on that node")
+            .1
+    }
+}
