@@ -6,6 +6,9 @@ use std::time::Duration;
 use super::env::{format_duration, parse_duration, worker_threads};
 use super::*;
 
+/// A table row's variables.
+type Vars = &'static [(&'static str, &'static str)];
+
 /// The CPU count used where the test does not care; the auto rule gives max(ceil(8/4), 2) = 2.
 const CPUS: usize = 8;
 
@@ -478,7 +481,7 @@ fn dedicated_mode_requires_workload_info() {
 
 #[test]
 fn control_plane_addresses() {
-    let cases: &[(&[(&str, &str)], Option<&str>)] = &[
+    let cases: &[(Vars, Option<&str>)] = &[
         (&[], Some("https://localhost:15012")),
         (
             &[("KUBERNETES_SERVICE_HOST", "10.96.0.1")],
@@ -526,7 +529,7 @@ fn control_plane_addresses() {
 #[test]
 fn worker_thread_rules() {
     #[rustfmt::skip]
-    let cases: &[(&[(&str, &str)], usize, usize)] = &[
+    let cases: &[(Vars, usize, usize)] = &[
         // (variables, CPUs the OS reports, threads)
         (&[], 1, 2),
         (&[], 8, 2),
@@ -566,7 +569,7 @@ fn worker_thread_rules() {
 
 #[test]
 fn termination_deadline_rules() {
-    let cases: &[(&[(&str, &str)], Duration)] = &[
+    let cases: &[(Vars, Duration)] = &[
         (&[], secs(5)),
         (&[("TERMINATION_GRACE_PERIOD_SECONDS", "30")], secs(25)),
         (&[("TERMINATION_GRACE_PERIOD_SECONDS", "11")], secs(6)),

@@ -64,3 +64,280 @@ fn server_sees_the_client_pod_ip() {
         .unwrap();
     assert_eq!(seen.ip(), lab.pod("a").ip());
 }
+
+/// Sends `marker` many times over one connection from `pod` to `dst` and reads the echo.
+fn send_marker(lab: &ztun::testkit::lab::Lab, pod: &str, dst: SocketAddr, marker: &'static [u8]) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    lab.pod(pod)
+        .block_on(async move {
+            let mut s = ztun::testkit::lab::connect(dst, WAIT).await?;
+            let payload = marker.repeat(1000);
+            s.write_all(&payload).await?;
+            s.shutdown().await?;
+            let mut back = Vec::new();
+            s.read_to_end(&mut back).await?;
+            anyhow::ensure!(back == payload, "echo differs");
+            anyhow::Ok(())
+        })
+        .expect("marker round trip");
+}
+
+#[test]
+fn node_link_carries_only_tls_to_15008() {
+    let lab = standard_lab("link_tls");
+    let mesh = MeshFile::from_lab(&lab);
+    let server = lab.pod("c").spawn_echo_server(8080).unwrap();
+    let cluster = Cluster::start(lab, mesh);
+    let lab = &cluster.lab;
+    let capture = lab.capture("n1").unwrap();
+    send_marker(
+        lab,
+        "a",
+        SocketAddr::from((lab.pod("c").ip(), server.port())),
+        b"ZTUN-PLAINTEXT-MARKER-7f3a;",
+    );
+    let pcap = capture.stop().unwrap();
+    assert!(
+        !pcap.contains(b"ZTUN-PLAINTEXT-MARKER"),
+        "plaintext marker seen on the node link"
+    );
+    assert!(
+        pcap.saw_tcp_port(15008).unwrap(),
+        "no traffic to 15008 on the link"
+    );
+    assert!(
+        !pcap.saw_tcp_port(8080).unwrap(),
+        "the app port was reached directly over the link"
+    );
+}
+
+#[test]
+fn client_of_another_trust_domain_is_rejected() {
+    let lab = standard_lab("foreign_td");
+    // Pod a's workload claims another trust domain: n1 mints it such a certificate (same CA),
+    // and c's ztun must refuse it as a client.
+    let mesh = MeshFile::from_lab(&lab).edit_workload("a", |w| {
+        w.insert("trustDomain".into(), "evil.example".into());
+    });
+    let server = lab.pod("c").spawn_echo_server(8080).unwrap();
+    let cluster = Cluster::start(lab, mesh);
+    let lab = &cluster.lab;
+    let dst = SocketAddr::from((lab.pod("c").ip(), server.port()));
+    assert!(
+        lab.pod("a").bulk_echo(dst, 1024).is_err(),
+        "a connection from another trust domain went through"
+    );
+    let line = cluster
+        .ztun("n2")
+        .wait_for_log("hbone handshake failed", WAIT)
+        .unwrap();
+    assert!(line.contains("TrustDomainMismatch") && line.contains("evil.example"), "{line}");
+    // Pod b, in the right trust domain, still gets through.
+    lab.pod("b").bulk_echo(dst, 1024).expect("b -> c");
+}
+
+#[test]
+fn uncaptured_clients_reach_captured_pods_through_15006() {
+    let lab = standard_lab("plaintext_inbound");
+    let mesh = MeshFile::from_lab(&lab);
+    let recorder = lab.pod("a").spawn_peer_recorder(9090).unwrap();
+    let echo = lab.pod("c").spawn_echo_server(8080).unwrap();
+    let cluster = Cluster::start(lab, mesh);
+    let lab = &cluster.lab;
+    let seen = lab
+        .pod("u")
+        .peer_seen_by(SocketAddr::from((lab.pod("a").ip(), recorder.port())))
+        .unwrap();
+    assert_eq!(
+        seen.ip(),
+        lab.pod("u").ip(),
+        "the app must see the uncaptured client's own IP"
+    );
+    let t = lab
+        .pod("u")
+        .bulk_echo(SocketAddr::from((lab.pod("c").ip(), echo.port())), 8 << 20)
+        .unwrap();
+    assert_eq!(t.bytes, 8 << 20);
+    let line = cluster
+        .ztun("n1")
+        .wait_for_log("direction=\"inbound\"", WAIT)
+        .unwrap();
+    assert!(
+        !line.contains("src.identity"),
+        "plaintext must carry no identity: {line}"
+    );
+}
+
+#[test]
+fn captured_clients_reach_non_mesh_destinations_in_plain_tcp() {
+    let lab = standard_lab("passthrough");
+    let mesh = MeshFile::from_lab(&lab);
+    let u_echo = lab.pod("u").spawn_echo_server(8080).unwrap();
+    // An address the mesh does not know at all: a server in node n2's own namespace.
+    let node_echo = lab.node("n2").netns().spawn_echo_server(7070).unwrap();
+    let cluster = Cluster::start(lab, mesh);
+    let lab = &cluster.lab;
+    let t = lab
+        .pod("a")
+        .bulk_echo(
+            SocketAddr::from((lab.pod("u").ip(), u_echo.port())),
+            8 << 20,
+        )
+        .unwrap();
+    assert_eq!(t.bytes, 8 << 20);
+    let t = lab
+        .pod("a")
+        .bulk_echo(
+            SocketAddr::from((lab.node("n2").link_ip(), node_echo.port())),
+            1 << 20,
+        )
+        .unwrap();
+    assert_eq!(t.bytes, 1 << 20);
+    let line = cluster
+        .ztun("n1")
+        .wait_for_log("dst.workload=\"u\"", WAIT)
+        .unwrap();
+    assert!(
+        !line.contains("dst.hbone_addr"),
+        "a TCP workload must not be tunnelled: {line}"
+    );
+}
+
+#[test]
+fn cni_lifecycle_add_is_idempotent_and_del_closes_listeners() {
+    let lab = standard_lab("cni_lifecycle");
+    let mesh = MeshFile::from_lab(&lab);
+    let server = lab.pod("c").spawn_echo_server(8080).unwrap();
+    let cluster = Cluster::start(lab, mesh);
+    let lab = &cluster.lab;
+    let n1 = cluster.ztun("n1");
+    let a = lab.pod("a");
+    let dst = SocketAddr::from((lab.pod("c").ip(), server.port()));
+    let added = |logs: &[String]| {
+        logs.iter()
+            .filter(|l| l.contains("pod added") && l.contains(a.uid()))
+            .count()
+    };
+
+    // Re-adding with the same namespace changes nothing.
+    let ack = lab.cni("n1").add_pod(&a.info()).unwrap();
+    assert!(ack.is_ok(), "{ack:?}");
+    assert_eq!(added(&n1.logs()), 1);
+    a.bulk_echo(dst, 1 << 20).unwrap();
+
+    // Deleting closes the pod's listeners: its redirected traffic finds nothing on 15001.
+    let ack = lab.cni("n1").del_pod(a.uid()).unwrap();
+    assert!(ack.is_ok(), "{ack:?}");
+    let err = a
+        .try_connect(dst)
+        .expect_err("a deleted pod's traffic must not flow");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+    // Pod b on the same node is untouched.
+    lab.pod("b").bulk_echo(dst, 1 << 20).unwrap();
+
+    // Adding it back restores it.
+    assert!(lab.cni("n1").add_pod(&a.info()).unwrap().is_ok());
+    a.bulk_echo(dst, 1 << 20).unwrap();
+}
+
+#[test]
+fn cni_reconnect_resyncs_from_the_snapshot() {
+    let lab = standard_lab("cni_resync");
+    let mesh = MeshFile::from_lab(&lab);
+    let server = lab.pod("c").spawn_echo_server(8080).unwrap();
+    let cluster = Cluster::start(lab, mesh);
+    let lab = &cluster.lab;
+    let dst = SocketAddr::from((lab.pod("c").ip(), server.port()));
+    let cni = lab.cni("n1");
+    // b leaves the CNI's cache while ztun is disconnected: the next snapshot omits it.
+    cni.forget(lab.pod("b").uid());
+    cni.disconnect();
+    cni.wait_connections(2, WAIT).unwrap();
+    cni.wait_connected(WAIT).unwrap();
+    let n1 = cluster.ztun("n1");
+    n1.wait_for_log("pod not in CNI snapshot", WAIT).unwrap();
+    lab.pod("a")
+        .bulk_echo(dst, 1 << 20)
+        .expect("a keeps working across the reconnect");
+    let err = lab
+        .pod("b")
+        .try_connect(dst)
+        .expect_err("b was dropped from the snapshot");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+}
+
+#[test]
+fn bad_zds_input_is_nacked_and_other_pods_keep_working() {
+    use std::os::fd::AsFd;
+    let lab = standard_lab("zds_bad_input");
+    let mesh = MeshFile::from_lab(&lab);
+    let server = lab.pod("c").spawn_echo_server(8080).unwrap();
+    let cluster = Cluster::start(lab, mesh);
+    let lab = &cluster.lab;
+    let cni = lab.cni("n1");
+    let not_a_netns = std::fs::File::open("/proc/self/status").unwrap();
+    let netns = std::fs::File::open(lab.pod("a").netns().path()).unwrap();
+    let add = || {
+        use prost::Message;
+        use ztun::control::zds::proto;
+        proto::WorkloadRequest {
+            payload: Some(proto::workload_request::Payload::Add(proto::AddWorkload {
+                uid: "bad-pod".into(),
+                workload_info: Some(proto::WorkloadInfo {
+                    name: "x".into(),
+                    namespace: "default".into(),
+                    service_account: "x".into(),
+                }),
+            })),
+        }
+        .encode_to_vec()
+    };
+    let del = {
+        use prost::Message;
+        use ztun::control::zds::proto;
+        proto::WorkloadRequest {
+            payload: Some(proto::workload_request::Payload::Del(proto::DelWorkload {
+                uid: "x".into(),
+            })),
+        }
+        .encode_to_vec()
+    };
+    let cases: Vec<(&str, Vec<u8>, Vec<std::os::fd::BorrowedFd<'_>>, &str)> = vec![
+        ("garbage", vec![0xff, 0xff, 0xff, 0x01], vec![], "malformed"),
+        // Only an unknown field (4): decodes to a request without payload.
+        ("no payload", vec![0x20, 0x01], vec![], "no payload"),
+        ("add without fd", add(), vec![], "exactly one netns fd"),
+        (
+            "add with two fds",
+            add(),
+            vec![netns.as_fd(), netns.as_fd()],
+            "exactly one netns fd",
+        ),
+        (
+            "add with a non-netns fd",
+            add(),
+            vec![not_a_netns.as_fd()],
+            "not a network namespace",
+        ),
+        (
+            "del with an fd",
+            del,
+            vec![netns.as_fd()],
+            "unexpected file descriptor",
+        ),
+    ];
+    for (name, bytes, fds, want) in cases {
+        let ack = cni
+            .send_raw(&bytes, &fds)
+            .unwrap_or_else(|e| panic!("{name}: no answer: {e:#}"));
+        assert!(ack.error.contains(want), "{name}: got {:?}", ack.error);
+    }
+    // The connection and every pod survived.
+    assert_eq!(cni.connections(), 1);
+    lab.pod("a")
+        .bulk_echo(
+            SocketAddr::from((lab.pod("c").ip(), server.port())),
+            1 << 20,
+        )
+        .unwrap();
+}

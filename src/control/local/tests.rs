@@ -2,6 +2,10 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use super::*;
+use crate::state::model::{
+    AppTunnelProtocol, HealthPolicy, HealthStatus, LoadBalancerMode, LoadBalancerScope,
+    NetworkMode, PolicyAction, PolicyScope, PortMap, TunnelProtocol, Visibility,
+};
 
 /// Modeled on ztunnel's `examples/localhost.yaml`: two local workloads (HBONE and TCP) in two
 /// services, one namespace-wide policy.

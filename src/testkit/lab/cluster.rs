@@ -3,7 +3,7 @@
 //!
 //! Addressing (k = node number from 1 in declaration order, j = pod number on its node from 1):
 //! - node `k`: netns `<prefix><node>`, link `eth0` with 172.30.0.k/24 (a veth pair for two
-//!   nodes; a bridge in a `<prefix>switch` netns for more; a dummy link for one);
+//!   nodes; a bridge in a `<prefix>switch` netns for more; a veth with a stub peer for one);
 //!   routes 10.0.m.0/24 via 172.30.0.m for every other node m; forwarding on, rp_filter off.
 //! - pod `j` on node `k`: netns `<prefix><pod>`, `eth0` with 10.0.k.(10+j)/32, an on-link
 //!   route to 10.0.k.1 and a default route via it; the node side of the veth (`veth<10+j>`)
@@ -21,10 +21,11 @@ use anyhow::{bail, Context as _};
 use parking_lot::Mutex;
 
 use super::capture::Capture;
-use super::cni::{PodInfo, TestCni};
+use super::cni::TestCni;
 use super::netns::{self, Netns};
+use super::pod::{Pod, PodSpec};
 use super::process::{kill_and_reap, Process};
-use super::redirect::{self, CaptureMode};
+use super::redirect;
 
 /// Every lab namespace and temp dir name starts with this.
 pub const LAB_PREFIX: &str = "ztl-";
@@ -50,19 +51,6 @@ pub struct LabBuilder {
     pods: Vec<PodSpec>,
 }
 
-/// Describes one pod of the lab.
-#[derive(Debug, Clone)]
-#[must_use]
-pub struct PodSpec {
-    name: String,
-    node: String,
-    namespace: String,
-    service_account: String,
-    captured: bool,
-    enrolled: bool,
-    capture_mode: CaptureMode,
-}
-
 /// A built lab. Dropping it kills every process it started (and any still inside its
 /// namespaces), deletes its namespaces and removes its temp dir — also when a test panics.
 pub struct Lab {
@@ -85,16 +73,6 @@ pub struct Node {
     netns: Netns,
     dir: PathBuf,
     cni: TestCni,
-}
-
-/// A lab pod: a namespace with one IPv4 address. Dereferences to its [`Netns`], so
-/// `pod.run(..)`, `pod.spawn_echo_server(..)`, `pod.bulk_echo(..)` run inside the pod.
-#[derive(Debug)]
-pub struct Pod {
-    spec: PodSpec,
-    uid: String,
-    ip: Ipv4Addr,
-    netns: Netns,
 }
 
 impl Lab {
@@ -457,12 +435,7 @@ fn create_pod(lab: &mut Lab, spec: PodSpec) -> anyhow::Result<Pod> {
         redirect::apply(&netns, spec.capture_mode)
             .with_context(|| format!("install capture rules in pod {}", spec.name))?;
     }
-    Ok(Pod {
-        uid: random_uid(),
-        ip,
-        netns,
-        spec,
-    })
+    Ok(Pod::new(spec, ip, netns))
 }
 
 impl Node {
@@ -515,145 +488,10 @@ impl Deref for Node {
     }
 }
 
-impl Pod {
-    /// The pod name.
-    pub fn name(&self) -> &str {
-        &self.spec.name
-    }
-
-    /// The pod's Kubernetes namespace.
-    pub fn namespace(&self) -> &str {
-        &self.spec.namespace
-    }
-
-    /// The pod's service account.
-    pub fn service_account(&self) -> &str {
-        &self.spec.service_account
-    }
-
-    /// The pod's SPIFFE identity in trust domain `cluster.local`.
-    pub fn spiffe_id(&self) -> String {
-        format!(
-            "spiffe://cluster.local/ns/{}/sa/{}",
-            self.spec.namespace, self.spec.service_account
-        )
-    }
-
-    /// The pod's UID (random, UUID-shaped, fixed for the lab's life).
-    pub fn uid(&self) -> &str {
-        &self.uid
-    }
-
-    /// The name of the node the pod runs on.
-    pub fn node(&self) -> &str {
-        &self.spec.node
-    }
-
-    /// The pod IP, 10.0.k.(10+j).
-    pub fn ip(&self) -> Ipv4Addr {
-        self.ip
-    }
-
-    /// The pod's network namespace.
-    pub fn netns(&self) -> &Netns {
-        &self.netns
-    }
-
-    /// Whether capture rules are installed in the pod.
-    pub fn captured(&self) -> bool {
-        self.spec.captured
-    }
-
-    /// How inbound traffic is captured (meaningful only if captured).
-    pub fn capture_mode(&self) -> CaptureMode {
-        self.spec.capture_mode
-    }
-
-    /// What the CNI sends ztun for this pod.
-    pub fn info(&self) -> PodInfo {
-        PodInfo {
-            uid: self.uid.clone(),
-            name: self.spec.name.clone(),
-            namespace: self.spec.namespace.clone(),
-            service_account: self.spec.service_account.clone(),
-            netns_path: self.netns.path().to_path_buf(),
-        }
-    }
-}
-
-impl Deref for Pod {
-    type Target = Netns;
-
-    fn deref(&self) -> &Netns {
-        &self.netns
-    }
-}
-
-impl PodSpec {
-    /// A pod `name` on node `node`: namespace `default`, service account `default`, not
-    /// captured.
-    pub fn new(name: &str, node: &str) -> PodSpec {
-        PodSpec {
-            name: name.to_string(),
-            node: node.to_string(),
-            namespace: "default".to_string(),
-            service_account: "default".to_string(),
-            captured: false,
-            enrolled: true,
-            capture_mode: CaptureMode::default(),
-        }
-    }
-
-    /// Sets the Kubernetes namespace.
-    pub fn namespace(mut self, namespace: &str) -> PodSpec {
-        self.namespace = namespace.to_string();
-        self
-    }
-
-    /// Sets the service account.
-    pub fn service_account(mut self, service_account: &str) -> PodSpec {
-        self.service_account = service_account.to_string();
-        self
-    }
-
-    /// Whether the pod is in the mesh: capture rules installed and, unless
-    /// [`enrolled(false)`](Self::enrolled), announced to its node's CNI snapshot.
-    pub fn captured(mut self, captured: bool) -> PodSpec {
-        self.captured = captured;
-        self
-    }
-
-    /// For a captured pod: whether it is in the CNI snapshot from the start (default). With
-    /// `false` the test announces it later, e.g. `lab.cni(node).add_pod(&pod.info())`.
-    pub fn enrolled(mut self, enrolled: bool) -> PodSpec {
-        self.enrolled = enrolled;
-        self
-    }
-
-    /// How inbound traffic is captured (default [`CaptureMode::Redirect`]).
-    pub fn capture_mode(mut self, mode: CaptureMode) -> PodSpec {
-        self.capture_mode = mode;
-        self
-    }
-}
-
 /// Six lowercase alphanumerics: short enough for names, random enough for parallel tests.
 fn random_id() -> String {
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     (0..6)
         .map(|_| char::from(ALPHABET[rand::random_range(0..ALPHABET.len())]))
         .collect()
-}
-
-fn random_uid() -> String {
-    let n: u128 = rand::random();
-    let h = format!("{n:032x}");
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..]
-    )
 }

@@ -29,19 +29,27 @@ mod capture;
 mod cluster;
 mod cni;
 mod netns;
+mod pod;
 mod process;
 mod redirect;
 mod traffic;
 
 pub use capture::{Capture, Pcap, TcpSegment};
-pub use cluster::{Lab, LabBuilder, Node, Pod, PodSpec, LAB_PREFIX, NODE_LINK};
+pub use cluster::{Lab, LabBuilder, Node, LAB_PREFIX, NODE_LINK};
 pub use cni::{Ack, AckRecord, PodInfo, TestCni, ACK_DEADLINE};
 pub use netns::{run_cmd, Netns, NetnsTask, NETNS_DIR};
+pub use pod::{Pod, PodSpec};
 pub use process::{Process, ZtunProcess};
 pub use redirect::{rules as capture_rules, CaptureMode};
 pub use traffic::{
     bulk_echo, bulk_echo_over, connect, peer_seen_by, Server, Transfer, CONNECT_TIMEOUT,
     TRAFFIC_DEADLINE,
+};
+
+// Tests share a `&Lab` with closures running in pod threads.
+const _: () = {
+    const fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Lab>();
 };
 
 /// Deletes every network namespace whose name starts with `prefix` (killing the processes

@@ -35,7 +35,10 @@ impl Netns {
     pub fn create(name: &str) -> anyhow::Result<Netns> {
         run_cmd("ip", &["netns", "add", name], None)?;
         let netns = Netns::existing(name);
-        netns.ip_command(&["link", "set", "lo", "up"])?;
+        if let Err(e) = netns.ip_command(&["link", "set", "lo", "up"]) {
+            let _ = delete(name);
+            return Err(e);
+        }
         Ok(netns)
     }
 

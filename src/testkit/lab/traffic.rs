@@ -22,8 +22,8 @@ pub const TRAFFIC_DEADLINE: Duration = Duration::from_secs(60);
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const CHUNK: usize = 64 * 1024;
 
-/// A server running on its own thread inside a namespace; stops (and closes its listener)
-/// when dropped or [`stop`](Server::stop)ped.
+/// A server running on its own thread inside a namespace; stops, and has closed its listener,
+/// once dropped or [`stop`](Server::stop)ped.
 #[derive(Debug)]
 pub struct Server {
     addr: SocketAddr,
@@ -47,8 +47,13 @@ impl Server {
         self.peers.lock().clone()
     }
 
-    /// Stops the server and waits until its listener is closed.
-    pub fn stop(mut self) {
+    /// Stops the server and waits until its listener is closed (dropping it does the same).
+    pub fn stop(self) {}
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // Synchronous, so that a test may bind the same port again right away.
         if let Some(task) = self.task.take() {
             task.abort();
         }
