@@ -9,28 +9,7 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 
-# Tools the tests (and the aws-lc-rs build) need, by command -> Debian package.
-declare -A packages=(
-  [ip]=iproute2
-  [iptables-restore]=iptables
-  [nft]=nftables
-  [tcpdump]=tcpdump
-  [iperf3]=iperf3
-  [cmake]=cmake
-)
-missing=()
-for cmd in "${!packages[@]}"; do
-  command -v "$cmd" >/dev/null 2>&1 || missing+=("${packages[$cmd]}")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "installing: ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update
-  apt-get install -y --no-install-recommends "${missing[@]}"
-fi
-if ! command -v cargo-nextest >/dev/null 2>&1; then
-  cargo install cargo-nextest --locked
-fi
+bash scripts/install-deps.sh
 
 cargo build --features testing --bins
 

@@ -15,11 +15,18 @@ struct Command {
     run: fn(&[String]) -> anyhow::Result<()>,
 }
 
-const COMMANDS: &[Command] = &[Command {
-    name: "cleanup",
-    usage: "cleanup [--prefix PREFIX]   delete leftover lab namespaces and temp dirs (default prefix ztl-)",
-    run: cleanup,
-}];
+const COMMANDS: &[Command] = &[
+    Command {
+        name: "cleanup",
+        usage: "cleanup [--prefix PREFIX]   delete leftover lab namespaces and temp dirs (default prefix ztl-)",
+        run: cleanup,
+    },
+    Command {
+        name: "demo",
+        usage: "demo [--ztun PATH] [--local]  two-node cluster, ztun on each node, real traffic, report",
+        run: demo,
+    },
+];
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -67,4 +74,22 @@ fn cleanup(args: &[String]) -> anyhow::Result<()> {
     }
     println!("{} stale lab namespace(s) removed", removed.len());
     Ok(())
+}
+
+fn demo(args: &[String]) -> anyhow::Result<()> {
+    let mut bin = None;
+    let mut source = ztun::testkit::demo::Source::ControlPlane;
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        match arg.as_str() {
+            "--ztun" => bin = Some(std::path::PathBuf::from(rest.next().context("--ztun needs a path")?)),
+            "--local" => source = ztun::testkit::demo::Source::LocalFile,
+            other => bail!("unexpected argument {other:?}"),
+        }
+    }
+    let bin = match bin {
+        Some(b) => b,
+        None => ztun::testkit::ztun_bin()?,
+    };
+    ztun::testkit::demo::run(&bin, source)
 }

@@ -278,7 +278,8 @@ pub(super) fn build(source: &dyn Source, available_cpus: usize) -> Result<Config
     if xds_on_demand && proxy.dns_capture {
         return Err(ConfigError::Conflict {
             first: "XDS_ON_DEMAND=true",
-            second: "the DNS proxy (on unless ISTIO_META_DNS_CAPTURE is set to something other than true)",
+            second: "the DNS proxy (on unless ISTIO_META_DNS_CAPTURE is set to something \
+                     other than true)",
         });
     }
 
@@ -398,14 +399,14 @@ pub(super) fn worker_threads(
 /// `s`, `m`, `h`, `d` (e.g. `1h30m`), or a bare integer meaning seconds. `None` on anything
 /// else, including overflow.
 pub(super) fn parse_duration(text: &str) -> Option<Duration> {
-    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+    if text.is_empty() {
+        return None;
+    }
+    if text.bytes().all(|b| b.is_ascii_digit()) {
         return text.parse().ok().map(Duration::from_secs);
     }
     let mut total = Duration::ZERO;
     let mut rest = text;
-    if rest.is_empty() {
-        return None;
-    }
     while !rest.is_empty() {
         let digits_end = rest
             .find(|c: char| !c.is_ascii_digit())

@@ -2,7 +2,7 @@
 //!
 //! [`Config::from_source`] turns environment variables (the interface Istio's Helm chart and
 //! ztunnel users already rely on) into typed values at the edge; code that reads a `Config` never
-//! re-parses or re-checks a value. Only [`env`](self) reads the environment, through the
+//! re-parses or re-checks a value. Only `config/env.rs` reads the environment, through the
 //! [`Source`] trait, so tests build a configuration from a [`MapEnv`] and never mutate the
 //! process environment. Runtime changes (workloads, policies, certificates) arrive through
 //! `state/`, never through `Config`.

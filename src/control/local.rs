@@ -45,7 +45,11 @@ const DEFAULT_CLUSTER_ID: &str = "Kubernetes";
 /// Everything a local file defines. Loading one replaces all mesh state.
 ///
 /// Every workload has a unique non-empty `uid`, a non-empty namespace, trust domain, service
-/// account and cluster id, and a capacity of at least 1. Service keys (`namespace/hostname`)
+/// account and cluster id, and a capacity of at least 1. Deliberate difference from ztunnel,
+/// whose YAML path keeps them empty: an empty `trustDomain`, `serviceAccount` or `clusterId`
+/// becomes `cluster.local`, `default` or `Kubernetes` (the xDS defaults), because an empty
+/// trust domain cannot form a valid identity. An empty `uid` becomes
+/// `<clusterId>//Pod/<namespace>/<name>`. Service keys (`namespace/hostname`)
 /// and policy keys (`namespace/name`) are unique. Every IP prefix is normalised to its first
 /// address.
 #[derive(Debug, Clone, PartialEq, Default, serde::Serialize)]

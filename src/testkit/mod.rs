@@ -5,6 +5,7 @@
 
 pub mod certs;
 pub mod lab;
+pub mod demo;
 pub mod mesh;
 
 use std::path::PathBuf;

@@ -7,6 +7,8 @@ use crate::state::model::{
     NetworkMode, PolicyAction, PolicyScope, PortMap, TunnelProtocol, Visibility,
 };
 
+mod errors;
+
 /// Modeled on ztunnel's `examples/localhost.yaml`: two local workloads (HBONE and TCP) in two
 /// services, one namespace-wide policy.
 const EXAMPLE: &str = r#"
@@ -116,23 +118,6 @@ fn invalid(yaml: &str) -> (String, String, Problem) {
         }) => (entry, field, problem),
         other => panic!("expected a semantic error, got {other:?}\n{yaml}"),
     }
-}
-
-/// Parses a document that must fail in the YAML step, returning (message, line).
-fn yaml_error(yaml: &str) -> (String, usize) {
-    match parse(yaml) {
-        Err(err @ LocalConfigError::Yaml(_)) => {
-            let (line, _column) = err.location().expect("YAML errors carry a location");
-            (err.to_string(), line)
-        }
-        other => panic!("expected a YAML error, got {other:?}\n{yaml}"),
-    }
-}
-
-fn policy_with_match(m: &str) -> String {
-    format!(
-        "policies:\n- {{name: p, namespace: ns, scope: Global, action: Deny, rules: [[[{m}]]]}}\n"
-    )
 }
 
 #[test]
@@ -397,177 +382,150 @@ policies:
     );
 }
 
+/// Parses `doc(spelling)` for every spelling and checks the value `get` reads from the result.
+fn check_spellings<T: PartialEq + std::fmt::Debug + Copy>(
+    cases: &[(&str, T)],
+    doc: impl Fn(&str) -> String,
+    get: impl Fn(&LocalConfig) -> T,
+) {
+    for &(spelling, want) in cases {
+        let config = parse(&doc(spelling)).unwrap_or_else(|e| panic!("{spelling}: {e}"));
+        assert_eq!(get(&config), want, "{spelling}");
+    }
+}
+
 #[test]
 fn enum_spellings_map_to_every_model_variant() {
-    let workload = |field: &str| {
+    let workload = |field: String| {
         format!("workloads:\n- {{name: w, namespace: ns, workloadIps: [], {field}}}\n")
     };
-    for (spelling, want) in [
-        ("TCP", TunnelProtocol::Tcp),
-        ("HBONE", TunnelProtocol::Hbone),
-    ] {
-        assert_eq!(
-            parse(&workload(&format!("protocol: {spelling}")))
-                .unwrap()
-                .workloads[0]
-                .protocol,
-            want
-        );
-    }
-    for (spelling, want) in [
-        ("Standard", NetworkMode::Standard),
-        ("HostNetwork", NetworkMode::HostNetwork),
-    ] {
-        assert_eq!(
-            parse(&workload(&format!("networkMode: {spelling}")))
-                .unwrap()
-                .workloads[0]
-                .network_mode,
-            want
-        );
-    }
-    for (spelling, want) in [
-        ("Healthy", HealthStatus::Healthy),
-        ("Unhealthy", HealthStatus::Unhealthy),
-    ] {
-        assert_eq!(
-            parse(&workload(&format!("status: {spelling}")))
-                .unwrap()
-                .workloads[0]
-                .status,
-            want
-        );
-    }
-    for (spelling, want) in [
-        ("NONE", AppTunnelProtocol::None),
-        ("PROXY", AppTunnelProtocol::Proxy),
-    ] {
-        let config = parse(&workload(&format!(
-            "applicationTunnel: {{protocol: {spelling}}}"
-        )))
-        .unwrap();
-        assert_eq!(
-            config.workloads[0].application_tunnel,
-            Some(ApplicationTunnel {
-                protocol: want,
-                port: None
-            })
-        );
-    }
-
     let service =
-        |field: &str| format!("services:\n- {{name: s, namespace: ns, hostname: h, {field}}}\n");
-    let scopes = [
-        ("Region", LoadBalancerScope::Region),
-        ("Zone", LoadBalancerScope::Zone),
-        ("Subzone", LoadBalancerScope::Subzone),
-        ("Node", LoadBalancerScope::Node),
-        ("Cluster", LoadBalancerScope::Cluster),
-        ("Network", LoadBalancerScope::Network),
-    ];
-    for (spelling, want) in scopes {
-        let config = parse(&service(&format!(
-            "loadBalancer: {{routingPreferences: [{spelling}]}}"
-        )))
-        .unwrap();
-        assert_eq!(
-            config.services[0]
-                .load_balancer
-                .as_ref()
-                .unwrap()
-                .routing_preferences,
-            vec![want]
-        );
-    }
-    let modes = [
-        ("Standard", LoadBalancerMode::Standard),
-        ("Strict", LoadBalancerMode::Strict),
-        ("Failover", LoadBalancerMode::Failover),
-        ("Passthrough", LoadBalancerMode::Passthrough),
-    ];
-    for (spelling, want) in modes {
-        let config = parse(&service(&format!("loadBalancer: {{mode: {spelling}}}"))).unwrap();
-        assert_eq!(
-            config.services[0].load_balancer.as_ref().unwrap().mode,
-            want
-        );
-    }
-    for (spelling, want) in [
-        ("OnlyHealthy", HealthPolicy::OnlyHealthy),
-        ("AllowAll", HealthPolicy::AllowAll),
-    ] {
-        let config = parse(&service(&format!(
-            "loadBalancer: {{healthPolicy: {spelling}}}"
-        )))
-        .unwrap();
-        assert_eq!(
-            config.services[0]
-                .load_balancer
-                .as_ref()
-                .unwrap()
-                .health_policy,
-            want
-        );
-    }
-    for (spelling, want) in [
-        ("Dual", IpFamilies::Dual),
-        ("IPv4", IpFamilies::Ipv4Only),
-        ("IPv6", IpFamilies::Ipv6Only),
-    ] {
-        assert_eq!(
-            parse(&service(&format!("ipFamilies: {spelling}")))
-                .unwrap()
-                .services[0]
-                .ip_families,
-            want
-        );
-    }
-    assert_eq!(
-        parse(&service("ports: {}")).unwrap().services[0].ip_families,
-        IpFamilies::Automatic
-    );
-    for (spelling, want) in [
-        ("Public", Visibility::Public),
-        ("Namespace", Visibility::Namespace),
-    ] {
-        assert_eq!(
-            parse(&service(&format!("visibility: {spelling}")))
-                .unwrap()
-                .services[0]
-                .visibility,
-            want
-        );
-    }
-
-    let policy = |scope: &str, action: &str| {
-        format!("policies:\n- {{name: p, namespace: ns, scope: {scope}, action: {action}}}\n")
+        |field: String| format!("services:\n- {{name: s, namespace: ns, hostname: h, {field}}}\n");
+    let policy = |field: String| {
+        format!("policies:\n- {{name: p, namespace: ns, action: Allow, scope: Global, {field}}}\n")
     };
-    let scopes = [
-        ("Global", PolicyScope::Global),
-        ("Namespace", PolicyScope::Namespace),
-        ("WorkloadSelector", PolicyScope::WorkloadSelector),
-    ];
-    for (spelling, want) in scopes {
-        assert_eq!(
-            parse(&policy(spelling, "Allow")).unwrap().policies[0].scope,
-            want
-        );
-    }
-    for (spelling, want) in [("Allow", PolicyAction::Allow), ("Deny", PolicyAction::Deny)] {
-        assert_eq!(
-            parse(&policy("Global", spelling)).unwrap().policies[0].action,
-            want
-        );
-    }
+    let lb = |c: &LocalConfig| c.services[0].load_balancer.clone().unwrap();
+
+    use TunnelProtocol as P;
+    check_spellings(
+        &[("TCP", P::Tcp), ("HBONE", P::Hbone)],
+        |s| workload(format!("protocol: {s}")),
+        |c| c.workloads[0].protocol,
+    );
+    check_spellings(
+        &[
+            ("Standard", NetworkMode::Standard),
+            ("HostNetwork", NetworkMode::HostNetwork),
+        ],
+        |s| workload(format!("networkMode: {s}")),
+        |c| c.workloads[0].network_mode,
+    );
+    check_spellings(
+        &[
+            ("Healthy", HealthStatus::Healthy),
+            ("Unhealthy", HealthStatus::Unhealthy),
+        ],
+        |s| workload(format!("status: {s}")),
+        |c| c.workloads[0].status,
+    );
+    check_spellings(
+        &[
+            ("NONE", AppTunnelProtocol::None),
+            ("PROXY", AppTunnelProtocol::Proxy),
+        ],
+        |s| workload(format!("applicationTunnel: {{protocol: {s}}}")),
+        |c| c.workloads[0].application_tunnel.unwrap().protocol,
+    );
+    use LoadBalancerScope as S;
+    check_spellings(
+        &[
+            ("Region", S::Region),
+            ("Zone", S::Zone),
+            ("Subzone", S::Subzone),
+            ("Node", S::Node),
+            ("Cluster", S::Cluster),
+            ("Network", S::Network),
+        ],
+        |s| service(format!("loadBalancer: {{routingPreferences: [{s}]}}")),
+        |c| lb(c).routing_preferences[0],
+    );
+    use LoadBalancerMode as M;
+    check_spellings(
+        &[
+            ("Standard", M::Standard),
+            ("Strict", M::Strict),
+            ("Failover", M::Failover),
+            ("Passthrough", M::Passthrough),
+        ],
+        |s| service(format!("loadBalancer: {{mode: {s}}}")),
+        |c| lb(c).mode,
+    );
+    check_spellings(
+        &[
+            ("OnlyHealthy", HealthPolicy::OnlyHealthy),
+            ("AllowAll", HealthPolicy::AllowAll),
+        ],
+        |s| service(format!("loadBalancer: {{healthPolicy: {s}}}")),
+        |c| lb(c).health_policy,
+    );
+    check_spellings(
+        &[
+            ("Dual", IpFamilies::Dual),
+            ("IPv4", IpFamilies::Ipv4Only),
+            ("IPv6", IpFamilies::Ipv6Only),
+        ],
+        |s| service(format!("ipFamilies: {s}")),
+        |c| c.services[0].ip_families,
+    );
+    // Absent means automatic: the file has no spelling for it.
+    check_spellings(
+        &[("", IpFamilies::Automatic)],
+        |_| service("ports: {}".into()),
+        |c| c.services[0].ip_families,
+    );
+    check_spellings(
+        &[
+            ("Public", Visibility::Public),
+            ("Namespace", Visibility::Namespace),
+        ],
+        |s| service(format!("visibility: {s}")),
+        |c| c.services[0].visibility,
+    );
+    let scopes =
+        |s: &str| format!("policies:\n- {{name: p, namespace: ns, action: Allow, scope: {s}}}\n");
+    check_spellings(
+        &[
+            ("Global", PolicyScope::Global),
+            ("Namespace", PolicyScope::Namespace),
+            ("WorkloadSelector", PolicyScope::WorkloadSelector),
+        ],
+        scopes,
+        |c| c.policies[0].scope,
+    );
+    let actions =
+        |s: &str| format!("policies:\n- {{name: p, namespace: ns, scope: Global, action: {s}}}\n");
+    check_spellings(
+        &[("Allow", PolicyAction::Allow), ("Deny", PolicyAction::Deny)],
+        actions,
+        |c| c.policies[0].action,
+    );
+    check_spellings(
+        &[("true", true), ("false", false)],
+        |s| policy(format!("dryRun: {s}")),
+        |c| c.policies[0].dry_run,
+    );
+
     // Spellings are exact: ztunnel's file format is case-sensitive.
-    assert!(matches!(
-        parse(&workload("protocol: hbone")),
-        Err(LocalConfigError::Yaml(_))
-    ));
-    assert!(matches!(
-        parse(&policy("global", "Allow")),
-        Err(LocalConfigError::Yaml(_))
-    ));
+    for doc in [
+        workload("protocol: hbone".into()),
+        scopes("global"),
+        actions("allow"),
+    ] {
+        assert!(
+            matches!(parse(&doc), Err(LocalConfigError::Yaml(_))),
+            "{doc}"
+        );
+    }
 }
 
 #[test]
@@ -588,7 +546,8 @@ fn workload_defaults() {
         vec![ip("10.0.0.1")],
         "IPv4-mapped addresses are canonicalised"
     );
-    let port_zero = "workloads:\n- {name: w, namespace: ns, workloadIps: [], applicationTunnel: {protocol: PROXY, port: 0}}\n";
+    let port_zero = "workloads:\n- {name: w, namespace: ns, workloadIps: [], \
+                     applicationTunnel: {protocol: PROXY, port: 0}}\n";
     let tunnel = parse(port_zero).unwrap().workloads[0].application_tunnel;
     assert_eq!(
         tunnel,
@@ -641,125 +600,6 @@ services:
         invalid(&conflicting).2,
         Problem::ConflictingPorts("u1".into())
     );
-}
-
-#[test]
-fn semantic_errors_name_entry_and_field() {
-    let w = |body: &str| {
-        format!("workloads:\n- {{uid: x, namespace: ns, workloadIps: [], {body}}}\n- {{uid: y, namespace: ns, workloadIps: []}}\n")
-    };
-    let s = |body: &str| {
-        format!("services:\n- {{name: s, namespace: ns, hostname: h.example, {body}}}\n")
-    };
-    #[rustfmt::skip]
-    let cases: Vec<(String, &str, &str, Problem)> = vec![
-        (
-            "workloads:\n- {uid: a, namespace: ns, workloadIps: []}\n- {uid: b, namespace: ns, workloadIps: []}\n- {uid: x, namespace: ns, workloadIps: [\"10.0.0.1\", \"10.0.0.300\"]}\n".into(),
-            r#"workloads[2] (uid "x")"#, "workloadIps[1]", Problem::NotAnIp("10.0.0.300".into()),
-        ),
-        ("workloads:\n- {name: w, namespace: \"\", workloadIps: []}\n".into(), "workloads[0]", "namespace", Problem::Empty),
-        ("workloads:\n- {namespace: ns, workloadIps: []}\n".into(), "workloads[0]", "name", Problem::Empty),
-        (w("capacity: 0"), r#"workloads[0] (uid "x")"#, "capacity", Problem::Zero),
-        (w("services: {example.com: {80: 80}}"), r#"workloads[0] (uid "x")"#, r#"services["example.com"]"#, Problem::NotANamespacedName("example.com".into())),
-        (w("authorizationPolicies: [p1]"), r#"workloads[0] (uid "x")"#, "authorizationPolicies[0]", Problem::NotANamespacedName("p1".into())),
-        (w("waypoint: {destination: nowhere}"), r#"workloads[0] (uid "x")"#, "waypoint.destination", Problem::NotAGatewayDestination("nowhere".into())),
-        (w("networkGateway: {destination: \"/\"}"), r#"workloads[0] (uid "x")"#, "networkGateway.destination", Problem::NotAGatewayDestination("/".into())),
-        (
-            "workloads:\n- {uid: x, namespace: ns, workloadIps: []}\n- {uid: x, namespace: ns, workloadIps: []}\n".into(),
-            r#"workloads[1] (uid "x")"#, "uid", Problem::Duplicate("x".into()),
-        ),
-        (s("vips: [\"10.0.0.1\"]"), "services[0] (ns/h.example)", "vips[0]", Problem::NotANetworkAddress("10.0.0.1".into())),
-        (s("vips: [\"/10.0.0.x\"]"), "services[0] (ns/h.example)", "vips[0]", Problem::NotANetworkAddress("/10.0.0.x".into())),
-        (s("cidrVips: [{cidr: \"10.0.0.0/33\"}]"), "services[0] (ns/h.example)", "cidrVips[0].cidr", Problem::PrefixTooLong { value: "10.0.0.0/33".into(), max: 32 }),
-        (s("weightedWaypoints: [{destination: {destination: x}}]"), "services[0] (ns/h.example)", "weightedWaypoints[0].destination.destination", Problem::NotAGatewayDestination("x".into())),
-        ("services:\n- {name: s, namespace: ns, hostname: \"\"}\n".into(), "services[0] (ns/)", "hostname", Problem::Empty),
-        (
-            "services:\n- {name: s, namespace: ns, hostname: h}\n- {name: t, namespace: ns, hostname: h}\n".into(),
-            "services[1] (ns/h)", "hostname", Problem::Duplicate("ns/h".into()),
-        ),
-        (
-            "policies:\n- {name: p, namespace: ns, scope: Global, action: Allow}\n- {name: p, namespace: ns, scope: Global, action: Deny}\n".into(),
-            "policies[1] (ns/p)", "name", Problem::Duplicate("ns/p".into()),
-        ),
-        ("policies:\n- {name: \"\", namespace: ns, scope: Global, action: Allow}\n".into(), "policies[0] (ns/)", "name", Problem::Empty),
-    ];
-    for (yaml, entry, field, problem) in cases {
-        assert_eq!(
-            invalid(&yaml),
-            (entry.to_owned(), field.to_owned(), problem),
-            "{yaml}"
-        );
-    }
-    let err = parse("workloads:\n- {uid: x, namespace: ns, workloadIps: [\"10.0.0.300\"]}\n")
-        .unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        r#"local config: workloads[0] (uid "x"): workloadIps[0] "10.0.0.300" is not an IP address"#
-    );
-    assert_eq!(err.location(), None);
-}
-
-#[test]
-fn policies_never_widen() {
-    let p = "policies[0] (ns/p)";
-    #[rustfmt::skip]
-    let cases: &[(&str, &str, Problem)] = &[
-        ("{sourceIps: [\"10.0.0.0/8\", \"bogus\"]}", "rules[0][0][0].sourceIps[1]", Problem::NotACidr("bogus".into())),
-        ("{notSourceIps: [\"10.0.0.0/\"]}", "rules[0][0][0].notSourceIps[0]", Problem::NotACidr("10.0.0.0/".into())),
-        ("{destinationIps: [\"fd00::/129\"]}", "rules[0][0][0].destinationIps[0]", Problem::PrefixTooLong { value: "fd00::/129".into(), max: 128 }),
-        ("{notDestinationIps: [\"1.2.3.4/-1\"]}", "rules[0][0][0].notDestinationIps[0]", Problem::NotACidr("1.2.3.4/-1".into())),
-        ("{destinationPorts: [80]}, {}", "rules[0][0][1]", Problem::EmptyMatch),
-        ("{principals: [], notNamespaces: []}", "rules[0][0][0]", Problem::EmptyMatch),
-        ("{serviceAccounts: [{namespace: \"\", serviceAccount: sa}]}", "rules[0][0][0].serviceAccounts[0].namespace", Problem::Empty),
-        ("{notServiceAccounts: [{namespace: ns, serviceAccount: \"\"}]}", "rules[0][0][0].notServiceAccounts[0].serviceAccount", Problem::Empty),
-    ];
-    for (m, field, problem) in cases {
-        assert_eq!(
-            invalid(&policy_with_match(m)),
-            (p.to_owned(), (*field).to_owned(), problem.clone()),
-            "{m}"
-        );
-    }
-}
-
-#[test]
-fn yaml_errors_report_their_location() {
-    #[rustfmt::skip]
-    let cases: &[(&str, usize, &str)] = &[
-        // Unknown keys, at every level.
-        ("workloads:\n- name: w\n  namespace: ns\n  workloadIps: []\n  workloadIp: 10.0.0.1\n", 5, "unknown field `workloadIp`"),
-        ("services:\n- name: s\n  namespace: ns\n  hostname: h\n  loadBalancer: {mode: Strict, extra: 1}\n", 5, "unknown field `extra`"),
-        ("policies:\n- name: p\n  namespace: ns\n  scope: Global\n  action: Allow\n  rules: [[[{sourceIp: [\"1.2.3.4\"]}]]]\n", 6, "unknown field `sourceIp`"),
-        ("workload: []\n", 1, "unknown field `workload`"),
-        // A string match with no variant, or an unknown one.
-        ("policies:\n- name: p\n  namespace: ns\n  scope: Global\n  action: Allow\n  rules: [[[{principals: [{}]}]]]\n", 6, "principals[0]"),
-        ("policies:\n- name: p\n  namespace: ns\n  scope: Global\n  action: Allow\n  rules: [[[{principals: [{Regex: a.*}]}]]]\n", 6, "unknown variant `Regex`"),
-        ("policies:\n- name: p\n  namespace: ns\n  scope: Global\n  action: Allow\n  rules: [[[{principals: [{Presence: [x]}]}]]]\n", 6, "principals[0]"),
-        // Ports out of range.
-        ("policies:\n- name: p\n  namespace: ns\n  scope: Global\n  action: Allow\n  rules: [[[{destinationPorts: [70000]}]]]\n", 6, "70000"),
-        ("workloads:\n- name: w\n  namespace: ns\n  workloadIps: []\n  services:\n    ns/s: {80: 65536}\n", 6, "65536"),
-        // Missing required keys and wrong types.
-        ("workloads:\n- name: w\n  workloadIps: []\n", 2, "missing field `namespace`"),
-        ("services:\n- name: s\n  namespace: ns\n  hostname: h\n  vips: 10.0.0.1\n", 5, "vips"),
-        ("policies:\n- {name: p, namespace: ns, scope: Global}\n", 2, "missing field `action`"),
-        // Plain syntax errors.
-        ("workloads:\n\t- name: w\n", 2, ""),
-        ("workloads: [\n  {name: a, namespace: ns, workloadIps: []},\n  - b\n]\n", 3, ""),
-    ];
-    for &(yaml, line, fragment) in cases {
-        let (message, at) = yaml_error(yaml);
-        assert_eq!(at, line, "{message}\n{yaml}");
-        assert!(
-            message.contains(fragment),
-            "{message:?} should mention {fragment:?}"
-        );
-    }
-    let (message, _) = yaml_error(cases[0].0);
-    assert!(
-        message.starts_with("local config: workloads[0]: unknown field `workloadIp`"),
-        "{message}"
-    );
-    assert!(message.ends_with("at line 5 column 3"), "{message}");
 }
 
 #[test]

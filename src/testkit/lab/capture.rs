@@ -55,6 +55,18 @@ impl Capture {
 
     /// Stops tcpdump (letting it flush) and returns what it captured.
     pub fn stop(self) -> anyhow::Result<Pcap> {
+        // On SIGINT tcpdump drops what is still in its kernel ring buffer, so first let it
+        // catch up: wait until the file (written per packet, -U) has stopped growing.
+        let size = || std::fs::metadata(&self.file).map(|m| m.len()).unwrap_or(0);
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        let mut last = size();
+        let mut stable_for = 0;
+        while stable_for < 3 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+            let now = size();
+            stable_for = if now == last { stable_for + 1 } else { 0 };
+            last = now;
+        }
         self.process.signal(nix::sys::signal::Signal::SIGINT)?;
         self.process.wait_exit(TCPDUMP_DEADLINE)?;
         let bytes = std::fs::read(&self.file)

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs the system tools ztun's tests, demo and benchmarks use, if missing (Debian, root).
+set -euo pipefail
+
+declare -A packages=(
+  [ip]=iproute2
+  [iptables-restore]=iptables
+  [nft]=nftables
+  [tcpdump]=tcpdump
+  [iperf3]=iperf3
+  [cmake]=cmake
+)
+missing=()
+for cmd in "${!packages[@]}"; do
+  command -v "$cmd" >/dev/null 2>&1 || missing+=("${packages[$cmd]}")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update
+  apt-get install -y --no-install-recommends "${missing[@]}"
+fi
+if ! command -v cargo-nextest >/dev/null 2>&1; then
+  cargo install cargo-nextest --locked
+fi
