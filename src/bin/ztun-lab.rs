@@ -82,7 +82,11 @@ fn demo(args: &[String]) -> anyhow::Result<()> {
     let mut rest = args.iter();
     while let Some(arg) = rest.next() {
         match arg.as_str() {
-            "--ztun" => bin = Some(std::path::PathBuf::from(rest.next().context("--ztun needs a path")?)),
+            "--ztun" => {
+                bin = Some(std::path::PathBuf::from(
+                    rest.next().context("--ztun needs a path")?,
+                ))
+            }
             "--local" => source = ztun::testkit::demo::Source::LocalFile,
             other => bail!("unexpected argument {other:?}"),
         }

@@ -114,9 +114,17 @@ impl Proxy {
         Ok(self.certs.fetch(&id).await?)
     }
 
-    /// Ports a captured connection must never be sent to on loopback or this pod.
+    /// Ports ztun itself holds inside the pod: a captured connection is never sent to them
+    /// on loopback or the pod's own address.
     pub(crate) fn is_own_port(&self, port: u16) -> bool {
-        self.cfg.illegal_ports().contains(&port)
+        let p = &self.cfg.proxy;
+        [
+            p.outbound_port,
+            p.inbound_plaintext_port,
+            p.inbound_hbone_port,
+            p.dns_port,
+        ]
+        .contains(&port)
     }
 
     /// Binds the pod's listeners (on the calling thread, in the pod's namespace) and starts

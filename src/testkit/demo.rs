@@ -37,14 +37,43 @@ pub fn run(ztun: &Path, source: Source) -> anyhow::Result<()> {
     let lab = Lab::builder("demo")
         .node("n1")
         .node("n2")
-        .pod(PodSpec::new("web", "n1").namespace("shop").service_account("web").captured(true))
-        .pod(PodSpec::new("worker", "n1").namespace("shop").service_account("worker").captured(true))
-        .pod(PodSpec::new("db", "n2").namespace("data").service_account("db").captured(true))
-        .pod(PodSpec::new("legacy", "n2").namespace("legacy").service_account("legacy"))
+        .pod(
+            PodSpec::new("web", "n1")
+                .namespace("shop")
+                .service_account("web")
+                .captured(true),
+        )
+        .pod(
+            PodSpec::new("worker", "n1")
+                .namespace("shop")
+                .service_account("worker")
+                .captured(true),
+        )
+        .pod(
+            PodSpec::new("db", "n2")
+                .namespace("data")
+                .service_account("db")
+                .captured(true),
+        )
+        .pod(
+            PodSpec::new("legacy", "n2")
+                .namespace("legacy")
+                .service_account("legacy"),
+        )
         .build()?;
     for p in lab.pods() {
-        let role = if p.captured() { "captured by ztun" } else { "outside the mesh" };
-        println!("   pod {:<7} {:<12} node {}  ip {:<10} {role}", p.name(), p.namespace(), p.node(), p.ip().to_string());
+        let role = if p.captured() {
+            "captured by ztun"
+        } else {
+            "outside the mesh"
+        };
+        println!(
+            "   pod {:<7} {:<12} node {}  ip {:<10} {role}",
+            p.name(),
+            p.namespace(),
+            p.node(),
+            p.ip().to_string()
+        );
     }
     let ca_dir = lab.dir().join("ca");
     super::certs::write_ca_dir(&ca_dir)?;
@@ -57,7 +86,10 @@ pub fn run(ztun: &Path, source: Source) -> anyhow::Result<()> {
 
     let ca = ca_dir.to_string_lossy().into_owned();
     let mesh = mesh_path.to_string_lossy().into_owned();
-    let mut env_common: Vec<(String, String)> = vec![("LOCAL_CA_DIR".into(), ca.clone()), ("RUST_LOG".into(), "info".into())];
+    let mut env_common: Vec<(String, String)> = vec![
+        ("LOCAL_CA_DIR".into(), ca.clone()),
+        ("RUST_LOG".into(), "info".into()),
+    ];
     let _control_plane: Option<Process> = match source {
         Source::ControlPlane => {
             let n1 = lab.node("n1");
@@ -67,11 +99,20 @@ pub fn run(ztun: &Path, source: Source) -> anyhow::Result<()> {
                 n1.netns(),
                 "control-plane",
                 ztun,
-                &["control-plane", "--config", &mesh, "--listen", &listen, "--ca-dir", &ca],
+                &[
+                    "control-plane",
+                    "--config",
+                    &mesh,
+                    "--listen",
+                    &listen,
+                    "--ca-dir",
+                    &ca,
+                ],
                 &[("RUST_LOG", "info")],
                 lab.dir(),
             )?;
-            cp.wait_for_log("serving", WAIT).context("control plane did not start")?;
+            cp.wait_for_log("serving", WAIT)
+                .context("control plane did not start")?;
             env_common.push(("XDS_ADDRESS".into(), format!("https://{listen}")));
             env_common.push(("XDS_ROOT_CA".into(), format!("{ca}/root-cert.pem")));
             Some(cp)
@@ -82,7 +123,10 @@ pub fn run(ztun: &Path, source: Source) -> anyhow::Result<()> {
             None
         }
     };
-    let env: Vec<(&str, &str)> = env_common.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let env: Vec<(&str, &str)> = env_common
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
     let mut ztuns = Vec::new();
     for node in ["n1", "n2"] {
         println!("== starting ztun on {node}");
@@ -90,8 +134,15 @@ pub fn run(ztun: &Path, source: Source) -> anyhow::Result<()> {
         ztuns.push((node, p));
     }
     for (node, _) in &ztuns {
-        lab.cni(node).wait_connected(WAIT).with_context(|| format!("ztun on {node} did not sync with its CNI"))?;
-        let nacks: Vec<_> = lab.cni(node).acks().into_iter().filter(|a| !a.ack.is_ok()).collect();
+        lab.cni(node)
+            .wait_connected(WAIT)
+            .with_context(|| format!("ztun on {node} did not sync with its CNI"))?;
+        let nacks: Vec<_> = lab
+            .cni(node)
+            .acks()
+            .into_iter()
+            .filter(|a| !a.ack.is_ok())
+            .collect();
         if !nacks.is_empty() {
             bail!("ztun on {node} refused pods: {nacks:?}");
         }
@@ -104,11 +155,46 @@ pub fn run(ztun: &Path, source: Source) -> anyhow::Result<()> {
     let web = SocketAddr::from((lab.pod("web").ip(), web_recorder.port()));
     let legacy = SocketAddr::from((lab.pod("legacy").ip(), legacy_echo.port()));
     let mib = 1 << 20;
-    flows.push(echo(&lab, "cross-node mTLS", "web", db, "HBONE n1 -> n2", 32 * mib));
-    flows.push(echo(&lab, "same-node mTLS", "web", worker, "HBONE within n1", 32 * mib));
-    flows.push(echo(&lab, "worker to db", "worker", db, "HBONE n1 -> n2", 8 * mib));
-    flows.push(echo(&lab, "into the mesh", "legacy", db, "plaintext -> 15006", mib));
-    flows.push(echo(&lab, "out of the mesh", "web", legacy, "passthrough (TCP)", mib));
+    flows.push(echo(
+        &lab,
+        "cross-node mTLS",
+        "web",
+        db,
+        "HBONE n1 -> n2",
+        32 * mib,
+    ));
+    flows.push(echo(
+        &lab,
+        "same-node mTLS",
+        "web",
+        worker,
+        "HBONE within n1",
+        32 * mib,
+    ));
+    flows.push(echo(
+        &lab,
+        "worker to db",
+        "worker",
+        db,
+        "HBONE n1 -> n2",
+        8 * mib,
+    ));
+    flows.push(echo(
+        &lab,
+        "into the mesh",
+        "legacy",
+        db,
+        "plaintext -> 15006",
+        mib,
+    ));
+    flows.push(echo(
+        &lab,
+        "out of the mesh",
+        "web",
+        legacy,
+        "passthrough (TCP)",
+        mib,
+    ));
     let started = Instant::now();
     let seen = lab.pod("legacy").peer_seen_by(web);
     flows.push(Flow {
@@ -126,13 +212,25 @@ pub fn run(ztun: &Path, source: Source) -> anyhow::Result<()> {
 
     println!("\n== access log (ztun on each node, target \"access\")");
     for (node, p) in &ztuns {
-        for line in p.logs().iter().filter(|l| l.contains("access") && l.contains("connection complete")) {
-            println!("[{node}] {}", line.split_once("access").map(|(_, rest)| rest.trim_start_matches(':').trim()).unwrap_or(line));
+        for line in p
+            .logs()
+            .iter()
+            .filter(|l| l.contains("access") && l.contains("connection complete"))
+        {
+            println!(
+                "[{node}] {}",
+                line.split_once("access")
+                    .map(|(_, rest)| rest.trim_start_matches(':').trim())
+                    .unwrap_or(line)
+            );
         }
     }
 
     println!("\n== summary");
-    println!("{:<18} {:<7} {:<20} {:<20} {:>9} {:>10}  result", "flow", "from", "to", "path", "bytes", "time");
+    println!(
+        "{:<18} {:<7} {:<20} {:<20} {:>9} {:>10}  result",
+        "flow", "from", "to", "path", "bytes", "time"
+    );
     let mut failed = 0;
     for f in &flows {
         let (result, time) = match &f.result {
@@ -142,9 +240,21 @@ pub fn run(ztun: &Path, source: Source) -> anyhow::Result<()> {
                 (format!("FAILED: {e:#}"), "-".into())
             }
         };
-        println!("{:<18} {:<7} {:<20} {:<20} {:>9} {:>10}  {result}", f.name, f.from, f.to, f.path, human(f.bytes), time);
+        println!(
+            "{:<18} {:<7} {:<20} {:<20} {:>9} {:>10}  {result}",
+            f.name,
+            f.from,
+            f.to,
+            f.path,
+            human(f.bytes),
+            time
+        );
     }
-    let tls_lines = ztuns.iter().flat_map(|(_, p)| p.logs()).filter(|l| l.contains("src.identity=spiffe://")).count();
+    let tls_lines = ztuns
+        .iter()
+        .flat_map(|(_, p)| p.logs())
+        .filter(|l| l.contains("src.identity=spiffe://"))
+        .count();
     println!("\n{} flows, {failed} failed; {tls_lines} access-log lines carry a verified SPIFFE identity", flows.len());
     println!("== cleaning up (namespaces, processes, temp files)");
     drop(ztuns);
@@ -155,9 +265,23 @@ pub fn run(ztun: &Path, source: Source) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn echo(lab: &Lab, name: &'static str, from: &'static str, dst: SocketAddr, path: &'static str, bytes: u64) -> Flow {
+fn echo(
+    lab: &Lab,
+    name: &'static str,
+    from: &'static str,
+    dst: SocketAddr,
+    path: &'static str,
+    bytes: u64,
+) -> Flow {
     let result = lab.pod(from).bulk_echo(dst, bytes).map(|t| t.elapsed);
-    Flow { name, from, to: dst.to_string(), path, bytes: bytes * 2, result }
+    Flow {
+        name,
+        from,
+        to: dst.to_string(),
+        path,
+        bytes: bytes * 2,
+        result,
+    }
 }
 
 fn human(bytes: u64) -> String {

@@ -4,8 +4,8 @@
 //! Nothing in production code may depend on this module.
 
 pub mod certs;
-pub mod lab;
 pub mod demo;
+pub mod lab;
 pub mod mesh;
 
 use std::path::PathBuf;

@@ -51,3 +51,6 @@ pub trait CertSource: Send + Sync + 'static {
     /// The current certificate for `identity`, issuing it first if needed.
     fn fetch(&self, identity: &Identity) -> FetchFuture;
 }
+
+#[cfg(test)]
+mod tests;

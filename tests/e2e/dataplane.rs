@@ -131,7 +131,10 @@ fn client_of_another_trust_domain_is_rejected() {
         .ztun("n2")
         .wait_for_log("hbone handshake failed", WAIT)
         .unwrap();
-    assert!(line.contains("TrustDomainMismatch") && line.contains("evil.example"), "{line}");
+    assert!(
+        line.contains("TrustDomainMismatch") && line.contains("evil.example"),
+        "{line}"
+    );
     // Pod b, in the right trust domain, still gets through.
     lab.pod("b").bulk_echo(dst, 1024).expect("b -> c");
 }

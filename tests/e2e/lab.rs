@@ -51,6 +51,12 @@ fn two_nodes_route_pods_and_capture_captured_pods() {
     assert_eq!(c.ip().to_string(), "10.0.2.11");
     assert_eq!(lab.node("n2").link_ip().to_string(), "172.30.0.2");
     assert_eq!(a.spiffe_id(), "spiffe://cluster.local/ns/default/sa/sa-a");
+    let sysctl = |netns: &lab::Netns, key: &str| {
+        let out = netns.exec("cat", &[&format!("/proc/sys/net/ipv4/{key}")], None);
+        out.unwrap().trim().to_string()
+    };
+    assert_eq!(sysctl(lab.node("n1"), "ip_forward"), "1");
+    assert_eq!(sysctl(lab.node("n2"), "conf/eth0/rp_filter"), "0");
 
     let echo = u.spawn_echo_server(8080).unwrap();
     // A pod reaches itself by its pod IP.
