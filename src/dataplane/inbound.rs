@@ -58,9 +58,15 @@ pub async fn serve(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, mut drai
         client: client_id,
     });
     let mut draining = false;
+    let keepalive = super::hbone::keepalive(
+        conn.ping_pong(),
+        super::hbone::H2Settings::from_config(&proxy.cfg.proxy).ping_interval,
+    );
+    tokio::pin!(keepalive);
     loop {
         let next = tokio::select! {
             next = conn.accept() => next,
+            _ = &mut keepalive => break,
             mode = drain.signaled(), if !draining => {
                 draining = true;
                 if mode == DrainMode::Immediate {

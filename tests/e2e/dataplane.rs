@@ -344,3 +344,59 @@ fn bad_zds_input_is_nacked_and_other_pods_keep_working() {
         )
         .unwrap();
 }
+
+#[test]
+fn tproxy_captured_pods_work_like_redirected_ones() {
+    use ztun::testkit::lab::{CaptureMode, Lab, PodSpec};
+    crate::support::require_root();
+    let lab = Lab::builder("tproxy")
+        .node("n1")
+        .node("n2")
+        .pod(
+            PodSpec::new("a", "n1")
+                .service_account("sa-a")
+                .captured(true),
+        )
+        .pod(
+            PodSpec::new("t", "n2")
+                .service_account("sa-t")
+                .captured(true)
+                .capture_mode(CaptureMode::Tproxy),
+        )
+        .pod(PodSpec::new("u", "n2").service_account("sa-u"))
+        .build()
+        .unwrap();
+    let mesh = MeshFile::from_lab(&lab);
+    let echo = lab.pod("t").spawn_echo_server(8080).unwrap();
+    let recorder = lab.pod("t").spawn_peer_recorder(9090).unwrap();
+    let cluster = Cluster::start(lab, mesh);
+    let lab = &cluster.lab;
+    let t = lab.pod("t").ip();
+    assert_eq!(
+        lab.pod("a")
+            .bulk_echo(SocketAddr::from((t, echo.port())), 8 << 20)
+            .unwrap()
+            .bytes,
+        8 << 20
+    );
+    assert_eq!(
+        lab.pod("u")
+            .bulk_echo(SocketAddr::from((t, echo.port())), 8 << 20)
+            .unwrap()
+            .bytes,
+        8 << 20
+    );
+    let seen = lab
+        .pod("u")
+        .peer_seen_by(SocketAddr::from((t, recorder.port())))
+        .unwrap();
+    assert_eq!(seen.ip(), lab.pod("u").ip());
+    let line = cluster
+        .ztun("n2")
+        .wait_for_log(
+            "src.identity=spiffe://cluster.local/ns/default/sa/sa-a",
+            WAIT,
+        )
+        .unwrap();
+    assert!(line.contains("direction=\"inbound\""), "{line}");
+}

@@ -69,6 +69,26 @@ pub fn parse_authority(s: &str) -> Result<SocketAddr, AuthorityError> {
     ))
 }
 
+/// Sends a PING every `interval` and resolves when one goes unanswered for twice the
+/// interval (the peer is gone) or the connection is closed. The caller then drops the
+/// connection.
+pub async fn keepalive(ping_pong: Option<h2::PingPong>, interval: Duration) {
+    let Some(mut pp) = ping_pong else {
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::time::sleep(interval).await;
+        match tokio::time::timeout(interval * 2, pp.ping(h2::Ping::opaque())).await {
+            Ok(Ok(_)) => continue,
+            Ok(Err(_)) => return std::future::pending().await,
+            Err(_) => {
+                tracing::debug!("hbone peer did not answer PING, closing the connection");
+                return;
+            }
+        }
+    }
+}
+
 /// A fresh W3C `traceparent` value with random trace and parent ids, sampled flag off.
 pub fn traceparent() -> String {
     let trace: u128 = rand::random::<u128>() | 1;

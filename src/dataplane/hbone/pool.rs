@@ -212,10 +212,12 @@ async fn drive<T>(
 ) where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let idle_timeout = match pool.upgrade() {
-        Some(p) => p.cfg.idle_timeout,
+    let (idle_timeout, ping_interval) = match pool.upgrade() {
+        Some(p) => (p.cfg.idle_timeout, p.cfg.h2.ping_interval),
         None => return,
     };
+    let keepalive = super::keepalive(connection.ping_pong(), ping_interval);
+    tokio::pin!(keepalive);
     let mut check = tokio::time::interval(
         idle_timeout
             .min(Duration::from_secs(30))
@@ -233,6 +235,7 @@ async fn drive<T>(
                 }
                 break;
             }
+            _ = &mut keepalive => break,
             _ = check.tick(), if !unpooled => {
                 let (Some(p), Some(c)) = (pool.upgrade(), conn.upgrade()) else {
                     unpooled = true;
