@@ -11,6 +11,9 @@ fi
 
 bash scripts/install-deps.sh
 
+# Kubernetes packaging: manifests, Helm values, Dockerfile, shell scripts (offline after first run).
+bash scripts/check-manifests.sh
+
 cargo build --features testing --bins
 
 # Namespaces and temp dirs left by an earlier run that was killed (Drop never ran).
