@@ -15,18 +15,22 @@ use anyhow::{bail, Context};
 use tokio::runtime::Handle;
 
 use crate::config::{Config, LocalXds, ProxyMode};
-use crate::control::ca::{CertCache, LocalCa};
+use crate::control::ca::{CaClient, CaClientConfig, CertStore, Issuer, LocalCa, StoreConfig};
+use crate::control::xds;
 use crate::control::zds::{self, Pod, PodStarter};
 use crate::dataplane::sockets::Sockets;
 use crate::dataplane::{PodInfo, Proxy};
 use crate::drain::{self, DrainMode};
+use crate::ops::admin::{Admin, PodState, PodStateInfo, WorkloadStates};
+use crate::ops::logging::LogHandle;
+use crate::ops::readiness::Readiness;
 use crate::state::{self, Reader, Writer};
 use crate::sys::Netns;
 use crate::tls::CertSource;
 
 /// Runs ztun until it is told to stop.
 pub fn run(config: Config) -> anyhow::Result<()> {
-    crate::ops::logging::init(&config.log)?;
+    let log = crate::ops::logging::init(&config.log)?;
     raise_fd_limit();
     let config = Arc::new(config);
     let data = tokio::runtime::Builder::new_multi_thread()
@@ -39,20 +43,38 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("building the control runtime")?;
-    let res = control.block_on(run_control(config, data.handle().clone()));
+    let res = control.block_on(run_control(config, data.handle().clone(), log));
     data.shutdown_timeout(Duration::from_secs(1));
     res
 }
 
-async fn run_control(config: Arc<Config>, data: Handle) -> anyhow::Result<()> {
+async fn run_control(config: Arc<Config>, data: Handle, log: LogHandle) -> anyhow::Result<()> {
     tracing::info!(version = crate::VERSION, mode = ?config.proxy_mode, workers = config.worker_threads, "ztun starting");
+    let istio_version = config
+        .proxy_metadata
+        .get("ISTIO_VERSION")
+        .map(String::as_str)
+        .unwrap_or("unknown");
+    let telemetry = crate::ops::init(istio_version);
+    let readiness = Readiness::new();
+    let pods = WorkloadStates::default();
     let (writer, reader) = state::new();
     load_local_config(&config, &writer)?;
-    if config.xds_address.is_some() {
-        tracing::warn!("XDS_ADDRESS is set but this build has no xDS client yet; using local configuration only");
-    }
-    let certs = cert_source(&config)?;
+    let xds_synced = start_mesh_source(&config, writer, &readiness)?;
+    let (certs, cert_dump) = cert_source(&config, &reader)?;
     let process = Arc::new(drain::channel().0);
+    let shutdown = Arc::new(tokio::sync::Notify::new());
+
+    let admin = Admin {
+        config: config.clone(),
+        state: reader.clone(),
+        log,
+        shutdown: shutdown.clone(),
+        certificates: cert_dump,
+        pods: pods.clone(),
+    };
+    serve_ops(&config, admin, &readiness, &data, &process).await?;
+    tokio::spawn(expire_metrics(reader.clone(), telemetry));
 
     // Keeps dedicated-mode listeners alive until shutdown.
     let mut _dedicated = None;
@@ -65,8 +87,20 @@ async fn run_control(config: Arc<Config>, data: Handle) -> anyhow::Result<()> {
                 data: data.clone(),
                 process: process.clone(),
             });
-            let client = zds::Client::new(config.inpod.uds.clone(), starter, Arc::new(()));
-            tokio::spawn(client.run());
+            readiness.block(CNI_TASK);
+            let observer = Arc::new(OpsObserver {
+                readiness: readiness.clone(),
+                pods: pods.clone(),
+            });
+            let client = zds::Client::new(config.inpod.uds.clone(), starter, observer);
+            let drain = process.watch();
+            tokio::spawn(async move {
+                // Pods are taken over only once the mesh is known (as ztunnel does).
+                if let Some(synced) = xds_synced {
+                    wait_synced(synced).await;
+                }
+                client.run(drain).await
+            });
         }
         ProxyMode::Dedicated => {
             let info = config
@@ -90,7 +124,10 @@ async fn run_control(config: Arc<Config>, data: Handle) -> anyhow::Result<()> {
     }
     tracing::info!("ztun ready");
 
-    wait_for_signal().await;
+    tokio::select! {
+        _ = wait_for_signal() => {}
+        _ = shutdown.notified() => tracing::info!("shutdown requested through the admin API"),
+    }
     tracing::info!(deadline = ?config.termination_deadline, "shutting down: draining connections");
     process.start(DrainMode::Graceful);
     if tokio::time::timeout(config.termination_deadline, process.closed())
@@ -135,20 +172,180 @@ fn load_local_config(config: &Config, writer: &Writer) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn cert_source(config: &Config) -> anyhow::Result<Arc<dyn CertSource>> {
+/// Starts what keeps the mesh state current, after the local file (if any) was loaded.
+///
+/// Precedence: with an xDS address the stream applies its deltas on top of the local file's
+/// contents (a resource of the same name replaces the local one; removals are by name) and
+/// the file is not watched. Readiness waits for the first ACK of every type. Without a local
+/// file, the CNI is connected only after that (returned signal); with one, its contents serve
+/// until then. Without an xDS address the local file is the mesh and its edits are followed.
+fn start_mesh_source(
+    config: &Config,
+    writer: Writer,
+    readiness: &Readiness,
+) -> anyhow::Result<Option<tokio::sync::watch::Receiver<bool>>> {
+    let Some(xds) = xds::ClientConfig::from_config(config).context("xDS client")? else {
+        if let Some(LocalXds::Path(path)) = &config.local_xds {
+            let watcher = crate::control::local_watch::LocalWatcher::new(path.clone());
+            tokio::spawn(watcher.run(writer));
+        }
+        return Ok(None);
+    };
+    tracing::info!(address = %xds.address, on_demand = xds.on_demand, "connecting to the xDS control plane");
+    let client = xds::Client::new(xds, writer).context("xDS client")?;
+    let synced = client.synced();
+    readiness.block(XDS_TASK);
+    let unblock = readiness.clone();
+    let mut ready = synced.clone();
+    tokio::spawn(async move {
+        if ready.wait_for(|s| *s).await.is_ok() {
+            unblock.unblock(XDS_TASK);
+        }
+    });
+    tokio::spawn(client.run());
+    Ok(config.local_xds.is_none().then_some(synced))
+}
+
+async fn wait_synced(mut synced: tokio::sync::watch::Receiver<bool>) {
+    // An error means the client is gone: nothing will ever sync, so do not wait forever.
+    let _ = synced.wait_for(|s| *s).await;
+}
+
+/// Readiness task held until the xDS client's first ACK of every type.
+const XDS_TASK: &str = "xds client";
+
+/// The certificate store and a public (key-free) view of it for the admin API. Issuer
+/// precedence: `LOCAL_CA_DIR` > `FAKE_CA` > `CA_ADDRESS`. In shared mode with `NODE_NAME` set,
+/// the store prefetches the identities of this node's workloads and forgets departed ones.
+fn cert_source(config: &Config, state: &Reader) -> anyhow::Result<(Arc<dyn CertSource>, CertDump)> {
     let ttl = config.ca.secret_ttl;
-    let ca = if let Some(dir) = &config.ca.local_ca_dir {
+    let issuer: Arc<dyn Issuer> = if let Some(dir) = &config.ca.local_ca_dir {
         tracing::info!(dir = %dir.display(), "issuing workload certificates from the local CA");
-        LocalCa::load(dir, ttl)?
+        Arc::new(LocalCa::load(dir, ttl)?)
     } else if config.ca.fake_ca {
         tracing::warn!(
             "FAKE_CA: ephemeral in-memory CA; only this node will trust its certificates"
         );
-        LocalCa::ephemeral(&config.trust_domain, ttl)?
+        Arc::new(LocalCa::ephemeral(&config.trust_domain, ttl)?)
+    } else if let Some(ca) = CaClientConfig::from_config(config) {
+        tracing::info!(address = %ca.channel.address, "requesting workload certificates from the CA");
+        Arc::new(CaClient::new(&ca).context("CA client")?)
     } else {
-        bail!("no certificate source: set LOCAL_CA_DIR or FAKE_CA=true (this build has no CA client yet)");
+        bail!("no certificate source: set CA_ADDRESS, LOCAL_CA_DIR or FAKE_CA=true");
     };
-    Ok(Arc::new(CertCache::new(Arc::new(ca))))
+    let store = CertStore::spawn(issuer, StoreConfig::default());
+    if let (ProxyMode::Shared, Some(node)) = (config.proxy_mode, &config.node_name) {
+        tokio::spawn(
+            store
+                .clone()
+                .follow_local_workloads(state.clone(), node.clone()),
+        );
+    }
+    let view = store.clone();
+    let dump: CertDump =
+        Arc::new(move || serde_json::to_value(view.snapshot()).unwrap_or_default());
+    Ok((Arc::new(store), dump))
+}
+
+type CertDump = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
+
+const CNI_TASK: &str = "workload proxy manager";
+
+/// Binds the admin, metrics and readiness listeners (a conflict fails startup) and serves
+/// them on the control runtime; metrics scrape the data runtime's figures.
+async fn serve_ops(
+    config: &Config,
+    admin: Admin,
+    readiness: &Readiness,
+    data: &Handle,
+    process: &drain::Trigger,
+) -> anyhow::Result<()> {
+    use crate::ops::http::{serve, text};
+    let bind = |addr: std::net::SocketAddr| async move {
+        tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))
+    };
+    let admin_l = bind(config.admin_addr).await?;
+    let stats_l = bind(config.stats_addr).await?;
+    let ready_l = bind(config.readiness_addr).await?;
+    tokio::spawn(serve(admin_l, admin.handler(), process.watch(), true));
+    tokio::spawn(serve(ready_l, readiness.handler(), process.watch(), false));
+    let data = data.clone();
+    let metrics: crate::ops::http::Handler = Arc::new(move |req| {
+        let data = data.clone();
+        Box::pin(async move {
+            match req.path.as_str() {
+                "/metrics" | "/stats/prometheus" => {
+                    let stats = crate::ops::metrics::ProcessStats::read(Some(&data));
+                    let mut r = text(
+                        http::StatusCode::OK,
+                        crate::ops::telemetry().metrics.encode(&stats),
+                    );
+                    r.headers_mut().insert(
+                        http::header::CONTENT_TYPE,
+                        http::HeaderValue::from_static(
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        ),
+                    );
+                    r
+                }
+                _ => text(http::StatusCode::NOT_FOUND, "not found\n"),
+            }
+        })
+    });
+    tokio::spawn(serve(stats_l, metrics, process.watch(), false));
+    tracing::info!(admin = %config.admin_addr, stats = %config.stats_addr, readiness = %config.readiness_addr, "operational endpoints up");
+    Ok(())
+}
+
+/// Drops metric series of workloads that left the mesh, on every state change.
+async fn expire_metrics(mut state: Reader, telemetry: &'static crate::ops::Telemetry) {
+    while state.changed().await {
+        let snap = state.load_full();
+        let live: std::collections::HashSet<(&str, &str)> = snap
+            .workloads()
+            .map(|w| (&*w.namespace, &*w.name))
+            .collect();
+        telemetry
+            .metrics
+            .expire(|ns, name| live.contains(&(ns, name)));
+    }
+}
+
+/// Feeds readiness, metrics and the admin view from the CNI connection.
+struct OpsObserver {
+    readiness: Readiness,
+    pods: WorkloadStates,
+}
+
+impl zds::ZdsObserver for OpsObserver {
+    fn synced(&self, synced: bool) {
+        if synced {
+            self.readiness.unblock(CNI_TASK);
+        } else {
+            self.readiness.block(CNI_TASK);
+        }
+    }
+
+    fn pod_started(&self, pod: &Pod) {
+        let info = PodStateInfo {
+            name: pod.name.clone(),
+            namespace: pod.namespace.clone(),
+            service_account: pod.service_account.clone(),
+        };
+        self.pods.set(&pod.uid, PodState { state: "Up", info });
+        let m = &crate::ops::telemetry().metrics;
+        m.proxies_started.inc();
+        m.active_proxies.set(self.pods.up() as i64);
+    }
+
+    fn pod_stopped(&self, pod: &Pod) {
+        self.pods.remove(&pod.uid);
+        let m = &crate::ops::telemetry().metrics;
+        m.proxies_stopped.inc();
+        m.active_proxies.set(self.pods.up() as i64);
+    }
 }
 
 fn sockets_for(config: &Config, netns: Option<Arc<Netns>>) -> Sockets {

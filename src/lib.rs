@@ -7,8 +7,10 @@
 #![warn(missing_docs)]
 
 pub mod app;
+pub mod cli;
 pub mod config;
 pub mod control;
+pub mod controlplane;
 pub mod dataplane;
 pub mod drain;
 pub mod identity;

@@ -22,6 +22,11 @@ const COMMANDS: &[Command] = &[
         run: cleanup,
     },
     Command {
+        name: "bench",
+        usage: "bench [--ztun PATH] [--runs N] [--seconds S] [--idle N] [--out FILE]  direct TCP vs through ztun, as ratios",
+        run: bench,
+    },
+    Command {
         name: "demo",
         usage: "demo [--ztun PATH] [--local]  two-node cluster, ztun on each node, real traffic, report",
         run: demo,
@@ -96,4 +101,33 @@ fn demo(args: &[String]) -> anyhow::Result<()> {
         None => ztun::testkit::ztun_bin()?,
     };
     ztun::testkit::demo::run(&bin, source)
+}
+
+fn bench(args: &[String]) -> anyhow::Result<()> {
+    let mut opts = ztun::testkit::bench::Options::default();
+    let mut bin = None;
+    let mut out = None;
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        let mut value = || rest.next().with_context(|| format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--ztun" => bin = Some(std::path::PathBuf::from(value()?)),
+            "--runs" => opts.runs = value()?.parse().context("--runs")?,
+            "--seconds" => opts.seconds = value()?.parse().context("--seconds")?,
+            "--idle" => opts.idle_connections = value()?.parse().context("--idle")?,
+            "--requests" => opts.requests = value()?.parse().context("--requests")?,
+            "--out" => out = Some(std::path::PathBuf::from(value()?)),
+            other => bail!("unexpected argument {other:?}"),
+        }
+    }
+    let bin = match bin {
+        Some(b) => b,
+        None => ztun::testkit::ztun_bin()?,
+    };
+    let report = ztun::testkit::bench::run(&bin, &opts)?;
+    if let Some(out) = out {
+        std::fs::write(&out, serde_json::to_string_pretty(&report)?)?;
+        println!("wrote {}", out.display());
+    }
+    Ok(())
 }

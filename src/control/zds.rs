@@ -59,10 +59,14 @@ pub trait PodStarter: Send + Sync + 'static {
     fn start(&self, pod: &Pod, netns: Arc<Netns>) -> io::Result<Box<dyn Send + Sync>>;
 }
 
-/// Observes the ZDS lifecycle (readiness, metrics).
+/// Observes the ZDS lifecycle (readiness, metrics, admin view).
 pub trait ZdsObserver: Send + Sync + 'static {
     /// Connected and the snapshot was reconciled (`true`), or disconnected (`false`).
     fn synced(&self, synced: bool);
+    /// A pod's proxy started.
+    fn pod_started(&self, _pod: &Pod) {}
+    /// A pod's proxy stopped.
+    fn pod_stopped(&self, _pod: &Pod) {}
 }
 
 impl ZdsObserver for () {
@@ -111,26 +115,48 @@ impl Client {
         }
     }
 
-    /// Connects, serves, reconnects; never returns.
-    pub async fn run(mut self) {
+    /// Connects, serves, reconnects until `stop` fires. Then the CNI connection is closed (so
+    /// the agent hands pods to a successor) while the pods' proxies keep running: they drain
+    /// with the process. Never returns.
+    pub async fn run(mut self, mut stop: crate::drain::Watch) {
         let mut backoff = Duration::from_millis(10);
         loop {
-            match connect(&self.path) {
-                Ok(fd) => {
-                    tracing::info!(path = %self.path.display(), "connected to CNI");
-                    backoff = Duration::from_millis(10);
-                    match self.serve(fd).await {
-                        Ok(()) => tracing::warn!("CNI closed the ZDS connection"),
-                        Err(e) => tracing::warn!(error = %e, "ZDS connection failed"),
-                    }
-                    self.observer.synced(false);
-                }
-                Err(e) => {
-                    tracing::debug!(path = %self.path.display(), error = %e, "cannot connect to CNI")
-                }
+            let stopped = tokio::select! {
+                _ = stop.signaled() => true,
+                _ = self.connect_and_serve(&mut backoff) => false,
+            };
+            if stopped {
+                break;
             }
-            tokio::time::sleep(backoff).await;
+            tokio::select! {
+                _ = stop.signaled() => break,
+                _ = tokio::time::sleep(backoff) => {}
+            }
             backoff = (backoff * 2).min(Duration::from_secs(15));
+        }
+        tracing::info!(
+            "draining: disconnected from the CNI; pod proxies stay until the process exits"
+        );
+        // The watch must not keep the process drain waiting.
+        drop(stop);
+        std::future::pending::<()>().await;
+        drop(self);
+    }
+
+    async fn connect_and_serve(&mut self, backoff: &mut Duration) {
+        match connect(&self.path) {
+            Ok(fd) => {
+                tracing::info!(path = %self.path.display(), "connected to CNI");
+                *backoff = Duration::from_millis(10);
+                match self.serve(fd).await {
+                    Ok(()) => tracing::warn!("CNI closed the ZDS connection"),
+                    Err(e) => tracing::warn!(error = %e, "ZDS connection failed"),
+                }
+                self.observer.synced(false);
+            }
+            Err(e) => {
+                tracing::debug!(path = %self.path.display(), error = %e, "cannot connect to CNI")
+            }
         }
     }
 
@@ -212,6 +238,7 @@ impl Client {
                 self.seen.remove(&del.uid);
                 if let Some(r) = self.pods.remove(&del.uid) {
                     tracing::info!(uid = %del.uid, pod = %r.pod.name, namespace = %r.pod.namespace, "pod removed");
+                    self.observer.pod_stopped(&r.pod);
                 }
                 Ok(())
             }
@@ -227,7 +254,9 @@ impl Client {
                     .collect();
                 for uid in stale {
                     tracing::info!(%uid, "pod not in CNI snapshot, stopping");
-                    self.pods.remove(&uid);
+                    if let Some(r) = self.pods.remove(&uid) {
+                        self.observer.pod_stopped(&r.pod);
+                    }
                 }
                 self.snapshot_done = true;
                 self.observer.synced(true);
@@ -243,7 +272,9 @@ impl Client {
                 return Ok(());
             }
             tracing::info!(uid = %pod.uid, "pod has a new network namespace, replacing its proxy");
-            self.pods.remove(&pod.uid);
+            if let Some(r) = self.pods.remove(&pod.uid) {
+                self.observer.pod_stopped(&r.pod);
+            }
         }
         let id = netns.id();
         let guard = self
@@ -251,6 +282,7 @@ impl Client {
             .start(&pod, Arc::new(netns))
             .map_err(|e| format!("starting proxy for {}: {e}", pod.uid))?;
         tracing::info!(uid = %pod.uid, pod = %pod.name, namespace = %pod.namespace, "pod added");
+        self.observer.pod_started(&pod);
         self.seen.insert(pod.uid.clone());
         self.pods.insert(
             pod.uid.clone(),

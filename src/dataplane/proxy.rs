@@ -10,6 +10,7 @@ use tokio::runtime::Handle;
 
 use super::hbone::pool::{Pool, PoolConfig};
 use super::hbone::H2Settings;
+use super::policy::{Connections, LocalPod};
 use super::sockets::Sockets;
 use super::Error;
 use crate::config::Config;
@@ -43,6 +44,8 @@ pub struct Proxy {
     certs: Arc<dyn CertSource>,
     pub(crate) sockets: Sockets,
     pub(crate) pool: Pool,
+    /// Live inbound connections, re-authorized when the mesh state changes.
+    pub(crate) connections: Connections,
 }
 
 impl Proxy {
@@ -61,6 +64,12 @@ impl Proxy {
             h2: H2Settings::from_config(&cfg.proxy),
         };
         let pool = Pool::new(pool_cfg, sockets.clone());
+        let connections = Connections::new(LocalPod {
+            namespace: pod.namespace.clone(),
+            name: pod.name.clone(),
+            service_account: pod.service_account.clone(),
+            node: cfg.node_name.as_deref().map(Into::into),
+        });
         Arc::new(Proxy {
             pod,
             cfg,
@@ -68,6 +77,7 @@ impl Proxy {
             certs,
             sockets,
             pool,
+            connections,
         })
     }
 
@@ -143,6 +153,9 @@ impl Proxy {
         };
         let transparent = self.cfg.proxy.enable_orig_src.unwrap_or(true);
         let p = &self.cfg.proxy;
+        if self.cfg.inpod.port_reuse {
+            self.sockets.enable_listener_migration();
+        }
         let outbound = self
             .sockets
             .std_listener(SocketAddr::new(any, p.outbound_port), transparent)?;
@@ -174,11 +187,23 @@ impl Proxy {
             .await
         });
         let this = self.clone();
+        let d = drains.clone();
         data.spawn(async move {
-            serve(hbone, drains, move |s, peer, d| {
+            serve(hbone, d, move |s, peer, d| {
                 super::inbound::serve(this.clone(), s, peer, d)
             })
             .await
+        });
+        // Late enforcement: closes open inbound connections a policy change denies. It stops
+        // when draining starts (it must not hold the drain open); connections still finishing
+        // then are bounded by the termination deadline.
+        let enforce = self.connections.clone().enforce(self.state.clone());
+        let mut d = drains;
+        data.spawn(async move {
+            tokio::select! {
+                _ = enforce => {}
+                _ = d.signaled() => {}
+            }
         });
         Ok(ProxyHandle { trigger })
     }

@@ -104,6 +104,16 @@ impl Sockets {
         Ok(s.into())
     }
 
+    /// Lets the kernel hand connections queued on a closing listener to another listener of
+    /// the same SO_REUSEPORT group (`net.ipv4.tcp_migrate_req`), so a ztun handing a pod over
+    /// to its successor during an upgrade never resets a connection. Best effort.
+    pub fn enable_listener_migration(&self) {
+        let res = self.in_ns(|| std::fs::write("/proc/sys/net/ipv4/tcp_migrate_req", "1"));
+        if let Err(e) = res {
+            tracing::debug!(error = %e, "cannot enable tcp_migrate_req; an upgrade may reset queued connections");
+        }
+    }
+
     /// Connects to `dst`. With `source`, the socket is transparent and bound to that IP, so the
     /// peer sees the original client address.
     pub async fn connect(&self, dst: SocketAddr, source: Option<IpAddr>) -> io::Result<TcpStream> {

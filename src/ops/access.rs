@@ -2,12 +2,16 @@
 //! field names so existing log pipelines keep working.
 //!
 //! The record is filled in at connection setup (no per-byte cost) and emitted once on close.
+//! It also drives the traffic metrics (labels built once, at close) and the live connection
+//! table behind the admin API: [`AccessLog::established`] registers the connection,
+//! completion or drop (a drained task) unregisters it.
 
 use std::fmt::Display;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
+use super::metrics::{unknown, Reporter, TrafficLabels};
 use crate::identity::Identity;
 
 /// Direction of a connection relative to the pod.
@@ -39,10 +43,52 @@ pub struct Peer {
     pub namespace: Option<Arc<str>>,
     /// Proven (mTLS) identity.
     pub identity: Option<Identity>,
+    /// Canonical service (telemetry `*_canonical_service`, `*_app`).
+    pub canonical_name: Option<Arc<str>>,
+    /// Canonical revision (telemetry `*_canonical_revision`, `*_version`).
+    pub canonical_revision: Option<Arc<str>>,
+    /// Cluster id.
+    pub cluster: Option<Arc<str>>,
+}
+
+impl Peer {
+    /// Fills the workload fields from the mesh state's record.
+    pub fn describe(&mut self, w: &crate::state::model::Workload) {
+        let non_empty = |s: &Arc<str>| (!s.is_empty()).then(|| s.clone());
+        self.workload = non_empty(&w.name);
+        self.namespace = non_empty(&w.namespace);
+        self.canonical_name = non_empty(&w.canonical_name).or_else(|| non_empty(&w.name));
+        self.canonical_revision = non_empty(&w.canonical_revision);
+        self.cluster = non_empty(&w.cluster_id);
+    }
+}
+
+/// An established connection, as the admin API lists it.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LiveConnection {
+    /// `inbound` or `outbound`.
+    pub direction: &'static str,
+    /// Client address.
+    pub src: Option<SocketAddr>,
+    /// Client identity, when proven.
+    pub src_identity: Option<String>,
+    /// Source workload (`namespace/name`), when known.
+    pub src_workload: Option<String>,
+    /// L4 next hop.
+    pub dst: Option<SocketAddr>,
+    /// CONNECT authority, for tunnels.
+    pub hbone_target: Option<SocketAddr>,
+    /// Destination identity, when proven.
+    pub dst_identity: Option<String>,
+    /// Destination workload (`namespace/name`), when known.
+    pub dst_workload: Option<String>,
+    /// When it was established (seconds since the epoch).
+    pub since: u64,
 }
 
 /// A connection's log record.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct AccessLog {
     /// Direction.
     pub direction: Direction,
@@ -55,6 +101,9 @@ pub struct AccessLog {
     /// Destination service hostname.
     pub service: Option<Arc<str>>,
     started: Instant,
+    /// Live-table id once established.
+    live: Option<u64>,
+    completed: bool,
 }
 
 impl AccessLog {
@@ -67,12 +116,102 @@ impl AccessLog {
             hbone_addr: None,
             service: None,
             started: Instant::now(),
+            live: None,
+            completed: false,
+        }
+    }
+
+    /// Marks the connection established: it appears in the admin API's live table until it
+    /// completes.
+    pub fn established(&mut self) {
+        if self.live.is_some() {
+            return;
+        }
+        let workload = |p: &Peer| match (&p.namespace, &p.workload) {
+            (Some(ns), Some(w)) => Some(format!("{ns}/{w}")),
+            _ => None,
+        };
+        let since = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let conn = LiveConnection {
+            direction: self.direction.as_str(),
+            src: self.src.addr,
+            src_identity: self.src.identity.as_ref().map(ToString::to_string),
+            src_workload: workload(&self.src),
+            dst: self.dst.addr,
+            hbone_target: self.hbone_addr,
+            dst_identity: self.dst.identity.as_ref().map(ToString::to_string),
+            dst_workload: workload(&self.dst),
+            since,
+        };
+        self.live = Some(super::telemetry().register(conn));
+    }
+
+    /// Istio's traffic labels for this connection.
+    pub fn labels(&self, failure: Option<&'static str>) -> TrafficLabels {
+        let or_unknown = |v: &Option<Arc<str>>| v.clone().unwrap_or_else(unknown);
+        let id = |v: &Option<Identity>| {
+            v.as_ref()
+                .map(|i| Arc::from(i.to_string()))
+                .unwrap_or_else(unknown)
+        };
+        let mtls =
+            self.src.identity.is_some() && self.dst.identity.is_some() && self.hbone_addr.is_some()
+                || self.direction == Direction::Inbound && self.src.identity.is_some();
+        TrafficLabels {
+            reporter: match self.direction {
+                Direction::Outbound => Reporter::Source,
+                Direction::Inbound => Reporter::Destination,
+            },
+            source_workload: or_unknown(&self.src.workload),
+            source_canonical_service: or_unknown(&self.src.canonical_name),
+            source_canonical_revision: or_unknown(&self.src.canonical_revision),
+            source_workload_namespace: or_unknown(&self.src.namespace),
+            source_principal: id(&self.src.identity),
+            source_app: or_unknown(&self.src.canonical_name),
+            source_version: or_unknown(&self.src.canonical_revision),
+            source_cluster: or_unknown(&self.src.cluster),
+            destination_service: or_unknown(&self.service),
+            destination_service_namespace: if self.service.is_some() {
+                or_unknown(&self.dst.namespace)
+            } else {
+                unknown()
+            },
+            destination_service_name: self
+                .service
+                .as_ref()
+                .and_then(|s| s.split('.').next().map(Arc::from))
+                .unwrap_or_else(unknown),
+            destination_workload: or_unknown(&self.dst.workload),
+            destination_canonical_service: or_unknown(&self.dst.canonical_name),
+            destination_canonical_revision: or_unknown(&self.dst.canonical_revision),
+            destination_workload_namespace: or_unknown(&self.dst.namespace),
+            destination_principal: id(&self.dst.identity),
+            destination_app: or_unknown(&self.dst.canonical_name),
+            destination_version: or_unknown(&self.dst.canonical_revision),
+            destination_cluster: or_unknown(&self.dst.cluster),
+            request_protocol: "tcp",
+            response_flags: failure.unwrap_or("-"),
+            connection_security_policy: if mtls { "mutual_tls" } else { "unknown" },
         }
     }
 
     /// Emits the record. `sent`/`recv` are from the client's point of view (bytes sent by the
     /// client / received by it). A failure is logged at error level with its reason.
-    pub fn complete(&self, sent: u64, recv: u64, error: Option<&dyn Display>) {
+    pub fn complete(&mut self, sent: u64, recv: u64, error: Option<&dyn Display>) {
+        self.completed = true;
+        let telemetry = super::telemetry();
+        if let Some(id) = self.live.take() {
+            telemetry.unregister(id);
+        }
+        // Istio's byte direction is the reporting proxy's downstream view: "received" is what
+        // the client sent.
+        let flag = error.map(|_| "CONNECT");
+        telemetry
+            .metrics
+            .record_connection(&self.labels(flag), sent, recv, error.is_some());
         let duration = format!("{}ms", self.started.elapsed().as_millis());
         let src_addr = self.src.addr.map(tracing::field::display);
         let dst_addr = self.dst.addr.map(tracing::field::display);
@@ -120,6 +259,15 @@ impl AccessLog {
                 duration = duration.as_str(),
                 "connection complete"
             ),
+        }
+    }
+}
+
+impl Drop for AccessLog {
+    fn drop(&mut self) {
+        // A connection task dropped mid-flight (immediate drain) still closes its record.
+        if !self.completed {
+            self.complete(0, 0, Some(&"connection closed by drain"));
         }
     }
 }

@@ -1,4 +1,67 @@
-//! Operations: access logs (and, as they land, metrics, admin and readiness).
+//! Operations: access logs, metrics, the live connection table, admin API, readiness.
+//!
+//! Telemetry is process-wide (like a Prometheus default registry): the access-log record is
+//! the single place connections report to, so [`telemetry`] is a global initialised once by
+//! the app (`init`) and lazily with defaults elsewhere (unit tests).
 
 pub mod access;
+pub mod admin;
+pub mod certs;
+pub mod http;
 pub mod logging;
+pub mod metrics;
+pub mod readiness;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+
+use parking_lot::Mutex;
+
+use access::LiveConnection;
+use metrics::Metrics;
+
+/// Process-wide telemetry: metrics and the live connection table.
+pub struct Telemetry {
+    /// Prometheus metrics.
+    pub metrics: Metrics,
+    connections: Mutex<BTreeMap<u64, LiveConnection>>,
+    next_id: AtomicU64,
+}
+
+static TELEMETRY: OnceLock<Telemetry> = OnceLock::new();
+
+/// Initialises telemetry with the Istio version tag; later calls keep the first value.
+pub fn init(istio_version: &str) -> &'static Telemetry {
+    TELEMETRY.get_or_init(|| Telemetry::new(istio_version))
+}
+
+/// The process telemetry.
+pub fn telemetry() -> &'static Telemetry {
+    TELEMETRY.get_or_init(|| Telemetry::new("unknown"))
+}
+
+impl Telemetry {
+    fn new(istio_version: &str) -> Self {
+        Telemetry {
+            metrics: Metrics::new(istio_version),
+            connections: Mutex::new(BTreeMap::new()),
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    pub(crate) fn register(&self, conn: LiveConnection) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.connections.lock().insert(id, conn);
+        id
+    }
+
+    pub(crate) fn unregister(&self, id: u64) {
+        self.connections.lock().remove(&id);
+    }
+
+    /// The established connections right now.
+    pub fn connections(&self) -> Vec<LiveConnection> {
+        self.connections.lock().values().cloned().collect()
+    }
+}

@@ -3,10 +3,13 @@
 //!
 //! Nothing in production code may depend on this module.
 
+pub mod bench;
 pub mod certs;
 pub mod demo;
+pub mod grpc;
 pub mod lab;
 pub mod mesh;
+pub mod waypoint;
 
 use std::path::PathBuf;
 

@@ -3,4 +3,6 @@
 
 mod dataplane;
 mod lab;
+mod lifecycle;
+mod ops;
 mod support;

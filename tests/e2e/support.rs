@@ -121,3 +121,19 @@ impl Cluster {
             .1
     }
 }
+
+/// Waits until `needle` has appeared in `n` distinct log lines of `p`.
+pub fn wait_for_nth_log(p: &Process, needle: &str, n: usize) {
+    let mut cursor = 0;
+    for _ in 0..n {
+        loop {
+            let logs = p.logs();
+            if let Some(pos) = logs.iter().skip(cursor).position(|l| l.contains(needle)) {
+                cursor += pos + 1;
+                break;
+            }
+            p.wait_for_log_after(cursor, needle, WAIT)
+                .unwrap_or_else(|e| panic!("waiting for {needle:?} #{n}: {e:#}"));
+        }
+    }
+}

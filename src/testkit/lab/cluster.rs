@@ -201,6 +201,13 @@ impl Lab {
         Ok(capture)
     }
 
+    /// Creates an extra, unconnected namespace `<prefix><suffix>` that the lab removes on
+    /// drop: e.g. a second "ztun pod" on a node during an upgrade (ztun reaches pods through
+    /// their netns fds, so its own namespace needs no links).
+    pub fn add_netns(&mut self, suffix: &str) -> anyhow::Result<Netns> {
+        self.create_netns(suffix)
+    }
+
     fn create_netns(&mut self, suffix: &str) -> anyhow::Result<Netns> {
         let name = format!("{}{suffix}", self.prefix);
         let netns = Netns::create(&name)?;
@@ -309,7 +316,8 @@ impl LabBuilder {
         for (i, name) in names.iter().enumerate() {
             if name.is_empty() || name.contains(['/', ' ']) || names[..i].contains(name) {
                 bail!(
-                    "node and pod names must be distinct, non-empty, without '/' or ' ': {name:?}"
+                    "node and pod names must be distinct, non-empty, without '/' or ' ', \
+                     and not \"switch\": {name:?}"
                 );
             }
         }

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark on the two-node namespace cluster: every figure through two ztuns
+# (one data-plane worker thread each) against direct TCP between pods of the same run.
+# Prints a table and writes JSON to target/bench/. Needs root. Extra arguments go to
+# `ztun-lab bench` (e.g. --runs 5 --seconds 10 --idle 10000).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "scripts/bench.sh: needs root (network namespaces); rerun as root" >&2
+  exit 1
+fi
+bash scripts/install-deps.sh
+cargo build --release --features testing --bins
+target_dir="${CARGO_TARGET_DIR:-target}"
+"$target_dir/release/ztun-lab" cleanup >/dev/null
+mkdir -p "$target_dir/bench"
+out="$target_dir/bench/bench-$(date -u +%Y%m%dT%H%M%SZ).json"
+echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r)"
+"$target_dir/release/ztun-lab" bench --ztun "$target_dir/release/ztun" --out "$out" "$@" 2>"$target_dir/bench/processes.log"

@@ -1,0 +1,353 @@
+//! Prometheus metrics with Istio's names and labels (`istio_tcp_*`, `istio_build`,
+//! `workload_manager_*`, process and runtime gauges).
+//!
+//! Traffic series carry the full Istio label set, built once per connection when it closes.
+//! Cardinality is bounded: series whose workloads left the mesh are removed by
+//! [`Metrics::expire`] (called on every state change), so a churn of short-lived pods does not
+//! grow the scrape forever.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Which proxy of the two reports a series.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reporter {
+    /// The client side.
+    Source,
+    /// The server side.
+    Destination,
+}
+
+impl EncodeLabelValue for Reporter {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelValueEncoder<'_>,
+    ) -> std::fmt::Result {
+        use std::fmt::Write;
+        encoder.write_str(match self {
+            Reporter::Source => "source",
+            Reporter::Destination => "destination",
+        })
+    }
+}
+
+/// Istio's TCP traffic labels. Missing values are `unknown`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct TrafficLabels {
+    /// `source` or `destination`.
+    pub reporter: Reporter,
+    /// Source workload name.
+    pub source_workload: Arc<str>,
+    /// Source canonical service.
+    pub source_canonical_service: Arc<str>,
+    /// Source canonical revision.
+    pub source_canonical_revision: Arc<str>,
+    /// Source namespace.
+    pub source_workload_namespace: Arc<str>,
+    /// Source principal (SPIFFE id).
+    pub source_principal: Arc<str>,
+    /// Source app.
+    pub source_app: Arc<str>,
+    /// Source version.
+    pub source_version: Arc<str>,
+    /// Source cluster.
+    pub source_cluster: Arc<str>,
+    /// Destination service hostname.
+    pub destination_service: Arc<str>,
+    /// Destination service namespace.
+    pub destination_service_namespace: Arc<str>,
+    /// Destination service short name.
+    pub destination_service_name: Arc<str>,
+    /// Destination workload name.
+    pub destination_workload: Arc<str>,
+    /// Destination canonical service.
+    pub destination_canonical_service: Arc<str>,
+    /// Destination canonical revision.
+    pub destination_canonical_revision: Arc<str>,
+    /// Destination namespace.
+    pub destination_workload_namespace: Arc<str>,
+    /// Destination principal.
+    pub destination_principal: Arc<str>,
+    /// Destination app.
+    pub destination_app: Arc<str>,
+    /// Destination version.
+    pub destination_version: Arc<str>,
+    /// Destination cluster.
+    pub destination_cluster: Arc<str>,
+    /// Always `tcp`.
+    pub request_protocol: &'static str,
+    /// `-` or the failure flag.
+    pub response_flags: &'static str,
+    /// `mutual_tls` or `unknown`.
+    pub connection_security_policy: &'static str,
+}
+
+/// The label used for missing values.
+pub fn unknown() -> Arc<str> {
+    static UNKNOWN: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+    UNKNOWN.get_or_init(|| Arc::from("unknown")).clone()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct BuildLabels {
+    component: &'static str,
+    tag: String,
+}
+
+/// All of ztun's metrics.
+pub struct Metrics {
+    registry: Registry,
+    /// Connections opened.
+    pub connections_opened: Family<TrafficLabels, Counter>,
+    /// Connections closed.
+    pub connections_closed: Family<TrafficLabels, Counter>,
+    /// Connections that failed.
+    pub connections_failed: Family<TrafficLabels, Counter>,
+    /// Bytes received from the downstream side.
+    pub received_bytes: Family<TrafficLabels, Counter>,
+    /// Bytes sent to the downstream side.
+    pub sent_bytes: Family<TrafficLabels, Counter>,
+    /// Pod proxies running.
+    pub active_proxies: Gauge,
+    /// Pod proxies failed to start and awaiting retry.
+    pub pending_proxies: Gauge,
+    /// Pod proxies started.
+    pub proxies_started: Counter,
+    /// Pod proxies stopped.
+    pub proxies_stopped: Counter,
+    /// Connections denied by policy (all reasons).
+    pub policy_denials: Counter,
+    /// Traffic label sets seen, for expiry.
+    seen: Mutex<HashSet<TrafficLabels>>,
+}
+
+impl Metrics {
+    /// A registry with every metric registered; `istio_version` tags `istio_build`.
+    pub fn new(istio_version: &str) -> Self {
+        let mut registry = Registry::default();
+        let connections_opened = Family::default();
+        let connections_closed = Family::default();
+        let connections_failed = Family::default();
+        let received_bytes = Family::default();
+        let sent_bytes = Family::default();
+        {
+            let istio = registry.sub_registry_with_prefix("istio");
+            istio.register(
+                "tcp_connections_opened",
+                "Connections opened",
+                connections_opened.clone(),
+            );
+            istio.register(
+                "tcp_connections_closed",
+                "Connections closed",
+                connections_closed.clone(),
+            );
+            istio.register(
+                "tcp_connections_failed",
+                "Connections that failed",
+                connections_failed.clone(),
+            );
+            istio.register(
+                "tcp_received_bytes",
+                "Bytes received from the downstream peer",
+                received_bytes.clone(),
+            );
+            istio.register(
+                "tcp_sent_bytes",
+                "Bytes sent to the downstream peer",
+                sent_bytes.clone(),
+            );
+            let build: Family<BuildLabels, Gauge> = Family::default();
+            build
+                .get_or_create(&BuildLabels {
+                    component: "ztunnel",
+                    tag: istio_version.to_string(),
+                })
+                .set(1);
+            istio.register("build", "Build information", build);
+        }
+        let active_proxies = Gauge::default();
+        let pending_proxies = Gauge::default();
+        let proxies_started = Counter::default();
+        let proxies_stopped = Counter::default();
+        {
+            let wm = registry.sub_registry_with_prefix("workload_manager");
+            wm.register(
+                "active_proxy_count",
+                "Pod proxies running",
+                active_proxies.clone(),
+            );
+            wm.register(
+                "pending_proxy_count",
+                "Pod proxies awaiting a retry",
+                pending_proxies.clone(),
+            );
+            wm.register(
+                "proxies_started",
+                "Pod proxies started",
+                proxies_started.clone(),
+            );
+            wm.register(
+                "proxies_stopped",
+                "Pod proxies stopped",
+                proxies_stopped.clone(),
+            );
+        }
+        let policy_denials = Counter::default();
+        registry.register(
+            "ztun_policy_denials",
+            "Connections denied by authorization policy",
+            policy_denials.clone(),
+        );
+        Metrics {
+            registry,
+            connections_opened,
+            connections_closed,
+            connections_failed,
+            received_bytes,
+            sent_bytes,
+            active_proxies,
+            pending_proxies,
+            proxies_started,
+            proxies_stopped,
+            policy_denials,
+            seen: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Records one finished connection: opened, closed, bytes, and failed when `failed`.
+    pub fn record_connection(
+        &self,
+        labels: &TrafficLabels,
+        received: u64,
+        sent: u64,
+        failed: bool,
+    ) {
+        self.connections_opened.get_or_create(labels).inc();
+        self.connections_closed.get_or_create(labels).inc();
+        self.received_bytes.get_or_create(labels).inc_by(received);
+        self.sent_bytes.get_or_create(labels).inc_by(sent);
+        if failed {
+            self.connections_failed.get_or_create(labels).inc();
+        }
+        let mut seen = self.seen.lock();
+        if !seen.contains(labels) {
+            seen.insert(labels.clone());
+        }
+    }
+
+    /// Drops every traffic series naming a workload for which `live(namespace, name)` is false.
+    pub fn expire(&self, live: impl Fn(&str, &str) -> bool) {
+        let mut seen = self.seen.lock();
+        let dead = |ns: &Arc<str>, w: &Arc<str>| &**w != "unknown" && !live(ns, w);
+        seen.retain(|l| {
+            let gone = dead(&l.source_workload_namespace, &l.source_workload)
+                || dead(&l.destination_workload_namespace, &l.destination_workload);
+            if gone {
+                for f in [
+                    &self.connections_opened,
+                    &self.connections_closed,
+                    &self.connections_failed,
+                    &self.received_bytes,
+                    &self.sent_bytes,
+                ] {
+                    f.remove(l);
+                }
+            }
+            !gone
+        });
+    }
+
+    /// The Prometheus text exposition, with process and runtime gauges appended.
+    pub fn encode(&self, extra: &ProcessStats) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode_registry(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        extra.encode(&mut out);
+        if prometheus_client::encoding::text::encode_eof(&mut out).is_err() {
+            out.push_str("# EOF\n");
+        }
+        out
+    }
+}
+
+/// Process and runtime figures read at scrape time.
+#[derive(Debug, Default)]
+pub struct ProcessStats {
+    /// Open file descriptors.
+    pub open_fds: u64,
+    /// The soft limit.
+    pub max_fds: u64,
+    /// Data-plane worker threads.
+    pub workers: u64,
+    /// Tasks alive on the data runtime.
+    pub alive_tasks: u64,
+    /// Tasks in the global queue.
+    pub global_queue_depth: u64,
+}
+
+impl ProcessStats {
+    /// Reads the process figures and the given runtime's.
+    pub fn read(runtime: Option<&tokio::runtime::Handle>) -> Self {
+        let open_fds = std::fs::read_dir("/proc/self/fd")
+            .map(|d| d.count() as u64)
+            .unwrap_or(0);
+        let max_fds = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+            .map(|(soft, _)| soft)
+            .unwrap_or(0);
+        let (workers, alive_tasks, global_queue_depth) = match runtime {
+            Some(h) => {
+                let m = h.metrics();
+                (
+                    m.num_workers() as u64,
+                    m.num_alive_tasks() as u64,
+                    m.global_queue_depth() as u64,
+                )
+            }
+            None => (0, 0, 0),
+        };
+        ProcessStats {
+            open_fds,
+            max_fds,
+            workers,
+            alive_tasks,
+            global_queue_depth,
+        }
+    }
+
+    fn encode(&self, out: &mut String) {
+        use std::fmt::Write;
+        for (name, help, v) in [
+            ("process_open_fds", "Open file descriptors", self.open_fds),
+            ("process_max_fds", "File descriptor limit", self.max_fds),
+            (
+                "tokio_num_workers",
+                "Data-plane worker threads",
+                self.workers,
+            ),
+            (
+                "tokio_num_alive_tasks",
+                "Tasks alive on the data runtime",
+                self.alive_tasks,
+            ),
+            (
+                "tokio_global_queue_depth",
+                "Tasks waiting in the global queue",
+                self.global_queue_depth,
+            ),
+        ] {
+            let _ = write!(
+                out,
+                "# HELP {name} {help}.\n# TYPE {name} gauge\n{name} {v}\n"
+            );
+        }
+    }
+}

@@ -1,0 +1,309 @@
+//! Operability end to end: metrics with exact counts, config_dump, /logging, readiness,
+//! loopback-only admin, /quitquitquit and SIGTERM drain.
+
+use std::net::SocketAddr;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use ztun::testkit::lab::Netns;
+use ztun::testkit::mesh::MeshFile;
+
+use crate::support::{standard_lab, Cluster, WAIT};
+
+/// One HTTP/1.1 request from inside `ns`; returns (status, body).
+pub fn http(
+    ns: &Netns,
+    method: &str,
+    addr: SocketAddr,
+    path: &str,
+) -> anyhow::Result<(u16, String)> {
+    let req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
+    ns.block_on(async move {
+        let mut s = ztun::testkit::lab::connect(addr, WAIT).await?;
+        s.write_all(req.as_bytes()).await?;
+        let mut raw = Vec::new();
+        tokio::time::timeout(WAIT, s.read_to_end(&mut raw)).await??;
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let (head, body) = text
+            .split_once("\r\n\r\n")
+            .ok_or_else(|| anyhow::anyhow!("no HTTP head in {text:?}"))?;
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("bad status line {head:?}"))?;
+        // Bodies of these endpoints are small; undo chunked encoding if used.
+        let body = if head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
+            dechunk(body)
+        } else {
+            body.to_string()
+        };
+        Ok((status, body))
+    })
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+fn local(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// The value of the first sample of `metric` whose labels contain every `labels` pair.
+fn sample(metrics: &str, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(metric) && !l.starts_with('#'))
+        .find_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let ok = labels
+                .iter()
+                .all(|(k, v)| series.contains(&format!("{k}=\"{v}\"")));
+            ok.then(|| value.parse().ok()).flatten()
+        })
+}
+
+#[test]
+fn metrics_count_connections_and_bytes_exactly() {
+    let lab = standard_lab("metrics_exact");
+    let mesh = MeshFile::from_lab(&lab);
+    let server = lab.pod("c").spawn_echo_server(8080).unwrap();
+    let cluster = Cluster::start(lab, mesh);
+    let lab = &cluster.lab;
+    let dst = SocketAddr::from((lab.pod("c").ip(), server.port()));
+    const N: u64 = 3 << 20;
+    for _ in 0..3 {
+        lab.pod("a").bulk_echo(dst, N).unwrap();
+    }
+    // Wait until the destination logged all three, so its counters are final.
+    crate::support::wait_for_nth_log(cluster.ztun("n2"), "direction=\"inbound\"", 3);
+    let (status, body) = http(lab.node("n2").netns(), "GET", local(15020), "/metrics").unwrap();
+    assert_eq!(status, 200);
+    let dst_labels = [
+        ("reporter", "destination"),
+        ("source_workload", "a"),
+        ("destination_workload", "c"),
+        (
+            "source_principal",
+            "spiffe://cluster.local/ns/default/sa/sa-a",
+        ),
+        ("connection_security_policy", "mutual_tls"),
+    ];
+    assert_eq!(
+        sample(&body, "istio_tcp_connections_opened_total", &dst_labels),
+        Some(3.0),
+        "{body}"
+    );
+    assert_eq!(
+        sample(&body, "istio_tcp_connections_closed_total", &dst_labels),
+        Some(3.0)
+    );
+    assert_eq!(
+        sample(&body, "istio_tcp_received_bytes_total", &dst_labels),
+        Some((3 * N) as f64)
+    );
+    assert_eq!(
+        sample(&body, "istio_tcp_sent_bytes_total", &dst_labels),
+        Some((3 * N) as f64)
+    );
+    assert!(
+        body.contains("istio_build{component=\"ztunnel\""),
+        "no istio_build"
+    );
+    assert_eq!(
+        sample(&body, "workload_manager_active_proxy_count", &[]),
+        Some(1.0)
+    );
+    assert!(sample(&body, "process_open_fds", &[]).unwrap_or(0.0) > 0.0);
+    let (_, stats) = http(
+        lab.node("n2").netns(),
+        "GET",
+        local(15020),
+        "/stats/prometheus",
+    )
+    .unwrap();
+    assert!(stats.contains("istio_tcp_connections_opened_total"));
+    let (_, src) = http(lab.node("n1").netns(), "GET", local(15020), "/metrics").unwrap();
+    let src_labels = [
+        ("reporter", "source"),
+        ("source_workload", "a"),
+        ("destination_workload", "c"),
+    ];
+    assert_eq!(
+        sample(&src, "istio_tcp_connections_opened_total", &src_labels),
+        Some(3.0),
+        "{src}"
+    );
+}
+
+#[test]
+fn admin_config_dump_logging_and_loopback_only() {
+    let lab = standard_lab("admin");
+    let mesh = MeshFile::from_lab(&lab);
+    let server = lab.pod("c").spawn_echo_server(8080).unwrap();
+    let cluster = Cluster::start(lab, mesh);
+    let lab = &cluster.lab;
+    lab.pod("a")
+        .bulk_echo(SocketAddr::from((lab.pod("c").ip(), server.port())), 1024)
+        .unwrap();
+    let n1 = lab.node("n1").netns();
+    let (status, body) = http(n1, "GET", local(15000), "/config_dump").unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        !body.contains("PRIVATE KEY"),
+        "config_dump leaks a private key"
+    );
+    let dump: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let uids: Vec<&str> = dump["workloads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|w| w["uid"].as_str())
+        .collect();
+    assert!(uids.contains(&lab.pod("a").uid()), "{uids:?}");
+    assert_eq!(
+        dump["workloads"][0]["workloadIps"].as_array().map(Vec::len),
+        Some(1)
+    );
+    let state = &dump["workloadState"][lab.pod("a").uid()];
+    assert_eq!(state["state"], "Up");
+    assert_eq!(state["info"]["serviceAccount"], "sa-a");
+    let certs = dump["certificates"].as_array().unwrap();
+    assert!(
+        certs
+            .iter()
+            .any(|c| c["identity"] == "spiffe://cluster.local/ns/default/sa/sa-a"),
+        "{certs:?}"
+    );
+    assert!(dump["config"]["proxyMode"].is_string());
+    assert!(dump["version"]["version"].is_string());
+
+    let (status, body) = http(n1, "POST", local(15000), "/logging?level=ztun%3Dtrace").unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("ztun=trace"), "{body}");
+    let (_, now) = http(n1, "GET", local(15000), "/logging").unwrap();
+    assert!(now.contains("ztun=trace"), "{now}");
+    let (status, _) = http(
+        n1,
+        "POST",
+        local(15000),
+        "/logging?level=not%20a%20filter%3D%3D",
+    )
+    .unwrap();
+    assert_eq!(status, 400);
+    let (status, body) = http(n1, "POST", local(15000), "/logging?reset").unwrap();
+    assert_eq!(status, 200);
+    assert!(!body.contains("trace"), "{body}");
+    let (status, _) = http(n1, "GET", local(15000), "/quitquitquit").unwrap();
+    assert_eq!(status, 405);
+
+    // Admin listens on loopback only: from the other node it is unreachable.
+    let admin = SocketAddr::from((lab.node("n1").link_ip(), 15000));
+    assert!(
+        lab.node("n2").netns().try_connect(admin).is_err(),
+        "admin reachable from off-node"
+    );
+    // Readiness and metrics are reachable from off-node.
+    let (status, body) = http(
+        lab.node("n2").netns(),
+        "GET",
+        SocketAddr::from((lab.node("n1").link_ip(), 15021)),
+        "/healthz/ready",
+    )
+    .unwrap();
+    assert_eq!((status, body.trim()), (200, "ready"));
+}
+
+#[test]
+fn readiness_waits_for_the_cni_and_quitquitquit_exits() {
+    let lab = standard_lab("readiness");
+    let mesh = MeshFile::from_lab(&lab);
+    let ca = lab.dir().join("ca");
+    ztun::testkit::certs::write_ca_dir(&ca).unwrap();
+    let mesh_path = lab.dir().join("mesh.yaml");
+    mesh.write(&mesh_path).unwrap();
+    let missing = lab.dir().join("no-cni.sock");
+    let (m, c, s) = (
+        mesh_path.to_string_lossy().into_owned(),
+        ca.to_string_lossy().into_owned(),
+        missing.to_string_lossy().into_owned(),
+    );
+    let z = lab
+        .spawn_ztun(
+            "n1",
+            &[
+                ("LOCAL_XDS_PATH", &m),
+                ("LOCAL_CA_DIR", &c),
+                ("INPOD_UDS", &s),
+            ],
+        )
+        .unwrap();
+    z.wait_for_log("operational endpoints up", WAIT).unwrap();
+    let n1 = lab.node("n1").netns();
+    let (status, body) = http(n1, "GET", local(15021), "/healthz/ready").unwrap();
+    assert_eq!(status, 500);
+    assert!(body.contains("workload proxy manager"), "{body}");
+    let (status, _) = http(n1, "POST", local(15000), "/quitquitquit").unwrap();
+    assert_eq!(status, 200);
+    let exit = z.wait_exit(WAIT).unwrap();
+    assert!(exit.success(), "{exit:?}");
+}
+
+#[test]
+fn sigterm_drains_open_connections_then_exits() {
+    let lab = standard_lab("sigterm_drain");
+    let mesh = MeshFile::from_lab(&lab);
+    let server = lab.pod("c").spawn_echo_server(8080).unwrap();
+    let cluster = Cluster::start_with(lab, mesh, &[("CONNECTION_TERMINATION_DEADLINE", "60s")]);
+    let lab = &cluster.lab;
+    let dst = SocketAddr::from((lab.pod("c").ip(), server.port()));
+    let n1 = cluster.ztun("n1");
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+    // A long-lived connection: one exchange, then wait, then another exchange after SIGTERM.
+    let task = lab.pod("a").spawn_async(async move {
+        let mut s = ztun::testkit::lab::connect(dst, WAIT).await?;
+        let mut buf = [0u8; 5];
+        s.write_all(b"hello").await?;
+        s.read_exact(&mut buf).await?;
+        let _ = started_tx.send(());
+        let _ = go_rx.await;
+        s.write_all(b"again").await?;
+        s.read_exact(&mut buf).await?;
+        anyhow::ensure!(&buf == b"again", "echo differs");
+        s.shutdown().await?;
+        anyhow::Ok(())
+    });
+    started_rx.recv_timeout(WAIT).unwrap();
+    n1.sigterm().unwrap();
+    n1.wait_for_log("shutting down", WAIT).unwrap();
+    // New connections are refused while draining...
+    let err = lab
+        .pod("b")
+        .try_connect(dst)
+        .expect_err("a draining ztun accepted a new connection");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+    // ...while the open one keeps working until it closes, then ztun exits cleanly.
+    let _ = go_tx.send(());
+    task.join().unwrap().unwrap();
+    let exit = n1.wait_exit(WAIT).unwrap();
+    assert!(exit.success(), "{exit:?}");
+    assert!(
+        n1.logs()
+            .iter()
+            .all(|l| !l.contains("termination deadline reached")),
+        "drain hit the deadline"
+    );
+}
