@@ -5,4 +5,5 @@
 
 pub mod ca;
 pub mod local;
+pub mod xds;
 pub mod zds;

@@ -1,0 +1,2 @@
+//! xDS scale benchmark (filled in below).
+fn main() {}

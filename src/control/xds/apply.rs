@@ -1,0 +1,317 @@
+//! Applying one delta response to the mesh state: decode → validate → one snapshot.
+//!
+//! Synchronous and I/O-free, so it is the unit the tests and the scale benchmark drive. Each
+//! response becomes at most one published generation: readers never see half a response.
+//! A resource that fails to decode or validate is rejected alone (and NACKed by name); its
+//! previous accepted version, if any, stays in force. Removals are by resource name.
+//!
+//! Services and workloads may arrive in any order: workloads carry their own service
+//! memberships, and the snapshot derives endpoints from them, so a workload that names a
+//! not-yet-known service becomes its endpoint as soon as the service arrives.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use prost::Message;
+
+use super::metrics::XdsMetrics;
+use super::proto::istio::{security as sec, workload as wl};
+use super::proto::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource, Status};
+use super::translate::{self, AddressResource, TranslateError};
+use super::ResourceType;
+use crate::state::model::Strng;
+use crate::state::{SnapshotBuilder, Writer};
+
+/// gRPC `INVALID_ARGUMENT`, the code a NACK carries.
+const INVALID_ARGUMENT: i32 = 3;
+
+/// The client-side xDS cache: which resources were accepted (name → version and state key),
+/// and the state writer they are applied to.
+pub struct Applier {
+    writer: Writer,
+    known: [HashMap<Strng, Known>; 2],
+    metrics: Arc<XdsMetrics>,
+}
+
+/// An accepted (or demanded) resource.
+#[derive(Debug, Clone)]
+struct Known {
+    /// Its version; empty for an on-demand name requested but not received yet.
+    version: Strng,
+    /// Where it lives in the state, if it was received.
+    key: Option<StateKey>,
+}
+
+/// The state key of an accepted resource (names and keys usually match, but the state is
+/// keyed by content, so a server that names resources differently still removes correctly).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum StateKey {
+    Workload(Strng),
+    Service(Strng),
+    Policy(Strng),
+}
+
+/// What applying one response did, and the reply it calls for.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    /// The response's type URL.
+    pub type_url: String,
+    /// The response's nonce.
+    pub nonce: String,
+    /// The resource type, or `None` for a type this client does not handle (ACKed anyway).
+    pub kind: Option<ResourceType>,
+    /// Resources added or updated.
+    pub updated: usize,
+    /// Names removed.
+    pub removed: usize,
+    /// Resources rejected, in response order.
+    pub rejected: Vec<Rejection>,
+    /// Every name and alias the response mentioned (added, updated or removed): what
+    /// on-demand waiters are woken by.
+    pub answered: Vec<String>,
+}
+
+impl Applied {
+    /// Whether the reply is an ACK (nothing rejected).
+    pub fn is_ack(&self) -> bool {
+        self.rejected.is_empty()
+    }
+
+    /// The NACK reason: `"<name>: <reason>"` per rejected resource, joined with `"; "`.
+    pub fn nack_message(&self) -> Option<String> {
+        if self.rejected.is_empty() {
+            return None;
+        }
+        let parts: Vec<String> = self.rejected.iter().map(ToString::to_string).collect();
+        Some(parts.join("; "))
+    }
+
+    /// The ACK or NACK to send: type URL and nonce, plus `error_detail` when NACKing.
+    pub fn reply(&self) -> DeltaDiscoveryRequest {
+        DeltaDiscoveryRequest {
+            type_url: self.type_url.clone(),
+            response_nonce: self.nonce.clone(),
+            error_detail: self.nack_message().map(|message| Status {
+                code: INVALID_ARGUMENT,
+                message,
+                details: Vec::new(),
+            }),
+            ..Default::default()
+        }
+    }
+}
+
+/// A rejected resource: its name and why.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{name}: {reason}")]
+pub struct Rejection {
+    /// The resource name.
+    pub name: String,
+    /// Why it was rejected.
+    pub reason: RejectReason,
+}
+
+/// Why a resource was rejected.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RejectReason {
+    /// The resource entry carries no payload.
+    #[error("resource has no payload")]
+    MissingPayload,
+    /// The payload is of another type than the response.
+    #[error("payload type {0:?} does not match the response type")]
+    WrongType(String),
+    /// The payload is not a valid protobuf message of the type.
+    #[error("decode: {0}")]
+    Decode(#[from] prost::DecodeError),
+    /// The payload decodes but does not validate.
+    #[error("{0}")]
+    Invalid(#[from] TranslateError),
+}
+
+/// A decoded, validated resource.
+enum Item {
+    Address(AddressResource),
+    Policy(crate::state::model::Policy),
+}
+
+impl Applier {
+    /// An empty cache writing to `writer`.
+    pub fn new(writer: Writer, metrics: Arc<XdsMetrics>) -> Applier {
+        Applier {
+            writer,
+            known: [HashMap::new(), HashMap::new()],
+            metrics,
+        }
+    }
+
+    /// Applies one response: decodes and validates every resource, applies removals and the
+    /// valid resources to one new snapshot, publishes it (if anything changed) and returns
+    /// what happened. Unknown types change nothing and are ACKed.
+    pub fn apply(&mut self, response: DeltaDiscoveryResponse) -> Applied {
+        let kind = ResourceType::from_type_url(&response.type_url);
+        let mut applied = Applied {
+            kind,
+            updated: 0,
+            removed: 0,
+            rejected: Vec::new(),
+            answered: Vec::new(),
+            type_url: String::new(),
+            nonce: String::new(),
+        };
+        if let Some(kind) = kind {
+            self.metrics.record_message(kind, response.encoded_len());
+            let mut builder = self.writer.builder();
+            let mut changed = false;
+            for name in &response.removed_resources {
+                changed |= self.remove(kind, &mut builder, name);
+                applied.removed += 1;
+                applied.answered.push(name.clone());
+            }
+            for resource in response.resources {
+                applied.answered.push(resource.name.clone());
+                applied.answered.extend(resource.aliases.iter().cloned());
+                match self.decode(kind, &response.type_url, &resource) {
+                    Ok(item) => {
+                        self.insert(kind, &mut builder, resource, item);
+                        applied.updated += 1;
+                        changed = true;
+                    }
+                    Err(reason) => applied.rejected.push(Rejection {
+                        name: resource.name,
+                        reason,
+                    }),
+                }
+            }
+            self.metrics.record_rejected(applied.rejected.len());
+            if changed {
+                self.writer.publish(builder);
+            }
+        }
+        applied.type_url = response.type_url;
+        applied.nonce = response.nonce;
+        applied
+    }
+
+    /// `name → version` of every accepted resource of `kind` (and, with an empty version,
+    /// every on-demand name requested but not answered yet): the `initial_resource_versions`
+    /// of a reconnect.
+    pub fn resource_versions(&self, kind: ResourceType) -> BTreeMap<String, String> {
+        self.known[kind.index()]
+            .iter()
+            .map(|(name, k)| (name.to_string(), k.version.to_string()))
+            .collect()
+    }
+
+    /// Whether a resource of `kind` with this name has been accepted.
+    pub fn has(&self, kind: ResourceType, name: &str) -> bool {
+        self.known[kind.index()]
+            .get(name)
+            .is_some_and(|k| k.key.is_some())
+    }
+
+    /// Records an on-demand name as requested, so a reconnect asks for it again.
+    pub fn note_demanded(&mut self, kind: ResourceType, name: &str) {
+        self.known[kind.index()]
+            .entry(name.into())
+            .or_insert_with(|| Known {
+                version: "".into(),
+                key: None,
+            });
+    }
+
+    fn decode(
+        &self,
+        kind: ResourceType,
+        type_url: &str,
+        resource: &Resource,
+    ) -> Result<Item, RejectReason> {
+        let any = resource
+            .resource
+            .as_ref()
+            .ok_or(RejectReason::MissingPayload)?;
+        if !any.type_url.is_empty() && any.type_url != type_url {
+            return Err(RejectReason::WrongType(any.type_url.clone()));
+        }
+        let translated = match kind {
+            ResourceType::Address => {
+                let msg = wl::Address::decode(any.value.as_slice())?;
+                translate::translate_address(msg).map(|t| (Item::Address(t.value), t.unknown_enums))
+            }
+            ResourceType::Authorization => {
+                let msg = sec::Authorization::decode(any.value.as_slice())?;
+                translate::translate_policy(msg).map(|t| (Item::Policy(t.value), t.unknown_enums))
+            }
+        };
+        match translated {
+            Ok((item, unknown)) => {
+                self.metrics.record_unknown_enums(unknown);
+                Ok(item)
+            }
+            Err((e, unknown)) => {
+                self.metrics.record_unknown_enums(unknown);
+                Err(e.into())
+            }
+        }
+    }
+
+    fn insert(
+        &mut self,
+        kind: ResourceType,
+        builder: &mut SnapshotBuilder,
+        resource: Resource,
+        item: Item,
+    ) {
+        let key = match item {
+            Item::Address(AddressResource::Workload(w)) => {
+                let key = StateKey::Workload(w.uid.clone());
+                builder.insert_workload(w);
+                key
+            }
+            Item::Address(AddressResource::Service(s)) => {
+                let key = StateKey::Service(s.key().into());
+                builder.insert_service(s);
+                key
+            }
+            Item::Policy(p) => {
+                let key = StateKey::Policy(p.key().into());
+                builder.insert_policy(p);
+                key
+            }
+        };
+        let name = Strng::from(resource.name);
+        let known = &mut self.known[kind.index()];
+        // Same name, different content key (e.g. a workload whose uid changed): drop the old.
+        if let Some(Known { key: Some(old), .. }) = known.get(&name) {
+            if *old != key {
+                remove_key(builder, old);
+            }
+        }
+        known.insert(
+            name,
+            Known {
+                version: resource.version.into(),
+                key: Some(key),
+            },
+        );
+    }
+
+    fn remove(&mut self, kind: ResourceType, builder: &mut SnapshotBuilder, name: &str) -> bool {
+        match self.known[kind.index()].remove(name) {
+            Some(Known { key: Some(key), .. }) => remove_key(builder, &key),
+            // Not received through this client (e.g. from the local file): the name is the key.
+            _ => match kind {
+                ResourceType::Address => builder.remove_address(name),
+                ResourceType::Authorization => builder.remove_policy(name),
+            },
+        }
+    }
+}
+
+fn remove_key(builder: &mut SnapshotBuilder, key: &StateKey) -> bool {
+    match key {
+        // `remove_address` tries workload uids first, then service keys.
+        StateKey::Workload(uid) => builder.remove_address(uid),
+        StateKey::Service(k) => builder.remove_address(k),
+        StateKey::Policy(k) => builder.remove_policy(k),
+    }
+}

@@ -1,0 +1,448 @@
+//! The delta ADS server: one task per stream, pushing only what each client lacks.
+//!
+//! Per stream and type the session tracks the subscription (wildcard, or explicit names for
+//! on-demand clients) and what the client has (`name → version`, seeded from
+//! `initial_resource_versions`). A response goes out when a subscription starts (even if
+//! empty, so clients can tell they are synced), when a client subscribes to more names, and
+//! when the mesh changes; it carries exactly the resources whose version differs and the
+//! removals of names the client has that no longer exist. NACKs are logged; the server does
+//! not resend (a fixed resource arrives with the next change).
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, info, warn};
+
+use super::store::MeshResources;
+use crate::control::xds::proto::{
+    AggregatedDiscoveryService, DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
+};
+use crate::control::xds::ResourceType;
+
+/// Responses buffered per stream before the session waits for the client to read.
+const RESPONSE_BUFFER: usize = 16;
+/// The wildcard resource name.
+const WILDCARD: &str = "*";
+
+/// The ADS service. Cheap to clone; every stream reads the same mesh generations.
+#[derive(Clone)]
+pub struct Ads {
+    mesh: watch::Receiver<Arc<MeshResources>>,
+    clients: Arc<AtomicUsize>,
+    /// Turns true when the server shuts down: every stream ends (clients reconnect).
+    stopping: watch::Sender<bool>,
+}
+
+/// The remote address of a connection, put in request extensions by the TLS acceptor.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub SocketAddr);
+
+impl Ads {
+    /// Serves the generations published on `mesh`.
+    pub fn new(mesh: watch::Receiver<Arc<MeshResources>>) -> Ads {
+        Ads {
+            mesh,
+            clients: Arc::new(AtomicUsize::new(0)),
+            stopping: watch::channel(false).0,
+        }
+    }
+
+    /// Ends every open stream (cleanly: clients see the end of the stream and reconnect),
+    /// so a graceful server shutdown does not wait for clients that never hang up.
+    pub fn stop_streams(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    /// Streams currently open.
+    pub fn clients(&self) -> usize {
+        self.clients.load(Ordering::Relaxed)
+    }
+}
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for Ads {
+    type DeltaAggregatedResourcesStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        let peer = request
+            .extensions()
+            .get::<PeerAddr>()
+            .map_or_else(|| "unknown".to_owned(), |p| p.0.to_string());
+        let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
+        let session = Session {
+            peer,
+            node: String::new(),
+            mesh: self.mesh.clone(),
+            tx,
+            subscriptions: [None, None],
+            nonce: 0,
+            generation: 0,
+            stopping: self.stopping.subscribe(),
+        };
+        let clients = self.clients.clone();
+        let requests = request.into_inner();
+        tokio::spawn(async move {
+            clients.fetch_add(1, Ordering::Relaxed);
+            session.run(requests, &clients).await;
+            clients.fetch_sub(1, Ordering::Relaxed);
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// One client's stream.
+struct Session {
+    peer: String,
+    /// The node id the client sent (empty until its first request).
+    node: String,
+    mesh: watch::Receiver<Arc<MeshResources>>,
+    tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    subscriptions: [Option<Subscription>; 2],
+    nonce: u64,
+    /// The mesh generation the subscriptions were last brought up to date with.
+    generation: u64,
+    stopping: watch::Receiver<bool>,
+}
+
+/// One type's subscription on a stream.
+#[derive(Debug, Default)]
+pub(crate) struct Subscription {
+    /// Every resource of the type.
+    pub(crate) wildcard: bool,
+    /// Explicitly requested names or aliases (on-demand clients).
+    pub(crate) names: HashSet<String>,
+    /// What the client has: resource name → version.
+    pub(crate) sent: HashMap<String, Arc<str>>,
+    /// Requested aliases answered with a resource (their removal is reported when they
+    /// stop resolving).
+    pub(crate) aliases: HashSet<String>,
+}
+
+/// The resources and removals one response carries.
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct Push {
+    pub(crate) resources: Vec<Resource>,
+    pub(crate) removed: Vec<String>,
+}
+
+impl Subscription {
+    /// The subscription a stream's first request of a type opens. An empty subscribe list
+    /// (legacy) or `*` means wildcard; `*` in the unsubscribe list cancels it ("subscribe to
+    /// nothing", what on-demand clients send). The client's initial versions are what it has;
+    /// for a non-wildcard subscription their names stay subscribed.
+    pub(crate) fn open(req: &DeltaDiscoveryRequest) -> Subscription {
+        let mut sub = Subscription {
+            wildcard: req.resource_names_subscribe.is_empty(),
+            ..Default::default()
+        };
+        sub.change(req);
+        sub.sent = req
+            .initial_resource_versions
+            .iter()
+            .map(|(k, v)| (k.clone(), Arc::from(v.as_str())))
+            .collect();
+        if !sub.wildcard {
+            sub.names
+                .extend(req.initial_resource_versions.keys().cloned());
+        }
+        sub
+    }
+
+    /// Applies a request's subscribe/unsubscribe lists; returns the names newly subscribed.
+    pub(crate) fn change(&mut self, req: &DeltaDiscoveryRequest) -> Vec<String> {
+        let mut added = Vec::new();
+        for name in &req.resource_names_subscribe {
+            if name == WILDCARD {
+                self.wildcard = true;
+            } else if self.names.insert(name.clone()) {
+                added.push(name.clone());
+            } else {
+                // Subscribing again asks for the resource again.
+                added.push(name.clone());
+            }
+        }
+        for name in &req.resource_names_unsubscribe {
+            if name == WILDCARD {
+                self.wildcard = false;
+            } else {
+                self.names.remove(name);
+                added.retain(|n| n != name);
+            }
+        }
+        added
+    }
+
+    /// Brings the client up to date with `mesh`. `since` (the mesh's own delta, valid when the
+    /// client was in sync with the previous generation) limits the wildcard scan to the
+    /// changed names; `forced` names are sent even if the client has them.
+    pub(crate) fn push(
+        &mut self,
+        kind: ResourceType,
+        mesh: &MeshResources,
+        since: Option<&super::store::Delta>,
+        forced: &[String],
+    ) -> Push {
+        let mut push = Push::default();
+        let mut wanted: HashSet<Arc<str>> = HashSet::new();
+        if self.wildcard {
+            match since {
+                Some(delta) => {
+                    for name in delta.updated.iter().chain(&delta.removed) {
+                        self.sync_one(kind, mesh, name, None, false, &mut push);
+                    }
+                }
+                None => {
+                    for name in mesh.resources(kind).keys() {
+                        self.sync_one(kind, mesh, name, None, false, &mut push);
+                    }
+                    let gone: Vec<String> = self
+                        .sent
+                        .keys()
+                        .filter(|n| mesh.get(kind, n).is_none())
+                        .cloned()
+                        .collect();
+                    for name in gone {
+                        self.sync_one(kind, mesh, &name, None, false, &mut push);
+                    }
+                }
+            }
+            wanted.extend(mesh.resources(kind).keys().cloned());
+        }
+        // Explicit names (aliases resolve to the resource they name).
+        let names: Vec<String> = self.names.iter().cloned().collect();
+        for key in names {
+            let force = forced.contains(&key);
+            match mesh.resolve(kind, &key) {
+                Some(name) => {
+                    let alias = (*name != *key).then_some(key.as_str());
+                    if alias.is_some() {
+                        // What the client has is recorded under the resource's own name.
+                        self.sent.remove(&key);
+                        self.aliases.insert(key.clone());
+                    }
+                    if !wanted.contains(&name) || force {
+                        self.sync_one(kind, mesh, &name, alias, force, &mut push);
+                    }
+                    wanted.insert(name);
+                }
+                None => {
+                    // Tell the client the key does not exist (once, or when asked again).
+                    let had = self.sent.remove(&key).is_some() | self.aliases.remove(&key);
+                    if force || had {
+                        push.removed.push(key);
+                    }
+                }
+            }
+        }
+        // Removed resources an explicit name used to resolve to.
+        if !self.wildcard {
+            let gone: Vec<String> = self
+                .sent
+                .keys()
+                .filter(|n| mesh.resolve(kind, n).is_none())
+                .cloned()
+                .collect();
+            for name in gone {
+                self.sent.remove(&name);
+                push.removed.push(name);
+            }
+        }
+        push.removed.sort();
+        push.removed.dedup();
+        push
+    }
+
+    /// Adds `name` to the push if the client lacks its current version (or `force`), or its
+    /// removal if it no longer exists and the client has it.
+    fn sync_one(
+        &mut self,
+        kind: ResourceType,
+        mesh: &MeshResources,
+        name: &str,
+        alias: Option<&str>,
+        force: bool,
+        push: &mut Push,
+    ) {
+        match mesh.get(kind, name) {
+            Some(entry) => {
+                if force || self.sent.get(name) != Some(&entry.version) {
+                    self.sent.insert(name.to_owned(), entry.version.clone());
+                    let mut resource = Resource::clone(&entry.resource);
+                    if let Some(alias) = alias {
+                        resource.aliases.push(alias.to_owned());
+                    }
+                    push.resources.push(resource);
+                }
+            }
+            None => {
+                if self.sent.remove(name).is_some() {
+                    push.removed.push(name.to_owned());
+                }
+            }
+        }
+    }
+}
+
+impl Session {
+    async fn run(mut self, mut requests: Streaming<DeltaDiscoveryRequest>, clients: &AtomicUsize) {
+        loop {
+            let ok = tokio::select! {
+                req = requests.message() => match req {
+                    Ok(Some(req)) => self.request(req).await,
+                    Ok(None) => break,
+                    Err(status) => {
+                        debug!(peer = self.peer, node = self.node, code = ?status.code(), "xDS request stream failed");
+                        break;
+                    }
+                },
+                changed = self.mesh.changed() => match changed {
+                    Ok(()) => self.mesh_changed().await,
+                    Err(_) => break,
+                },
+                _ = self.tx.closed() => break,
+                _ = stopped(&mut self.stopping) => break,
+            };
+            if !ok {
+                break;
+            }
+        }
+        info!(
+            peer = self.peer,
+            node = self.node,
+            clients = clients.load(Ordering::Relaxed).saturating_sub(1),
+            "xDS client disconnected"
+        );
+    }
+
+    /// Handles one request; false when the client is gone.
+    async fn request(&mut self, req: DeltaDiscoveryRequest) -> bool {
+        if let Some(node) = &req.node {
+            if self.node.is_empty() {
+                self.node = node.id.clone();
+                info!(peer = self.peer, node = self.node, "xDS client connected");
+            }
+        }
+        let Some(kind) = ResourceType::from_type_url(&req.type_url) else {
+            warn!(
+                peer = self.peer,
+                node = self.node,
+                type_url = req.type_url,
+                "request for an unknown type; ignoring"
+            );
+            return true;
+        };
+        if !req.response_nonce.is_empty() {
+            match &req.error_detail {
+                Some(e) => warn!(
+                    peer = self.peer,
+                    node = self.node,
+                    ?kind,
+                    nonce = req.response_nonce,
+                    error = e.message,
+                    "client NACKed"
+                ),
+                None => debug!(
+                    peer = self.peer,
+                    node = self.node,
+                    ?kind,
+                    nonce = req.response_nonce,
+                    "client ACKed"
+                ),
+            }
+        }
+        let mesh = self.mesh.borrow_and_update().clone();
+        // A mesh change seen here is pushed to every type below, not only this one.
+        if self.generation != mesh.generation() && self.generation != 0 {
+            if !self.mesh_push(&mesh).await {
+                return false;
+            }
+        }
+        self.generation = mesh.generation();
+        let slot = &mut self.subscriptions[kind as usize];
+        let (push, opened) = match slot {
+            None => {
+                let sub = slot.insert(Subscription::open(&req));
+                debug!(
+                    peer = self.peer,
+                    ?kind,
+                    wildcard = sub.wildcard,
+                    names = sub.names.len(),
+                    known = sub.sent.len(),
+                    "subscription opened"
+                );
+                (sub.push(kind, &mesh, None, &[]), true)
+            }
+            Some(sub) => {
+                let added = sub.change(&req);
+                if added.is_empty() {
+                    return true;
+                }
+                (sub.push(kind, &mesh, None, &added), false)
+            }
+        };
+        // A new subscription is always answered, even with nothing, so the client knows it
+        // has everything.
+        if opened || !push.resources.is_empty() || !push.removed.is_empty() {
+            return self.send(kind, &mesh, push).await;
+        }
+        true
+    }
+
+    async fn mesh_changed(&mut self) -> bool {
+        let mesh = self.mesh.borrow_and_update().clone();
+        self.mesh_push(&mesh).await
+    }
+
+    /// Pushes what changed in `mesh` to every open subscription.
+    async fn mesh_push(&mut self, mesh: &Arc<MeshResources>) -> bool {
+        let in_step = self.generation + 1 == mesh.generation();
+        self.generation = mesh.generation();
+        for kind in ResourceType::ALL {
+            let Some(sub) = &mut self.subscriptions[kind as usize] else {
+                continue;
+            };
+            let since = mesh.delta(kind).filter(|_| in_step);
+            let push = sub.push(kind, mesh, since, &[]);
+            if (!push.resources.is_empty() || !push.removed.is_empty())
+                && !self.send(kind, mesh, push).await
+            {
+                return false;
+            }
+        }
+        true
+    }
+
+    async fn send(&mut self, kind: ResourceType, mesh: &MeshResources, push: Push) -> bool {
+        self.nonce += 1;
+        let response = DeltaDiscoveryResponse {
+            system_version_info: mesh.generation().to_string(),
+            type_url: kind.type_url().to_owned(),
+            nonce: self.nonce.to_string(),
+            removed_resources: push.removed,
+            resources: push.resources,
+        };
+        debug!(
+            peer = self.peer,
+            node = self.node,
+            ?kind,
+            nonce = response.nonce,
+            resources = response.resources.len(),
+            removed = response.removed_resources.len(),
+            "xDS push"
+        );
+        self.tx.send(Ok(response)).await.is_ok()
+    }
+}
+
+async fn stopped(stopping: &mut watch::Receiver<bool>) {
+    // An error means the server is gone: stop too.
+    let _ = stopping.wait_for(|s| *s).await;
+}

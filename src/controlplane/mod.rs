@@ -1,0 +1,279 @@
+//! `ztun control-plane`: a built-in control plane serving delta ADS
+//! (`istio.workload.Address`, `istio.security.Authorization`) from a mesh file in ztunnel's
+//! local YAML format, so a mesh runs — and is tested — without Istio.
+//!
+//! - The mesh file is loaded with `control::local` (a malformed file at startup is fatal) and
+//!   watched ([`store::MeshWatcher`]); a change becomes a new generation and every connected
+//!   client receives only what changed. A malformed file later keeps the last good state.
+//! - Resources are named as istiod names them (workloads by uid, services by
+//!   `namespace/hostname`, policies by `namespace/name`) and versioned by a hash of their
+//!   encoding, so reconnecting clients that send `initial_resource_versions` receive only
+//!   the difference, even across a control-plane restart.
+//! - TLS with a serving certificate issued at startup from the CA in `--ca-dir` (created
+//!   there on first start), for `istiod.istio-system.svc`, `localhost`, the listen IP and
+//!   every `--san`.
+//!
+//! Adding a service (the CA) to the same port: add it in [`services`].
+//!
+//! Allowed imports: `control::local`, `control::ca`, `control::xds` (wire types and resource
+//! types), `state::model`, `tls` (PEM parsing).
+
+pub mod ads;
+pub mod encode;
+pub mod store;
+pub mod tls;
+
+#[cfg(test)]
+mod tests;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tonic::service::{Routes, RoutesBuilder};
+use tonic::transport::Server;
+use tracing::info;
+
+use crate::control::local::LocalConfigError;
+use crate::control::xds::proto::AggregatedDiscoveryServiceServer;
+
+pub use ads::Ads;
+pub use store::{MeshResources, MeshWatcher};
+pub use tls::Ca;
+
+/// Default listen address (istiod's xDS port).
+pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 15012);
+/// Largest request accepted from a client.
+const MAX_REQUEST: usize = 16 << 20;
+/// HTTP/2 PINGs to clients, so dead connections are noticed.
+const KEEPALIVE: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Command-line arguments of `ztun control-plane`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Args {
+    /// `--config`: the mesh file (ztunnel's local YAML format).
+    pub config: PathBuf,
+    /// `--listen`: where to serve; default `0.0.0.0:15012`.
+    pub listen: SocketAddr,
+    /// `--ca-dir`: the mesh CA (`root-cert.pem`, `ca-key.pem`), created if absent.
+    pub ca_dir: PathBuf,
+    /// `--san`: extra names (DNS or IP) for the serving certificate.
+    pub sans: Vec<String>,
+}
+
+/// Usage text of `ztun control-plane`.
+pub const USAGE: &str = "\
+Usage: ztun control-plane --config <mesh.yaml> --ca-dir <dir> [--listen <addr:port>] [--san <name>]...
+
+  --config <file>      mesh file (ztunnel's local YAML format), watched for changes
+  --ca-dir <dir>       mesh CA: root-cert.pem + ca-key.pem (created if absent)
+  --listen <addr:port> where to serve delta xDS over TLS (default 0.0.0.0:15012)
+  --san <name>         extra DNS name or IP for the serving certificate (repeatable)
+";
+
+impl Args {
+    /// Parses the arguments after `control-plane` (`--flag value` or `--flag=value`).
+    pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Args, Error> {
+        let mut config = None;
+        let mut listen = DEFAULT_LISTEN;
+        let mut ca_dir = None;
+        let mut sans = Vec::new();
+        let mut args = args.into_iter();
+        while let Some(arg) = args.next() {
+            let (flag, inline) = match arg.split_once('=') {
+                Some((f, v)) => (f.to_owned(), Some(v.to_owned())),
+                None => (arg, None),
+            };
+            let mut value = || {
+                inline
+                    .clone()
+                    .or_else(|| args.next())
+                    .ok_or_else(|| Error::Usage(format!("{flag} needs a value")))
+            };
+            match flag.as_str() {
+                "--config" => config = Some(PathBuf::from(value()?)),
+                "--ca-dir" => ca_dir = Some(PathBuf::from(value()?)),
+                "--san" => sans.push(value()?),
+                "--listen" => {
+                    let v = value()?;
+                    listen = v
+                        .parse()
+                        .map_err(|_| Error::Usage(format!("--listen {v:?} is not <addr:port>")))?;
+                }
+                other => return Err(Error::Usage(format!("unknown argument {other:?}"))),
+            }
+        }
+        Ok(Args {
+            config: config.ok_or_else(|| Error::Usage("--config is required".into()))?,
+            listen,
+            ca_dir: ca_dir.ok_or_else(|| Error::Usage("--ca-dir is required".into()))?,
+            sans,
+        })
+    }
+
+    /// The serving certificate's names: istiod's, `localhost`, the listen IP (unless it is a
+    /// wildcard) and every `--san`.
+    pub fn serving_sans(&self) -> Vec<String> {
+        let mut sans = vec![tls::ISTIOD_SAN.to_owned(), "localhost".to_owned()];
+        if !self.listen.ip().is_unspecified() {
+            sans.push(self.listen.ip().to_string());
+        }
+        for san in &self.sans {
+            if !sans.contains(san) {
+                sans.push(san.clone());
+            }
+        }
+        sans
+    }
+}
+
+/// Why the control plane cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Bad command line.
+    #[error("{0}")]
+    Usage(String),
+    /// The mesh file cannot be loaded at startup.
+    #[error("mesh file: {0}")]
+    Mesh(#[from] LocalConfigError),
+    /// The CA directory is unusable.
+    #[error("CA {path}: {reason}")]
+    Ca {
+        /// The file or directory.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// Issuing the serving certificate failed.
+    #[error("issuing the serving certificate: {0}")]
+    Certificate(#[from] rcgen::Error),
+    /// The TLS configuration is invalid.
+    #[error("TLS: {0}")]
+    Tls(#[from] rustls::Error),
+    /// Binding or serving failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The gRPC server failed.
+    #[error("gRPC server: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// A started control plane: the mesh watcher and the bound listener, ready to serve.
+pub struct ControlPlane {
+    watcher: MeshWatcher,
+    ads: Ads,
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+}
+
+impl ControlPlane {
+    /// Loads the mesh file and the CA (creating it if absent), issues the serving certificate
+    /// and binds the listener.
+    pub async fn start(args: &Args) -> Result<ControlPlane, Error> {
+        let (watcher, mesh) = MeshWatcher::start(&args.config)?;
+        let ca = Ca::load_or_create(&args.ca_dir)?;
+        let sans = args.serving_sans();
+        let (chain, key) = ca.serving_cert(&sans)?;
+        let tls = Arc::new(tls::server_config(chain, key)?);
+        let listener = TcpListener::bind(args.listen)
+            .await
+            .map_err(|source| Error::Io {
+                what: format!("binding {}", args.listen),
+                source,
+            })?;
+        info!(listen = %args.listen, ?sans, ca_dir = %args.ca_dir.display(), "control plane listening");
+        Ok(ControlPlane {
+            watcher,
+            ads: Ads::new(mesh),
+            listener,
+            tls,
+        })
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> Result<SocketAddr, Error> {
+        self.listener.local_addr().map_err(|source| Error::Io {
+            what: "reading the listen address".into(),
+            source,
+        })
+    }
+
+    /// The ADS service (e.g. to read how many clients are connected).
+    pub fn ads(&self) -> &Ads {
+        &self.ads
+    }
+
+    /// Serves until `shutdown` completes.
+    pub async fn serve(self, shutdown: impl std::future::Future<Output = ()>) -> Result<(), Error> {
+        let routes = services(&self.ads);
+        let watcher = tokio::spawn(self.watcher.run());
+        let incoming = tls::incoming(self.listener, self.tls);
+        let ads = self.ads.clone();
+        let shutdown = async move {
+            shutdown.await;
+            // xDS streams never end on their own: end them so the drain can finish.
+            ads.stop_streams();
+        };
+        let served = Server::builder()
+            .http2_keepalive_interval(Some(KEEPALIVE))
+            .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await;
+        watcher.abort();
+        served.map_err(Error::from)
+    }
+}
+
+/// Every gRPC service the control plane serves on its TLS port. To serve another (e.g. the
+/// CA, `istio.v1.auth.IstioCertificateService`), add it here:
+/// `routes.add_service(IstioCertificateServiceServer::new(ca));`.
+pub fn services(ads: &Ads) -> Routes {
+    let mut routes = RoutesBuilder::default();
+    routes.add_service(
+        AggregatedDiscoveryServiceServer::new(ads.clone()).max_decoding_message_size(MAX_REQUEST),
+    );
+    routes.routes()
+}
+
+/// Runs `ztun control-plane` until SIGTERM/SIGINT.
+pub fn run(args: Args) -> Result<(), Error> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("ztun-cp")
+        .enable_all()
+        .build()
+        .map_err(|source| Error::Io {
+            what: "building the runtime".into(),
+            source,
+        })?;
+    runtime.block_on(async {
+        let cp = ControlPlane::start(&args).await?;
+        cp.serve(shutdown_signal()).await?;
+        info!("control plane stopped");
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    info!("shutting down");
+}

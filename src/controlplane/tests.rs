@@ -1,0 +1,462 @@
+//! The control plane: arguments, resource generations and diffs, per-stream subscriptions,
+//! and real gRPC clients (ztun's own and a raw tonic one) over TLS against the real server.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
+
+use super::ads::Subscription;
+use super::*;
+use crate::config::{AuthToken, RootCert};
+use crate::control::grpc::{self, ChannelConfig};
+use crate::control::local;
+use crate::control::xds::proto::{
+    AggregatedDiscoveryServiceClient, DeltaDiscoveryRequest, DeltaDiscoveryResponse,
+};
+use crate::control::xds::{self, ResourceType, ADDRESS_TYPE, AUTHORIZATION_TYPE};
+use crate::state;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A mesh file with workloads `w<i>` for `ids`, one service and the given policies.
+fn mesh_yaml(ids: &[u8], port: u16, policies: &[&str]) -> String {
+    let mut y = String::from("workloads:\n");
+    for i in ids {
+        y.push_str(&format!(
+            "- {{uid: w{i}, name: w{i}, namespace: default, workloadIps: [\"10.0.0.{i}\"], protocol: HBONE, services: {{default/svc.example: {{80: {port}}}}}}}\n"
+        ));
+    }
+    y.push_str("services:\n- {name: svc, namespace: default, hostname: svc.example, vips: [\"/10.96.0.1\"], ports: {80: 8080}}\n");
+    y.push_str("policies:\n");
+    for p in policies {
+        y.push_str(&format!(
+            "- {{name: {p}, namespace: default, scope: Namespace, action: Allow, rules: [[[{{destinationPorts: [80]}}]]]}}\n"
+        ));
+    }
+    if policies.is_empty() {
+        y.push_str("[]\n");
+    }
+    y.replace("policies:\n[]", "policies: []")
+}
+
+fn mesh(ids: &[u8], port: u16, policies: &[&str]) -> MeshResources {
+    MeshResources::new(&local::parse(&mesh_yaml(ids, port, policies)).unwrap())
+}
+
+fn names(v: &[std::sync::Arc<str>]) -> Vec<&str> {
+    v.iter().map(|s| &**s).collect()
+}
+
+#[test]
+fn args_parse_with_defaults_and_repeated_sans() {
+    let a = Args::parse(
+        ["--config", "m.yaml", "--ca-dir=/ca", "--san", "cp.example", "--san=10.0.0.5"]
+            .map(String::from),
+    )
+    .unwrap();
+    assert_eq!(a.config, PathBuf::from("m.yaml"));
+    assert_eq!(a.ca_dir, PathBuf::from("/ca"));
+    assert_eq!(a.listen, DEFAULT_LISTEN);
+    assert_eq!(a.sans, ["cp.example", "10.0.0.5"]);
+    assert_eq!(
+        a.serving_sans(),
+        ["istiod.istio-system.svc", "localhost", "cp.example", "10.0.0.5"]
+    );
+    let a = Args::parse(["--config", "m", "--ca-dir", "c", "--listen", "172.30.0.1:15012"].map(String::from)).unwrap();
+    assert_eq!(a.serving_sans(), ["istiod.istio-system.svc", "localhost", "172.30.0.1"]);
+    for bad in [
+        vec!["--ca-dir", "c"],
+        vec!["--config", "m"],
+        vec!["--config", "m", "--ca-dir", "c", "--listen", "nope"],
+        vec!["--config", "m", "--ca-dir", "c", "--bogus"],
+        vec!["--config"],
+    ] {
+        assert!(Args::parse(bad.iter().map(|s| s.to_string())).is_err(), "{bad:?}");
+    }
+}
+
+#[test]
+fn generations_record_exactly_what_changed() {
+    let one = mesh(&[1, 2, 3], 8080, &["p1"]);
+    assert_eq!(one.generation(), 1);
+    assert_eq!(one.len(ResourceType::Address), 4);
+    assert!(one.delta(ResourceType::Address).is_none());
+    // Versions are content hashes: the same file gives the same versions (even after a
+    // restart); names follow istiod.
+    let again = mesh(&[1, 2, 3], 8080, &["p1"]);
+    for kind in ResourceType::ALL {
+        assert_eq!(one.resources(kind), again.resources(kind));
+    }
+    assert!(one.get(ResourceType::Address, "w1").is_some());
+    assert!(one.get(ResourceType::Address, "default/svc.example").is_some());
+    assert!(one.get(ResourceType::Authorization, "default/p1").is_some());
+    assert!(one.next(&local::parse(&mesh_yaml(&[1, 2, 3], 8080, &["p1"])).unwrap()).is_none());
+
+    // w2 changes (port), w3 goes, w4 comes, p1 goes, p2 comes.
+    let two = one
+        .next(&local::parse(&mesh_yaml(&[1, 2, 4], 8080, &["p2"])).unwrap())
+        .unwrap();
+    assert_eq!(two.generation(), 2);
+    let d = two.delta(ResourceType::Address).unwrap();
+    assert_eq!(names(&d.updated), ["w4"]);
+    assert_eq!(names(&d.removed), ["w3"]);
+    let d = two.delta(ResourceType::Authorization).unwrap();
+    assert_eq!((names(&d.updated), names(&d.removed)), (vec!["default/p2"], vec!["default/p1"]));
+    let three = two
+        .next(&local::parse(&mesh_yaml(&[1, 2, 4], 9090, &["p2"])).unwrap())
+        .unwrap();
+    let d = three.delta(ResourceType::Address).unwrap();
+    assert_eq!(names(&d.updated), ["w1", "w2", "w4"], "the port map is in each workload");
+    assert!(d.removed.is_empty());
+    assert!(three.delta(ResourceType::Authorization).unwrap().is_empty());
+
+    // Aliases: a workload's network/IP and a service's VIP resolve to their names.
+    assert_eq!(three.resolve(ResourceType::Address, "/10.0.0.4").as_deref(), Some("w4"));
+    assert_eq!(
+        three.resolve(ResourceType::Address, "/10.96.0.1").as_deref(),
+        Some("default/svc.example")
+    );
+    assert_eq!(three.resolve(ResourceType::Address, "/10.0.0.3"), None);
+}
+
+fn request(subscribe: &[&str], unsubscribe: &[&str], initial: &[(&str, &str)]) -> DeltaDiscoveryRequest {
+    DeltaDiscoveryRequest {
+        type_url: ADDRESS_TYPE.into(),
+        resource_names_subscribe: subscribe.iter().map(|s| s.to_string()).collect(),
+        resource_names_unsubscribe: unsubscribe.iter().map(|s| s.to_string()).collect(),
+        initial_resource_versions: initial
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..Default::default()
+    }
+}
+
+fn sent_names(push: &ads::Push) -> Vec<String> {
+    let mut n: Vec<String> = push.resources.iter().map(|r| r.name.clone()).collect();
+    n.sort();
+    n
+}
+
+#[test]
+fn a_reconnecting_client_receives_only_the_difference() {
+    let m = mesh(&[1, 2, 3], 8080, &[]);
+    let v = |n: &str| m.get(ResourceType::Address, n).unwrap().version.to_string();
+    // The client has w1 current, w2 outdated, and w9 which no longer exists.
+    let initial = [("w1", v("w1")), ("w2", "old".to_string()), ("w9", "x".to_string())];
+    let initial: Vec<(&str, &str)> = initial.iter().map(|(a, b)| (*a, b.as_str())).collect();
+    let mut sub = Subscription::open(&request(&[], &[], &initial));
+    assert!(sub.wildcard);
+    let push = sub.push(ResourceType::Address, &m, None, &[]);
+    assert_eq!(sent_names(&push), ["default/svc.example", "w2", "w3"]);
+    assert_eq!(push.removed, ["w9"]);
+    // Nothing more to send until the mesh changes.
+    assert_eq!(sub.push(ResourceType::Address, &m, None, &[]), ads::Push::default());
+
+    // The incremental path (the mesh's own delta) agrees with a full scan.
+    let next = m.next(&local::parse(&mesh_yaml(&[1, 3, 4], 9090, &[])).unwrap()).unwrap();
+    let mut full = Subscription::open(&request(&[], &[], &[]));
+    full.push(ResourceType::Address, &m, None, &[]);
+    let incremental_push = sub.push(ResourceType::Address, &next, next.delta(ResourceType::Address), &[]);
+    let full_push = full.push(ResourceType::Address, &next, None, &[]);
+    assert_eq!(sent_names(&incremental_push), sent_names(&full_push));
+    assert_eq!(incremental_push.removed, full_push.removed);
+    assert_eq!(sent_names(&full_push), ["w1", "w3", "w4"]);
+    assert_eq!(full_push.removed, ["w2"]);
+}
+
+#[test]
+fn on_demand_subscriptions_resolve_keys_and_report_missing_ones() {
+    let m = mesh(&[1, 2], 8080, &[]);
+    // "Subscribe to nothing".
+    let mut sub = Subscription::open(&request(&["*"], &["*"], &[]));
+    assert!(!sub.wildcard);
+    assert_eq!(sub.push(ResourceType::Address, &m, None, &[]), ads::Push::default());
+    // By alias: the resource under its own name, with the key as alias.
+    let added = sub.change(&request(&["/10.0.0.2"], &[], &[]));
+    let push = sub.push(ResourceType::Address, &m, None, &added);
+    assert_eq!(sent_names(&push), ["w2"]);
+    assert_eq!(push.resources[0].aliases, ["/10.0.0.2"]);
+    // By name, and a key that does not exist (answered by a removal).
+    let added = sub.change(&request(&["w1", "/10.0.0.77"], &[], &[]));
+    let push = sub.push(ResourceType::Address, &m, None, &added);
+    assert_eq!(sent_names(&push), ["w1"]);
+    assert_eq!(push.removed, ["/10.0.0.77"]);
+    // When a subscribed resource disappears, the client is told.
+    let next = m.next(&local::parse(&mesh_yaml(&[1], 8080, &[])).unwrap()).unwrap();
+    let push = sub.push(ResourceType::Address, &next, next.delta(ResourceType::Address), &[]);
+    assert!(push.resources.is_empty(), "w1 unchanged");
+    assert_eq!(push.removed, ["/10.0.0.2", "w2"]);
+}
+
+/// A started control plane on loopback, serving `mesh` from a fresh directory.
+struct Running {
+    dir: tempfile::TempDir,
+    addr: std::net::SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    ads: Ads,
+    task: tokio::task::JoinHandle<Result<(), Error>>,
+}
+
+impl Running {
+    async fn start(yaml: &str) -> Running {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("mesh.yaml"), yaml).unwrap();
+        Running::start_in(dir).await
+    }
+
+    async fn start_in(dir: tempfile::TempDir) -> Running {
+        let args = Args {
+            config: dir.path().join("mesh.yaml"),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            ca_dir: dir.path().join("ca"),
+            sans: vec![],
+        };
+        let cp = ControlPlane::start(&args).await.expect("control plane starts");
+        let addr = cp.local_addr().unwrap();
+        let ads = cp.ads().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(cp.serve(async {
+            let _ = stopped.await;
+        }));
+        Running {
+            dir,
+            addr,
+            stop: Some(stop),
+            ads,
+            task,
+        }
+    }
+
+    fn root(&self) -> PathBuf {
+        self.dir.path().join("ca").join(tls::ROOT_CERT)
+    }
+
+    fn write_mesh(&self, yaml: &str) {
+        // Write + rename, as editors and the test kit do.
+        let tmp = self.dir.path().join("mesh.tmp");
+        std::fs::write(&tmp, yaml).unwrap();
+        std::fs::rename(&tmp, self.dir.path().join("mesh.yaml")).unwrap();
+    }
+
+    async fn stop(mut self) -> tempfile::TempDir {
+        let _ = self.stop.take().unwrap().send(());
+        let _ = tokio::time::timeout(WAIT, &mut self.task).await;
+        self.dir
+    }
+}
+
+/// A raw delta-ADS stream over TLS.
+struct Raw {
+    tx: mpsc::Sender<DeltaDiscoveryRequest>,
+    rx: Streaming<DeltaDiscoveryResponse>,
+}
+
+impl Raw {
+    async fn connect(addr: std::net::SocketAddr, root: &Path, first: Vec<DeltaDiscoveryRequest>) -> Raw {
+        let channel = grpc::channel(&ChannelConfig {
+            address: format!("https://localhost:{}", addr.port()),
+            roots: RootCert::File(root.to_owned()),
+            alt_hostname: None,
+            connect_timeout: WAIT,
+            request_timeout: WAIT,
+        })
+        .unwrap();
+        let (tx, rx) = mpsc::channel(16);
+        for r in first {
+            tx.send(r).await.unwrap();
+        }
+        let rx = AggregatedDiscoveryServiceClient::new(channel)
+            .delta_aggregated_resources(ReceiverStream::new(rx))
+            .await
+            .expect("stream opens")
+            .into_inner();
+        Raw { tx, rx }
+    }
+
+    async fn recv(&mut self) -> DeltaDiscoveryResponse {
+        tokio::time::timeout(WAIT, self.rx.message())
+            .await
+            .expect("response in time")
+            .expect("stream ok")
+            .expect("stream open")
+    }
+
+    async fn ack(&self, r: &DeltaDiscoveryResponse) {
+        let ack = DeltaDiscoveryRequest {
+            type_url: r.type_url.clone(),
+            response_nonce: r.nonce.clone(),
+            ..Default::default()
+        };
+        self.tx.send(ack).await.unwrap();
+    }
+}
+
+fn wildcard(type_url: &str, initial: BTreeMap<String, String>) -> DeltaDiscoveryRequest {
+    DeltaDiscoveryRequest {
+        type_url: type_url.into(),
+        initial_resource_versions: initial,
+        ..Default::default()
+    }
+}
+
+fn xds_client(addr: std::net::SocketAddr, root: &Path) -> xds::ClientConfig {
+    xds::ClientConfig {
+        address: format!("https://127.0.0.1:{}", addr.port()).parse().unwrap(),
+        root_cert: RootCert::File(root.to_owned()),
+        alt_hostname: None,
+        auth_token: AuthToken::None,
+        cluster_id: "Kubernetes".into(),
+        headers: Default::default(),
+        node_id: "ztunnel~10.0.0.1~z.ns~ns.svc.cluster.local".into(),
+        node_metadata: Default::default(),
+        on_demand: false,
+        demand_timeout: xds::DEFAULT_DEMAND_TIMEOUT,
+    }
+}
+
+#[tokio::test]
+async fn serves_ztuns_client_and_pushes_file_changes() {
+    let cp = Running::start(&mesh_yaml(&[1, 2], 8080, &["p1"])).await;
+    assert!(cp.root().exists(), "CA created on first start");
+    let (writer, mut reader) = state::new();
+    let client = xds::Client::new(xds_client(cp.addr, &cp.root()), writer).unwrap();
+    let mut synced = client.synced();
+    let task = tokio::spawn(client.run());
+    tokio::time::timeout(WAIT, synced.wait_for(|s| *s)).await.unwrap().unwrap();
+    let snap = reader.load_full();
+    assert_eq!(snap.workloads().count(), 2);
+    assert_eq!(snap.endpoints("default/svc.example").len(), 2);
+    assert!(snap.policy("default/p1").is_some());
+
+    // Edit the file: w3 added, p1 replaced by p2.
+    cp.write_mesh(&mesh_yaml(&[1, 2, 3], 8080, &["p2"]));
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let s = reader.load_full();
+            if s.workload_by_uid("w3").is_some() && s.policy("default/p2").is_some() && s.policy("default/p1").is_none() {
+                break;
+            }
+            reader.changed().await;
+        }
+    })
+    .await
+    .expect("change pushed");
+
+    // A malformed file keeps the last good state; the next good one applies.
+    cp.write_mesh("workloads: [{{{");
+    tokio::time::sleep(store::POLL_INTERVAL * 3).await;
+    assert!(reader.load().workload_by_uid("w3").is_some());
+    cp.write_mesh(&mesh_yaml(&[1], 8080, &["p2"]));
+    tokio::time::timeout(WAIT, async {
+        while reader.load().workload_by_uid("w2").is_some() {
+            reader.changed().await;
+        }
+    })
+    .await
+    .expect("removal pushed");
+    assert_eq!(reader.load().workloads().count(), 1);
+    task.abort();
+    cp.stop().await;
+}
+
+#[tokio::test]
+async fn pushes_only_changes_and_honours_initial_versions_across_restarts() {
+    let cp = Running::start(&mesh_yaml(&[1, 2, 3], 8080, &["p1"])).await;
+    let mut raw = Raw::connect(
+        cp.addr,
+        &cp.root(),
+        vec![wildcard(ADDRESS_TYPE, BTreeMap::new()), wildcard(AUTHORIZATION_TYPE, BTreeMap::new())],
+    )
+    .await;
+    let first = raw.recv().await;
+    assert_eq!(first.type_url, ADDRESS_TYPE);
+    assert_eq!(first.resources.len(), 4);
+    raw.ack(&first).await;
+    let auth = raw.recv().await;
+    assert_eq!(auth.type_url, AUTHORIZATION_TYPE);
+    assert_eq!(auth.resources.len(), 1);
+    raw.ack(&auth).await;
+    let versions: BTreeMap<String, String> = first
+        .resources
+        .iter()
+        .map(|r| (r.name.clone(), r.version.clone()))
+        .collect();
+
+    // One workload changes (w2 leaves the service): exactly it is pushed.
+    cp.write_mesh(&mesh_yaml(&[1, 2, 3], 8080, &["p1"]).replace(
+        "uid: w2, name: w2, namespace: default, workloadIps: [\"10.0.0.2\"], protocol: HBONE, services: {default/svc.example: {80: 8080}}",
+        "uid: w2, name: w2, namespace: default, workloadIps: [\"10.0.0.2\"], protocol: HBONE",
+    ));
+    let push = raw.recv().await;
+    assert_eq!(push.type_url, ADDRESS_TYPE);
+    assert_eq!(push.resources.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["w2"]);
+    assert!(push.removed_resources.is_empty());
+    raw.ack(&push).await;
+
+    // Restart the control plane with the original file: a client resuming with what it had
+    // before the change gets w2 back and nothing else, plus the removal of a name it has that
+    // does not exist.
+    let dir = cp.stop().await;
+    std::fs::write(dir.path().join("mesh.yaml"), mesh_yaml(&[1, 2, 3], 8080, &["p1"])).unwrap();
+    let cp = Running::start_in(dir).await;
+    let mut initial = versions.clone();
+    initial.insert("w2".into(), "stale".into());
+    initial.insert("gone".into(), "v".into());
+    let mut raw = Raw::connect(cp.addr, &cp.root(), vec![wildcard(ADDRESS_TYPE, initial)]).await;
+    let resumed = raw.recv().await;
+    assert_eq!(resumed.resources.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["w2"]);
+    assert_eq!(resumed.resources[0].version, versions["w2"], "same content, same version");
+    assert_eq!(resumed.removed_resources, ["gone"]);
+    // A type subscribed with everything current still gets an (empty) answer.
+    let auth_versions = auth.resources.iter().map(|r| (r.name.clone(), r.version.clone())).collect();
+    raw.tx.send(wildcard(AUTHORIZATION_TYPE, auth_versions)).await.unwrap();
+    let auth = raw.recv().await;
+    assert_eq!(auth.type_url, AUTHORIZATION_TYPE);
+    assert!(auth.resources.is_empty() && auth.removed_resources.is_empty());
+    cp.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundreds_of_clients_each_get_the_mesh_and_every_change() {
+    const CLIENTS: usize = 200;
+    let cp = Running::start(&mesh_yaml(&[1, 2], 8080, &[])).await;
+    let root = cp.root();
+    let mut clients = Vec::with_capacity(CLIENTS);
+    for _ in 0..CLIENTS {
+        let (addr, root) = (cp.addr, root.clone());
+        clients.push(tokio::spawn(async move {
+            let first = vec![wildcard(ADDRESS_TYPE, BTreeMap::new())];
+            let mut raw = Raw::connect(addr, &root, first).await;
+            let r = raw.recv().await;
+            assert_eq!(r.resources.len(), 3);
+            raw.ack(&r).await;
+            raw
+        }));
+    }
+    let mut raws = Vec::with_capacity(CLIENTS);
+    for c in clients {
+        raws.push(c.await.unwrap());
+    }
+    assert_eq!(cp.ads.clients(), CLIENTS);
+    cp.write_mesh(&mesh_yaml(&[1, 2, 3], 8080, &[]));
+    let started = std::time::Instant::now();
+    let pushes: Vec<_> = raws
+        .into_iter()
+        .map(|mut raw| {
+            tokio::spawn(async move {
+                let r = raw.recv().await;
+                assert_eq!(r.resources.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["w3"]);
+            })
+        })
+        .collect();
+    for p in pushes {
+        p.await.unwrap();
+    }
+    eprintln!("push to {CLIENTS} clients: {:?} after the file changed", started.elapsed());
+    cp.stop().await;
+}
