@@ -3,6 +3,7 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "proto/zds.proto",
+        "proto/citadel.proto",
         "proto/envoy/service/discovery/v3/discovery.proto",
         "proto/workload.proto",
         "proto/authorization.proto",

@@ -4,6 +4,7 @@
 //! Proto types stop here: everything leaves this module as `state::model` types.
 
 pub mod ca;
+pub mod grpc;
 pub mod local;
 pub mod xds;
 pub mod zds;

@@ -19,6 +19,7 @@
 //! types), `state::model`, `tls` (PEM parsing).
 
 pub mod ads;
+pub mod ca;
 pub mod encode;
 pub mod store;
 pub mod tls;

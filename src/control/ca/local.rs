@@ -1,18 +1,22 @@
 //! A CA held on the node itself (`LOCAL_CA_DIR`, or an ephemeral one for `FAKE_CA`): mints
 //! workload certificates without any CA server.
 //!
-//! Directory layout: `root-cert.pem` (the CA certificate, or the root when an intermediate is
-//! used), `ca-key.pem` (EC P-256 or RSA key, PKCS#8, PKCS#1 or SEC1), and optionally
-//! `cert-chain.pem` (the signing intermediate first, then any further intermediates). Two nodes
-//! pointed at copies of the same directory trust each other.
+//! Directory layout: `root-cert.pem` (the trust bundle: one or more root certificates, all of
+//! which become trust anchors), `ca-key.pem` (the signing key: EC P-256 or RSA, PKCS#8, PKCS#1
+//! or SEC1), and optionally `cert-chain.pem` (the signing intermediate first, then any further
+//! intermediates up to a root). Without `cert-chain.pem` the signing certificate is the root in
+//! the bundle whose public key is `ca-key.pem`'s, so a bundle `A+B` signs with whichever of A or
+//! B the key belongs to (this is how a root rotation A → A+B → B is rolled out). Two nodes
+//! pointed at copies of the same directory trust each other. `ztun control-plane --ca-dir`
+//! reads the same layout.
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use rcgen::{
     CertificateParams, DistinguishedName, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
-    SanType, PKCS_ECDSA_P256_SHA256,
+    SanType, SerialNumber, PKCS_ECDSA_P256_SHA256,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
@@ -80,9 +84,29 @@ impl LocalCa {
         } else {
             Vec::new()
         };
-        let signing_cert = intermediates.first().unwrap_or(&roots[0]);
+        let (signing_cert, file) = match intermediates.first() {
+            Some(first) => (first, "cert-chain.pem"),
+            None => (
+                roots
+                    .iter()
+                    .find(|r| holds_public_key(r, &signing_key))
+                    .ok_or_else(|| {
+                        invalid(
+                            "root-cert.pem",
+                            "no certificate in the bundle matches ca-key.pem".into(),
+                        )
+                    })?,
+                "root-cert.pem",
+            ),
+        };
+        if !holds_public_key(signing_cert, &signing_key) {
+            return Err(invalid(
+                file,
+                "the signing certificate does not match ca-key.pem".into(),
+            ));
+        }
         let issuer = rcgen::Issuer::from_ca_cert_der(signing_cert, signing_key)
-            .map_err(|e| invalid("root-cert.pem", e.to_string()))?;
+            .map_err(|e| invalid(file, e.to_string()))?;
         Ok(LocalCa {
             issuer,
             intermediates,
@@ -110,10 +134,47 @@ impl LocalCa {
         &self.roots
     }
 
-    /// Mints a certificate for `identity`: EC P-256 key, one URI SAN, serverAuth+clientAuth.
+    /// Mints a certificate for `identity`: EC P-256 key, one URI SAN, serverAuth+clientAuth,
+    /// valid from a minute ago for the configured TTL.
     pub fn mint(&self, identity: &Identity) -> Result<WorkloadCert, LocalCaError> {
+        let now = SystemTime::now();
+        let not_before = now - Duration::from_secs(60);
+        let not_after = now
+            .checked_add(self.ttl)
+            .unwrap_or(now + Duration::from_secs(24 * 3600));
+        self.mint_valid(identity, not_before, not_after)
+    }
+
+    /// Like [`LocalCa::mint`], valid from `not_before` to `not_after` (second precision).
+    pub fn mint_valid(
+        &self,
+        identity: &Identity,
+        not_before: SystemTime,
+        not_after: SystemTime,
+    ) -> Result<WorkloadCert, LocalCaError> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        let chain = self.sign(&key, identity, not_before, not_after)?;
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        WorkloadCert::new(identity.clone(), chain, key, self.roots.clone()).map_err(|e| {
+            LocalCaError::Invalid {
+                path: "<minted>".into(),
+                reason: e.to_string(),
+            }
+        })
+    }
+
+    /// Signs a workload certificate for `identity` over `public_key`: empty subject, one
+    /// critical URI SAN, digitalSignature + keyEncipherment, serverAuth + clientAuth, a random
+    /// serial. Returns the leaf followed by the intermediates (the roots are [`LocalCa::roots`]).
+    pub fn sign(
+        &self,
+        public_key: &impl rcgen::PublicKeyData,
+        identity: &Identity,
+        not_before: SystemTime,
+        not_after: SystemTime,
+    ) -> Result<Vec<CertificateDer<'static>>, LocalCaError> {
         let mut params = CertificateParams::default();
+        // An empty subject makes the SAN extension critical (RFC 5280 §4.2.1.6).
         params.distinguished_name = DistinguishedName::new();
         let uri = identity
             .to_string()
@@ -128,22 +189,35 @@ impl LocalCa {
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
-        let now = time::OffsetDateTime::now_utc();
-        params.not_before = now - time::Duration::minutes(1);
-        params.not_after =
-            now + time::Duration::try_from(self.ttl).unwrap_or(time::Duration::hours(24));
+        params.not_before = time::OffsetDateTime::from(not_before);
+        params.not_after = time::OffsetDateTime::from(not_after);
+        let mut serial: [u8; 16] = rand::random();
+        serial[0] &= 0x7f;
+        params.serial_number = Some(SerialNumber::from_slice(&serial));
         params.use_authority_key_identifier_extension = true;
-        let leaf = params.signed_by(&key, &self.issuer)?;
+        let leaf = params.signed_by(public_key, &self.issuer)?;
         let mut chain = vec![leaf.der().clone()];
         chain.extend(self.intermediates.iter().cloned());
-        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-        WorkloadCert::new(identity.clone(), chain, key, self.roots.clone()).map_err(|e| {
-            LocalCaError::Invalid {
-                path: "<minted>".into(),
-                reason: e.to_string(),
-            }
-        })
+        Ok(chain)
     }
+
+    /// Certificates between a leaf and the roots, signing intermediate first.
+    pub fn intermediates(&self) -> &[CertificateDer<'static>] {
+        &self.intermediates
+    }
+
+    /// The lifetime of minted certificates.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+}
+
+/// Whether `cert` certifies the public key of `key`.
+fn holds_public_key(cert: &CertificateDer<'_>, key: &KeyPair) -> bool {
+    use rcgen::PublicKeyData;
+    x509_parser::parse_x509_certificate(cert)
+        .map(|(_, c)| c.public_key().subject_public_key.data.as_ref() == key.der_bytes())
+        .unwrap_or(false)
 }
 
 /// Parameters of a CA certificate for `trust_domain` (also used by tests and the lab).
@@ -165,7 +239,7 @@ pub fn ca_params(trust_domain: &str) -> CertificateParams {
     params
 }
 
-impl Issuer for Arc<LocalCa> {
+impl Issuer for LocalCa {
     fn issue(&self, identity: &Identity) -> FetchFuture {
         let result = self
             .mint(identity)

@@ -1,0 +1,709 @@
+//! The per-identity certificate store: fetches each workload identity's certificate from an
+//! [`Issuer`], keeps it fresh, and hands it to the data plane through [`CertSource`].
+//!
+//! Each identity is in one [`CertState`]: `Initializing` until its first certificate arrives,
+//! then `Available` while a valid certificate is held (even when its renewal is failing), or
+//! `Unavailable` when the last attempt failed and no valid certificate is left.
+//!
+//! How certificates are obtained:
+//! - On first use ([`CertSource::fetch`]): the connection waits up to
+//!   [`StoreConfig::first_fetch_wait`], then fails with the reason.
+//! - Ahead of use ([`CertStore::prefetch`]) for workloads scheduled on this node;
+//!   [`CertStore::forget`] drops an identity no local workload has any more
+//!   ([`CertStore::follow_local_workloads`] does both from the mesh state).
+//! - Renewal at half of the lifetime, ± [`StoreConfig::refresh_jitter`] of the lifetime, so
+//!   nodes started together do not renew together. A renewed certificate replaces the old one
+//!   for new handshakes only; established connections keep their `Arc` to the old one.
+//! - Failures retry with exponential backoff (1 s, ×2, ±20 %, at most 150 s) per identity,
+//!   while a still-valid certificate keeps serving. A certificate that expires without
+//!   renewal makes its identity `Unavailable`; a received certificate that is already expired
+//!   or not yet valid counts as a failure (retried with backoff, never in a tight loop).
+//! - One background worker runs at most [`StoreConfig::max_concurrent_fetches`] requests at
+//!   once. When more are due, a connection waiting for its first certificate goes first, then
+//!   prefetches, then background renewals.
+//!
+//! Time: all scheduling uses `tokio::time`, so tests drive it with `tokio::time::pause()`.
+//! Certificate validity (wall-clock `SystemTime`) is mapped onto the tokio clock by [`Clock`].
+//!
+//! Allowed imports: `identity`, `tls`, `state` (to follow local workloads).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use parking_lot::Mutex;
+use rand::Rng;
+use tokio::sync::{mpsc, watch};
+use tokio::task::{AbortHandle, JoinSet};
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use super::snapshot::CertSnapshot;
+use super::{unavailable, Issuer};
+use crate::identity::Identity;
+use crate::state::model::TunnelProtocol;
+use crate::state::Reader;
+use crate::tls::{CertSource, FetchError, FetchFuture, WorkloadCert};
+
+/// Tunables of the certificate store. The defaults follow ztunnel's certificate manager.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// How long a connection waits for an identity's first certificate before failing; 10 s.
+    pub first_fetch_wait: Duration,
+    /// Issue requests in flight at once, across all identities; 8.
+    pub max_concurrent_fetches: usize,
+    /// Delay before the first retry after a failure; doubles per consecutive failure; 1 s.
+    pub initial_backoff: Duration,
+    /// Longest delay between retries; 150 s.
+    pub max_backoff: Duration,
+    /// Random spread of each retry delay, as a fraction of it; 0.2 (±20 %).
+    pub backoff_jitter: f64,
+    /// Random spread of the renewal time around half-life, as a fraction of the certificate
+    /// lifetime; 0.05 (±5 %).
+    pub refresh_jitter: f64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            first_fetch_wait: Duration::from_secs(10),
+            max_concurrent_fetches: 8,
+            initial_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(150),
+            backoff_jitter: 0.2,
+            refresh_jitter: 0.05,
+        }
+    }
+}
+
+/// Where an identity's certificate stands.
+#[derive(Debug, Clone)]
+pub enum CertState {
+    /// Asked for; no certificate and no failure yet.
+    Initializing,
+    /// A valid certificate is held (its renewal may be failing and being retried).
+    Available(Arc<WorkloadCert>),
+    /// No usable certificate: why the last attempt failed, or that the certificate expired.
+    Unavailable(Arc<str>),
+}
+
+/// Why an identity is wanted; when several requests are due, higher goes first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Priority {
+    /// Renewal or retry on the store's own schedule.
+    Background,
+    /// Prefetch for a workload on this node, before any connection needs it.
+    Warmup,
+    /// A connection is waiting for it.
+    RealTime,
+}
+
+/// Maps certificate validity times (wall clock) onto the tokio clock, so scheduling follows
+/// `tokio::time` (and its pause in tests). Fixed at creation: a later wall-clock step does
+/// not move already-scheduled renewals.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    instant: Instant,
+    system: SystemTime,
+}
+
+impl Clock {
+    /// A clock anchored at the current time of both clocks.
+    pub fn new() -> Clock {
+        Clock {
+            instant: Instant::now(),
+            system: SystemTime::now(),
+        }
+    }
+
+    /// The wall-clock time now, as the tokio clock sees it.
+    pub fn now(&self) -> SystemTime {
+        self.system + Instant::now().saturating_duration_since(self.instant)
+    }
+
+    /// The tokio instant of wall-clock time `t` (the anchor for times before it).
+    pub fn instant_of(&self, t: SystemTime) -> Instant {
+        match t.duration_since(self.system) {
+            Ok(ahead) => self.instant + ahead,
+            Err(e) => self
+                .instant
+                .checked_sub(e.duration())
+                .unwrap_or(self.instant),
+        }
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Clock::new()
+    }
+}
+
+/// The certificate store. Cheap to clone; the background worker stops when the last clone
+/// is dropped.
+#[derive(Clone)]
+pub struct CertStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: StoreConfig,
+    clock: Clock,
+    slots: Arc<Slots>,
+    requests: mpsc::UnboundedSender<Request>,
+}
+
+/// The published state of every known identity.
+// Lock: held only to look up, insert or remove an entry and to read or replace a state;
+// never across an `.await`. Shared by the handles (readers) and the worker (writer).
+type Slots = Mutex<HashMap<Identity, watch::Sender<CertState>>>;
+
+enum Request {
+    Fetch(Identity, Priority),
+    Forget(Identity),
+}
+
+impl CertStore {
+    /// A store in front of `issuer`; spawns its worker on the current tokio runtime.
+    pub fn spawn(issuer: Arc<dyn Issuer>, config: StoreConfig) -> CertStore {
+        Self::spawn_with_clock(issuer, config, Clock::new())
+    }
+
+    /// Like [`CertStore::spawn`], with the clock that maps certificate times (tests share one
+    /// with their issuer).
+    pub fn spawn_with_clock(
+        issuer: Arc<dyn Issuer>,
+        config: StoreConfig,
+        clock: Clock,
+    ) -> CertStore {
+        let slots: Arc<Slots> = Arc::default();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let worker = Worker {
+            issuer,
+            config: config.clone(),
+            clock,
+            slots: slots.clone(),
+            requests: rx,
+            pending: HashMap::new(),
+            in_flight: HashMap::new(),
+            tasks: JoinSet::new(),
+            backoff: HashMap::new(),
+            expiry: HashMap::new(),
+            next_generation: 0,
+            next_seq: 0,
+        };
+        tokio::spawn(worker.run().instrument(tracing::info_span!("certificates")));
+        CertStore {
+            inner: Arc::new(Inner {
+                config,
+                clock,
+                slots,
+                requests: tx,
+            }),
+        }
+    }
+
+    /// Starts fetching `identity`'s certificate if the store does not have it yet (a workload
+    /// with that identity is scheduled on this node).
+    pub fn prefetch(&self, identity: &Identity) {
+        let mut slots = self.inner.slots.lock();
+        if !slots.contains_key(identity) {
+            slots.insert(
+                identity.clone(),
+                watch::Sender::new(CertState::Initializing),
+            );
+            self.request(Request::Fetch(identity.clone(), Priority::Warmup));
+        }
+    }
+
+    /// Drops `identity`'s certificate and stops renewing it (no workload on this node has it
+    /// any more). Connections already using the certificate keep it; a connection waiting
+    /// for it fails.
+    pub fn forget(&self, identity: &Identity) {
+        if self.inner.slots.lock().remove(identity).is_some() {
+            self.request(Request::Forget(identity.clone()));
+        }
+    }
+
+    /// The identities the store holds.
+    pub fn identities(&self) -> Vec<Identity> {
+        self.inner.slots.lock().keys().cloned().collect()
+    }
+
+    /// The state of `identity`, if the store knows it.
+    pub fn state(&self, identity: &Identity) -> Option<CertState> {
+        let slots = self.inner.slots.lock();
+        slots.get(identity).map(|s| s.borrow().clone())
+    }
+
+    /// Every identity's state and public certificate material, sorted by identity (for the
+    /// admin config dump). Never contains a private key.
+    pub fn snapshot(&self) -> Vec<CertSnapshot> {
+        let states: Vec<(Identity, CertState)> = {
+            let slots = self.inner.slots.lock();
+            slots
+                .iter()
+                .map(|(id, s)| (id.clone(), s.borrow().clone()))
+                .collect()
+        };
+        let mut out: Vec<_> = states
+            .into_iter()
+            .map(|(id, state)| CertSnapshot::new(id, &state))
+            .collect();
+        out.sort_by(|a, b| a.identity.cmp(&b.identity));
+        out
+    }
+
+    /// Keeps the store in line with the mesh state: prefetches the identity of every HBONE
+    /// workload scheduled on `node`, and forgets identities no workload on `node` has any
+    /// more. Runs until the state writer is gone.
+    pub async fn follow_local_workloads(self, mut state: Reader, node: String) {
+        loop {
+            let (wanted, local) = local_identities(&state, &node);
+            for id in &wanted {
+                self.prefetch(id);
+            }
+            for id in self.identities() {
+                if !local.contains(&id) {
+                    tracing::debug!(identity = %id, "no local workload left, forgetting its certificate");
+                    self.forget(&id);
+                }
+            }
+            if !state.changed().await {
+                return;
+            }
+        }
+    }
+
+    fn request(&self, r: Request) {
+        // The worker only stops once every handle is gone, so this cannot fail while `self`
+        // exists; if it ever did, waiters time out with a clear reason.
+        let _ = self.inner.requests.send(r);
+    }
+
+    fn expired_error(&self, cert: &WorkloadCert) -> Option<FetchError> {
+        let now = self.inner.clock.now();
+        (now >= cert.not_after()).then(|| {
+            unavailable(
+                cert.identity(),
+                format!("certificate expired at {}", rfc3339(cert.not_after())),
+            )
+        })
+    }
+}
+
+impl CertSource for CertStore {
+    fn fetch(&self, identity: &Identity) -> FetchFuture {
+        let mut rx = {
+            let mut slots = self.inner.slots.lock();
+            let tx = slots
+                .entry(identity.clone())
+                .or_insert_with(|| watch::Sender::new(CertState::Initializing));
+            let state = tx.borrow().clone();
+            match state {
+                CertState::Available(cert) => {
+                    let result = match self.expired_error(&cert) {
+                        Some(e) => Err(e),
+                        None => Ok(cert),
+                    };
+                    return Box::pin(std::future::ready(result));
+                }
+                CertState::Unavailable(reason) => {
+                    // Fail now; the pending retry keeps its backoff but moves up the queue.
+                    self.request(Request::Fetch(identity.clone(), Priority::RealTime));
+                    return Box::pin(std::future::ready(Err(unavailable(identity, reason))));
+                }
+                CertState::Initializing => tx.subscribe(),
+            }
+        };
+        self.request(Request::Fetch(identity.clone(), Priority::RealTime));
+        let wait = self.inner.config.first_fetch_wait;
+        let identity = identity.clone();
+        Box::pin(async move {
+            let settled =
+                tokio::time::timeout(wait, rx.wait_for(|s| !matches!(s, CertState::Initializing)))
+                    .await
+                    .map(|r| r.map(|state| state.clone()));
+            match settled {
+                Ok(Ok(CertState::Available(cert))) => Ok(cert),
+                Ok(Ok(CertState::Unavailable(reason))) => Err(unavailable(&identity, reason)),
+                Ok(Ok(CertState::Initializing)) => {
+                    Err(unavailable(&identity, "still initializing"))
+                }
+                Ok(Err(_)) => Err(unavailable(
+                    &identity,
+                    "identity was forgotten while waiting for its certificate",
+                )),
+                Err(_) => Err(unavailable(
+                    &identity,
+                    format!("no certificate from the CA within {wait:?}"),
+                )),
+            }
+        })
+    }
+}
+
+/// Identities of HBONE workloads on `node` (to prefetch) and of all workloads on `node`.
+fn local_identities(state: &Reader, node: &str) -> (HashSet<Identity>, HashSet<Identity>) {
+    let snap = state.load();
+    let mut hbone = HashSet::new();
+    let mut all = HashSet::new();
+    for w in snap.workloads().filter(|w| &*w.node == node) {
+        let Some(id) = w.identity() else { continue };
+        if w.protocol == TunnelProtocol::Hbone || w.native_tunnel {
+            hbone.insert(id.clone());
+        }
+        all.insert(id);
+    }
+    (hbone, all)
+}
+
+/// A fetch waiting for its time (and a free slot).
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    due: Instant,
+    priority: Priority,
+    /// Order of scheduling: first come, first served among equal priority and due time.
+    seq: u64,
+}
+
+struct InFlight {
+    generation: u64,
+    task: tokio::task::Id,
+    abort: AbortHandle,
+}
+
+type FetchResult = (Identity, u64, Result<Arc<WorkloadCert>, FetchError>);
+
+/// Owns the schedule. Invariant: every identity in `slots` is either pending or in flight
+/// (the worker learns of new identities through `Request::Fetch`).
+struct Worker {
+    issuer: Arc<dyn Issuer>,
+    config: StoreConfig,
+    clock: Clock,
+    slots: Arc<Slots>,
+    requests: mpsc::UnboundedReceiver<Request>,
+    pending: HashMap<Identity, Pending>,
+    in_flight: HashMap<Identity, InFlight>,
+    tasks: JoinSet<FetchResult>,
+    /// Next retry delay (before jitter) per identity with consecutive failures.
+    backoff: HashMap<Identity, Duration>,
+    /// When each held certificate expires.
+    expiry: HashMap<Identity, Instant>,
+    next_generation: u64,
+    next_seq: u64,
+}
+
+impl Worker {
+    async fn run(mut self) {
+        loop {
+            self.start_due_fetches();
+            let next_due = self.next_due();
+            let next_expiry = self.expiry.values().min().copied();
+            tokio::select! {
+                biased;
+                req = self.requests.recv() => match req {
+                    Some(req) => self.handle_request(req),
+                    None => break,
+                },
+                Some(done) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => {
+                    self.handle_done(done);
+                }
+                _ = sleep_until(next_expiry), if next_expiry.is_some() => self.expire(),
+                _ = sleep_until(next_due), if next_due.is_some() => {}
+            }
+        }
+        self.tasks.shutdown().await;
+    }
+
+    /// Schedules (or reschedules) a fetch of `id`.
+    fn schedule(&mut self, id: Identity, due: Instant, priority: Priority) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.pending.insert(id, Pending { due, priority, seq });
+    }
+
+    /// The earliest pending time, when a slot is free to act on it.
+    fn next_due(&self) -> Option<Instant> {
+        if self.in_flight.len() >= self.config.max_concurrent_fetches {
+            return None;
+        }
+        self.pending.values().map(|p| p.due).min()
+    }
+
+    fn handle_request(&mut self, req: Request) {
+        match req {
+            Request::Fetch(id, priority) => {
+                if self.in_flight.contains_key(&id) {
+                    return;
+                }
+                let now = Instant::now();
+                let initializing = matches!(self.state(&id), Some(CertState::Initializing));
+                match self.pending.get_mut(&id) {
+                    Some(p) => {
+                        p.priority = p.priority.max(priority);
+                        // A first certificate is wanted now; a retry keeps its backoff and a
+                        // renewal its schedule.
+                        if initializing && !self.backoff.contains_key(&id) {
+                            p.due = p.due.min(now);
+                        }
+                    }
+                    None => self.schedule(id, now, priority),
+                }
+            }
+            Request::Forget(id) => {
+                self.pending.remove(&id);
+                self.backoff.remove(&id);
+                self.expiry.remove(&id);
+                if let Some(f) = self.in_flight.remove(&id) {
+                    f.abort.abort();
+                }
+            }
+        }
+    }
+
+    /// Starts due fetches, highest priority first (earliest due among equals), while slots
+    /// are free.
+    fn start_due_fetches(&mut self) {
+        let now = Instant::now();
+        while self.in_flight.len() < self.config.max_concurrent_fetches {
+            let best = self
+                .pending
+                .iter()
+                .filter(|(_, p)| p.due <= now)
+                .max_by(|(_, a), (_, b)| {
+                    (a.priority, b.due, b.seq).cmp(&(b.priority, a.due, a.seq))
+                })
+                .map(|(id, p)| (id.clone(), *p));
+            let Some((id, p)) = best else { return };
+            self.pending.remove(&id);
+            let generation = self.next_generation;
+            self.next_generation += 1;
+            tracing::debug!(identity = %id, priority = ?p.priority, "requesting certificate");
+            let fut = self.issuer.issue(&id);
+            let task_id = id.clone();
+            let abort = self
+                .tasks
+                .spawn(async move { (task_id, generation, fut.await) });
+            self.in_flight.insert(
+                id,
+                InFlight {
+                    generation,
+                    task: abort.id(),
+                    abort,
+                },
+            );
+        }
+    }
+
+    fn handle_done(
+        &mut self,
+        done: Result<(tokio::task::Id, FetchResult), tokio::task::JoinError>,
+    ) {
+        let (id, generation, result) = match done {
+            Ok((_, r)) => r,
+            Err(e) => {
+                // Aborted (forgotten) or the issuer panicked.
+                let Some(id) = self
+                    .in_flight
+                    .iter()
+                    .find(|(_, f)| f.task == e.id())
+                    .map(|(id, _)| id.clone())
+                else {
+                    return;
+                };
+                let generation = self.in_flight[&id].generation;
+                let err = unavailable(&id, "certificate issuer failed unexpectedly");
+                (id, generation, Err(err))
+            }
+        };
+        match self.in_flight.get(&id) {
+            Some(f) if f.generation == generation => {
+                self.in_flight.remove(&id);
+            }
+            // A forgotten identity's late answer.
+            _ => return,
+        }
+        if !self.slots.lock().contains_key(&id) {
+            return;
+        }
+        let result = result.and_then(|cert| self.check_validity(cert));
+        match result {
+            Ok(cert) => self.install(id, cert),
+            Err(e) => self.fail(id, e),
+        }
+    }
+
+    /// A received certificate must be valid now: an expired or not-yet-valid one would fail
+    /// every handshake.
+    fn check_validity(&self, cert: Arc<WorkloadCert>) -> Result<Arc<WorkloadCert>, FetchError> {
+        let now = self.clock.now();
+        if now < cert.not_before() {
+            return Err(unavailable(
+                cert.identity(),
+                format!(
+                    "received certificate is not valid before {}",
+                    rfc3339(cert.not_before())
+                ),
+            ));
+        }
+        if now >= cert.not_after() {
+            return Err(unavailable(
+                cert.identity(),
+                format!(
+                    "received certificate expired at {}",
+                    rfc3339(cert.not_after())
+                ),
+            ));
+        }
+        Ok(cert)
+    }
+
+    fn install(&mut self, id: Identity, cert: Arc<WorkloadCert>) {
+        self.backoff.remove(&id);
+        let refresh = self.refresh_instant(&cert);
+        let expires = self.clock.instant_of(cert.not_after());
+        self.expiry.insert(id.clone(), expires);
+        self.schedule(id.clone(), refresh, Priority::Background);
+        let previous = self.publish(&id, CertState::Available(cert.clone()));
+        let serial = cert
+            .chain()
+            .first()
+            .map(|leaf| super::snapshot::CertInfo::of(leaf).serial_number)
+            .unwrap_or_default();
+        let event = if matches!(previous, Some(CertState::Available(_))) {
+            "certificate rotated"
+        } else {
+            "certificate issued"
+        };
+        tracing::info!(
+            identity = %id,
+            serial = %serial,
+            not_after = %rfc3339(cert.not_after()),
+            roots = cert.roots().len(),
+            refresh_in = ?refresh.saturating_duration_since(Instant::now()),
+            "{event}"
+        );
+    }
+
+    fn fail(&mut self, id: Identity, err: FetchError) {
+        let delay = self.next_backoff(&id);
+        self.schedule(id.clone(), Instant::now() + delay, Priority::Background);
+        let reason = reason_of(&err);
+        match self.state(&id) {
+            Some(CertState::Available(cert)) if self.clock.now() < cert.not_after() => {
+                tracing::warn!(
+                    identity = %id,
+                    error = %reason,
+                    retry_in = ?delay,
+                    valid_until = %rfc3339(cert.not_after()),
+                    "certificate renewal failed; the current certificate keeps serving"
+                );
+            }
+            _ => {
+                tracing::warn!(identity = %id, error = %reason, retry_in = ?delay, "certificate unavailable");
+                self.expiry.remove(&id);
+                self.publish(&id, CertState::Unavailable(reason));
+            }
+        }
+    }
+
+    /// Marks identities whose certificate expired without renewal as unavailable.
+    fn expire(&mut self) {
+        let now = Instant::now();
+        let expired: Vec<Identity> = self
+            .expiry
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in expired {
+            self.expiry.remove(&id);
+            tracing::error!(identity = %id, "certificate expired before it could be renewed");
+            self.publish(
+                &id,
+                CertState::Unavailable("certificate expired and its renewal is failing".into()),
+            );
+            // Renewal keeps being retried on its backoff schedule; make sure one is pending.
+            if !self.in_flight.contains_key(&id) && !self.pending.contains_key(&id) {
+                self.schedule(id, now, Priority::Background);
+            }
+        }
+    }
+
+    /// Half of the lifetime ± `refresh_jitter` of it, never in the past.
+    fn refresh_instant(&self, cert: &WorkloadCert) -> Instant {
+        let life = cert
+            .not_after()
+            .duration_since(cert.not_before())
+            .unwrap_or_default();
+        let at = self.clock.instant_of(cert.refresh_at());
+        let spread = life.mul_f64(self.config.refresh_jitter.clamp(0.0, 0.5));
+        let at = if spread.is_zero() {
+            at
+        } else {
+            let offset = rand::rng().random_range(Duration::ZERO..=spread * 2);
+            (at + offset).checked_sub(spread).unwrap_or(at)
+        };
+        at.max(Instant::now())
+    }
+
+    /// The delay before the next retry of `id`, advancing its backoff.
+    fn next_backoff(&mut self, id: &Identity) -> Duration {
+        let max = self.config.max_backoff;
+        let base = *self.backoff.get(id).unwrap_or(&self.config.initial_backoff);
+        self.backoff.insert(id.clone(), (base * 2).min(max));
+        let jitter = self.config.backoff_jitter.clamp(0.0, 1.0);
+        let factor = if jitter > 0.0 {
+            rand::rng().random_range(1.0 - jitter..=1.0 + jitter)
+        } else {
+            1.0
+        };
+        base.mul_f64(factor).min(max)
+    }
+
+    fn state(&self, id: &Identity) -> Option<CertState> {
+        self.slots.lock().get(id).map(|s| s.borrow().clone())
+    }
+
+    /// Publishes `state` for `id` (if still known) and returns the previous one.
+    fn publish(&self, id: &Identity, state: CertState) -> Option<CertState> {
+        self.slots.lock().get(id).map(|s| s.send_replace(state))
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn reason_of(e: &FetchError) -> Arc<str> {
+    match e {
+        FetchError::Unavailable { reason, .. } => reason.clone(),
+    }
+}
+
+/// RFC 3339 UTC time with second precision.
+pub(crate) fn rfc3339(t: SystemTime) -> String {
+    let secs = match t.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(d) => d.as_secs() as i64,
+        Err(e) => -(e.duration().as_secs() as i64),
+    };
+    let Ok(dt) = time::OffsetDateTime::from_unix_timestamp(secs) else {
+        return format!("@{secs}");
+    };
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        dt.year(),
+        u8::from(dt.month()),
+        dt.day(),
+        dt.hour(),
+        dt.minute(),
+        dt.second()
+    )
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,399 @@
+//! The CA of `ztun control-plane`: `istio.v1.auth.IstioCertificateService/CreateCertificate`,
+//! served on the same TLS listener as xDS, signing with the `--ca-dir` CA.
+//!
+//! **CA directory** (`--ca-dir`): the `LOCAL_CA_DIR` layout ([`crate::control::ca::local`]):
+//! `root-cert.pem` (the trust bundle, one or more roots), `ca-key.pem` (the signing key) and
+//! optionally `cert-chain.pem` (signing intermediate first). A response is
+//! `[leaf, intermediates…, root bundle]`. The directory is re-read when one of its files
+//! changes (write the new file elsewhere and rename it in place); if the new content is not
+//! usable the previous CA keeps signing and the error is logged. A root rotation A → B is
+//! rolled out without a failed handshake in four steps, each waiting for every node to renew:
+//! bundle `A` signed by A → bundle `A+B` signed by A (everyone trusts both) → bundle `A+B`
+//! signed by B (`ca-key.pem` = B's key; the signing root is the bundle entry matching the
+//! key) → bundle `B` signed by B.
+//!
+//! **Tokens file** (`--tokens`): who may ask. One `<token> <node>` pair per line, separated by
+//! whitespace; blank lines and lines starting with `#` are ignored; a token maps to one node.
+//! ```text
+//! # token                           node
+//! 3f9c2b7e0d5a4e1f8a6b9c0d1e2f3a4b  worker-1
+//! 7a1e5d9c3b8f4a2e6d0c9b8a7f6e5d4c  worker-2
+//! ```
+//! Re-read when it changes. Without a tokens file every request is refused.
+//!
+//! **Authorization** (like istiod's node-restricted impersonation): the caller's bearer token
+//! names its node; the requested identity is the CSR's single URI SAN, which must equal the
+//! `ImpersonatedIdentity` metadata when present; a workload with that identity must be
+//! scheduled on the caller's node (its `node` field in the mesh file). The CSR signature is
+//! verified. Unknown or missing token → `UNAUTHENTICATED`; identity not on the caller's node
+//! → `PERMISSION_DENIED`; malformed request → `INVALID_ARGUMENT`. The granted lifetime is the
+//! requested one capped at `--max-cert-ttl` (24 h by default; a request of 0 gets the cap).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use parking_lot::Mutex;
+use rcgen::{CertificateSigningRequestParams, SanType};
+use tonic::{Request, Response, Status};
+
+use crate::control::ca::proto::istio_certificate_service_server::{
+    IstioCertificateService, IstioCertificateServiceServer,
+};
+use crate::control::ca::proto::{IstioCertificateRequest, IstioCertificateResponse};
+use crate::control::ca::snapshot::pem_of;
+use crate::control::ca::{LocalCa, LocalCaError, IMPERSONATED_IDENTITY};
+use crate::identity::Identity;
+use crate::state::Reader;
+
+/// Largest CSR accepted, in bytes of PEM.
+const MAX_CSR: usize = 16 * 1024;
+/// Certificates are valid from this long before issuance (tolerates clock skew).
+const BACKDATE: Duration = Duration::from_secs(60);
+
+/// Settings of the control plane's CA.
+#[derive(Debug, Clone)]
+pub struct CaServerConfig {
+    /// `--ca-dir`: the signing CA.
+    pub ca_dir: PathBuf,
+    /// `--tokens`: bearer token → node; `None` refuses every request.
+    pub tokens: Option<PathBuf>,
+    /// `--max-cert-ttl`: longest lifetime granted; default 24 h.
+    pub max_ttl: Duration,
+}
+
+impl CaServerConfig {
+    /// Default maximum certificate lifetime.
+    pub const DEFAULT_MAX_TTL: Duration = Duration::from_secs(24 * 3600);
+}
+
+/// Why the CA cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum CaServerError {
+    /// The CA directory is not usable.
+    #[error("--ca-dir: {0}")]
+    Ca(#[from] LocalCaError),
+    /// The tokens file is not usable.
+    #[error("--tokens {path}: {reason}")]
+    Tokens {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Why a certificate request is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// No `authorization: Bearer` header.
+    #[error("missing bearer token")]
+    NoToken,
+    /// The token is not in the tokens file (or there is none).
+    #[error("unknown bearer token")]
+    UnknownToken,
+    /// The CSR cannot be parsed or its signature is wrong.
+    #[error("invalid CSR: {0}")]
+    Csr(Arc<str>),
+    /// The CSR does not name exactly one SPIFFE identity as its only SAN.
+    #[error("CSR must carry exactly one URI SAN with a SPIFFE identity: {0}")]
+    San(Arc<str>),
+    /// The impersonation metadata is malformed or differs from the CSR.
+    #[error("ImpersonatedIdentity {0}")]
+    Impersonation(Arc<str>),
+    /// No workload with this identity is scheduled on the caller's node.
+    #[error("node {node:?} may not request {identity}: no workload with that identity is scheduled on it")]
+    NotOnNode {
+        /// The caller's node.
+        node: Arc<str>,
+        /// The identity asked for.
+        identity: Identity,
+    },
+}
+
+impl Refusal {
+    fn status(&self) -> Status {
+        let code = match self {
+            Refusal::NoToken | Refusal::UnknownToken => tonic::Code::Unauthenticated,
+            Refusal::NotOnNode { .. } => tonic::Code::PermissionDenied,
+            Refusal::Csr(_) | Refusal::San(_) | Refusal::Impersonation(_) => {
+                tonic::Code::InvalidArgument
+            }
+        };
+        Status::new(code, self.to_string())
+    }
+}
+
+/// Where workloads are scheduled: the CA's authorization source.
+pub trait Schedule: Send + Sync + 'static {
+    /// Whether a workload with `identity` runs on `node`.
+    fn scheduled_on(&self, identity: &Identity, node: &str) -> bool;
+}
+
+impl<F: Fn(&Identity, &str) -> bool + Send + Sync + 'static> Schedule for F {
+    fn scheduled_on(&self, identity: &Identity, node: &str) -> bool {
+        self(identity, node)
+    }
+}
+
+impl Schedule for Reader {
+    fn scheduled_on(&self, identity: &Identity, node: &str) -> bool {
+        self.load()
+            .workloads()
+            .any(|w| &*w.node == node && w.identity().as_ref() == Some(identity))
+    }
+}
+
+/// The `CreateCertificate` service. Cheap to clone.
+#[derive(Clone)]
+pub struct CaService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: CaServerConfig,
+    schedule: Box<dyn Schedule>,
+    ca: Reloading<LocalCa>,
+    tokens: Option<Reloading<Tokens>>,
+}
+
+/// Token → node.
+type Tokens = HashMap<String, Arc<str>>;
+
+impl CaService {
+    /// Loads the CA and the tokens (both must be usable at start) and authorizes against
+    /// `schedule`.
+    pub fn new(
+        config: CaServerConfig,
+        schedule: impl Schedule,
+    ) -> Result<CaService, CaServerError> {
+        let dir = config.ca_dir.clone();
+        let ttl = config.max_ttl;
+        let ca = Reloading::new(
+            ["root-cert.pem", "ca-key.pem", "cert-chain.pem"]
+                .iter()
+                .map(|f| dir.join(f))
+                .collect(),
+            LocalCa::load(&dir, ttl)?,
+            Box::new(move || LocalCa::load(&dir, ttl).map_err(|e| e.to_string())),
+        );
+        let tokens = match &config.tokens {
+            None => {
+                tracing::warn!("no --tokens file: every certificate request will be refused");
+                None
+            }
+            Some(path) => {
+                let initial = read_tokens(path).map_err(|reason| CaServerError::Tokens {
+                    path: path.display().to_string(),
+                    reason,
+                })?;
+                let p = path.clone();
+                Some(Reloading::new(
+                    vec![path.clone()],
+                    initial,
+                    Box::new(move || read_tokens(&p)),
+                ))
+            }
+        };
+        Ok(CaService {
+            inner: Arc::new(Inner {
+                config,
+                schedule: Box::new(schedule),
+                ca,
+                tokens,
+            }),
+        })
+    }
+
+    /// The tonic service to add to the control plane's server.
+    pub fn into_server(self) -> IstioCertificateServiceServer<CaService> {
+        IstioCertificateServiceServer::new(self)
+    }
+
+    /// Decides a request: the caller's node and the identity to certify, or why not.
+    fn authorize(
+        &self,
+        bearer: Option<&str>,
+        req: &IstioCertificateRequest,
+    ) -> Result<(Arc<str>, Identity, CertificateSigningRequestParams), Refusal> {
+        let token = bearer
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or(Refusal::NoToken)?;
+        let tokens = self
+            .inner
+            .tokens
+            .as_ref()
+            .ok_or(Refusal::UnknownToken)?
+            .get();
+        let node = tokens.get(token).cloned().ok_or(Refusal::UnknownToken)?;
+        let (identity, csr) = parse_csr(&req.csr)?;
+        if let Some(meta) = &req.metadata {
+            if let Some(value) = meta.fields.get(IMPERSONATED_IDENTITY) {
+                let Some(prost_types::value::Kind::StringValue(s)) = &value.kind else {
+                    return Err(Refusal::Impersonation("is not a string".into()));
+                };
+                let wanted: Identity = s
+                    .parse()
+                    .map_err(|e| Refusal::Impersonation(format!("{s:?}: {e}").into()))?;
+                if wanted != identity {
+                    return Err(Refusal::Impersonation(
+                        format!("{wanted} differs from the CSR's {identity}").into(),
+                    ));
+                }
+            }
+        }
+        if !self.inner.schedule.scheduled_on(&identity, &node) {
+            return Err(Refusal::NotOnNode { node, identity });
+        }
+        Ok((node, identity, csr))
+    }
+
+    /// The lifetime granted for a requested `validity_duration` (seconds).
+    fn granted_ttl(&self, requested: i64) -> Duration {
+        let max = self.inner.config.max_ttl;
+        match u64::try_from(requested) {
+            Ok(0) | Err(_) => max,
+            Ok(secs) => Duration::from_secs(secs).min(max),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl IstioCertificateService for CaService {
+    async fn create_certificate(
+        &self,
+        request: Request<IstioCertificateRequest>,
+    ) -> Result<Response<IstioCertificateResponse>, Status> {
+        let bearer = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let req = request.into_inner();
+        let (node, identity, csr) = match self.authorize(bearer.as_deref(), &req) {
+            Ok(ok) => ok,
+            Err(refusal) => {
+                tracing::warn!(reason = %refusal, "certificate request refused");
+                return Err(refusal.status());
+            }
+        };
+        let ttl = self.granted_ttl(req.validity_duration);
+        let ca = self.inner.ca.get();
+        let now = SystemTime::now();
+        let not_after = now
+            .checked_add(ttl)
+            .ok_or_else(|| Status::internal("certificate lifetime out of range"))?;
+        let chain = ca
+            .sign(&csr.public_key, &identity, now - BACKDATE, not_after)
+            .map_err(|e| {
+                tracing::error!(%identity, error = %e, "signing failed");
+                Status::internal(format!("signing failed: {e}"))
+            })?;
+        let bundle: String = ca.roots().iter().map(pem_of).collect();
+        let mut cert_chain: Vec<String> = chain.iter().map(pem_of).collect();
+        cert_chain.push(bundle);
+        tracing::info!(%identity, %node, ?ttl, roots = ca.roots().len(), "issued certificate");
+        Ok(Response::new(IstioCertificateResponse { cert_chain }))
+    }
+}
+
+/// The identity a CSR asks for (its only SAN, a SPIFFE URI), after checking its signature.
+fn parse_csr(pem: &str) -> Result<(Identity, CertificateSigningRequestParams), Refusal> {
+    if pem.len() > MAX_CSR {
+        return Err(Refusal::Csr(format!("larger than {MAX_CSR} bytes").into()));
+    }
+    let csr = CertificateSigningRequestParams::from_pem(pem)
+        .map_err(|e| Refusal::Csr(e.to_string().into()))?;
+    let identity = match csr.params.subject_alt_names.as_slice() {
+        [SanType::URI(uri)] => uri
+            .as_str()
+            .parse::<Identity>()
+            .map_err(|e| Refusal::San(format!("{:?}: {e}", uri.as_str()).into()))?,
+        other => return Err(Refusal::San(format!("found {} SANs", other.len()).into())),
+    };
+    Ok((identity, csr))
+}
+
+/// `<token> <node>` lines; see the module doc.
+fn read_tokens(path: &Path) -> Result<Tokens, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let mut tokens = Tokens::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut parts = line.split_whitespace();
+        let (Some(token), Some(node), None) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(format!("line {}: expected `<token> <node>`", n + 1));
+        };
+        if tokens.insert(token.to_string(), node.into()).is_some() {
+            return Err(format!("line {}: duplicate token", n + 1));
+        }
+    }
+    Ok(tokens)
+}
+
+/// A value loaded from files and reloaded when one of them changes (size, mtime or inode).
+struct Reloading<T> {
+    files: Vec<PathBuf>,
+    load: Box<dyn Fn() -> Result<T, String> + Send + Sync>,
+    // Lock: held to compare fingerprints and swap the value; reloading (small files) happens
+    // under it so concurrent requests do not all reload.
+    current: Mutex<(Vec<Option<Stamp>>, Arc<T>)>,
+}
+
+type Stamp = (SystemTime, u64, u64);
+
+impl<T> Reloading<T> {
+    fn new(
+        files: Vec<PathBuf>,
+        initial: T,
+        load: Box<dyn Fn() -> Result<T, String> + Send + Sync>,
+    ) -> Reloading<T> {
+        Reloading {
+            current: Mutex::new((stamps(&files), Arc::new(initial))),
+            files,
+            load,
+        }
+    }
+
+    /// The current value, reloaded first if a file changed; a failed reload keeps the old
+    /// value until the files change again.
+    fn get(&self) -> Arc<T> {
+        let now = stamps(&self.files);
+        let mut current = self.current.lock();
+        if current.0 != now {
+            match (self.load)() {
+                Ok(v) => {
+                    tracing::info!(files = ?self.files, "reloaded");
+                    current.1 = Arc::new(v);
+                }
+                Err(e) => tracing::error!(
+                    files = ?self.files,
+                    error = %e,
+                    "reload failed; keeping the previous content"
+                ),
+            }
+            current.0 = now;
+        }
+        current.1.clone()
+    }
+}
+
+fn stamps(files: &[PathBuf]) -> Vec<Option<Stamp>> {
+    use std::os::unix::fs::MetadataExt;
+    files
+        .iter()
+        .map(|f| {
+            let m = std::fs::metadata(f).ok()?;
+            Some((m.modified().ok()?, m.len(), m.ino()))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;
