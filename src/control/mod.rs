@@ -6,5 +6,6 @@
 pub mod ca;
 pub mod grpc;
 pub mod local;
+pub mod local_watch;
 pub mod xds;
 pub mod zds;

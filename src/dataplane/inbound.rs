@@ -1,27 +1,33 @@
 //! Inbound HBONE (15008): terminate mTLS with the pod's own certificate, then serve each
 //! CONNECT stream as a tunnel to the app, delivered with the client's original IP.
 //!
-//! Request validation is strict and happens before anything is dialled: only CONNECT, only
-//! an `ip:port` authority equal to the address the client dialled, never ztun's own ports or
-//! loopback. Nothing read from the stream is forwarded before the 200 is sent.
+//! Request validation is strict and happens before anything is dialled: only CONNECT, an
+//! `ip:port` authority equal to the address the client dialled (or a service `hostname:port`;
+//! waypoint exceptions in [`route::inbound`]), never ztun's own ports or loopback. Then
+//! authorization ([`super::policy`]): a denial answers 401, and a later policy change that
+//! denies the open tunnel closes it. Nothing read from the stream is forwarded before the 200
+//! is sent.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use h2::server::SendResponse;
 use http::{Method, Request, Response, StatusCode};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
-use super::hbone::parse_authority;
 use super::hbone::stream::relay as relay_h2;
 use super::outbound::canonical;
+use super::policy::{Conn, Revoked};
 use super::proxy::Drains;
-use super::{Error, Proxy};
+use super::route::inbound::{Authority, InboundTarget, Tunnel};
+use super::{proxy_protocol, route, Error, Proxy};
 use crate::drain::DrainMode;
 use crate::identity::Identity;
 use crate::ops::access::{AccessLog, Direction};
+use crate::state::model::AppTunnelProtocol;
 use crate::tls::peer_identity;
 
 /// Concurrent streams a client may open on one connection.
@@ -137,23 +143,56 @@ async fn serve_stream(
     log.src.addr = Some(info.peer);
     log.src.identity = Some(info.client.clone());
     log.src.namespace = Some(info.client.namespace().into());
-    log.dst.workload = Some(proxy.pod.name.clone());
-    log.dst.namespace = Some(proxy.pod.namespace.clone());
-    log.dst.identity = proxy
+    // Telemetry only: the source workload is named after the pod owning the peer IP, if that
+    // pod's identity is the one the peer proved. Identity itself never comes from an IP.
+    if let Some(w) = proxy
         .state
         .load()
-        .workload_by_pod(&proxy.pod.namespace, &proxy.pod.name, None)
-        .and_then(|w| w.identity());
+        .workload_by_ip(&proxy.cfg.network, info.peer.ip())
+    {
+        if w.identity().as_ref() == Some(&info.client) {
+            log.src.describe(w);
+        }
+    }
+    log.dst.workload = Some(proxy.pod.name.clone());
+    log.dst.namespace = Some(proxy.pod.namespace.clone());
+    if let Some(w) = proxy.state.load().workload_by_pod(
+        &proxy.pod.namespace,
+        &proxy.pod.name,
+        proxy.cfg.node_name.as_deref(),
+    ) {
+        log.dst.describe(w);
+        log.dst.identity = w.identity();
+    }
 
-    let target = match validate(proxy, info, &req) {
+    let (authority, target) = match resolve(proxy, info, &req) {
         Ok(t) => t,
-        Err(e) => return reject(&mut respond, &log, e),
+        Err(e) => return reject(&mut respond, &mut log, e),
     };
-    log.hbone_addr = Some(target);
-    log.dst.addr = Some(target);
-    let upstream = match proxy.sockets.connect(target, Some(info.peer.ip())).await {
+    log.hbone_addr = Some(match authority {
+        Authority::Addr(a) => a,
+        Authority::Host { .. } => target.tunnel.map_or(target.upstream, |t| t.target),
+    });
+    log.dst.addr = Some(target.upstream);
+    log.service = target.service.as_ref().map(|s| s.hostname.clone());
+
+    // Registered before the check, so a concurrent policy change cannot slip between the two.
+    let conn = Conn {
+        src_ip: info.peer.ip(),
+        src_identity: Some(info.client.clone()),
+        dst_ip: info.local.ip(),
+        dst_port: target.upstream.port(),
+    };
+    let mut registration = proxy.connections.register(conn.clone());
+    let decision = proxy.connections.authorize(&proxy.state.load(), &conn);
+    decision.log(&conn);
+    if let Some(denial) = decision.denial() {
+        return reject(&mut respond, &mut log, Error::Denied(denial));
+    }
+
+    let mut upstream = match connect_upstream(proxy, info, &target).await {
         Ok(s) => s,
-        Err(e) => return reject(&mut respond, &log, Error::ConnectUpstream(Arc::new(e))),
+        Err(e) => return reject(&mut respond, &mut log, Error::ConnectUpstream(Arc::new(e))),
     };
     let send = match respond.send_response(
         Response::builder()
@@ -165,21 +204,38 @@ async fn serve_stream(
         Ok(s) => s,
         Err(e) => return log.complete(0, 0, Some(&Error::H2(Arc::new(e)))),
     };
+    log.established();
+    if let Some(Tunnel {
+        protocol: AppTunnelProtocol::Proxy,
+        target: original,
+    }) = target.tunnel
+    {
+        let header = proxy_protocol::header(info.peer, original, Some(&info.client));
+        if let Err(e) = upstream.write_all(&header).await {
+            return log.complete(0, 0, Some(&Error::ConnectUpstream(Arc::new(e))));
+        }
+    }
     let (rd, wr) = upstream.into_split();
-    let (t, res) = relay_h2(rd, wr, send, req.into_body()).await;
-    // From the client's point of view: it sent what we wrote to the app.
-    match res {
-        Ok(()) => log.complete(t.to_tcp, t.from_tcp, None),
-        Err(e) => log.complete(t.to_tcp, t.from_tcp, Some(&Error::from(e))),
+    tokio::select! {
+        (t, res) = relay_h2(rd, wr, send, req.into_body()) => {
+            // From the client's point of view: it sent what we wrote to the app.
+            match res {
+                Ok(()) => log.complete(t.to_tcp, t.from_tcp, None),
+                Err(e) => log.complete(t.to_tcp, t.from_tcp, Some(&Error::from(e))),
+            }
+        }
+        Revoked(denial) = registration.revoked() => {
+            log.complete(0, 0, Some(&Error::Revoked(denial)));
+        }
     }
 }
 
-/// Checks the request and returns the address to dial.
-fn validate(
+/// Checks the request and decides where it goes (nothing is dialled yet).
+fn resolve(
     proxy: &Proxy,
     info: &ConnInfo,
     req: &Request<h2::RecvStream>,
-) -> Result<SocketAddr, Error> {
+) -> Result<(Authority, InboundTarget), Error> {
     if req.method() != Method::CONNECT {
         return Err(Error::BadRequest("method is not CONNECT"));
     }
@@ -198,21 +254,52 @@ fn validate(
     if req.headers().contains_key(http::header::HOST) {
         return Err(Error::BadRequest("host header alongside :authority"));
     }
-    let target = parse_authority(authority.as_str())
-        .map_err(|_| Error::BadRequest("authority is not ip:port"))?;
-    if target.ip() != info.local.ip() {
-        return Err(Error::IpMismatch {
-            authority: target,
-            dialled: info.local,
-        });
-    }
-    if target.ip().is_loopback() || proxy.is_own_port(target.port()) {
-        return Err(Error::SelfCall(target));
-    }
-    Ok(target)
+    let authority = Authority::parse(authority.as_str())
+        .map_err(|_| Error::BadRequest("authority is not ip:port or hostname:port"))?;
+    let snap = proxy.state.load();
+    let local = proxy.connections.pod().find(&snap).ok_or_else(|| {
+        Error::UnknownLocalWorkload(format!("{}/{}", proxy.pod.namespace, proxy.pod.name).into())
+    })?;
+    let target = route::inbound::resolve(
+        &snap,
+        &proxy.cfg.network,
+        local,
+        info.local,
+        &authority,
+        |p| proxy.is_own_port(p),
+    )?;
+    Ok((authority, target))
 }
 
-fn reject(respond: &mut SendResponse<Bytes>, log: &AccessLog, e: Error) {
+/// Connects to the app: from the client's own IP, or over loopback for a PROXY-protocol
+/// application tunnel (`LOCALHOST_APP_TUNNEL`), whose header carries the client instead.
+async fn connect_upstream(
+    proxy: &Proxy,
+    info: &ConnInfo,
+    target: &InboundTarget,
+) -> std::io::Result<TcpStream> {
+    let loopback = target
+        .tunnel
+        .is_some_and(|t| t.protocol == AppTunnelProtocol::Proxy)
+        && proxy.cfg.proxy.localhost_app_tunnel;
+    if loopback {
+        let lo = if target.upstream.is_ipv4() {
+            IpAddr::from(Ipv4Addr::LOCALHOST)
+        } else {
+            IpAddr::from(Ipv6Addr::LOCALHOST)
+        };
+        return proxy
+            .sockets
+            .connect(SocketAddr::new(lo, target.upstream.port()), None)
+            .await;
+    }
+    proxy
+        .sockets
+        .connect(target.upstream, Some(info.peer.ip()))
+        .await
+}
+
+fn reject(respond: &mut SendResponse<Bytes>, log: &mut AccessLog, e: Error) {
     let status = e.status();
     let resp = Response::builder()
         .status(status)

@@ -12,7 +12,9 @@ pub mod hbone;
 pub mod inbound;
 pub mod outbound;
 pub mod passthrough;
+pub mod policy;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod route;
 pub mod sockets;
 
@@ -107,9 +109,21 @@ pub enum Error {
     /// The destination is not served here.
     #[error("unknown destination {0}")]
     UnknownDestination(SocketAddr),
+    /// The destination names a waypoint that cannot be found or reached.
+    #[error("unknown waypoint for {0}")]
+    UnknownWaypoint(SocketAddr),
+    /// A hostname `:authority` names no service, or a port the service cannot map.
+    #[error("unknown service {0}")]
+    UnknownService(Arc<str>),
     /// Relaying bytes failed.
     #[error("relay: {0}")]
     Io(#[source] Arc<io::Error>),
+    /// Authorization policy denied the connection.
+    #[error("denied by policy: {0}")]
+    Denied(policy::Denial),
+    /// A policy change denied the open connection, which was closed.
+    #[error("closed by policy change: {0}")]
+    Revoked(policy::Denial),
 }
 
 impl Error {
@@ -131,7 +145,10 @@ impl Error {
             | Error::ConnectUpstream(_)
             | Error::NoHealthyUpstream(_)
             | Error::UnknownDestination(_)
+            | Error::UnknownWaypoint(_)
+            | Error::UnknownService(_)
             | Error::Io(_) => Side::Destination,
+            Error::Denied(_) | Error::Revoked(_) => Side::Policy,
         }
     }
 

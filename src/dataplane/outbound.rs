@@ -47,22 +47,28 @@ async fn run(proxy: &Proxy, tcp: TcpStream, peer: SocketAddr, log: &mut AccessLo
         return Err(fail(Error::SelfCall(dst)));
     }
     let src = proxy.local_workload().await.map_err(fail)?;
+    log.src.describe(&src);
     log.src.identity = src.identity();
     let src_ip = canonical_ip(peer.ip());
     let route = {
         let snap = proxy.state.load();
-        route::plan(
-            &snap,
-            &proxy.cfg.network,
-            &src,
-            dst,
-            proxy.cfg.proxy.inbound_hbone_port,
-        )
+        let source = route::Source {
+            workload: &src,
+            ip: src_ip,
+            network: &proxy.cfg.network,
+        };
+        route::plan(&snap, &source, dst, proxy.cfg.proxy.inbound_hbone_port)
     };
     match route {
-        Route::Refuse(RefuseReason::NoHealthyUpstream)
-        | Route::Refuse(RefuseReason::UnknownServicePort) => {
-            Err(fail(Error::NoHealthyUpstream(dst)))
+        Route::Refuse(reason) => {
+            // Refused, not hung: the client sees a reset rather than an orderly close.
+            let _ = socket2::SockRef::from(&tcp).set_linger(Some(std::time::Duration::ZERO));
+            Err(fail(match reason {
+                RefuseReason::NoHealthyUpstream | RefuseReason::UnknownServicePort => {
+                    Error::NoHealthyUpstream(dst)
+                }
+                RefuseReason::UnknownWaypoint => Error::UnknownWaypoint(dst),
+            }))
         }
         Route::Tcp {
             dst: target,
@@ -71,8 +77,7 @@ async fn run(proxy: &Proxy, tcp: TcpStream, peer: SocketAddr, log: &mut AccessLo
         } => {
             log.dst.addr = Some(target);
             if let Some(w) = &workload {
-                log.dst.workload = Some(w.name.clone());
-                log.dst.namespace = Some(w.namespace.clone());
+                log.dst.describe(w);
             }
             log.service = service.map(|s| s.hostname.clone());
             let upstream = proxy
@@ -80,6 +85,7 @@ async fn run(proxy: &Proxy, tcp: TcpStream, peer: SocketAddr, log: &mut AccessLo
                 .connect(target, None)
                 .await
                 .map_err(|e| fail(Error::ConnectUpstream(Arc::new(e))))?;
+            log.established();
             relay_tcp(tcp, upstream).await
         }
         Route::Hbone {
@@ -88,11 +94,11 @@ async fn run(proxy: &Proxy, tcp: TcpStream, peer: SocketAddr, log: &mut AccessLo
             identities,
             workload,
             service,
+            waypoint: _,
         } => {
             log.dst.addr = Some(hbone_dst);
             log.hbone_addr = Some(authority);
-            log.dst.workload = Some(workload.name.clone());
-            log.dst.namespace = Some(workload.namespace.clone());
+            log.dst.describe(&workload);
             log.service = service.as_ref().map(|s| s.hostname.clone());
             let cert = proxy.local_cert(&src).await.map_err(fail)?;
             let key = PoolKey {
@@ -129,6 +135,7 @@ async fn run(proxy: &Proxy, tcp: TcpStream, peer: SocketAddr, log: &mut AccessLo
                 return Err(fail(Error::HttpStatus(resp.status())));
             }
             let recv = resp.into_body();
+            log.established();
             let (rd, wr) = tcp.into_split();
             let (t, res) = relay_h2(rd, wr, send, recv).await;
             drop(checkout);

@@ -1,5 +1,7 @@
 //! Plaintext inbound (15006): TCP from clients outside the mesh, redirected here by the pod's
-//! rules, delivered to the app with the client's own IP. Such connections carry no identity.
+//! rules, delivered to the app with the client's own IP. Such connections carry no identity:
+//! authorization sees them as plaintext, denies close them, and a later policy change that
+//! denies an open one closes it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -7,6 +9,7 @@ use std::sync::Arc;
 use tokio::net::TcpStream;
 
 use super::outbound::{canonical, original_destination, relay_tcp};
+use super::policy::{Conn, Revoked};
 use super::proxy::Drains;
 use super::{Error, Proxy};
 use crate::ops::access::{AccessLog, Direction};
@@ -26,12 +29,36 @@ pub async fn serve(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, _drain: 
     if dst.ip().is_loopback() || proxy.is_own_port(dst.port()) {
         return log.complete(0, 0, Some(&Error::SelfCall(dst)));
     }
+    // Authorize with no identity (registered first: see `policy::enforce`). The pod's
+    // workload may still be on its way from the control plane: wait for it, bounded.
+    if let Err(e) = proxy.local_workload().await {
+        return log.complete(0, 0, Some(&e));
+    }
+    let conn = Conn {
+        src_ip: peer.ip(),
+        src_identity: None,
+        dst_ip: dst.ip(),
+        dst_port: dst.port(),
+    };
+    let mut registration = proxy.connections.register(conn.clone());
+    let decision = proxy.connections.authorize(&proxy.state.load(), &conn);
+    decision.log(&conn);
+    if let Some(denial) = decision.denial() {
+        // Dropping the socket closes the client's connection.
+        return log.complete(0, 0, Some(&Error::Denied(denial)));
+    }
     let upstream = match proxy.sockets.connect(dst, Some(peer.ip())).await {
         Ok(s) => s,
         Err(e) => return log.complete(0, 0, Some(&Error::ConnectUpstream(Arc::new(e)))),
     };
-    match relay_tcp(tcp, upstream).await {
-        Ok((sent, recv)) => log.complete(sent, recv, None),
-        Err((sent, recv, e)) => log.complete(sent, recv, Some(&e)),
+    log.established();
+    tokio::select! {
+        res = relay_tcp(tcp, upstream) => match res {
+            Ok((sent, recv)) => log.complete(sent, recv, None),
+            Err((sent, recv, e)) => log.complete(sent, recv, Some(&e)),
+        },
+        Revoked(denial) = registration.revoked() => {
+            log.complete(0, 0, Some(&Error::Revoked(denial)));
+        }
     }
 }

@@ -1,36 +1,56 @@
 //! Outbound routing: a pure decision over a state snapshot.
 //!
-//! Given the source workload and the original destination, decide where the connection goes
-//! and how: HBONE to a mesh workload (never plaintext to one), plain TCP to a non-mesh
-//! workload, passthrough for addresses the mesh does not know, or refusal (a service without
-//! usable endpoints).
+//! Given the source and the original destination, decide where the connection goes and how
+//! (compat.md §1.2, §1.5, §1.6):
+//!
+//! 1. A service VIP (exact, else the best CIDR VIP) visible to the source: a service waypoint
+//!    gets the connection over HBONE with the original `VIP:port` as `:authority`; a
+//!    PASSTHROUGH service goes to the original destination; otherwise one endpoint is chosen
+//!    (healthy unless ALLOW_ALL, routing preference ranks for STRICT/FAILOVER, random weighted
+//!    by capacity) and the service port is translated (endpoint port map, else the service
+//!    target port). No usable endpoint: refuse.
+//! 2. A workload IP: its workload waypoint, if any (unless the source *is* that waypoint);
+//!    else the workload itself.
+//! 3. Anything else: plain TCP to the original destination (passthrough).
+//!
+//! A workload marked HBONE, and every waypoint, is only ever reached over HBONE. Endpoints on
+//! another network (reachable only through an east-west gateway, which ztun does not do) and
+//! endpoints without an IP are never chosen.
 
-use std::net::SocketAddr;
+pub mod inbound;
+#[cfg(test)]
+mod tests;
+
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use rand::Rng;
 
 use crate::identity::Identity;
 use crate::state::model::{
-    HealthPolicy, HealthStatus, Service, TunnelProtocol, Visibility, Workload,
+    GatewayAddress, GatewayDestination, HealthPolicy, HealthStatus, IpFamilies, LoadBalancer,
+    LoadBalancerMode, LoadBalancerScope, Service, TunnelProtocol, Visibility, Workload,
 };
-use crate::state::Snapshot;
+use crate::state::{canonical_ip, Snapshot};
 
 /// Where an outbound connection goes.
 #[derive(Debug, Clone)]
 pub enum Route {
-    /// HBONE to a mesh workload's node proxy.
+    /// HBONE to a mesh workload's node proxy, or to a waypoint.
     Hbone {
-        /// The peer's HBONE listener (`ip:15008`).
+        /// The peer's HBONE listener (`ip:15008`, or the waypoint's `ip:hbone_mtls_port`).
         dst: SocketAddr,
-        /// The `:authority` of the CONNECT (`ip:targetPort`).
+        /// The `:authority` of the CONNECT: `ip:targetPort` for a workload, the original
+        /// destination for a waypoint.
         authority: SocketAddr,
         /// Identities the peer may prove.
         identities: Arc<[Identity]>,
-        /// The chosen workload.
+        /// The workload dialled (the waypoint's, via a waypoint).
         workload: Arc<Workload>,
-        /// The service it was reached through, if any.
+        /// The service the destination was reached through, if any.
         service: Option<Arc<Service>>,
+        /// Whether `workload` is a waypoint in front of the real destination.
+        waypoint: bool,
     },
     /// Plain TCP to a non-mesh workload (or an unknown address: `workload` is `None`).
     Tcp {
@@ -52,36 +72,68 @@ pub enum RefuseReason {
     NoHealthyUpstream,
     /// The service does not declare the port.
     UnknownServicePort,
+    /// The destination names a waypoint that cannot be found or reached.
+    UnknownWaypoint,
 }
 
-/// Plans the route for `src` connecting to `dst` on `network`, using `hbone_port` for peers.
-pub fn plan(
+/// The source of an outbound connection: the pod the listener belongs to.
+#[derive(Debug, Clone, Copy)]
+pub struct Source<'a> {
+    /// The pod's workload.
+    pub workload: &'a Workload,
+    /// The client address's IP (the pod's IP).
+    pub ip: IpAddr,
+    /// The network this node is on.
+    pub network: &'a str,
+}
+
+/// Plans the route for `src` connecting to `dst`, using `hbone_port` for peers.
+pub fn plan(snap: &Snapshot, src: &Source<'_>, dst: SocketAddr, hbone_port: u16) -> Route {
+    plan_with(&mut rand::rng(), snap, src, dst, hbone_port)
+}
+
+/// [`plan`] with the random source for endpoint and waypoint choice.
+pub fn plan_with(
+    rng: &mut impl Rng,
     snap: &Snapshot,
-    network: &str,
-    src: &Workload,
+    src: &Source<'_>,
     dst: SocketAddr,
     hbone_port: u16,
 ) -> Route {
-    if let Some(svc) = pick_service(snap.services_by_vip(network, dst.ip()), src) {
-        let Some(&target) = svc.ports.get(&dst.port()) else {
+    let dst = SocketAddr::new(canonical_ip(dst.ip()), dst.port());
+    if let Some(svc) = find_service(snap, src, dst.ip()) {
+        if let Some(gw) = service_waypoint(rng, &svc) {
+            if !is_from(snap, gw, src) {
+                return via_waypoint(rng, snap, src, gw, dst, Some(svc.clone()));
+            }
+        }
+        if lb_mode(&svc) == LoadBalancerMode::Passthrough {
+            return Route::Tcp {
+                dst,
+                workload: None,
+                service: Some(svc),
+            };
+        }
+        if !svc.ports.contains_key(&dst.port()) {
             return Route::Refuse(RefuseReason::UnknownServicePort);
-        };
-        let Some((w, port)) = pick_endpoint(snap, &svc, dst.port(), target) else {
+        }
+        let Some((w, port)) = pick_endpoint(rng, snap, src, &svc, dst.port(), Mode::Service) else {
             return Route::Refuse(RefuseReason::NoHealthyUpstream);
         };
-        let Some(ip) = w
-            .workload_ips
-            .iter()
-            .find(|ip| ip.is_ipv4() == dst.is_ipv4())
-            .or(w.workload_ips.first())
-            .copied()
-        else {
+        let Some(ip) = pick_ip(&w, dst, svc.ip_families) else {
             return Route::Refuse(RefuseReason::NoHealthyUpstream);
         };
         return to_workload(w, SocketAddr::new(ip, port), Some(svc), hbone_port);
     }
-    match snap.workload_by_ip(network, dst.ip()) {
-        Some(w) => to_workload(w.clone(), dst, None, hbone_port),
+    match snap.workload_by_ip(src.network, dst.ip()) {
+        Some(w) => {
+            if let Some(gw) = &w.waypoint {
+                if !is_from(snap, gw, src) {
+                    return via_waypoint(rng, snap, src, gw, dst, None);
+                }
+            }
+            to_workload(w.clone(), dst, None, hbone_port)
+        }
         None => Route::Tcp {
             dst,
             workload: None,
@@ -97,23 +149,14 @@ fn to_workload(
     hbone_port: u16,
 ) -> Route {
     match w.protocol {
-        TunnelProtocol::Hbone => {
-            let mut identities: Vec<Identity> = w.identity().into_iter().collect();
-            if let Some(s) = &service {
-                identities.extend(
-                    s.subject_alt_names
-                        .iter()
-                        .filter_map(|san| san.parse().ok()),
-                );
-            }
-            Route::Hbone {
-                dst: SocketAddr::new(target.ip(), hbone_port),
-                authority: target,
-                identities: identities.into(),
-                workload: w,
-                service,
-            }
-        }
+        TunnelProtocol::Hbone => Route::Hbone {
+            dst: SocketAddr::new(target.ip(), hbone_port),
+            authority: target,
+            identities: identities(&w, service.as_deref()),
+            workload: w,
+            service,
+            waypoint: false,
+        },
         TunnelProtocol::Tcp => Route::Tcp {
             dst: target,
             workload: Some(w),
@@ -122,42 +165,260 @@ fn to_workload(
     }
 }
 
-/// Among services sharing a VIP: visible to the source, same namespace first, then canonical.
-fn pick_service(candidates: &[Arc<Service>], src: &Workload) -> Option<Arc<Service>> {
-    candidates
-        .iter()
-        .filter(|s| s.visibility == Visibility::Public || s.namespace == src.namespace)
-        .max_by_key(|s| (s.namespace == src.namespace, s.canonical))
-        .cloned()
+/// The workload's identity, then the service's `subject_alt_names` that parse as identities.
+fn identities(w: &Workload, svc: Option<&Service>) -> Arc<[Identity]> {
+    let mut ids: Vec<Identity> = w.identity().into_iter().collect();
+    if let Some(s) = svc {
+        for san in &s.subject_alt_names {
+            match san.parse::<Identity>() {
+                Ok(id) if !ids.contains(&id) => ids.push(id),
+                Ok(_) => {}
+                Err(e) => tracing::debug!(%san, error = %e, "ignoring unusable subject alt name"),
+            }
+        }
+    }
+    ids.into()
 }
 
-/// A random endpoint weighted by capacity, with its target port.
-fn pick_endpoint(
+/// The service at `ip` for this source: an exact VIP, else the best CIDR VIP containing it.
+pub(crate) fn find_service(snap: &Snapshot, src: &Source<'_>, ip: IpAddr) -> Option<Arc<Service>> {
+    let visible = |s: &&Arc<Service>| {
+        s.visibility == Visibility::Public || s.namespace == src.workload.namespace
+    };
+    let exact = snap
+        .services_by_vip(src.network, ip)
+        .iter()
+        .filter(visible)
+        // Same namespace first, then canonical; among equals, the first by key.
+        .rev()
+        .max_by_key(|s| (s.namespace == src.workload.namespace, s.canonical));
+    if let Some(s) = exact {
+        return Some(s.clone());
+    }
+    // CIDR VIPs are rare: a scan over services beats keeping an index for them.
+    snap.services()
+        .filter(|s| !s.cidr_vips.is_empty())
+        .filter(visible)
+        .filter_map(|s| {
+            let len = s
+                .cidr_vips
+                .iter()
+                .filter(|c| *c.network == *src.network)
+                .filter(|c| {
+                    crate::dataplane::policy::contains(
+                        &crate::state::model::IpNet {
+                            address: c.address,
+                            prefix_len: c.prefix_len,
+                        },
+                        ip,
+                    )
+                })
+                .map(|c| c.prefix_len)
+                .max()?;
+            Some((s, len))
+        })
+        .max_by(|(a, la), (b, lb)| {
+            let rank = |s: &Service, l: u8| (s.namespace == src.workload.namespace, l, s.canonical);
+            rank(a, *la)
+                .cmp(&rank(b, *lb))
+                // Deterministic among equals: the smaller key wins.
+                .then_with(|| (&b.namespace, &b.hostname).cmp(&(&a.namespace, &a.hostname)))
+        })
+        .map(|(s, _)| s.clone())
+}
+
+fn lb_mode(svc: &Service) -> LoadBalancerMode {
+    svc.load_balancer
+        .as_ref()
+        .map_or(LoadBalancerMode::Standard, |lb| lb.mode)
+}
+
+/// The service's waypoint: sampled by weight from `weighted_waypoints`, else `waypoint`.
+fn service_waypoint<'s>(rng: &mut impl Rng, svc: &'s Service) -> Option<&'s GatewayAddress> {
+    let total: u64 = svc
+        .weighted_waypoints
+        .iter()
+        .map(|w| u64::from(w.weight))
+        .sum();
+    if total == 0 {
+        return svc.waypoint.as_ref();
+    }
+    let mut pick = rng.random_range(0..total);
+    for w in &svc.weighted_waypoints {
+        let weight = u64::from(w.weight);
+        if pick < weight {
+            return Some(&w.destination);
+        }
+        pick -= weight;
+    }
+    svc.waypoint.as_ref()
+}
+
+/// Whether the source is (one of the workloads behind) the gateway `gw`: same identity and
+/// the source IP is one of its IPs. Traffic from a waypoint must not loop back into it.
+fn is_from(snap: &Snapshot, gw: &GatewayAddress, src: &Source<'_>) -> bool {
+    let Some(src_id) = src.workload.identity() else {
+        return false;
+    };
+    let is_it =
+        |w: &Workload| w.identity().as_ref() == Some(&src_id) && w.workload_ips.contains(&src.ip);
+    match &gw.destination {
+        GatewayDestination::Address(a) => {
+            if let Some(w) = snap.workload_by_ip(&a.network, a.address) {
+                return is_it(w);
+            }
+            snap.services_by_vip(&a.network, a.address)
+                .iter()
+                .any(|s| snap.endpoints(&s.key()).iter().any(|w| is_it(w)))
+        }
+        GatewayDestination::Hostname(h) => {
+            let key = format!("{}/{}", h.namespace, h.hostname);
+            if snap.service(&key).is_some() {
+                return snap.endpoints(&key).iter().any(|w| is_it(w));
+            }
+            workload_by_hostname(snap, &h.namespace, &h.hostname).is_some_and(|w| is_it(w))
+        }
+    }
+}
+
+fn workload_by_hostname<'a>(snap: &'a Snapshot, ns: &str, host: &str) -> Option<&'a Arc<Workload>> {
+    snap.workloads()
+        .filter(|w| *w.hostname == *host && *w.namespace == *ns)
+        .min_by(|a, b| a.uid.cmp(&b.uid))
+}
+
+/// HBONE to the waypoint `gw` with the original destination as `:authority`.
+fn via_waypoint(
+    rng: &mut impl Rng,
     snap: &Snapshot,
+    src: &Source<'_>,
+    gw: &GatewayAddress,
+    original: SocketAddr,
+    service: Option<Arc<Service>>,
+) -> Route {
+    let port = gw.hbone_mtls_port;
+    let resolved: Option<(Arc<Workload>, SocketAddr, Option<Arc<Service>>)> = match &gw.destination
+    {
+        GatewayDestination::Address(a) => {
+            if let Some(w) = snap.workload_by_ip(&a.network, a.address) {
+                Some((w.clone(), SocketAddr::new(a.address, port), None))
+            } else {
+                snap.services_by_vip(&a.network, a.address)
+                    .first()
+                    .and_then(|s| waypoint_endpoint(rng, snap, src, s, port, original))
+            }
+        }
+        GatewayDestination::Hostname(h) => {
+            let key = format!("{}/{}", h.namespace, h.hostname);
+            if let Some(s) = snap.service(&key) {
+                waypoint_endpoint(rng, snap, src, s, port, original)
+            } else {
+                workload_by_hostname(snap, &h.namespace, &h.hostname).and_then(|w| {
+                    let ip = pick_ip(w, original, IpFamilies::Automatic)?;
+                    Some((w.clone(), SocketAddr::new(ip, port), None))
+                })
+            }
+        }
+    };
+    let Some((w, dst, wp_service)) = resolved else {
+        return Route::Refuse(RefuseReason::UnknownWaypoint);
+    };
+    if w.network != src.workload.network {
+        return Route::Refuse(RefuseReason::UnknownWaypoint);
+    }
+    Route::Hbone {
+        dst,
+        authority: original,
+        identities: identities(&w, wp_service.as_deref()),
+        workload: w,
+        service,
+        waypoint: true,
+    }
+}
+
+/// One endpoint of the waypoint service `s` for its port `hbone_port`, with an address of
+/// the family of `original` when it has one.
+fn waypoint_endpoint(
+    rng: &mut impl Rng,
+    snap: &Snapshot,
+    src: &Source<'_>,
+    s: &Arc<Service>,
+    hbone_port: u16,
+    original: SocketAddr,
+) -> Option<(Arc<Workload>, SocketAddr, Option<Arc<Service>>)> {
+    let (w, port) = pick_endpoint(rng, snap, src, s, hbone_port, Mode::Waypoint)?;
+    let ip = pick_ip(&w, original, s.ip_families)?;
+    Some((w, SocketAddr::new(ip, port), Some(s.clone())))
+}
+
+/// How an endpoint's port is resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// A client addressed the service port: it must be declared on the service.
+    Service,
+    /// The service fronts a waypoint reached at its HBONE port, which needs no declaration
+    /// when the waypoint has an application tunnel.
+    Waypoint,
+}
+
+/// A random usable endpoint of `svc` for `svc_port`, weighted by capacity among the best
+/// routing-preference rank, with its target port.
+fn pick_endpoint(
+    rng: &mut impl Rng,
+    snap: &Snapshot,
+    src: &Source<'_>,
     svc: &Service,
     svc_port: u16,
-    svc_target: u16,
+    mode: Mode,
 ) -> Option<(Arc<Workload>, u16)> {
     let allow_all = svc
         .load_balancer
         .as_ref()
         .is_some_and(|lb| lb.health_policy == HealthPolicy::AllowAll);
     let key = svc.key();
-    let candidates: Vec<(Arc<Workload>, u16)> = snap
+    let target = svc.ports.get(&svc_port).copied().filter(|p| *p != 0);
+    let usable = snap
         .endpoints(&key)
         .iter()
         .filter(|w| allow_all || w.status == HealthStatus::Healthy)
+        .filter(|w| !w.workload_ips.is_empty() && w.network == src.workload.network)
         .filter_map(|w| {
-            let port = w
+            let mapped = w
                 .services
                 .get(key.as_str())
                 .and_then(|m| m.get(&svc_port))
                 .copied()
                 .filter(|p| *p != 0);
-            let port = port.or((svc_target != 0).then_some(svc_target))?;
-            Some((w.clone(), port))
-        })
-        .collect();
+            let port = match mode {
+                Mode::Service => mapped.or(target)?,
+                Mode::Waypoint => mapped.or(target).or_else(|| {
+                    w.application_tunnel
+                        .as_ref()
+                        .and_then(|t| t.port)
+                        .map(|_| svc_port)
+                })?,
+            };
+            Some((w, port))
+        });
+    let candidates: Vec<(&Arc<Workload>, u16)> = match &svc.load_balancer {
+        Some(lb)
+            if matches!(
+                lb.mode,
+                LoadBalancerMode::Strict | LoadBalancerMode::Failover
+            ) =>
+        {
+            let ranked: Vec<_> = usable
+                .filter_map(|(w, port)| rank(lb, src.workload, w).map(|r| (r, w, port)))
+                .collect();
+            let best = ranked.iter().map(|(r, ..)| *r).max()?;
+            ranked
+                .into_iter()
+                .filter(|(r, ..)| *r == best)
+                .map(|(_, w, port)| (w, port))
+                .collect()
+        }
+        _ => usable.collect(),
+    };
     let total: u64 = candidates
         .iter()
         .map(|(w, _)| u64::from(w.capacity.max(1)))
@@ -165,13 +426,55 @@ fn pick_endpoint(
     if total == 0 {
         return None;
     }
-    let mut pick = rand::rng().random_range(0..total);
+    let mut pick = rng.random_range(0..total);
     for (w, port) in candidates {
         let weight = u64::from(w.capacity.max(1));
         if pick < weight {
-            return Some((w, port));
+            return Some((w.clone(), port));
         }
         pick -= weight;
     }
     None
+}
+
+/// How many leading routing preferences `w` shares with `src`; `None` when STRICT requires
+/// all of them and some differ.
+fn rank(lb: &LoadBalancer, src: &Workload, w: &Workload) -> Option<usize> {
+    let same = |scope: &LoadBalancerScope| match scope {
+        LoadBalancerScope::Region => src.locality.region == w.locality.region,
+        LoadBalancerScope::Zone => src.locality.zone == w.locality.zone,
+        LoadBalancerScope::Subzone => src.locality.subzone == w.locality.subzone,
+        LoadBalancerScope::Node => src.node == w.node,
+        LoadBalancerScope::Cluster => src.cluster_id == w.cluster_id,
+        LoadBalancerScope::Network => src.network == w.network,
+    };
+    let r = lb
+        .routing_preferences
+        .iter()
+        .take_while(|s| same(s))
+        .count();
+    (lb.mode != LoadBalancerMode::Strict || r == lb.routing_preferences.len()).then_some(r)
+}
+
+/// The address to reach `w` at: the one the client dialled if it is the workload's, else one
+/// allowed by the service's IP families, preferring the dialled family.
+fn pick_ip(w: &Workload, dialled: SocketAddr, families: IpFamilies) -> Option<IpAddr> {
+    let dialled_ip = canonical_ip(dialled.ip());
+    if w.workload_ips
+        .iter()
+        .any(|ip| canonical_ip(*ip) == dialled_ip)
+    {
+        return Some(dialled_ip);
+    }
+    let allowed = |ip: &&IpAddr| match families {
+        IpFamilies::Ipv4Only => ip.is_ipv4(),
+        IpFamilies::Ipv6Only => ip.is_ipv6(),
+        IpFamilies::Automatic | IpFamilies::Dual => true,
+    };
+    let mut ips = w.workload_ips.iter().filter(allowed);
+    let first = ips.clone().next().copied();
+    ips.find(|ip| ip.is_ipv4() == dialled.is_ipv4())
+        .copied()
+        .or(first)
+        .map(canonical_ip)
 }

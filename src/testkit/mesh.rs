@@ -95,10 +95,35 @@ impl MeshFile {
         self
     }
 
-    /// The YAML text.
+    /// Edits the service `name` (e.g. to add a waypoint or load-balancing settings).
+    pub fn edit_service(
+        mut self,
+        name: &str,
+        f: impl FnOnce(&mut Map<String, Value>),
+    ) -> MeshFile {
+        if let Some(s) = self
+            .services
+            .iter_mut()
+            .find(|s| s["name"] == name)
+            .and_then(Value::as_object_mut)
+        {
+            f(s);
+        }
+        self
+    }
+
+    /// Adds a raw workload object (keys as in the local YAML format), e.g. a waypoint that
+    /// is not one of the lab's captured pods.
+    pub fn workload(mut self, workload: Value) -> MeshFile {
+        self.workloads.push(workload);
+        self
+    }
+
+    /// The YAML text. Numeric map keys (port maps) are written as YAML integers, as the
+    /// format expects, not as the strings JSON objects hold them as.
     pub fn to_yaml(&self) -> String {
         let doc = json!({ "workloads": self.workloads, "services": self.services, "policies": self.policies });
-        serde_yaml_ng::to_string(&doc).expect("JSON values always serialize to YAML")
+        serde_yaml_ng::to_string(&to_yaml_value(doc)).expect("YAML values always serialize")
     }
 
     /// Writes the YAML to `path` atomically (write + rename), so a watcher never sees half.
@@ -107,5 +132,32 @@ impl MeshFile {
         std::fs::write(&tmp, self.to_yaml())?;
         std::fs::rename(&tmp, path)?;
         Ok(())
+    }
+}
+
+fn to_yaml_value(v: Value) -> serde_yaml_ng::Value {
+    use serde_yaml_ng::Value as Y;
+    match v {
+        Value::Null => Y::Null,
+        Value::Bool(b) => Y::Bool(b),
+        Value::Number(n) => match (n.as_u64(), n.as_i64(), n.as_f64()) {
+            (Some(u), _, _) => Y::Number(u.into()),
+            (None, Some(i), _) => Y::Number(i.into()),
+            (None, None, Some(f)) => Y::Number(f.into()),
+            (None, None, None) => Y::Null,
+        },
+        Value::String(s) => Y::String(s),
+        Value::Array(a) => Y::Sequence(a.into_iter().map(to_yaml_value).collect()),
+        Value::Object(o) => Y::Mapping(
+            o.into_iter()
+                .map(|(k, v)| {
+                    let key = match k.parse::<u64>() {
+                        Ok(n) => Y::Number(n.into()),
+                        Err(_) => Y::String(k),
+                    };
+                    (key, to_yaml_value(v))
+                })
+                .collect(),
+        ),
     }
 }

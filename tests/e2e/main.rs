@@ -5,4 +5,6 @@ mod dataplane;
 mod lab;
 mod lifecycle;
 mod ops;
+mod policy;
+mod routing;
 mod support;

@@ -111,6 +111,21 @@ impl Cluster {
         self.lab.spawn_ztun(node, &vars).expect("spawning ztun")
     }
 
+    /// Rewrites the mesh file with `mesh` and waits until every ztun has reloaded it (a file
+    /// whose contents do not change is not reloaded: then nothing is waited for).
+    pub fn update_mesh(&self, mesh: &MeshFile) {
+        let text = mesh.to_yaml();
+        if std::fs::read_to_string(&self.mesh_path).ok().as_deref() == Some(text.as_str()) {
+            return;
+        }
+        let cursors: Vec<usize> = self.ztuns.iter().map(|(_, p)| p.log_cursor()).collect();
+        mesh.write(&self.mesh_path).expect("rewriting the mesh file");
+        for ((node, p), cursor) in self.ztuns.iter().zip(cursors) {
+            p.wait_for_log_after(cursor, "local mesh file reloaded", WAIT)
+                .unwrap_or_else(|e| panic!("ztun on {node} did not reload the mesh file: {e:#}"));
+        }
+    }
+
     /// The ztun process of `node`.
     pub fn ztun(&self, node: &str) -> &Process {
         &self

@@ -1,0 +1,223 @@
+//! Service routing end to end: load balancing by capacity, locality failover, health, refusal
+//! when nothing is usable, and waypoints (service and workload) in front of destinations.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tokio::io::AsyncReadExt;
+use ztun::identity::Identity;
+use ztun::testkit::lab::{connect, peer_seen_by, Lab, PodSpec, Server};
+use ztun::testkit::mesh::MeshFile;
+use ztun::testkit::waypoint::Waypoint;
+
+use crate::support::{require_root, Cluster, WAIT};
+
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+const SVC_PORT: u16 = 80;
+const TARGET: u16 = 8080;
+
+/// n1: client `a` and endpoint `b`; n2: endpoints `c` and `d`; all captured, plus the
+/// uncaptured `w` on n2 (used as a waypoint).
+fn routing_lab(test: &str) -> Lab {
+    require_root();
+    Lab::builder(test)
+        .node("n1")
+        .node("n2")
+        .pod(PodSpec::new("a", "n1").service_account("sa-a").captured(true))
+        .pod(PodSpec::new("b", "n1").service_account("sa-b").captured(true))
+        .pod(PodSpec::new("c", "n2").service_account("sa-c").captured(true))
+        .pod(PodSpec::new("d", "n2").service_account("sa-d").captured(true))
+        .pod(PodSpec::new("w", "n2").service_account("waypoint"))
+        .build()
+        .expect("building the namespace lab")
+}
+
+/// Peer recorders on `TARGET` in each named pod.
+fn recorders(lab: &Lab, pods: &[&str]) -> HashMap<String, Server> {
+    pods.iter()
+        .map(|p| (p.to_string(), lab.pod(p).spawn_peer_recorder(TARGET).unwrap()))
+        .collect()
+}
+
+/// Opens `n` connections from `pod` to the service VIP, one after the other.
+fn call_service(lab: &Lab, pod: &str, n: usize) {
+    let vip = SocketAddr::from((VIP, SVC_PORT));
+    lab.pod(pod)
+        .block_on(async move {
+            for i in 0..n {
+                peer_seen_by(vip, WAIT)
+                    .await
+                    .map_err(|e| e.context(format!("connection {i}")))?;
+            }
+            anyhow::Ok(())
+        })
+        .expect("service calls");
+}
+
+/// How many connections each recorder has accepted.
+fn counts(servers: &HashMap<String, Server>) -> HashMap<String, usize> {
+    servers
+        .iter()
+        .map(|(k, s)| (k.clone(), s.peers().len()))
+        .collect()
+}
+
+#[test]
+fn service_traffic_spreads_over_endpoints_by_capacity() {
+    let lab = routing_lab("lb_weights");
+    let mesh = MeshFile::from_lab(&lab)
+        .service("echo", "default", VIP, &[(SVC_PORT, TARGET)], &["b", "c"])
+        .edit_workload("c", |w| {
+            w.insert("capacity".into(), json!(3));
+        });
+    let servers = recorders(&lab, &["b", "c"]);
+    let cluster = Cluster::start(lab, mesh);
+    let n = 300;
+    call_service(&cluster.lab, "a", n);
+    let got = counts(&servers);
+    assert_eq!(got["b"] + got["c"], n, "{got:?}");
+    let heavy = got["c"] as f64 / n as f64;
+    // Expected 0.75; the bound is generous so that a correct build never flakes.
+    assert!((0.6..=0.9).contains(&heavy), "capacity 1:3 gave {got:?}");
+}
+
+#[test]
+fn locality_failover_health_and_refusal() {
+    let lab = routing_lab("lb_failover");
+    let zone = |z: &'static str| move |w: &mut serde_json::Map<String, serde_json::Value>| {
+        w.insert("locality".into(), json!({"region": "r1", "zone": z}));
+    };
+    let base = MeshFile::from_lab(&lab)
+        .service("echo", "default", VIP, &[(SVC_PORT, TARGET)], &["b", "c", "d"])
+        .edit_service("echo", |s| {
+            s.insert(
+                "loadBalancer".into(),
+                json!({"routingPreferences": ["Region", "Zone"], "mode": "Failover"}),
+            );
+        })
+        .edit_workload("a", zone("z1"))
+        .edit_workload("b", zone("z1"))
+        .edit_workload("c", zone("z2"))
+        .edit_workload("d", zone("z2"));
+    let unhealthy = |m: MeshFile, pod: &str| {
+        m.edit_workload(pod, |w| {
+            w.insert("status".into(), json!("Unhealthy"));
+        })
+    };
+    let servers = recorders(&lab, &["b", "c", "d"]);
+    let cluster = Cluster::start(lab, base.clone());
+    let lab = &cluster.lab;
+
+    // Same zone first.
+    call_service(lab, "a", 20);
+    assert_eq!(counts(&servers)["b"], 20, "{:?}", counts(&servers));
+
+    // The local endpoint goes unhealthy: fail over to the next zone, both of its endpoints.
+    cluster.update_mesh(&unhealthy(base.clone(), "b"));
+    call_service(lab, "a", 40);
+    let got = counts(&servers);
+    assert_eq!(got["b"], 20, "an unhealthy endpoint gets no traffic: {got:?}");
+    assert_eq!(got["c"] + got["d"], 40, "{got:?}");
+    assert!(got["c"] > 0 && got["d"] > 0, "{got:?}");
+
+    // Nothing usable: the client's connection is refused (reset), not left hanging.
+    let none = unhealthy(unhealthy(unhealthy(base, "b"), "c"), "d");
+    cluster.update_mesh(&none);
+    let started = Instant::now();
+    let res = lab.pod("a").block_on(async {
+        let mut s = connect(SocketAddr::from((VIP, SVC_PORT)), WAIT).await?;
+        let mut buf = [0u8; 16];
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await??;
+        anyhow::Ok(n)
+    });
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    match res {
+        Ok(0) => {}
+        Ok(n) => panic!("read {n} bytes from a service without endpoints"),
+        Err(e) => {
+            let io = e.downcast_ref::<std::io::Error>().map(|e| e.kind());
+            assert_eq!(io, Some(std::io::ErrorKind::ConnectionReset), "{e:#}");
+        }
+    }
+    let line = cluster
+        .ztun("n1")
+        .wait_for_log("no healthy upstream", WAIT)
+        .unwrap();
+    assert!(line.contains(&format!("{VIP}:{SVC_PORT}")), "{line}");
+}
+
+#[test]
+fn waypoints_receive_the_traffic_of_services_and_workloads_that_name_them() {
+    let lab = routing_lab("waypoints");
+    let w_ip = lab.pod("w").ip();
+    let c_ip = lab.pod("c").ip();
+    let gateway = json!({"destination": format!("/{w_ip}"), "hboneMtlsPort": 15008});
+    let mesh = MeshFile::from_lab(&lab)
+        .service("echo", "default", VIP, &[(SVC_PORT, TARGET)], &["c"])
+        .edit_service("echo", |s| {
+            s.insert("waypoint".into(), gateway.clone());
+        })
+        .edit_workload("d", |w| {
+            w.insert("waypoint".into(), gateway.clone());
+        });
+    let c_echo = lab.pod("c").spawn_echo_server(TARGET).unwrap();
+    let d_echo = lab.pod("d").spawn_echo_server(TARGET).unwrap();
+    let d_ip = lab.pod("d").ip();
+    let cluster = Cluster::start(lab, mesh);
+    let lab = &cluster.lab;
+    let waypoint_id: Identity = "spiffe://cluster.local/ns/default/sa/waypoint".parse().unwrap();
+    // The waypoint resolves the VIP as its own service discovery would.
+    let resolve = HashMap::from([(
+        SocketAddr::from((VIP, SVC_PORT)),
+        SocketAddr::from((c_ip, c_echo.port())),
+    )]);
+    let waypoint = Waypoint::spawn(lab.pod("w").netns(), 15008, &cluster.ca_dir, &waypoint_id, resolve)
+        .expect("starting the waypoint");
+
+    // Service traffic goes through the waypoint, with the VIP as the CONNECT authority.
+    let t = lab
+        .pod("a")
+        .bulk_echo(SocketAddr::from((VIP, SVC_PORT)), 1 << 20)
+        .expect("a -> echo service via its waypoint");
+    assert_eq!(t.bytes, 1 << 20);
+    let seen = waypoint.seen();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].authority, format!("{VIP}:{SVC_PORT}"));
+    assert_eq!(
+        seen[0].client_identity.to_string(),
+        "spiffe://cluster.local/ns/default/sa/sa-a"
+    );
+    assert_eq!(seen[0].client_addr.ip(), lab.pod("a").ip());
+    assert!(
+        seen[0]
+            .forwarded
+            .as_deref()
+            .is_some_and(|f| f.contains("host=echo.default.svc.cluster.local")),
+        "{seen:?}"
+    );
+
+    // Addressing c directly skips the service's waypoint.
+    lab.pod("a")
+        .bulk_echo(SocketAddr::from((c_ip, c_echo.port())), 1024)
+        .expect("a -> c directly");
+    assert_eq!(waypoint.seen().len(), 1);
+
+    // A workload waypoint: d's traffic goes through it with d's address as the authority.
+    lab.pod("a")
+        .bulk_echo(SocketAddr::from((d_ip, d_echo.port())), 1024)
+        .expect("a -> d via its workload waypoint");
+    let seen = waypoint.seen();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(seen[1].authority, format!("{d_ip}:{}", d_echo.port()));
+    let line = cluster
+        .ztun("n1")
+        .wait_for_log(&format!("dst.hbone_addr={d_ip}:{}", d_echo.port()), WAIT)
+        .unwrap();
+    assert!(line.contains(&format!("dst.addr={w_ip}:15008")), "{line}");
+}
