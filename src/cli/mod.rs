@@ -5,6 +5,7 @@
 //!
 //! Allowed imports: none of the proxy's internals; only the admin API's JSON.
 
+mod explain;
 mod table;
 
 use std::io::{Read, Write};
@@ -115,7 +116,12 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
                 encode(&src),
                 encode(&dst)
             ))?;
-            println!("{body}");
+            if json {
+                println!("{body}");
+            } else {
+                let v: Value = serde_json::from_str(&body).context("explain is not JSON")?;
+                print!("{}", explain::render(&v));
+            }
         }
         other => {
             print!("{USAGE}");

@@ -162,6 +162,19 @@ impl Error {
     }
 }
 
+impl crate::ops::access::Failure for Error {
+    /// `DENY` for policy decisions, `TLS_FAILURE` / `IDENTITY_ERROR` for the handshake,
+    /// `CONNECT` otherwise (Istio's labels).
+    fn response_flag(&self) -> &'static str {
+        match self {
+            Error::Denied(_) | Error::Revoked(_) => "DENY",
+            Error::Tls(_) | Error::HandshakeTimeout => "TLS_FAILURE",
+            Error::PeerIdentity(_) | Error::UnexpectedPeer { .. } => "IDENTITY_ERROR",
+            _ => "CONNECT",
+        }
+    }
+}
+
 impl From<io::Error> for Error {
     fn from(e: io::Error) -> Self {
         Error::Io(Arc::new(e))

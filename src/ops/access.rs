@@ -200,7 +200,7 @@ impl AccessLog {
 
     /// Emits the record. `sent`/`recv` are from the client's point of view (bytes sent by the
     /// client / received by it). A failure is logged at error level with its reason.
-    pub fn complete(&mut self, sent: u64, recv: u64, error: Option<&dyn Display>) {
+    pub fn complete(&mut self, sent: u64, recv: u64, error: Option<&dyn Failure>) {
         self.completed = true;
         let telemetry = super::telemetry();
         if let Some(id) = self.live.take() {
@@ -208,7 +208,7 @@ impl AccessLog {
         }
         // Istio's byte direction is the reporting proxy's downstream view: "received" is what
         // the client sent.
-        let flag = error.map(|_| "CONNECT");
+        let flag = error.map(|e| e.response_flag());
         telemetry
             .metrics
             .record_connection(&self.labels(flag), sent, recv, error.is_some());
@@ -262,6 +262,16 @@ impl AccessLog {
         }
     }
 }
+
+/// Why a connection failed, as the access log and metrics report it.
+pub trait Failure: Display {
+    /// Istio's `response_flags` label for the failure (`DENY`, `CONNECT`, ...).
+    fn response_flag(&self) -> &'static str {
+        "CONNECT"
+    }
+}
+
+impl Failure for &str {}
 
 impl Drop for AccessLog {
     fn drop(&mut self) {

@@ -123,13 +123,15 @@ impl Admin {
                 format!("current log level is {}\n", self.log.current()),
             ),
             ("/logging", &Method::POST) => self.logging(&req.query),
+            ("/explain", &Method::GET) => self.explain(&req.query),
             ("/quitquitquit", &Method::POST) => {
                 self.shutdown.notify_one();
                 text(StatusCode::OK, "shutdown now\n")
             }
-            ("/" | "/config_dump" | "/connections" | "/logging" | "/quitquitquit", _) => {
-                text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
-            }
+            (
+                "/" | "/config_dump" | "/connections" | "/logging" | "/quitquitquit" | "/explain",
+                _,
+            ) => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
             _ => text(StatusCode::NOT_FOUND, "not found\n"),
         }
     }
@@ -152,6 +154,35 @@ impl Admin {
         match res {
             Ok(now) => text(StatusCode::OK, format!("current log level is {now}\n")),
             Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+        }
+    }
+
+    /// `GET /explain?src=<ip|spiffe id>&dst=<ip:port>`: the authorization decision for that
+    /// connection against the current state, with the policies behind it.
+    fn explain(&self, query: &str) -> http::Response<http_body_util::Full<bytes::Bytes>> {
+        use crate::dataplane::policy::{explain, ExplainSource};
+        let param = |k: &str| {
+            query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix(k)?.strip_prefix('='))
+                .map(percent_decode)
+        };
+        let (Some(src), Some(dst)) = (param("src"), param("dst")) else {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "usage: GET /explain?src=<ip|spiffe://…>&dst=<ip:port>\n",
+            );
+        };
+        let src = match ExplainSource::parse(&src) {
+            Ok(s) => s,
+            Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+        };
+        let Ok(dst) = dst.parse::<std::net::SocketAddr>() else {
+            return text(StatusCode::BAD_REQUEST, "dst is not ip:port\n");
+        };
+        match explain(&self.state.load(), &self.config.network, &src, dst) {
+            Ok(e) => json(StatusCode::OK, &e),
+            Err(e) => text(StatusCode::NOT_FOUND, format!("{e}\n")),
         }
     }
 
@@ -190,7 +221,8 @@ GET  /config_dump     workloads, services, policies, certificates, pods, config\
 GET  /connections     established connections\n\
 GET  /logging         current log filter\n\
 POST /logging?level=  append filter directives (e.g. debug, ztun=debug); ?reset restores\n\
-POST /quitquitquit    drain and exit\n";
+POST /quitquitquit    drain and exit\n\
+GET  /explain?src=&dst=  authorization decision for src (ip or spiffe id) to dst (ip:port)\n";
 
 fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();

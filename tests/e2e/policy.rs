@@ -19,9 +19,23 @@ fn policy_lab(test: &str) -> Lab {
     Lab::builder(test)
         .node("n1")
         .node("n2")
-        .pod(PodSpec::new("a", "n1").namespace("team-a").service_account("sa-a").captured(true))
-        .pod(PodSpec::new("b", "n1").namespace("team-b").service_account("sa-b").captured(true))
-        .pod(PodSpec::new("c", "n2").service_account("sa-c").captured(true))
+        .pod(
+            PodSpec::new("a", "n1")
+                .namespace("team-a")
+                .service_account("sa-a")
+                .captured(true),
+        )
+        .pod(
+            PodSpec::new("b", "n1")
+                .namespace("team-b")
+                .service_account("sa-b")
+                .captured(true),
+        )
+        .pod(
+            PodSpec::new("c", "n2")
+                .service_account("sa-c")
+                .captured(true),
+        )
         .pod(PodSpec::new("u", "n2").service_account("sa-u"))
         .build()
         .expect("building the namespace lab")
@@ -66,7 +80,11 @@ fn allow_and_deny_by_namespace_principal_port_and_source_ip() {
         ("no policy", None, [true, true, true, true]),
         (
             "ALLOW namespace team-a",
-            Some(policy("ns", "Allow", json!({"namespaces": [{"Exact": "team-a"}]}))),
+            Some(policy(
+                "ns",
+                "Allow",
+                json!({"namespaces": [{"Exact": "team-a"}]}),
+            )),
             [true, false, true, false],
         ),
         (
@@ -85,17 +103,29 @@ fn allow_and_deny_by_namespace_principal_port_and_source_ip() {
         ),
         (
             "DENY source IP of a",
-            Some(policy("ip", "Deny", json!({"sourceIps": [format!("{a_ip}/32")]}))),
+            Some(policy(
+                "ip",
+                "Deny",
+                json!({"sourceIps": [format!("{a_ip}/32")]}),
+            )),
             [false, true, false, true],
         ),
         (
             "ALLOW source IP of u only (plaintext)",
-            Some(policy("plain", "Allow", json!({"sourceIps": [format!("{u_ip}/32")]}))),
+            Some(policy(
+                "plain",
+                "Allow",
+                json!({"sourceIps": [format!("{u_ip}/32")]}),
+            )),
             [false, false, false, true],
         ),
         (
             "DENY plaintext (no principal)",
-            Some(policy("strict", "Deny", json!({"notPrincipals": [{"Presence": []}]}))),
+            Some(policy(
+                "strict",
+                "Deny",
+                json!({"notPrincipals": [{"Presence": []}]}),
+            )),
             [true, true, true, false],
         ),
     ];
@@ -113,6 +143,28 @@ fn allow_and_deny_by_namespace_principal_port_and_source_ip() {
         ];
         assert_eq!(got, want, "{what}: [a→web, b→web, a→admin, u→web]");
     }
+    // `ztun ctl explain` on the server's node names the policy and rule (the last case's
+    // policy is still in force).
+    let bin = ztun::testkit::ztun_bin().unwrap();
+    let bin = bin.to_string_lossy();
+    let explain = |src: &str| {
+        let dst = web.to_string();
+        lab.node("n2")
+            .exec(&bin, &["ctl", "explain", "--src", src, "--dst", &dst], None)
+            .expect("ztun ctl explain")
+    };
+    let out = explain(&u_ip.to_string());
+    assert!(out.starts_with("DENY"), "{out}");
+    assert!(
+        out.contains("reason: deny_matched  policy: default/strict  rule: 0"),
+        "{out}"
+    );
+    assert!(out.contains("plaintext"), "{out}");
+    let out = explain("spiffe://cluster.local/ns/team-a/sa/sa-a");
+    assert!(out.starts_with("ALLOW"), "{out}");
+    assert!(out.contains("reason: no_allow_policy"), "{out}");
+    assert!(out.contains(&a_ip.to_string()), "{out}");
+
     let n2 = cluster.ztun("n2");
     let line = n2.wait_for_log("denied by policy", WAIT).unwrap();
     assert!(line.contains("direction=\"inbound\""), "{line}");
@@ -150,7 +202,10 @@ fn a_deny_added_while_a_connection_is_open_closes_it() {
     // Both tunnels are up once n2 logged their inbound connections... but a connection is
     // only logged at close: instead give the echo round trips time to finish.
     std::thread::sleep(Duration::from_secs(2));
-    assert!(!a_conn.is_finished() && !b_conn.is_finished(), "connections ended early");
+    assert!(
+        !a_conn.is_finished() && !b_conn.is_finished(),
+        "connections ended early"
+    );
 
     let deny_a = policy(
         "deny-a",
@@ -171,7 +226,10 @@ fn a_deny_added_while_a_connection_is_open_closes_it() {
         .ztun("n2")
         .wait_for_log("closed by policy change", WAIT)
         .unwrap();
-    assert!(line.contains("deny_matched policy=default/deny-a"), "{line}");
+    assert!(
+        line.contains("deny_matched policy=default/deny-a"),
+        "{line}"
+    );
     assert!(!b_conn.is_finished(), "b's connection must stay open");
     // New connections from a are refused, b still gets through.
     assert!(!reaches(lab, "a", dst));
@@ -192,13 +250,31 @@ fn a_workload_referencing_a_missing_policy_is_denied_until_it_arrives() {
     let cluster = Cluster::start(lab, referencing.clone());
     let lab = &cluster.lab;
     let dst = SocketAddr::from((lab.pod("c").ip(), echo.port()));
-    assert!(!reaches(lab, "a", dst), "fail closed while the policy is missing");
+    assert!(
+        !reaches(lab, "a", dst),
+        "fail closed while the policy is missing"
+    );
     assert!(!reaches(lab, "u", dst), "plaintext too");
     let line = cluster
         .ztun("n2")
         .wait_for_log("missing_policy policy=default/not-delivered", WAIT)
         .unwrap();
     assert!(line.contains("denied by policy"), "{line}");
+    // Counted: failed connections with Istio's DENY flag, on the enforcing side.
+    let (status, metrics) = crate::ops::http(
+        lab.node("n2").netns(),
+        "GET",
+        SocketAddr::from(([127, 0, 0, 1], 15020)),
+        "/metrics",
+    )
+    .unwrap();
+    assert_eq!(status, 200);
+    let denied = metrics.lines().find(|l| {
+        l.starts_with("istio_tcp_connections_failed_total")
+            && l.contains("response_flags=\"DENY\"")
+            && l.contains("reporter=\"destination\"")
+    });
+    assert!(denied.is_some(), "no DENY series in:\n{metrics}");
 
     // Once delivered (an ALLOW for a), it decides.
     let delivered = json!({

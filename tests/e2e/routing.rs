@@ -25,10 +25,26 @@ fn routing_lab(test: &str) -> Lab {
     Lab::builder(test)
         .node("n1")
         .node("n2")
-        .pod(PodSpec::new("a", "n1").service_account("sa-a").captured(true))
-        .pod(PodSpec::new("b", "n1").service_account("sa-b").captured(true))
-        .pod(PodSpec::new("c", "n2").service_account("sa-c").captured(true))
-        .pod(PodSpec::new("d", "n2").service_account("sa-d").captured(true))
+        .pod(
+            PodSpec::new("a", "n1")
+                .service_account("sa-a")
+                .captured(true),
+        )
+        .pod(
+            PodSpec::new("b", "n1")
+                .service_account("sa-b")
+                .captured(true),
+        )
+        .pod(
+            PodSpec::new("c", "n2")
+                .service_account("sa-c")
+                .captured(true),
+        )
+        .pod(
+            PodSpec::new("d", "n2")
+                .service_account("sa-d")
+                .captured(true),
+        )
         .pod(PodSpec::new("w", "n2").service_account("waypoint"))
         .build()
         .expect("building the namespace lab")
@@ -37,7 +53,12 @@ fn routing_lab(test: &str) -> Lab {
 /// Peer recorders on `TARGET` in each named pod.
 fn recorders(lab: &Lab, pods: &[&str]) -> HashMap<String, Server> {
     pods.iter()
-        .map(|p| (p.to_string(), lab.pod(p).spawn_peer_recorder(TARGET).unwrap()))
+        .map(|p| {
+            (
+                p.to_string(),
+                lab.pod(p).spawn_peer_recorder(TARGET).unwrap(),
+            )
+        })
         .collect()
 }
 
@@ -86,11 +107,19 @@ fn service_traffic_spreads_over_endpoints_by_capacity() {
 #[test]
 fn locality_failover_health_and_refusal() {
     let lab = routing_lab("lb_failover");
-    let zone = |z: &'static str| move |w: &mut serde_json::Map<String, serde_json::Value>| {
-        w.insert("locality".into(), json!({"region": "r1", "zone": z}));
+    let zone = |z: &'static str| {
+        move |w: &mut serde_json::Map<String, serde_json::Value>| {
+            w.insert("locality".into(), json!({"region": "r1", "zone": z}));
+        }
     };
     let base = MeshFile::from_lab(&lab)
-        .service("echo", "default", VIP, &[(SVC_PORT, TARGET)], &["b", "c", "d"])
+        .service(
+            "echo",
+            "default",
+            VIP,
+            &[(SVC_PORT, TARGET)],
+            &["b", "c", "d"],
+        )
         .edit_service("echo", |s| {
             s.insert(
                 "loadBalancer".into(),
@@ -118,7 +147,10 @@ fn locality_failover_health_and_refusal() {
     cluster.update_mesh(&unhealthy(base.clone(), "b"));
     call_service(lab, "a", 40);
     let got = counts(&servers);
-    assert_eq!(got["b"], 20, "an unhealthy endpoint gets no traffic: {got:?}");
+    assert_eq!(
+        got["b"], 20,
+        "an unhealthy endpoint gets no traffic: {got:?}"
+    );
     assert_eq!(got["c"] + got["d"], 40, "{got:?}");
     assert!(got["c"] > 0 && got["d"] > 0, "{got:?}");
 
@@ -171,14 +203,22 @@ fn waypoints_receive_the_traffic_of_services_and_workloads_that_name_them() {
     let d_ip = lab.pod("d").ip();
     let cluster = Cluster::start(lab, mesh);
     let lab = &cluster.lab;
-    let waypoint_id: Identity = "spiffe://cluster.local/ns/default/sa/waypoint".parse().unwrap();
+    let waypoint_id: Identity = "spiffe://cluster.local/ns/default/sa/waypoint"
+        .parse()
+        .unwrap();
     // The waypoint resolves the VIP as its own service discovery would.
     let resolve = HashMap::from([(
         SocketAddr::from((VIP, SVC_PORT)),
         SocketAddr::from((c_ip, c_echo.port())),
     )]);
-    let waypoint = Waypoint::spawn(lab.pod("w").netns(), 15008, &cluster.ca_dir, &waypoint_id, resolve)
-        .expect("starting the waypoint");
+    let waypoint = Waypoint::spawn(
+        lab.pod("w").netns(),
+        15008,
+        &cluster.ca_dir,
+        &waypoint_id,
+        resolve,
+    )
+    .expect("starting the waypoint");
 
     // Service traffic goes through the waypoint, with the VIP as the CONNECT authority.
     let t = lab

@@ -119,7 +119,8 @@ impl Cluster {
             return;
         }
         let cursors: Vec<usize> = self.ztuns.iter().map(|(_, p)| p.log_cursor()).collect();
-        mesh.write(&self.mesh_path).expect("rewriting the mesh file");
+        mesh.write(&self.mesh_path)
+            .expect("rewriting the mesh file");
         for ((node, p), cursor) in self.ztuns.iter().zip(cursors) {
             p.wait_for_log_after(cursor, "local mesh file reloaded", WAIT)
                 .unwrap_or_else(|e| panic!("ztun on {node} did not reload the mesh file: {e:#}"));

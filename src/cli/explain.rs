@@ -1,0 +1,108 @@
+//! `ztun ctl explain`: the admin API's `/explain` answer, rendered for people.
+
+use serde_json::Value;
+
+use super::table::Table;
+
+/// Renders an explanation: the verdict line, the deciding policy and rule, the dry-run
+/// outcome if any, the applicable policies in evaluation order, and the assumptions made.
+pub(super) fn render(v: &Value) -> String {
+    let s = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    };
+    let reason = |v: &Value| s(v).to_ascii_lowercase();
+    let conn = &v["connection"];
+    let d = &v["decision"];
+    let mut out = String::new();
+    let src_who = [&conn["srcIdentity"], &v["sourceWorkload"]]
+        .into_iter()
+        .filter(|x| !x.is_null())
+        .map(s)
+        .collect::<Vec<_>>();
+    let src_who = if src_who.is_empty() {
+        "plaintext".to_string()
+    } else {
+        src_who.join(", ")
+    };
+    out.push_str(&format!(
+        "{}  {} ({src_who}) -> {}:{} ({})\n",
+        s(&d["verdict"]).to_ascii_uppercase(),
+        s(&conn["srcIp"]),
+        s(&conn["dstIp"]),
+        s(&conn["dstPort"]),
+        s(&v["destinationWorkload"]),
+    ));
+    out.push_str(&format!(
+        "reason: {}  policy: {}  rule: {}\n",
+        reason(&d["reason"]),
+        s(&d["policy"]),
+        s(&d["rule"]),
+    ));
+    let dry = &d["dryRun"];
+    if !dry.is_null() {
+        out.push_str(&format!(
+            "dry-run policies enforced would give: {} ({})  policy: {}  rule: {}\n",
+            s(&dry["verdict"]).to_ascii_uppercase(),
+            reason(&dry["reason"]),
+            s(&dry["policy"]),
+            s(&dry["rule"]),
+        ));
+    }
+    let policies = v["policies"].as_array().cloned().unwrap_or_default();
+    if policies.is_empty() {
+        out.push_str("no policy applies\n");
+    } else {
+        let mut t = Table::new(&["POLICY", "SCOPE", "ACTION", "DRY-RUN", "MATCHED RULE"]);
+        for p in &policies {
+            t.row(vec![
+                s(&p["policy"]),
+                s(&p["scope"]),
+                s(&p["action"]),
+                s(&p["dryRun"]),
+                s(&p["matchedRule"]),
+            ]);
+        }
+        out.push_str(&t.render());
+    }
+    for note in v["notes"].as_array().into_iter().flatten() {
+        out.push_str(&format!("note: {}\n", s(note)));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::render;
+
+    #[test]
+    fn renders_the_decision_and_the_trace() {
+        let v = json!({
+            "connection": {"srcIp": "10.0.1.11", "srcIdentity": "spiffe://cluster.local/ns/a/sa/b", "dstIp": "10.0.2.11", "dstPort": 8080},
+            "sourceWorkload": "a/client",
+            "destinationWorkload": "default/server",
+            "decision": {"verdict": "Deny", "reason": "DENY_MATCHED", "policy": "default/deny", "rule": 0,
+                         "dryRun": {"verdict": "Allow", "reason": "ALLOW_MATCHED", "policy": "default/dry", "rule": 1}},
+            "policies": [{"policy": "default/deny", "scope": "Namespace", "action": "Deny", "dryRun": false, "matchedRule": 0}],
+            "notes": ["source identity taken from the mesh workload at the source IP"],
+        });
+        let out = render(&v);
+        assert!(out.starts_with("DENY  10.0.1.11 (spiffe://cluster.local/ns/a/sa/b, a/client) -> 10.0.2.11:8080 (default/server)\n"), "{out}");
+        assert!(
+            out.contains("reason: deny_matched  policy: default/deny  rule: 0"),
+            "{out}"
+        );
+        assert!(
+            out.contains("would give: ALLOW (allow_matched)  policy: default/dry  rule: 1"),
+            "{out}"
+        );
+        assert!(
+            out.contains("default/deny  Namespace  Deny    false    0"),
+            "{out}"
+        );
+        assert!(out.contains("note: source identity"), "{out}");
+    }
+}
