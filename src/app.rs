@@ -353,7 +353,7 @@ fn sockets_for(config: &Config, netns: Option<Arc<Netns>>) -> Sockets {
         netns,
         config.packet_mark,
         config.inpod.port_reuse,
-        config.proxy.keepalive.clone(),
+        config.proxy.keepalive,
         config.proxy.connect_timeout,
     )
 }

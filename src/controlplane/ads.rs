@@ -360,10 +360,11 @@ impl Session {
         }
         let mesh = self.mesh.borrow_and_update().clone();
         // A mesh change seen here is pushed to every type below, not only this one.
-        if self.generation != mesh.generation() && self.generation != 0 {
-            if !self.mesh_push(&mesh).await {
-                return false;
-            }
+        if self.generation != mesh.generation()
+            && self.generation != 0
+            && !self.mesh_push(&mesh).await
+        {
+            return false;
         }
         self.generation = mesh.generation();
         let slot = &mut self.subscriptions[kind as usize];

@@ -8,3 +8,4 @@ mod ops;
 mod policy;
 mod routing;
 mod support;
+mod xds;

@@ -129,6 +129,9 @@ pub enum RejectReason {
 }
 
 /// A decoded, validated resource.
+// One value lives at a time and moves straight into the snapshot builder: boxing the larger
+// variant would only add an allocation per resource.
+#[allow(clippy::large_enum_variant)]
 enum Item {
     Address(AddressResource),
     Policy(crate::state::model::Policy),

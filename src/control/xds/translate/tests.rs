@@ -76,14 +76,26 @@ fn workload_defaults_follow_istio() {
 
     let mut p = workload();
     p.capacity = Some(0);
-    assert_eq!(Workload::try_from(p).unwrap().capacity, 1, "0 is treated as unset");
+    assert_eq!(
+        Workload::try_from(p).unwrap().capacity,
+        1,
+        "0 is treated as unset"
+    );
     let mut p = workload();
     p.capacity = Some(7);
     p.trust_domain = "td".into();
     p.service_account = "sa".into();
     p.cluster_id = "c1".into();
     let w = Workload::try_from(p).unwrap();
-    assert_eq!((w.capacity, &*w.trust_domain, &*w.service_account, &*w.cluster_id), (7, "td", "sa", "c1"));
+    assert_eq!(
+        (
+            w.capacity,
+            &*w.trust_domain,
+            &*w.service_account,
+            &*w.cluster_id
+        ),
+        (7, "td", "sa", "c1")
+    );
 }
 
 #[test]
@@ -96,7 +108,9 @@ fn ipv4_mapped_addresses_become_ipv4() {
     let w = Workload::try_from(p).unwrap();
     assert_eq!(w.workload_ips, vec![IpAddr::from([10, 0, 0, 5])]);
 
-    let mapped = std::net::Ipv4Addr::new(10, 1, 2, 3).to_ipv6_mapped().octets();
+    let mapped = std::net::Ipv4Addr::new(10, 1, 2, 3)
+        .to_ipv6_mapped()
+        .octets();
     let m = sec::Match {
         source_ips: vec![net(&mapped, 120)],
         ..Default::default()
@@ -117,33 +131,86 @@ fn invalid_workloads_are_rejected_with_the_field() {
     type Edit = fn(&mut wl::Workload);
     let cases: &[(&str, Edit, &str)] = &[
         ("empty uid", |w| w.uid.clear(), "uid: must not be empty"),
-        ("3-byte IP", |w| w.addresses = vec![vec![1, 2, 3]], "addresses[0]: is 3 bytes long, not an IPv4 (4) or IPv6 (16) address"),
-        ("second IP bad", |w| w.addresses.push(vec![]), "addresses[1]: is 0 bytes long, not an IPv4 (4) or IPv6 (16) address"),
-        ("legacy mTLS", |w| w.tunnel_protocol = 2, "tunnel_protocol: LEGACY_ISTIO_MTLS is not supported"),
-        ("unknown protocol", |w| w.tunnel_protocol = 9, "tunnel_protocol: unknown enum value 9"),
-        ("empty waypoint", |w| w.waypoint = Some(wl::GatewayAddress::default()), "waypoint: has no destination"),
-        ("empty network gateway", |w| w.network_gateway = Some(wl::GatewayAddress::default()), "network_gateway: has no destination"),
-        ("waypoint port", |w| {
-            w.waypoint = Some(wl::GatewayAddress {
-                destination: Some(wl::gateway_address::Destination::Address(wl::NetworkAddress {
-                    network: String::new(),
-                    address: vec![10, 0, 0, 9],
-                    length: None,
-                })),
-                hbone_mtls_port: 70000,
-            })
-        }, "waypoint.hbone_mtls_port: port 70000 is out of range"),
-        ("app tunnel protocol", |w| {
-            w.application_tunnel = Some(wl::ApplicationTunnel { protocol: 5, port: 0 })
-        }, "application_tunnel.protocol: unknown enum value 5"),
-        ("service key", |w| {
-            w.services.insert("no-slash".into(), wl::PortList::default());
-        }, "services[\"no-slash\"]: \"no-slash\" is not <namespace>/<name>"),
-        ("service port", |w| {
-            w.services.insert("ns/h".into(), wl::PortList {
-                ports: vec![wl::Port { service_port: 80, target_port: 65536, app_protocol: 0 }],
-            });
-        }, "services[\"ns/h\"][0].target_port: port 65536 is out of range"),
+        (
+            "3-byte IP",
+            |w| w.addresses = vec![vec![1, 2, 3]],
+            "addresses[0]: is 3 bytes long, not an IPv4 (4) or IPv6 (16) address",
+        ),
+        (
+            "second IP bad",
+            |w| w.addresses.push(vec![]),
+            "addresses[1]: is 0 bytes long, not an IPv4 (4) or IPv6 (16) address",
+        ),
+        (
+            "legacy mTLS",
+            |w| w.tunnel_protocol = 2,
+            "tunnel_protocol: LEGACY_ISTIO_MTLS is not supported",
+        ),
+        (
+            "unknown protocol",
+            |w| w.tunnel_protocol = 9,
+            "tunnel_protocol: unknown enum value 9",
+        ),
+        (
+            "empty waypoint",
+            |w| w.waypoint = Some(wl::GatewayAddress::default()),
+            "waypoint: has no destination",
+        ),
+        (
+            "empty network gateway",
+            |w| w.network_gateway = Some(wl::GatewayAddress::default()),
+            "network_gateway: has no destination",
+        ),
+        (
+            "waypoint port",
+            |w| {
+                w.waypoint = Some(wl::GatewayAddress {
+                    destination: Some(wl::gateway_address::Destination::Address(
+                        wl::NetworkAddress {
+                            network: String::new(),
+                            address: vec![10, 0, 0, 9],
+                            length: None,
+                        },
+                    )),
+                    hbone_mtls_port: 70000,
+                })
+            },
+            "waypoint.hbone_mtls_port: port 70000 is out of range",
+        ),
+        (
+            "app tunnel protocol",
+            |w| {
+                w.application_tunnel = Some(wl::ApplicationTunnel {
+                    protocol: 5,
+                    port: 0,
+                })
+            },
+            "application_tunnel.protocol: unknown enum value 5",
+        ),
+        (
+            "service key",
+            |w| {
+                w.services
+                    .insert("no-slash".into(), wl::PortList::default());
+            },
+            "services[\"no-slash\"]: \"no-slash\" is not <namespace>/<name>",
+        ),
+        (
+            "service port",
+            |w| {
+                w.services.insert(
+                    "ns/h".into(),
+                    wl::PortList {
+                        ports: vec![wl::Port {
+                            service_port: 80,
+                            target_port: 65536,
+                            app_protocol: 0,
+                        }],
+                    },
+                );
+            },
+            "services[\"ns/h\"][0].target_port: port 65536 is out of range",
+        ),
     ];
     for (what, edit, reason) in cases {
         let mut w = workload();
@@ -157,20 +224,61 @@ fn invalid_workloads_are_rejected_with_the_field() {
 fn invalid_services_are_rejected_with_the_field() {
     type Edit = fn(&mut wl::Service);
     let cases: &[(&str, Edit, &str)] = &[
-        ("no namespace", |s| s.namespace.clear(), "namespace: must not be empty"),
-        ("no hostname", |s| s.hostname.clear(), "hostname: must not be empty"),
-        ("bad VIP", |s| s.addresses[0].address = vec![1; 5], "addresses[0]: is 5 bytes long, not an IPv4 (4) or IPv6 (16) address"),
-        ("long prefix", |s| s.addresses[0].length = Some(40), "addresses[0]: prefix length 40 exceeds 32"),
-        ("port", |s| s.ports[0].service_port = 1 << 20, "ports[0].service_port: port 1048576 is out of range"),
-        ("LB scope", |s| {
-            s.load_balancing = Some(wl::LoadBalancing { routing_preference: vec![1, 42], ..Default::default() })
-        }, "load_balancing.routing_preference[1]: unknown enum value 42"),
-        ("LB mode", |s| {
-            s.load_balancing = Some(wl::LoadBalancing { mode: 9, ..Default::default() })
-        }, "load_balancing.mode: unknown enum value 9"),
-        ("weighted waypoint", |s| {
-            s.weighted_waypoints = vec![wl::WeightedWaypoint { destination: None, weight: 1 }]
-        }, "weighted_waypoints[0].destination: has no destination"),
+        (
+            "no namespace",
+            |s| s.namespace.clear(),
+            "namespace: must not be empty",
+        ),
+        (
+            "no hostname",
+            |s| s.hostname.clear(),
+            "hostname: must not be empty",
+        ),
+        (
+            "bad VIP",
+            |s| s.addresses[0].address = vec![1; 5],
+            "addresses[0]: is 5 bytes long, not an IPv4 (4) or IPv6 (16) address",
+        ),
+        (
+            "long prefix",
+            |s| s.addresses[0].length = Some(40),
+            "addresses[0]: prefix length 40 exceeds 32",
+        ),
+        (
+            "port",
+            |s| s.ports[0].service_port = 1 << 20,
+            "ports[0].service_port: port 1048576 is out of range",
+        ),
+        (
+            "LB scope",
+            |s| {
+                s.load_balancing = Some(wl::LoadBalancing {
+                    routing_preference: vec![1, 42],
+                    ..Default::default()
+                })
+            },
+            "load_balancing.routing_preference[1]: unknown enum value 42",
+        ),
+        (
+            "LB mode",
+            |s| {
+                s.load_balancing = Some(wl::LoadBalancing {
+                    mode: 9,
+                    ..Default::default()
+                })
+            },
+            "load_balancing.mode: unknown enum value 9",
+        ),
+        (
+            "weighted waypoint",
+            |s| {
+                s.weighted_waypoints = vec![wl::WeightedWaypoint {
+                    destination: None,
+                    weight: 1,
+                }]
+            },
+            "weighted_waypoints[0].destination: has no destination",
+        ),
     ];
     for (what, edit, reason) in cases {
         let mut s = service();
@@ -195,10 +303,20 @@ fn service_addresses_split_into_vips_and_cidrs() {
     });
     let s = Service::try_from(s).unwrap();
     let vips: Vec<IpAddr> = s.vips.iter().map(|v| v.address).collect();
-    assert_eq!(vips, vec![IpAddr::from([10, 96, 0, 1]), IpAddr::from([10, 98, 0, 1])]);
+    assert_eq!(
+        vips,
+        vec![IpAddr::from([10, 96, 0, 1]), IpAddr::from([10, 98, 0, 1])]
+    );
     assert_eq!(s.cidr_vips.len(), 1);
-    assert_eq!(s.cidr_vips[0].address, IpAddr::from([10, 97, 0, 0]), "first address");
-    assert_eq!((&*s.cidr_vips[0].network, s.cidr_vips[0].prefix_len), ("net2", 16));
+    assert_eq!(
+        s.cidr_vips[0].address,
+        IpAddr::from([10, 97, 0, 0]),
+        "first address"
+    );
+    assert_eq!(
+        (&*s.cidr_vips[0].network, s.cidr_vips[0].prefix_len),
+        ("net2", 16)
+    );
     assert_eq!(s.ports.get(&80), Some(&8080));
 }
 
@@ -250,7 +368,10 @@ fn policy_matches_translate_field_by_field() {
     assert_eq!(m.namespaces, vec![StringMatch::Exact("a".into())]);
     assert_eq!(m.not_namespaces, vec![StringMatch::Prefix("kube-".into())]);
     assert_eq!(m.principals, vec![StringMatch::Presence]);
-    assert_eq!(m.not_principals, vec![StringMatch::Suffix("/sa/evil".into())]);
+    assert_eq!(
+        m.not_principals,
+        vec![StringMatch::Suffix("/sa/evil".into())]
+    );
     assert_eq!(&*m.service_accounts[0].service_account, "sa");
     assert_eq!(m.source_ips[0].address, IpAddr::from([10, 0, 0, 0]));
     assert_eq!(m.source_ips[0].prefix_len, 8);
@@ -304,7 +425,10 @@ fn unknown_enums_take_the_safer_value_and_are_counted() {
     };
     assert_eq!(s.visibility, Visibility::Namespace);
     assert_eq!(s.ip_families, IpFamilies::Automatic);
-    assert_eq!(s.load_balancer.unwrap().health_policy, HealthPolicy::OnlyHealthy);
+    assert_eq!(
+        s.load_balancer.unwrap().health_policy,
+        HealthPolicy::OnlyHealthy
+    );
 
     let p = sec::Authorization {
         action: 3,
@@ -324,7 +448,9 @@ fn unknown_enums_take_the_safer_value_and_are_counted() {
     })
     .unwrap_err();
     assert_eq!(unknown, 1);
-    let err = translate_address(wl::Address { r#type: None }).unwrap_err().0;
+    let err = translate_address(wl::Address { r#type: None })
+        .unwrap_err()
+        .0;
     assert_eq!(err.to_string(), "type: is neither a workload nor a service");
 }
 
@@ -402,7 +528,12 @@ policies:
     for w in &local.workloads {
         let back = translate_address(encode::workload(w)).unwrap();
         assert_eq!(back.unknown_enums, 0);
-        assert_eq!(back.value, AddressResource::Workload(w.clone()), "{}", w.uid);
+        assert_eq!(
+            back.value,
+            AddressResource::Workload(w.clone()),
+            "{}",
+            w.uid
+        );
     }
     for s in &local.services {
         let back = translate_address(encode::service(s)).unwrap();

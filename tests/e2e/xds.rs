@@ -1,0 +1,407 @@
+//! Both nodes driven over xDS by `ztun control-plane` (running in n1's namespace, serving TLS
+//! on n1's link IP): mesh-file edits reach both nodes without a restart, removals remove,
+//! traffic survives a control-plane outage, a restart resyncs, and a malformed file keeps the
+//! last good state.
+//!
+//! Propagation times (file write → both nodes applied the response) are printed, not
+//! asserted: "within 1 s" is a performance goal, and these machines are shared.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use ztun::testkit::lab::{bulk_echo, Lab, Process};
+use ztun::testkit::mesh::MeshFile;
+
+use crate::support::{standard_lab, WAIT};
+
+/// The VIP of the service whose endpoint is `c` (for clients on n1).
+const VIP_C: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+/// The VIP of the service whose endpoint is `a` (for clients on n2).
+const VIP_A: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 11);
+const XDS_PORT: u16 = 15012;
+
+/// A lab whose ztuns get the mesh from `ztun control-plane` (no `LOCAL_XDS_PATH`).
+struct XdsCluster {
+    lab: Lab,
+    mesh_path: PathBuf,
+    ca_dir: PathBuf,
+    control_plane: Option<Process>,
+    /// Control-plane processes started so far (their logs are kept for failure output).
+    restarts: usize,
+    ztuns: Vec<(String, Process)>,
+}
+
+impl XdsCluster {
+    /// Writes `mesh` and a CA, starts the control plane in n1's namespace, then a ztun per
+    /// node pointed at it, and waits until every ztun has synced (its CNI connects only then).
+    fn start(lab: Lab, mesh: &str) -> XdsCluster {
+        let ca_dir = lab.dir().join("ca");
+        ztun::testkit::certs::write_ca_dir(&ca_dir).expect("writing CA");
+        let mesh_path = lab.dir().join("mesh.yaml");
+        write_atomically(&mesh_path, mesh);
+        let mut cluster = XdsCluster {
+            lab,
+            mesh_path,
+            ca_dir,
+            control_plane: None,
+            restarts: 0,
+            ztuns: Vec::new(),
+        };
+        cluster.start_control_plane();
+        let address = format!("https://{}", cluster.xds_addr());
+        let root = cluster
+            .ca_dir
+            .join("root-cert.pem")
+            .to_string_lossy()
+            .into_owned();
+        let ca = cluster.ca_dir.to_string_lossy().into_owned();
+        for node in ["n1", "n2"] {
+            let env = [
+                ("XDS_ADDRESS", address.as_str()),
+                ("XDS_ROOT_CA", root.as_str()),
+                ("LOCAL_CA_DIR", ca.as_str()),
+            ];
+            let p = cluster.lab.spawn_ztun(node, &env).expect("spawning ztun");
+            cluster.ztuns.push((node.to_string(), p));
+        }
+        for (node, p) in &cluster.ztuns {
+            p.wait_for_log("xDS synced", WAIT)
+                .unwrap_or_else(|e| panic!("ztun on {node} never synced over xDS: {e:#}"));
+            cluster
+                .lab
+                .cni(node)
+                .wait_connected(WAIT)
+                .unwrap_or_else(|e| panic!("ztun on {node} never connected to its CNI: {e:#}"));
+        }
+        cluster
+    }
+
+    fn xds_addr(&self) -> SocketAddr {
+        SocketAddr::from((self.lab.node("n1").link_ip(), XDS_PORT))
+    }
+
+    fn start_control_plane(&mut self) {
+        let bin = ztun::testkit::ztun_bin().expect("ztun binary");
+        let listen = self.xds_addr().to_string();
+        let args = [
+            "control-plane",
+            "--config",
+            path_str(&self.mesh_path),
+            "--ca-dir",
+            path_str(&self.ca_dir),
+            "--listen",
+            &listen,
+        ];
+        self.restarts += 1;
+        let label = format!("cp{}", self.restarts);
+        let n1 = self.lab.node("n1");
+        let p = self
+            .lab
+            .spawn_in(
+                n1.netns(),
+                &label,
+                &bin,
+                &args,
+                &[("RUST_LOG", "info,ztun=debug")],
+                self.lab.dir(),
+            )
+            .expect("spawning the control plane");
+        p.wait_for_log("control plane listening", WAIT)
+            .expect("control plane started");
+        self.control_plane = Some(p);
+    }
+
+    fn control_plane(&self) -> &Process {
+        self.control_plane.as_ref().expect("control plane running")
+    }
+
+    fn ztun(&self, node: &str) -> &Process {
+        &self.ztuns.iter().find(|(n, _)| n == node).expect("node").1
+    }
+
+    /// Log positions of both ztuns, to wait for what comes after.
+    fn cursors(&self) -> Vec<usize> {
+        self.ztuns.iter().map(|(_, p)| p.log_cursor()).collect()
+    }
+
+    /// Writes `mesh` and waits until both ztuns applied an xDS response naming `name`;
+    /// returns how long that took.
+    fn push(&self, mesh: &str, name: &str) -> Duration {
+        let cursors = self.cursors();
+        let started = Instant::now();
+        write_atomically(&self.mesh_path, mesh);
+        self.wait_applied(&cursors, name);
+        started.elapsed()
+    }
+
+    /// Waits until both ztuns, after `cursors`, applied a response naming `name`.
+    fn wait_applied(&self, cursors: &[usize], name: &str) {
+        let quoted = format!("{name:?}");
+        for ((node, p), cursor) in self.ztuns.iter().zip(cursors) {
+            wait_for_line(p, *cursor, &["xDS response applied", &quoted])
+                .unwrap_or_else(|e| panic!("ztun on {node} never applied {name}: {e:#}"));
+        }
+    }
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("lab paths are UTF-8")
+}
+
+fn write_atomically(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).expect("writing the mesh file");
+    std::fs::rename(&tmp, path).expect("replacing the mesh file");
+}
+
+/// Waits for a line, at or after `cursor`, containing every needle.
+fn wait_for_line(p: &Process, mut cursor: usize, needles: &[&str]) -> anyhow::Result<String> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let logs = p.logs();
+        if let Some(line) = logs
+            .iter()
+            .skip(cursor)
+            .find(|l| needles.iter().all(|n| l.contains(n)))
+        {
+            return Ok(line.clone());
+        }
+        cursor = logs.len();
+        let left = deadline.saturating_duration_since(Instant::now());
+        anyhow::ensure!(!left.is_zero(), "no line with {needles:?}");
+        // Returns when a line with the first needle arrives (or fails at the deadline).
+        p.wait_for_log_after(cursor, needles[0], left)?;
+    }
+}
+
+/// The lab's mesh without the workloads of the named pods.
+fn without(mesh: &MeshFile, pods: &[&str]) -> String {
+    let mut doc: Value = serde_yaml_ng::from_str(&mesh.to_yaml()).expect("valid YAML");
+    if let Some(list) = doc["workloads"].as_array_mut() {
+        list.retain(|w| !pods.iter().any(|p| w["name"] == *p));
+    }
+    serde_yaml_ng::to_string(&doc).expect("YAML")
+}
+
+fn uid(lab: &Lab, pod: &str) -> String {
+    lab.pod(pod).uid().to_string()
+}
+
+/// Whether a small echo from `pod` to `dst` completes.
+fn reaches(lab: &Lab, pod: &str, dst: SocketAddr) -> bool {
+    lab.pod(pod)
+        .block_on(bulk_echo(dst, 4096, Duration::from_secs(20)))
+        .is_ok()
+}
+
+/// The lab's mesh with two services: `to-c` (VIP_C:80 → c:8080) and `to-a` (VIP_A:80 → a:8080).
+fn with_services(mesh: MeshFile) -> MeshFile {
+    mesh.service("to-c", "default", VIP_C, &[(80, 8080)], &["c"])
+        .service("to-a", "default", VIP_A, &[(80, 8080)], &["a"])
+}
+
+/// A DENY of `a`'s identity on port 8080, in the servers' namespace.
+fn deny_a() -> Value {
+    json!({
+        "name": "deny-a",
+        "namespace": "default",
+        "scope": "Namespace",
+        "action": "Deny",
+        "rules": [[[{
+            "principals": [{"Exact": "cluster.local/ns/default/sa/sa-a"}],
+            "destinationPorts": [8080],
+        }]]],
+    })
+}
+
+#[test]
+fn mesh_file_edits_reach_both_nodes_without_restart() {
+    let lab = standard_lab("xds_edits");
+    let base = MeshFile::from_lab(&lab);
+    let _a = lab.pod("a").spawn_echo_server(8080).unwrap();
+    let _c = lab.pod("c").spawn_echo_server(8080).unwrap();
+    // Start without pod c's workload: n1 cannot know c's IP is a mesh workload.
+    let cluster = XdsCluster::start(lab, &without(&base, &["c"]));
+    let lab = &cluster.lab;
+    let to_c = SocketAddr::from((lab.pod("c").ip(), 8080));
+    let mut figures = Vec::new();
+
+    // Workload added: a -> c becomes HBONE, proven by both ends' identities.
+    let took = cluster.push(&base.to_yaml(), &uid(lab, "c"));
+    figures.push(("add workload", took));
+    let cursors = cluster.cursors();
+    assert!(reaches(lab, "a", to_c), "a -> c after c joined the mesh");
+    let out = wait_for_line(
+        cluster.ztun("n1"),
+        cursors[0],
+        &["direction=\"outbound\"", &format!("dst.hbone_addr={to_c}")],
+    )
+    .unwrap();
+    assert!(
+        out.contains("dst.identity=spiffe://cluster.local/ns/default/sa/sa-c"),
+        "{out}"
+    );
+    let inb = wait_for_line(
+        cluster.ztun("n2"),
+        cursors[1],
+        &[
+            "direction=\"inbound\"",
+            "src.identity=spiffe://cluster.local/ns/default/sa/sa-a",
+        ],
+    )
+    .unwrap();
+    assert!(
+        inb.contains("dst.identity=spiffe://cluster.local/ns/default/sa/sa-c"),
+        "{inb}"
+    );
+
+    // Services added: each node resolves the VIP whose endpoint is on the other node.
+    let services = with_services(base.clone());
+    let took = cluster.push(
+        &services.to_yaml(),
+        "default/to-c.default.svc.cluster.local",
+    );
+    figures.push(("add services", took));
+    assert!(
+        reaches(lab, "a", SocketAddr::from((VIP_C, 80))),
+        "a (n1) -> VIP of c"
+    );
+    assert!(
+        reaches(lab, "c", SocketAddr::from((VIP_A, 80))),
+        "c (n2) -> VIP of a"
+    );
+
+    // Policy added: c's node denies a; b is still allowed.
+    let denied = services.clone().policy(deny_a());
+    let took = cluster.push(&denied.to_yaml(), "default/deny-a");
+    figures.push(("add policy", took));
+    assert!(!reaches(lab, "a", to_c), "a is denied by the new policy");
+    assert!(reaches(lab, "b", to_c), "b is not");
+
+    // Policy removed: a is allowed again.
+    let took = cluster.push(&services.to_yaml(), "default/deny-a");
+    figures.push(("remove policy", took));
+    assert!(reaches(lab, "a", to_c), "a allowed after the policy left");
+
+    // Service removed: n1 no longer knows the VIP (the connection is not load-balanced to c).
+    let cursors = cluster.cursors();
+    let took = cluster.push(
+        &base
+            .clone()
+            .service("to-a", "default", VIP_A, &[(80, 8080)], &["a"])
+            .to_yaml(),
+        "default/to-c.default.svc.cluster.local",
+    );
+    figures.push(("remove service", took));
+    assert!(
+        !reaches(lab, "a", SocketAddr::from((VIP_C, 80))),
+        "the VIP is gone"
+    );
+    let line = wait_for_line(
+        cluster.ztun("n1"),
+        cursors[0],
+        &["direction=\"outbound\"", &format!("dst.addr={VIP_C}:80")],
+    )
+    .unwrap();
+    assert!(
+        !line.contains("dst.service="),
+        "no service any more: {line}"
+    );
+
+    // Workload removed: a -> c is no longer tunnelled (n1 treats c's IP as unknown).
+    let cursors = cluster.cursors();
+    let took = cluster.push(&without(&base, &["c"]), &uid(lab, "c"));
+    figures.push(("remove workload", took));
+    let _ = reaches(lab, "a", to_c);
+    let line = wait_for_line(
+        cluster.ztun("n1"),
+        cursors[0],
+        &["direction=\"outbound\"", &format!("dst.addr={to_c}")],
+    )
+    .unwrap();
+    assert!(
+        !line.contains("dst.hbone_addr"),
+        "not HBONE after removal: {line}"
+    );
+    assert!(!line.contains("dst.identity"), "{line}");
+
+    for (what, took) in figures {
+        eprintln!("xDS propagation, {what}: file written -> both nodes applied in {took:?}");
+    }
+}
+
+#[test]
+fn traffic_survives_a_control_plane_outage_and_a_restart_resyncs() {
+    let lab = standard_lab("xds_outage");
+    let base = MeshFile::from_lab(&lab);
+    let _a = lab.pod("a").spawn_echo_server(8080).unwrap();
+    let _c = lab.pod("c").spawn_echo_server(8080).unwrap();
+    let mut cluster = XdsCluster::start(lab, &base.to_yaml());
+    let to_c = SocketAddr::from((cluster.lab.pod("c").ip(), 8080));
+    assert!(reaches(&cluster.lab, "a", to_c));
+
+    // A malformed file is refused and the last good state stays.
+    let cp_cursor = cluster.control_plane().log_cursor();
+    write_atomically(&cluster.mesh_path, "workloads: [ {uid: broken");
+    cluster
+        .control_plane()
+        .wait_for_log_after(
+            cp_cursor,
+            "mesh file rejected; keeping the last good state",
+            WAIT,
+        )
+        .unwrap();
+    assert!(
+        reaches(&cluster.lab, "a", to_c),
+        "still meshed after a bad edit"
+    );
+
+    // The control plane dies: the nodes notice, and traffic keeps flowing.
+    let cursors = cluster.cursors();
+    cluster.control_plane().kill().unwrap();
+    cluster.control_plane = None;
+    for ((node, p), cursor) in cluster.ztuns.iter().zip(&cursors) {
+        wait_for_line(p, *cursor, &["xDS", "retry_in"])
+            .unwrap_or_else(|e| panic!("ztun on {node} did not notice the outage: {e:#}"));
+    }
+    assert!(
+        reaches(&cluster.lab, "a", to_c),
+        "a -> c with the control plane down"
+    );
+    let out = wait_for_line(
+        cluster.ztun("n1"),
+        cursors[0],
+        &[
+            "direction=\"outbound\"",
+            "dst.identity=spiffe://cluster.local/ns/default/sa/sa-c",
+        ],
+    );
+    assert!(out.is_ok(), "still HBONE while disconnected");
+
+    // The mesh changes while it is down; a restarted control plane resyncs both nodes.
+    let services = with_services(base.clone());
+    write_atomically(&cluster.mesh_path, &services.to_yaml());
+    let cursors = cluster.cursors();
+    let started = Instant::now();
+    cluster.start_control_plane();
+    cluster.wait_applied(&cursors, "default/to-c.default.svc.cluster.local");
+    eprintln!(
+        "xDS resync after control-plane restart: {:?}",
+        started.elapsed()
+    );
+    for ((node, p), cursor) in cluster.ztuns.iter().zip(&cursors) {
+        wait_for_line(p, *cursor, &["xDS stream established"])
+            .unwrap_or_else(|e| panic!("ztun on {node} did not reconnect: {e:#}"));
+    }
+    assert!(reaches(&cluster.lab, "a", SocketAddr::from((VIP_C, 80))));
+    assert!(reaches(&cluster.lab, "c", SocketAddr::from((VIP_A, 80))));
+    // Both nodes resumed with what they had: nothing was NACKed.
+    for (node, p) in &cluster.ztuns {
+        assert!(
+            !p.logs().iter().any(|l| l.contains("NACK")),
+            "ztun on {node} rejected something"
+        );
+    }
+}
