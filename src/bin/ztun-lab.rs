@@ -88,9 +88,10 @@ fn demo(args: &[String]) -> anyhow::Result<()> {
     while let Some(arg) = rest.next() {
         match arg.as_str() {
             "--ztun" => {
-                bin = Some(std::path::PathBuf::from(
-                    rest.next().context("--ztun needs a path")?,
-                ))
+                bin = Some(
+                    std::fs::canonicalize(rest.next().context("--ztun needs a path")?)
+                        .context("--ztun")?,
+                )
             }
             "--local" => source = ztun::testkit::demo::Source::LocalFile,
             other => bail!("unexpected argument {other:?}"),
@@ -111,7 +112,7 @@ fn bench(args: &[String]) -> anyhow::Result<()> {
     while let Some(arg) = rest.next() {
         let mut value = || rest.next().with_context(|| format!("{arg} needs a value"));
         match arg.as_str() {
-            "--ztun" => bin = Some(std::path::PathBuf::from(value()?)),
+            "--ztun" => bin = Some(std::fs::canonicalize(value()?).context("--ztun")?),
             "--runs" => opts.runs = value()?.parse().context("--runs")?,
             "--seconds" => opts.seconds = value()?.parse().context("--seconds")?,
             "--idle" => opts.idle_connections = value()?.parse().context("--idle")?,

@@ -109,13 +109,14 @@ struct ConnInfo {
     client: Identity,
 }
 
-type ServerConn = h2::server::Connection<tokio_rustls::server::TlsStream<TcpStream>, Bytes>;
+type ServerConn =
+    h2::server::Connection<tokio_rustls::server::TlsStream<super::hbone::Transport>, Bytes>;
 
 async fn handshake(proxy: &Proxy, tcp: TcpStream) -> Result<(ServerConn, Identity), Error> {
     let w = proxy.local_workload().await?;
     let cert = proxy.local_cert(&w).await?;
     let tls = TlsAcceptor::from(cert.server_config())
-        .accept(tcp)
+        .accept(super::hbone::transport(tcp))
         .await
         .map_err(|e| Error::Tls(Arc::new(e)))?;
     let client = peer_identity(tls.get_ref().1.peer_certificates())?;

@@ -289,4 +289,7 @@ where
             }
         }
     }
+    let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+    drop(listener);
+    tracing::debug!(port, "listener closed");
 }

@@ -208,7 +208,7 @@ fn iperf(lab: &Lab, from: &str, to: &str, seconds: u64) -> anyhow::Result<(f64, 
         lab.pod(to).netns(),
         "iperf3-s",
         Path::new("/usr/bin/iperf3"),
-        &["-s", "-1", "-p", "5201"],
+        &["-s", "-1", "-p", "5201", "--forceflush"],
         &[],
         lab.dir(),
     )?;

@@ -289,6 +289,8 @@ fn sigterm_drains_open_connections_then_exits() {
     started_rx.recv_timeout(WAIT).unwrap();
     n1.sigterm().unwrap();
     n1.wait_for_log("shutting down", WAIT).unwrap();
+    // Both pods' three listeners are closed (the event to wait for, not a delay).
+    crate::support::wait_for_nth_log(n1, "listener closed", 6);
     // New connections are refused while draining...
     let err = lab
         .pod("b")

@@ -25,7 +25,7 @@ pub struct Dialed {
     pub send: SendRequest<Bytes>,
     /// Drives the connection; completes when it closes.
     pub connection:
-        h2::client::Connection<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, Bytes>,
+        h2::client::Connection<tokio_rustls::client::TlsStream<super::Transport>, Bytes>,
     /// The identity the peer proved.
     pub peer: Identity,
 }
@@ -46,7 +46,12 @@ pub async fn dial(
     let connector = TlsConnector::from(cert.client_config());
     // SNI is disabled in the config; the name only satisfies the API.
     let name = ServerName::IpAddress(dst.ip().into());
-    let tls = match tokio::time::timeout(handshake_timeout, connector.connect(name, tcp)).await {
+    let tls = match tokio::time::timeout(
+        handshake_timeout,
+        connector.connect(name, super::transport(tcp)),
+    )
+    .await
+    {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => return Err(Error::Tls(Arc::new(e))),
         Err(_) => return Err(Error::HandshakeTimeout),

@@ -124,18 +124,20 @@ impl Pool {
             return Ok(c);
         }
         let cfg = &self.inner.cfg;
+        // Boxed: the handshake state is large and only needed on this cold path, so it must not
+        // inflate the future of every connection that checks out a pooled stream.
         let Dialed {
             send,
             connection,
             peer,
-        } = dial(
+        } = Box::pin(dial(
             &self.inner.sockets,
             cert,
             &key.dst_identities,
             key.dst,
             &cfg.h2,
             cfg.handshake_timeout,
-        )
+        ))
         .await?;
         tracing::debug!(dst = %key.dst, %peer, src = %key.src_identity, "hbone connection established");
         let conn = Arc::new(Conn {

@@ -1,7 +1,7 @@
 //! Moving bytes between a TCP socket and one HTTP/2 stream.
 //!
-//! TCP → HTTP/2: read into a reusable buffer, hand the filled part to h2 as a `Bytes` (no
-//! copy), wait for flow-control capacity. HTTP/2 → TCP: write each received `Bytes` chunk
+//! TCP → HTTP/2: read into a buffer that exists only while data flows, hand the filled part
+//! to h2 as a `Bytes` (no copy), wait for flow-control capacity. HTTP/2 → TCP: write each received `Bytes` chunk
 //! straight to the socket and only then release its window, so a slow reader pushes back on
 //! the sender. EOF on either side becomes a half-close on the other (END_STREAM / FIN); a
 //! reset with NO_ERROR or CANCEL counts as EOF.
@@ -11,7 +11,8 @@ use std::io;
 
 use bytes::{Bytes, BytesMut};
 use h2::{RecvStream, SendStream};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 /// Smallest read buffer; it grows while the flow is busy.
 const MIN_READ: usize = 16 * 1024;
@@ -28,16 +29,12 @@ pub struct Transferred {
 }
 
 /// Relays until both directions are finished; returns the byte counts even on error.
-pub async fn relay<R, W>(
-    tcp_read: R,
-    tcp_write: W,
+pub async fn relay(
+    tcp_read: OwnedReadHalf,
+    tcp_write: OwnedWriteHalf,
     send: SendStream<Bytes>,
     recv: RecvStream,
-) -> (Transferred, io::Result<()>)
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
+) -> (Transferred, io::Result<()>) {
     let mut t = Transferred::default();
     let up = tcp_to_h2(tcp_read, send, &mut t.from_tcp);
     let down = h2_to_tcp(recv, tcp_write, &mut t.to_tcp);
@@ -45,28 +42,40 @@ where
     (t, res)
 }
 
-async fn tcp_to_h2<R: AsyncRead + Unpin>(
-    mut rd: R,
+/// Reads the socket into a buffer that exists only while data flows: an idle connection
+/// holds no read buffer at all (it waits for readiness without one), a busy one reuses and
+/// grows its buffer. A short read means the socket is drained (tokio then clears readiness,
+/// so waiting costs no extra syscall), which is when the buffer is let go.
+async fn tcp_to_h2(
+    mut rd: OwnedReadHalf,
     mut send: SendStream<Bytes>,
     count: &mut u64,
 ) -> io::Result<()> {
     let mut want = MIN_READ;
-    let mut buf = BytesMut::with_capacity(want);
+    let mut buf = BytesMut::new();
     loop {
+        if buf.capacity() == 0 {
+            rd.readable().await?;
+        }
         if buf.capacity() < want {
             buf.reserve(want);
         }
+        let room = buf.capacity() - buf.len();
         let n = rd.read_buf(&mut buf).await?;
         if n == 0 {
             send.send_data(Bytes::new(), true).map_err(h2_io)?;
             return Ok(());
         }
         *count += n as u64;
-        // A full read means the flow is busy: read more per syscall next time.
-        if n >= want && want < MAX_READ {
+        let drained = n < room;
+        if !drained && want < MAX_READ {
+            // A full read means the flow is busy: read more per syscall next time.
             want *= 2;
         }
         send_all(&mut send, buf.split().freeze()).await?;
+        if drained {
+            buf = BytesMut::new();
+        }
     }
 }
 
@@ -92,9 +101,9 @@ async fn send_all(send: &mut SendStream<Bytes>, mut data: Bytes) -> io::Result<(
     Ok(())
 }
 
-async fn h2_to_tcp<W: AsyncWrite + Unpin>(
+async fn h2_to_tcp(
     mut recv: RecvStream,
-    mut wr: W,
+    mut wr: OwnedWriteHalf,
     count: &mut u64,
 ) -> io::Result<()> {
     loop {
