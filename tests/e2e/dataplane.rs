@@ -400,3 +400,101 @@ fn tproxy_captured_pods_work_like_redirected_ones() {
         .unwrap();
     assert!(line.contains("direction=\"inbound\""), "{line}");
 }
+
+#[test]
+fn a_new_netns_for_the_same_uid_replaces_the_pod_proxy() {
+    let lab = standard_lab("netns_replace");
+    let mesh = MeshFile::from_lab(&lab);
+    let server = lab.pod("c").spawn_echo_server(8080).unwrap();
+    let cluster = Cluster::start(lab, mesh);
+    let lab = &cluster.lab;
+    let dst = SocketAddr::from((lab.pod("c").ip(), server.port()));
+    // Pod b's sandbox is recreated: same uid and identity, a new network namespace (here,
+    // the one of pod a, which is then served as b).
+    let mut moved = lab.pod("b").info();
+    moved.netns_path = lab.pod("a").netns().path().to_path_buf();
+    let ack = lab.cni("n1").add_pod(&moved).unwrap();
+    assert!(ack.is_ok(), "{ack:?}");
+    cluster
+        .ztun("n1")
+        .wait_for_log("pod has a new network namespace", WAIT)
+        .unwrap();
+    let err = lab
+        .pod("b")
+        .try_connect(dst)
+        .expect_err("the old namespace is still served");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+}
+
+#[test]
+fn dedicated_mode_serves_one_workload_from_its_own_namespace() {
+    use ztun::testkit::lab::{Lab, PodSpec};
+    crate::support::require_root();
+    // Pod a runs its own ztun (dedicated mode) next to its app; n2 runs a shared-mode ztun.
+    let lab = Lab::builder("dedicated")
+        .node("n1")
+        .node("n2")
+        .pod(
+            PodSpec::new("a", "n1")
+                .service_account("sa-a")
+                .captured(true)
+                .enrolled(false),
+        )
+        .pod(
+            PodSpec::new("c", "n2")
+                .service_account("sa-c")
+                .captured(true),
+        )
+        .build()
+        .unwrap();
+    let mesh = MeshFile::from_lab(&lab);
+    let server = lab.pod("c").spawn_echo_server(8080).unwrap();
+    let ca = lab.dir().join("ca");
+    ztun::testkit::certs::write_ca_dir(&ca).unwrap();
+    let mesh_path = lab.dir().join("mesh.yaml");
+    mesh.write(&mesh_path).unwrap();
+    let (m, c) = (
+        mesh_path.to_string_lossy().into_owned(),
+        ca.to_string_lossy().into_owned(),
+    );
+    let common = [
+        ("LOCAL_XDS_PATH", m.as_str()),
+        ("LOCAL_CA_DIR", c.as_str()),
+        ("XDS_ADDRESS", ""),
+        ("RUST_LOG", "info,ztun=debug"),
+    ];
+    let n2 = lab.spawn_ztun("n2", &common).unwrap();
+    lab.cni("n2").wait_connected(WAIT).unwrap();
+    let bin = ztun::testkit::ztun_bin().unwrap();
+    let mut env = common.to_vec();
+    env.extend([
+        ("PROXY_MODE", "dedicated"),
+        ("PROXY_WORKLOAD_INFO", "default/a/sa-a"),
+        ("PACKET_MARK", "1337"),
+        ("NODE_NAME", "n1"),
+    ]);
+    let dedicated = lab
+        .spawn_in(
+            lab.pod("a").netns(),
+            "a-dedicated",
+            &bin,
+            &["proxy", "ztunnel"],
+            &env,
+            lab.dir(),
+        )
+        .unwrap();
+    dedicated.wait_for_log("ztun ready", WAIT).unwrap();
+    let t = lab
+        .pod("a")
+        .bulk_echo(
+            SocketAddr::from((lab.pod("c").ip(), server.port())),
+            4 << 20,
+        )
+        .unwrap();
+    assert_eq!(t.bytes, 4 << 20);
+    let line = n2.wait_for_log("direction=\"inbound\"", WAIT).unwrap();
+    assert!(
+        line.contains("src.identity=spiffe://cluster.local/ns/default/sa/sa-a"),
+        "{line}"
+    );
+}
