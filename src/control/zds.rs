@@ -195,7 +195,7 @@ impl Client {
     }
 
     /// Applies one message; `Err` carries the NACK reason.
-    fn handle(&mut self, bytes: &[u8], mut fds: Vec<OwnedFd>) -> Result<(), String> {
+    pub(crate) fn handle(&mut self, bytes: &[u8], mut fds: Vec<OwnedFd>) -> Result<(), String> {
         let req =
             proto::WorkloadRequest::decode(bytes).map_err(|e| format!("malformed message: {e}"))?;
         let payload = req.payload.ok_or("message has no payload")?;
@@ -358,5 +358,180 @@ async fn recv(
             Ok(Err(e)) => return Err(e),
             Err(_would_block) => continue,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    #[derive(Default)]
+    struct Starter {
+        started: AtomicUsize,
+    }
+
+    impl PodStarter for Starter {
+        fn start(&self, _pod: &Pod, _netns: Arc<Netns>) -> io::Result<Box<dyn Send + Sync>> {
+            self.started.fetch_add(1, Ordering::SeqCst);
+            Ok(Box::new(()))
+        }
+    }
+
+    fn client() -> (Client, Arc<Starter>) {
+        let starter = Arc::new(Starter::default());
+        (
+            Client::new("/nonexistent".into(), starter.clone(), Arc::new(())),
+            starter,
+        )
+    }
+
+    fn netns_fd() -> OwnedFd {
+        std::fs::File::open("/proc/self/ns/net")
+            .expect("own netns")
+            .into()
+    }
+
+    fn add(uid: &str) -> Vec<u8> {
+        proto::WorkloadRequest {
+            payload: Some(Payload::Add(proto::AddWorkload {
+                uid: uid.into(),
+                workload_info: Some(proto::WorkloadInfo {
+                    name: "p".into(),
+                    namespace: "ns".into(),
+                    service_account: "sa".into(),
+                }),
+            })),
+        }
+        .encode_to_vec()
+    }
+
+    fn msg(p: Payload) -> Vec<u8> {
+        proto::WorkloadRequest { payload: Some(p) }.encode_to_vec()
+    }
+
+    #[test]
+    fn wire_bytes_match_the_protocol() {
+        assert_eq!(
+            proto::ZdsHello {
+                version: proto::Version::V1 as i32
+            }
+            .encode_to_vec(),
+            [0x08, 0x01]
+        );
+        assert_eq!(
+            msg(Payload::SnapshotSent(proto::SnapshotSent {})),
+            [0x1a, 0x00]
+        );
+        let ack = proto::WorkloadResponse {
+            payload: Some(proto::workload_response::Payload::Ack(proto::Ack {
+                error: String::new(),
+            })),
+        };
+        assert_eq!(ack.encode_to_vec(), [0x0a, 0x00]);
+        // DelWorkload carries its uid in field 2.
+        assert_eq!(
+            msg(Payload::Del(proto::DelWorkload { uid: "u".into() })),
+            [0x12, 0x03, 0x12, 0x01, b'u']
+        );
+    }
+
+    #[test]
+    fn snapshot_flow_add_keep_reconcile_and_idempotent_readd() {
+        let (mut c, starter) = client();
+        c.handle(&add("a"), vec![netns_fd()]).unwrap();
+        c.handle(&add("b"), vec![netns_fd()]).unwrap();
+        c.handle(&msg(Payload::SnapshotSent(proto::SnapshotSent {})), vec![])
+            .unwrap();
+        assert_eq!((c.pods(), starter.started.load(Ordering::SeqCst)), (2, 2));
+        // Same namespace again: nothing restarts.
+        c.handle(&add("a"), vec![netns_fd()]).unwrap();
+        assert_eq!(starter.started.load(Ordering::SeqCst), 2);
+        c.handle(
+            &msg(Payload::Del(proto::DelWorkload { uid: "a".into() })),
+            vec![],
+        )
+        .unwrap();
+        assert_eq!(c.pods(), 1);
+
+        // Reconnect: only b is kept; a new snapshot without it stops it.
+        c.seen.clear();
+        c.snapshot_done = false;
+        c.handle(
+            &msg(Payload::Keep(proto::KeepWorkload { uid: "b".into() })),
+            vec![],
+        )
+        .unwrap();
+        c.handle(&msg(Payload::SnapshotSent(proto::SnapshotSent {})), vec![])
+            .unwrap();
+        assert_eq!(c.pods(), 1);
+        c.seen.clear();
+        c.snapshot_done = false;
+        c.handle(&msg(Payload::SnapshotSent(proto::SnapshotSent {})), vec![])
+            .unwrap();
+        assert_eq!(c.pods(), 0);
+    }
+
+    #[test]
+    fn protocol_violations_are_nacked_with_a_reason() {
+        let (mut c, starter) = client();
+        let not_netns: OwnedFd = std::fs::File::open("/proc/self/status").unwrap().into();
+        let cases: Vec<(&str, Vec<u8>, Vec<OwnedFd>, &str)> = vec![
+            ("garbage", vec![0xff, 0xff, 0xff], vec![], "malformed"),
+            ("no payload", vec![0x20, 0x01], vec![], "no payload"),
+            ("add without fd", add("x"), vec![], "exactly one netns fd"),
+            (
+                "add with two fds",
+                add("x"),
+                vec![netns_fd(), netns_fd()],
+                "exactly one netns fd",
+            ),
+            (
+                "add with a file",
+                add("x"),
+                vec![not_netns],
+                "not a network namespace",
+            ),
+            ("add without uid", add(""), vec![netns_fd()], "without uid"),
+            (
+                "del with fd",
+                msg(Payload::Del(proto::DelWorkload { uid: "x".into() })),
+                vec![netns_fd()],
+                "unexpected file descriptor",
+            ),
+            (
+                "keep unknown",
+                msg(Payload::Keep(proto::KeepWorkload { uid: "nope".into() })),
+                vec![],
+                "unknown pod",
+            ),
+        ];
+        for (name, bytes, fds, want) in cases {
+            let err = c.handle(&bytes, fds).expect_err(name);
+            assert!(err.contains(want), "{name}: {err}");
+        }
+        let no_info = msg(Payload::Add(proto::AddWorkload {
+            uid: "x".into(),
+            workload_info: None,
+        }));
+        assert!(c
+            .handle(&no_info, vec![netns_fd()])
+            .unwrap_err()
+            .contains("workload_info"));
+        c.handle(&msg(Payload::SnapshotSent(proto::SnapshotSent {})), vec![])
+            .unwrap();
+        assert!(c
+            .handle(&msg(Payload::SnapshotSent(proto::SnapshotSent {})), vec![])
+            .unwrap_err()
+            .contains("second"));
+        assert!(c
+            .handle(
+                &msg(Payload::Keep(proto::KeepWorkload { uid: "x".into() })),
+                vec![]
+            )
+            .unwrap_err()
+            .contains("after snapshot"));
+        assert_eq!(starter.started.load(Ordering::SeqCst), 0);
     }
 }
