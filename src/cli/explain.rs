@@ -84,8 +84,8 @@ mod tests {
             "connection": {"srcIp": "10.0.1.11", "srcIdentity": "spiffe://cluster.local/ns/a/sa/b", "dstIp": "10.0.2.11", "dstPort": 8080},
             "sourceWorkload": "a/client",
             "destinationWorkload": "default/server",
-            "decision": {"verdict": "Deny", "reason": "DENY_MATCHED", "policy": "default/deny", "rule": 0,
-                         "dryRun": {"verdict": "Allow", "reason": "ALLOW_MATCHED", "policy": "default/dry", "rule": 1}},
+            "decision": {"verdict": "Deny", "reason": "deny_matched", "policy": "default/deny", "rule": 0,
+                         "dryRun": {"verdict": "Allow", "reason": "allow_matched", "policy": "default/dry", "rule": 1}},
             "policies": [{"policy": "default/deny", "scope": "Namespace", "action": "Deny", "dryRun": false, "matchedRule": 0}],
             "notes": ["source identity taken from the mesh workload at the source IP"],
         });

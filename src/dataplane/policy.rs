@@ -67,7 +67,7 @@ pub enum Verdict {
 
 /// Why a verdict was reached. Stable names: they appear in logs and the explain output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[serde(rename_all = "snake_case")]
 pub enum Reason {
     /// No ALLOW policy applies (and no DENY matched).
     NoAllowPolicy,

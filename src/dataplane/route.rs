@@ -26,10 +26,12 @@ use std::sync::Arc;
 
 use rand::Rng;
 
+use crate::dataplane::policy::contains;
 use crate::identity::Identity;
 use crate::state::model::{
-    GatewayAddress, GatewayDestination, HealthPolicy, HealthStatus, IpFamilies, LoadBalancer,
-    LoadBalancerMode, LoadBalancerScope, Service, TunnelProtocol, Visibility, Workload,
+    GatewayAddress, GatewayDestination, HealthPolicy, HealthStatus, IpFamilies, IpNet,
+    LoadBalancer, LoadBalancerMode, LoadBalancerScope, Service, TunnelProtocol, Visibility,
+    Workload,
 };
 use crate::state::{canonical_ip, Snapshot};
 
@@ -195,7 +197,9 @@ pub(crate) fn find_service(snap: &Snapshot, src: &Source<'_>, ip: IpAddr) -> Opt
     if let Some(s) = exact {
         return Some(s.clone());
     }
-    // CIDR VIPs are rare: a scan over services beats keeping an index for them.
+    // A CIDR VIP takes precedence over a workload IP it covers, so every destination that is
+    // not an exact VIP pays this scan over the services (O(services)). It belongs in a
+    // `Snapshot` index built once per generation.
     snap.services()
         .filter(|s| !s.cidr_vips.is_empty())
         .filter(visible)
@@ -205,13 +209,11 @@ pub(crate) fn find_service(snap: &Snapshot, src: &Source<'_>, ip: IpAddr) -> Opt
                 .iter()
                 .filter(|c| *c.network == *src.network)
                 .filter(|c| {
-                    crate::dataplane::policy::contains(
-                        &crate::state::model::IpNet {
-                            address: c.address,
-                            prefix_len: c.prefix_len,
-                        },
-                        ip,
-                    )
+                    let net = IpNet {
+                        address: c.address,
+                        prefix_len: c.prefix_len,
+                    };
+                    contains(&net, ip)
                 })
                 .map(|c| c.prefix_len)
                 .max()?;

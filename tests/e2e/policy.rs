@@ -165,6 +165,11 @@ fn allow_and_deny_by_namespace_principal_port_and_source_ip() {
     assert!(out.contains("reason: no_allow_policy"), "{out}");
     assert!(out.contains(&a_ip.to_string()), "{out}");
 
+    // The source side saw the CONNECT answered 401.
+    cluster
+        .ztun("n1")
+        .wait_for_log("peer answered 401", WAIT)
+        .unwrap();
     let n2 = cluster.ztun("n2");
     let line = n2.wait_for_log("denied by policy", WAIT).unwrap();
     assert!(line.contains("direction=\"inbound\""), "{line}");

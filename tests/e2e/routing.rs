@@ -261,3 +261,109 @@ fn waypoints_receive_the_traffic_of_services_and_workloads_that_name_them() {
         .unwrap();
     assert!(line.contains(&format!("dst.addr={w_ip}:15008")), "{line}");
 }
+
+#[test]
+fn a_sandwiched_waypoint_gets_a_proxy_header_through_its_application_tunnel() {
+    require_root();
+    let lab = Lab::builder("app_tunnel")
+        .node("n1")
+        .node("n2")
+        .pod(
+            PodSpec::new("a", "n1")
+                .service_account("sa-a")
+                .captured(true),
+        )
+        .pod(
+            PodSpec::new("wp", "n2")
+                .service_account("waypoint")
+                .captured(true),
+        )
+        .build()
+        .expect("building the namespace lab");
+    let wp_ip = lab.pod("wp").ip();
+    let mesh = MeshFile::from_lab(&lab)
+        .service("echo", "default", VIP, &[(SVC_PORT, TARGET)], &[])
+        .edit_service("echo", |s| {
+            s.insert(
+                "waypoint".into(),
+                json!({"destination": format!("/{wp_ip}"), "hboneMtlsPort": 15008}),
+            );
+        })
+        .edit_workload("wp", |w| {
+            w.insert(
+                "applicationTunnel".into(),
+                json!({"protocol": "PROXY", "port": 15088}),
+            );
+        });
+    // The waypoint's app: reads the PROXY header and answers with what it carried.
+    let (bound_tx, bound_rx) = std::sync::mpsc::channel();
+    let _app = lab.pod("wp").spawn_async(async move {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 15088))
+            .await
+            .expect("bind 127.0.0.1:15088");
+        let _ = bound_tx.send(());
+        loop {
+            let Ok((mut s, peer)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 512];
+                let parsed = loop {
+                    let Ok(n) = s.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    if let Some(p) = ztun::dataplane::proxy_protocol::parse(&buf) {
+                        break p;
+                    }
+                };
+                let identity = parsed
+                    .tlvs
+                    .iter()
+                    .find(|(t, _)| *t == 0xD0)
+                    .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+                    .unwrap_or_default();
+                let line = format!("{} {} {} {}\n", parsed.src, parsed.dst, identity, peer.ip());
+                let _ = s.write_all(line.as_bytes()).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    bound_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("waypoint app listening");
+    let cluster = Cluster::start(lab, mesh);
+    let lab = &cluster.lab;
+    let line = lab
+        .pod("a")
+        .block_on(async {
+            let mut s = connect(SocketAddr::from((VIP, SVC_PORT)), WAIT).await?;
+            let mut out = String::new();
+            tokio::time::timeout(WAIT, s.read_to_string(&mut out)).await??;
+            anyhow::Ok(out)
+        })
+        .expect("a -> echo via the sandwiched waypoint");
+    let parts: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(parts.len(), 4, "{line:?}");
+    let src: SocketAddr = parts[0].parse().unwrap();
+    assert_eq!(
+        src.ip(),
+        lab.pod("a").ip(),
+        "PROXY source is the original client"
+    );
+    assert_eq!(
+        parts[1],
+        format!("{VIP}:{SVC_PORT}"),
+        "PROXY destination is the HBONE target"
+    );
+    assert_eq!(
+        parts[2], "spiffe://cluster.local/ns/default/sa/sa-a",
+        "TLV 0xD0"
+    );
+    assert_eq!(parts[3], "127.0.0.1", "delivered over loopback");
+}

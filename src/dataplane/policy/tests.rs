@@ -481,7 +481,7 @@ fn explain_reports_the_deciding_policy_and_the_trace() {
     );
     let json = serde_json::to_value(&e).unwrap();
     assert_eq!(json["decision"]["verdict"], "Deny");
-    assert_eq!(json["decision"]["reason"], "DENY_MATCHED");
+    assert_eq!(json["decision"]["reason"], "deny_matched");
     assert_eq!(json["decision"]["policy"], "app/deny-8080");
 
     let e = explain(&s, "", &src, "10.0.0.1:9090".parse().unwrap()).unwrap();
