@@ -29,7 +29,7 @@
 //! → `PERMISSION_DENIED`; malformed request → `INVALID_ARGUMENT`. The granted lifetime is the
 //! requested one capped at `--max-cert-ttl` (24 h by default; a request of 0 gets the cap).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -38,6 +38,7 @@ use parking_lot::Mutex;
 use rcgen::{CertificateSigningRequestParams, SanType};
 use tonic::{Request, Response, Status};
 
+use crate::control::ca::local::backdate;
 use crate::control::ca::proto::istio_certificate_service_server::{
     IstioCertificateService, IstioCertificateServiceServer,
 };
@@ -49,8 +50,6 @@ use crate::state::Reader;
 
 /// Largest CSR accepted, in bytes of PEM.
 const MAX_CSR: usize = 16 * 1024;
-/// Certificates are valid from this long before issuance (tolerates clock skew).
-const BACKDATE: Duration = Duration::from_secs(60);
 
 /// Settings of the control plane's CA.
 #[derive(Debug, Clone)]
@@ -66,6 +65,24 @@ pub struct CaServerConfig {
 impl CaServerConfig {
     /// Default maximum certificate lifetime.
     pub const DEFAULT_MAX_TTL: Duration = Duration::from_secs(24 * 3600);
+
+    /// Parses a `--max-cert-ttl` value: a positive whole number of seconds, optionally with
+    /// a unit `s`, `m`, `h` or `d` (`90s`, `12h`).
+    pub fn parse_ttl(text: &str) -> Option<Duration> {
+        let (digits, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+            Some(i) => text.split_at(i),
+            None => (text, "s"),
+        };
+        let n: u64 = digits.parse().ok().filter(|n| *n > 0)?;
+        let scale = match unit {
+            "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            "d" => 86400,
+            _ => return None,
+        };
+        n.checked_mul(scale).map(Duration::from_secs)
+    }
 }
 
 /// Why the CA cannot start.
@@ -74,6 +91,14 @@ pub enum CaServerError {
     /// The CA directory is not usable.
     #[error("--ca-dir: {0}")]
     Ca(#[from] LocalCaError),
+    /// The mesh file is not usable.
+    #[error("mesh file {path}: {reason}")]
+    Mesh {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// The tokens file is not usable.
     #[error("--tokens {path}: {reason}")]
     Tokens {
@@ -142,6 +167,43 @@ impl Schedule for Reader {
         self.load()
             .workloads()
             .any(|w| &*w.node == node && w.identity().as_ref() == Some(identity))
+    }
+}
+
+/// The schedule of the mesh file (`--config`): which identities have a workload on which
+/// node. Re-read when the file changes; a file that no longer parses keeps the last good
+/// schedule (as the xDS side does).
+pub struct MeshFileSchedule {
+    placement: Reloading<HashSet<(String, Identity)>>,
+}
+
+impl MeshFileSchedule {
+    /// Loads the schedule of the mesh file at `path`.
+    pub fn load(path: &Path) -> Result<MeshFileSchedule, CaServerError> {
+        let read = |path: &Path| -> Result<HashSet<(String, Identity)>, String> {
+            let mesh = crate::control::local::load(path).map_err(|e| e.to_string())?;
+            Ok(mesh
+                .workloads
+                .iter()
+                .filter_map(|w| Some((w.node.to_string(), w.identity()?)))
+                .collect())
+        };
+        let initial = read(path).map_err(|reason| CaServerError::Mesh {
+            path: path.display().to_string(),
+            reason,
+        })?;
+        let p = path.to_path_buf();
+        Ok(MeshFileSchedule {
+            placement: Reloading::new(vec![p.clone()], initial, Box::new(move || read(&p))),
+        })
+    }
+}
+
+impl Schedule for MeshFileSchedule {
+    fn scheduled_on(&self, identity: &Identity, node: &str) -> bool {
+        self.placement
+            .get()
+            .contains(&(node.to_string(), identity.clone()))
     }
 }
 
@@ -287,7 +349,7 @@ impl IstioCertificateService for CaService {
             .checked_add(ttl)
             .ok_or_else(|| Status::internal("certificate lifetime out of range"))?;
         let chain = ca
-            .sign(&csr.public_key, &identity, now - BACKDATE, not_after)
+            .sign(&csr.public_key, &identity, now - backdate(ttl), not_after)
             .map_err(|e| {
                 tracing::error!(%identity, error = %e, "signing failed");
                 Status::internal(format!("signing failed: {e}"))

@@ -13,7 +13,11 @@
 //!   there on first start), for `istiod.istio-system.svc`, `localhost`, the listen IP and
 //!   every `--san`.
 //!
-//! Adding a service (the CA) to the same port: add it in [`services`].
+//! - The same port serves the CA (`istio.v1.auth.IstioCertificateService`, [`ca`]): workload
+//!   certificates signed by the `--ca-dir` CA for callers holding a `--tokens` token, limited
+//!   to the identities the mesh file schedules on the caller's node.
+//!
+//! Adding another service to the same port: add it in [`services`].
 //!
 //! Allowed imports: `control::local`, `control::ca`, `control::xds` (wire types and resource
 //! types), `state::model`, `tls` (PEM parsing).
@@ -63,16 +67,25 @@ pub struct Args {
     pub ca_dir: PathBuf,
     /// `--san`: extra names (DNS or IP) for the serving certificate.
     pub sans: Vec<String>,
+    /// `--tokens`: bearer token → node for the CA (see [`ca`]); without it the CA refuses
+    /// every request.
+    pub tokens: Option<PathBuf>,
+    /// `--max-cert-ttl`: longest workload certificate lifetime the CA grants; default 24 h.
+    pub max_cert_ttl: Duration,
 }
 
 /// Usage text of `ztun control-plane`.
 pub const USAGE: &str = "\
 Usage: ztun control-plane --config <mesh.yaml> --ca-dir <dir> [--listen <addr:port>] [--san <name>]...
+                         [--tokens <file>] [--max-cert-ttl <duration>]
 
   --config <file>      mesh file (ztunnel's local YAML format), watched for changes
   --ca-dir <dir>       mesh CA: root-cert.pem + ca-key.pem (created if absent)
   --listen <addr:port> where to serve delta xDS over TLS (default 0.0.0.0:15012)
   --san <name>         extra DNS name or IP for the serving certificate (repeatable)
+  --tokens <file>      CA callers: one `<token> <node>` per line; a node may only get
+                       certificates of workloads scheduled on it (no file: CA refuses all)
+  --max-cert-ttl <d>   longest certificate lifetime granted (e.g. 12h; default 24h)
 ";
 
 impl Args {
@@ -82,6 +95,8 @@ impl Args {
         let mut listen = DEFAULT_LISTEN;
         let mut ca_dir = None;
         let mut sans = Vec::new();
+        let mut tokens = None;
+        let mut max_cert_ttl = ca::CaServerConfig::DEFAULT_MAX_TTL;
         let mut args = args.into_iter();
         while let Some(arg) = args.next() {
             let (flag, inline) = match arg.split_once('=') {
@@ -98,6 +113,13 @@ impl Args {
                 "--config" => config = Some(PathBuf::from(value()?)),
                 "--ca-dir" => ca_dir = Some(PathBuf::from(value()?)),
                 "--san" => sans.push(value()?),
+                "--tokens" => tokens = Some(PathBuf::from(value()?)),
+                "--max-cert-ttl" => {
+                    let v = value()?;
+                    max_cert_ttl = ca::CaServerConfig::parse_ttl(&v).ok_or_else(|| {
+                        Error::Usage(format!("--max-cert-ttl {v:?} is not a duration like 12h"))
+                    })?;
+                }
                 "--listen" => {
                     let v = value()?;
                     listen = v
@@ -112,6 +134,8 @@ impl Args {
             listen,
             ca_dir: ca_dir.ok_or_else(|| Error::Usage("--ca-dir is required".into()))?,
             sans,
+            tokens,
+            max_cert_ttl,
         })
     }
 
@@ -163,6 +187,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The certificate service cannot start.
+    #[error("CA service: {0}")]
+    CaService(#[from] ca::CaServerError),
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Serve(#[from] tonic::transport::Error),
@@ -172,6 +199,7 @@ pub enum Error {
 pub struct ControlPlane {
     watcher: MeshWatcher,
     ads: Ads,
+    ca: ca::CaService,
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
 }
@@ -182,6 +210,14 @@ impl ControlPlane {
     pub async fn start(args: &Args) -> Result<ControlPlane, Error> {
         let (watcher, mesh) = MeshWatcher::start(&args.config)?;
         let ca = Ca::load_or_create(&args.ca_dir)?;
+        let ca_service = ca::CaService::new(
+            ca::CaServerConfig {
+                ca_dir: args.ca_dir.clone(),
+                tokens: args.tokens.clone(),
+                max_ttl: args.max_cert_ttl,
+            },
+            ca::MeshFileSchedule::load(&args.config)?,
+        )?;
         let sans = args.serving_sans();
         let (chain, key) = ca.serving_cert(&sans)?;
         let tls = Arc::new(tls::server_config(chain, key)?);
@@ -195,6 +231,7 @@ impl ControlPlane {
         Ok(ControlPlane {
             watcher,
             ads: Ads::new(mesh),
+            ca: ca_service,
             listener,
             tls,
         })
@@ -215,7 +252,7 @@ impl ControlPlane {
 
     /// Serves until `shutdown` completes.
     pub async fn serve(self, shutdown: impl std::future::Future<Output = ()>) -> Result<(), Error> {
-        let routes = services(&self.ads);
+        let routes = services(&self.ads, &self.ca);
         let watcher = tokio::spawn(self.watcher.run());
         let incoming = tls::incoming(self.listener, self.tls);
         let ads = self.ads.clone();
@@ -235,14 +272,14 @@ impl ControlPlane {
     }
 }
 
-/// Every gRPC service the control plane serves on its TLS port. To serve another (e.g. the
-/// CA, `istio.v1.auth.IstioCertificateService`), add it here:
-/// `routes.add_service(IstioCertificateServiceServer::new(ca));`.
-pub fn services(ads: &Ads) -> Routes {
+/// Every gRPC service the control plane serves on its TLS port: delta ADS and the CA
+/// (`istio.v1.auth.IstioCertificateService`).
+pub fn services(ads: &Ads, ca: &ca::CaService) -> Routes {
     let mut routes = RoutesBuilder::default();
     routes.add_service(
         AggregatedDiscoveryServiceServer::new(ads.clone()).max_decoding_message_size(MAX_REQUEST),
     );
+    routes.add_service(ca.clone().into_server());
     routes.routes()
 }
 

@@ -215,6 +215,8 @@ impl Running {
             listen: "127.0.0.1:0".parse().unwrap(),
             ca_dir: dir.path().join("ca"),
             sans: vec![],
+            tokens: None,
+            max_cert_ttl: super::ca::CaServerConfig::DEFAULT_MAX_TTL,
         };
         let cp = ControlPlane::start(&args).await.expect("control plane starts");
         let addr = cp.local_addr().unwrap();

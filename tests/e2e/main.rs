@@ -1,6 +1,7 @@
 //! End-to-end tests: real `ztun` processes in a cluster made of network namespaces
 //! (`ztun::testkit::lab`). They need root; without it they fail with a clear message.
 
+mod certs;
 mod dataplane;
 mod lab;
 mod lifecycle;

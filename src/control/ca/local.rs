@@ -138,7 +138,7 @@ impl LocalCa {
     /// valid from a minute ago for the configured TTL.
     pub fn mint(&self, identity: &Identity) -> Result<WorkloadCert, LocalCaError> {
         let now = SystemTime::now();
-        let not_before = now - Duration::from_secs(60);
+        let not_before = now - backdate(self.ttl);
         let not_after = now
             .checked_add(self.ttl)
             .unwrap_or(now + Duration::from_secs(24 * 3600));
@@ -210,6 +210,13 @@ impl LocalCa {
     pub fn ttl(&self) -> Duration {
         self.ttl
     }
+}
+
+/// How far before issuance a certificate with lifetime `ttl` starts to be valid, to tolerate
+/// clock skew between nodes: a minute, but at most a quarter of the lifetime (so the
+/// half-life of a short-lived certificate is still ahead when it is issued).
+pub fn backdate(ttl: Duration) -> Duration {
+    Duration::from_secs(60).min(ttl / 4)
 }
 
 /// Whether `cert` certifies the public key of `key`.

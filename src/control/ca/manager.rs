@@ -12,7 +12,8 @@
 //!   [`CertStore::forget`] drops an identity no local workload has any more
 //!   ([`CertStore::follow_local_workloads`] does both from the mesh state).
 //! - Renewal at half of the lifetime, ± [`StoreConfig::refresh_jitter`] of the lifetime, so
-//!   nodes started together do not renew together. A renewed certificate replaces the old one
+//!   nodes started together do not renew together (at half of the remaining validity if the
+//!   half-life has already passed when the certificate arrives). A renewed certificate replaces the old one
 //!   for new handshakes only; established connections keep their `Arc` to the old one.
 //! - Failures retry with exponential backoff (1 s, ×2, ±20 %, at most 150 s) per identity,
 //!   while a still-valid certificate keeps serving. A certificate that expires without
@@ -566,10 +567,9 @@ impl Worker {
         self.expiry.insert(id.clone(), expires);
         self.schedule(id.clone(), refresh, Priority::Background);
         let previous = self.publish(&id, CertState::Available(cert.clone()));
-        let serial = cert
-            .chain()
-            .first()
-            .map(|leaf| super::snapshot::CertInfo::of(leaf).serial_number)
+        let leaf = cert.chain().first().map(super::snapshot::CertInfo::of);
+        let (serial, issuer) = leaf
+            .map(|l| (l.serial_number, l.issuer))
             .unwrap_or_default();
         let event = if matches!(previous, Some(CertState::Available(_))) {
             "certificate rotated"
@@ -579,6 +579,7 @@ impl Worker {
         tracing::info!(
             identity = %id,
             serial = %serial,
+            issuer = %issuer,
             not_after = %rfc3339(cert.not_after()),
             roots = cert.roots().len(),
             refresh_in = ?refresh.saturating_duration_since(Instant::now()),
@@ -631,21 +632,33 @@ impl Worker {
         }
     }
 
-    /// Half of the lifetime ± `refresh_jitter` of it, never in the past.
+    /// Half of the lifetime ± `refresh_jitter` of it. When that moment has already passed on
+    /// receipt (a CA that backdates heavily, clock skew), half of the remaining validity
+    /// instead: a fresh certificate never triggers an immediate renewal loop.
     fn refresh_instant(&self, cert: &WorkloadCert) -> Instant {
+        let now = Instant::now();
         let life = cert
             .not_after()
             .duration_since(cert.not_before())
             .unwrap_or_default();
-        let at = self.clock.instant_of(cert.refresh_at());
-        let spread = life.mul_f64(self.config.refresh_jitter.clamp(0.0, 0.5));
+        let remaining = self
+            .clock
+            .instant_of(cert.not_after())
+            .saturating_duration_since(now);
+        let at = self
+            .clock
+            .instant_of(cert.refresh_at())
+            .max(now + remaining / 2);
+        let spread = life
+            .mul_f64(self.config.refresh_jitter.clamp(0.0, 0.5))
+            .min(remaining / 4);
         let at = if spread.is_zero() {
             at
         } else {
             let offset = rand::rng().random_range(Duration::ZERO..=spread * 2);
             (at + offset).checked_sub(spread).unwrap_or(at)
         };
-        at.max(Instant::now())
+        at.max(now)
     }
 
     /// The delay before the next retry of `id`, advancing its backoff.

@@ -31,6 +31,8 @@ pub struct CertInfo {
     pub pem: String,
     /// Serial number, decimal.
     pub serial_number: String,
+    /// Distinguished name of the issuer (e.g. `O=example, CN=example root CA`).
+    pub issuer: String,
     /// Start of validity, RFC 3339 UTC.
     pub valid_from: String,
     /// End of validity, RFC 3339 UTC.
@@ -79,6 +81,10 @@ impl CertInfo {
             serial_number: parsed
                 .as_ref()
                 .map(|(_, c)| c.tbs_certificate.serial.to_string())
+                .unwrap_or_else(invalid),
+            issuer: parsed
+                .as_ref()
+                .map(|(_, c)| c.issuer().to_string())
                 .unwrap_or_else(invalid),
             valid_from: parsed
                 .as_ref()

@@ -439,3 +439,48 @@ fn chains_to(
     )
     .is_ok()
 }
+
+#[test]
+fn max_ttl_syntax() {
+    for (text, want) in [
+        ("90", Some(90)),
+        ("90s", Some(90)),
+        ("30m", Some(1800)),
+        ("12h", Some(43200)),
+        ("2d", Some(172800)),
+        ("0", None),
+        ("h", None),
+        ("5w", None),
+        ("-5s", None),
+        ("", None),
+    ] {
+        assert_eq!(
+            CaServerConfig::parse_ttl(text),
+            want.map(Duration::from_secs),
+            "{text:?}"
+        );
+    }
+}
+
+#[test]
+fn the_mesh_file_schedules_identities_on_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mesh.yaml");
+    let workload = |name: &str, sa: &str, node: &str| {
+        format!(
+            "- uid: {name}\n  name: {name}\n  namespace: default\n  serviceAccount: {sa}\n  \
+             workloadIps: []\n  node: {node}\n"
+        )
+    };
+    std::fs::write(&path, format!("workloads:\n{}", workload("a", "a", "n1"))).unwrap();
+    let schedule = MeshFileSchedule::load(&path).unwrap();
+    assert!(schedule.scheduled_on(&id("a"), "n1"));
+    assert!(!schedule.scheduled_on(&id("a"), "n2"));
+    // The workload moves: the schedule follows the file.
+    replace(&path, &format!("workloads:\n{}", workload("a", "a", "n2")));
+    assert!(schedule.scheduled_on(&id("a"), "n2"));
+    assert!(!schedule.scheduled_on(&id("a"), "n1"));
+    // A broken file keeps the last good schedule.
+    replace(&path, "workloads: [");
+    assert!(schedule.scheduled_on(&id("a"), "n2"));
+}

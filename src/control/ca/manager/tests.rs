@@ -27,6 +27,8 @@ struct Script {
     max_in_flight: usize,
     /// Issue certificates that are already expired.
     expired: bool,
+    /// Issue certificates valid from this long ago (still `lifetime` ahead).
+    backdate: Duration,
 }
 
 struct FakeIssuer {
@@ -80,10 +82,14 @@ impl Issuer for Shared {
                 s.max_in_flight = s.max_in_flight.max(s.in_flight);
             }
             sleep(this.latency).await;
-            let (fail, expired) = {
+            let (fail, expired, backdate) = {
                 let mut s = this.script.lock();
                 s.in_flight -= 1;
-                (s.fail_all || s.failing.contains(&identity), s.expired)
+                (
+                    s.fail_all || s.failing.contains(&identity),
+                    s.expired,
+                    s.backdate,
+                )
             };
             if fail {
                 return Err(unavailable(&identity, "injected CA failure"));
@@ -92,7 +98,7 @@ impl Issuer for Shared {
             let (from, to) = if expired {
                 (now - 2 * this.lifetime, now - this.lifetime)
             } else {
-                (now, now + this.lifetime)
+                (now - backdate, now + this.lifetime)
             };
             let cert = this.ca.mint_valid(&identity, from, to).unwrap();
             Ok(Arc::new(cert))
@@ -165,6 +171,20 @@ async fn renews_at_half_life_within_the_jitter_and_old_certificate_stays_usable(
     // And it keeps renewing every half-life of the current certificate (≤ 56 s + 1 s).
     sleep(Duration::from_secs(58)).await;
     assert_eq!(issuer.calls().len(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_certificate_past_its_half_life_on_arrival_renews_at_half_the_remaining_time() {
+    let issuer = FakeIssuer::new(Clock::new(), Duration::ZERO);
+    // Valid from 300 s ago to 100 s ahead: the nominal half-life was 100 s ago.
+    issuer.script.lock().backdate = 3 * LIFETIME;
+    let store = store(&issuer);
+    store.fetch(&id("a")).await.unwrap();
+    sleep(Duration::from_secs(29)).await;
+    assert_eq!(issuer.calls().len(), 1, "no renewal loop");
+    // 50 s ± min(5 % of 400 s, 100 s / 4) = 30..70 s.
+    sleep(Duration::from_secs(42)).await;
+    assert_eq!(issuer.calls().len(), 2);
 }
 
 #[tokio::test(start_paused = true)]
