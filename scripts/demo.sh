@@ -20,7 +20,7 @@ target_dir="${CARGO_TARGET_DIR:-target}"
 mkdir -p "$target_dir/demo"
 log="$target_dir/demo/processes.log"
 # Process logs (ztun, control plane) go to a file; the report goes to the terminal.
-if ! "$target_dir/release/ztun-lab" demo --ztun "$target_dir/release/ztun" --local "$@" 2>"$log"; then
+if ! "$target_dir/release/ztun-lab" demo --ztun "$target_dir/release/ztun" "$@" 2>"$log"; then
   echo "demo failed; process logs: $log" >&2
   tail -n 40 "$log" >&2
   exit 1

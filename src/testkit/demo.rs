@@ -86,52 +86,67 @@ pub fn run(ztun: &Path, source: Source) -> anyhow::Result<()> {
 
     let ca = ca_dir.to_string_lossy().into_owned();
     let mesh = mesh_path.to_string_lossy().into_owned();
-    let mut env_common: Vec<(String, String)> = vec![
+    let env_common: Vec<(String, String)> = vec![
         ("LOCAL_CA_DIR".into(), ca.clone()),
         ("RUST_LOG".into(), "info".into()),
     ];
+    // Per-node environment: the control plane issues certificates to a node only for the
+    // pods scheduled on it, identified by the node's bearer token.
+    let mut node_env: Vec<(&str, Vec<(String, String)>)> =
+        vec![("n1", env_common.clone()), ("n2", env_common.clone())];
     let _control_plane: Option<Process> = match source {
         Source::ControlPlane => {
             let n1 = lab.node("n1");
             let listen = format!("{}:15012", n1.link_ip());
-            println!("== starting the built-in control plane on {listen}");
+            let tokens = lab.dir().join("tokens");
+            std::fs::write(&tokens, "demo-token-n1 n1\ndemo-token-n2 n2\n")?;
+            let tokens = tokens.to_string_lossy().into_owned();
+            println!("== starting the built-in control plane on {listen} (xDS + CA)");
+            let args = [
+                "control-plane",
+                "--config",
+                &mesh,
+                "--listen",
+                &listen,
+                "--ca-dir",
+                &ca,
+                "--tokens",
+                &tokens,
+            ];
             let cp = lab.spawn_in(
                 n1.netns(),
                 "control-plane",
                 ztun,
-                &[
-                    "control-plane",
-                    "--config",
-                    &mesh,
-                    "--listen",
-                    &listen,
-                    "--ca-dir",
-                    &ca,
-                ],
+                &args,
                 &[("RUST_LOG", "info")],
                 lab.dir(),
             )?;
-            cp.wait_for_log("serving", WAIT)
+            cp.wait_for_log("control plane listening", WAIT)
                 .context("control plane did not start")?;
-            env_common.push(("XDS_ADDRESS".into(), format!("https://{listen}")));
-            env_common.push(("XDS_ROOT_CA".into(), format!("{ca}/root-cert.pem")));
+            for (node, env) in &mut node_env {
+                env.retain(|(k, _)| k != "LOCAL_CA_DIR");
+                env.push(("XDS_ADDRESS".into(), format!("https://{listen}")));
+                env.push(("XDS_ROOT_CA".into(), format!("{ca}/root-cert.pem")));
+                env.push(("CA_ADDRESS".into(), format!("https://{listen}")));
+                env.push(("CA_ROOT_CA".into(), format!("{ca}/root-cert.pem")));
+                env.push(("AUTH_TOKEN".into(), format!("demo-token-{node}")));
+            }
             Some(cp)
         }
         Source::LocalFile => {
             println!("== nodes read the mesh from {mesh}");
-            env_common.push(("LOCAL_XDS_PATH".into(), mesh.clone()));
+            for (_, env) in &mut node_env {
+                env.push(("LOCAL_XDS_PATH".into(), mesh.clone()));
+            }
             None
         }
     };
-    let env: Vec<(&str, &str)> = env_common
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
     let mut ztuns = Vec::new();
-    for node in ["n1", "n2"] {
+    for (node, env) in &node_env {
         println!("== starting ztun on {node}");
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let p = lab.spawn_ztun_with(node, ztun, &["proxy", "ztunnel"], &env)?;
-        ztuns.push((node, p));
+        ztuns.push((*node, p));
     }
     for (node, _) in &ztuns {
         lab.cni(node)
@@ -210,6 +225,48 @@ pub fn run(ztun: &Path, source: Source) -> anyhow::Result<()> {
         },
     });
 
+    if source == Source::ControlPlane {
+        println!(
+            "== adding a DENY policy for shop/worker -> data to the mesh file (pushed over xDS)"
+        );
+        let deny = serde_json::json!({
+            "name": "deny-worker", "namespace": "data", "scope": "Namespace", "action": "Deny",
+            "rules": [[[{ "principals": [{ "Exact": "cluster.local/ns/shop/sa/worker" }] }]]],
+        });
+        MeshFile::from_lab(&lab).policy(deny).write(&mesh_path)?;
+        let started = Instant::now();
+        // A demo, not a test: poll until both nodes applied the push (bounded).
+        let mut denied = false;
+        while started.elapsed() < Duration::from_secs(20) {
+            if lab.pod("worker").bulk_echo(db, 1024).is_err() {
+                denied = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        flows.push(Flow {
+            name: "policy push",
+            from: "worker",
+            to: db.to_string(),
+            path: "DENY by xDS policy",
+            bytes: 0,
+            result: if denied {
+                Ok(started.elapsed())
+            } else {
+                Err(anyhow::anyhow!("still allowed after 20s"))
+            },
+        });
+        let still_ok = lab.pod("web").bulk_echo(db, 1 << 20).map(|t| t.elapsed);
+        flows.push(Flow {
+            name: "others unaffected",
+            from: "web",
+            to: db.to_string(),
+            path: "HBONE n1 -> n2",
+            bytes: 2 << 20,
+            result: still_ok,
+        });
+    }
+
     println!("\n== access log (ztun on each node, target \"access\")");
     for (node, p) in &ztuns {
         for line in p
@@ -249,6 +306,14 @@ pub fn run(ztun: &Path, source: Source) -> anyhow::Result<()> {
             human(f.bytes),
             time
         );
+    }
+    if let Some(cp) = &_control_plane {
+        let issued = cp
+            .logs()
+            .iter()
+            .filter(|l| l.contains("issued certificate"))
+            .count();
+        println!("control plane: {issued} workload certificates issued over the Istio CA protocol; xDS pushed the mesh and the policy");
     }
     let tls_lines = ztuns
         .iter()
