@@ -12,6 +12,7 @@ pub mod config;
 pub mod control;
 pub mod controlplane;
 pub mod dataplane;
+pub mod dns;
 pub mod drain;
 pub mod identity;
 pub mod ops;

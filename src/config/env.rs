@@ -13,8 +13,8 @@ use std::time::Duration;
 use crate::identity::Identity;
 
 use super::{
-    AuthToken, CaConfig, Config, ConfigError, InpodConfig, Keepalive, LocalXds, LogConfig,
-    ProxyConfig, ProxyMode, RootCert, SelfIdentity, WorkloadInfo,
+    AuthToken, CaConfig, Config, ConfigError, DnsConfig, DnsListen, InpodConfig, Keepalive,
+    LocalXds, LogConfig, ProxyConfig, ProxyMode, RootCert, SelfIdentity, WorkloadInfo,
 };
 
 const PROXY_MODE: &str = "PROXY_MODE";
@@ -57,6 +57,9 @@ const KEEPALIVE_RETRIES: &str = "KEEPALIVE_RETRIES";
 const USER_TIMEOUT_ENABLED: &str = "USER_TIMEOUT_ENABLED";
 const ENABLE_RESPONSE_BAGGAGE: &str = "ENABLE_RESPONSE_BAGGAGE";
 const ISTIO_META_DNS_CAPTURE: &str = "ISTIO_META_DNS_CAPTURE";
+const ISTIO_META_DNS_PROXY_ADDR: &str = "ISTIO_META_DNS_PROXY_ADDR";
+const DNS_PROXY_ADDR: &str = "DNS_PROXY_ADDR";
+const ZTUN_DNS_RESOLV_CONF: &str = "ZTUN_DNS_RESOLV_CONF";
 const LOCALHOST_APP_TUNNEL: &str = "LOCALHOST_APP_TUNNEL";
 const POD_NAME: &str = "POD_NAME";
 const POD_NAMESPACE: &str = "POD_NAMESPACE";
@@ -326,6 +329,7 @@ pub(super) fn build(source: &dyn Source, available_cpus: usize) -> Result<Config
                 .unwrap_or(false),
         },
         proxy,
+        dns: dns_config(&env)?,
         identity: SelfIdentity {
             pod_name: env.string(POD_NAME).unwrap_or_default(),
             pod_namespace: env.string(POD_NAMESPACE).unwrap_or_default(),
@@ -620,6 +624,28 @@ fn proxy_config(env: &Vars<'_>) -> Result<ProxyConfig, ConfigError> {
             .string(ISTIO_META_DNS_CAPTURE)
             .is_none_or(|v| v.eq_ignore_ascii_case("true")),
         localhost_app_tunnel: env.bool(LOCALHOST_APP_TUNNEL, true)?,
+    })
+}
+
+fn dns_config(env: &Vars<'_>) -> Result<DnsConfig, ConfigError> {
+    let addr_var = match env.string(ISTIO_META_DNS_PROXY_ADDR) {
+        Some(_) => ISTIO_META_DNS_PROXY_ADDR,
+        None => DNS_PROXY_ADDR,
+    };
+    let listen = env
+        .parse(addr_var, "localhost:<port> or ip:port", |v| {
+            match v.strip_prefix("localhost:") {
+                Some(port) => port.parse().ok().map(DnsListen::Localhost),
+                None => v.parse().ok().map(DnsListen::Addr),
+            }
+        })?
+        .unwrap_or(DnsListen::Localhost(15053));
+    Ok(DnsConfig {
+        listen,
+        resolv_conf: env
+            .string(ZTUN_DNS_RESOLV_CONF)
+            .unwrap_or_else(|| "/etc/resolv.conf".to_owned())
+            .into(),
     })
 }
 

@@ -78,6 +78,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Data-plane (listener, pool, socket, HTTP/2) settings.
     pub proxy: ProxyConfig,
+    /// DNS proxy settings (its port and on/off switch are in [`ProxyConfig`]).
+    pub dns: DnsConfig,
     /// Who this ztun process is (downward API values).
     pub identity: SelfIdentity,
     /// Admin API listener: `127.0.0.1:15000` (loopback only: it can dump configuration and
@@ -280,6 +282,27 @@ pub struct ProxyConfig {
     /// `LOCALHOST_APP_TUNNEL`: deliver PROXY-protocol application tunnels over loopback
     /// (`127.0.0.1:<port>`) rather than to the pod IP. Default true.
     pub localhost_app_tunnel: bool,
+}
+
+/// Where a pod's DNS proxy listens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum DnsListen {
+    /// `127.0.0.1:<port>`, plus `[::1]:<port>` when the pod has IPv6 (`localhost:<port>`).
+    Localhost(u16),
+    /// Exactly this address.
+    Addr(SocketAddr),
+}
+
+/// DNS proxy settings.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DnsConfig {
+    /// `ISTIO_META_DNS_PROXY_ADDR`, else `DNS_PROXY_ADDR` (`localhost:<port>` or `ip:port`);
+    /// default `localhost:15053`.
+    pub listen: DnsListen,
+    /// `ZTUN_DNS_RESOLV_CONF`: the resolv.conf whose nameservers receive forwarded queries (its
+    /// search list is ignored); default `/etc/resolv.conf`, read once at startup.
+    pub resolv_conf: PathBuf,
 }
 
 /// TCP keepalive settings (`SO_KEEPALIVE`, `TCP_KEEPIDLE`, `TCP_KEEPINTVL`, `TCP_KEEPCNT`,

@@ -170,6 +170,9 @@ impl Proxy {
             pod,
             process: process.watch(),
         };
+        if p.dns_capture {
+            crate::dns::start(self, data, &drains)?;
+        }
         let this = self.clone();
         let d = drains.clone();
         data.spawn(async move {

@@ -104,6 +104,30 @@ impl Sockets {
         Ok(s.into())
     }
 
+    /// A UDP socket bound to `addr` (port 0 for an ephemeral one), marked, with SO_REUSEPORT
+    /// when listeners use it. Not yet registered with a runtime (`from_std` on the runtime
+    /// that will serve it).
+    pub fn udp_socket(&self, addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+        self.in_ns(|| {
+            let s = Socket::new(
+                Domain::for_address(addr),
+                Type::DGRAM.nonblocking(),
+                Some(Protocol::UDP),
+            )?;
+            if addr.port() != 0 {
+                s.set_reuse_address(true)?;
+                if self.reuse_port {
+                    s.set_reuse_port(true)?;
+                }
+            }
+            if let Some(mark) = self.mark {
+                s.set_mark(mark)?;
+            }
+            s.bind(&addr.into())?;
+            Ok(s.into())
+        })
+    }
+
     /// Lets the kernel hand connections queued on a closing listener to another listener of
     /// the same SO_REUSEPORT group (`net.ipv4.tcp_migrate_req`), so a ztun handing a pod over
     /// to its successor during an upgrade never resets a connection. Best effort.

@@ -124,6 +124,8 @@ pub struct Metrics {
     pub proxies_stopped: Counter,
     /// Connections denied by policy (all reasons).
     pub policy_denials: Counter,
+    /// The DNS proxy's series (`istio_dns_*`).
+    pub dns: crate::dns::DnsMetrics,
     /// Traffic label sets seen, for expiry.
     seen: Mutex<HashSet<TrafficLabels>>,
 }
@@ -206,6 +208,7 @@ impl Metrics {
             "Connections denied by authorization policy",
             policy_denials.clone(),
         );
+        let dns = crate::dns::DnsMetrics::register(&mut registry);
         Metrics {
             registry,
             connections_opened,
@@ -218,6 +221,7 @@ impl Metrics {
             proxies_started,
             proxies_stopped,
             policy_denials,
+            dns,
             seen: Mutex::new(HashSet::new()),
         }
     }
