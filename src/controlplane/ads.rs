@@ -162,10 +162,9 @@ impl Subscription {
         for name in &req.resource_names_subscribe {
             if name == WILDCARD {
                 self.wildcard = true;
-            } else if self.names.insert(name.clone()) {
-                added.push(name.clone());
             } else {
-                // Subscribing again asks for the resource again.
+                // Subscribing again to a name asks for the resource again.
+                self.names.insert(name.clone());
                 added.push(name.clone());
             }
         }

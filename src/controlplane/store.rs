@@ -305,12 +305,23 @@ fn log_loaded(config: &LocalConfig, generation: u64) {
     );
 }
 
+/// Names quoted per list in a "mesh changed" line.
+const LOGGED_NAMES: usize = 20;
+
 fn log_changes(mesh: &MeshResources) {
     for kind in ResourceType::ALL {
-        if let Some(d) = mesh.delta(kind) {
-            if !d.is_empty() {
-                info!(?kind, updated = ?d.updated, removed = ?d.removed, "mesh changed");
-            }
-        }
+        let Some(d) = mesh.delta(kind).filter(|d| !d.is_empty()) else {
+            continue;
+        };
+        let first =
+            |v: &[Arc<str>]| -> Vec<Arc<str>> { v.iter().take(LOGGED_NAMES).cloned().collect() };
+        info!(
+            ?kind,
+            updated = d.updated.len(),
+            removed = d.removed.len(),
+            updated_names = ?first(&d.updated),
+            removed_names = ?first(&d.removed),
+            "mesh changed"
+        );
     }
 }
