@@ -54,8 +54,15 @@ fn names(v: &[std::sync::Arc<str>]) -> Vec<&str> {
 #[test]
 fn args_parse_with_defaults_and_repeated_sans() {
     let a = Args::parse(
-        ["--config", "m.yaml", "--ca-dir=/ca", "--san", "cp.example", "--san=10.0.0.5"]
-            .map(String::from),
+        [
+            "--config",
+            "m.yaml",
+            "--ca-dir=/ca",
+            "--san",
+            "cp.example",
+            "--san=10.0.0.5",
+        ]
+        .map(String::from),
     )
     .unwrap();
     assert_eq!(a.config, PathBuf::from("m.yaml"));
@@ -64,10 +71,29 @@ fn args_parse_with_defaults_and_repeated_sans() {
     assert_eq!(a.sans, ["cp.example", "10.0.0.5"]);
     assert_eq!(
         a.serving_sans(),
-        ["istiod.istio-system.svc", "localhost", "cp.example", "10.0.0.5"]
+        [
+            "istiod.istio-system.svc",
+            "localhost",
+            "cp.example",
+            "10.0.0.5"
+        ]
     );
-    let a = Args::parse(["--config", "m", "--ca-dir", "c", "--listen", "172.30.0.1:15012"].map(String::from)).unwrap();
-    assert_eq!(a.serving_sans(), ["istiod.istio-system.svc", "localhost", "172.30.0.1"]);
+    let a = Args::parse(
+        [
+            "--config",
+            "m",
+            "--ca-dir",
+            "c",
+            "--listen",
+            "172.30.0.1:15012",
+        ]
+        .map(String::from),
+    )
+    .unwrap();
+    assert_eq!(
+        a.serving_sans(),
+        ["istiod.istio-system.svc", "localhost", "172.30.0.1"]
+    );
     for bad in [
         vec!["--ca-dir", "c"],
         vec!["--config", "m"],
@@ -75,7 +101,10 @@ fn args_parse_with_defaults_and_repeated_sans() {
         vec!["--config", "m", "--ca-dir", "c", "--bogus"],
         vec!["--config"],
     ] {
-        assert!(Args::parse(bad.iter().map(|s| s.to_string())).is_err(), "{bad:?}");
+        assert!(
+            Args::parse(bad.iter().map(|s| s.to_string())).is_err(),
+            "{bad:?}"
+        );
     }
 }
 
@@ -92,9 +121,13 @@ fn generations_record_exactly_what_changed() {
         assert_eq!(one.resources(kind), again.resources(kind));
     }
     assert!(one.get(ResourceType::Address, "w1").is_some());
-    assert!(one.get(ResourceType::Address, "default/svc.example").is_some());
+    assert!(one
+        .get(ResourceType::Address, "default/svc.example")
+        .is_some());
     assert!(one.get(ResourceType::Authorization, "default/p1").is_some());
-    assert!(one.next(&local::parse(&mesh_yaml(&[1, 2, 3], 8080, &["p1"])).unwrap()).is_none());
+    assert!(one
+        .next(&local::parse(&mesh_yaml(&[1, 2, 3], 8080, &["p1"])).unwrap())
+        .is_none());
 
     // w2 changes (port), w3 goes, w4 comes, p1 goes, p2 comes.
     let two = one
@@ -105,25 +138,41 @@ fn generations_record_exactly_what_changed() {
     assert_eq!(names(&d.updated), ["w4"]);
     assert_eq!(names(&d.removed), ["w3"]);
     let d = two.delta(ResourceType::Authorization).unwrap();
-    assert_eq!((names(&d.updated), names(&d.removed)), (vec!["default/p2"], vec!["default/p1"]));
+    assert_eq!(
+        (names(&d.updated), names(&d.removed)),
+        (vec!["default/p2"], vec!["default/p1"])
+    );
     let three = two
         .next(&local::parse(&mesh_yaml(&[1, 2, 4], 9090, &["p2"])).unwrap())
         .unwrap();
     let d = three.delta(ResourceType::Address).unwrap();
-    assert_eq!(names(&d.updated), ["w1", "w2", "w4"], "the port map is in each workload");
+    assert_eq!(
+        names(&d.updated),
+        ["w1", "w2", "w4"],
+        "the port map is in each workload"
+    );
     assert!(d.removed.is_empty());
     assert!(three.delta(ResourceType::Authorization).unwrap().is_empty());
 
     // Aliases: a workload's network/IP and a service's VIP resolve to their names.
-    assert_eq!(three.resolve(ResourceType::Address, "/10.0.0.4").as_deref(), Some("w4"));
     assert_eq!(
-        three.resolve(ResourceType::Address, "/10.96.0.1").as_deref(),
+        three.resolve(ResourceType::Address, "/10.0.0.4").as_deref(),
+        Some("w4")
+    );
+    assert_eq!(
+        three
+            .resolve(ResourceType::Address, "/10.96.0.1")
+            .as_deref(),
         Some("default/svc.example")
     );
     assert_eq!(three.resolve(ResourceType::Address, "/10.0.0.3"), None);
 }
 
-fn request(subscribe: &[&str], unsubscribe: &[&str], initial: &[(&str, &str)]) -> DeltaDiscoveryRequest {
+fn request(
+    subscribe: &[&str],
+    unsubscribe: &[&str],
+    initial: &[(&str, &str)],
+) -> DeltaDiscoveryRequest {
     DeltaDiscoveryRequest {
         type_url: ADDRESS_TYPE.into(),
         resource_names_subscribe: subscribe.iter().map(|s| s.to_string()).collect(),
@@ -147,7 +196,11 @@ fn a_reconnecting_client_receives_only_the_difference() {
     let m = mesh(&[1, 2, 3], 8080, &[]);
     let v = |n: &str| m.get(ResourceType::Address, n).unwrap().version.to_string();
     // The client has w1 current, w2 outdated, and w9 which no longer exists.
-    let initial = [("w1", v("w1")), ("w2", "old".to_string()), ("w9", "x".to_string())];
+    let initial = [
+        ("w1", v("w1")),
+        ("w2", "old".to_string()),
+        ("w9", "x".to_string()),
+    ];
     let initial: Vec<(&str, &str)> = initial.iter().map(|(a, b)| (*a, b.as_str())).collect();
     let mut sub = Subscription::open(&request(&[], &[], &initial));
     assert!(sub.wildcard);
@@ -155,13 +208,23 @@ fn a_reconnecting_client_receives_only_the_difference() {
     assert_eq!(sent_names(&push), ["default/svc.example", "w2", "w3"]);
     assert_eq!(push.removed, ["w9"]);
     // Nothing more to send until the mesh changes.
-    assert_eq!(sub.push(ResourceType::Address, &m, None, &[]), ads::Push::default());
+    assert_eq!(
+        sub.push(ResourceType::Address, &m, None, &[]),
+        ads::Push::default()
+    );
 
     // The incremental path (the mesh's own delta) agrees with a full scan.
-    let next = m.next(&local::parse(&mesh_yaml(&[1, 3, 4], 9090, &[])).unwrap()).unwrap();
+    let next = m
+        .next(&local::parse(&mesh_yaml(&[1, 3, 4], 9090, &[])).unwrap())
+        .unwrap();
     let mut full = Subscription::open(&request(&[], &[], &[]));
     full.push(ResourceType::Address, &m, None, &[]);
-    let incremental_push = sub.push(ResourceType::Address, &next, next.delta(ResourceType::Address), &[]);
+    let incremental_push = sub.push(
+        ResourceType::Address,
+        &next,
+        next.delta(ResourceType::Address),
+        &[],
+    );
     let full_push = full.push(ResourceType::Address, &next, None, &[]);
     assert_eq!(sent_names(&incremental_push), sent_names(&full_push));
     assert_eq!(incremental_push.removed, full_push.removed);
@@ -175,7 +238,10 @@ fn on_demand_subscriptions_resolve_keys_and_report_missing_ones() {
     // "Subscribe to nothing".
     let mut sub = Subscription::open(&request(&["*"], &["*"], &[]));
     assert!(!sub.wildcard);
-    assert_eq!(sub.push(ResourceType::Address, &m, None, &[]), ads::Push::default());
+    assert_eq!(
+        sub.push(ResourceType::Address, &m, None, &[]),
+        ads::Push::default()
+    );
     // By alias: the resource under its own name, with the key as alias.
     let added = sub.change(&request(&["/10.0.0.2"], &[], &[]));
     let push = sub.push(ResourceType::Address, &m, None, &added);
@@ -187,8 +253,15 @@ fn on_demand_subscriptions_resolve_keys_and_report_missing_ones() {
     assert_eq!(sent_names(&push), ["w1"]);
     assert_eq!(push.removed, ["/10.0.0.77"]);
     // When a subscribed resource disappears, the client is told.
-    let next = m.next(&local::parse(&mesh_yaml(&[1], 8080, &[])).unwrap()).unwrap();
-    let push = sub.push(ResourceType::Address, &next, next.delta(ResourceType::Address), &[]);
+    let next = m
+        .next(&local::parse(&mesh_yaml(&[1], 8080, &[])).unwrap())
+        .unwrap();
+    let push = sub.push(
+        ResourceType::Address,
+        &next,
+        next.delta(ResourceType::Address),
+        &[],
+    );
     assert!(push.resources.is_empty(), "w1 unchanged");
     assert_eq!(push.removed, ["/10.0.0.2", "w2"]);
 }
@@ -218,7 +291,9 @@ impl Running {
             tokens: None,
             max_cert_ttl: super::ca::CaServerConfig::DEFAULT_MAX_TTL,
         };
-        let cp = ControlPlane::start(&args).await.expect("control plane starts");
+        let cp = ControlPlane::start(&args)
+            .await
+            .expect("control plane starts");
         let addr = cp.local_addr().unwrap();
         let ads = cp.ads().clone();
         let (stop, stopped) = tokio::sync::oneshot::channel();
@@ -259,7 +334,11 @@ struct Raw {
 }
 
 impl Raw {
-    async fn connect(addr: std::net::SocketAddr, root: &Path, first: Vec<DeltaDiscoveryRequest>) -> Raw {
+    async fn connect(
+        addr: std::net::SocketAddr,
+        root: &Path,
+        first: Vec<DeltaDiscoveryRequest>,
+    ) -> Raw {
         let channel = grpc::channel(&ChannelConfig {
             address: format!("https://localhost:{}", addr.port()),
             roots: RootCert::File(root.to_owned()),
@@ -308,7 +387,9 @@ fn wildcard(type_url: &str, initial: BTreeMap<String, String>) -> DeltaDiscovery
 
 fn xds_client(addr: std::net::SocketAddr, root: &Path) -> xds::ClientConfig {
     xds::ClientConfig {
-        address: format!("https://127.0.0.1:{}", addr.port()).parse().unwrap(),
+        address: format!("https://127.0.0.1:{}", addr.port())
+            .parse()
+            .unwrap(),
         root_cert: RootCert::File(root.to_owned()),
         alt_hostname: None,
         auth_token: AuthToken::None,
@@ -329,7 +410,10 @@ async fn serves_ztuns_client_and_pushes_file_changes() {
     let client = xds::Client::new(xds_client(cp.addr, &cp.root()), writer).unwrap();
     let mut synced = client.synced();
     let task = tokio::spawn(client.run());
-    tokio::time::timeout(WAIT, synced.wait_for(|s| *s)).await.unwrap().unwrap();
+    tokio::time::timeout(WAIT, synced.wait_for(|s| *s))
+        .await
+        .unwrap()
+        .unwrap();
     let snap = reader.load_full();
     assert_eq!(snap.workloads().count(), 2);
     assert_eq!(snap.endpoints("default/svc.example").len(), 2);
@@ -340,7 +424,10 @@ async fn serves_ztuns_client_and_pushes_file_changes() {
     tokio::time::timeout(WAIT, async {
         loop {
             let s = reader.load_full();
-            if s.workload_by_uid("w3").is_some() && s.policy("default/p2").is_some() && s.policy("default/p1").is_none() {
+            if s.workload_by_uid("w3").is_some()
+                && s.policy("default/p2").is_some()
+                && s.policy("default/p1").is_none()
+            {
                 break;
             }
             reader.changed().await;
@@ -372,7 +459,10 @@ async fn pushes_only_changes_and_honours_initial_versions_across_restarts() {
     let mut raw = Raw::connect(
         cp.addr,
         &cp.root(),
-        vec![wildcard(ADDRESS_TYPE, BTreeMap::new()), wildcard(AUTHORIZATION_TYPE, BTreeMap::new())],
+        vec![
+            wildcard(ADDRESS_TYPE, BTreeMap::new()),
+            wildcard(AUTHORIZATION_TYPE, BTreeMap::new()),
+        ],
     )
     .await;
     let first = raw.recv().await;
@@ -396,7 +486,13 @@ async fn pushes_only_changes_and_honours_initial_versions_across_restarts() {
     ));
     let push = raw.recv().await;
     assert_eq!(push.type_url, ADDRESS_TYPE);
-    assert_eq!(push.resources.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["w2"]);
+    assert_eq!(
+        push.resources
+            .iter()
+            .map(|r| r.name.as_str())
+            .collect::<Vec<_>>(),
+        ["w2"]
+    );
     assert!(push.removed_resources.is_empty());
     raw.ack(&push).await;
 
@@ -404,19 +500,40 @@ async fn pushes_only_changes_and_honours_initial_versions_across_restarts() {
     // before the change gets w2 back and nothing else, plus the removal of a name it has that
     // does not exist.
     let dir = cp.stop().await;
-    std::fs::write(dir.path().join("mesh.yaml"), mesh_yaml(&[1, 2, 3], 8080, &["p1"])).unwrap();
+    std::fs::write(
+        dir.path().join("mesh.yaml"),
+        mesh_yaml(&[1, 2, 3], 8080, &["p1"]),
+    )
+    .unwrap();
     let cp = Running::start_in(dir).await;
     let mut initial = versions.clone();
     initial.insert("w2".into(), "stale".into());
     initial.insert("gone".into(), "v".into());
     let mut raw = Raw::connect(cp.addr, &cp.root(), vec![wildcard(ADDRESS_TYPE, initial)]).await;
     let resumed = raw.recv().await;
-    assert_eq!(resumed.resources.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["w2"]);
-    assert_eq!(resumed.resources[0].version, versions["w2"], "same content, same version");
+    assert_eq!(
+        resumed
+            .resources
+            .iter()
+            .map(|r| r.name.as_str())
+            .collect::<Vec<_>>(),
+        ["w2"]
+    );
+    assert_eq!(
+        resumed.resources[0].version, versions["w2"],
+        "same content, same version"
+    );
     assert_eq!(resumed.removed_resources, ["gone"]);
     // A type subscribed with everything current still gets an (empty) answer.
-    let auth_versions = auth.resources.iter().map(|r| (r.name.clone(), r.version.clone())).collect();
-    raw.tx.send(wildcard(AUTHORIZATION_TYPE, auth_versions)).await.unwrap();
+    let auth_versions = auth
+        .resources
+        .iter()
+        .map(|r| (r.name.clone(), r.version.clone()))
+        .collect();
+    raw.tx
+        .send(wildcard(AUTHORIZATION_TYPE, auth_versions))
+        .await
+        .unwrap();
     let auth = raw.recv().await;
     assert_eq!(auth.type_url, AUTHORIZATION_TYPE);
     assert!(auth.resources.is_empty() && auth.removed_resources.is_empty());
@@ -452,13 +569,22 @@ async fn hundreds_of_clients_each_get_the_mesh_and_every_change() {
         .map(|mut raw| {
             tokio::spawn(async move {
                 let r = raw.recv().await;
-                assert_eq!(r.resources.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["w3"]);
+                assert_eq!(
+                    r.resources
+                        .iter()
+                        .map(|r| r.name.as_str())
+                        .collect::<Vec<_>>(),
+                    ["w3"]
+                );
             })
         })
         .collect();
     for p in pushes {
         p.await.unwrap();
     }
-    eprintln!("push to {CLIENTS} clients: {:?} after the file changed", started.elapsed());
+    eprintln!(
+        "push to {CLIENTS} clients: {:?} after the file changed",
+        started.elapsed()
+    );
     cp.stop().await;
 }
