@@ -3,6 +3,7 @@
 
 mod certs;
 mod dataplane;
+mod dns;
 mod lab;
 mod lifecycle;
 mod ops;
