@@ -34,8 +34,7 @@ use std::sync::Arc;
 
 use crate::identity::Identity;
 use crate::state::model::{
-    IpNet, Policy, PolicyAction, PolicyMatch, PolicyScope, ServiceAccountMatch, StringMatch, Strng,
-    Workload,
+    IpNet, Policy, PolicyAction, PolicyMatch, ServiceAccountMatch, StringMatch, Strng, Workload,
 };
 use crate::state::{canonical_ip, Snapshot};
 
@@ -237,14 +236,7 @@ pub(crate) fn applicable<'a>(
     snap: &'a Snapshot,
     dst: &Workload,
 ) -> Result<Vec<&'a Arc<Policy>>, Strng> {
-    let mut out: Vec<&Arc<Policy>> = snap
-        .policies()
-        .filter(|p| match p.scope {
-            PolicyScope::Global => true,
-            PolicyScope::Namespace => p.namespace == dst.namespace,
-            PolicyScope::WorkloadSelector => false,
-        })
-        .collect();
+    let mut out: Vec<&Arc<Policy>> = snap.scoped_policies(&dst.namespace).collect();
     for key in &dst.authorization_policies {
         match snap.policy(key) {
             Some(p) => out.push(p),

@@ -14,6 +14,11 @@ pub struct Snapshot {
     workloads_by_ip: HashMap<NetworkAddress, Arc<Workload>>,
     services: HashMap<Strng, Arc<Service>>,
     services_by_vip: HashMap<NetworkAddress, Vec<Arc<Service>>>,
+    /// GLOBAL policies, then NAMESPACE policies by namespace (each sorted by key).
+    global_policies: Vec<Arc<Policy>>,
+    namespace_policies: HashMap<Strng, Vec<Arc<Policy>>>,
+    /// (namespace, name) → workloads with that pod name (sorted by uid).
+    pods: HashMap<(Strng, Strng), Vec<Arc<Workload>>>,
     /// Service key → workloads that list the service (sorted by uid).
     endpoints: HashMap<Strng, Vec<Arc<Workload>>>,
     policies: HashMap<Strng, Arc<Policy>>,
@@ -40,24 +45,19 @@ impl Snapshot {
     }
 
     /// The workload of a pod by namespace and name, preferring one scheduled on `node`.
+    /// One hash lookup: this runs on every connection.
     pub fn workload_by_pod(
         &self,
         namespace: &str,
         name: &str,
         node: Option<&str>,
     ) -> Option<&Arc<Workload>> {
-        let mut found = None;
-        for w in self.workloads.values() {
-            if &*w.namespace == namespace && &*w.name == name {
-                if node.is_some_and(|n| &*w.node == n) {
-                    return Some(w);
-                }
-                found.get_or_insert(w);
-            }
-        }
-        found
+        let list = self
+            .pods
+            .get(&(Strng::from(namespace), Strng::from(name)))?;
+        node.and_then(|n| list.iter().find(|w| &*w.node == n))
+            .or_else(|| list.first())
     }
-
     /// Services reachable at `vip` on `network` (several may share a VIP).
     pub fn services_by_vip(&self, network: &str, vip: IpAddr) -> &[Arc<Service>] {
         let key = NetworkAddress {
@@ -96,6 +96,21 @@ impl Snapshot {
     /// All services, in no particular order.
     pub fn services(&self) -> impl Iterator<Item = &Arc<Service>> {
         self.services.values()
+    }
+
+    /// The GLOBAL policies and the NAMESPACE policies of `namespace`: what applies to every
+    /// workload of that namespace before its own WORKLOAD_SELECTOR list. No scan: this runs on
+    /// every inbound connection.
+    pub fn scoped_policies<'a>(
+        &'a self,
+        namespace: &str,
+    ) -> impl Iterator<Item = &'a Arc<Policy>> + 'a {
+        let ns = self
+            .namespace_policies
+            .get(namespace)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        self.global_policies.iter().chain(ns.iter())
     }
 
     /// All policies, in no particular order.
@@ -185,13 +200,17 @@ impl SnapshotBuilder {
                 }
             }
         }
+        let mut pods: HashMap<(Strng, Strng), Vec<Arc<Workload>>> = HashMap::new();
         let mut endpoints: HashMap<Strng, Vec<Arc<Workload>>> = HashMap::new();
         for w in self.workloads.values() {
+            pods.entry((w.namespace.clone(), w.name.clone()))
+                .or_default()
+                .push(w.clone());
             for key in w.services.keys() {
                 endpoints.entry(key.clone()).or_default().push(w.clone());
             }
         }
-        for list in endpoints.values_mut() {
+        for list in endpoints.values_mut().chain(pods.values_mut()) {
             list.sort_by(|a, b| a.uid.cmp(&b.uid));
         }
         let mut services_by_vip: HashMap<NetworkAddress, Vec<Arc<Service>>> = HashMap::new();
@@ -207,12 +226,34 @@ impl SnapshotBuilder {
         for list in services_by_vip.values_mut() {
             list.sort_by(|a, b| (&a.namespace, &a.hostname).cmp(&(&b.namespace, &b.hostname)));
         }
+        let mut global_policies = Vec::new();
+        let mut namespace_policies: HashMap<Strng, Vec<Arc<Policy>>> = HashMap::new();
+        for p in self.policies.values() {
+            match p.scope {
+                super::model::PolicyScope::Global => global_policies.push(p.clone()),
+                super::model::PolicyScope::Namespace => namespace_policies
+                    .entry(p.namespace.clone())
+                    .or_default()
+                    .push(p.clone()),
+                super::model::PolicyScope::WorkloadSelector => {}
+            }
+        }
+        let by_key = |a: &Arc<Policy>, b: &Arc<Policy>| {
+            (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name))
+        };
+        global_policies.sort_by(by_key);
+        for list in namespace_policies.values_mut() {
+            list.sort_by(by_key);
+        }
         Snapshot {
             generation,
+            global_policies,
+            namespace_policies,
             workloads: self.workloads,
             workloads_by_ip,
             services: self.services,
             services_by_vip,
+            pods,
             endpoints,
             policies: self.policies,
         }

@@ -1,5 +1,6 @@
 //! Table tests of the authorization semantics (compat.md §1.10, §2.2).
 
+use crate::state::model::PolicyScope;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
