@@ -193,6 +193,8 @@ fn start_mesh_source(
     };
     tracing::info!(address = %xds.address, on_demand = xds.on_demand, "connecting to the xDS control plane");
     let client = xds::Client::new(xds, writer).context("xDS client")?;
+    let m = client.metrics();
+    crate::ops::telemetry().add_collector(Box::new(move |out| xds_families(&m, out)));
     let synced = client.synced();
     readiness.block(XDS_TASK);
     let unblock = readiness.clone();
@@ -204,6 +206,41 @@ fn start_mesh_source(
     });
     tokio::spawn(client.run());
     Ok(config.local_xds.is_none().then_some(synced))
+}
+
+/// Istio's xDS families from the client's counters.
+fn xds_families(m: &xds::XdsMetrics, out: &mut String) {
+    use std::fmt::Write;
+    let _ = writeln!(out, "# HELP istio_xds_connection_terminations xDS stream terminations.\n# TYPE istio_xds_connection_terminations counter");
+    for r in xds::TerminationReason::ALL {
+        let _ = writeln!(
+            out,
+            "istio_xds_connection_terminations_total{{reason=\"{}\"}} {}",
+            r.as_str(),
+            m.terminations_total(r)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP istio_xds_message xDS messages received.\n# TYPE istio_xds_message counter"
+    );
+    for t in xds::ResourceType::ALL {
+        let _ = writeln!(
+            out,
+            "istio_xds_message_total{{url=\"{}\"}} {}",
+            t.type_url(),
+            m.message_total(t)
+        );
+    }
+    let _ = writeln!(out, "# HELP istio_xds_message_bytes xDS message bytes received.\n# TYPE istio_xds_message_bytes counter");
+    for t in xds::ResourceType::ALL {
+        let _ = writeln!(
+            out,
+            "istio_xds_message_bytes_total{{url=\"{}\"}} {}",
+            t.type_url(),
+            m.message_bytes_total(t)
+        );
+    }
 }
 
 async fn wait_synced(mut synced: tokio::sync::watch::Receiver<bool>) {
@@ -278,10 +315,7 @@ async fn serve_ops(
             match req.path.as_str() {
                 "/metrics" | "/stats/prometheus" => {
                     let stats = crate::ops::metrics::ProcessStats::read(Some(&data));
-                    let mut r = text(
-                        http::StatusCode::OK,
-                        crate::ops::telemetry().metrics.encode(&stats),
-                    );
+                    let mut r = text(http::StatusCode::OK, crate::ops::telemetry().encode(&stats));
                     r.headers_mut().insert(
                         http::header::CONTENT_TYPE,
                         http::HeaderValue::from_static(

@@ -270,12 +270,13 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition, with process and runtime gauges appended.
-    pub fn encode(&self, extra: &ProcessStats) -> String {
+    pub fn encode(&self, stats: &ProcessStats, extra: &str) -> String {
         let mut out = String::new();
         if prometheus_client::encoding::text::encode_registry(&mut out, &self.registry).is_err() {
             out.clear();
         }
-        extra.encode(&mut out);
+        stats.encode(&mut out);
+        out.push_str(extra);
         if prometheus_client::encoding::text::encode_eof(&mut out).is_err() {
             out.push_str("# EOF\n");
         }

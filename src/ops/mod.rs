@@ -21,10 +21,14 @@ use parking_lot::Mutex;
 use access::LiveConnection;
 use metrics::Metrics;
 
+/// Writes extra metric families in Prometheus text format at scrape time.
+pub type Collector = Box<dyn Fn(&mut String) + Send + Sync>;
+
 /// Process-wide telemetry: metrics and the live connection table.
 pub struct Telemetry {
     /// Prometheus metrics.
     pub metrics: Metrics,
+    collectors: Mutex<Vec<Collector>>,
     connections: Mutex<BTreeMap<u64, LiveConnection>>,
     next_id: AtomicU64,
 }
@@ -45,9 +49,24 @@ impl Telemetry {
     fn new(istio_version: &str) -> Self {
         Telemetry {
             metrics: Metrics::new(istio_version),
+            collectors: Mutex::new(Vec::new()),
             connections: Mutex::new(BTreeMap::new()),
             next_id: AtomicU64::new(1),
         }
+    }
+
+    /// Adds families owned elsewhere (e.g. the xDS client's counters) to every scrape.
+    pub fn add_collector(&self, c: Collector) {
+        self.collectors.lock().push(c);
+    }
+
+    /// The full scrape: registry, process and runtime gauges, and the collectors.
+    pub fn encode(&self, stats: &metrics::ProcessStats) -> String {
+        let mut extra = String::new();
+        for c in self.collectors.lock().iter() {
+            c(&mut extra);
+        }
+        self.metrics.encode(stats, &extra)
     }
 
     pub(crate) fn register(&self, conn: LiveConnection) -> u64 {

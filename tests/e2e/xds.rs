@@ -404,4 +404,28 @@ fn traffic_survives_a_control_plane_outage_and_a_restart_resyncs() {
             "ztun on {node} rejected something"
         );
     }
+    // The outage and the reconnect are in Istio's xDS metrics.
+    let (status, metrics) = crate::ops::http(
+        cluster.lab.node("n1").netns(),
+        "GET",
+        SocketAddr::from(([127, 0, 0, 1], 15020)),
+        "/metrics",
+    )
+    .unwrap();
+    assert_eq!(status, 200);
+    let terminations: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("istio_xds_connection_terminations_total"))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum();
+    assert!(
+        terminations >= 1.0,
+        "no xDS termination counted:\n{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "istio_xds_message_total{url=\"type.googleapis.com/istio.workload.Address\"}"
+        ),
+        "{metrics}"
+    );
 }
