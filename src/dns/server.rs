@@ -476,6 +476,7 @@ async fn serve_udp(server: Arc<DnsServer>, socket: std::net::UdpSocket, mut drai
             }
         }
     }
+    tracing::debug!(target: "dns", "DNS UDP server stopped");
 }
 
 async fn serve_tcp(server: Arc<DnsServer>, listener: std::net::TcpListener, mut drains: Drains) {
@@ -512,6 +513,7 @@ async fn serve_tcp(server: Arc<DnsServer>, listener: std::net::TcpListener, mut 
             drop(permit);
         });
     }
+    tracing::debug!(target: "dns", "DNS TCP server stopped");
 }
 
 /// Answers length-prefixed requests in order until the client closes, idles past

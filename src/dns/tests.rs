@@ -563,3 +563,39 @@ fn big_answers_are_truncated_for_udp_and_edns_is_echoed() {
     );
     assert!(edns.extensions().is_some(), "EDNS echoed");
 }
+
+#[test]
+fn listen_address_and_resolv_conf_from_the_environment() {
+    use crate::config::{Config, DnsListen, MapEnv};
+    let dns = |vars: &[(&str, &str)]| {
+        let env: MapEnv = vars.iter().copied().collect();
+        Config::from_source_with_cpus(&env, 2).map(|c| c.dns)
+    };
+    let d = dns(&[]).unwrap();
+    assert_eq!(d.listen, DnsListen::Localhost(15053));
+    assert_eq!(d.resolv_conf, std::path::PathBuf::from("/etc/resolv.conf"));
+    let cases = [
+        (
+            vec![("DNS_PROXY_ADDR", "localhost:5353")],
+            DnsListen::Localhost(5353),
+        ),
+        (
+            vec![("DNS_PROXY_ADDR", "127.0.0.2:53")],
+            DnsListen::Addr("127.0.0.2:53".parse().unwrap()),
+        ),
+        (
+            vec![
+                ("ISTIO_META_DNS_PROXY_ADDR", "[::1]:1053"),
+                ("DNS_PROXY_ADDR", "localhost:5353"),
+            ],
+            DnsListen::Addr("[::1]:1053".parse().unwrap()),
+        ),
+    ];
+    for (vars, want) in cases {
+        assert_eq!(dns(&vars).unwrap().listen, want, "{vars:?}");
+    }
+    assert!(dns(&[("DNS_PROXY_ADDR", "localhost")]).is_err());
+    assert!(dns(&[("DNS_PROXY_ADDR", "nope:53")]).is_err());
+    let d = dns(&[("ZTUN_DNS_RESOLV_CONF", "/tmp/r.conf")]).unwrap();
+    assert_eq!(d.resolv_conf, std::path::PathBuf::from("/tmp/r.conf"));
+}
