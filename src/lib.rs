@@ -14,6 +14,8 @@ pub mod controlplane;
 pub mod dataplane;
 pub mod dns;
 pub mod drain;
+#[cfg(any(test, feature = "testing"))]
+pub mod fuzz;
 pub mod identity;
 pub mod ops;
 pub mod state;

@@ -237,6 +237,27 @@ fn resolve(
     info: &ConnInfo,
     req: &Request<h2::RecvStream>,
 ) -> Result<(Authority, InboundTarget), Error> {
+    let authority = parse_head(req)?;
+    let snap = proxy.state.load();
+    let local = proxy.connections.pod().find(&snap).ok_or_else(|| {
+        Error::UnknownLocalWorkload(format!("{}/{}", proxy.pod.namespace, proxy.pod.name).into())
+    })?;
+    let target = route::inbound::resolve(
+        &snap,
+        &proxy.cfg.network,
+        local,
+        info.local,
+        &authority,
+        |p| proxy.is_own_port(p),
+    )?;
+    Ok((authority, target))
+}
+
+/// Checks a CONNECT request head and parses its target, before anything is looked up or
+/// dialled: only CONNECT, no `:scheme`/`:path`, no `Host` header next to `:authority` (the
+/// target comes from exactly one field), and a strict [`Authority`]. Public so the fuzz
+/// harness drives the same code as the server.
+pub fn parse_head<B>(req: &Request<B>) -> Result<Authority, Error> {
     if req.method() != Method::CONNECT {
         return Err(Error::BadRequest("method is not CONNECT"));
     }
@@ -255,21 +276,8 @@ fn resolve(
     if req.headers().contains_key(http::header::HOST) {
         return Err(Error::BadRequest("host header alongside :authority"));
     }
-    let authority = Authority::parse(authority.as_str())
-        .map_err(|_| Error::BadRequest("authority is not ip:port or hostname:port"))?;
-    let snap = proxy.state.load();
-    let local = proxy.connections.pod().find(&snap).ok_or_else(|| {
-        Error::UnknownLocalWorkload(format!("{}/{}", proxy.pod.namespace, proxy.pod.name).into())
-    })?;
-    let target = route::inbound::resolve(
-        &snap,
-        &proxy.cfg.network,
-        local,
-        info.local,
-        &authority,
-        |p| proxy.is_own_port(p),
-    )?;
-    Ok((authority, target))
+    Authority::parse(authority.as_str())
+        .map_err(|_| Error::BadRequest("authority is not ip:port or hostname:port"))
 }
 
 /// Connects to the app: from the client's own IP, or over loopback for a PROXY-protocol

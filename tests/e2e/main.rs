@@ -4,6 +4,7 @@
 mod certs;
 mod dataplane;
 mod dns;
+mod hardening;
 mod lab;
 mod lifecycle;
 mod ops;

@@ -1,0 +1,202 @@
+//! Floods and churn: H8 (rapid reset), H11 (a stream whose window never opens), R2-lite
+//! (connection churn, fds and memory return to baseline), S1-lite (many fresh handshakes).
+//!
+//! Scaled to a 2-core machine: 10 000 HEADERS+RST_STREAM pairs as fast as one client writes
+//! (not a sustained 10 k/s), 2 000 churned connections (not a 24 h soak), 200 handshakes.
+
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+
+use super::client::{self, kind, END_HEADERS};
+use super::Target;
+use crate::support::WAIT;
+
+/// H8: one connection sends 10 000 CONNECT HEADERS each followed by RST_STREAM(CANCEL). ztun
+/// ends that connection with a GOAWAY (or closes it) before all of them were processed, and
+/// another tenant's traffic (a → c, and a fresh HBONE client) keeps working meanwhile.
+#[test]
+fn rapid_reset_flood_gets_goaway_and_other_tenants_keep_working() {
+    let t = Target::start("hard_h8", &[]);
+    let config = client::client_config(&t.cluster, "sa-u");
+    let hbone = t.hbone();
+    let ok = t.authority(t.recorder.port());
+    let flood = t.cluster.lab.pod("u").spawn_async(async move {
+        let (mut w, mut r) = client::raw(hbone, config).await?;
+        let head = client::connect_block(&ok);
+        let writer = tokio::spawn(async move {
+            let mut sent = 0u32;
+            for chunk in 0..100u32 {
+                let mut batch = Vec::new();
+                for i in 0..100u32 {
+                    let stream = 1 + 2 * (chunk * 100 + i);
+                    client::push_frame(&mut batch, kind::HEADERS, END_HEADERS, stream, &head);
+                    client::push_frame(
+                        &mut batch,
+                        kind::RST_STREAM,
+                        0,
+                        stream,
+                        &8u32.to_be_bytes(),
+                    );
+                }
+                if w.raw(&batch).await.is_err() {
+                    break;
+                }
+                sent += 100;
+            }
+            sent
+        });
+        let mut goaway = None;
+        while let Some(f) = r.next().await? {
+            if f.kind == kind::GOAWAY {
+                goaway = Some(f.error_code());
+                break;
+            }
+        }
+        let sent = writer.await?;
+        anyhow::Ok((goaway, sent))
+    });
+    // Another tenant, during the flood.
+    let lab = &t.cluster.lab;
+    let c = lab.pod("c").ip();
+    for _ in 0..5 {
+        lab.pod("a")
+            .bulk_echo((c, t.echo.port()).into(), 256 * 1024)
+            .expect("a -> c during the flood");
+    }
+    let (goaway, sent) = flood.join().expect("flood task").expect("flood");
+    eprintln!("rapid reset: GOAWAY {goaway:?} after {sent} pairs written");
+    assert!(
+        goaway.is_some(),
+        "ztun never sent GOAWAY to a rapid-reset peer ({sent} pairs written)"
+    );
+    let config = client::client_config(&t.cluster, "sa-u");
+    let echo = t.authority(t.echo.port());
+    lab.pod("u")
+        .block_on(async move {
+            let h2 = client::h2(hbone, config).await?;
+            let (status, mut tx, mut rx) =
+                client::send(&h2, client::connect_request(&echo)).await?;
+            anyhow::ensure!(status == StatusCode::OK, "{status}");
+            client::echo(&mut tx, &mut rx, b"after the flood").await
+        })
+        .expect("a new connection after the flood");
+}
+
+/// H11: on one connection, stream A pushes 16 MiB to the echo server but never reads (its
+/// receive window stays closed); stream B on the same connection still echoes 1 MiB.
+#[test]
+fn a_stream_that_never_opens_its_window_stalls_only_itself() {
+    let t = Target::start("hard_h11", &[]);
+    let config = client::client_config(&t.cluster, "sa-u");
+    let hbone = t.hbone();
+    let echo = t.authority(t.echo.port());
+    t.cluster
+        .lab
+        .pod("u")
+        .block_on(async move {
+            let h2 = client::h2(hbone, config).await?;
+            let (status, mut a_tx, _a_rx) =
+                client::send(&h2, client::connect_request(&echo)).await?;
+            anyhow::ensure!(status == StatusCode::OK, "A: {status}");
+            // Queue 16 MiB on A; h2 sends what A's window allows, the rest waits.
+            let chunk = bytes::Bytes::from(vec![7u8; 1 << 20]);
+            for _ in 0..16 {
+                a_tx.reserve_capacity(chunk.len());
+                a_tx.send_data(chunk.clone(), false)?;
+            }
+            let (status, mut b_tx, mut b_rx) =
+                client::send(&h2, client::connect_request(&echo)).await?;
+            anyhow::ensure!(status == StatusCode::OK, "B: {status}");
+            let payload: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
+            for piece in payload.chunks(64 * 1024) {
+                client::echo(&mut b_tx, &mut b_rx, piece).await?;
+            }
+            anyhow::Ok(())
+        })
+        .expect("H11");
+}
+
+/// R2-lite: 2 000 short connections a → c (connect, echo 1 KiB, close) through both ztuns;
+/// afterwards each ztun's fd count returns to within 32 of its baseline and its RSS to within
+/// 64 MiB (generous: allocator caches). Waits for the counts to settle, bounded by a
+/// deadline.
+#[test]
+fn churn_returns_fds_and_memory_to_baseline() {
+    let t = Target::start("hard_r2", &[]);
+    let lab = &t.cluster.lab;
+    let dst = std::net::SocketAddr::from((lab.pod("c").ip(), t.echo.port()));
+    // Warm up (pool, certificates), then take the baseline.
+    lab.pod("a").bulk_echo(dst, 1024).expect("warm-up");
+    let pids: Vec<(String, u32)> = t
+        .cluster
+        .ztuns
+        .iter()
+        .map(|(n, p)| (n.clone(), p.pid()))
+        .collect();
+    let baseline: Vec<(usize, u64)> = pids.iter().map(|(_, p)| client::fds_and_rss(*p)).collect();
+    lab.pod("a")
+        .block_on(async move {
+            for _ in 0..2000 {
+                ztun::testkit::lab::bulk_echo(dst, 1024, WAIT).await?;
+            }
+            anyhow::Ok(())
+        })
+        .expect("churn");
+    let deadline = Instant::now() + WAIT;
+    for ((node, pid), (fds0, rss0)) in pids.iter().zip(&baseline) {
+        loop {
+            let (fds, rss) = client::fds_and_rss(*pid);
+            if fds <= fds0 + 32 && rss <= rss0 + 64 * 1024 {
+                eprintln!("{node}: fds {fds0} -> {fds}, rss {rss0} KiB -> {rss} KiB");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{node}: fds {fds0} -> {fds}, rss {rss0} KiB -> {rss} KiB after churn"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// S1-lite: 200 fresh mTLS connections (full handshakes, 20 at a time) from 4 identities,
+/// one CONNECT each: every one gets its 200.
+#[test]
+fn many_fresh_handshakes_all_succeed() {
+    let t = Target::start("hard_s1", &[]);
+    let configs: Vec<_> = ["sa-u", "sa-x", "sa-y", "sa-z"]
+        .iter()
+        .map(|sa| client::client_config(&t.cluster, sa))
+        .collect();
+    let hbone = t.hbone();
+    let echo = t.authority(t.echo.port());
+    let ok = t
+        .cluster
+        .lab
+        .pod("u")
+        .block_on(async move {
+            let mut ok = 0;
+            for round in 0..10 {
+                let mut tasks = Vec::new();
+                for i in 0..20 {
+                    let config = configs[(round + i) % configs.len()].clone();
+                    let echo = echo.clone();
+                    tasks.push(tokio::spawn(async move {
+                        let h2 = client::h2(hbone, config).await?;
+                        let (status, _, _) =
+                            client::send(&h2, client::connect_request(&echo)).await?;
+                        anyhow::Ok(status)
+                    }));
+                }
+                for task in tasks {
+                    if task.await?? == StatusCode::OK {
+                        ok += 1;
+                    }
+                }
+            }
+            anyhow::Ok(ok)
+        })
+        .expect("S1");
+    assert_eq!(ok, 200);
+}
