@@ -190,6 +190,7 @@ impl CertStore {
             tasks: JoinSet::new(),
             backoff: HashMap::new(),
             expiry: HashMap::new(),
+            expired: HashMap::new(),
             next_generation: 0,
             next_seq: 0,
         };
@@ -389,8 +390,10 @@ struct Worker {
     tasks: JoinSet<FetchResult>,
     /// Next retry delay (before jitter) per identity with consecutive failures.
     backoff: HashMap<Identity, Duration>,
-    /// When each held certificate expires.
-    expiry: HashMap<Identity, Instant>,
+    /// When each held certificate expires (tokio time, and wall-clock time for messages).
+    expiry: HashMap<Identity, (Instant, SystemTime)>,
+    /// Identities whose last certificate expired without being renewed, and when.
+    expired: HashMap<Identity, SystemTime>,
     next_generation: u64,
     next_seq: u64,
 }
@@ -400,7 +403,7 @@ impl Worker {
         loop {
             self.start_due_fetches();
             let next_due = self.next_due();
-            let next_expiry = self.expiry.values().min().copied();
+            let next_expiry = self.expiry.values().map(|(at, _)| *at).min();
             tokio::select! {
                 biased;
                 req = self.requests.recv() => match req {
@@ -435,11 +438,13 @@ impl Worker {
     fn handle_request(&mut self, req: Request) {
         match req {
             Request::Fetch(id, priority) => {
+                // Forgotten meanwhile (the slot goes first), or already being fetched.
+                let Some(state) = self.state(&id) else { return };
                 if self.in_flight.contains_key(&id) {
                     return;
                 }
                 let now = Instant::now();
-                let initializing = matches!(self.state(&id), Some(CertState::Initializing));
+                let initializing = matches!(state, CertState::Initializing);
                 match self.pending.get_mut(&id) {
                     Some(p) => {
                         p.priority = p.priority.max(priority);
@@ -456,6 +461,7 @@ impl Worker {
                 self.pending.remove(&id);
                 self.backoff.remove(&id);
                 self.expiry.remove(&id);
+                self.expired.remove(&id);
                 if let Some(f) = self.in_flight.remove(&id) {
                     f.abort.abort();
                 }
@@ -564,7 +570,8 @@ impl Worker {
         self.backoff.remove(&id);
         let refresh = self.refresh_instant(&cert);
         let expires = self.clock.instant_of(cert.not_after());
-        self.expiry.insert(id.clone(), expires);
+        self.expiry.insert(id.clone(), (expires, cert.not_after()));
+        self.expired.remove(&id);
         self.schedule(id.clone(), refresh, Priority::Background);
         let previous = self.publish(&id, CertState::Available(cert.clone()));
         let leaf = cert.chain().first().map(super::snapshot::CertInfo::of);
@@ -590,9 +597,9 @@ impl Worker {
     fn fail(&mut self, id: Identity, err: FetchError) {
         let delay = self.next_backoff(&id);
         self.schedule(id.clone(), Instant::now() + delay, Priority::Background);
-        let reason = reason_of(&err);
-        match self.state(&id) {
-            Some(CertState::Available(cert)) if self.clock.now() < cert.not_after() => {
+        let mut reason = reason_of(&err);
+        if let Some(CertState::Available(cert)) = self.state(&id) {
+            if self.clock.now() < cert.not_after() {
                 tracing::warn!(
                     identity = %id,
                     error = %reason,
@@ -600,13 +607,20 @@ impl Worker {
                     valid_until = %rfc3339(cert.not_after()),
                     "certificate renewal failed; the current certificate keeps serving"
                 );
+                return;
             }
-            _ => {
-                tracing::warn!(identity = %id, error = %reason, retry_in = ?delay, "certificate unavailable");
-                self.expiry.remove(&id);
-                self.publish(&id, CertState::Unavailable(reason));
-            }
+            self.expired.insert(id.clone(), cert.not_after());
         }
+        if let Some(at) = self.expired.get(&id) {
+            reason = format!(
+                "certificate expired at {}; renewal failed: {reason}",
+                rfc3339(*at)
+            )
+            .into();
+        }
+        tracing::warn!(identity = %id, error = %reason, retry_in = ?delay, "certificate unavailable");
+        self.expiry.remove(&id);
+        self.publish(&id, CertState::Unavailable(reason));
     }
 
     /// Marks identities whose certificate expired without renewal as unavailable.
@@ -615,16 +629,20 @@ impl Worker {
         let expired: Vec<Identity> = self
             .expiry
             .iter()
-            .filter(|(_, at)| **at <= now)
+            .filter(|(_, (at, _))| *at <= now)
             .map(|(id, _)| id.clone())
             .collect();
         for id in expired {
-            self.expiry.remove(&id);
+            let Some((_, not_after)) = self.expiry.remove(&id) else {
+                continue;
+            };
             tracing::error!(identity = %id, "certificate expired before it could be renewed");
-            self.publish(
-                &id,
-                CertState::Unavailable("certificate expired and its renewal is failing".into()),
+            self.expired.insert(id.clone(), not_after);
+            let reason = format!(
+                "certificate expired at {}; renewal is failing",
+                rfc3339(not_after)
             );
+            self.publish(&id, CertState::Unavailable(reason.into()));
             // Renewal keeps being retried on its backoff schedule; make sure one is pending.
             if !self.in_flight.contains_key(&id) && !self.pending.contains_key(&id) {
                 self.schedule(id, now, Priority::Background);
