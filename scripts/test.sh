@@ -24,5 +24,6 @@ cargo nextest run --features testing --no-fail-fast
 # Every fuzz target for 2 s with a fixed seed (deterministic inputs; see fuzz/README.md).
 "${CARGO_TARGET_DIR:-target}/debug/ztun-fuzz" --seconds 2 --seed 1 --artifacts fuzz/artifacts
 
-# TODO: enable the lint gates:
-# cargo fmt --all --check && cargo clippy --all-targets --features testing -- -D warnings
+# Lint gates (STYLE.md §9).
+cargo fmt --all --check
+cargo clippy --all-targets --features testing -- -D warnings
