@@ -195,13 +195,22 @@ async fn serve_stream(
         Ok(s) => s,
         Err(e) => return reject(&mut respond, &mut log, Error::ConnectUpstream(Arc::new(e))),
     };
-    let send = match respond.send_response(
-        Response::builder()
-            .status(StatusCode::OK)
-            .body(())
-            .unwrap_or_default(),
-        false,
-    ) {
+    let mut ok = Response::builder().status(StatusCode::OK);
+    if proxy.cfg.proxy.enable_response_baggage {
+        let local = proxy
+            .state
+            .load()
+            .workload_by_pod(
+                &proxy.pod.namespace,
+                &proxy.pod.name,
+                proxy.cfg.node_name.as_deref(),
+            )
+            .cloned();
+        if let Some(w) = local {
+            ok = ok.header("baggage", super::hbone::baggage(&w));
+        }
+    }
+    let send = match respond.send_response(ok.body(()).unwrap_or_default(), false) {
         Ok(s) => s,
         Err(e) => return log.complete(0, 0, Some(&Error::H2(Arc::new(e)))),
     };

@@ -120,6 +120,7 @@ async fn run(proxy: &Proxy, tcp: TcpStream, peer: SocketAddr, log: &mut AccessLo
                 .uri(authority.to_string())
                 .header("forwarded", forwarded)
                 .header("traceparent", super::hbone::traceparent())
+                .header("baggage", super::hbone::baggage(&src))
                 .body(())
                 .map_err(|_| fail(Error::BadRequest("cannot build CONNECT")))?;
             let mut sender = checkout

@@ -103,6 +103,46 @@ pub async fn keepalive(ping_pong: Option<h2::PingPong>, interval: Duration) {
     }
 }
 
+/// The `baggage` header describing a workload (W3C baggage, only non-empty items):
+/// `k8s.cluster.name`, `k8s.namespace.name`, `k8s.<workload type>.name`, `service.name`,
+/// `service.version`, `cloud.region`, `cloud.availability_zone`. Peers may use it for
+/// telemetry only; ztun never derives identity or routing from it.
+pub fn baggage(w: &crate::state::model::Workload) -> String {
+    let kind = if w.workload_type.is_empty() {
+        "deployment"
+    } else {
+        &w.workload_type
+    };
+    let kind_key = format!("k8s.{kind}.name");
+    let items = [
+        ("k8s.cluster.name", &*w.cluster_id),
+        ("k8s.namespace.name", &*w.namespace),
+        (kind_key.as_str(), &*w.workload_name),
+        ("service.name", &*w.canonical_name),
+        ("service.version", &*w.canonical_revision),
+        ("cloud.region", &*w.locality.region),
+        ("cloud.availability_zone", &*w.locality.zone),
+    ];
+    let mut out = String::new();
+    for (k, v) in items {
+        // Values go out as given only when they cannot break the header's syntax.
+        if v.is_empty()
+            || !v
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && !matches!(b, b',' | b';' | b'=' | b'\\' | b'"'))
+        {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push(',');
+        }
+        out.push_str(k);
+        out.push('=');
+        out.push_str(v);
+    }
+    out
+}
+
 /// A fresh W3C `traceparent` value with random trace and parent ids, sampled flag off.
 pub fn traceparent() -> String {
     let trace: u128 = rand::random::<u128>() | 1;
@@ -151,6 +191,25 @@ mod tests {
         assert_eq!(
             parse_authority(&long).unwrap_err(),
             AuthorityError::Malformed
+        );
+    }
+
+    #[test]
+    fn baggage_lists_only_safe_non_empty_items() {
+        // A workload as the local format yields it (test-only use of the parser).
+        let yaml = "workloads: [{uid: u, name: web, namespace: default, workloadIps: [10.0.0.1]}]";
+        let mut w = crate::control::local::parse(yaml)
+            .unwrap()
+            .workloads
+            .remove(0);
+        w.cluster_id = "Kubernetes".into();
+        w.workload_name = "web".into();
+        w.canonical_name = "web".into();
+        w.canonical_revision = "v1".into();
+        w.locality.region = "eu,evil=1".into();
+        assert_eq!(
+            baggage(&w),
+            "k8s.cluster.name=Kubernetes,k8s.namespace.name=default,k8s.deployment.name=web,service.name=web,service.version=v1"
         );
     }
 
