@@ -128,7 +128,10 @@ pub enum Refusal {
     #[error("ImpersonatedIdentity {0}")]
     Impersonation(Arc<str>),
     /// No workload with this identity is scheduled on the caller's node.
-    #[error("node {node:?} may not request {identity}: no workload with that identity is scheduled on it")]
+    #[error(
+        "node {node:?} may not request {identity}: no workload with that identity is scheduled \
+         on it"
+    )]
     NotOnNode {
         /// The caller's node.
         node: Arc<str>,

@@ -336,7 +336,7 @@ fn no_handshake_errors(cluster: &CaCluster) {
     }
 }
 
-/// The one long test (about a minute): 20 s certificates renewed every ~10 s while a
+/// hardening.md C5. The one long test (about 45 s): 20 s certificates renewed every ~10 s while a
 /// long-lived stream and new connections in both directions flow; across four rotations the
 /// mesh root moves A → A+B → B (bundle A+B signed by A, then by B, then bundle B), each step
 /// waiting until every identity on both nodes renewed. Not one connection may fail.
@@ -401,9 +401,10 @@ fn certificates_rotate_and_the_root_moves_from_a_to_b_without_a_failed_connectio
     no_handshake_errors(&cluster);
 }
 
-/// The CA (the whole control plane) goes away for longer than a refresh interval: renewals
-/// fail, the still-valid certificates keep serving new handshakes, and renewal resumes when
-/// it is back.
+/// hardening.md C1, scaled down (40 s certificates instead of 24 h, an outage of one refresh
+/// interval instead of hours): the CA (the whole control plane) goes away for longer than a
+/// refresh interval; renewals fail, the still-valid certificates keep serving new
+/// handshakes, and renewal resumes when it is back.
 #[test]
 fn traffic_continues_on_valid_certificates_while_the_ca_is_down() {
     let lab = standard_lab("ca_down");
@@ -464,8 +465,8 @@ fn traffic_continues_on_valid_certificates_while_the_ca_is_down() {
     no_handshake_errors(&cluster);
 }
 
-/// A node may only get certificates of workloads scheduled on it; an unknown token gets
-/// nothing; and a node's ztun holds only its own workloads' identities.
+/// hardening.md P3: a node may only get certificates of workloads scheduled on it; an
+/// unknown token gets nothing; and a node's ztun holds only its own workloads' identities.
 #[test]
 fn the_ca_refuses_identities_not_scheduled_on_the_asking_node() {
     let lab = standard_lab("ca_node_restriction");

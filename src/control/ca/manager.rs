@@ -13,8 +13,9 @@
 //!   ([`CertStore::follow_local_workloads`] does both from the mesh state).
 //! - Renewal at half of the lifetime, ± [`StoreConfig::refresh_jitter`] of the lifetime, so
 //!   nodes started together do not renew together (at half of the remaining validity if the
-//!   half-life has already passed when the certificate arrives). A renewed certificate replaces the old one
-//!   for new handshakes only; established connections keep their `Arc` to the old one.
+//!   half-life has already passed when the certificate arrives). A renewed certificate
+//!   replaces the old one for new handshakes only; established connections keep their `Arc`
+//!   to the old one.
 //! - Failures retry with exponential backoff (1 s, ×2, ±20 %, at most 150 s) per identity,
 //!   while a still-valid certificate keeps serving. A certificate that expires without
 //!   renewal makes its identity `Unavailable`; a received certificate that is already expired
@@ -267,7 +268,7 @@ impl CertStore {
             }
             for id in self.identities() {
                 if !local.contains(&id) {
-                    tracing::debug!(identity = %id, "no local workload left, forgetting its certificate");
+                    tracing::debug!(identity = %id, "no local workload left, forgetting it");
                     self.forget(&id);
                 }
             }
@@ -618,7 +619,12 @@ impl Worker {
             )
             .into();
         }
-        tracing::warn!(identity = %id, error = %reason, retry_in = ?delay, "certificate unavailable");
+        tracing::warn!(
+            identity = %id,
+            error = %reason,
+            retry_in = ?delay,
+            "certificate unavailable"
+        );
         self.expiry.remove(&id);
         self.publish(&id, CertState::Unavailable(reason));
     }

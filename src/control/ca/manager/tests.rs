@@ -449,7 +449,8 @@ async fn follows_the_hbone_workloads_of_this_node() {
     let workload = |name: &str, sa: &str, node: &str, protocol: &str| {
         format!(
             "- uid: {name}\n  name: {name}\n  namespace: default\n  serviceAccount: {sa}\n  \
-             trustDomain: cluster.local\n  workloadIps: []\n  node: {node}\n  protocol: {protocol}\n"
+             trustDomain: cluster.local\n  workloadIps: []\n  node: {node}\n  \
+             protocol: {protocol}\n"
         )
     };
     publish(&format!(
