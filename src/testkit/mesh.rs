@@ -96,11 +96,7 @@ impl MeshFile {
     }
 
     /// Edits the service `name` (e.g. to add a waypoint or load-balancing settings).
-    pub fn edit_service(
-        mut self,
-        name: &str,
-        f: impl FnOnce(&mut Map<String, Value>),
-    ) -> MeshFile {
+    pub fn edit_service(mut self, name: &str, f: impl FnOnce(&mut Map<String, Value>)) -> MeshFile {
         if let Some(s) = self
             .services
             .iter_mut()

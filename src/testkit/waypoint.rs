@@ -58,7 +58,9 @@ impl Waypoint {
         resolve: HashMap<SocketAddr, SocketAddr>,
     ) -> anyhow::Result<Waypoint> {
         let ca = LocalCa::load(ca_dir, Duration::from_secs(3600)).context("loading the test CA")?;
-        let cert = ca.mint(identity).context("minting the waypoint certificate")?;
+        let cert = ca
+            .mint(identity)
+            .context("minting the waypoint certificate")?;
         let acceptor = TlsAcceptor::from(cert.server_config());
         let seen = Arc::new(Mutex::new(Vec::new()));
         let resolve = Arc::new(resolve);
@@ -121,9 +123,7 @@ async fn serve(
     let tls = acceptor.accept(tcp).await.context("TLS")?;
     let client_identity =
         peer_identity(tls.get_ref().1.peer_certificates()).context("client identity")?;
-    let mut conn = h2::server::handshake(tls)
-        .await
-        .context("h2 handshake")?;
+    let mut conn = h2::server::handshake(tls).await.context("h2 handshake")?;
     while let Some(next) = conn.accept().await {
         let (req, mut respond) = next.context("h2 accept")?;
         let authority = req
@@ -138,7 +138,9 @@ async fn serve(
             .map(str::to_string);
         let target: Option<SocketAddr> = authority.parse().ok();
         let Some(target) = target else {
-            let resp = Response::builder().status(StatusCode::BAD_REQUEST).body(())?;
+            let resp = Response::builder()
+                .status(StatusCode::BAD_REQUEST)
+                .body(())?;
             let _ = respond.send_response(resp, true);
             continue;
         };

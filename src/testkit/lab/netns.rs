@@ -23,7 +23,7 @@ use tokio::sync::oneshot;
 pub const NETNS_DIR: &str = "/var/run/netns";
 
 /// A named network namespace. Dropping the handle does not delete the namespace: the
-/// [`Lab`](super::Lab) that created it deletes it (see [`delete`]).
+/// [`Lab`](super::Lab) that created it does, or [`cleanup_stale`](super::cleanup_stale).
 #[derive(Debug, Clone)]
 pub struct Netns {
     name: String,

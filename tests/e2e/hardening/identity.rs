@@ -152,7 +152,12 @@ fn a_pod_using_another_pods_ip_keeps_its_own_identity() {
     }
     let n1 = t.cluster.ztun("n1");
     let access = |l: &&String| l.contains("direction=");
-    for line in n2.logs().iter().filter(access).chain(n1.logs().iter().filter(access)) {
+    for line in n2
+        .logs()
+        .iter()
+        .filter(access)
+        .chain(n1.logs().iter().filter(access))
+    {
         assert!(
             !line.contains(&format!("identity={TD}/sa-b")),
             "a connection from a's netns was attributed to b: {line}"
