@@ -84,10 +84,22 @@ impl Ca {
                 .map_err(|e| invalid(&chain_path, e.to_string()))?,
             false => Vec::new(),
         };
+        // Without an intermediate, the signing root is the bundle entry whose key is
+        // `ca-key.pem` (during a root rotation the bundle holds both roots in any order).
+        let spki = rcgen::PublicKeyData::subject_public_key_info(&key_pair);
+        let matches_key = |der: &&CertificateDer<'static>| {
+            x509_parser::parse_x509_certificate(der)
+                .is_ok_and(|(_, c)| c.tbs_certificate.subject_pki.raw == spki.as_slice())
+        };
         let signing = chain
             .first()
-            .or(roots.first())
-            .ok_or_else(|| invalid(&root, "no certificate".into()))?;
+            .or_else(|| roots.iter().find(matches_key))
+            .ok_or_else(|| {
+                invalid(
+                    &root,
+                    "no certificate in the bundle matches ca-key.pem".into(),
+                )
+            })?;
         let issuer = rcgen::Issuer::from_ca_cert_der(signing, key_pair)
             .map_err(|e| invalid(&root, e.to_string()))?;
         Ok(Ca { issuer, chain })
@@ -251,5 +263,45 @@ impl AsyncWrite for TlsConn {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Mid-rotation the bundle lists A then B while `ca-key.pem` is B's: the serving
+    /// certificate must be issued by B, whatever the order.
+    #[test]
+    fn signs_with_the_bundle_root_matching_the_key() {
+        let base = tempfile::tempdir().unwrap();
+        let a =
+            crate::testkit::certs::write_named_ca_dir(&base.path().join("a"), "root-a").unwrap();
+        let b =
+            crate::testkit::certs::write_named_ca_dir(&base.path().join("b"), "root-b").unwrap();
+        let dir = base.path().join("ca");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(ROOT_CERT), format!("{}{}", a.cert_pem, b.cert_pem)).unwrap();
+        std::fs::write(dir.join(CA_KEY), &b.key_pem).unwrap();
+        let ca = Ca::load_or_create(&dir).unwrap();
+        let (chain, _) = ca.serving_cert(&["localhost".to_string()]).unwrap();
+        let (_, leaf) = x509_parser::parse_x509_certificate(&chain[0]).unwrap();
+        assert!(
+            leaf.issuer().to_string().contains("root-b"),
+            "{}",
+            leaf.issuer()
+        );
+
+        std::fs::write(
+            dir.join(CA_KEY),
+            KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
+                .unwrap()
+                .serialize_pem(),
+        )
+        .unwrap();
+        assert!(
+            Ca::load_or_create(&dir).is_err(),
+            "a key matching no root must be refused"
+        );
     }
 }

@@ -6,7 +6,6 @@
 
 pub mod access;
 pub mod admin;
-pub mod certs;
 pub mod http;
 pub mod logging;
 pub mod metrics;
