@@ -87,9 +87,12 @@ pub async fn serve(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, mut drai
                 let proxy = proxy.clone();
                 let info = conn_info.clone();
                 let mut w = drain.clone();
+                // Boxed request head: the task then captures one pointer instead of storing
+                // the head both as a capture and inside the stream future.
+                let req = Box::new(req);
                 tokio::spawn(async move {
                     tokio::select! {
-                        _ = serve_stream(&proxy, &info, req, respond) => {}
+                        _ = serve_stream(&proxy, &info, *req, respond) => {}
                         _ = w.immediate() => {}
                     }
                 });

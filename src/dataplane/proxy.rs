@@ -259,7 +259,7 @@ impl Drains {
 /// for its connections on shutdown.
 async fn serve<F, Fut>(listener: std::net::TcpListener, mut drains: Drains, handle: F)
 where
-    F: Fn(TcpStream, SocketAddr, Drains) -> Fut,
+    F: Fn(TcpStream, SocketAddr, Drains) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let listener = match TcpListener::from_std(listener) {
@@ -276,9 +276,13 @@ where
         };
         match accepted {
             Ok((stream, peer)) => {
-                let conn = handle(stream, peer, drains.clone());
+                // The connection future is created inside the task: a future captured from
+                // outside would be stored twice in the task (as the capture and as the
+                // select's operand), doubling the memory of every idle connection.
+                let handle = handle.clone();
                 let mut d = drains.clone();
                 tokio::spawn(async move {
+                    let conn = handle(stream, peer, d.clone());
                     tokio::select! {
                         _ = conn => {}
                         _ = d.immediate() => {}

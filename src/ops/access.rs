@@ -63,6 +63,29 @@ impl Peer {
     }
 }
 
+/// A workload named by namespace and name; shown as `namespace/name`. Shares the strings of
+/// the mesh state (no allocation per connection).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkloadRef {
+    /// Namespace.
+    pub namespace: Arc<str>,
+    /// Name.
+    pub name: Arc<str>,
+}
+
+impl WorkloadRef {
+    /// Whether this is `namespace/name`.
+    pub fn is(&self, namespace: &str, name: &str) -> bool {
+        &*self.namespace == namespace && &*self.name == name
+    }
+}
+
+impl serde::Serialize for WorkloadRef {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!("{}/{}", self.namespace, self.name))
+    }
+}
+
 /// An established connection, as the admin API lists it.
 #[derive(Debug, Clone, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -72,17 +95,17 @@ pub struct LiveConnection {
     /// Client address.
     pub src: Option<SocketAddr>,
     /// Client identity, when proven.
-    pub src_identity: Option<String>,
+    pub src_identity: Option<Identity>,
     /// Source workload (`namespace/name`), when known.
-    pub src_workload: Option<String>,
+    pub src_workload: Option<WorkloadRef>,
     /// L4 next hop.
     pub dst: Option<SocketAddr>,
     /// CONNECT authority, for tunnels.
     pub hbone_target: Option<SocketAddr>,
     /// Destination identity, when proven.
-    pub dst_identity: Option<String>,
+    pub dst_identity: Option<Identity>,
     /// Destination workload (`namespace/name`), when known.
-    pub dst_workload: Option<String>,
+    pub dst_workload: Option<WorkloadRef>,
     /// When it was established (seconds since the epoch).
     pub since: u64,
 }
@@ -128,7 +151,10 @@ impl AccessLog {
             return;
         }
         let workload = |p: &Peer| match (&p.namespace, &p.workload) {
-            (Some(ns), Some(w)) => Some(format!("{ns}/{w}")),
+            (Some(ns), Some(w)) => Some(WorkloadRef {
+                namespace: ns.clone(),
+                name: w.clone(),
+            }),
             _ => None,
         };
         let since = SystemTime::now()
@@ -138,11 +164,11 @@ impl AccessLog {
         let conn = LiveConnection {
             direction: self.direction.as_str(),
             src: self.src.addr,
-            src_identity: self.src.identity.as_ref().map(ToString::to_string),
+            src_identity: self.src.identity.clone(),
             src_workload: workload(&self.src),
             dst: self.dst.addr,
             hbone_target: self.hbone_addr,
-            dst_identity: self.dst.identity.as_ref().map(ToString::to_string),
+            dst_identity: self.dst.identity.clone(),
             dst_workload: workload(&self.dst),
             since,
         };

@@ -69,14 +69,23 @@ impl WorkloadStates {
         let pods = self.pods.lock();
         let mut out = serde_json::Map::new();
         for (uid, p) in pods.iter() {
-            let name = format!("{}/{}", p.info.namespace, p.info.name);
             let inbound: Vec<_> = conns
                 .iter()
-                .filter(|c| c.direction == "inbound" && c.dst_workload.as_deref() == Some(&name))
+                .filter(|c| {
+                    c.direction == "inbound"
+                        && c.dst_workload
+                            .as_ref()
+                            .is_some_and(|w| w.is(&p.info.namespace, &p.info.name))
+                })
                 .collect();
             let outbound: Vec<_> = conns
                 .iter()
-                .filter(|c| c.direction == "outbound" && c.src_workload.as_deref() == Some(&name))
+                .filter(|c| {
+                    c.direction == "outbound"
+                        && c.src_workload
+                            .as_ref()
+                            .is_some_and(|w| w.is(&p.info.namespace, &p.info.name))
+                })
                 .collect();
             out.insert(uid.clone(), json!({ "state": p.state, "info": p.info, "connections": { "inbound": inbound, "outbound": outbound } }));
         }
