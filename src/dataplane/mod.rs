@@ -173,6 +173,33 @@ impl crate::ops::access::Failure for Error {
             _ => "CONNECT",
         }
     }
+
+    fn reason(&self) -> &'static str {
+        match self {
+            Error::SelfCall(_) => "self_call",
+            Error::NoOriginalDestination => "no_original_destination",
+            Error::UnknownLocalWorkload(_) => "unknown_local_workload",
+            Error::LocalIdentityMismatch { .. } => "local_identity_mismatch",
+            Error::Certificate(_) => "no_certificate",
+            Error::ConnectPeer(_) => "peer_connect_failed",
+            Error::HandshakeTimeout => "handshake_timeout",
+            Error::Tls(_) => "tls_failed",
+            Error::PeerIdentity(_) => "peer_identity_invalid",
+            Error::UnexpectedPeer { .. } => "peer_identity_unexpected",
+            Error::H2(_) => "http2_failed",
+            Error::HttpStatus(_) => "peer_refused",
+            Error::ConnectUpstream(_) => "upstream_connect_failed",
+            Error::IpMismatch { .. } => "ip_mismatch",
+            Error::BadRequest(_) => "bad_request",
+            Error::NoHealthyUpstream(_) => "no_healthy_upstream",
+            Error::UnknownDestination(_) => "unknown_destination",
+            Error::UnknownWaypoint(_) => "unknown_waypoint",
+            Error::UnknownService(_) => "unknown_service",
+            Error::Io(_) => "relay_failed",
+            Error::Denied(_) => "policy_denied",
+            Error::Revoked(_) => "policy_revoked",
+        }
+    }
 }
 
 impl From<io::Error> for Error {

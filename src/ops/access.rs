@@ -238,6 +238,13 @@ impl AccessLog {
         telemetry
             .metrics
             .record_connection(&self.labels(flag), sent, recv, error.is_some());
+        if let Some(e) = error {
+            let labels = super::metrics::FailureLabels {
+                direction: self.direction.as_str(),
+                reason: e.reason(),
+            };
+            telemetry.metrics.failures.get_or_create(&labels).inc();
+        }
         let duration = format!("{}ms", self.started.elapsed().as_millis());
         let src_addr = self.src.addr.map(tracing::field::display);
         let dst_addr = self.dst.addr.map(tracing::field::display);
@@ -264,6 +271,7 @@ impl AccessLog {
                 bytes_recv = recv,
                 duration = duration.as_str(),
                 error = %e,
+                reason = e.reason(),
                 "connection complete"
             ),
             None => tracing::event!(
@@ -295,9 +303,19 @@ pub trait Failure: Display {
     fn response_flag(&self) -> &'static str {
         "CONNECT"
     }
+
+    /// A stable, distinct name for the reject path (`policy_denied`, `ip_mismatch`, ...):
+    /// the `reason` label of `ztun_connection_failures_total` and the `reason` log field.
+    fn reason(&self) -> &'static str {
+        "other"
+    }
 }
 
-impl Failure for &str {}
+impl Failure for &str {
+    fn reason(&self) -> &'static str {
+        "closed_by_drain"
+    }
+}
 
 impl Drop for AccessLog {
     fn drop(&mut self) {

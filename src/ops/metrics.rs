@@ -95,6 +95,15 @@ pub fn unknown() -> Arc<str> {
     UNKNOWN.get_or_init(|| Arc::from("unknown")).clone()
 }
 
+/// Labels of `ztun_connection_failures_total`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct FailureLabels {
+    /// `inbound` or `outbound`.
+    pub direction: &'static str,
+    /// Stable reject reason.
+    pub reason: &'static str,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct BuildLabels {
     component: &'static str,
@@ -122,6 +131,8 @@ pub struct Metrics {
     pub proxies_started: Counter,
     /// Pod proxies stopped.
     pub proxies_stopped: Counter,
+    /// Failed connections by stable reject reason and direction.
+    pub failures: Family<FailureLabels, Counter>,
     /// Connections denied by policy (all reasons).
     pub policy_denials: Counter,
     /// The DNS proxy's series (`istio_dns_*`).
@@ -202,6 +213,12 @@ impl Metrics {
                 proxies_stopped.clone(),
             );
         }
+        let failures: Family<FailureLabels, Counter> = Family::default();
+        registry.register(
+            "ztun_connection_failures",
+            "Failed or refused connections by stable reason",
+            failures.clone(),
+        );
         let policy_denials = Counter::default();
         registry.register(
             "ztun_policy_denials",
@@ -221,6 +238,7 @@ impl Metrics {
             proxies_started,
             proxies_stopped,
             policy_denials,
+            failures,
             dns,
             seen: Mutex::new(HashSet::new()),
         }

@@ -146,6 +146,32 @@ fn metrics_count_connections_and_bytes_exactly() {
         Some(3.0),
         "{src}"
     );
+
+    // A refused connection (nothing listens on 8081 in c) is counted with a stable reason on
+    // both sides.
+    assert!(lab
+        .pod("a")
+        .bulk_echo(SocketAddr::from((lab.pod("c").ip(), 8081)), 16)
+        .is_err());
+    crate::support::wait_for_nth_log(cluster.ztun("n2"), "reason=\"upstream_connect_failed\"", 1);
+    crate::support::wait_for_nth_log(cluster.ztun("n1"), "reason=\"peer_refused\"", 1);
+    let (_, dst) = http(lab.node("n2").netns(), "GET", local(15020), "/metrics").unwrap();
+    let want = [
+        ("direction", "inbound"),
+        ("reason", "upstream_connect_failed"),
+    ];
+    assert_eq!(
+        sample(&dst, "ztun_connection_failures_total", &want),
+        Some(1.0),
+        "{dst}"
+    );
+    let (_, src) = http(lab.node("n1").netns(), "GET", local(15020), "/metrics").unwrap();
+    let want = [("direction", "outbound"), ("reason", "peer_refused")];
+    assert_eq!(
+        sample(&src, "ztun_connection_failures_total", &want),
+        Some(1.0),
+        "{src}"
+    );
 }
 
 #[test]
