@@ -62,7 +62,7 @@ pub fn init(cfg: &LogConfig) -> anyhow::Result<LogHandle> {
     } else {
         tracing_subscriber::registry()
             .with(filter)
-            .with(fmt)
+            .with(fmt.event_format(PlainFormat))
             .try_init()
     };
     res.map_err(|e| anyhow::anyhow!("installing the logger: {e}"))?;
@@ -71,4 +71,51 @@ pub fn init(cfg: &LogConfig) -> anyhow::Result<LogHandle> {
         default: cfg.filter.as_str().into(),
         current: Arc::new(Mutex::new(cfg.filter.clone())),
     })
+}
+
+/// ztunnel's plain line format, so existing log pipelines parse ztun unchanged:
+/// `<RFC 3339 time, µs>\t<level>\t<target>[:<span>{fields}]…\t<message> <k=v …>`.
+struct PlainFormat;
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for PlainFormat
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let now = time::OffsetDateTime::now_utc();
+        let meta = event.metadata();
+        write!(
+            writer,
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z\t{}\t{}",
+            now.year(),
+            u8::from(now.month()),
+            now.day(),
+            now.hour(),
+            now.minute(),
+            now.second(),
+            now.microsecond(),
+            meta.level().as_str().to_ascii_lowercase(),
+            meta.target(),
+        )?;
+        if let Some(scope) = ctx.event_scope() {
+            for span in scope.from_root() {
+                write!(writer, ":{}", span.name())?;
+                let ext = span.extensions();
+                if let Some(fields) = ext.get::<tracing_subscriber::fmt::FormattedFields<N>>() {
+                    if !fields.is_empty() {
+                        write!(writer, "{{{fields}}}")?;
+                    }
+                }
+            }
+        }
+        writer.write_char('\t')?;
+        ctx.field_format().format_fields(writer.by_ref(), event)?;
+        writeln!(writer)
+    }
 }
