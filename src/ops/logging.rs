@@ -57,7 +57,7 @@ pub fn init(cfg: &LogConfig) -> anyhow::Result<LogHandle> {
     let res = if cfg.json {
         tracing_subscriber::registry()
             .with(filter)
-            .with(fmt.json().flatten_event(true))
+            .with(fmt.event_format(JsonFormat))
             .try_init()
     } else {
         tracing_subscriber::registry()
@@ -117,5 +117,95 @@ where
         writer.write_char('\t')?;
         ctx.field_format().format_fields(writer.by_ref(), event)?;
         writeln!(writer)
+    }
+}
+
+/// ztunnel's JSON line format: `{"level":"info","time":"…","scope":"<target>","message":"…",
+/// <fields>}`, plus `spans` (name and fields, root first) when the event is inside spans.
+struct JsonFormat;
+
+/// Collects an event's fields into a JSON object.
+struct JsonVisitor<'a>(&'a mut serde_json::Map<String, serde_json::Value>);
+
+impl tracing::field::Visit for JsonVisitor<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0.insert(
+            field.name().to_string(),
+            serde_json::Value::String(format!("{value:?}")),
+        );
+    }
+
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.0.insert(
+            field.name().to_string(),
+            serde_json::Value::String(value.to_string()),
+        );
+    }
+
+    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+        self.0.insert(field.name().to_string(), value.into());
+    }
+
+    fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
+        self.0.insert(field.name().to_string(), value.into());
+    }
+
+    fn record_bool(&mut self, field: &tracing::field::Field, value: bool) {
+        self.0.insert(field.name().to_string(), value.into());
+    }
+}
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for JsonFormat
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let meta = event.metadata();
+        let now = time::OffsetDateTime::now_utc();
+        let mut obj = serde_json::Map::new();
+        obj.insert(
+            "level".into(),
+            meta.level().as_str().to_ascii_lowercase().into(),
+        );
+        obj.insert(
+            "time".into(),
+            format!(
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+                now.year(),
+                u8::from(now.month()),
+                now.day(),
+                now.hour(),
+                now.minute(),
+                now.second(),
+                now.microsecond()
+            )
+            .into(),
+        );
+        obj.insert("scope".into(), meta.target().into());
+        event.record(&mut JsonVisitor(&mut obj));
+        if let Some(scope) = ctx.event_scope() {
+            let spans: Vec<serde_json::Value> = scope
+                .from_root()
+                .map(|span| {
+                    let ext = span.extensions();
+                    let fields = ext
+                        .get::<tracing_subscriber::fmt::FormattedFields<N>>()
+                        .map(|f| f.to_string())
+                        .unwrap_or_default();
+                    serde_json::json!({ "name": span.name(), "fields": fields })
+                })
+                .collect();
+            if !spans.is_empty() {
+                obj.insert("spans".into(), spans.into());
+            }
+        }
+        let line = serde_json::to_string(&obj).map_err(|_| std::fmt::Error)?;
+        writeln!(writer, "{line}")
     }
 }

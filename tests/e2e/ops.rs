@@ -335,3 +335,33 @@ fn sigterm_drains_open_connections_then_exits() {
         "drain hit the deadline"
     );
 }
+
+#[test]
+fn json_logs_use_ztunnels_fields() {
+    let lab = standard_lab("json_logs");
+    let mesh = MeshFile::from_lab(&lab);
+    let server = lab.pod("c").spawn_echo_server(8080).unwrap();
+    let cluster = Cluster::start_with(lab, mesh, &[("LOG_FORMAT", "json")]);
+    let lab = &cluster.lab;
+    lab.pod("a")
+        .bulk_echo(SocketAddr::from((lab.pod("c").ip(), server.port())), 1024)
+        .unwrap();
+    let line = cluster
+        .ztun("n2")
+        .wait_for_log("\"scope\":\"access\"", WAIT)
+        .unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    assert_eq!(v["level"], "info", "{line}");
+    assert_eq!(v["message"], "connection complete", "{line}");
+    assert_eq!(
+        v["src.identity"], "spiffe://cluster.local/ns/default/sa/sa-a",
+        "{line}"
+    );
+    assert_eq!(v["direction"], "inbound", "{line}");
+    assert_eq!(v["bytes_recv"], 1024, "{line}");
+    assert!(
+        v["time"].as_str().is_some_and(|t| t.ends_with('Z')),
+        "{line}"
+    );
+}
