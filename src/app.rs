@@ -288,6 +288,9 @@ type CertDump = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
 
 const CNI_TASK: &str = "workload proxy manager";
 
+/// Readiness task held while a pod's proxy failed to start and awaits its retry.
+const PENDING_TASK: &str = "pending workloads";
+
 /// Binds the admin, metrics and readiness listeners (a conflict fails startup) and serves
 /// them on the control runtime; metrics scrape the data runtime's figures.
 async fn serve_ops(
@@ -372,6 +375,18 @@ impl zds::ZdsObserver for OpsObserver {
         let m = &crate::ops::telemetry().metrics;
         m.proxies_started.inc();
         m.active_proxies.set(self.pods.up() as i64);
+    }
+
+    fn pending(&self, count: usize) {
+        if count > 0 {
+            self.readiness.block(PENDING_TASK);
+        } else {
+            self.readiness.unblock(PENDING_TASK);
+        }
+        crate::ops::telemetry()
+            .metrics
+            .pending_proxies
+            .set(count as i64);
     }
 
     fn pod_stopped(&self, pod: &Pod) {

@@ -67,6 +67,8 @@ pub trait ZdsObserver: Send + Sync + 'static {
     fn pod_started(&self, _pod: &Pod) {}
     /// A pod's proxy stopped.
     fn pod_stopped(&self, _pod: &Pod) {}
+    /// The number of pods whose proxy failed to start and awaits a retry changed.
+    fn pending(&self, _count: usize) {}
 }
 
 impl ZdsObserver for () {
@@ -85,10 +87,16 @@ pub struct Client {
     starter: Arc<dyn PodStarter>,
     observer: Arc<dyn ZdsObserver>,
     pods: HashMap<String, Running>,
+    /// Pods whose proxy failed to start (e.g. a port conflict): NACKed, and retried every
+    /// [`RETRY_PENDING`] until they start, are deleted or leave the snapshot.
+    pending: HashMap<String, (Pod, Arc<Netns>)>,
     /// Uids added or kept since the current connection started.
     seen: HashSet<String>,
     snapshot_done: bool,
 }
+
+/// How often pods whose proxy failed to start are retried.
+pub const RETRY_PENDING: Duration = Duration::from_secs(5);
 
 /// Why a ZDS connection ended.
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +118,7 @@ impl Client {
             starter,
             observer,
             pods: HashMap::new(),
+            pending: HashMap::new(),
             seen: HashSet::new(),
             snapshot_done: false,
         }
@@ -175,8 +184,17 @@ impl Client {
         .encode_to_vec();
         send(&fd, &hello).await?;
         let mut buf = vec![0u8; MAX_MESSAGE];
+        let mut retry = tokio::time::interval(RETRY_PENDING);
+        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let Some((len, fds, truncated)) = recv(&fd, &mut buf).await? else {
+            let received = tokio::select! {
+                r = recv(&fd, &mut buf) => r?,
+                _ = retry.tick(), if !self.pending.is_empty() => {
+                    self.retry_pending();
+                    continue;
+                }
+            };
+            let Some((len, fds, truncated)) = received else {
                 return Ok(());
             };
             let error = if truncated {
@@ -236,6 +254,9 @@ impl Client {
             }
             Payload::Del(del) => {
                 self.seen.remove(&del.uid);
+                if self.pending.remove(&del.uid).is_some() {
+                    self.observer.pending(self.pending.len());
+                }
                 if let Some(r) = self.pods.remove(&del.uid) {
                     tracing::info!(uid = %del.uid, pod = %r.pod.name, namespace = %r.pod.namespace, "pod removed");
                     self.observer.pod_stopped(&r.pod);
@@ -258,6 +279,12 @@ impl Client {
                         self.observer.pod_stopped(&r.pod);
                     }
                 }
+                let before = self.pending.len();
+                let seen = &self.seen;
+                self.pending.retain(|uid, _| seen.contains(uid));
+                if self.pending.len() != before {
+                    self.observer.pending(self.pending.len());
+                }
                 self.snapshot_done = true;
                 self.observer.synced(true);
                 Ok(())
@@ -276,14 +303,28 @@ impl Client {
                 self.observer.pod_stopped(&r.pod);
             }
         }
+        self.seen.insert(pod.uid.clone());
+        self.start(pod, Arc::new(netns))
+    }
+
+    /// Starts a pod's proxy; on failure the pod is kept pending for a retry.
+    fn start(&mut self, pod: Pod, netns: Arc<Netns>) -> Result<(), String> {
         let id = netns.id();
-        let guard = self
-            .starter
-            .start(&pod, Arc::new(netns))
-            .map_err(|e| format!("starting proxy for {}: {e}", pod.uid))?;
+        let guard = match self.starter.start(&pod, netns.clone()) {
+            Ok(g) => g,
+            Err(e) => {
+                let reason = format!("starting proxy for {}: {e}", pod.uid);
+                tracing::warn!(uid = %pod.uid, error = %e, retry_in = ?RETRY_PENDING, "pod proxy failed to start");
+                self.pending.insert(pod.uid.clone(), (pod, netns));
+                self.observer.pending(self.pending.len());
+                return Err(reason);
+            }
+        };
+        if self.pending.remove(&pod.uid).is_some() {
+            self.observer.pending(self.pending.len());
+        }
         tracing::info!(uid = %pod.uid, pod = %pod.name, namespace = %pod.namespace, "pod added");
         self.observer.pod_started(&pod);
-        self.seen.insert(pod.uid.clone());
         self.pods.insert(
             pod.uid.clone(),
             Running {
@@ -293,6 +334,21 @@ impl Client {
             },
         );
         Ok(())
+    }
+}
+
+impl Client {
+    /// Retries every pending pod once.
+    fn retry_pending(&mut self) {
+        let pending: Vec<(Pod, Arc<Netns>)> = self.pending.values().cloned().collect();
+        for (pod, netns) in pending {
+            let _ = self.start(pod, netns);
+        }
+    }
+
+    /// Number of pods awaiting a retry.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
     }
 }
 
@@ -409,6 +465,57 @@ mod tests {
 
     fn msg(p: Payload) -> Vec<u8> {
         proto::WorkloadRequest { payload: Some(p) }.encode_to_vec()
+    }
+
+    /// Fails the first `fail` starts, then succeeds.
+    struct Flaky {
+        fail: AtomicUsize,
+    }
+
+    impl PodStarter for Flaky {
+        fn start(&self, _pod: &Pod, _netns: Arc<Netns>) -> io::Result<Box<dyn Send + Sync>> {
+            if self.fail.load(Ordering::SeqCst) > 0 {
+                self.fail.fetch_sub(1, Ordering::SeqCst);
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    "port 15001 in use",
+                ));
+            }
+            Ok(Box::new(()))
+        }
+    }
+
+    #[test]
+    fn a_pod_that_fails_to_start_is_nacked_kept_pending_and_retried() {
+        let mut c = Client::new(
+            "/nonexistent".into(),
+            Arc::new(Flaky {
+                fail: AtomicUsize::new(2),
+            }),
+            Arc::new(()),
+        );
+        let err = c.handle(&add("a"), vec![netns_fd()]).unwrap_err();
+        assert!(err.contains("port 15001 in use"), "{err}");
+        assert_eq!((c.pods(), c.pending()), (0, 1));
+        c.retry_pending();
+        assert_eq!((c.pods(), c.pending()), (0, 1));
+        c.retry_pending();
+        assert_eq!((c.pods(), c.pending()), (1, 0));
+        // A pending pod that is deleted is forgotten.
+        let mut c = Client::new(
+            "/nonexistent".into(),
+            Arc::new(Flaky {
+                fail: AtomicUsize::new(9),
+            }),
+            Arc::new(()),
+        );
+        c.handle(&add("b"), vec![netns_fd()]).unwrap_err();
+        c.handle(
+            &msg(Payload::Del(proto::DelWorkload { uid: "b".into() })),
+            vec![],
+        )
+        .unwrap();
+        assert_eq!(c.pending(), 0);
     }
 
     #[test]

@@ -501,3 +501,65 @@ fn dedicated_mode_serves_one_workload_from_its_own_namespace() {
         "{line}"
     );
 }
+
+#[test]
+fn a_pod_whose_proxy_cannot_start_is_pending_until_a_retry_succeeds() {
+    use ztun::testkit::lab::{Lab, PodSpec};
+    crate::support::require_root();
+    let lab = Lab::builder("pending_pod")
+        .node("n1")
+        .node("n2")
+        .pod(
+            PodSpec::new("a", "n1")
+                .service_account("sa-a")
+                .captured(true),
+        )
+        .pod(
+            PodSpec::new("b", "n1")
+                .service_account("sa-b")
+                .captured(true)
+                .enrolled(false),
+        )
+        .pod(
+            PodSpec::new("c", "n2")
+                .service_account("sa-c")
+                .captured(true),
+        )
+        .build()
+        .unwrap();
+    let mesh = MeshFile::from_lab(&lab);
+    let server = lab.pod("c").spawn_echo_server(8080).unwrap();
+    // Something in pod b already holds 15001 (without SO_REUSEPORT).
+    let blocker = lab.pod("b").spawn_echo_server(15001).unwrap();
+    let cluster = Cluster::start(lab, mesh);
+    let lab = &cluster.lab;
+    let n1 = cluster.ztun("n1");
+    let ack = lab.cni("n1").add_pod(&lab.pod("b").info()).unwrap();
+    assert!(
+        ack.error.contains("in use"),
+        "expected a NACK for the port conflict, got {ack:?}"
+    );
+    let (status, body) = crate::ops::http(
+        lab.node("n1").netns(),
+        "GET",
+        SocketAddr::from(([127, 0, 0, 1], 15021)),
+        "/healthz/ready",
+    )
+    .unwrap();
+    assert_eq!(status, 500, "{body}");
+    assert!(body.contains("pending workloads"), "{body}");
+    // The conflict goes away: the retry starts the proxy and readiness recovers.
+    blocker.stop();
+    n1.wait_for_log(&format!("pod added uid={}", lab.pod("b").uid()), WAIT)
+        .unwrap();
+    let (status, body) = crate::ops::http(
+        lab.node("n1").netns(),
+        "GET",
+        SocketAddr::from(([127, 0, 0, 1], 15021)),
+        "/healthz/ready",
+    )
+    .unwrap();
+    assert_eq!((status, body.trim()), (200, "ready"));
+    let dst = SocketAddr::from((lab.pod("c").ip(), server.port()));
+    assert_eq!(lab.pod("b").bulk_echo(dst, 1 << 20).unwrap().bytes, 1 << 20);
+}
