@@ -19,7 +19,7 @@ use crate::control::ca::{CaClient, CaClientConfig, CertStore, Issuer, LocalCa, S
 use crate::control::xds;
 use crate::control::zds::{self, Pod, PodStarter};
 use crate::dataplane::sockets::Sockets;
-use crate::dataplane::{PodInfo, Proxy};
+use crate::dataplane::{OnDemand, PodInfo, Proxy};
 use crate::drain::{self, DrainMode};
 use crate::ops::admin::{Admin, PodState, PodStateInfo, WorkloadStates};
 use crate::ops::logging::LogHandle;
@@ -60,7 +60,7 @@ async fn run_control(config: Arc<Config>, data: Handle, log: LogHandle) -> anyho
     let pods = WorkloadStates::default();
     let (writer, reader) = state::new();
     load_local_config(&config, &writer)?;
-    let xds_synced = start_mesh_source(&config, writer, &readiness)?;
+    let (xds_synced, on_demand) = start_mesh_source(&config, writer, &readiness)?;
     let (certs, cert_dump) = cert_source(&config, &reader)?;
     let process = Arc::new(drain::channel().0);
     let shutdown = Arc::new(tokio::sync::Notify::new());
@@ -82,6 +82,7 @@ async fn run_control(config: Arc<Config>, data: Handle, log: LogHandle) -> anyho
         ProxyMode::Shared => {
             let starter = Arc::new(PodProxies {
                 config: config.clone(),
+                on_demand: on_demand.clone(),
                 state: reader.clone(),
                 certs: certs.clone(),
                 data: data.clone(),
@@ -114,7 +115,14 @@ async fn run_control(config: Arc<Config>, data: Handle, log: LogHandle) -> anyho
                 service_account: info.service_account.into(),
             };
             let sockets = sockets_for(&config, None);
-            let proxy = Proxy::new(pod, config.clone(), reader.clone(), certs.clone(), sockets);
+            let proxy = Proxy::new(
+                pod,
+                config.clone(),
+                reader.clone(),
+                certs.clone(),
+                sockets,
+                on_demand.clone(),
+            );
             _dedicated = Some(
                 proxy
                     .start(&data, &process)
@@ -179,23 +187,31 @@ fn load_local_config(config: &Config, writer: &Writer) -> anyhow::Result<()> {
 /// the file is not watched. Readiness waits for the first ACK of every type. Without a local
 /// file, the CNI is connected only after that (returned signal); with one, its contents serve
 /// until then. Without an xDS address the local file is the mesh and its edits are followed.
+type MeshSource = (
+    Option<tokio::sync::watch::Receiver<bool>>,
+    Option<Arc<dyn OnDemand>>,
+);
+
 fn start_mesh_source(
     config: &Config,
     writer: Writer,
     readiness: &Readiness,
-) -> anyhow::Result<Option<tokio::sync::watch::Receiver<bool>>> {
+) -> anyhow::Result<MeshSource> {
     let Some(xds) = xds::ClientConfig::from_config(config).context("xDS client")? else {
         if let Some(LocalXds::Path(path)) = &config.local_xds {
             let watcher = crate::control::local_watch::LocalWatcher::new(path.clone());
             tokio::spawn(watcher.run(writer));
         }
-        return Ok(None);
+        return Ok((None, None));
     };
     tracing::info!(address = %xds.address, on_demand = xds.on_demand, "connecting to the xDS control plane");
     let client = xds::Client::new(xds, writer).context("xDS client")?;
     let m = client.metrics();
     crate::ops::telemetry().add_collector(Box::new(move |out| xds_families(&m, out)));
     let synced = client.synced();
+    let on_demand = client
+        .demander()
+        .map(|d| Arc::new(XdsOnDemand(d)) as Arc<dyn OnDemand>);
     readiness.block(XDS_TASK);
     let unblock = readiness.clone();
     let mut ready = synced.clone();
@@ -205,7 +221,20 @@ fn start_mesh_source(
         }
     });
     tokio::spawn(client.run());
-    Ok(config.local_xds.is_none().then_some(synced))
+    Ok((config.local_xds.is_none().then_some(synced), on_demand))
+}
+
+/// The data plane's on-demand capability, backed by the xDS client.
+struct XdsOnDemand(xds::Demander);
+
+impl OnDemand for XdsOnDemand {
+    fn demand(
+        &self,
+        key: String,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>> {
+        let d = self.0.clone();
+        Box::pin(async move { d.demand(&key).await })
+    }
 }
 
 /// Istio's xDS families from the client's counters.
@@ -410,6 +439,7 @@ fn sockets_for(config: &Config, netns: Option<Arc<Netns>>) -> Sockets {
 /// Starts a pod's proxy in its namespace (shared mode).
 struct PodProxies {
     config: Arc<Config>,
+    on_demand: Option<Arc<dyn OnDemand>>,
     state: Reader,
     certs: Arc<dyn CertSource>,
     data: Handle,
@@ -431,6 +461,7 @@ impl PodStarter for PodProxies {
             self.state.clone(),
             self.certs.clone(),
             sockets,
+            self.on_demand.clone(),
         );
         let handle = proxy.start(&self.data, &self.process)?;
         Ok(Box::new(handle))

@@ -27,6 +27,17 @@ use crate::tls::{FetchError, IdentityError};
 
 pub use proxy::{PodInfo, Proxy, ProxyHandle};
 
+/// Asks the control plane for an address resource the state lacks (`XDS_ON_DEMAND`) and
+/// waits a bounded time. The key is `network/IP`, a workload uid or `namespace/hostname`;
+/// `true` once an answer (added or removed) is in the state.
+pub trait OnDemand: Send + Sync + 'static {
+    /// Requests `key` and waits for the answer.
+    fn demand(
+        &self,
+        key: String,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>;
+}
+
 /// Whose fault a failed connection is (for logs and metrics).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {

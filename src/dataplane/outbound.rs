@@ -50,7 +50,7 @@ async fn run(proxy: &Proxy, tcp: TcpStream, peer: SocketAddr, log: &mut AccessLo
     log.src.describe(&src);
     log.src.identity = src.identity();
     let src_ip = canonical_ip(peer.ip());
-    let route = {
+    let plan = || {
         let snap = proxy.state.load();
         let source = route::Source {
             workload: &src,
@@ -59,6 +59,23 @@ async fn run(proxy: &Proxy, tcp: TcpStream, peer: SocketAddr, log: &mut AccessLo
         };
         route::plan(&snap, &source, dst, proxy.cfg.proxy.inbound_hbone_port)
     };
+    let mut route = plan();
+    // On-demand mode: an address the state does not know may just not be fetched yet. Ask
+    // the control plane (bounded wait), then decide again.
+    if let (
+        Some(od),
+        Route::Tcp {
+            workload: None,
+            service: None,
+            ..
+        },
+    ) = (&proxy.on_demand, &route)
+    {
+        let key = format!("{}/{}", proxy.cfg.network, dst.ip());
+        if od.demand(key).await {
+            route = plan();
+        }
+    }
     match route {
         Route::Refuse(reason) => {
             // Refused, not hung: the client sees a reset rather than an orderly close.

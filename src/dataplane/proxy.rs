@@ -46,6 +46,8 @@ pub struct Proxy {
     pub(crate) pool: Pool,
     /// Live inbound connections, re-authorized when the mesh state changes.
     pub(crate) connections: Connections,
+    /// Fetches missing addresses from the control plane (`XDS_ON_DEMAND`).
+    pub(crate) on_demand: Option<Arc<dyn super::OnDemand>>,
 }
 
 impl Proxy {
@@ -56,6 +58,7 @@ impl Proxy {
         state: Reader,
         certs: Arc<dyn CertSource>,
         sockets: Sockets,
+        on_demand: Option<Arc<dyn super::OnDemand>>,
     ) -> Arc<Self> {
         let pool_cfg = PoolConfig {
             max_streams: cfg.proxy.pool_max_streams_per_connection,
@@ -78,6 +81,7 @@ impl Proxy {
             sockets,
             pool,
             connections,
+            on_demand,
         })
     }
 
@@ -86,6 +90,7 @@ impl Proxy {
     pub async fn local_workload(&self) -> Result<Arc<Workload>, Error> {
         let mut state = self.state.clone();
         let deadline = tokio::time::Instant::now() + LOCAL_WORKLOAD_WAIT;
+        let mut demanded = false;
         loop {
             let found = {
                 let snap = state.load();
@@ -104,6 +109,13 @@ impl Proxy {
                     });
                 }
                 return Ok(w);
+            }
+            // On-demand mode: ask for the pod by uid once, then keep waiting for the state.
+            if let (Some(od), false) = (&self.on_demand, demanded || self.pod.uid.is_empty()) {
+                demanded = true;
+                if od.demand(self.pod.uid.to_string()).await {
+                    continue;
+                }
             }
             match tokio::time::timeout_at(deadline, state.changed()).await {
                 Ok(true) => continue,

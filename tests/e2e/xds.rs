@@ -37,6 +37,11 @@ impl XdsCluster {
     /// Writes `mesh` and a CA, starts the control plane in n1's namespace, then a ztun per
     /// node pointed at it, and waits until every ztun has synced (its CNI connects only then).
     fn start(lab: Lab, mesh: &str) -> XdsCluster {
+        XdsCluster::start_with(lab, mesh, &[])
+    }
+
+    /// Like [`XdsCluster::start`] with extra environment for every ztun.
+    fn start_with(lab: Lab, mesh: &str, extra: &[(&str, &str)]) -> XdsCluster {
         let ca_dir = lab.dir().join("ca");
         ztun::testkit::certs::write_ca_dir(&ca_dir).expect("writing CA");
         let mesh_path = lab.dir().join("mesh.yaml");
@@ -58,11 +63,12 @@ impl XdsCluster {
             .into_owned();
         let ca = cluster.ca_dir.to_string_lossy().into_owned();
         for node in ["n1", "n2"] {
-            let env = [
+            let mut env = vec![
                 ("XDS_ADDRESS", address.as_str()),
                 ("XDS_ROOT_CA", root.as_str()),
                 ("LOCAL_CA_DIR", ca.as_str()),
             ];
+            env.extend_from_slice(extra);
             let p = cluster.lab.spawn_ztun(node, &env).expect("spawning ztun");
             cluster.ztuns.push((node.to_string(), p));
         }
@@ -427,5 +433,59 @@ fn traffic_survives_a_control_plane_outage_and_a_restart_resyncs() {
             "istio_xds_message_total{url=\"type.googleapis.com/istio.workload.Address\"}"
         ),
         "{metrics}"
+    );
+}
+
+/// `XDS_ON_DEMAND=true`: the nodes subscribe to no address at all; each pod's own workload is
+/// fetched by uid when its first connection needs it, and a destination by `network/IP` on
+/// the first miss. Traffic then flows through HBONE as with a full subscription.
+#[test]
+fn on_demand_nodes_fetch_what_their_connections_need() {
+    let lab = standard_lab("xds_on_demand");
+    let mesh = MeshFile::from_lab(&lab);
+    let _c = lab.pod("c").spawn_echo_server(8080).unwrap();
+    let cluster = XdsCluster::start_with(
+        lab,
+        &mesh.to_yaml(),
+        &[
+            ("XDS_ON_DEMAND", "true"),
+            ("ISTIO_META_DNS_CAPTURE", "false"),
+        ],
+    );
+    let to_c = SocketAddr::from((cluster.lab.pod("c").ip(), 8080));
+    let t = cluster
+        .lab
+        .pod("a")
+        .bulk_echo(to_c, 1 << 20)
+        .expect("a -> c with on-demand xDS");
+    assert_eq!(t.bytes, 1 << 20);
+    let line = cluster
+        .ztun("n2")
+        .wait_for_log("direction=\"inbound\"", WAIT)
+        .unwrap();
+    assert!(
+        line.contains("src.identity=spiffe://cluster.local/ns/default/sa/sa-a"),
+        "{line}"
+    );
+    // n1 holds only what was asked for: a and c, not b, not u.
+    let (_, dump) = crate::ops::http(
+        cluster.lab.node("n1").netns(),
+        "GET",
+        SocketAddr::from(([127, 0, 0, 1], 15000)),
+        "/config_dump",
+    )
+    .unwrap();
+    let dump: Value = serde_json::from_str(&dump).unwrap();
+    let mut names: Vec<&str> = dump["workloads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|w| w["name"].as_str())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["a", "c"],
+        "on-demand state should hold exactly what connections needed"
     );
 }
