@@ -113,10 +113,15 @@ pub fn channel(config: &ChannelConfig) -> Result<Channel, ChannelError> {
     let dial: Uri = format!("http://{authority}")
         .parse()
         .map_err(|_| bad("invalid authority"))?;
+    // HTTP/2 PINGs every 30 s, 10 s to answer: a control plane that vanished without closing
+    // the connection (node lost, network cut) is noticed, and the client reconnects.
     let endpoint = Endpoint::from(dial)
         .origin(origin)
         .connect_timeout(config.connect_timeout)
-        .timeout(config.request_timeout);
+        .timeout(config.request_timeout)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true);
     let connector = Connector {
         host: host.into(),
         port,
@@ -237,6 +242,12 @@ impl tonic::codegen::Service<Uri> for Connector {
             let connect = async {
                 let tcp = TcpStream::connect((&*this.host, this.port)).await?;
                 tcp.set_nodelay(true)?;
+                // TCP keepalive 300 s / 75 s / 9 probes, as Istio's agents use toward istiod.
+                let keepalive = socket2::TcpKeepalive::new()
+                    .with_time(Duration::from_secs(300))
+                    .with_interval(Duration::from_secs(75))
+                    .with_retries(9);
+                socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive)?;
                 let Some(tls) = this.tls else {
                     return Ok::<_, std::io::Error>(Io::Plain(tcp));
                 };
