@@ -74,6 +74,27 @@ const ALT_XDS_HOSTNAME: &str = "ALT_XDS_HOSTNAME";
 const ALT_CA_HOSTNAME: &str = "ALT_CA_HOSTNAME";
 const AUTH_TOKEN: &str = "AUTH_TOKEN";
 const ISTIO_META_PREFIX: &str = "ISTIO_META_";
+const ISTIO_METAJSON_PREFIX: &str = "ISTIO_METAJSON_";
+
+/// `ISTIO_METAJSON_<K>` variables as JSON values keyed by `<K>`.
+fn metadata_json(source: &dyn Source) -> Result<BTreeMap<String, serde_json::Value>, ConfigError> {
+    let mut out = BTreeMap::new();
+    for (name, value) in source.vars_with_prefix(ISTIO_METAJSON_PREFIX) {
+        let Some(key) = name
+            .strip_prefix(ISTIO_METAJSON_PREFIX)
+            .filter(|k| !k.is_empty())
+        else {
+            continue;
+        };
+        let json = serde_json::from_str(&value).map_err(|_| ConfigError::Invalid {
+            var: name.clone(),
+            value: value.clone(),
+            expected: "a JSON value",
+        })?;
+        out.insert(key.to_owned(), json);
+    }
+    Ok(out)
+}
 const XDS_HEADER_PREFIX: &str = "XDS_HEADER_";
 const CA_HEADER_PREFIX: &str = "CA_HEADER_";
 
@@ -352,6 +373,7 @@ pub(super) fn build(source: &dyn Source, available_cpus: usize) -> Result<Config
                 (!key.is_empty()).then(|| (key.to_owned(), value))
             })
             .collect(),
+        proxy_metadata_json: metadata_json(source)?,
         xds_headers: headers(source, XDS_HEADER_PREFIX)?,
         ca_headers: headers(source, CA_HEADER_PREFIX)?,
         xds_root_ca: root_cert(&env, XDS_ROOT_CA),

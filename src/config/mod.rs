@@ -105,6 +105,9 @@ pub struct Config {
     /// Every `ISTIO_META_<K>` variable as `<K>` → value (including `CLUSTER_ID` and
     /// `DNS_CAPTURE`); sent to istiod as node metadata.
     pub proxy_metadata: BTreeMap<String, String>,
+    /// Every `ISTIO_METAJSON_<K>` variable, parsed as JSON, for the xDS node metadata field
+    /// `<K>` (a value that is not JSON is a startup error).
+    pub proxy_metadata_json: BTreeMap<String, serde_json::Value>,
     /// Every `XDS_HEADER_<name>` variable as lowercased `<name>` → value: extra gRPC metadata
     /// on the xDS stream. Names are HTTP tokens, values printable ASCII.
     pub xds_headers: BTreeMap<String, String>,

@@ -816,3 +816,24 @@ fn process_env_reads_the_real_environment() {
         .any(|(name, _)| name == "PATH"));
     assert!(ProcessEnv.path_exists(std::path::Path::new("/")));
 }
+
+#[test]
+fn metajson_variables_are_parsed_and_bad_json_names_the_variable() {
+    let env = MapEnv::new()
+        .with_var("ISTIO_METAJSON_LABELS", r#"{"app":"ztun","tier":1}"#)
+        .with_var("ISTIO_META_DNS_CAPTURE", "true");
+    let c = Config::from_source_with_cpus(&env, 4).unwrap();
+    assert_eq!(
+        c.proxy_metadata_json["LABELS"],
+        serde_json::json!({"app": "ztun", "tier": 1})
+    );
+    assert!(!c.proxy_metadata.contains_key("JSON_LABELS"));
+    let bad = MapEnv::new().with_var("ISTIO_METAJSON_LABELS", "{not json");
+    let err = Config::from_source_with_cpus(&bad, 4)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("ISTIO_METAJSON_LABELS") && err.contains("JSON"),
+        "{err}"
+    );
+}

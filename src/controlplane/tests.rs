@@ -397,6 +397,7 @@ fn xds_client(addr: std::net::SocketAddr, root: &Path) -> xds::ClientConfig {
         headers: Default::default(),
         node_id: "ztunnel~10.0.0.1~z.ns~ns.svc.cluster.local".into(),
         node_metadata: Default::default(),
+        node_metadata_json: Default::default(),
         on_demand: false,
         demand_timeout: xds::DEFAULT_DEMAND_TIMEOUT,
     }

@@ -342,9 +342,27 @@ fn log_applied(applied: &Applied) {
     }
 }
 
+/// A JSON value as a protobuf `Value` (for `ISTIO_METAJSON_*` node metadata).
+fn json_value(v: &serde_json::Value) -> prost_types::Value {
+    use serde_json::Value as J;
+    let kind = match v {
+        J::Null => Kind::NullValue(0),
+        J::Bool(b) => Kind::BoolValue(*b),
+        J::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
+        J::String(s) => Kind::StringValue(s.clone()),
+        J::Array(a) => Kind::ListValue(prost_types::ListValue {
+            values: a.iter().map(json_value).collect(),
+        }),
+        J::Object(o) => Kind::StructValue(prost_types::Struct {
+            fields: o.iter().map(|(k, v)| (k.clone(), json_value(v))).collect(),
+        }),
+    };
+    prost_types::Value { kind: Some(kind) }
+}
+
 fn node(config: &ClientConfig) -> Node {
     use super::proto::envoy::config::core::v3::node::UserAgentVersionType;
-    let fields: BTreeMap<String, prost_types::Value> = config
+    let mut fields: BTreeMap<String, prost_types::Value> = config
         .node_metadata
         .iter()
         .map(|(k, v)| {
@@ -354,6 +372,9 @@ fn node(config: &ClientConfig) -> Node {
             (k.clone(), value)
         })
         .collect();
+    for (k, v) in &config.node_metadata_json {
+        fields.insert(k.clone(), json_value(v));
+    }
     Node {
         id: config.node_id.clone(),
         cluster: String::new(),
@@ -439,4 +460,31 @@ fn caused_by_goaway(status: &tonic::Status) -> bool {
         source = e.source();
     }
     false
+}
+
+#[cfg(test)]
+mod node_tests {
+    use super::*;
+
+    #[test]
+    fn json_metadata_keeps_its_structure() {
+        let v: serde_json::Value = serde_json::json!({"labels": {"app": "x"}, "ports": [15008, 15021], "on": true, "none": null});
+        let p = json_value(&v);
+        let Some(Kind::StructValue(s)) = p.kind else {
+            panic!("not a struct: {p:?}")
+        };
+        let Some(Kind::StructValue(labels)) = &s.fields["labels"].kind else {
+            panic!("labels")
+        };
+        assert_eq!(
+            labels.fields["app"].kind,
+            Some(Kind::StringValue("x".into()))
+        );
+        let Some(Kind::ListValue(ports)) = &s.fields["ports"].kind else {
+            panic!("ports")
+        };
+        assert_eq!(ports.values[1].kind, Some(Kind::NumberValue(15021.0)));
+        assert_eq!(s.fields["on"].kind, Some(Kind::BoolValue(true)));
+        assert_eq!(s.fields["none"].kind, Some(Kind::NullValue(0)));
+    }
 }

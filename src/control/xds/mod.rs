@@ -96,6 +96,8 @@ pub struct ClientConfig {
     /// Node metadata: `NAME`, `NAMESPACE`, `INSTANCE_IPS`, `NODE_NAME`, then every proxy
     /// metadata entry (which wins on a clash).
     pub node_metadata: BTreeMap<String, String>,
+    /// JSON-valued node metadata (`ISTIO_METAJSON_<K>`).
+    pub node_metadata_json: BTreeMap<String, serde_json::Value>,
     /// Subscribe to no addresses; fetch them by key on demand.
     pub on_demand: bool,
     /// How long an on-demand request waits for its answer.
@@ -138,6 +140,7 @@ impl ClientConfig {
             headers: config.xds_headers.clone(),
             node_id,
             node_metadata,
+            node_metadata_json: config.proxy_metadata_json.clone(),
             on_demand: config.xds_on_demand,
             demand_timeout: DEFAULT_DEMAND_TIMEOUT,
         }))

@@ -524,6 +524,7 @@ async fn reconnect_backoff_doubles_with_jitter_up_to_fifteen_seconds() {
         headers: Default::default(),
         node_id: "ztunnel~1.1.1.1~.~.svc.cluster.local".into(),
         node_metadata: Default::default(),
+        node_metadata_json: Default::default(),
         on_demand: false,
         demand_timeout: DEFAULT_DEMAND_TIMEOUT,
     };
