@@ -302,7 +302,11 @@ where
                 });
             }
             Err(e) => {
-                // Out of file descriptors or similar: back off instead of spinning.
+                // Out of file descriptors or similar: back off instead of spinning, and say so
+                // in metrics and readiness (the kernel queue keeps the client waiting meanwhile).
+                if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) {
+                    crate::ops::telemetry().note_fd_exhausted();
+                }
                 tracing::warn!(error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }

@@ -131,6 +131,8 @@ pub struct Metrics {
     pub proxies_started: Counter,
     /// Pod proxies stopped.
     pub proxies_stopped: Counter,
+    /// Accepts that failed because the process ran out of file descriptors.
+    pub fd_exhausted: Counter,
     /// Failed connections by stable reject reason and direction.
     pub failures: Family<FailureLabels, Counter>,
     /// Connections denied by policy (all reasons).
@@ -213,6 +215,12 @@ impl Metrics {
                 proxies_stopped.clone(),
             );
         }
+        let fd_exhausted = Counter::default();
+        registry.register(
+            "ztun_accept_fd_exhausted",
+            "Accepts refused by the kernel for lack of file descriptors (EMFILE/ENFILE)",
+            fd_exhausted.clone(),
+        );
         let failures: Family<FailureLabels, Counter> = Family::default();
         registry.register(
             "ztun_connection_failures",
@@ -238,6 +246,7 @@ impl Metrics {
             proxies_started,
             proxies_stopped,
             policy_denials,
+            fd_exhausted,
             failures,
             dns,
             seen: Mutex::new(HashSet::new()),

@@ -30,6 +30,18 @@ pub struct Telemetry {
     collectors: Mutex<Vec<Collector>>,
     connections: Mutex<BTreeMap<u64, LiveConnection>>,
     next_id: AtomicU64,
+    /// When an accept last failed for lack of file descriptors (ms since the epoch; 0 = never).
+    fd_exhausted_at: AtomicU64,
+}
+
+/// How long after the last EMFILE/ENFILE readiness reports the exhaustion.
+pub const FD_EXHAUSTION_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 static TELEMETRY: OnceLock<Telemetry> = OnceLock::new();
@@ -51,7 +63,20 @@ impl Telemetry {
             collectors: Mutex::new(Vec::new()),
             connections: Mutex::new(BTreeMap::new()),
             next_id: AtomicU64::new(1),
+            fd_exhausted_at: AtomicU64::new(0),
         }
+    }
+
+    /// Records that an accept failed for lack of file descriptors.
+    pub fn note_fd_exhausted(&self) {
+        self.metrics.fd_exhausted.inc();
+        self.fd_exhausted_at.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// Whether file descriptors ran out within [`FD_EXHAUSTION_WINDOW`].
+    pub fn fd_exhausted_recently(&self) -> bool {
+        let at = self.fd_exhausted_at.load(Ordering::Relaxed);
+        at != 0 && now_ms().saturating_sub(at) < FD_EXHAUSTION_WINDOW.as_millis() as u64
     }
 
     /// Adds families owned elsewhere (e.g. the xDS client's counters) to every scrape.

@@ -41,7 +41,10 @@ impl Readiness {
     pub fn handler(&self) -> Handler {
         let this = self.clone();
         Arc::new(move |req: Req| {
-            let pending = this.pending();
+            let mut pending = this.pending();
+            if super::telemetry().fd_exhausted_recently() {
+                pending.push("file descriptors exhausted".to_string());
+            }
             Box::pin(async move {
                 if req.path != "/healthz/ready" {
                     return text(StatusCode::NOT_FOUND, "not found\n");
@@ -56,5 +59,45 @@ impl Readiness {
                 }
             })
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ready(r: &Readiness) -> (u16, String) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let req = Req {
+            method: http::Method::GET,
+            path: "/healthz/ready".into(),
+            query: String::new(),
+            body: bytes::Bytes::new(),
+            peer: "127.0.0.1:1".parse().unwrap(),
+        };
+        let resp = rt.block_on((r.handler())(req));
+        let status = resp.status().as_u16();
+        let body = rt
+            .block_on(http_body_util::BodyExt::collect(resp.into_body()))
+            .unwrap()
+            .to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[test]
+    fn pending_tasks_and_fd_exhaustion_make_it_unready() {
+        let r = Readiness::new();
+        assert_eq!(ready(&r).0, 200);
+        r.block("xds client");
+        let (status, body) = ready(&r);
+        assert_eq!(status, 500);
+        assert!(body.contains("xds client"), "{body}");
+        r.unblock("xds client");
+        super::super::telemetry().note_fd_exhausted();
+        let (status, body) = ready(&r);
+        assert_eq!(status, 500);
+        assert!(body.contains("file descriptors exhausted"), "{body}");
     }
 }

@@ -365,3 +365,57 @@ fn json_logs_use_ztunnels_fields() {
         "{line}"
     );
 }
+
+/// A ztun out of file descriptors refuses nothing silently and does not spin: the accept
+/// failure is counted and logged, and traffic recovers once descriptors are available again.
+/// Scaled to this machine: the limit is lowered to a few descriptors above what ztun holds.
+#[test]
+fn fd_exhaustion_is_counted_and_recovers() {
+    let lab = standard_lab("fd_exhaustion");
+    let mesh = MeshFile::from_lab(&lab);
+    let server = lab.pod("c").spawn_echo_server(8080).unwrap();
+    let cluster = Cluster::start(lab, mesh);
+    let lab = &cluster.lab;
+    let dst = SocketAddr::from((lab.pod("c").ip(), server.port()));
+    lab.pod("a").bulk_echo(dst, 1024).unwrap();
+    let n1 = cluster.ztun("n1");
+    let pid = n1.pid().to_string();
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    // Only the soft limit moves (lowering and restoring it needs no extra capability).
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let soft = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .expect("soft NOFILE limit")
+        .to_string();
+    let limit = format!("--nofile={}:", open + 4);
+    ztun::testkit::lab::run_cmd("prlimit", &["--pid", &pid, &limit], None).unwrap();
+    // Hold connections open until ztun cannot accept more.
+    let held = lab.pod("a").spawn_async(async move {
+        let mut conns = Vec::new();
+        for _ in 0..16 {
+            if let Ok(s) = ztun::testkit::lab::connect(dst, std::time::Duration::from_secs(2)).await
+            {
+                conns.push(s);
+            }
+        }
+        std::future::pending::<()>().await;
+        drop(conns);
+    });
+    n1.wait_for_log("Too many open files", WAIT).unwrap();
+    let restore = format!("--nofile={soft}:");
+    ztun::testkit::lab::run_cmd("prlimit", &["--pid", &pid, &restore], None).unwrap();
+    held.abort();
+    let (status, metrics) = http(lab.node("n1").netns(), "GET", local(15020), "/metrics").unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        sample(&metrics, "ztun_accept_fd_exhausted_total", &[]).unwrap_or(0.0) >= 1.0,
+        "{metrics}"
+    );
+    lab.pod("a")
+        .bulk_echo(dst, 1 << 20)
+        .expect("traffic recovers once descriptors are back");
+}
