@@ -18,7 +18,8 @@ pub struct Snapshot {
     global_policies: Vec<Arc<Policy>>,
     namespace_policies: HashMap<Strng, Vec<Arc<Policy>>>,
     /// (namespace, name) → workloads with that pod name (sorted by uid).
-    pods: HashMap<(Strng, Strng), Vec<Arc<Workload>>>,
+    /// Nested by namespace so two `&str` look it up without allocating a key.
+    pods: HashMap<Strng, HashMap<Strng, Vec<Arc<Workload>>>>,
     /// Service key → workloads that list the service (sorted by uid).
     endpoints: HashMap<Strng, Vec<Arc<Workload>>>,
     policies: HashMap<Strng, Arc<Policy>>,
@@ -52,9 +53,7 @@ impl Snapshot {
         name: &str,
         node: Option<&str>,
     ) -> Option<&Arc<Workload>> {
-        let list = self
-            .pods
-            .get(&(Strng::from(namespace), Strng::from(name)))?;
+        let list = self.pods.get(namespace)?.get(name)?;
         node.and_then(|n| list.iter().find(|w| &*w.node == n))
             .or_else(|| list.first())
     }
@@ -200,17 +199,22 @@ impl SnapshotBuilder {
                 }
             }
         }
-        let mut pods: HashMap<(Strng, Strng), Vec<Arc<Workload>>> = HashMap::new();
+        let mut pods: HashMap<Strng, HashMap<Strng, Vec<Arc<Workload>>>> = HashMap::new();
         let mut endpoints: HashMap<Strng, Vec<Arc<Workload>>> = HashMap::new();
         for w in self.workloads.values() {
-            pods.entry((w.namespace.clone(), w.name.clone()))
+            pods.entry(w.namespace.clone())
+                .or_default()
+                .entry(w.name.clone())
                 .or_default()
                 .push(w.clone());
             for key in w.services.keys() {
                 endpoints.entry(key.clone()).or_default().push(w.clone());
             }
         }
-        for list in endpoints.values_mut().chain(pods.values_mut()) {
+        for list in endpoints
+            .values_mut()
+            .chain(pods.values_mut().flat_map(HashMap::values_mut))
+        {
             list.sort_by(|a, b| a.uid.cmp(&b.uid));
         }
         let mut services_by_vip: HashMap<NetworkAddress, Vec<Arc<Service>>> = HashMap::new();
