@@ -349,25 +349,20 @@ fn bad_zds_input_is_nacked_and_other_pods_keep_working() {
 
 #[test]
 fn tproxy_captured_pods_work_like_redirected_ones() {
-    use ztun::testkit::lab::{CaptureMode, Lab, PodSpec};
-    crate::support::require_root();
-    let lab = Lab::builder("tproxy")
-        .node("n1")
-        .node("n2")
-        .pod(
+    use ztun::testkit::lab::{CaptureMode, PodSpec};
+    let lab = crate::support::two_node_lab(
+        "tproxy",
+        vec![
             PodSpec::new("a", "n1")
                 .service_account("sa-a")
                 .captured(true),
-        )
-        .pod(
             PodSpec::new("t", "n2")
                 .service_account("sa-t")
                 .captured(true)
                 .capture_mode(CaptureMode::Tproxy),
-        )
-        .pod(PodSpec::new("u", "n2").service_account("sa-u"))
-        .build()
-        .unwrap();
+            PodSpec::new("u", "n2").service_account("sa-u"),
+        ],
+    );
     let mesh = MeshFile::from_lab(&lab);
     let echo = lab.pod("t").spawn_echo_server(8080).unwrap();
     let recorder = lab.pod("t").spawn_peer_recorder(9090).unwrap();
@@ -431,25 +426,21 @@ fn a_new_netns_for_the_same_uid_replaces_the_pod_proxy() {
 
 #[test]
 fn dedicated_mode_serves_one_workload_from_its_own_namespace() {
-    use ztun::testkit::lab::{Lab, PodSpec};
+    use ztun::testkit::lab::PodSpec;
     crate::support::require_root();
     // Pod a runs its own ztun (dedicated mode) next to its app; n2 runs a shared-mode ztun.
-    let lab = Lab::builder("dedicated")
-        .node("n1")
-        .node("n2")
-        .pod(
+    let lab = crate::support::two_node_lab(
+        "dedicated",
+        vec![
             PodSpec::new("a", "n1")
                 .service_account("sa-a")
                 .captured(true)
                 .enrolled(false),
-        )
-        .pod(
             PodSpec::new("c", "n2")
                 .service_account("sa-c")
                 .captured(true),
-        )
-        .build()
-        .unwrap();
+        ],
+    );
     let mesh = MeshFile::from_lab(&lab);
     let server = lab.pod("c").spawn_echo_server(8080).unwrap();
     let ca = lab.dir().join("ca");
@@ -504,29 +495,22 @@ fn dedicated_mode_serves_one_workload_from_its_own_namespace() {
 
 #[test]
 fn a_pod_whose_proxy_cannot_start_is_pending_until_a_retry_succeeds() {
-    use ztun::testkit::lab::{Lab, PodSpec};
-    crate::support::require_root();
-    let lab = Lab::builder("pending_pod")
-        .node("n1")
-        .node("n2")
-        .pod(
+    use ztun::testkit::lab::PodSpec;
+    let lab = crate::support::two_node_lab(
+        "pending_pod",
+        vec![
             PodSpec::new("a", "n1")
                 .service_account("sa-a")
                 .captured(true),
-        )
-        .pod(
             PodSpec::new("b", "n1")
                 .service_account("sa-b")
                 .captured(true)
                 .enrolled(false),
-        )
-        .pod(
             PodSpec::new("c", "n2")
                 .service_account("sa-c")
                 .captured(true),
-        )
-        .build()
-        .unwrap();
+        ],
+    );
     let mesh = MeshFile::from_lab(&lab);
     let server = lab.pod("c").spawn_echo_server(8080).unwrap();
     // Something in pod b already holds 15001 (without SO_REUSEPORT).

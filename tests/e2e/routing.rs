@@ -12,7 +12,7 @@ use ztun::testkit::lab::{connect, peer_seen_by, Lab, PodSpec, Server};
 use ztun::testkit::mesh::MeshFile;
 use ztun::testkit::waypoint::Waypoint;
 
-use crate::support::{require_root, Cluster, WAIT};
+use crate::support::{require_root, two_node_lab, Cluster, WAIT};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const SVC_PORT: u16 = 80;
@@ -21,33 +21,24 @@ const TARGET: u16 = 8080;
 /// n1: client `a` and endpoint `b`; n2: endpoints `c` and `d`; all captured, plus the
 /// uncaptured `w` on n2 (used as a waypoint).
 fn routing_lab(test: &str) -> Lab {
-    require_root();
-    Lab::builder(test)
-        .node("n1")
-        .node("n2")
-        .pod(
+    two_node_lab(
+        test,
+        vec![
             PodSpec::new("a", "n1")
                 .service_account("sa-a")
                 .captured(true),
-        )
-        .pod(
             PodSpec::new("b", "n1")
                 .service_account("sa-b")
                 .captured(true),
-        )
-        .pod(
             PodSpec::new("c", "n2")
                 .service_account("sa-c")
                 .captured(true),
-        )
-        .pod(
             PodSpec::new("d", "n2")
                 .service_account("sa-d")
                 .captured(true),
-        )
-        .pod(PodSpec::new("w", "n2").service_account("waypoint"))
-        .build()
-        .expect("building the namespace lab")
+            PodSpec::new("w", "n2").service_account("waypoint"),
+        ],
+    )
 }
 
 /// Peer recorders on `TARGET` in each named pod.

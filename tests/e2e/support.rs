@@ -24,26 +24,28 @@ pub struct Cluster {
 /// The standard topology: node n1 with captured pods `a` (sa-a) and `b` (sa-b), node n2 with
 /// captured pod `c` (sa-c) and uncaptured pod `u`.
 pub fn standard_lab(test: &str) -> Lab {
-    require_root();
-    Lab::builder(test)
-        .node("n1")
-        .node("n2")
-        .pod(
+    two_node_lab(
+        test,
+        vec![
             PodSpec::new("a", "n1")
                 .service_account("sa-a")
                 .captured(true),
-        )
-        .pod(
             PodSpec::new("b", "n1")
                 .service_account("sa-b")
                 .captured(true),
-        )
-        .pod(
             PodSpec::new("c", "n2")
                 .service_account("sa-c")
                 .captured(true),
-        )
-        .pod(PodSpec::new("u", "n2").service_account("sa-u"))
+            PodSpec::new("u", "n2").service_account("sa-u"),
+        ],
+    )
+}
+
+/// Nodes n1 and n2 with `pods` (after checking for root).
+pub fn two_node_lab(test: &str, pods: Vec<PodSpec>) -> Lab {
+    require_root();
+    pods.into_iter()
+        .fold(Lab::builder(test).node("n1").node("n2"), |b, p| b.pod(p))
         .build()
         .expect("building the namespace lab")
 }
