@@ -56,7 +56,7 @@ async fn run_control(config: Arc<Config>, data: Handle, log: LogHandle) -> anyho
         .map(String::as_str)
         .unwrap_or("unknown");
     let telemetry = crate::ops::init(istio_version);
-    let readiness = Readiness::new();
+    let readiness = Readiness::new().with_fd_liveness(config.proxy.fd_exhaustion_liveness);
     let pods = WorkloadStates::default();
     let (writer, reader) = state::new();
     load_local_config(&config, &writer)?;

@@ -50,6 +50,9 @@ const HTTP2_STREAM_WINDOW_SIZE: &str = "HTTP2_STREAM_WINDOW_SIZE";
 const HTTP2_CONNECTION_WINDOW_SIZE: &str = "HTTP2_CONNECTION_WINDOW_SIZE";
 const HTTP2_FRAME_SIZE: &str = "HTTP2_FRAME_SIZE";
 const ZTUN_HANDSHAKE_TIMEOUT: &str = "ZTUN_HANDSHAKE_TIMEOUT";
+const ZTUN_HBONE_IDLE_TIMEOUT: &str = "ZTUN_HBONE_IDLE_TIMEOUT";
+const ZTUN_MAX_CONNECTIONS_PER_POD: &str = "ZTUN_MAX_CONNECTIONS_PER_POD";
+const ZTUN_FD_EXHAUSTION_LIVENESS: &str = "ZTUN_FD_EXHAUSTION_LIVENESS";
 const KEEPALIVE_ENABLED: &str = "KEEPALIVE_ENABLED";
 const KEEPALIVE_TIME: &str = "KEEPALIVE_TIME";
 const KEEPALIVE_INTERVAL: &str = "KEEPALIVE_INTERVAL";
@@ -621,6 +624,23 @@ fn proxy_config(env: &Vars<'_>) -> Result<ProxyConfig, ConfigError> {
             ZTUN_HANDSHAKE_TIMEOUT,
             Duration::from_secs(10),
             Duration::from_nanos(1),
+        )?,
+        hbone_idle_timeout: env.duration(
+            ZTUN_HBONE_IDLE_TIMEOUT,
+            Duration::from_secs(10 * 60),
+            Duration::from_nanos(1),
+        )?,
+        max_connections_per_pod: env
+            .parse(
+                ZTUN_MAX_CONNECTIONS_PER_POD,
+                "an integer from 0 (no limit) to 4294967295",
+                |v| v.parse::<u32>().ok(),
+            )?
+            .unwrap_or(16384),
+        fd_exhaustion_liveness: env.duration(
+            ZTUN_FD_EXHAUSTION_LIVENESS,
+            Duration::from_secs(60),
+            Duration::from_secs(1),
         )?,
         keepalive: Keepalive {
             enabled: env.bool(KEEPALIVE_ENABLED, true)?,

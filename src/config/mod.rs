@@ -274,6 +274,20 @@ pub struct ProxyConfig {
     /// zero.
     #[serde(serialize_with = "env::serialize_duration")]
     pub handshake_timeout: Duration,
+    /// `ZTUN_HBONE_IDLE_TIMEOUT`: an inbound HBONE connection with no open stream for this long
+    /// is closed (GOAWAY, then TLS close); default 10 min (twice the clients' default
+    /// `POOL_UNUSED_RELEASE_TIMEOUT`), never zero.
+    #[serde(serialize_with = "env::serialize_duration")]
+    pub hbone_idle_timeout: Duration,
+    /// `ZTUN_MAX_CONNECTIONS_PER_POD`: connections one pod may hold open at once across its
+    /// three capture listeners (15001, 15006, 15008); the next one is reset at accept and
+    /// counted. Default 16384; 0 removes the limit.
+    pub max_connections_per_pod: u32,
+    /// `ZTUN_FD_EXHAUSTION_LIVENESS`: when accepts have failed for lack of file descriptors
+    /// without a break for this long, `/healthz/live` fails so the kubelet restarts ztun.
+    /// Default 60 s, at least 1 s.
+    #[serde(serialize_with = "env::serialize_duration")]
+    pub fd_exhaustion_liveness: Duration,
     /// TCP keepalive on upstream and accepted sockets.
     pub keepalive: Keepalive,
     /// `ENABLE_RESPONSE_BAGGAGE`: send and parse `baggage` on HBONE requests and responses for

@@ -81,6 +81,9 @@ fn empty_environment_gives_documented_defaults() {
             http2_frame_size: 1 << 20,
             connect_timeout: secs(10),
             handshake_timeout: secs(10),
+            hbone_idle_timeout: secs(600),
+            max_connections_per_pod: 16384,
+            fd_exhaustion_liveness: secs(60),
             keepalive: Keepalive {
                 enabled: true,
                 time: secs(180),
@@ -158,6 +161,9 @@ fn every_variable_is_read() {
         ("HTTP2_CONNECTION_WINDOW_SIZE", "1048576"),
         ("HTTP2_FRAME_SIZE", "16384"),
         ("ZTUN_HANDSHAKE_TIMEOUT", "2500ms"),
+        ("ZTUN_HBONE_IDLE_TIMEOUT", "90s"),
+        ("ZTUN_MAX_CONNECTIONS_PER_POD", "0"),
+        ("ZTUN_FD_EXHAUSTION_LIVENESS", "5s"),
         ("KEEPALIVE_ENABLED", "false"),
         ("KEEPALIVE_TIME", "30s"),
         ("KEEPALIVE_INTERVAL", "10s"),
@@ -242,6 +248,9 @@ fn every_variable_is_read() {
         (65535, 1 << 20, 16384)
     );
     assert_eq!(p.handshake_timeout, Duration::from_millis(2500));
+    assert_eq!(p.hbone_idle_timeout, Duration::from_secs(90));
+    assert_eq!(p.max_connections_per_pod, 0);
+    assert_eq!(p.fd_exhaustion_liveness, Duration::from_secs(5));
     assert_eq!(
         p.keepalive,
         Keepalive {
@@ -398,6 +407,9 @@ fn malformed_values_name_the_variable() {
         ("HTTP2_FRAME_SIZE", "16383"),
         ("HTTP2_FRAME_SIZE", "16777216"),
         ("ZTUN_HANDSHAKE_TIMEOUT", "0ms"),
+        ("ZTUN_HBONE_IDLE_TIMEOUT", "0s"),
+        ("ZTUN_MAX_CONNECTIONS_PER_POD", "-1"),
+        ("ZTUN_FD_EXHAUSTION_LIVENESS", "500ms"),
         ("KEEPALIVE_TIME", "500ms"),
         ("KEEPALIVE_INTERVAL", "10 s"),
         ("KEEPALIVE_RETRIES", "-3"),

@@ -64,6 +64,14 @@ pub async fn serve(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, mut drai
         client: client_id,
     });
     let mut draining = false;
+    // Idle close: every stream task holds a clone of `busy`; a connection found without
+    // streams at two checks in a row (T apart, with no stream in between) is closed, so an
+    // idle connection lives between T and 2T.
+    let idle_timeout = proxy.cfg.proxy.hbone_idle_timeout;
+    let busy = Arc::new(());
+    let mut used_since_check = false;
+    let idle = tokio::time::sleep(idle_timeout);
+    tokio::pin!(idle);
     let keepalive = super::hbone::keepalive(
         conn.ping_pong(),
         super::hbone::H2Settings::from_config(&proxy.cfg.proxy).ping_interval,
@@ -73,6 +81,17 @@ pub async fn serve(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, mut drai
         let next = tokio::select! {
             next = conn.accept() => next,
             _ = &mut keepalive => break,
+            _ = &mut idle, if !draining => {
+                if Arc::strong_count(&busy) == 1 && !used_since_check {
+                    tracing::debug!(%peer, "hbone connection idle, closing");
+                    draining = true;
+                    conn.graceful_shutdown();
+                } else {
+                    used_since_check = Arc::strong_count(&busy) > 1;
+                    idle.as_mut().reset(tokio::time::Instant::now() + idle_timeout);
+                }
+                continue;
+            }
             mode = drain.signaled(), if !draining => {
                 draining = true;
                 if mode == DrainMode::Immediate {
@@ -84,6 +103,8 @@ pub async fn serve(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, mut drai
         };
         match next {
             Some(Ok((req, respond))) => {
+                used_since_check = true;
+                let busy = busy.clone();
                 let proxy = proxy.clone();
                 let info = conn_info.clone();
                 let mut w = drain.clone();
@@ -95,6 +116,7 @@ pub async fn serve(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, mut drai
                         _ = serve_stream(&proxy, &info, *req, respond) => {}
                         _ = w.immediate() => {}
                     }
+                    drop(busy);
                 });
             }
             Some(Err(e)) => {

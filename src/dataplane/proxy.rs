@@ -2,6 +2,7 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,6 +49,8 @@ pub struct Proxy {
     pub(crate) connections: Connections,
     /// Fetches missing addresses from the control plane (`XDS_ON_DEMAND`).
     pub(crate) on_demand: Option<Arc<dyn super::OnDemand>>,
+    /// Open connections against `ZTUN_MAX_CONNECTIONS_PER_POD`.
+    slots: Arc<ConnSlots>,
 }
 
 impl Proxy {
@@ -73,7 +76,9 @@ impl Proxy {
             service_account: pod.service_account.clone(),
             node: cfg.node_name.as_deref().map(Into::into),
         });
+        let slots = Arc::new(ConnSlots::new(cfg.proxy.max_connections_per_pod));
         Arc::new(Proxy {
+            slots,
             pod,
             cfg,
             state,
@@ -187,24 +192,27 @@ impl Proxy {
         }
         let this = self.clone();
         let d = drains.clone();
+        let slots = (self.slots.clone(), "outbound");
         data.spawn(async move {
-            serve(outbound, d, move |s, peer, d| {
+            serve(outbound, d, slots, move |s, peer, d| {
                 super::outbound::serve(this.clone(), s, peer, d)
             })
             .await
         });
         let this = self.clone();
         let d = drains.clone();
+        let slots = (self.slots.clone(), "inbound");
         data.spawn(async move {
-            serve(plaintext, d, move |s, peer, d| {
+            serve(plaintext, d, slots, move |s, peer, d| {
                 super::passthrough::serve(this.clone(), s, peer, d)
             })
             .await
         });
         let this = self.clone();
         let d = drains.clone();
+        let slots = (self.slots.clone(), "inbound");
         data.spawn(async move {
-            serve(hbone, d, move |s, peer, d| {
+            serve(hbone, d, slots, move |s, peer, d| {
                 super::inbound::serve(this.clone(), s, peer, d)
             })
             .await
@@ -266,11 +274,86 @@ impl Drains {
     }
 }
 
+/// A pod's open connections, counted against `ZTUN_MAX_CONNECTIONS_PER_POD` so one pod cannot
+/// spend the whole process's file descriptors.
+struct ConnSlots {
+    open: AtomicU32,
+    /// 0: no limit.
+    max: u32,
+    /// Set while the pod is at its limit, so the refusal is logged once per episode.
+    full: AtomicBool,
+}
+
+impl ConnSlots {
+    fn new(max: u32) -> Self {
+        ConnSlots {
+            open: AtomicU32::new(0),
+            max,
+            full: AtomicBool::new(false),
+        }
+    }
+
+    /// A slot for one more connection, or `None` at the limit.
+    fn take(self: &Arc<Self>) -> Option<Slot> {
+        let max = match self.max {
+            0 => u32::MAX,
+            m => m,
+        };
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()?;
+        Some(Slot(self.clone()))
+    }
+}
+
+/// One open connection of a pod; dropping it frees the slot.
+struct Slot(Arc<ConnSlots>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Refuses a connection over the pod's limit: reset at once (nothing was read), counted as
+/// `ztun_connection_failures_total{reason="pod_connection_limit"}`, logged once per episode.
+fn refuse_over_limit(
+    stream: TcpStream,
+    peer: SocketAddr,
+    slots: &ConnSlots,
+    direction: &'static str,
+) {
+    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+    drop(stream);
+    crate::ops::telemetry()
+        .metrics
+        .failures
+        .get_or_create(&crate::ops::metrics::FailureLabels {
+            direction,
+            reason: "pod_connection_limit",
+        })
+        .inc();
+    if !slots.full.swap(true, Ordering::Relaxed) {
+        tracing::warn!(
+            %peer,
+            direction,
+            limit = slots.max,
+            "pod connection limit reached, refusing new connections"
+        );
+    }
+}
+
 /// Accepts until drained; each connection runs in its own task until done or drained
 /// immediately. Every task holds a clone of the drains, which is what lets the process wait
-/// for its connections on shutdown.
-async fn serve<F, Fut>(listener: std::net::TcpListener, mut drains: Drains, handle: F)
-where
+/// for its connections on shutdown, and a slot of the pod's connection budget.
+async fn serve<F, Fut>(
+    listener: std::net::TcpListener,
+    mut drains: Drains,
+    (slots, direction): (Arc<ConnSlots>, &'static str),
+    handle: F,
+) where
     F: Fn(TcpStream, SocketAddr, Drains) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
@@ -288,6 +371,13 @@ where
         };
         match accepted {
             Ok((stream, peer)) => {
+                let Some(slot) = slots.take() else {
+                    refuse_over_limit(stream, peer, &slots, direction);
+                    continue;
+                };
+                if slots.full.load(Ordering::Relaxed) {
+                    slots.full.store(false, Ordering::Relaxed);
+                }
                 // The connection future is created inside the task: a future captured from
                 // outside would be stored twice in the task (as the capture and as the
                 // select's operand), doubling the memory of every idle connection.
@@ -299,6 +389,7 @@ where
                         _ = conn => {}
                         _ = d.immediate() => {}
                     }
+                    drop(slot);
                 });
             }
             Err(e) => {

@@ -32,6 +32,9 @@ pub struct Telemetry {
     next_id: AtomicU64,
     /// When an accept last failed for lack of file descriptors (ms since the epoch; 0 = never).
     fd_exhausted_at: AtomicU64,
+    /// When the current run of fd exhaustion began (ms since the epoch): a run ends when no
+    /// exhaustion is seen for [`FD_EXHAUSTION_WINDOW`].
+    fd_exhausted_since: AtomicU64,
 }
 
 /// How long after the last EMFILE/ENFILE readiness reports the exhaustion.
@@ -64,13 +67,30 @@ impl Telemetry {
             connections: Mutex::new(BTreeMap::new()),
             next_id: AtomicU64::new(1),
             fd_exhausted_at: AtomicU64::new(0),
+            fd_exhausted_since: AtomicU64::new(0),
         }
     }
 
     /// Records that an accept failed for lack of file descriptors.
     pub fn note_fd_exhausted(&self) {
         self.metrics.fd_exhausted.inc();
-        self.fd_exhausted_at.store(now_ms(), Ordering::Relaxed);
+        let now = now_ms();
+        let prev = self.fd_exhausted_at.swap(now, Ordering::Relaxed);
+        if prev == 0 || now.saturating_sub(prev) >= FD_EXHAUSTION_WINDOW.as_millis() as u64 {
+            self.fd_exhausted_since.store(now, Ordering::Relaxed);
+        }
+    }
+
+    /// How long file descriptors have been running out without a break of
+    /// [`FD_EXHAUSTION_WINDOW`]; `None` when they are not exhausted now.
+    pub fn fd_exhausted_for(&self) -> Option<std::time::Duration> {
+        if !self.fd_exhausted_recently() {
+            return None;
+        }
+        let since = self.fd_exhausted_since.load(Ordering::Relaxed);
+        Some(std::time::Duration::from_millis(
+            now_ms().saturating_sub(since),
+        ))
     }
 
     /// Whether file descriptors ran out within [`FD_EXHAUSTION_WINDOW`].

@@ -1,8 +1,13 @@
 //! Readiness: ztun is ready when no startup task is pending (first xDS sync, CNI snapshot,
 //! pods that failed to start). `GET /healthz/ready` answers 200 `ready` or 500 with the list.
+//!
+//! Liveness: `GET /healthz/live` answers 200 `live`, or 503 once accepts have failed for lack
+//! of file descriptors without a break for `ZTUN_FD_EXHAUSTION_LIVENESS` — a state ztun does
+//! not leave by itself when something leaks, so a liveness probe on it restarts the process.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::StatusCode;
 use parking_lot::Mutex;
@@ -10,16 +15,33 @@ use parking_lot::Mutex;
 use super::http::{text, Handler, Req};
 
 /// The set of pending tasks. Cheap to clone.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Readiness {
     // Short critical sections only.
     pending: Arc<Mutex<BTreeSet<String>>>,
+    /// Unbroken fd exhaustion that fails liveness.
+    fd_liveness: Duration,
+}
+
+impl Default for Readiness {
+    fn default() -> Self {
+        Readiness {
+            pending: Arc::default(),
+            fd_liveness: Duration::from_secs(60),
+        }
+    }
 }
 
 impl Readiness {
     /// An empty set (ready).
     pub fn new() -> Self {
         Readiness::default()
+    }
+
+    /// Fails liveness after `d` of unbroken fd exhaustion (default 60 s).
+    pub fn with_fd_liveness(mut self, d: Duration) -> Self {
+        self.fd_liveness = d;
+        self
     }
 
     /// Marks `task` pending.
@@ -37,17 +59,32 @@ impl Readiness {
         self.pending.lock().iter().cloned().collect()
     }
 
-    /// The `/healthz/ready` handler.
+    /// The `/healthz/ready` and `/healthz/live` handler.
     pub fn handler(&self) -> Handler {
         let this = self.clone();
         Arc::new(move |req: Req| {
+            let exhausted = super::telemetry().fd_exhausted_for();
             let mut pending = this.pending();
-            if super::telemetry().fd_exhausted_recently() {
+            if exhausted.is_some() {
                 pending.push("file descriptors exhausted".to_string());
             }
+            let fd_liveness = this.fd_liveness;
             Box::pin(async move {
-                if req.path != "/healthz/ready" {
-                    return text(StatusCode::NOT_FOUND, "not found\n");
+                match req.path.as_str() {
+                    "/healthz/ready" => {}
+                    "/healthz/live" => {
+                        return match exhausted {
+                            Some(d) if d >= fd_liveness => text(
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                format!(
+                                    "not live: file descriptors exhausted for {}s\n",
+                                    d.as_secs()
+                                ),
+                            ),
+                            _ => text(StatusCode::OK, "live\n"),
+                        };
+                    }
+                    _ => return text(StatusCode::NOT_FOUND, "not found\n"),
                 }
                 if pending.is_empty() {
                     text(StatusCode::OK, "ready\n")
@@ -67,12 +104,16 @@ mod tests {
     use super::*;
 
     fn ready(r: &Readiness) -> (u16, String) {
+        get(r, "/healthz/ready")
+    }
+
+    fn get(r: &Readiness, path: &str) -> (u16, String) {
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
         let req = Req {
             method: http::Method::GET,
-            path: "/healthz/ready".into(),
+            path: path.into(),
             query: String::new(),
             body: bytes::Bytes::new(),
             peer: "127.0.0.1:1".parse().unwrap(),
@@ -99,5 +140,20 @@ mod tests {
         let (status, body) = ready(&r);
         assert_eq!(status, 500);
         assert!(body.contains("file descriptors exhausted"), "{body}");
+    }
+
+    #[test]
+    fn liveness_fails_only_after_unbroken_fd_exhaustion_for_the_grace() {
+        let generous = Readiness::new().with_fd_liveness(Duration::from_secs(3600));
+        assert_eq!(get(&generous, "/healthz/live"), (200, "live\n".into()));
+        super::super::telemetry().note_fd_exhausted();
+        // Exhausted, but not for an hour: still live (readiness already fails).
+        assert_eq!(get(&generous, "/healthz/live").0, 200);
+        assert_eq!(ready(&generous).0, 500);
+        let strict = Readiness::new().with_fd_liveness(Duration::ZERO);
+        let (status, body) = get(&strict, "/healthz/live");
+        assert_eq!(status, 503);
+        assert!(body.contains("file descriptors exhausted"), "{body}");
+        assert_eq!(get(&strict, "/healthz/other").0, 404);
     }
 }

@@ -57,12 +57,12 @@ fn dechunk(mut s: &str) -> String {
     out
 }
 
-fn local(port: u16) -> SocketAddr {
+pub fn local(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
 /// The value of the first sample of `metric` whose labels contain every `labels` pair.
-fn sample(metrics: &str, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
+pub fn sample(metrics: &str, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
     metrics
         .lines()
         .filter(|l| l.starts_with(metric) && !l.starts_with('#'))
@@ -367,14 +367,16 @@ fn json_logs_use_ztunnels_fields() {
 }
 
 /// A ztun out of file descriptors refuses nothing silently and does not spin: the accept
-/// failure is counted and logged, and traffic recovers once descriptors are available again.
-/// Scaled to this machine: the limit is lowered to a few descriptors above what ztun holds.
+/// failure is counted and logged, liveness fails once the exhaustion has lasted
+/// `ZTUN_FD_EXHAUSTION_LIVENESS` (1 s here, so a kubelet would restart ztun), and traffic,
+/// readiness and liveness recover once descriptors are available again. Scaled to this
+/// machine: the limit is lowered to a few descriptors above what ztun holds.
 #[test]
 fn fd_exhaustion_is_counted_and_recovers() {
     let lab = standard_lab("fd_exhaustion");
     let mesh = MeshFile::from_lab(&lab);
     let server = lab.pod("c").spawn_echo_server(8080).unwrap();
-    let cluster = Cluster::start(lab, mesh);
+    let cluster = Cluster::start_with(lab, mesh, &[("ZTUN_FD_EXHAUSTION_LIVENESS", "1s")]);
     let lab = &cluster.lab;
     let dst = SocketAddr::from((lab.pod("c").ip(), server.port()));
     lab.pod("a").bulk_echo(dst, 1024).unwrap();
@@ -406,8 +408,16 @@ fn fd_exhaustion_is_counted_and_recovers() {
         drop(conns);
     });
     n1.wait_for_log("Too many open files", WAIT).unwrap();
+    // Failed accepts are retried every 50 ms: the 30th failure is at least 1.45 s into an
+    // unbroken run, past the 1 s liveness grace.
+    crate::support::wait_for_nth_log(n1, "accept failed", 30);
     let restore = format!("--nofile={soft}:");
     ztun::testkit::lab::run_cmd("prlimit", &["--pid", &pid, &restore], None).unwrap();
+    // The probes get through now; the run of failures ended less than the 10 s window ago.
+    let (status, body) =
+        http(lab.node("n1").netns(), "GET", local(15021), "/healthz/live").unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("file descriptors exhausted"), "{body}");
     held.abort();
     let (status, metrics) = http(lab.node("n1").netns(), "GET", local(15020), "/metrics").unwrap();
     assert_eq!(status, 200);
@@ -418,4 +428,24 @@ fn fd_exhaustion_is_counted_and_recovers() {
     lab.pod("a")
         .bulk_echo(dst, 1 << 20)
         .expect("traffic recovers once descriptors are back");
+    // Ten seconds after the last failure both probes pass again.
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let live = http(lab.node("n1").netns(), "GET", local(15021), "/healthz/live").unwrap();
+        let ready = http(
+            lab.node("n1").netns(),
+            "GET",
+            local(15021),
+            "/healthz/ready",
+        )
+        .unwrap();
+        if live.0 == 200 && ready.0 == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "probes did not recover: {live:?} {ready:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 }

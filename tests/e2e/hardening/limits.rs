@@ -191,3 +191,131 @@ fn the_201st_concurrent_stream_is_refused() {
     assert_eq!(oks, 200, "refused: {refused:?}");
     assert_eq!(refused, vec![(401, Some(REFUSED_STREAM))]);
 }
+
+/// Connections per pod (`ZTUN_MAX_CONNECTIONS_PER_POD=3`): pod a holds three tunnelled
+/// connections; the fourth is reset at accept (nothing reaches the server), counted under
+/// `ztun_connection_failures_total{reason="pod_connection_limit"}` and logged; pod b on the
+/// same node is not affected; once a's connections close, a connects again.
+#[test]
+fn connections_over_the_per_pod_limit_are_reset_and_counted() {
+    let t = Target::start("hard_podlimit", &[("ZTUN_MAX_CONNECTIONS_PER_POD", "3")]);
+    let lab = &t.cluster.lab;
+    let echo: SocketAddr = t.authority(t.echo.port()).parse().unwrap();
+    let (held_tx, held_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+    let held = lab.pod("a").spawn_async(async move {
+        let mut conns = Vec::new();
+        for i in 0..3u8 {
+            let mut s = ztun::testkit::lab::connect(echo, WAIT).await?;
+            s.write_all(&[i]).await?;
+            let mut b = [0u8; 1];
+            tokio::time::timeout(WAIT, s.read_exact(&mut b)).await??;
+            anyhow::ensure!(b[0] == i, "echo mismatch");
+            conns.push(s);
+        }
+        // The fourth: accepted by the kernel, then reset by ztun before anything is relayed
+        // (the reset may even beat the connect's completion).
+        let refused = match ztun::testkit::lab::connect(echo, WAIT).await {
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+            Ok(mut fourth) => {
+                let _ = fourth.write_all(b"x").await;
+                let mut b = [0u8; 1];
+                matches!(
+                    tokio::time::timeout(WAIT, fourth.read(&mut b)).await,
+                    Ok(Ok(0)) | Ok(Err(_))
+                )
+            }
+        };
+        let _ = held_tx.send(refused);
+        let _ = release_rx.await;
+        drop(conns);
+        anyhow::Ok(())
+    });
+    let refused = held_rx
+        .recv_timeout(WAIT * 2)
+        .expect("pod a opened its connections");
+    assert!(refused, "the fourth connection of pod a was relayed");
+    let n1 = t.cluster.ztun("n1");
+    n1.wait_for_log("pod connection limit reached", WAIT)
+        .expect("the refusal is logged");
+    // Another pod on the node has its own budget.
+    lab.pod("b")
+        .bulk_echo(echo, 4096)
+        .expect("pod b is not limited by pod a");
+    let (status, metrics) = crate::ops::http(
+        lab.node("n1").netns(),
+        "GET",
+        crate::ops::local(15020),
+        "/metrics",
+    )
+    .unwrap();
+    assert_eq!(status, 200);
+    let refused = crate::ops::sample(
+        &metrics,
+        "ztun_connection_failures_total",
+        &[
+            ("direction", "outbound"),
+            ("reason", "pod_connection_limit"),
+        ],
+    );
+    assert!(refused.unwrap_or(0.0) >= 1.0, "{metrics}");
+    // Closing a's connections frees its slots (ztun notices the closes asynchronously).
+    let _ = release_tx.send(());
+    held.join()
+        .expect("pod a's task")
+        .expect("pod a's connections");
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        match lab.pod("a").bulk_echo(echo, 4096) {
+            Ok(_) => break,
+            Err(e) if std::time::Instant::now() > deadline => {
+                panic!("pod a never got a slot back: {e:#}")
+            }
+            Err(_) => continue,
+        }
+    }
+}
+
+/// Idle tunnels (`ZTUN_HBONE_IDLE_TIMEOUT=1s`): the HBONE connection pod b's pool opened to
+/// c is closed by c's ztun once it has carried no stream for one to two periods, while pod
+/// a's connection, whose stream stays open and quiet, is kept; b's next connection dials a
+/// new tunnel and works.
+#[test]
+fn idle_hbone_connections_are_closed_and_busy_ones_are_kept() {
+    let t = Target::start("hard_idle", &[("ZTUN_HBONE_IDLE_TIMEOUT", "1s")]);
+    let lab = &t.cluster.lab;
+    let echo: SocketAddr = t.authority(t.echo.port()).parse().unwrap();
+    let (opened_tx, opened_rx) = std::sync::mpsc::channel();
+    let (check_tx, check_rx) = tokio::sync::oneshot::channel::<()>();
+    let quiet = lab.pod("a").spawn_async(async move {
+        let mut s = ztun::testkit::lab::connect(echo, WAIT).await?;
+        s.write_all(b"1").await?;
+        let mut b = [0u8; 1];
+        tokio::time::timeout(WAIT, s.read_exact(&mut b)).await??;
+        let _ = opened_tx.send(());
+        let _ = check_rx.await;
+        s.write_all(b"2").await?;
+        tokio::time::timeout(WAIT, s.read_exact(&mut b)).await??;
+        anyhow::ensure!(&b == b"2", "echo mismatch");
+        anyhow::Ok(())
+    });
+    opened_rx
+        .recv_timeout(WAIT)
+        .expect("pod a's tunnel is open");
+    let n2 = t.cluster.ztun("n2");
+    let b_ip = lab.pod("b").ip().to_string();
+    let cursor = n2.log_cursor();
+    lab.pod("b").bulk_echo(echo, 4096).expect("pod b");
+    let line = n2
+        .wait_for_log_after(cursor, "hbone connection idle, closing", WAIT)
+        .expect("b's idle tunnel is closed");
+    assert!(line.contains(&b_ip), "{line}");
+    let _ = check_tx.send(());
+    quiet
+        .join()
+        .expect("pod a's task")
+        .expect("pod a's quiet tunnel outlived b's idle one");
+    lab.pod("b")
+        .bulk_echo(echo, 4096)
+        .expect("b dials a new tunnel after the idle close");
+}
