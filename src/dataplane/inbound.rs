@@ -36,6 +36,12 @@ const MAX_CONCURRENT_STREAMS: u32 = 200;
 const MAX_HEADER_LIST: u32 = 64 * 1024;
 /// Send buffer per stream.
 const MAX_SEND_BUFFER: usize = 400 * 1024;
+/// Streams the peer may reset before ztun accepted them (rapid reset, H8): more pending at
+/// once is answered with GOAWAY.
+const MAX_PENDING_ACCEPT_RESETS: usize = 20;
+/// Streams the HTTP/2 layer may reset for the peer's protocol errors over a connection's
+/// life (H9): one more is answered with GOAWAY(ENHANCE_YOUR_CALM).
+const MAX_LOCAL_ERROR_RESETS: usize = 1024;
 
 /// Serves one HBONE connection: handshake, then streams until the client or a drain ends it.
 pub async fn serve(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, mut drain: Drains) {
@@ -153,6 +159,8 @@ async fn handshake(proxy: &Proxy, tcp: TcpStream) -> Result<(ServerConn, Identit
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .max_header_list_size(MAX_HEADER_LIST)
         .max_send_buffer_size(MAX_SEND_BUFFER)
+        .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESETS)
+        .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
         .handshake(tls)
         .await
         .map_err(|e| Error::H2(Arc::new(e)))?;

@@ -179,6 +179,8 @@ pub mod kind {
 
 /// END_HEADERS flag.
 pub const END_HEADERS: u8 = 0x4;
+/// GOAWAY error code ENHANCE_YOUR_CALM.
+pub const ENHANCE_YOUR_CALM: u32 = 0xb;
 /// RST_STREAM / GOAWAY error code REFUSED_STREAM.
 pub const REFUSED_STREAM: u32 = 0x7;
 

@@ -1,6 +1,7 @@
 //! HBONE request input: H1 (non-CONNECT), H2 (malformed authorities), H3 (IP mismatch), H4
-//! (self-calls), H6 (`:path`/`:scheme`, Host, duplicate `:authority`), H7 (data before the
-//! response is not forwarded for a rejected request).
+//! (self-calls), H5 (hostname authorities), H6 (`:path`/`:scheme`, Host, duplicate
+//! `:authority`), H7 (data before the response is not forwarded for a rejected request), H15
+//! (`forwarded`/`baggage` from a peer).
 
 use http::StatusCode;
 
@@ -262,4 +263,139 @@ fn malformed_request_heads_as_raw_frames_are_refused() {
             client::echo(&mut tx, &mut rx, b"after raw frames").await
         })
         .expect("ztun serves after malformed heads");
+}
+
+/// H5: a hostname authority is looked up in the mesh state only. An unknown service, a
+/// known service on a port it does not declare, and an outside name all get 503 with
+/// nothing dialled (ztun resolves no name for an inbound request); the service's own
+/// `hostname:port` reaches the target port on c.
+#[test]
+fn hostname_authorities_resolve_only_to_known_service_ports() {
+    let vip = std::net::Ipv4Addr::new(10, 96, 0, 50);
+    let t = Target::start_mesh("hard_h5", &[], |m| {
+        m.service("rec", "default", vip, &[(80, 9090)], &["c"])
+    });
+    let config = client::client_config(&t.cluster, "sa-u");
+    let hbone = t.hbone();
+    let bad = [
+        "nosuch.default.svc.cluster.local:80",
+        "rec.default.svc.cluster.local:81",
+        "rec.other.svc.cluster.local:80",
+        "example.com:80",
+        "localhost:9090",
+    ];
+    let statuses = t
+        .cluster
+        .lab
+        .pod("u")
+        .block_on(async move {
+            let h2 = client::h2(hbone, config).await?;
+            let mut out = Vec::new();
+            for authority in bad {
+                let (status, _, _) = client::send(&h2, client::connect_request(authority)).await?;
+                out.push((authority, status));
+            }
+            let (status, _, _) = client::send(
+                &h2,
+                client::connect_request("rec.default.svc.cluster.local:80"),
+            )
+            .await?;
+            anyhow::ensure!(status == StatusCode::OK, "the service's own name: {status}");
+            anyhow::Ok(out)
+        })
+        .expect("H5 requests");
+    for (authority, status) in &statuses {
+        assert_eq!(
+            *status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{authority}: {status}"
+        );
+    }
+    let deadline = std::time::Instant::now() + WAIT;
+    while t.recorder.peers().is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(
+        t.recorder.peers().len(),
+        1,
+        "only the valid name was dialled: {:?}",
+        t.recorder.peers()
+    );
+    let n2 = t.cluster.ztun("n2");
+    let line = n2
+        .wait_for_log("nosuch.default.svc.cluster.local:80", WAIT)
+        .expect("the unknown service is access-logged");
+    assert!(line.contains("unknown_service"), "{line}");
+}
+
+/// H15: `forwarded` and `baggage` headers from an ordinary (non-waypoint) peer, well-formed
+/// or not, change nothing: the app sees the peer's own address, the access log the
+/// certificate's identity, and malformed values cost nothing but being ignored.
+#[test]
+fn forwarded_and_baggage_from_a_peer_never_change_the_source() {
+    let t = Target::start("hard_h15", &[]);
+    let lab = &t.cluster.lab;
+    let u_ip = lab.pod("u").ip();
+    let config = client::client_config(&t.cluster, "sa-u");
+    let hbone = t.hbone();
+    let rec = t.authority(t.recorder.port());
+    let headers: Vec<Vec<(&'static str, &'static [u8])>> = vec![
+        vec![
+            ("forwarded", b"for=10.9.9.9"),
+            (
+                "baggage",
+                b"k8s.namespace.name=evil,k8s.deployment.name=x,service.name=x,k8s.cluster.name=y",
+            ),
+        ],
+        vec![
+            ("forwarded", b"for=\"[::1"),
+            ("baggage", b"=,,;;==\xff\xfe"),
+        ],
+        vec![
+            ("forwarded", b"for=10.9.9.9;for=10.8.8.8, by=1.1.1.1"),
+            ("x-forwarded-for", b"10.9.9.9"),
+            ("baggage", &[b'a'; 8000]),
+        ],
+    ];
+    let n = headers.len();
+    lab.pod("u")
+        .block_on(async move {
+            let h2 = client::h2(hbone, config).await?;
+            for set in headers {
+                let mut req = http::Request::builder()
+                    .method(http::Method::CONNECT)
+                    .uri(rec.as_str());
+                for (name, value) in set {
+                    req = req.header(name, http::HeaderValue::from_bytes(value)?);
+                }
+                let (status, tx, rx) = client::send(&h2, req.body(())?).await?;
+                anyhow::ensure!(status == StatusCode::OK, "{status}");
+                drop((tx, rx));
+            }
+            anyhow::Ok(())
+        })
+        .expect("H15 requests");
+    let deadline = std::time::Instant::now() + WAIT;
+    while t.recorder.peers().len() < n && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let peers = t.recorder.peers();
+    assert_eq!(peers.len(), n, "{peers:?}");
+    assert!(
+        peers.iter().all(|p| p.ip() == u_ip),
+        "the app saw another source than the peer: {peers:?}"
+    );
+    let n2 = t.cluster.ztun("n2");
+    crate::support::wait_for_nth_log(n2, "direction=\"inbound\"", n);
+    for line in n2
+        .logs()
+        .iter()
+        .filter(|l| l.contains("direction=\"inbound\""))
+    {
+        assert!(line.contains("sa/sa-u"), "{line}");
+        assert!(
+            !line.contains("10.9.9.9") && !line.contains("evil"),
+            "{line}"
+        );
+    }
 }

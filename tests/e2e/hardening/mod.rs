@@ -36,8 +36,17 @@ pub struct Target {
 impl Target {
     /// Starts it, with `env` for every ztun.
     pub fn start(test: &str, env: &[(&str, &str)]) -> Target {
+        Target::start_mesh(test, env, |m| m)
+    }
+
+    /// Starts it with the lab's mesh as `edit` changes it.
+    pub fn start_mesh(
+        test: &str,
+        env: &[(&str, &str)],
+        edit: impl FnOnce(MeshFile) -> MeshFile,
+    ) -> Target {
         let lab = standard_lab(test);
-        let mesh = MeshFile::from_lab(&lab);
+        let mesh = edit(MeshFile::from_lab(&lab));
         let echo = lab.pod("c").spawn_echo_server(8080).expect("echo server");
         let recorder = lab.pod("c").spawn_peer_recorder(9090).expect("recorder");
         let cluster = Cluster::start_with(lab, mesh, env);
