@@ -238,6 +238,29 @@ impl OnDemand for XdsOnDemand {
 }
 
 /// Istio's xDS families from the client's counters.
+fn cert_families(s: &crate::control::ca::CertSummary, out: &mut String) {
+    use std::fmt::Write;
+    let _ = writeln!(out, "# HELP ztun_workload_certificates Workload identities of this node by certificate state.\n# TYPE ztun_workload_certificates gauge");
+    for (state, n) in [
+        ("initializing", s.initializing),
+        ("available", s.available),
+        ("unavailable", s.unavailable),
+    ] {
+        let _ = writeln!(out, "ztun_workload_certificates{{state=\"{state}\"}} {n}");
+    }
+    if let Some(t) = s.earliest_expiry {
+        let secs = t
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let _ = writeln!(out, "# HELP ztun_workload_certificate_earliest_expiry_timestamp_seconds Earliest expiry among the workload certificates held (Unix time).\n# TYPE ztun_workload_certificate_earliest_expiry_timestamp_seconds gauge");
+        let _ = writeln!(
+            out,
+            "ztun_workload_certificate_earliest_expiry_timestamp_seconds {secs}"
+        );
+    }
+}
+
 fn xds_families(m: &xds::XdsMetrics, out: &mut String) {
     use std::fmt::Write;
     let _ = writeln!(out, "# HELP istio_xds_connection_terminations xDS stream terminations.\n# TYPE istio_xds_connection_terminations counter");
@@ -307,6 +330,9 @@ fn cert_source(config: &Config, state: &Reader) -> anyhow::Result<(Arc<dyn CertS
                 .follow_local_workloads(state.clone(), node.clone()),
         );
     }
+    let summary = store.clone();
+    crate::ops::telemetry()
+        .add_collector(Box::new(move |out| cert_families(&summary.summary(), out)));
     let view = store.clone();
     let dump: CertDump =
         Arc::new(move || serde_json::to_value(view.snapshot()).unwrap_or_default());

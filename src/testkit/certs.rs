@@ -66,6 +66,28 @@ pub fn write_named_ca_dir(dir: &Path, org: &str) -> anyhow::Result<CaFiles> {
     Ok(files)
 }
 
+/// An intermediate CA signed by `root`, whose subject has organisation `org`: returns its
+/// certificate and key as PEM (write them as `cert-chain.pem` and `ca-key.pem` to make the
+/// CA directory sign through it).
+pub fn intermediate(root: &CaFiles, org: &str) -> anyhow::Result<(String, String)> {
+    let root_key = KeyPair::from_pem(&root.key_pem)?;
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&root.cert_pem, root_key)?;
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    let mut name = DistinguishedName::new();
+    name.push(DnType::OrganizationName, org);
+    name.push(DnType::CommonName, format!("{org} intermediate CA"));
+    params.distinguished_name = name;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let cert = params.signed_by(&key, &issuer)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,7 +1,8 @@
 //! Certificates end to end: both nodes get their workload certificates (and the mesh) from
 //! `ztun control-plane`, running in n1's namespace on n1's link IP, authenticated by per-node
 //! bearer tokens. Covers short-lived certificates rotating under traffic, a root rotation
-//! A → A+B → B, a CA outage longer than a refresh interval, and the CA's node restriction.
+//! A → A+B → B, an intermediate replaced twice, a CA outage longer than a refresh interval,
+//! and the CA's node restriction.
 //!
 //! Every wait is on an event (a log line, a counter), never on a fixed sleep.
 
@@ -15,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use ztun::config::{AuthToken, RootCert};
 use ztun::control::ca::{CaClient, CaClientConfig, CaError};
 use ztun::identity::Identity;
-use ztun::testkit::certs::{write_ca_dir, write_named_ca_dir, CaFiles};
+use ztun::testkit::certs::{intermediate, write_ca_dir, write_named_ca_dir, CaFiles};
 use ztun::testkit::lab::{Lab, NetnsTask, Process};
 use ztun::testkit::mesh::MeshFile;
 
@@ -401,6 +402,45 @@ fn certificates_rotate_and_the_root_moves_from_a_to_b_without_a_failed_connectio
     no_handshake_errors(&cluster);
 }
 
+/// hardening.md C6: the CA starts signing through intermediate I1, then I1 is replaced by
+/// I2 (both under the same root). Within one refresh cycle of each change every identity on
+/// both nodes holds a certificate issued by the new intermediate, new handshakes (which need
+/// the intermediate in the presented chain) succeed, and no connection fails.
+#[test]
+fn a_replaced_intermediate_reaches_every_certificate_within_a_refresh() {
+    let lab = standard_lab("cert_intermediate");
+    let c_server = lab.pod("c").spawn_echo_server(8080).unwrap();
+    let a_server = lab.pod("a").spawn_echo_server(8080).unwrap();
+    let cluster = CaCluster::start(
+        lab,
+        &[
+            ("SECRET_TTL", "20s"),
+            ("POOL_MAX_STREAMS_PER_CONNECTION", "1"),
+            ("POOL_UNUSED_RELEASE_TIMEOUT", "200ms"),
+        ],
+    );
+    let lab = &cluster.lab;
+    let to_c = SocketAddr::from((lab.pod("c").ip(), c_server.port()));
+    let to_a = SocketAddr::from((lab.pod("a").ip(), a_server.port()));
+    let traffic = Traffic::start(lab, to_c, to_a, Duration::from_millis(500));
+    traffic.wait_ok(5);
+    let cursors = |c: &CaCluster| vec![("n1", c.cursor("n1")), ("n2", c.cursor("n2"))];
+    let chain = cluster.ca.dir.join("cert-chain.pem");
+    for org in ["ztun-int-1", "ztun-int-2"] {
+        let (cert, key) = intermediate(&cluster.ca, org).unwrap();
+        let mark = cursors(&cluster);
+        // The chain first: until the key follows, the CA keeps its previous configuration
+        // (a chain that does not match the key is refused at reload).
+        replace(&chain, &cert);
+        replace(&cluster.ca.ca_key, &key);
+        let issuer = format!("CN={org} intermediate CA");
+        rotation(&cluster, &mark, &["roots=1", &issuer]);
+    }
+    traffic.wait_ok(5);
+    traffic.finish();
+    no_handshake_errors(&cluster);
+}
+
 /// hardening.md C1, scaled down (40 s certificates instead of 24 h, an outage of one refresh
 /// interval instead of hours): the CA (the whole control plane) goes away for longer than a
 /// refresh interval; renewals fail, the still-valid certificates keep serving new
@@ -448,6 +488,38 @@ fn traffic_continues_on_valid_certificates_while_the_ca_is_down() {
         .unwrap_or_else(|e| panic!("{node} dialled nothing with the CA down: {e:#}"));
     }
     traffic.wait_ok(10);
+    // The alarm: metrics tell when the certificates run out while renewal fails.
+    let (status, metrics) = crate::ops::http(
+        cluster.lab.node("n1").netns(),
+        "GET",
+        crate::ops::local(15020),
+        "/metrics",
+    )
+    .unwrap();
+    assert_eq!(status, 200);
+    let expiry = crate::ops::sample(
+        &metrics,
+        "ztun_workload_certificate_earliest_expiry_timestamp_seconds",
+        &[],
+    )
+    .expect("the earliest certificate expiry is exported");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        expiry > now && expiry <= now + 40.0,
+        "expiry {expiry}, now {now}"
+    );
+    assert_eq!(
+        crate::ops::sample(
+            &metrics,
+            "ztun_workload_certificates",
+            &[("state", "available")]
+        ),
+        Some(2.0),
+        "{metrics}"
+    );
 
     // The CA is back: the retries succeed.
     let marks = [("n1", cluster.cursor("n1")), ("n2", cluster.cursor("n2"))];

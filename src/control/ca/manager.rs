@@ -89,6 +89,19 @@ pub enum CertState {
     Unavailable(Arc<str>),
 }
 
+/// Counts of [`CertStore::summary`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CertSummary {
+    /// Asked for, nothing yet.
+    pub initializing: usize,
+    /// Holding a valid certificate.
+    pub available: usize,
+    /// Without a usable certificate.
+    pub unavailable: usize,
+    /// The earliest `not_after` among available certificates.
+    pub earliest_expiry: Option<SystemTime>,
+}
+
 /// Why an identity is wanted; when several requests are due, higher goes first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Priority {
@@ -237,6 +250,26 @@ impl CertStore {
     pub fn state(&self, identity: &Identity) -> Option<CertState> {
         let slots = self.inner.slots.lock();
         slots.get(identity).map(|s| s.borrow().clone())
+    }
+
+    /// Identities per state (initializing, available, unavailable) and the earliest expiry
+    /// among the certificates held, for metrics: an alert on the expiry fires while a
+    /// failing renewal still has time to recover.
+    pub fn summary(&self) -> CertSummary {
+        let slots = self.inner.slots.lock();
+        let mut out = CertSummary::default();
+        for s in slots.values() {
+            match &*s.borrow() {
+                CertState::Initializing => out.initializing += 1,
+                CertState::Available(c) => {
+                    out.available += 1;
+                    let t = c.not_after();
+                    out.earliest_expiry = Some(out.earliest_expiry.map_or(t, |e| e.min(t)));
+                }
+                CertState::Unavailable(_) => out.unavailable += 1,
+            }
+        }
+        out
     }
 
     /// Every identity's state and public certificate material, sorted by identity (for the

@@ -15,7 +15,7 @@ use crate::tls::{FetchError, FetchFuture};
 
 pub use client::{CaClient, CaClientConfig, CaError};
 pub use local::{LocalCa, LocalCaError};
-pub use manager::{CertState, CertStore, Clock, Priority, StoreConfig};
+pub use manager::{CertState, CertStore, CertSummary, Clock, Priority, StoreConfig};
 pub use snapshot::{CertInfo, CertSnapshot};
 
 /// The Istio CA protocol (`proto/citadel.proto`), generated.

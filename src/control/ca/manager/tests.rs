@@ -285,7 +285,10 @@ async fn one_failing_identity_does_not_affect_the_others() {
     issuer.script.lock().failing.insert(id("bad"));
     let store = store(&issuer);
     assert!(store.fetch(&id("bad")).await.is_err());
-    assert!(store.fetch(&id("good")).await.is_ok());
+    let good = store.fetch(&id("good")).await.unwrap();
+    let summary = store.summary();
+    assert_eq!((summary.available, summary.unavailable), (1, 1));
+    assert_eq!(summary.earliest_expiry, Some(good.not_after()));
 }
 
 #[tokio::test(start_paused = true)]
