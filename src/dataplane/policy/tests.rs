@@ -507,3 +507,131 @@ fn explain_reports_the_deciding_policy_and_the_trace() {
     assert!(ExplainSource::parse("bogus").is_err());
     assert!(ExplainSource::parse("").is_err());
 }
+
+/// hardening.md P7: PeerAuthentication as istiod converts it for ztun (a DENY whose rule ANDs
+/// "no principal" with the port condition), against a reference evaluator over random port
+/// sets and connections. STRICT with port-level PERMISSIVE exceptions: plaintext passes only
+/// on an exception port. PERMISSIVE with port-level STRICT: plaintext fails only on those
+/// ports. mTLS always passes.
+#[test]
+fn converted_peer_authentication_matches_a_reference_evaluator() {
+    // xorshift64*: deterministic, no dependency.
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        seed ^= seed >> 12;
+        seed ^= seed << 25;
+        seed ^= seed >> 27;
+        seed.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    };
+    let ports: Vec<u16> = (8000..8012).collect();
+    for case in 0..400 {
+        let strict_workload = next() % 2 == 0;
+        let listed: Vec<u16> = ports.iter().copied().filter(|_| next() % 3 == 0).collect();
+        let no_identity = PolicyMatch {
+            not_principals: vec![StringMatch::Presence],
+            ..Default::default()
+        };
+        let port_clause = if strict_workload {
+            PolicyMatch {
+                not_destination_ports: listed.clone(),
+                ..Default::default()
+            }
+        } else {
+            PolicyMatch {
+                destination_ports: listed.clone(),
+                ..Default::default()
+            }
+        };
+        // Without port-level modes istiod sends the plain shapes: STRICT is "no principal"
+        // alone, PERMISSIVE no policy at all.
+        let clauses = match (strict_workload, listed.is_empty()) {
+            (true, true) => Some(vec![vec![no_identity]]),
+            (false, true) => None,
+            _ => Some(vec![vec![no_identity], vec![port_clause]]),
+        };
+        let policies: Vec<Policy> = clauses
+            .into_iter()
+            .map(|rule| {
+                policy(
+                    "app",
+                    "converted_peer_authentication_p",
+                    PolicyScope::Namespace,
+                    PolicyAction::Deny,
+                    vec![rule],
+                )
+            })
+            .collect();
+        for _ in 0..8 {
+            let port = ports[(next() % ports.len() as u64) as usize];
+            let mtls_conn = next() % 2 == 0;
+            let mut conn = if mtls_conn {
+                mtls("client-ns", "client-sa")
+            } else {
+                plaintext()
+            };
+            conn.dst_port = port;
+            let expected = mtls_conn
+                || if strict_workload {
+                    listed.contains(&port)
+                } else {
+                    !listed.contains(&port)
+                };
+            assert_eq!(
+                decide(policies.clone(), &conn).is_allowed(),
+                expected,
+                "case {case}: strict={strict_workload} listed={listed:?} port={port} \
+                 mtls={mtls_conn}"
+            );
+        }
+    }
+}
+
+/// hardening.md P8: service-account names with dots and regex metacharacters match
+/// literally, in principals and in service-account matches.
+#[test]
+fn service_account_names_with_metacharacters_match_literally() {
+    let odd = "a.b*c+[d]$";
+    let conn = mtls("ns.x", odd);
+    let allow = |m: PolicyMatch| {
+        policy(
+            "app",
+            "p",
+            PolicyScope::Namespace,
+            PolicyAction::Allow,
+            vec![rule(m)],
+        )
+    };
+    let principal = |s: &str| PolicyMatch {
+        principals: vec![exact(s)],
+        ..Default::default()
+    };
+    assert!(decide(
+        vec![allow(principal("cluster.local/ns/ns.x/sa/a.b*c+[d]$"))],
+        &conn
+    )
+    .is_allowed());
+    for near in [
+        "cluster.local/ns/ns.x/sa/aXb*c+[d]$",
+        "cluster.local/ns/nsXx/sa/a.b*c+[d]$",
+        "cluster.local/ns/ns.x/sa/a.bbbc+[d]$",
+        "cluster.local/ns/ns.x/sa/a.b*c+d",
+        "cluster.local/ns/ns.x/sa/.*",
+    ] {
+        assert!(
+            !decide(vec![allow(principal(near))], &conn).is_allowed(),
+            "{near} matched {odd}"
+        );
+    }
+    let by_sa = |ns: &str, name: &str| PolicyMatch {
+        service_accounts: vec![sa(ns, name)],
+        ..Default::default()
+    };
+    assert!(decide(vec![allow(by_sa("ns.x", odd))], &conn).is_allowed());
+    assert!(!decide(vec![allow(by_sa("ns.x", "a.b.c+[d]$"))], &conn).is_allowed());
+    assert!(!decide(vec![allow(by_sa("ns?x", odd))], &conn).is_allowed());
+    let prefix = PolicyMatch {
+        principals: vec![StringMatch::Prefix("cluster.local/ns/ns.x/sa/a.*".into())],
+        ..Default::default()
+    };
+    assert!(!decide(vec![allow(prefix)], &conn).is_allowed());
+}
