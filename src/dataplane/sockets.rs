@@ -160,6 +160,15 @@ impl Sockets {
                     s.set_ip_transparent_v6(true)?;
                     s.set_freebind_v6(true)?;
                 }
+                // The port is chosen at connect time, unique per 4-tuple rather than per
+                // source address: spoofed sources share one address among many connections.
+                if dst.is_ipv4() {
+                    let _ = nix::sys::socket::setsockopt(
+                        &s,
+                        nix::sys::socket::sockopt::IpBindAddressNoPort,
+                        &true,
+                    );
+                }
                 s.bind(&SocketAddr::new(src, 0).into())?;
             }
             Ok(s)

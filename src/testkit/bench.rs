@@ -2,8 +2,10 @@
 //! measured in the same run against direct TCP between pods of the same cluster (pods that
 //! are not captured), and reported as a ratio.
 //!
-//! Topology: node n1 with captured `a` and uncaptured `x`; node n2 with captured `c` and
-//! uncaptured `y`. Direct = x → y, tunnelled = a → c (HBONE through both ztuns).
+//! Topology: node n1 with captured `a`, `b` and uncaptured `x`, `w`; node n2 with captured
+//! `c` and uncaptured `y`. Direct = x → y, tunnelled = a → c (HBONE through both ztuns). The
+//! isolation figure (hardening R4) measures a's request latency while b streams to c at full
+//! speed through the same ztuns, against x's while w streams to y directly.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -17,6 +19,8 @@ use super::lab::{Lab, PodSpec, Process};
 use super::mesh::MeshFile;
 
 const WAIT: Duration = Duration::from_secs(60);
+/// The rate-limited neighbour of the isolation figure.
+const NEIGHBOUR_RATE: &str = "1G";
 
 /// Knobs of one benchmark run.
 #[derive(Debug, Clone)]
@@ -52,7 +56,9 @@ pub fn run(ztun: &Path, opts: &Options) -> anyhow::Result<Value> {
         .node("n1")
         .node("n2")
         .pod(PodSpec::new("a", "n1").service_account("a").captured(true))
+        .pod(PodSpec::new("b", "n1").service_account("b").captured(true))
         .pod(PodSpec::new("x", "n1").service_account("x"))
+        .pod(PodSpec::new("w", "n1").service_account("w"))
         .pod(PodSpec::new("c", "n2").service_account("c").captured(true))
         .pod(PodSpec::new("y", "n2").service_account("y"))
         .build()?;
@@ -76,6 +82,13 @@ pub fn run(ztun: &Path, opts: &Options) -> anyhow::Result<Value> {
         lab.cni(n)
             .wait_connected(WAIT)
             .with_context(|| format!("ztun on {n} did not sync"))?;
+    }
+    // Clients close first and keep TIME_WAIT (and so does ztun's connection to the app, which
+    // mirrors the client's close): without reuse, tens of thousands of short connections
+    // exhaust the ephemeral ports and the connection-rate figure measures that.
+    for client in ["a", "x", "c", "y"] {
+        lab.pod(client)
+            .exec("sysctl", &["-qw", "net.ipv4.tcp_tw_reuse=1"], None)?;
     }
     let echo_c = lab.pod("c").spawn_echo_server(7000)?;
     let echo_y = lab.pod("y").spawn_echo_server(7000)?;
@@ -144,7 +157,38 @@ pub fn run(ztun: &Path, opts: &Options) -> anyhow::Result<Value> {
     let (dc, tc) = (median(dc), median(tc));
     rows.push(row("connections/s", dc, tc, tc / dc));
 
-    // 4. Memory: idle, and per idle tunnelled connection (both ztuns together).
+    // 4. Isolation (hardening R4): p99 of small requests while a neighbour streams, as a
+    // multiple of the p99 measured alone above; the neighbour at full speed (every core busy
+    // on this machine) and at NEIGHBOUR_RATE.
+    let mut isolation = serde_json::Map::new();
+    let mut iso_lines = Vec::new();
+    for (label, rate) in [("full speed", None), (NEIGHBOUR_RATE, Some(NEIGHBOUR_RATE))] {
+        let (mut dl, mut tl) = (Vec::new(), Vec::new());
+        for _ in 0..opts.runs {
+            let stream = neighbour_stream(&lab, "w", "y", rate)?;
+            dl.push(lab.pod("x").block_on(latency(direct, opts.requests))?.1);
+            drop(stream);
+            let stream = neighbour_stream(&lab, "b", "c", rate)?;
+            tl.push(lab.pod("a").block_on(latency(tunnel, opts.requests))?.1);
+            drop(stream);
+        }
+        let (dl, tl) = (median(dl), median(tl));
+        isolation.insert(
+            format!("neighbour {label}"),
+            json!({
+                "direct_p99_us": dl, "direct_factor": dl / d99,
+                "ztun_p99_us": tl, "ztun_factor": tl / t99,
+            }),
+        );
+        iso_lines.push(format!(
+            "p99 with a neighbour streaming at {label}: direct {dl:.0} µs ({:.2}x alone), \
+             through ztun {tl:.0} µs ({:.2}x alone)",
+            dl / d99,
+            tl / t99
+        ));
+    }
+
+    // 5. Memory: idle, and per idle tunnelled connection (both ztuns together).
     let before = rss(&z1) + rss(&z2);
     let n = opts.idle_connections;
     let held = lab.pod("a").spawn_async(hold_connections(tunnel, n));
@@ -165,7 +209,11 @@ pub fn run(ztun: &Path, opts: &Options) -> anyhow::Result<Value> {
     let cpu_gb = median(cpu);
 
     print_table(&rows, idle_rss, per_conn, n, cpu_gb);
+    for l in &iso_lines {
+        println!("{l}");
+    }
     Ok(json!({
+        "isolation": isolation,
         "runs": opts.runs,
         "rows": rows,
         "memory": { "idle_rss_bytes_both": idle_rss, "bytes_per_idle_connection_both": per_conn, "idle_connections": n },
@@ -228,6 +276,51 @@ fn iperf(lab: &Lab, from: &str, to: &str, seconds: u64) -> anyhow::Result<(f64, 
     let bytes = sum["bytes"].as_f64().unwrap_or(0.0) as u64;
     let _ = server.wait_exit(WAIT);
     Ok((bps, bytes))
+}
+
+/// A full-speed iperf3 stream from `from` to `to` (port 5201), running once its first
+/// interval is reported; dropping the processes stops it.
+fn neighbour_stream(
+    lab: &Lab,
+    from: &str,
+    to: &str,
+    rate: Option<&str>,
+) -> anyhow::Result<(Process, Process)> {
+    let iperf3 = Path::new("/usr/bin/iperf3");
+    let server = lab.spawn_in(
+        lab.pod(to).netns(),
+        "iperf3-s",
+        iperf3,
+        &["-s", "-1", "-p", "5201", "--forceflush"],
+        &[],
+        lab.dir(),
+    )?;
+    server.wait_for_log("Server listening", WAIT)?;
+    let ip = lab.pod(to).ip().to_string();
+    let mut args = vec![
+        "-c",
+        &ip,
+        "-p",
+        "5201",
+        "-t",
+        "600",
+        "-i",
+        "1",
+        "--forceflush",
+    ];
+    if let Some(r) = rate {
+        args.extend(["-b", r]);
+    }
+    let client = lab.spawn_in(
+        lab.pod(from).netns(),
+        "iperf3-c",
+        iperf3,
+        &args,
+        &[],
+        lab.dir(),
+    )?;
+    client.wait_for_log("bits/sec", WAIT)?;
+    Ok((server, client))
 }
 
 /// p50 and p99 in µs, and requests per second, of `n` 64-byte round trips.

@@ -4,6 +4,7 @@
 //! between a TCP socket and an HTTP/2 stream with flow control.
 
 pub mod client;
+pub mod fair;
 pub mod pool;
 pub mod stream;
 
@@ -12,18 +13,18 @@ use std::time::Duration;
 
 use crate::config::ProxyConfig;
 
-/// What TLS runs on: the TCP socket behind a read buffer. rustls pulls ciphertext 4 KiB at a
-/// time; the buffer turns that into one syscall per 32 KiB (about two full TLS records)
-/// during bulk transfer, at the cost of 32 KiB per HBONE connection (pooled, so per pod pair,
-/// not per tunnelled connection).
-pub type Transport = tokio::io::BufReader<tokio::net::TcpStream>;
+/// What TLS runs on: the TCP socket, metered (see [`fair`]), behind a read buffer. rustls
+/// pulls ciphertext 4 KiB at a time; the buffer turns that into one syscall per 32 KiB (about
+/// two full TLS records) during bulk transfer, at the cost of 32 KiB per HBONE connection
+/// (pooled, so per pod pair, not per tunnelled connection).
+pub type Transport = tokio::io::BufReader<fair::Metered<tokio::net::TcpStream>>;
 
 /// Read-buffer size of [`Transport`].
 pub const TRANSPORT_READ_BUFFER: usize = 32 * 1024;
 
 /// Wraps an HBONE socket for TLS.
 pub fn transport(tcp: tokio::net::TcpStream) -> Transport {
-    tokio::io::BufReader::with_capacity(TRANSPORT_READ_BUFFER, tcp)
+    tokio::io::BufReader::with_capacity(TRANSPORT_READ_BUFFER, fair::Metered(tcp))
 }
 
 /// HTTP/2 settings shared by both sides, from configuration.

@@ -67,6 +67,7 @@ async fn tcp_to_h2(
             return Ok(());
         }
         *count += n as u64;
+        super::fair::spend(n).await;
         let drained = n < room;
         if !drained && want < MAX_READ {
             // A full read means the flow is busy: read more per syscall next time.
@@ -112,6 +113,7 @@ async fn h2_to_tcp(
                 let n = chunk.len();
                 wr.write_all(&chunk).await?;
                 *count += n as u64;
+                super::fair::spend(n).await;
                 recv.flow_control().release_capacity(n).map_err(h2_io)?;
             }
             Some(Err(e)) if is_graceful_reset(&e) => break,
