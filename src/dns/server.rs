@@ -82,6 +82,7 @@ pub fn start(proxy: &Arc<Proxy>, data: &Handle, drains: &Drains) -> io::Result<(
                 .to_ascii_lowercase()
                 .into(),
             ipv6: proxy.cfg.proxy.ipv6_enabled,
+            preferred_namespace: proxy.cfg.dns.preferred_service_namespace.clone(),
         },
         upstreams,
         forwards: Arc::new(Semaphore::new(MAX_FORWARDS)),
