@@ -305,7 +305,8 @@ pub struct DnsConfig {
     /// default `localhost:15053`.
     pub listen: DnsListen,
     /// `ZTUN_DNS_RESOLV_CONF`: the resolv.conf whose nameservers receive forwarded queries (its
-    /// search list is ignored); default `/etc/resolv.conf`, read once at startup.
+    /// search list is ignored); default `/etc/resolv.conf`, read once at startup. The same
+    /// nameservers resolve hostname-only workloads, from ztun's own namespace.
     pub resolv_conf: PathBuf,
     /// `PREFERED_SERVICE_NAMESPACE` (ztunnel's spelling): when services of several namespaces
     /// share a hostname and none is in the client's namespace (nor canonical), DNS answers

@@ -48,6 +48,9 @@ pub struct Proxy {
     pub(crate) connections: Connections,
     /// Fetches missing addresses from the control plane (`XDS_ON_DEMAND`).
     pub(crate) on_demand: Option<Arc<dyn super::OnDemand>>,
+    /// Resolves hostname-only endpoints (shared by every pod: it resolves from ztun's own
+    /// namespace, not the pod's).
+    pub(crate) resolver: Arc<dyn super::ResolveHost>,
 }
 
 impl Proxy {
@@ -59,6 +62,7 @@ impl Proxy {
         certs: Arc<dyn CertSource>,
         sockets: Sockets,
         on_demand: Option<Arc<dyn super::OnDemand>>,
+        resolver: Arc<dyn super::ResolveHost>,
     ) -> Arc<Self> {
         let pool_cfg = PoolConfig {
             max_streams: cfg.proxy.pool_max_streams_per_connection,
@@ -82,6 +86,7 @@ impl Proxy {
             pool,
             connections,
             on_demand,
+            resolver,
         })
     }
 
