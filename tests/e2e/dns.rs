@@ -2,7 +2,8 @@
 //! redirected by the capture rules to ztun's 15053 in the pod, which answers mesh names
 //! itself and forwards the rest to the resolvers of its resolv.conf (here a test resolver in
 //! node n1's namespace), over UDP and TCP; the answer then carries traffic through HBONE.
-//! The same resolver serves hostname-only endpoints.
+//! The same resolver serves hostname-only endpoints, and answers keep coming while the
+//! control plane is down.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -16,7 +17,7 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use ztun::testkit::lab::{Lab, NetnsTask};
 use ztun::testkit::mesh::MeshFile;
 
-use crate::support::{standard_lab, wait_for_line, Cluster, WAIT};
+use crate::support::{standard_lab, wait_for_line, Cluster, XdsCluster, WAIT};
 
 /// Where the pod believes its resolver is (kube-dns); the capture rules redirect it.
 const CLUSTER_DNS: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 96, 0, 53)), 53);
@@ -110,6 +111,51 @@ fn captured_pod_resolves_mesh_and_external_names_then_connects() {
         assert!(metrics.contains(family), "no {family} in:\n{metrics}");
     }
     assert!(metrics.contains("request_protocol=\"tcp\""));
+}
+
+/// The control plane (`ztun control-plane`, over xDS) dies: both nodes notice the stream
+/// dropped, and the pod's DNS keeps answering mesh names from the last state and forwarding
+/// external names, over UDP and TCP.
+#[test]
+fn dns_keeps_working_while_the_control_plane_is_down() {
+    let lab = standard_lab("dns_cp_down");
+    let mesh =
+        MeshFile::from_lab(&lab).service("echo", "default", VIP, &[(SVC_PORT, TARGET)], &["c"]);
+    let (_upstream, _hits, resolv) = start_upstream(&lab, &[]);
+    let mut cluster = XdsCluster::start_with(
+        lab,
+        &mesh.to_yaml(),
+        &[("ZTUN_DNS_RESOLV_CONF", resolv.as_str())],
+    );
+    let check = |cluster: &XdsCluster, when: &str| {
+        let a = cluster.lab.pod("a");
+        for via in [Via::Udp, Via::Tcp] {
+            for name in ["echo.", "echo.default.svc.cluster.local."] {
+                let m = a
+                    .block_on(resolve(name, RecordType::A, via))
+                    .unwrap_or_else(|e| panic!("{when}: {name} over {via:?}: {e:#}"));
+                assert_eq!(
+                    addresses(&m),
+                    vec![IpAddr::V4(VIP)],
+                    "{when}: {name} {via:?}"
+                );
+            }
+            let m = a
+                .block_on(resolve("external.test.", RecordType::A, via))
+                .unwrap_or_else(|e| panic!("{when}: external name over {via:?}: {e:#}"));
+            assert_eq!(addresses(&m), vec![IpAddr::V4(EXTERNAL)], "{when}: {via:?}");
+        }
+    };
+    check(&cluster, "control plane up");
+
+    let cursors = cluster.cursors();
+    cluster.control_plane().kill().unwrap();
+    cluster.control_plane = None;
+    for ((node, p), cursor) in cluster.ztuns.iter().zip(&cursors) {
+        wait_for_line(p, *cursor, &["xDS", "retry_in"])
+            .unwrap_or_else(|e| panic!("ztun on {node} did not notice the outage: {e:#}"));
+    }
+    check(&cluster, "control plane down");
 }
 
 /// A service whose only endpoint is a hostname-only workload (a DNS-resolved ServiceEntry):
@@ -251,37 +297,6 @@ fn hostname_only_endpoints_are_resolved_when_traffic_goes_to_them() {
             && metrics.contains("hostname=\"backend-tcp.test\""),
         "{metrics}"
     );
-}
-
-/// With the state loaded from `LOCAL_XDS_PATH` there is no control plane to reach: answers
-/// come from the snapshot ztun holds, and keep coming while nothing refreshes it.
-#[test]
-fn answers_keep_coming_without_a_control_plane() {
-    let lab = standard_lab("dns_no_cp");
-    let mesh =
-        MeshFile::from_lab(&lab).service("echo", "default", VIP, &[(SVC_PORT, TARGET)], &["c"]);
-    let resolv = lab.dir().join("resolv.conf");
-    // No nameserver at all: only mesh names can resolve.
-    std::fs::write(&resolv, "search default.svc.cluster.local\n").unwrap();
-    let resolv = resolv.to_string_lossy().into_owned();
-    let cluster = Cluster::start_with(lab, mesh, &[("ZTUN_DNS_RESOLV_CONF", resolv.as_str())]);
-    let a = cluster.lab.pod("a");
-    for round in 0..3 {
-        for via in [Via::Udp, Via::Tcp] {
-            let m = a.block_on(resolve("echo.", RecordType::A, via)).unwrap();
-            assert_eq!(
-                addresses(&m),
-                vec![IpAddr::V4(VIP)],
-                "round {round} {via:?}"
-            );
-        }
-        // With no upstream, forwarded names fail cleanly.
-        let m = a
-            .block_on(resolve("external.test.", RecordType::A, Via::Udp))
-            .unwrap();
-        assert_eq!(m.response_code(), ResponseCode::ServFail);
-        std::thread::sleep(Duration::from_secs(1));
-    }
 }
 
 /// Sends one query for `name` to the pod's cluster resolver address and returns the answer.
