@@ -19,7 +19,7 @@ use crate::control::ca::{CaClient, CaClientConfig, CertStore, Issuer, LocalCa, S
 use crate::control::xds;
 use crate::control::zds::{self, Pod, PodStarter};
 use crate::dataplane::sockets::Sockets;
-use crate::dataplane::{OnDemand, PodInfo, Proxy};
+use crate::dataplane::{OnDemand, PodInfo, Proxy, ResolveHost};
 use crate::drain::{self, DrainMode};
 use crate::ops::admin::{Admin, PodState, PodStateInfo, WorkloadStates};
 use crate::ops::logging::LogHandle;
@@ -62,6 +62,7 @@ async fn run_control(config: Arc<Config>, data: Handle, log: LogHandle) -> anyho
     load_local_config(&config, &writer)?;
     let (xds_synced, on_demand) = start_mesh_source(&config, writer, &readiness)?;
     let (certs, cert_dump) = cert_source(&config, &reader)?;
+    let resolver = host_resolver(&config);
     let process = Arc::new(drain::channel().0);
     let shutdown = Arc::new(tokio::sync::Notify::new());
 
@@ -83,6 +84,7 @@ async fn run_control(config: Arc<Config>, data: Handle, log: LogHandle) -> anyho
             let starter = Arc::new(PodProxies {
                 config: config.clone(),
                 on_demand: on_demand.clone(),
+                resolver: resolver.clone(),
                 state: reader.clone(),
                 certs: certs.clone(),
                 data: data.clone(),
@@ -122,6 +124,7 @@ async fn run_control(config: Arc<Config>, data: Handle, log: LogHandle) -> anyho
                 certs.clone(),
                 sockets,
                 on_demand.clone(),
+                resolver.clone(),
             );
             _dedicated = Some(
                 proxy
@@ -462,10 +465,30 @@ fn sockets_for(config: &Config, netns: Option<Arc<Netns>>) -> Sockets {
     )
 }
 
+/// The resolver of hostname-only endpoints, shared by every pod: the nameservers of ztun's
+/// resolv.conf (as the DNS proxy forwards to), asked from ztun's own namespace without the
+/// packet mark, as ztunnel does.
+fn host_resolver(config: &Config) -> Arc<dyn ResolveHost> {
+    let upstreams = crate::dns::Upstreams::load_or_warn(&config.dns.resolv_conf);
+    let sockets = Sockets::new(
+        None,
+        None,
+        false,
+        config.proxy.keepalive,
+        config.proxy.connect_timeout,
+    );
+    Arc::new(crate::dns::HostResolver::new(
+        sockets,
+        upstreams,
+        config.proxy.ipv6_enabled,
+    ))
+}
+
 /// Starts a pod's proxy in its namespace (shared mode).
 struct PodProxies {
     config: Arc<Config>,
     on_demand: Option<Arc<dyn OnDemand>>,
+    resolver: Arc<dyn ResolveHost>,
     state: Reader,
     certs: Arc<dyn CertSource>,
     data: Handle,
@@ -488,6 +511,7 @@ impl PodStarter for PodProxies {
             self.certs.clone(),
             sockets,
             self.on_demand.clone(),
+            self.resolver.clone(),
         );
         let handle = proxy.start(&self.data, &self.process)?;
         Ok(Box::new(handle))

@@ -63,6 +63,8 @@ const ISTIO_META_DNS_CAPTURE: &str = "ISTIO_META_DNS_CAPTURE";
 const ISTIO_META_DNS_PROXY_ADDR: &str = "ISTIO_META_DNS_PROXY_ADDR";
 const DNS_PROXY_ADDR: &str = "DNS_PROXY_ADDR";
 const ZTUN_DNS_RESOLV_CONF: &str = "ZTUN_DNS_RESOLV_CONF";
+/// ztunnel's spelling (sic).
+const PREFERED_SERVICE_NAMESPACE: &str = "PREFERED_SERVICE_NAMESPACE";
 const LOCALHOST_APP_TUNNEL: &str = "LOCALHOST_APP_TUNNEL";
 const POD_NAME: &str = "POD_NAME";
 const POD_NAMESPACE: &str = "POD_NAMESPACE";
@@ -688,7 +690,21 @@ fn dns_config(env: &Vars<'_>) -> Result<DnsConfig, ConfigError> {
             .string(ZTUN_DNS_RESOLV_CONF)
             .unwrap_or_else(|| "/etc/resolv.conf".to_owned())
             .into(),
+        preferred_service_namespace: env.parse(
+            PREFERED_SERVICE_NAMESPACE,
+            "a Kubernetes namespace name (lowercase letters, digits and '-', at most 63)",
+            |v| is_namespace_name(v).then(|| v.into()),
+        )?,
     })
+}
+
+/// A Kubernetes namespace name: an RFC 1123 label.
+fn is_namespace_name(v: &str) -> bool {
+    v.len() <= 63
+        && v.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !v.starts_with('-')
+        && !v.ends_with('-')
 }
 
 fn termination_deadline(env: &Vars<'_>) -> Result<Duration, ConfigError> {

@@ -24,6 +24,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use env::{MapEnv, ProcessEnv, Source};
@@ -318,8 +319,13 @@ pub struct DnsConfig {
     /// default `localhost:15053`.
     pub listen: DnsListen,
     /// `ZTUN_DNS_RESOLV_CONF`: the resolv.conf whose nameservers receive forwarded queries (its
-    /// search list is ignored); default `/etc/resolv.conf`, read once at startup.
+    /// search list is ignored); default `/etc/resolv.conf`, read once at startup. The same
+    /// nameservers resolve hostname-only workloads, from ztun's own namespace.
     pub resolv_conf: PathBuf,
+    /// `PREFERED_SERVICE_NAMESPACE` (ztunnel's spelling): when services of several namespaces
+    /// share a hostname and none is in the client's namespace (nor canonical), DNS answers
+    /// with the one in this namespace. Unset by default.
+    pub preferred_service_namespace: Option<Arc<str>>,
 }
 
 /// TCP keepalive settings (`SO_KEEPALIVE`, `TCP_KEEPIDLE`, `TCP_KEEPINTVL`, `TCP_KEEPCNT`,

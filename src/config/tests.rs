@@ -189,6 +189,7 @@ fn every_variable_is_read() {
         ("ALT_XDS_HOSTNAME", "istiod.alt"),
         ("ALT_CA_HOSTNAME", "ca.alt"),
         ("AUTH_TOKEN", "literal-token"),
+        ("PREFERED_SERVICE_NAMESPACE", "istio-system"),
     ]);
     assert_eq!(c.proxy_mode, ProxyMode::Dedicated);
     assert_eq!(
@@ -302,6 +303,10 @@ fn every_variable_is_read() {
     assert_eq!(c.alt_xds_hostname.as_deref(), Some("istiod.alt"));
     assert_eq!(c.alt_ca_hostname.as_deref(), Some("ca.alt"));
     assert_eq!(c.auth_token, AuthToken::Static("literal-token".into()));
+    assert_eq!(
+        c.dns.preferred_service_namespace.as_deref(),
+        Some("istio-system")
+    );
 }
 
 #[test]
@@ -418,6 +423,8 @@ fn malformed_values_name_the_variable() {
         ("TERMINATION_GRACE_PERIOD_SECONDS", "30s"),
         ("XDS_ON_DEMAND", "2"),
         ("XDS_HEADER_X_TENANT", "caf\u{e9}"),
+        ("PREFERED_SERVICE_NAMESPACE", "Istio.System"),
+        ("PREFERED_SERVICE_NAMESPACE", "-ns"),
     ];
     for &(var, value) in cases {
         let err = build(&[(var, value)]).expect_err(&format!("{var}={value:?} should be rejected"));
@@ -848,4 +855,31 @@ fn metajson_variables_are_parsed_and_bad_json_names_the_variable() {
         err.contains("ISTIO_METAJSON_LABELS") && err.contains("JSON"),
         "{err}"
     );
+}
+
+#[test]
+fn preferred_service_namespace_is_unset_by_default_and_must_be_a_namespace_name() {
+    assert_eq!(config(&[]).dns.preferred_service_namespace, None);
+    assert_eq!(
+        config(&[("PREFERED_SERVICE_NAMESPACE", "")])
+            .dns
+            .preferred_service_namespace,
+        None,
+        "empty counts as unset"
+    );
+    let ns = |v: &str| build(&[("PREFERED_SERVICE_NAMESPACE", v)]).map(|c| c.dns);
+    assert_eq!(
+        ns("team-a1")
+            .unwrap()
+            .preferred_service_namespace
+            .as_deref(),
+        Some("team-a1")
+    );
+    for bad in ["Team", "a_b", "a.b", "ns-", &"n".repeat(64)] {
+        let err = ns(bad).expect_err(bad).to_string();
+        assert!(
+            err.starts_with("PREFERED_SERVICE_NAMESPACE=") && err.contains("namespace name"),
+            "{err}"
+        );
+    }
 }

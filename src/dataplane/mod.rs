@@ -18,11 +18,14 @@ pub mod proxy_protocol;
 pub mod route;
 pub mod sockets;
 
+use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
 
 use crate::identity::Identity;
+use crate::state::model::Strng;
 use crate::tls::{FetchError, IdentityError};
 
 pub use proxy::{PodInfo, Proxy, ProxyHandle};
@@ -36,6 +39,42 @@ pub trait OnDemand: Send + Sync + 'static {
         &self,
         key: String,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>;
+}
+
+/// Resolves the hostname of a workload that has no IPs (a DNS-resolved ServiceEntry endpoint)
+/// when a connection is routed to it. Implementations cache answers for their TTL.
+pub trait ResolveHost: Send + Sync + 'static {
+    /// The current addresses of `hostname` (IPv4, and IPv6 when enabled), never empty.
+    fn resolve(&self, hostname: Strng) -> Resolution<'_>;
+}
+
+/// A pending [`ResolveHost::resolve`].
+pub type Resolution<'a> =
+    Pin<Box<dyn Future<Output = Result<Arc<[IpAddr]>, ResolveError>> + Send + 'a>>;
+
+/// Why a hostname-only workload's addresses could not be found.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ResolveError {
+    /// ztun's resolv.conf names no nameserver.
+    #[error("no upstream resolver configured")]
+    NoUpstream,
+    /// No upstream answered; this is the last one's failure.
+    #[error("upstream {upstream}: {source}")]
+    Unreachable {
+        /// The last upstream tried.
+        upstream: SocketAddr,
+        /// What went wrong with it.
+        source: Arc<io::Error>,
+    },
+    /// The upstream answered with an error code.
+    #[error("upstream answered {0}")]
+    Rcode(&'static str),
+    /// The answer carried no address.
+    #[error("no address in the answer")]
+    NoAddress,
+    /// The hostname is not a valid DNS name.
+    #[error("not a valid DNS name")]
+    BadName,
 }
 
 /// Whose fault a failed connection is (for logs and metrics).
@@ -126,6 +165,14 @@ pub enum Error {
     /// A hostname `:authority` names no service, or a port the service cannot map.
     #[error("unknown service {0}")]
     UnknownService(Arc<str>),
+    /// The chosen endpoint is known only by hostname, and resolving it failed.
+    #[error("resolving {hostname}: {source}")]
+    Resolve {
+        /// The workload's hostname.
+        hostname: Strng,
+        /// Why it did not resolve.
+        source: ResolveError,
+    },
     /// Relaying bytes failed.
     #[error("relay: {0}")]
     Io(#[source] Arc<io::Error>),
@@ -158,6 +205,7 @@ impl Error {
             | Error::UnknownDestination(_)
             | Error::UnknownWaypoint(_)
             | Error::UnknownService(_)
+            | Error::Resolve { .. }
             | Error::Io(_) => Side::Destination,
             Error::Denied(_) | Error::Revoked(_) => Side::Policy,
         }
@@ -206,6 +254,7 @@ impl crate::ops::access::Failure for Error {
             Error::UnknownDestination(_) => "unknown_destination",
             Error::UnknownWaypoint(_) => "unknown_waypoint",
             Error::UnknownService(_) => "unknown_service",
+            Error::Resolve { .. } => "hostname_unresolved",
             Error::Io(_) => "relay_failed",
             Error::Denied(_) => "policy_denied",
             Error::Revoked(_) => "policy_revoked",

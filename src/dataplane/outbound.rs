@@ -1,5 +1,6 @@
 //! Outbound capture (15001): a pod's connection, redirected here, leaves as HBONE (mesh
-//! destinations), plain TCP (non-mesh workloads) or passthrough (unknown addresses).
+//! destinations), plain TCP (non-mesh workloads) or passthrough (unknown addresses). An
+//! endpoint known only by hostname is resolved first (through the process's resolver).
 //!
 //! The source is always the pod this listener belongs to: never looked up by IP.
 
@@ -12,10 +13,12 @@ use tokio::net::TcpStream;
 use super::hbone::pool::PoolKey;
 use super::hbone::stream::relay as relay_h2;
 use super::proxy::Drains;
-use super::route::{self, RefuseReason, Route};
-use super::{Error, Proxy};
+use super::route::{self, PendingHost, RefuseReason, Route};
+use super::{Error, Proxy, ResolveError};
 use crate::ops::access::{AccessLog, Direction};
+use crate::ops::metrics::OnDemandDnsLabels;
 use crate::state::canonical_ip;
+use crate::state::model::Workload;
 
 /// Serves one captured outbound connection to completion.
 pub async fn serve(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, _drain: Drains) {
@@ -76,93 +79,137 @@ async fn run(proxy: &Proxy, tcp: TcpStream, peer: SocketAddr, log: &mut AccessLo
             route = plan();
         }
     }
-    match route {
-        Route::Refuse(reason) => {
-            // Refused, not hung: the client sees a reset rather than an orderly close.
-            let _ = socket2::SockRef::from(&tcp).set_linger(Some(std::time::Duration::ZERO));
-            Err(fail(match reason {
-                RefuseReason::NoHealthyUpstream | RefuseReason::UnknownServicePort => {
-                    Error::NoHealthyUpstream(dst)
+    // At most two rounds: a hostname-only endpoint is resolved, then connected to.
+    loop {
+        return match route {
+            Route::Resolve(pending) => {
+                route = Box::pin(resolve_host(proxy, &src, pending, log))
+                    .await
+                    .map_err(fail)?;
+                continue;
+            }
+            Route::Refuse(reason) => {
+                // Refused, not hung: the client sees a reset rather than an orderly close.
+                let _ = socket2::SockRef::from(&tcp).set_linger(Some(std::time::Duration::ZERO));
+                Err(fail(match reason {
+                    RefuseReason::NoHealthyUpstream | RefuseReason::UnknownServicePort => {
+                        Error::NoHealthyUpstream(dst)
+                    }
+                    RefuseReason::UnknownWaypoint => Error::UnknownWaypoint(dst),
+                }))
+            }
+            Route::Tcp {
+                dst: target,
+                workload,
+                service,
+            } => {
+                log.dst.addr = Some(target);
+                if let Some(w) = &workload {
+                    log.dst.describe(w);
                 }
-                RefuseReason::UnknownWaypoint => Error::UnknownWaypoint(dst),
-            }))
-        }
-        Route::Tcp {
-            dst: target,
-            workload,
-            service,
-        } => {
-            log.dst.addr = Some(target);
-            if let Some(w) = &workload {
-                log.dst.describe(w);
+                log.service = service.map(|s| s.hostname.clone());
+                let upstream = proxy
+                    .sockets
+                    .connect(target, None)
+                    .await
+                    .map_err(|e| fail(Error::ConnectUpstream(Arc::new(e))))?;
+                log.established();
+                relay_tcp(tcp, upstream).await
             }
-            log.service = service.map(|s| s.hostname.clone());
-            let upstream = proxy
-                .sockets
-                .connect(target, None)
-                .await
-                .map_err(|e| fail(Error::ConnectUpstream(Arc::new(e))))?;
-            log.established();
-            relay_tcp(tcp, upstream).await
-        }
-        Route::Hbone {
-            dst: hbone_dst,
-            authority,
-            identities,
-            workload,
-            service,
-            waypoint: _,
-        } => {
-            log.dst.addr = Some(hbone_dst);
-            log.hbone_addr = Some(authority);
-            log.dst.describe(&workload);
-            log.service = service.as_ref().map(|s| s.hostname.clone());
-            let cert = proxy.local_cert(&src).await.map_err(fail)?;
-            let key = PoolKey {
-                src_identity: cert.identity().clone(),
-                dst_identities: identities,
+            Route::Hbone {
                 dst: hbone_dst,
-                src_ip,
-            };
-            let checkout = proxy.pool.checkout(&key, &cert).await.map_err(fail)?;
-            // The pool only hands out connections whose peer proved one of the identities.
-            log.dst.identity = workload.identity();
-            let mut forwarded = super::hbone::forwarded(canonical(peer));
-            if let Some(s) = &service {
-                forwarded.push_str(";host=");
-                forwarded.push_str(&s.hostname);
+                authority,
+                identities,
+                workload,
+                service,
+                waypoint: _,
+            } => {
+                log.dst.addr = Some(hbone_dst);
+                log.hbone_addr = Some(authority);
+                log.dst.describe(&workload);
+                log.service = service.as_ref().map(|s| s.hostname.clone());
+                let cert = proxy.local_cert(&src).await.map_err(fail)?;
+                let key = PoolKey {
+                    src_identity: cert.identity().clone(),
+                    dst_identities: identities,
+                    dst: hbone_dst,
+                    src_ip,
+                };
+                let checkout = proxy.pool.checkout(&key, &cert).await.map_err(fail)?;
+                // The pool only hands out connections whose peer proved one of the identities.
+                log.dst.identity = workload.identity();
+                let mut forwarded = super::hbone::forwarded(canonical(peer));
+                if let Some(s) = &service {
+                    forwarded.push_str(";host=");
+                    forwarded.push_str(&s.hostname);
+                }
+                let req = Request::builder()
+                    .method(Method::CONNECT)
+                    .uri(authority.to_string())
+                    .header("forwarded", forwarded)
+                    .header("traceparent", super::hbone::traceparent())
+                    .header("baggage", super::hbone::baggage(&src))
+                    .body(())
+                    .map_err(|_| fail(Error::BadRequest("cannot build CONNECT")))?;
+                let mut sender = checkout
+                    .sender()
+                    .ready()
+                    .await
+                    .map_err(|e| fail(Error::H2(Arc::new(e))))?;
+                let (resp, send) = sender
+                    .send_request(req, false)
+                    .map_err(|e| fail(Error::H2(Arc::new(e))))?;
+                let resp = resp.await.map_err(|e| fail(Error::H2(Arc::new(e))))?;
+                if resp.status() != StatusCode::OK {
+                    return Err(fail(Error::HttpStatus(resp.status())));
+                }
+                let recv = resp.into_body();
+                log.established();
+                let (rd, wr) = tcp.into_split();
+                let (t, res) = relay_h2(rd, wr, send, recv).await;
+                drop(checkout);
+                match res {
+                    Ok(()) => Ok((t.from_tcp, t.to_tcp)),
+                    Err(e) => Err((t.from_tcp, t.to_tcp, e.into())),
+                }
             }
-            let req = Request::builder()
-                .method(Method::CONNECT)
-                .uri(authority.to_string())
-                .header("forwarded", forwarded)
-                .header("traceparent", super::hbone::traceparent())
-                .header("baggage", super::hbone::baggage(&src))
-                .body(())
-                .map_err(|_| fail(Error::BadRequest("cannot build CONNECT")))?;
-            let mut sender = checkout
-                .sender()
-                .ready()
-                .await
-                .map_err(|e| fail(Error::H2(Arc::new(e))))?;
-            let (resp, send) = sender
-                .send_request(req, false)
-                .map_err(|e| fail(Error::H2(Arc::new(e))))?;
-            let resp = resp.await.map_err(|e| fail(Error::H2(Arc::new(e))))?;
-            if resp.status() != StatusCode::OK {
-                return Err(fail(Error::HttpStatus(resp.status())));
-            }
-            let recv = resp.into_body();
-            log.established();
-            let (rd, wr) = tcp.into_split();
-            let (t, res) = relay_h2(rd, wr, send, recv).await;
-            drop(checkout);
-            match res {
-                Ok(()) => Ok((t.from_tcp, t.to_tcp)),
-                Err(e) => Err((t.from_tcp, t.to_tcp, e.into())),
-            }
-        }
+        };
     }
+}
+
+/// Resolves the hostname of the endpoint `pending` chose and finishes its route.
+async fn resolve_host(
+    proxy: &Proxy,
+    src: &Workload,
+    pending: PendingHost,
+    log: &mut AccessLog,
+) -> Result<Route, Error> {
+    log.dst.describe(&pending.workload);
+    log.service = Some(pending.service.hostname.clone());
+    let hostname = pending.hostname().clone();
+    crate::ops::telemetry()
+        .metrics
+        .on_demand_dns
+        .get_or_create(&OnDemandDnsLabels {
+            source_canonical_service: src.canonical_name.clone(),
+            source_canonical_revision: src.canonical_revision.clone(),
+            source_workload_namespace: src.namespace.clone(),
+            hostname: hostname.clone(),
+        })
+        .inc();
+    let fail = |source| Error::Resolve {
+        hostname: hostname.clone(),
+        source,
+    };
+    let addrs = proxy
+        .resolver
+        .resolve(hostname.clone())
+        .await
+        .map_err(fail)?;
+    tracing::debug!(%hostname, addresses = ?addrs, "hostname endpoint resolved");
+    pending
+        .complete(&mut rand::rng(), &addrs)
+        .ok_or_else(|| fail(ResolveError::NoAddress))
 }
 
 /// Bidirectional copy between two sockets with half-close both ways.

@@ -51,6 +51,9 @@ pub struct Proxy {
     pub(crate) on_demand: Option<Arc<dyn super::OnDemand>>,
     /// Open connections against `ZTUN_MAX_CONNECTIONS_PER_POD`.
     slots: Arc<ConnSlots>,
+    /// Resolves hostname-only endpoints (shared by every pod: it resolves from ztun's own
+    /// namespace, not the pod's).
+    pub(crate) resolver: Arc<dyn super::ResolveHost>,
 }
 
 impl Proxy {
@@ -62,6 +65,7 @@ impl Proxy {
         certs: Arc<dyn CertSource>,
         sockets: Sockets,
         on_demand: Option<Arc<dyn super::OnDemand>>,
+        resolver: Arc<dyn super::ResolveHost>,
     ) -> Arc<Self> {
         let pool_cfg = PoolConfig {
             max_streams: cfg.proxy.pool_max_streams_per_connection,
@@ -87,6 +91,7 @@ impl Proxy {
             pool,
             connections,
             on_demand,
+            resolver,
         })
     }
 

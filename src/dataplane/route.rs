@@ -15,7 +15,9 @@
 //!
 //! A workload marked HBONE, and every waypoint, is only ever reached over HBONE. Endpoints on
 //! another network (reachable only through an east-west gateway, which ztun does not do) and
-//! endpoints without an IP are never chosen.
+//! endpoints with neither an IP nor a hostname are never chosen. An endpoint with only a
+//! hostname (a DNS-resolved ServiceEntry) yields [`Route::Resolve`]: the caller resolves the
+//! hostname, then [`PendingHost::complete`] finishes the decision.
 
 pub mod inbound;
 #[cfg(test)]
@@ -24,13 +26,14 @@ mod tests;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use rand::seq::IteratorRandom;
 use rand::Rng;
 
 use crate::dataplane::policy::contains;
 use crate::identity::Identity;
 use crate::state::model::{
     GatewayAddress, GatewayDestination, HealthPolicy, HealthStatus, IpFamilies, IpNet,
-    LoadBalancer, LoadBalancerMode, LoadBalancerScope, Service, TunnelProtocol, Visibility,
+    LoadBalancer, LoadBalancerMode, LoadBalancerScope, Service, Strng, TunnelProtocol, Visibility,
     Workload,
 };
 use crate::state::{canonical_ip, Snapshot};
@@ -63,8 +66,54 @@ pub enum Route {
         /// The service it was reached through, if any.
         service: Option<Arc<Service>>,
     },
+    /// The chosen endpoint is known only by hostname: resolve it, then complete the route.
+    Resolve(PendingHost),
     /// Refuse the connection.
     Refuse(RefuseReason),
+}
+
+/// A route decided up to the address of a hostname-only endpoint.
+#[derive(Debug, Clone)]
+pub struct PendingHost {
+    /// The endpoint (no IPs, a hostname).
+    pub workload: Arc<Workload>,
+    /// Target port on the endpoint.
+    pub port: u16,
+    /// The service the endpoint was chosen from.
+    pub service: Arc<Service>,
+    /// The address the client dialled (its family is preferred).
+    dialled: SocketAddr,
+    hbone_port: u16,
+}
+
+impl PendingHost {
+    /// The hostname to resolve.
+    pub fn hostname(&self) -> &Strng {
+        &self.workload.hostname
+    }
+
+    /// The route to one of `addrs` (the hostname's resolved addresses): a random one allowed
+    /// by the service's IP families, of the dialled family when there is one. `None` when no
+    /// address is allowed.
+    pub fn complete(self, rng: &mut impl Rng, addrs: &[IpAddr]) -> Option<Route> {
+        let families = self.service.ip_families;
+        let allowed = || {
+            addrs
+                .iter()
+                .map(|ip| canonical_ip(*ip))
+                .filter(move |ip| family_allowed(families, ip))
+        };
+        let ip = allowed()
+            .filter(|ip| ip.is_ipv4() == self.dialled.is_ipv4())
+            .choose(rng)
+            .or_else(|| allowed().choose(rng))?;
+        Some(to_workload(
+            self.workload,
+            SocketAddr::new(ip, self.port),
+            Some(self.service),
+            self.hbone_port,
+        ))
+    }
 }
 
 /// Why a connection is refused at the source.
@@ -122,6 +171,15 @@ pub fn plan_with(
         let Some((w, port)) = pick_endpoint(rng, snap, src, &svc, dst.port(), Mode::Service) else {
             return Route::Refuse(RefuseReason::NoHealthyUpstream);
         };
+        if w.workload_ips.is_empty() {
+            return Route::Resolve(PendingHost {
+                workload: w,
+                port,
+                service: svc,
+                dialled: dst,
+                hbone_port,
+            });
+        }
         let Some(ip) = pick_ip(&w, dst, svc.ip_families) else {
             return Route::Refuse(RefuseReason::NoHealthyUpstream);
         };
@@ -383,7 +441,9 @@ fn pick_endpoint(
         .endpoints(&key)
         .iter()
         .filter(|w| allow_all || w.status == HealthStatus::Healthy)
-        .filter(|w| !w.workload_ips.is_empty() && w.network == src.workload.network)
+        .filter(|w| w.network == src.workload.network)
+        // A hostname-only endpoint is resolved by the caller; waypoints need an address.
+        .filter(|w| !w.workload_ips.is_empty() || (mode == Mode::Service && !w.hostname.is_empty()))
         .filter_map(|w| {
             let mapped = w
                 .services
@@ -468,15 +528,22 @@ fn pick_ip(w: &Workload, dialled: SocketAddr, families: IpFamilies) -> Option<Ip
     {
         return Some(dialled_ip);
     }
-    let allowed = |ip: &&IpAddr| match families {
-        IpFamilies::Ipv4Only => ip.is_ipv4(),
-        IpFamilies::Ipv6Only => ip.is_ipv6(),
-        IpFamilies::Automatic | IpFamilies::Dual => true,
-    };
-    let mut ips = w.workload_ips.iter().filter(allowed);
+    let mut ips = w
+        .workload_ips
+        .iter()
+        .filter(|ip| family_allowed(families, ip));
     let first = ips.clone().next().copied();
     ips.find(|ip| ip.is_ipv4() == dialled.is_ipv4())
         .copied()
         .or(first)
         .map(canonical_ip)
+}
+
+/// Whether a service restricted to `families` may be reached at `ip`.
+fn family_allowed(families: IpFamilies, ip: &IpAddr) -> bool {
+    match families {
+        IpFamilies::Ipv4Only => ip.is_ipv4(),
+        IpFamilies::Ipv6Only => ip.is_ipv6(),
+        IpFamilies::Automatic | IpFamilies::Dual => true,
+    }
 }

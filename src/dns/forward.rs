@@ -30,6 +30,25 @@ pub struct Upstreams {
 }
 
 impl Upstreams {
+    /// Exactly these servers, tried in order.
+    pub fn new(servers: Vec<SocketAddr>) -> Upstreams {
+        Upstreams { servers }
+    }
+
+    /// [`Upstreams::load`], or none (with a warning) when the file cannot be read: then every
+    /// query that needs an upstream fails.
+    pub fn load_or_warn(path: &Path) -> Upstreams {
+        Upstreams::load(path).unwrap_or_else(|e| {
+            tracing::warn!(
+                path = %path.display(),
+                error = %e,
+                "cannot read the upstream resolvers; forwarded DNS queries and hostname \
+                 endpoints will fail"
+            );
+            Upstreams::default()
+        })
+    }
+
     /// Reads the `nameserver` lines of the file at `path`.
     pub fn load(path: &Path) -> io::Result<Upstreams> {
         Ok(Upstreams::parse(&std::fs::read_to_string(path)?))

@@ -37,6 +37,9 @@ pub struct Zone {
     pub domain: Arc<str>,
     /// Whether AAAA queries may be answered with IPv6 addresses (`IPV6_ENABLED`).
     pub ipv6: bool,
+    /// `PREFERED_SERVICE_NAMESPACE`: the tie-break among services of other namespaces sharing
+    /// a hostname.
+    pub preferred_namespace: Option<Arc<str>>,
 }
 
 /// One name a query may stand for.
@@ -224,19 +227,27 @@ fn find_service<'a>(
 }
 
 /// Among services sharing a hostname: only those the client may see and that DNS can answer
-/// for; prefer the client's namespace, then the canonical one, then the first by namespace.
+/// for; prefer the client's namespace, then the canonical one, then the one in
+/// `PREFERED_SERVICE_NAMESPACE`, then the first by namespace (compat.md §1.6).
 fn choose<'a>(
     services: &'a [Arc<Service>],
     client: &Workload,
     zone: &Zone,
 ) -> Option<&'a Arc<Service>> {
-    let mut best: Option<(&Arc<Service>, (bool, bool))> = None;
+    let preferred = zone.preferred_namespace.as_deref();
+    // (in the client's namespace, canonical, in the preferred namespace)
+    type Rank = (bool, bool, bool);
+    let mut best: Option<(&Arc<Service>, Rank)> = None;
     for s in services {
         let visible = s.visibility == Visibility::Public || s.namespace == client.namespace;
         if !visible || !(has_vips(s) || is_headless(s, zone)) {
             continue;
         }
-        let rank = (s.namespace == client.namespace, s.canonical);
+        let rank = (
+            s.namespace == client.namespace,
+            s.canonical,
+            preferred == Some(&*s.namespace),
+        );
         if best.is_none_or(|(_, r)| rank > r) {
             best = Some((s, rank));
         }

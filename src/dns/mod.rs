@@ -9,14 +9,17 @@
 //! sockets created in the pod's namespace with the packet mark, so the query leaves as the pod
 //! without being redirected back.
 //!
-//! Not done: on-demand resolution of hostname-only workloads (services without VIPs outside
-//! the cluster domain are forwarded like any external name).
+//! The same nameservers resolve hostname-only workloads when a connection is routed to one
+//! ([`resolve`], the data plane's [`ResolveHost`](crate::dataplane::ResolveHost)), from ztun's
+//! own namespace, with a bounded TTL cache.
 //!
-//! Allowed imports: `state`, `config`, `dataplane::{proxy, sockets}`, `ops`.
+//! Allowed imports: `state`, `config`, `dataplane::{proxy, sockets}` and the data plane's
+//! `ResolveHost` trait with its types, `ops`.
 
 mod forward;
 mod lookup;
 mod metrics;
+mod resolve;
 mod server;
 #[cfg(test)]
 mod tests;
@@ -26,6 +29,7 @@ pub use lookup::{
     aliases, kubernetes_expansion, lookup, search_domains, Alias, Family, HostIndex, Lookup, Zone,
 };
 pub use metrics::{query_type_label, DnsLabels, DnsMetrics};
+pub use resolve::{HostCache, HostResolver};
 pub use server::{respond, start, Outcome, TCP_REQUEST_TIMEOUT, TTL};
 
 /// The transport a query arrived on (and is forwarded over).

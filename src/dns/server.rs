@@ -54,17 +54,7 @@ static INDEXES: std::sync::LazyLock<IndexCache> = std::sync::LazyLock::new(Index
 /// them on `data` until `drains` signal. Binding errors fail the pod's start, except the IPv6
 /// loopback when the pod has no IPv6.
 pub fn start(proxy: &Arc<Proxy>, data: &Handle, drains: &Drains) -> io::Result<()> {
-    let upstreams = match Upstreams::load(&proxy.cfg.dns.resolv_conf) {
-        Ok(u) => u,
-        Err(e) => {
-            tracing::warn!(
-                path = %proxy.cfg.dns.resolv_conf.display(),
-                error = %e,
-                "cannot read the upstream resolvers; forwarded DNS queries will fail"
-            );
-            Upstreams::default()
-        }
-    };
+    let upstreams = Upstreams::load_or_warn(&proxy.cfg.dns.resolv_conf);
     let server = Arc::new(DnsServer {
         client: ClientRef {
             namespace: proxy.pod.namespace.clone(),
@@ -82,6 +72,7 @@ pub fn start(proxy: &Arc<Proxy>, data: &Handle, drains: &Drains) -> io::Result<(
                 .to_ascii_lowercase()
                 .into(),
             ipv6: proxy.cfg.proxy.ipv6_enabled,
+            preferred_namespace: proxy.cfg.dns.preferred_service_namespace.clone(),
         },
         upstreams,
         forwards: Arc::new(Semaphore::new(MAX_FORWARDS)),

@@ -14,6 +14,7 @@ fn zone() -> Zone {
     Zone {
         domain: "cluster.local".into(),
         ipv6: true,
+        preferred_namespace: None,
     }
 }
 
@@ -343,6 +344,66 @@ fn other_networks_vips_are_filtered() {
         Lookup::Mesh {
             cname: None,
             addrs: ips(&["10.200.0.1"])
+        }
+    );
+}
+
+/// Services of several namespaces share `multi.example.com`; none is the client's: the
+/// canonical one, then `PREFERED_SERVICE_NAMESPACE`, then the first namespace in order wins.
+#[test]
+fn shared_hostname_tie_break_prefers_canonical_then_the_preferred_namespace() {
+    let base = mesh();
+    let c = client(&base).clone();
+    let build = |canonical: Option<&str>| {
+        let mut b = SnapshotBuilder::default();
+        b.insert_workload(c.clone());
+        for (ns, vip) in [
+            ("zeta", "10.96.1.3"),
+            ("beta", "10.96.1.2"),
+            ("alpha", "10.96.1.1"),
+        ] {
+            let mut s = service(ns, "multi.example.com", &[("", vip)]);
+            s.canonical = canonical == Some(ns);
+            b.insert_service(s);
+        }
+        b.build(1)
+    };
+    let cases: [(Option<&str>, Option<&str>, &str); 5] = [
+        (None, None, "10.96.1.1"),
+        (None, Some("beta"), "10.96.1.2"),
+        (None, Some("zeta"), "10.96.1.3"),
+        // A preferred namespace without such a service changes nothing.
+        (None, Some("nowhere"), "10.96.1.1"),
+        // Canonical outranks the preferred namespace.
+        (Some("zeta"), Some("beta"), "10.96.1.3"),
+    ];
+    for (canonical, preferred, want) in cases {
+        let snap = build(canonical);
+        let index = HostIndex::build(&snap);
+        let zone = Zone {
+            preferred_namespace: preferred.map(Into::into),
+            ..zone()
+        };
+        assert_eq!(
+            lookup(&index, &snap, &c, "multi.example.com", Family::V4, &zone),
+            Lookup::Mesh {
+                cname: None,
+                addrs: ips(&[want])
+            },
+            "canonical {canonical:?}, preferred {preferred:?}"
+        );
+    }
+    // The client's own namespace beats the preferred one.
+    let index = HostIndex::build(&base);
+    let zone = Zone {
+        preferred_namespace: Some("aaa".into()),
+        ..zone()
+    };
+    assert_eq!(
+        lookup(&index, &base, &c, "shared.example.com", Family::V4, &zone),
+        Lookup::Mesh {
+            cname: None,
+            addrs: ips(&["10.96.0.72"])
         }
     );
 }

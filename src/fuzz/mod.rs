@@ -13,6 +13,7 @@
 //!
 //! Allowed imports: anything in the crate (this is a test harness behind `testing`).
 
+mod dns;
 pub mod targets;
 
 use std::cell::RefCell;

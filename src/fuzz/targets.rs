@@ -4,7 +4,7 @@
 //! Not covered here, and why: `baggage` and `forwarded` have no parser in ztun — the inbound
 //! side never reads them from peers (identity comes from the certificate, the source address
 //! from the TCP connection), so the `request_head` and `h2_frames` targets carry them through
-//! the head checks instead. DNS packets: there is no DNS proxy in the tree yet.
+//! the head checks instead.
 
 use std::net::IpAddr;
 use std::os::fd::OwnedFd;
@@ -67,6 +67,11 @@ pub const ALL: &[Target] = &[
         name: "pem",
         seeds: pem_seeds,
         run: pem,
+    },
+    Target {
+        name: "dns",
+        seeds: super::dns::seeds,
+        run: super::dns::packet,
     },
 ];
 

@@ -104,6 +104,20 @@ pub struct FailureLabels {
     pub reason: &'static str,
 }
 
+/// Labels of `istio_on_demand_dns_total`: of Istio's set, the bounded ones (the source's
+/// namespace and canonical names, not its pod) and the hostname resolved.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct OnDemandDnsLabels {
+    /// Source namespace.
+    pub source_workload_namespace: Arc<str>,
+    /// Source canonical service.
+    pub source_canonical_service: Arc<str>,
+    /// Source canonical revision.
+    pub source_canonical_revision: Arc<str>,
+    /// The hostname of the endpoint resolved.
+    pub hostname: Arc<str>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct BuildLabels {
     component: &'static str,
@@ -139,6 +153,8 @@ pub struct Metrics {
     pub policy_denials: Counter,
     /// The DNS proxy's series (`istio_dns_*`).
     pub dns: crate::dns::DnsMetrics,
+    /// Connections whose endpoint had to be resolved by hostname.
+    pub on_demand_dns: Family<OnDemandDnsLabels, Counter>,
     /// Traffic label sets seen, for expiry.
     seen: Mutex<HashSet<TrafficLabels>>,
 }
@@ -152,6 +168,7 @@ impl Metrics {
         let connections_failed = Family::default();
         let received_bytes = Family::default();
         let sent_bytes = Family::default();
+        let on_demand_dns: Family<OnDemandDnsLabels, Counter> = Family::default();
         {
             let istio = registry.sub_registry_with_prefix("istio");
             istio.register(
@@ -178,6 +195,11 @@ impl Metrics {
                 "tcp_sent_bytes",
                 "Bytes sent to the downstream peer",
                 sent_bytes.clone(),
+            );
+            istio.register(
+                "on_demand_dns",
+                "Connections whose endpoint was resolved by hostname",
+                on_demand_dns.clone(),
             );
             let build: Family<BuildLabels, Gauge> = Family::default();
             build
@@ -249,6 +271,7 @@ impl Metrics {
             fd_exhausted,
             failures,
             dns,
+            on_demand_dns,
             seen: Mutex::new(HashSet::new()),
         }
     }

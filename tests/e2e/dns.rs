@@ -2,10 +2,11 @@
 //! redirected by the capture rules to ztun's 15053 in the pod, which answers mesh names
 //! itself and forwards the rest to the resolvers of its resolv.conf (here a test resolver in
 //! node n1's namespace), over UDP and TCP; the answer then carries traffic through HBONE.
+//! The same resolver serves hostname-only endpoints, and answers keep coming while the
+//! control plane is down.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
@@ -13,9 +14,10 @@ use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use ztun::testkit::lab::{Lab, NetnsTask};
 use ztun::testkit::mesh::MeshFile;
 
-use crate::support::{standard_lab, Cluster, WAIT};
+use crate::support::{standard_lab, wait_for_line, Cluster, XdsCluster, WAIT};
 
 /// Where the pod believes its resolver is (kube-dns); the capture rules redirect it.
 const CLUSTER_DNS: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 96, 0, 53)), 53);
@@ -37,26 +39,7 @@ fn captured_pod_resolves_mesh_and_external_names_then_connects() {
     let mesh =
         MeshFile::from_lab(&lab).service("echo", "default", VIP, &[(SVC_PORT, TARGET)], &["c"]);
     let _server = lab.pod("c").spawn_echo_server(TARGET).unwrap();
-
-    // The upstream resolver lives in n1's namespace on the node's link address; ztun (on n1)
-    // reads it from its resolv.conf and reaches it from the pod's namespace.
-    let upstream_addr = SocketAddr::from((lab.node("n1").link_ip(), 53));
-    let upstream_hits = Arc::new(AtomicUsize::new(0));
-    let _upstream = lab
-        .node("n1")
-        .netns()
-        .spawn_async(upstream_resolver(upstream_addr, upstream_hits.clone()));
-    let resolv = lab.dir().join("resolv.conf");
-    std::fs::write(
-        &resolv,
-        format!(
-            "search default.svc.cluster.local svc.cluster.local cluster.local\n\
-             nameserver {}\noptions ndots:5\n",
-            upstream_addr.ip()
-        ),
-    )
-    .unwrap();
-    let resolv = resolv.to_string_lossy().into_owned();
+    let (_upstream, upstream_hits, resolv) = start_upstream(&lab, &[]);
     let cluster = Cluster::start_with(
         lab,
         mesh,
@@ -86,15 +69,21 @@ fn captured_pod_resolves_mesh_and_external_names_then_connects() {
         assert_eq!(m.response_code(), ResponseCode::NoError);
         assert!(m.answers().is_empty());
 
-        let before = upstream_hits.load(Ordering::SeqCst);
+        let before = upstream_hits.total();
         let m = a
             .block_on(resolve("external.test.", RecordType::A, via))
             .unwrap_or_else(|e| panic!("external name over {via:?}: {e:#}"));
         assert_eq!(m.response_code(), ResponseCode::NoError);
         assert_eq!(addresses(&m), vec![IpAddr::V4(EXTERNAL)], "{via:?}");
         assert!(
-            upstream_hits.load(Ordering::SeqCst) > before,
+            upstream_hits.total() > before,
             "the external name went through the upstream resolver"
+        );
+        // Forwarded from the pod's namespace: the upstream sees the pod's address.
+        let sources = upstream_hits.sources("external.test.");
+        assert!(
+            sources.iter().all(|ip| *ip == IpAddr::V4(a.ip())),
+            "forwarded from {sources:?}"
         );
         // The upstream's NXDOMAIN is passed on.
         let m = a
@@ -124,35 +113,190 @@ fn captured_pod_resolves_mesh_and_external_names_then_connects() {
     assert!(metrics.contains("request_protocol=\"tcp\""));
 }
 
-/// With the state loaded from `LOCAL_XDS_PATH` there is no control plane to reach: answers
-/// come from the snapshot ztun holds, and keep coming while nothing refreshes it.
+/// The control plane (`ztun control-plane`, over xDS) dies: both nodes notice the stream
+/// dropped, and the pod's DNS keeps answering mesh names from the last state and forwarding
+/// external names, over UDP and TCP.
 #[test]
-fn answers_keep_coming_without_a_control_plane() {
-    let lab = standard_lab("dns_no_cp");
+fn dns_keeps_working_while_the_control_plane_is_down() {
+    let lab = standard_lab("dns_cp_down");
     let mesh =
         MeshFile::from_lab(&lab).service("echo", "default", VIP, &[(SVC_PORT, TARGET)], &["c"]);
-    let resolv = lab.dir().join("resolv.conf");
-    // No nameserver at all: only mesh names can resolve.
-    std::fs::write(&resolv, "search default.svc.cluster.local\n").unwrap();
-    let resolv = resolv.to_string_lossy().into_owned();
-    let cluster = Cluster::start_with(lab, mesh, &[("ZTUN_DNS_RESOLV_CONF", resolv.as_str())]);
-    let a = cluster.lab.pod("a");
-    for round in 0..3 {
+    let (_upstream, _hits, resolv) = start_upstream(&lab, &[]);
+    let mut cluster = XdsCluster::start_with(
+        lab,
+        &mesh.to_yaml(),
+        &[("ZTUN_DNS_RESOLV_CONF", resolv.as_str())],
+    );
+    let check = |cluster: &XdsCluster, when: &str| {
+        let a = cluster.lab.pod("a");
         for via in [Via::Udp, Via::Tcp] {
-            let m = a.block_on(resolve("echo.", RecordType::A, via)).unwrap();
-            assert_eq!(
-                addresses(&m),
-                vec![IpAddr::V4(VIP)],
-                "round {round} {via:?}"
-            );
+            for name in ["echo.", "echo.default.svc.cluster.local."] {
+                let m = a
+                    .block_on(resolve(name, RecordType::A, via))
+                    .unwrap_or_else(|e| panic!("{when}: {name} over {via:?}: {e:#}"));
+                assert_eq!(
+                    addresses(&m),
+                    vec![IpAddr::V4(VIP)],
+                    "{when}: {name} {via:?}"
+                );
+            }
+            let m = a
+                .block_on(resolve("external.test.", RecordType::A, via))
+                .unwrap_or_else(|e| panic!("{when}: external name over {via:?}: {e:#}"));
+            assert_eq!(addresses(&m), vec![IpAddr::V4(EXTERNAL)], "{when}: {via:?}");
         }
-        // With no upstream, forwarded names fail cleanly.
-        let m = a
-            .block_on(resolve("external.test.", RecordType::A, Via::Udp))
-            .unwrap();
-        assert_eq!(m.response_code(), ResponseCode::ServFail);
-        std::thread::sleep(Duration::from_secs(1));
+    };
+    check(&cluster, "control plane up");
+
+    let cursors = cluster.cursors();
+    cluster.control_plane().kill().unwrap();
+    cluster.control_plane = None;
+    for ((node, p), cursor) in cluster.ztuns.iter().zip(&cursors) {
+        wait_for_line(p, *cursor, &["xDS", "retry_in"])
+            .unwrap_or_else(|e| panic!("ztun on {node} did not notice the outage: {e:#}"));
     }
+    check(&cluster, "control plane down");
+}
+
+/// A service whose only endpoint is a hostname-only workload (a DNS-resolved ServiceEntry):
+/// connecting to the VIP resolves the hostname through ztun's upstream resolver (from the
+/// node, once, then from the cache) and connects to the answer, in plain TCP or HBONE as the
+/// workload says. A hostname that does not resolve closes the connection with a clear reason.
+#[test]
+fn hostname_only_endpoints_are_resolved_when_traffic_goes_to_them() {
+    const VIP_TCP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 31);
+    const VIP_HBONE: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 32);
+    const VIP_MISSING: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 33);
+    let lab = standard_lab("dns_hostname_ep");
+    let (u_ip, c_ip) = (lab.pod("u").ip(), lab.pod("c").ip());
+    let _u = lab.pod("u").spawn_echo_server(TARGET).unwrap();
+    let _c = lab.pod("c").spawn_echo_server(TARGET).unwrap();
+    let (_upstream, hits, resolv) = start_upstream(
+        &lab,
+        &[("backend-tcp.test.", u_ip), ("backend-hbone.test.", c_ip)],
+    );
+    let hostname_workload = |name: &str, sa: &str, protocol: &str| {
+        serde_json::json!({
+            "uid": format!("Kubernetes//ServiceEntry/default/{name}"),
+            "name": name,
+            "namespace": "default",
+            "serviceAccount": sa,
+            "hostname": format!("{name}.test"),
+            "workloadIps": [],
+            "protocol": protocol,
+        })
+    };
+    let mesh = MeshFile::from_lab(&lab)
+        .workload(hostname_workload("backend-tcp", "default", "TCP"))
+        .workload(hostname_workload("backend-hbone", "sa-c", "HBONE"))
+        .workload(hostname_workload("backend-missing", "default", "TCP"))
+        .service(
+            "ext-tcp",
+            "default",
+            VIP_TCP,
+            &[(SVC_PORT, TARGET)],
+            &["backend-tcp"],
+        )
+        .service(
+            "ext-hbone",
+            "default",
+            VIP_HBONE,
+            &[(SVC_PORT, TARGET)],
+            &["backend-hbone"],
+        )
+        .service(
+            "ext-missing",
+            "default",
+            VIP_MISSING,
+            &[(SVC_PORT, TARGET)],
+            &["backend-missing"],
+        );
+    let cluster = Cluster::start_with(
+        lab,
+        mesh,
+        &[
+            ("ZTUN_DNS_RESOLV_CONF", resolv.as_str()),
+            ("RUST_LOG", "info,ztun=debug"),
+        ],
+    );
+    let (lab, n1) = (&cluster.lab, cluster.ztun("n1"));
+    let a = lab.pod("a");
+
+    // Plain TCP to the resolved address (u, not in HBONE); twice, one A query.
+    for _ in 0..2 {
+        let cursor = n1.log_cursor();
+        let t = a
+            .bulk_echo(SocketAddr::from((VIP_TCP, SVC_PORT)), 64 * 1024)
+            .expect("a -> ext-tcp -> u");
+        assert_eq!(t.bytes, 64 * 1024);
+        let line = wait_for_line(
+            n1,
+            cursor,
+            &[
+                "direction=\"outbound\"",
+                &format!("dst.addr={u_ip}:{TARGET}"),
+            ],
+        )
+        .unwrap();
+        assert!(!line.contains("dst.hbone_addr"), "plain TCP: {line}");
+        assert!(line.contains("ext-tcp.default.svc.cluster.local"), "{line}");
+    }
+    assert_eq!(
+        hits.count("backend-tcp.test.", RecordType::A),
+        1,
+        "the second connection used the cached answer"
+    );
+    // Asked from the node's namespace, not the pod's (whose DNS goes through its own proxy).
+    let node_ip = IpAddr::V4(lab.node("n1").link_ip());
+    let sources = hits.sources("backend-tcp.test.");
+    assert!(
+        !sources.is_empty() && sources.iter().all(|ip| *ip == node_ip),
+        "queries from {sources:?}, expected {node_ip}"
+    );
+
+    // HBONE to the resolved address (c): c's identity proven, a's seen by n2.
+    let cursors = (n1.log_cursor(), cluster.ztun("n2").log_cursor());
+    let t = a
+        .bulk_echo(SocketAddr::from((VIP_HBONE, SVC_PORT)), 64 * 1024)
+        .expect("a -> ext-hbone -> c");
+    assert_eq!(t.bytes, 64 * 1024);
+    let out = wait_for_line(
+        n1,
+        cursors.0,
+        &[
+            "direction=\"outbound\"",
+            &format!("dst.hbone_addr={c_ip}:{TARGET}"),
+        ],
+    )
+    .unwrap();
+    assert!(
+        out.contains("dst.identity=spiffe://cluster.local/ns/default/sa/sa-c"),
+        "{out}"
+    );
+    wait_for_line(
+        cluster.ztun("n2"),
+        cursors.1,
+        &[
+            "direction=\"inbound\"",
+            "src.identity=spiffe://cluster.local/ns/default/sa/sa-a",
+        ],
+    )
+    .unwrap();
+
+    // The upstream says NXDOMAIN: the connection is closed, the log says why.
+    let cursor = n1.log_cursor();
+    assert!(a
+        .bulk_echo(SocketAddr::from((VIP_MISSING, SVC_PORT)), 1024)
+        .is_err());
+    let line = wait_for_line(n1, cursor, &["reason=\"hostname_unresolved\""]).unwrap();
+    assert!(line.contains("backend-missing.test"), "{line}");
+
+    let metrics = scrape(lab.node("n1").netns());
+    assert!(
+        metrics.contains("istio_on_demand_dns_total{")
+            && metrics.contains("hostname=\"backend-tcp.test\""),
+        "{metrics}"
+    );
 }
 
 /// Sends one query for `name` to the pod's cluster resolver address and returns the answer.
@@ -204,14 +348,96 @@ fn addresses(m: &Message) -> Vec<IpAddr> {
         .collect()
 }
 
-/// A resolver on `addr` (UDP and TCP) knowing one name, `external.test` → [`EXTERNAL`];
-/// everything else is NXDOMAIN. Counts the queries it answers.
-async fn upstream_resolver(addr: SocketAddr, hits: Arc<AtomicUsize>) -> anyhow::Result<()> {
-    let udp = UdpSocket::bind(addr).await?;
-    let tcp = TcpListener::bind(addr).await?;
-    let answer = move |raw: &[u8]| -> Option<Vec<u8>> {
+/// The queries a test upstream resolver answered: name, type and the client's address.
+#[derive(Default)]
+struct Hits(Mutex<Vec<(String, RecordType, IpAddr)>>);
+
+impl Hits {
+    fn total(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+
+    fn count(&self, name: &str, t: RecordType) -> usize {
+        let seen = self.0.lock().unwrap();
+        seen.iter()
+            .filter(|(n, q, _)| n.eq_ignore_ascii_case(name) && *q == t)
+            .count()
+    }
+
+    /// Where the queries for `name` came from.
+    fn sources(&self, name: &str) -> Vec<IpAddr> {
+        let seen = self.0.lock().unwrap();
+        seen.iter()
+            .filter(|(n, ..)| n.eq_ignore_ascii_case(name))
+            .map(|(.., from)| *from)
+            .collect()
+    }
+}
+
+/// Starts the test upstream resolver in n1's namespace on the node's link address (UDP and
+/// TCP port 53), knowing `external.test` → [`EXTERNAL`] and `names` (A records), and writes a
+/// resolv.conf naming it. Returns once it listens: the task (dropping it stops the resolver),
+/// its hits, and the resolv.conf path for `ZTUN_DNS_RESOLV_CONF`.
+fn start_upstream(
+    lab: &Lab,
+    names: &[(&str, Ipv4Addr)],
+) -> (NetnsTask<anyhow::Result<()>>, Arc<Hits>, String) {
+    let addr = SocketAddr::from((lab.node("n1").link_ip(), 53));
+    let hits = Arc::new(Hits::default());
+    let mut known: Vec<(String, Ipv4Addr)> = vec![("external.test.".into(), EXTERNAL)];
+    known.extend(names.iter().map(|(n, ip)| (n.to_string(), *ip)));
+    let (bound_tx, bound_rx) = std::sync::mpsc::channel();
+    let task =
+        lab.node("n1")
+            .netns()
+            .spawn_async(upstream_resolver(addr, known, hits.clone(), bound_tx));
+    bound_rx
+        .recv_timeout(WAIT)
+        .expect("the upstream resolver started")
+        .expect("the upstream resolver bound port 53");
+    let resolv = lab.dir().join("resolv.conf");
+    std::fs::write(
+        &resolv,
+        format!(
+            "search default.svc.cluster.local svc.cluster.local cluster.local\n\
+             nameserver {}\noptions ndots:5\n",
+            addr.ip()
+        ),
+    )
+    .unwrap();
+    (task, hits, resolv.to_string_lossy().into_owned())
+}
+
+/// A resolver on `addr` (UDP and TCP) answering A queries for the `known` names; other
+/// types of a known name get an empty NOERROR, unknown names NXDOMAIN. Reports on `bound`
+/// once it listens.
+async fn upstream_resolver(
+    addr: SocketAddr,
+    known: Vec<(String, Ipv4Addr)>,
+    hits: Arc<Hits>,
+    bound: std::sync::mpsc::Sender<Result<(), String>>,
+) -> anyhow::Result<()> {
+    let sockets = async {
+        std::io::Result::Ok((UdpSocket::bind(addr).await?, TcpListener::bind(addr).await?))
+    };
+    let (udp, tcp) = match sockets.await {
+        Ok(s) => {
+            let _ = bound.send(Ok(()));
+            s
+        }
+        Err(e) => {
+            let _ = bound.send(Err(e.to_string()));
+            return Err(e.into());
+        }
+    };
+    let answer = move |raw: &[u8], from: SocketAddr| -> Option<Vec<u8>> {
         let q = Message::from_vec(raw).ok()?;
-        hits.fetch_add(1, Ordering::SeqCst);
+        let query = q.queries().first()?;
+        let name = query.name().to_ascii();
+        hits.0
+            .lock()
+            .unwrap()
+            .push((name.clone(), query.query_type(), from.ip()));
         let mut m = Message::new();
         m.set_id(q.id())
             .set_message_type(MessageType::Response)
@@ -219,27 +445,25 @@ async fn upstream_resolver(addr: SocketAddr, hits: Arc<AtomicUsize>) -> anyhow::
             .set_recursion_desired(q.recursion_desired())
             .set_recursion_available(true);
         m.add_queries(q.queries().iter().cloned());
-        let query = q.queries().first()?;
-        if query
-            .name()
-            .to_ascii()
-            .eq_ignore_ascii_case("external.test.")
-            && query.query_type() == RecordType::A
-        {
-            m.add_answer(Record::from_rdata(
-                query.name().clone(),
-                60,
-                RData::A(A(EXTERNAL)),
-            ));
-        } else {
-            m.set_response_code(ResponseCode::NXDomain);
+        match known.iter().find(|(n, _)| n.eq_ignore_ascii_case(&name)) {
+            Some((_, ip)) if query.query_type() == RecordType::A => {
+                m.add_answer(Record::from_rdata(
+                    query.name().clone(),
+                    60,
+                    RData::A(A(*ip)),
+                ));
+            }
+            Some(_) => {}
+            None => {
+                m.set_response_code(ResponseCode::NXDomain);
+            }
         }
         m.to_vec().ok()
     };
     let answer = Arc::new(answer);
     let tcp_answer = answer.clone();
     tokio::spawn(async move {
-        while let Ok((mut s, _)) = tcp.accept().await {
+        while let Ok((mut s, from)) = tcp.accept().await {
             let answer = tcp_answer.clone();
             tokio::spawn(async move {
                 while let Ok(len) = s.read_u16().await {
@@ -247,7 +471,9 @@ async fn upstream_resolver(addr: SocketAddr, hits: Arc<AtomicUsize>) -> anyhow::
                     if s.read_exact(&mut buf).await.is_err() {
                         return;
                     }
-                    let Some(out) = answer(&buf) else { return };
+                    let Some(out) = answer(&buf, from) else {
+                        return;
+                    };
                     let _ = s.write_all(&(out.len() as u16).to_be_bytes()).await;
                     let _ = s.write_all(&out).await;
                 }
@@ -257,7 +483,7 @@ async fn upstream_resolver(addr: SocketAddr, hits: Arc<AtomicUsize>) -> anyhow::
     let mut buf = vec![0u8; 4096];
     loop {
         let (n, peer) = udp.recv_from(&mut buf).await?;
-        if let Some(out) = answer(&buf[..n]) {
+        if let Some(out) = answer(&buf[..n], peer) {
             udp.send_to(&out, peer).await?;
         }
     }

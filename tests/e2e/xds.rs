@@ -7,180 +7,18 @@
 //! asserted: "within 1 s" is a performance goal, and these machines are shared.
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use ztun::testkit::lab::{bulk_echo, Lab, Process};
+use ztun::testkit::lab::{bulk_echo, Lab};
 use ztun::testkit::mesh::MeshFile;
 
-use crate::support::{standard_lab, WAIT};
+use crate::support::{standard_lab, wait_for_line, write_atomically, XdsCluster, WAIT};
 
 /// The VIP of the service whose endpoint is `c` (for clients on n1).
 const VIP_C: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 /// The VIP of the service whose endpoint is `a` (for clients on n2).
 const VIP_A: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 11);
-const XDS_PORT: u16 = 15012;
-
-/// A lab whose ztuns get the mesh from `ztun control-plane` (no `LOCAL_XDS_PATH`).
-struct XdsCluster {
-    lab: Lab,
-    mesh_path: PathBuf,
-    ca_dir: PathBuf,
-    control_plane: Option<Process>,
-    /// Control-plane processes started so far (their logs are kept for failure output).
-    restarts: usize,
-    ztuns: Vec<(String, Process)>,
-}
-
-impl XdsCluster {
-    /// Writes `mesh` and a CA, starts the control plane in n1's namespace, then a ztun per
-    /// node pointed at it, and waits until every ztun has synced (its CNI connects only then).
-    fn start(lab: Lab, mesh: &str) -> XdsCluster {
-        XdsCluster::start_with(lab, mesh, &[])
-    }
-
-    /// Like [`XdsCluster::start`] with extra environment for every ztun.
-    fn start_with(lab: Lab, mesh: &str, extra: &[(&str, &str)]) -> XdsCluster {
-        let ca_dir = lab.dir().join("ca");
-        ztun::testkit::certs::write_ca_dir(&ca_dir).expect("writing CA");
-        let mesh_path = lab.dir().join("mesh.yaml");
-        write_atomically(&mesh_path, mesh);
-        let mut cluster = XdsCluster {
-            lab,
-            mesh_path,
-            ca_dir,
-            control_plane: None,
-            restarts: 0,
-            ztuns: Vec::new(),
-        };
-        cluster.start_control_plane();
-        let address = format!("https://{}", cluster.xds_addr());
-        let root = cluster
-            .ca_dir
-            .join("root-cert.pem")
-            .to_string_lossy()
-            .into_owned();
-        let ca = cluster.ca_dir.to_string_lossy().into_owned();
-        for node in ["n1", "n2"] {
-            let mut env = vec![
-                ("XDS_ADDRESS", address.as_str()),
-                ("XDS_ROOT_CA", root.as_str()),
-                ("LOCAL_CA_DIR", ca.as_str()),
-            ];
-            env.extend_from_slice(extra);
-            let p = cluster.lab.spawn_ztun(node, &env).expect("spawning ztun");
-            cluster.ztuns.push((node.to_string(), p));
-        }
-        for (node, p) in &cluster.ztuns {
-            p.wait_for_log("xDS synced", WAIT)
-                .unwrap_or_else(|e| panic!("ztun on {node} never synced over xDS: {e:#}"));
-            cluster
-                .lab
-                .cni(node)
-                .wait_connected(WAIT)
-                .unwrap_or_else(|e| panic!("ztun on {node} never connected to its CNI: {e:#}"));
-        }
-        cluster
-    }
-
-    fn xds_addr(&self) -> SocketAddr {
-        SocketAddr::from((self.lab.node("n1").link_ip(), XDS_PORT))
-    }
-
-    fn start_control_plane(&mut self) {
-        let bin = ztun::testkit::ztun_bin().expect("ztun binary");
-        let listen = self.xds_addr().to_string();
-        let args = [
-            "control-plane",
-            "--config",
-            path_str(&self.mesh_path),
-            "--ca-dir",
-            path_str(&self.ca_dir),
-            "--listen",
-            &listen,
-        ];
-        self.restarts += 1;
-        let label = format!("cp{}", self.restarts);
-        let n1 = self.lab.node("n1");
-        let p = self
-            .lab
-            .spawn_in(
-                n1.netns(),
-                &label,
-                &bin,
-                &args,
-                &[("RUST_LOG", "info,ztun=debug")],
-                self.lab.dir(),
-            )
-            .expect("spawning the control plane");
-        p.wait_for_log("control plane listening", WAIT)
-            .expect("control plane started");
-        self.control_plane = Some(p);
-    }
-
-    fn control_plane(&self) -> &Process {
-        self.control_plane.as_ref().expect("control plane running")
-    }
-
-    fn ztun(&self, node: &str) -> &Process {
-        &self.ztuns.iter().find(|(n, _)| n == node).expect("node").1
-    }
-
-    /// Log positions of both ztuns, to wait for what comes after.
-    fn cursors(&self) -> Vec<usize> {
-        self.ztuns.iter().map(|(_, p)| p.log_cursor()).collect()
-    }
-
-    /// Writes `mesh` and waits until both ztuns applied an xDS response naming `name`;
-    /// returns how long that took.
-    fn push(&self, mesh: &str, name: &str) -> Duration {
-        let cursors = self.cursors();
-        let started = Instant::now();
-        write_atomically(&self.mesh_path, mesh);
-        self.wait_applied(&cursors, name);
-        started.elapsed()
-    }
-
-    /// Waits until both ztuns, after `cursors`, applied a response naming `name`.
-    fn wait_applied(&self, cursors: &[usize], name: &str) {
-        let quoted = format!("{name:?}");
-        for ((node, p), cursor) in self.ztuns.iter().zip(cursors) {
-            wait_for_line(p, *cursor, &["xDS response applied", &quoted])
-                .unwrap_or_else(|e| panic!("ztun on {node} never applied {name}: {e:#}"));
-        }
-    }
-}
-
-fn path_str(p: &Path) -> &str {
-    p.to_str().expect("lab paths are UTF-8")
-}
-
-fn write_atomically(path: &Path, text: &str) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).expect("writing the mesh file");
-    std::fs::rename(&tmp, path).expect("replacing the mesh file");
-}
-
-/// Waits for a line, at or after `cursor`, containing every needle.
-fn wait_for_line(p: &Process, mut cursor: usize, needles: &[&str]) -> anyhow::Result<String> {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let logs = p.logs();
-        if let Some(line) = logs
-            .iter()
-            .skip(cursor)
-            .find(|l| needles.iter().all(|n| l.contains(n)))
-        {
-            return Ok(line.clone());
-        }
-        cursor = logs.len();
-        let left = deadline.saturating_duration_since(Instant::now());
-        anyhow::ensure!(!left.is_zero(), "no line with {needles:?}");
-        // Returns when a line with the first needle arrives (or fails at the deadline).
-        p.wait_for_log_after(cursor, needles[0], left)?;
-    }
-}
 
 /// The lab's mesh without the workloads of the named pods.
 fn without(mesh: &MeshFile, pods: &[&str]) -> String {

@@ -266,17 +266,80 @@ fn health_and_empty_services() {
 }
 
 #[test]
-fn endpoints_without_ip_or_on_another_network_are_skipped() {
+fn endpoints_without_address_or_on_another_network_are_skipped() {
     let s = svc("web", [10, 96, 0, 1], &[(80, 8080)]);
-    let mut no_ip = member(w("no-ip", [10, 0, 2, 13]), &s, &[]);
-    no_ip.workload_ips.clear();
-    no_ip.hostname = "vm.example".into();
+    let mut no_address = member(w("no-address", [10, 0, 2, 13]), &s, &[]);
+    no_address.workload_ips.clear();
     let mut remote = member(w("remote", [10, 0, 2, 14]), &s, &[]);
     remote.network = "other".into();
-    let snap = World::new().service(s).with(no_ip).with(remote).build();
+    let snap = World::new()
+        .service(s)
+        .with(no_address)
+        .with(remote)
+        .build();
     assert_eq!(
         refused(&route(&snap, "10.96.0.1:80")),
         RefuseReason::NoHealthyUpstream
+    );
+}
+
+/// A hostname-only endpoint (DNS-resolved ServiceEntry) is left for the caller to resolve;
+/// completing picks an address of the dialled family allowed by the service, with the
+/// endpoint's protocol.
+#[test]
+fn hostname_only_endpoints_are_resolved_then_completed() {
+    let mut s = svc("ext", [10, 96, 0, 1], &[(80, 8080)]);
+    let mut vm = member(w("vm", [0, 0, 0, 0]), &s, &[]);
+    vm.workload_ips.clear();
+    vm.hostname = "vm.example".into();
+    let snap = World::new().service(s.clone()).with(vm.clone()).build();
+    let Route::Resolve(pending) = route(&snap, "10.96.0.1:80") else {
+        panic!("expected a hostname to resolve");
+    };
+    assert_eq!((&**pending.hostname(), pending.port), ("vm.example", 8080));
+    let v4: IpAddr = "192.0.2.7".parse().unwrap();
+    let v6: IpAddr = "2001:db8::7".parse().unwrap();
+    let rng = &mut StdRng::seed_from_u64(1);
+    let done = pending.clone().complete(rng, &[v6, v4]).unwrap();
+    assert_eq!(hbone(&done).0, "192.0.2.7:15008");
+    assert_eq!(hbone(&done).1, "192.0.2.7:8080");
+    assert_eq!(
+        hbone(&done).1,
+        hbone(&pending.clone().complete(rng, &[v4]).unwrap()).1
+    );
+    // Only the other family: used. Nothing: no route.
+    assert_eq!(
+        hbone(&pending.clone().complete(rng, &[v6]).unwrap()).1,
+        "[2001:db8::7]:8080"
+    );
+    assert!(pending.clone().complete(rng, &[]).is_none());
+    // A v6-only service never gets the v4 address.
+    s.ip_families = IpFamilies::Ipv6Only;
+    vm.protocol = TunnelProtocol::Tcp;
+    let snap = World::new().service(s.clone()).with(vm.clone()).build();
+    let Route::Resolve(pending) = route(&snap, "10.96.0.1:80") else {
+        panic!("expected a hostname to resolve");
+    };
+    assert!(pending.clone().complete(rng, &[v4]).is_none());
+    assert_eq!(
+        tcp(&pending.complete(rng, &[v4, v6]).unwrap()).0,
+        "[2001:db8::7]:8080"
+    );
+    // Waypoint services need addresses: a hostname-only waypoint endpoint is not chosen.
+    let wp_svc = svc("wp", [10, 96, 0, 9], &[(HBONE, HBONE)]);
+    let mut wp = member(w("wp", [0, 0, 0, 0]), &wp_svc, &[]);
+    wp.workload_ips.clear();
+    wp.hostname = "wp.example".into();
+    s.waypoint = Some(gw_addr([10, 96, 0, 9]));
+    let snap = World::new()
+        .service(s)
+        .service(wp_svc)
+        .with(vm)
+        .with(wp)
+        .build();
+    assert_eq!(
+        refused(&route(&snap, "10.96.0.1:80")),
+        RefuseReason::UnknownWaypoint
     );
 }
 
