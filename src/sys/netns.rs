@@ -82,7 +82,8 @@ impl Netns {
                 Some(h) => h,
                 None => {
                     let _ = home.set(Netns::current()?);
-                    home.get().ok_or_else(|| io::Error::other("thread namespace"))?
+                    home.get()
+                        .ok_or_else(|| io::Error::other("thread namespace"))?
                 }
             };
             if home.id == self.id {
