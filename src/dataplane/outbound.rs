@@ -11,7 +11,7 @@ use http::{Method, Request, StatusCode};
 use tokio::net::TcpStream;
 
 use super::hbone::pool::PoolKey;
-use super::hbone::stream::relay as relay_h2;
+use super::hbone::stream::relay_early;
 use super::proxy::Drains;
 use super::route::{self, PendingHost, RefuseReason, Route};
 use super::{Error, Proxy, ResolveError};
@@ -159,18 +159,21 @@ async fn run(proxy: &Proxy, tcp: TcpStream, peer: SocketAddr, log: &mut AccessLo
                 let (resp, send) = sender
                     .send_request(req, false)
                     .map_err(|e| fail(Error::H2(Arc::new(e))))?;
-                let resp = resp.await.map_err(|e| fail(Error::H2(Arc::new(e))))?;
-                if resp.status() != StatusCode::OK {
-                    return Err(fail(Error::HttpStatus(resp.status())));
-                }
-                let recv = resp.into_body();
-                log.established();
+                let established = &mut *log;
+                let response = async move {
+                    let resp = resp.await.map_err(|e| Error::H2(Arc::new(e)))?;
+                    if resp.status() != StatusCode::OK {
+                        return Err(Error::HttpStatus(resp.status()));
+                    }
+                    established.established();
+                    Ok(resp.into_body())
+                };
                 let (rd, wr) = tcp.into_split();
-                let (t, res) = relay_h2(rd, wr, send, recv).await;
+                let (t, res) = relay_early(rd, wr, send, response).await;
                 drop(checkout);
                 match res {
                     Ok(()) => Ok((t.from_tcp, t.to_tcp)),
-                    Err(e) => Err((t.from_tcp, t.to_tcp, e.into())),
+                    Err(e) => Err((t.from_tcp, t.to_tcp, e)),
                 }
             }
         };

@@ -42,6 +42,54 @@ pub async fn relay(
     (t, res)
 }
 
+/// Like [`relay`], for a CONNECT whose response has not arrived: the client's bytes go out at
+/// once, so the first request rides with the CONNECT instead of a round trip later (the peer
+/// forwards nothing before it has authorized the tunnel and answered 200, and drops it all on
+/// a refusal); the peer's bytes flow once `response` gives the stream. The response's error
+/// (say a 401) is reported in preference to a send failure it caused.
+pub async fn relay_early<E: From<io::Error>>(
+    tcp_read: OwnedReadHalf,
+    tcp_write: OwnedWriteHalf,
+    send: SendStream<Bytes>,
+    response: impl std::future::Future<Output = Result<RecvStream, E>>,
+) -> (Transferred, Result<(), E>) {
+    let (mut from_tcp, mut to_tcp) = (0u64, 0u64);
+    let answered = tokio::sync::Notify::new();
+    let res = {
+        let up = tcp_to_h2(tcp_read, send, &mut from_tcp);
+        let down = async {
+            let recv = response.await?;
+            answered.notify_one();
+            h2_to_tcp(recv, tcp_write, &mut to_tcp)
+                .await
+                .map_err(E::from)
+        };
+        tokio::pin!(up, down);
+        let mut up_done = false;
+        loop {
+            tokio::select! {
+                r = &mut down => match r {
+                    Err(e) => break Err(e),
+                    Ok(()) if up_done => break Ok(()),
+                    Ok(()) => break (&mut up).await.map_err(E::from),
+                },
+                r = &mut up, if !up_done => match r {
+                    Ok(()) => up_done = true,
+                    Err(e) => {
+                        // Until the answer is in, wait for it: a refusal explains this failure.
+                        let failed = E::from(e);
+                        break tokio::select! {
+                            r = &mut down => Err(r.err().unwrap_or(failed)),
+                            _ = answered.notified() => Err(failed),
+                        };
+                    }
+                },
+            }
+        }
+    };
+    (Transferred { from_tcp, to_tcp }, res)
+}
+
 /// Reads the socket into a buffer that exists only while data flows: an idle connection
 /// holds no read buffer at all (it waits for readiness without one), a busy one reuses and
 /// grows its buffer. A short read means the socket is drained (tokio then clears readiness,
