@@ -50,7 +50,6 @@ pub async fn serve(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, mut drai
         Ok(a) => canonical(a),
         Err(_) => return,
     };
-    let _ = proxy.sockets.prepare_accepted(&tcp);
     let accepted =
         tokio::time::timeout(proxy.cfg.proxy.handshake_timeout, handshake(&proxy, tcp)).await;
     let (mut conn, client_id) = match accepted {

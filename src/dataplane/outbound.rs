@@ -40,7 +40,6 @@ type Outcome = Result<(u64, u64), (u64, u64, Error)>;
 
 async fn run(proxy: &Proxy, tcp: TcpStream, peer: SocketAddr, log: &mut AccessLog) -> Outcome {
     let fail = |e: Error| (0, 0, e);
-    let _ = proxy.sockets.prepare_accepted(&tcp);
     let dst = original_destination(&tcp, proxy.cfg.proxy.outbound_port)
         .ok_or_else(|| fail(Error::NoOriginalDestination))?;
     log.dst.addr = Some(dst);

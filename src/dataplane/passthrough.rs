@@ -21,7 +21,6 @@ pub async fn serve(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, _drain: 
     log.src.addr = Some(peer);
     log.dst.workload = Some(proxy.pod.name.clone());
     log.dst.namespace = Some(proxy.pod.namespace.clone());
-    let _ = proxy.sockets.prepare_accepted(&tcp);
     let Some(dst) = original_destination(&tcp, proxy.cfg.proxy.inbound_plaintext_port) else {
         return log.complete(0, 0, Some(&Error::NoOriginalDestination));
     };
