@@ -250,17 +250,25 @@ fn print_table(rows: &[Value], idle: u64, per_conn: f64, n: usize, cpu_gb: f64) 
     println!("CPU seconds per GB through both ztuns: {cpu_gb:.2}");
 }
 
-/// iperf3 from `from` to `to`: (bits/s received, bytes moved).
-fn iperf(lab: &Lab, from: &str, to: &str, seconds: u64) -> anyhow::Result<(f64, u64)> {
+const IPERF3: &str = "/usr/bin/iperf3";
+
+/// A one-shot iperf3 server on port 5201 in pod `to`, listening.
+fn iperf_server(lab: &Lab, to: &str) -> anyhow::Result<Process> {
     let server = lab.spawn_in(
         lab.pod(to).netns(),
         "iperf3-s",
-        Path::new("/usr/bin/iperf3"),
+        Path::new(IPERF3),
         &["-s", "-1", "-p", "5201", "--forceflush"],
         &[],
         lab.dir(),
     )?;
     server.wait_for_log("Server listening", WAIT)?;
+    Ok(server)
+}
+
+/// iperf3 from `from` to `to`: (bits/s received, bytes moved).
+fn iperf(lab: &Lab, from: &str, to: &str, seconds: u64) -> anyhow::Result<(f64, u64)> {
+    let server = iperf_server(lab, to)?;
     let ip = lab.pod(to).ip().to_string();
     let secs = seconds.to_string();
     let out = lab.pod(from).exec(
@@ -286,16 +294,7 @@ fn neighbour_stream(
     to: &str,
     rate: Option<&str>,
 ) -> anyhow::Result<(Process, Process)> {
-    let iperf3 = Path::new("/usr/bin/iperf3");
-    let server = lab.spawn_in(
-        lab.pod(to).netns(),
-        "iperf3-s",
-        iperf3,
-        &["-s", "-1", "-p", "5201", "--forceflush"],
-        &[],
-        lab.dir(),
-    )?;
-    server.wait_for_log("Server listening", WAIT)?;
+    let server = iperf_server(lab, to)?;
     let ip = lab.pod(to).ip().to_string();
     let mut args = vec![
         "-c",
@@ -314,7 +313,7 @@ fn neighbour_stream(
     let client = lab.spawn_in(
         lab.pod(from).netns(),
         "iperf3-c",
-        iperf3,
+        Path::new(IPERF3),
         &args,
         &[],
         lab.dir(),

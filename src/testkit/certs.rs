@@ -35,21 +35,30 @@ pub fn write_other_ca_dir(dir: &Path) -> anyhow::Result<CaFiles> {
     write_named_ca_dir(dir, "ztun-test-other")
 }
 
-/// Writes a fresh self-signed CA whose subject has organisation `org`.
-pub fn write_named_ca_dir(dir: &Path, org: &str) -> anyhow::Result<CaFiles> {
-    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+/// A CA certificate's parameters: subject `O=<org>, CN=<org> <role> CA`, signing usages.
+fn ca_params(
+    org: &str,
+    role: &str,
+    constraints: BasicConstraints,
+) -> anyhow::Result<CertificateParams> {
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     let mut name = DistinguishedName::new();
     name.push(DnType::OrganizationName, org);
-    name.push(DnType::CommonName, format!("{org} root CA"));
+    name.push(DnType::CommonName, format!("{org} {role} CA"));
     params.distinguished_name = name;
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.is_ca = IsCa::Ca(constraints);
     params.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
         KeyUsagePurpose::CrlSign,
         KeyUsagePurpose::DigitalSignature,
     ];
-    let cert = params.self_signed(&key)?;
+    Ok(params)
+}
+
+/// Writes a fresh self-signed CA whose subject has organisation `org`.
+pub fn write_named_ca_dir(dir: &Path, org: &str) -> anyhow::Result<CaFiles> {
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+    let cert = ca_params(org, "root", BasicConstraints::Unconstrained)?.self_signed(&key)?;
 
     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     let files = CaFiles {
@@ -73,18 +82,8 @@ pub fn intermediate(root: &CaFiles, org: &str) -> anyhow::Result<(String, String
     let root_key = KeyPair::from_pem(&root.key_pem)?;
     let issuer = rcgen::Issuer::from_ca_cert_pem(&root.cert_pem, root_key)?;
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
-    let mut params = CertificateParams::new(Vec::<String>::new())?;
-    let mut name = DistinguishedName::new();
-    name.push(DnType::OrganizationName, org);
-    name.push(DnType::CommonName, format!("{org} intermediate CA"));
-    params.distinguished_name = name;
-    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let cert = params.signed_by(&key, &issuer)?;
+    let cert = ca_params(org, "intermediate", BasicConstraints::Constrained(0))?
+        .signed_by(&key, &issuer)?;
     Ok((cert.pem(), key.serialize_pem()))
 }
 

@@ -17,7 +17,7 @@ use ztun::config::{AuthToken, RootCert};
 use ztun::control::ca::{CaClient, CaClientConfig, CaError};
 use ztun::identity::Identity;
 use ztun::testkit::certs::{intermediate, write_ca_dir, write_named_ca_dir, CaFiles};
-use ztun::testkit::lab::{Lab, NetnsTask, Process};
+use ztun::testkit::lab::{Lab, NetnsTask, Process, Server};
 use ztun::testkit::mesh::MeshFile;
 
 use crate::support::{standard_lab, WAIT};
@@ -120,22 +120,12 @@ impl CaCluster {
             path_str(&self.tokens_path),
         ];
         self.starts += 1;
-        let label = format!("cp{}", self.starts);
-        let n1 = self.lab.node("n1");
-        let p = self
-            .lab
-            .spawn_in(
-                n1.netns(),
-                &label,
-                &bin,
-                &args,
-                &[("RUST_LOG", "info,ztun=debug")],
-                self.lab.dir(),
-            )
-            .expect("spawning the control plane");
-        p.wait_for_log("control plane listening", WAIT)
-            .expect("control plane started");
-        self.control_plane = Some(p);
+        self.control_plane = Some(crate::support::spawn_control_plane(
+            &self.lab,
+            self.starts,
+            &bin,
+            &args,
+        ));
     }
 
     fn control_plane(&self) -> &Process {
@@ -337,31 +327,38 @@ fn no_handshake_errors(cluster: &CaCluster) {
     }
 }
 
+/// A cluster whose certificates live `ttl`, with echo servers on a and c and [`Traffic`]
+/// flowing between them (already seen working). One stream per HBONE connection, released
+/// soon after: the long-lived stream keeps its connection, new connections need new
+/// handshakes.
+fn under_traffic(test: &str, ttl: &str) -> (CaCluster, Traffic, [Server; 2]) {
+    let lab = standard_lab(test);
+    let c_server = lab.pod("c").spawn_echo_server(8080).unwrap();
+    let a_server = lab.pod("a").spawn_echo_server(8080).unwrap();
+    let cluster = CaCluster::start(
+        lab,
+        &[
+            ("SECRET_TTL", ttl),
+            ("POOL_MAX_STREAMS_PER_CONNECTION", "1"),
+            ("POOL_UNUSED_RELEASE_TIMEOUT", "200ms"),
+        ],
+    );
+    let to_c = SocketAddr::from((cluster.lab.pod("c").ip(), c_server.port()));
+    let to_a = SocketAddr::from((cluster.lab.pod("a").ip(), a_server.port()));
+    let traffic = Traffic::start(&cluster.lab, to_c, to_a, Duration::from_millis(500));
+    traffic.wait_ok(5);
+    (cluster, traffic, [c_server, a_server])
+}
+
 /// hardening.md C5. The one long test (about 45 s): 20 s certificates renewed every ~10 s while a
 /// long-lived stream and new connections in both directions flow; across four rotations the
 /// mesh root moves A → A+B → B (bundle A+B signed by A, then by B, then bundle B), each step
 /// waiting until every identity on both nodes renewed. Not one connection may fail.
 #[test]
 fn certificates_rotate_and_the_root_moves_from_a_to_b_without_a_failed_connection() {
-    let lab = standard_lab("cert_rotation");
-    let c_server = lab.pod("c").spawn_echo_server(8080).unwrap();
-    let a_server = lab.pod("a").spawn_echo_server(8080).unwrap();
-    let cluster = CaCluster::start(
-        lab,
-        &[
-            ("SECRET_TTL", "20s"),
-            // One stream per HBONE connection, released soon after: the long-lived stream
-            // keeps its connection, new connections need new handshakes.
-            ("POOL_MAX_STREAMS_PER_CONNECTION", "1"),
-            ("POOL_UNUSED_RELEASE_TIMEOUT", "200ms"),
-        ],
-    );
-    let lab = &cluster.lab;
-    let to_c = SocketAddr::from((lab.pod("c").ip(), c_server.port()));
-    let to_a = SocketAddr::from((lab.pod("a").ip(), a_server.port()));
+    let (cluster, traffic, _servers) = under_traffic("cert_rotation", "20s");
     let started = Instant::now();
-    let traffic = Traffic::start(lab, to_c, to_a, Duration::from_millis(500));
-    traffic.wait_ok(5);
+    let lab = &cluster.lab;
     let cursors = |c: &CaCluster| vec![("n1", c.cursor("n1")), ("n2", c.cursor("n2"))];
 
     // 1. A plain renewal under root A.
@@ -408,22 +405,7 @@ fn certificates_rotate_and_the_root_moves_from_a_to_b_without_a_failed_connectio
 /// the intermediate in the presented chain) succeed, and no connection fails.
 #[test]
 fn a_replaced_intermediate_reaches_every_certificate_within_a_refresh() {
-    let lab = standard_lab("cert_intermediate");
-    let c_server = lab.pod("c").spawn_echo_server(8080).unwrap();
-    let a_server = lab.pod("a").spawn_echo_server(8080).unwrap();
-    let cluster = CaCluster::start(
-        lab,
-        &[
-            ("SECRET_TTL", "20s"),
-            ("POOL_MAX_STREAMS_PER_CONNECTION", "1"),
-            ("POOL_UNUSED_RELEASE_TIMEOUT", "200ms"),
-        ],
-    );
-    let lab = &cluster.lab;
-    let to_c = SocketAddr::from((lab.pod("c").ip(), c_server.port()));
-    let to_a = SocketAddr::from((lab.pod("a").ip(), a_server.port()));
-    let traffic = Traffic::start(lab, to_c, to_a, Duration::from_millis(500));
-    traffic.wait_ok(5);
+    let (cluster, traffic, _servers) = under_traffic("cert_intermediate", "20s");
     let cursors = |c: &CaCluster| vec![("n1", c.cursor("n1")), ("n2", c.cursor("n2"))];
     let chain = cluster.ca.dir.join("cert-chain.pem");
     for org in ["ztun-int-1", "ztun-int-2"] {
@@ -447,21 +429,7 @@ fn a_replaced_intermediate_reaches_every_certificate_within_a_refresh() {
 /// handshakes, and renewal resumes when it is back.
 #[test]
 fn traffic_continues_on_valid_certificates_while_the_ca_is_down() {
-    let lab = standard_lab("ca_down");
-    let c_server = lab.pod("c").spawn_echo_server(8080).unwrap();
-    let a_server = lab.pod("a").spawn_echo_server(8080).unwrap();
-    let mut cluster = CaCluster::start(
-        lab,
-        &[
-            ("SECRET_TTL", "40s"),
-            ("POOL_MAX_STREAMS_PER_CONNECTION", "1"),
-            ("POOL_UNUSED_RELEASE_TIMEOUT", "200ms"),
-        ],
-    );
-    let to_c = SocketAddr::from((cluster.lab.pod("c").ip(), c_server.port()));
-    let to_a = SocketAddr::from((cluster.lab.pod("a").ip(), a_server.port()));
-    let traffic = Traffic::start(&cluster.lab, to_c, to_a, Duration::from_millis(500));
-    traffic.wait_ok(5);
+    let (mut cluster, traffic, _servers) = under_traffic("ca_down", "40s");
 
     let marks = [("n1", cluster.cursor("n1")), ("n2", cluster.cursor("n2"))];
     cluster.control_plane().kill().unwrap();
@@ -489,14 +457,7 @@ fn traffic_continues_on_valid_certificates_while_the_ca_is_down() {
     }
     traffic.wait_ok(10);
     // The alarm: metrics tell when the certificates run out while renewal fails.
-    let (status, metrics) = crate::ops::http(
-        cluster.lab.node("n1").netns(),
-        "GET",
-        crate::ops::local(15020),
-        "/metrics",
-    )
-    .unwrap();
-    assert_eq!(status, 200);
+    let metrics = crate::ops::scrape(cluster.lab.node("n1").netns());
     let expiry = crate::ops::sample(
         &metrics,
         "ztun_workload_certificate_earliest_expiry_timestamp_seconds",

@@ -61,6 +61,13 @@ pub fn local(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
+/// The Prometheus text of `node`'s ztun (`127.0.0.1:15020/metrics` in the node namespace).
+pub fn scrape(node: &Netns) -> String {
+    let (status, metrics) = http(node, "GET", local(15020), "/metrics").expect("scraping metrics");
+    assert_eq!(status, 200, "{metrics}");
+    metrics
+}
+
 /// The value of the first sample of `metric` whose labels contain every `labels` pair.
 pub fn sample(metrics: &str, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
     metrics

@@ -246,22 +246,20 @@ impl XdsCluster {
             &listen,
         ];
         self.restarts += 1;
-        let label = format!("cp{}", self.restarts);
-        let n1 = self.lab.node("n1");
-        let p = self
-            .lab
-            .spawn_in(
-                n1.netns(),
-                &label,
-                &bin,
-                &args,
-                &[("RUST_LOG", "info,ztun=debug")],
-                self.lab.dir(),
-            )
-            .expect("spawning the control plane");
-        p.wait_for_log("control plane listening", WAIT)
-            .expect("control plane started");
-        self.control_plane = Some(p);
+        self.control_plane = Some(spawn_control_plane(&self.lab, self.restarts, &bin, &args));
+    }
+
+    /// Kills the control plane and waits until every node's xDS client noticed (it logs its
+    /// retry); returns the log cursors from just before the kill.
+    pub fn kill_control_plane(&mut self) -> Vec<usize> {
+        let cursors = self.cursors();
+        self.control_plane().kill().unwrap();
+        self.control_plane = None;
+        for ((node, p), cursor) in self.ztuns.iter().zip(&cursors) {
+            wait_for_line(p, *cursor, &["xDS", "retry_in"])
+                .unwrap_or_else(|e| panic!("ztun on {node} did not notice the outage: {e:#}"));
+        }
+        cursors
     }
 
     /// The running control plane.
@@ -328,4 +326,22 @@ pub fn wait_for_line(p: &Process, mut cursor: usize, needles: &[&str]) -> anyhow
         // Returns when a line with the first needle arrives (or fails at the deadline).
         p.wait_for_log_after(cursor, needles[0], left)?;
     }
+}
+
+/// Starts `ztun control-plane` (`bin` with `args`) in n1's namespace as its `nth` start and
+/// waits until it listens.
+pub fn spawn_control_plane(lab: &Lab, nth: usize, bin: &Path, args: &[&str]) -> Process {
+    let p = lab
+        .spawn_in(
+            lab.node("n1").netns(),
+            &format!("cp{nth}"),
+            bin,
+            args,
+            &[("RUST_LOG", "info,ztun=debug")],
+            lab.dir(),
+        )
+        .expect("spawning the control plane");
+    p.wait_for_log("control plane listening", WAIT)
+        .expect("control plane started");
+    p
 }

@@ -252,16 +252,7 @@ fn malformed_request_heads_as_raw_frames_are_refused() {
         t.recorder.peers()
     );
     // ztun still serves.
-    let config = client::client_config(&t.cluster, "sa-u");
-    let echo = t.authority(t.echo.port());
-    lab.pod("u")
-        .block_on(async move {
-            let h2 = client::h2(hbone, config).await?;
-            let (status, mut tx, mut rx) =
-                client::send(&h2, client::connect_request(&echo)).await?;
-            anyhow::ensure!(status == StatusCode::OK, "{status}");
-            client::echo(&mut tx, &mut rx, b"after raw frames").await
-        })
+    t.serves_a_new_client(b"after raw frames")
         .expect("ztun serves after malformed heads");
 }
 

@@ -4,7 +4,6 @@
 
 use std::net::SocketAddr;
 
-use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::client::{self, kind, END_HEADERS, REFUSED_STREAM};
@@ -82,18 +81,7 @@ fn close_notify_after_client_hello_aborts_the_handshake() {
         .ztun("n2")
         .wait_for_log("hbone handshake failed", WAIT)
         .expect("the aborted handshake is logged");
-    let config = client::client_config(&t.cluster, "sa-u");
-    let echo = t.authority(t.echo.port());
-    t.cluster
-        .lab
-        .pod("u")
-        .block_on(async move {
-            let h2 = client::h2(hbone, config).await?;
-            let (status, mut tx, mut rx) =
-                client::send(&h2, client::connect_request(&echo)).await?;
-            anyhow::ensure!(status == StatusCode::OK, "{status}");
-            client::echo(&mut tx, &mut rx, b"next client").await
-        })
+    t.serves_a_new_client(b"next client")
         .expect("ztun serves the next client");
 }
 
@@ -242,14 +230,7 @@ fn connections_over_the_per_pod_limit_are_reset_and_counted() {
     lab.pod("b")
         .bulk_echo(echo, 4096)
         .expect("pod b is not limited by pod a");
-    let (status, metrics) = crate::ops::http(
-        lab.node("n1").netns(),
-        "GET",
-        crate::ops::local(15020),
-        "/metrics",
-    )
-    .unwrap();
-    assert_eq!(status, 200);
+    let metrics = crate::ops::scrape(lab.node("n1").netns());
     let refused = crate::ops::sample(
         &metrics,
         "ztun_connection_failures_total",

@@ -70,16 +70,7 @@ fn rapid_reset_flood_gets_goaway_and_other_tenants_keep_working() {
         goaway.is_some(),
         "ztun never sent GOAWAY to a rapid-reset peer ({sent} pairs written)"
     );
-    let config = client::client_config(&t.cluster, "sa-u");
-    let echo = t.authority(t.echo.port());
-    lab.pod("u")
-        .block_on(async move {
-            let h2 = client::h2(hbone, config).await?;
-            let (status, mut tx, mut rx) =
-                client::send(&h2, client::connect_request(&echo)).await?;
-            anyhow::ensure!(status == StatusCode::OK, "{status}");
-            client::echo(&mut tx, &mut rx, b"after the flood").await
-        })
+    t.serves_a_new_client(b"after the flood")
         .expect("a new connection after the flood");
 }
 
@@ -149,18 +140,7 @@ fn a_flood_of_locally_reset_streams_gets_goaway() {
     assert!(last < 19_999, "last stream {last} was processed");
     n2.wait_for_log("excessive load generating behavior", WAIT)
         .expect("the cut is the local-reset limit, and it is logged");
-    let config = client::client_config(&t.cluster, "sa-u");
-    let echo = t.authority(t.echo.port());
-    t.cluster
-        .lab
-        .pod("u")
-        .block_on(async move {
-            let h2 = client::h2(hbone, config).await?;
-            let (status, mut tx, mut rx) =
-                client::send(&h2, client::connect_request(&echo)).await?;
-            anyhow::ensure!(status == StatusCode::OK, "{status}");
-            client::echo(&mut tx, &mut rx, b"after the flood").await
-        })
+    t.serves_a_new_client(b"after the flood")
         .expect("a new connection after the flood");
 }
 

@@ -57,6 +57,20 @@ impl Target {
         }
     }
 
+    /// A new client (pod u, `sa-u`, its own HBONE connection) gets a tunnel to the echo server
+    /// and `msg` echoed back: ztun still serves after whatever the test did to it.
+    pub fn serves_a_new_client(&self, msg: &'static [u8]) -> anyhow::Result<()> {
+        let config = client::client_config(&self.cluster, "sa-u");
+        let (hbone, echo) = (self.hbone(), self.authority(self.echo.port()));
+        self.cluster.lab.pod("u").block_on(async move {
+            let h2 = client::h2(hbone, config).await?;
+            let (status, mut tx, mut rx) =
+                client::send(&h2, client::connect_request(&echo)).await?;
+            anyhow::ensure!(status == http::StatusCode::OK, "{status}");
+            client::echo(&mut tx, &mut rx, msg).await
+        })
+    }
+
     /// c's HBONE address.
     pub fn hbone(&self) -> SocketAddr {
         SocketAddr::from((self.cluster.lab.pod("c").ip(), HBONE))
