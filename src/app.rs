@@ -26,7 +26,7 @@ use crate::ops::logging::LogHandle;
 use crate::ops::readiness::Readiness;
 use crate::state::{self, Reader, Writer};
 use crate::sys::Netns;
-use crate::tls::CertSource;
+use crate::tls::{CertSource, Revocation};
 
 /// Runs ztun until it is told to stop.
 pub fn run(config: Config) -> anyhow::Result<()> {
@@ -61,7 +61,8 @@ async fn run_control(config: Arc<Config>, data: Handle, log: LogHandle) -> anyho
     let (writer, reader) = state::new();
     load_local_config(&config, &writer)?;
     let (xds_synced, on_demand) = start_mesh_source(&config, writer, &readiness)?;
-    let (certs, cert_dump) = cert_source(&config, &reader)?;
+    let revocation = revocation(&config)?;
+    let (certs, cert_dump) = cert_source(&config, &reader, &revocation)?;
     let resolver = host_resolver(&config);
     let process = Arc::new(drain::channel().0);
     let shutdown = Arc::new(tokio::sync::Notify::new());
@@ -73,6 +74,7 @@ async fn run_control(config: Arc<Config>, data: Handle, log: LogHandle) -> anyho
         shutdown: shutdown.clone(),
         certificates: cert_dump,
         pods: pods.clone(),
+        revocation: revocation.clone(),
     };
     serve_ops(&config, admin, &readiness, &data, &process).await?;
     tokio::spawn(expire_metrics(reader.clone(), telemetry));
@@ -306,21 +308,41 @@ async fn wait_synced(mut synced: tokio::sync::watch::Receiver<bool>) {
 /// Readiness task held until the xDS client's first ACK of every type.
 const XDS_TASK: &str = "xds client";
 
+/// CRL checking (`CRL_PATH`): the file must parse at startup, then it is polled every
+/// second; its metrics join every scrape.
+fn revocation(config: &Config) -> anyhow::Result<Revocation> {
+    let Some(path) = &config.ca.crl_path else {
+        return Ok(Revocation::disabled());
+    };
+    let revocation =
+        Revocation::load(path).with_context(|| format!("CRL_PATH {}", path.display()))?;
+    tracing::info!(path = %path.display(), "checking peer certificates against CRLs");
+    tokio::spawn(revocation.clone().watch(Duration::from_secs(1)));
+    let r = revocation.clone();
+    crate::ops::telemetry().add_collector(Box::new(move |out| r.encode_metrics(out)));
+    Ok(revocation)
+}
+
 /// The certificate store and a public (key-free) view of it for the admin API. Issuer
 /// precedence: `LOCAL_CA_DIR` > `FAKE_CA` > `CA_ADDRESS`. In shared mode with `NODE_NAME` set,
 /// the store prefetches the identities of this node's workloads and forgets departed ones.
-fn cert_source(config: &Config, state: &Reader) -> anyhow::Result<(Arc<dyn CertSource>, CertDump)> {
+fn cert_source(
+    config: &Config,
+    state: &Reader,
+    revocation: &Revocation,
+) -> anyhow::Result<(Arc<dyn CertSource>, CertDump)> {
     let ttl = config.ca.secret_ttl;
     let issuer: Arc<dyn Issuer> = if let Some(dir) = &config.ca.local_ca_dir {
         tracing::info!(dir = %dir.display(), "issuing workload certificates from the local CA");
-        Arc::new(LocalCa::load(dir, ttl)?)
+        Arc::new(LocalCa::load(dir, ttl)?.with_revocation(revocation.clone()))
     } else if config.ca.fake_ca {
         tracing::warn!(
             "FAKE_CA: ephemeral in-memory CA; only this node will trust its certificates"
         );
-        Arc::new(LocalCa::ephemeral(&config.trust_domain, ttl)?)
-    } else if let Some(ca) = CaClientConfig::from_config(config) {
+        Arc::new(LocalCa::ephemeral(&config.trust_domain, ttl)?.with_revocation(revocation.clone()))
+    } else if let Some(mut ca) = CaClientConfig::from_config(config) {
         tracing::info!(address = %ca.channel.address, "requesting workload certificates from the CA");
+        ca.revocation = revocation.clone();
         Arc::new(CaClient::new(&ca).context("CA client")?)
     } else {
         bail!("no certificate source: set CA_ADDRESS, LOCAL_CA_DIR or FAKE_CA=true");

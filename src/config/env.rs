@@ -35,6 +35,7 @@ const XDS_ADDRESS: &str = "XDS_ADDRESS";
 const CA_ADDRESS: &str = "CA_ADDRESS";
 const FAKE_CA: &str = "FAKE_CA";
 const LOCAL_CA_DIR: &str = "LOCAL_CA_DIR";
+const CRL_PATH: &str = "CRL_PATH";
 const SECRET_TTL: &str = "SECRET_TTL";
 const ZTUNNEL_WORKER_THREADS: &str = "ZTUNNEL_WORKER_THREADS";
 const ZTUNNEL_CPU_LIMIT: &str = "ZTUNNEL_CPU_LIMIT";
@@ -295,6 +296,7 @@ pub(super) fn build(source: &dyn Source, available_cpus: usize) -> Result<Config
         address: if fake_ca { None } else { ca_address },
         fake_ca,
         local_ca_dir: env.string(LOCAL_CA_DIR).map(PathBuf::from),
+        crl_path: env.string(CRL_PATH).map(PathBuf::from),
         secret_ttl: env.duration(
             SECRET_TTL,
             Duration::from_secs(24 * 3600),

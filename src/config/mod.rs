@@ -218,6 +218,11 @@ pub struct CaConfig {
     /// `LOCAL_CA_DIR`: a directory holding a CA certificate and key to issue workload
     /// certificates locally instead of asking a remote CA. Default unset.
     pub local_ca_dir: Option<PathBuf>,
+    /// `CRL_PATH`: a file of certificate revocation lists (PEM `X509 CRL` blocks, one DER CRL,
+    /// or empty) checked in every HBONE handshake and, on change, against open tunnels. The
+    /// file must exist and parse at startup; it is polled every second. Default unset (no
+    /// revocation checking).
+    pub crl_path: Option<PathBuf>,
     /// `SECRET_TTL`: requested certificate lifetime; default 24 h, never zero.
     #[serde(serialize_with = "env::serialize_duration")]
     pub secret_ttl: Duration,

@@ -54,6 +54,7 @@ fn empty_environment_gives_documented_defaults() {
             address: Some("https://localhost:15012".into()),
             fake_ca: false,
             local_ca_dir: None,
+            crl_path: None,
             secret_ttl: secs(24 * 3600),
         }
     );
@@ -149,6 +150,7 @@ fn every_variable_is_read() {
         ("XDS_ADDRESS", "http://istiod.custom:15010"),
         ("CA_ADDRESS", "ca.custom:15012"),
         ("LOCAL_CA_DIR", "/etc/ztun/ca"),
+        ("CRL_PATH", "/etc/ztun/crl.pem"),
         ("SECRET_TTL", "1h30m"),
         ("ZTUNNEL_WORKER_THREADS", "3"),
         ("RUST_LOG", "debug,h2=info"),
@@ -224,6 +226,7 @@ fn every_variable_is_read() {
             address: Some("https://ca.custom:15012".into()),
             fake_ca: false,
             local_ca_dir: Some("/etc/ztun/ca".into()),
+            crl_path: Some("/etc/ztun/crl.pem".into()),
             secret_ttl: secs(5400),
         }
     );

@@ -28,7 +28,8 @@ use crate::drain::DrainMode;
 use crate::identity::Identity;
 use crate::ops::access::{AccessLog, Direction};
 use crate::state::model::AppTunnelProtocol;
-use crate::tls::peer_identity;
+use crate::tls::crl::{Side, Tracked};
+use crate::tls::{peer_identity, RevokedSignal};
 
 /// Concurrent streams a client may open on one connection.
 const MAX_CONCURRENT_STREAMS: u32 = 200;
@@ -52,7 +53,7 @@ pub async fn serve(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, mut drai
     };
     let accepted =
         tokio::time::timeout(proxy.cfg.proxy.handshake_timeout, handshake(&proxy, tcp)).await;
-    let (mut conn, client_id) = match accepted {
+    let (mut conn, client_id, mut tracked) = match accepted {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
             tracing::warn!(%peer, %local, error = %e, "hbone handshake failed");
@@ -63,10 +64,14 @@ pub async fn serve(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, mut drai
             return;
         }
     };
+    let revoked = tracked
+        .as_ref()
+        .map_or_else(RevokedSignal::never, Tracked::signal);
     let conn_info = Arc::new(ConnInfo {
         peer,
         local,
         client: client_id,
+        revoked,
     });
     let mut draining = false;
     // Idle close: every stream task holds a clone of `busy`; a connection found without
@@ -86,6 +91,16 @@ pub async fn serve(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, mut drai
         let next = tokio::select! {
             next = conn.accept() => next,
             _ = &mut keepalive => break,
+            _ = crl_revoked(&mut tracked) => {
+                tracing::warn!(%peer, %local, client = %conn_info.client, reporter = "destination", "peer certificate revoked, closing hbone connection");
+                conn.abrupt_shutdown(h2::Reason::NO_ERROR);
+                // Flush the GOAWAY, briefly; the streams see the connection end.
+                let _ = tokio::time::timeout(REVOKED_FLUSH, async {
+                    while conn.accept().await.is_some() {}
+                })
+                .await;
+                break;
+            }
             _ = &mut idle, if !draining => {
                 if Arc::strong_count(&busy) == 1 && !used_since_check {
                     tracing::debug!(%peer, "hbone connection idle, closing");
@@ -137,19 +152,46 @@ struct ConnInfo {
     peer: SocketAddr,
     local: SocketAddr,
     client: Identity,
+    /// Fires when a CRL reload revokes the client's certificate.
+    revoked: RevokedSignal,
+}
+
+/// How long a revoked connection's GOAWAY may take to flush before the socket is closed.
+const REVOKED_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Completes when the tracked connection's peer is revoked; never for an untracked one.
+async fn crl_revoked(tracked: &mut Option<Tracked>) {
+    match tracked {
+        Some(t) => t.revoked().await,
+        None => std::future::pending().await,
+    }
 }
 
 type ServerConn =
     h2::server::Connection<tokio_rustls::server::TlsStream<super::hbone::Transport>, Bytes>;
 
-async fn handshake(proxy: &Proxy, tcp: TcpStream) -> Result<(ServerConn, Identity), Error> {
+async fn handshake(
+    proxy: &Proxy,
+    tcp: TcpStream,
+) -> Result<(ServerConn, Identity, Option<Tracked>), Error> {
     let w = proxy.local_workload().await?;
     let cert = proxy.local_cert(&w).await?;
+    let crl_generation = cert.crl_generation();
     let tls = TlsAcceptor::from(cert.server_config())
         .accept(super::hbone::transport(tcp))
         .await
-        .map_err(|e| Error::Tls(Arc::new(e)))?;
-    let client = peer_identity(tls.get_ref().1.peer_certificates())?;
+        .map_err(|e| {
+            if super::hbone::client::is_revoked(&e) {
+                Error::CertRevoked
+            } else {
+                Error::Tls(Arc::new(e))
+            }
+        })?;
+    let peer_chain = tls.get_ref().1.peer_certificates();
+    let client = peer_identity(peer_chain)?;
+    let tracked = cert
+        .track_peer(Side::Server, peer_chain, crl_generation)
+        .map_err(|_| Error::CertRevoked)?;
     let s = &proxy.cfg.proxy;
     let conn = h2::server::Builder::new()
         .initial_window_size(s.http2_stream_window)
@@ -163,7 +205,7 @@ async fn handshake(proxy: &Proxy, tcp: TcpStream) -> Result<(ServerConn, Identit
         .handshake(tls)
         .await
         .map_err(|e| Error::H2(Arc::new(e)))?;
-    Ok((conn, client))
+    Ok((conn, client, tracked))
 }
 
 async fn serve_stream(
@@ -258,6 +300,7 @@ async fn serve_stream(
         }
     }
     let (rd, wr) = upstream.into_split();
+    let mut cert_revoked = info.revoked.clone();
     tokio::select! {
         (t, res) = relay_h2(rd, wr, send, req.into_body()) => {
             // From the client's point of view: it sent what we wrote to the app.
@@ -268,6 +311,9 @@ async fn serve_stream(
         }
         Revoked(denial) = registration.revoked() => {
             log.complete(0, 0, Some(&Error::Revoked(denial)));
+        }
+        _ = cert_revoked.revoked() => {
+            log.complete(0, 0, Some(&Error::CertRevoked));
         }
     }
 }

@@ -182,6 +182,10 @@ pub enum Error {
     /// A policy change denied the open connection, which was closed.
     #[error("closed by policy change: {0}")]
     Revoked(policy::Denial),
+    /// The peer's certificate is revoked by a CRL: the handshake was refused, or the open
+    /// connection closed on a CRL reload.
+    #[error("peer certificate revoked")]
+    CertRevoked,
 }
 
 impl Error {
@@ -206,7 +210,8 @@ impl Error {
             | Error::UnknownWaypoint(_)
             | Error::UnknownService(_)
             | Error::Resolve { .. }
-            | Error::Io(_) => Side::Destination,
+            | Error::Io(_)
+            | Error::CertRevoked => Side::Destination,
             Error::Denied(_) | Error::Revoked(_) => Side::Policy,
         }
     }
@@ -227,6 +232,7 @@ impl crate::ops::access::Failure for Error {
     fn response_flag(&self) -> &'static str {
         match self {
             Error::Denied(_) | Error::Revoked(_) => "DENY",
+            Error::CertRevoked => "CERT_REVOKED",
             Error::Tls(_) | Error::HandshakeTimeout => "TLS_FAILURE",
             Error::PeerIdentity(_) | Error::UnexpectedPeer { .. } => "IDENTITY_ERROR",
             _ => "CONNECT",
@@ -258,6 +264,7 @@ impl crate::ops::access::Failure for Error {
             Error::Io(_) => "relay_failed",
             Error::Denied(_) => "policy_denied",
             Error::Revoked(_) => "policy_revoked",
+            Error::CertRevoked => "cert_revoked",
         }
     }
 }

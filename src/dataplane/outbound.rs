@@ -134,7 +134,7 @@ async fn run(proxy: &Proxy, tcp: TcpStream, peer: SocketAddr, log: &mut AccessLo
                     dst: hbone_dst,
                     src_ip,
                 };
-                let checkout = proxy.pool.checkout(&key, &cert).await.map_err(fail)?;
+                let mut checkout = proxy.pool.checkout(&key, &cert).await.map_err(fail)?;
                 // The pool only hands out connections whose peer proved one of the identities.
                 log.dst.identity = workload.identity();
                 let mut forwarded = super::hbone::forwarded(canonical(peer));
@@ -150,12 +150,8 @@ async fn run(proxy: &Proxy, tcp: TcpStream, peer: SocketAddr, log: &mut AccessLo
                     .header("baggage", super::hbone::baggage(&src))
                     .body(())
                     .map_err(|_| fail(Error::BadRequest("cannot build CONNECT")))?;
-                let mut sender = checkout
+                let (resp, send) = checkout
                     .sender()
-                    .ready()
-                    .await
-                    .map_err(|e| fail(Error::H2(Arc::new(e))))?;
-                let (resp, send) = sender
                     .send_request(req, false)
                     .map_err(|e| fail(Error::H2(Arc::new(e))))?;
                 let established = &mut *log;
@@ -168,7 +164,11 @@ async fn run(proxy: &Proxy, tcp: TcpStream, peer: SocketAddr, log: &mut AccessLo
                     Ok(resp.into_body())
                 };
                 let (rd, wr) = tcp.into_split();
-                let (t, res) = relay_early(rd, wr, send, response).await;
+                let mut revoked = checkout.revoked();
+                let (t, res) = tokio::select! {
+                    r = relay_early(rd, wr, send, response) => r,
+                    _ = revoked.revoked() => (Default::default(), Err(Error::CertRevoked)),
+                };
                 drop(checkout);
                 match res {
                     Ok(()) => Ok((t.from_tcp, t.to_tcp)),

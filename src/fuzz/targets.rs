@@ -73,6 +73,11 @@ pub const ALL: &[Target] = &[
         seeds: super::dns::seeds,
         run: super::dns::packet,
     },
+    Target {
+        name: "crl",
+        seeds: crl_seeds,
+        run: crl,
+    },
 ];
 
 /// The target called `name`.
@@ -548,4 +553,74 @@ fn pem(input: &[u8]) {
         let _ = crate::tls::peer_identity(Some(&certs));
     }
     let _ = crate::tls::parse_pem_key(input);
+}
+
+// --- CRLs -----------------------------------------------------------------------------------
+
+/// A CA, a leaf it signed, and CRLs of that CA (revoking the leaf, revoking nothing, stale).
+struct CrlFixture {
+    leaf: CertificateDer<'static>,
+    root: CertificateDer<'static>,
+    crls: Vec<Vec<u8>>,
+}
+
+fn crl_fixture() -> &'static CrlFixture {
+    static FIXTURE: std::sync::OnceLock<CrlFixture> = std::sync::OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        use crate::testkit::certs;
+        let dir = std::env::temp_dir().join(format!("ztun-fuzz-crl-{}", std::process::id()));
+        let ca = certs::write_ca_dir(&dir).expect("writing a CA");
+        let issuer = crate::control::ca::LocalCa::load(&dir, Duration::from_secs(3600))
+            .expect("loading the CA");
+        let _ = std::fs::remove_dir_all(&dir);
+        let id = Identity::new("cluster.local", "default", "web").expect("a valid identity");
+        let leaf = issuer.mint(&id).expect("minting a leaf");
+        let serial = certs::serial_of(&leaf.chain()[0]).expect("a serial");
+        let hour = time::Duration::hours(1);
+        let crls = [
+            certs::crl_pem(&ca, std::slice::from_ref(&serial), hour),
+            certs::crl_pem(&ca, &[], hour),
+            certs::crl_pem(&ca, &[serial.clone(), vec![1], vec![0x7f; 20]], -hour),
+        ]
+        .into_iter()
+        .map(|pem| pem.expect("signing a CRL").into_bytes())
+        .collect();
+        CrlFixture {
+            leaf: leaf.chain()[0].clone(),
+            root: issuer.roots()[0].clone(),
+            crls,
+        }
+    })
+}
+
+fn crl_seeds() -> Vec<Vec<u8>> {
+    let f = crl_fixture();
+    let mut seeds = f.crls.clone();
+    // The first CRL as DER.
+    use rustls_pki_types::pem::PemObject;
+    if let Some(Ok(der)) =
+        rustls_pki_types::CertificateRevocationListDer::pem_slice_iter(&f.crls[0]).next()
+    {
+        seeds.push(der.to_vec());
+    }
+    seeds.push(Vec::new());
+    seeds
+}
+
+/// A `CRL_PATH` file: parsed, then a handshake's chain check against it. An empty file
+/// revokes nothing.
+fn crl(input: &[u8]) {
+    let Ok(parsed) = crate::tls::crl::parse_crls(input) else {
+        return;
+    };
+    let f = crl_fixture();
+    let res = parsed.check_client_chain(
+        &f.leaf,
+        &[],
+        std::slice::from_ref(&f.root),
+        rustls_pki_types::UnixTime::now(),
+    );
+    if parsed.is_empty() {
+        assert!(res.is_ok(), "no CRL must revoke nothing: {res:?}");
+    }
 }

@@ -108,6 +108,8 @@ pub struct Admin {
     pub certificates: Arc<dyn Fn() -> Value + Send + Sync>,
     /// Pods handed over by the CNI.
     pub pods: WorkloadStates,
+    /// The CRLs in force (`crl` in the dump).
+    pub revocation: crate::tls::Revocation,
 }
 
 impl Admin {
@@ -221,6 +223,7 @@ impl Admin {
             "config": &*self.config,
             "certificates": (self.certificates)(),
             "workloadState": self.pods.dump(),
+            "crl": self.revocation.dump(),
         })
     }
 }

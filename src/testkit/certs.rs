@@ -87,6 +87,52 @@ pub fn intermediate(root: &CaFiles, org: &str) -> anyhow::Result<(String, String
     Ok((cert.pem(), key.serialize_pem()))
 }
 
+/// A CRL signed by the CA in `ca` (its own key) revoking the certificates whose serial numbers
+/// (the big-endian bytes, as in the certificate) are `serials`; issued an hour ago, with the
+/// next update `next_update` from now (negative: a stale CRL). PEM.
+pub fn crl_pem(
+    ca: &CaFiles,
+    serials: &[Vec<u8>],
+    next_update: time::Duration,
+) -> anyhow::Result<String> {
+    let key = KeyPair::from_pem(&ca.key_pem)?;
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&ca.cert_pem, key)?;
+    crl_signed_by(&issuer, serials, next_update)
+}
+
+/// Like [`crl_pem`], signed by `issuer` (any key under any name: forged CRLs too).
+pub fn crl_signed_by(
+    issuer: &rcgen::Issuer<'_, KeyPair>,
+    serials: &[Vec<u8>],
+    next_update: time::Duration,
+) -> anyhow::Result<String> {
+    let now = time::OffsetDateTime::now_utc();
+    let this_update = now - time::Duration::hours(1);
+    let params = rcgen::CertificateRevocationListParams {
+        this_update,
+        next_update: (now + next_update).max(this_update + time::Duration::seconds(1)),
+        crl_number: rcgen::SerialNumber::from(now.unix_timestamp_nanos() as u64),
+        issuing_distribution_point: None,
+        revoked_certs: serials
+            .iter()
+            .map(|s| rcgen::RevokedCertParams {
+                serial_number: rcgen::SerialNumber::from_slice(s),
+                revocation_time: this_update,
+                reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                invalidity_date: None,
+            })
+            .collect(),
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    };
+    Ok(params.signed_by(issuer)?.pem()?)
+}
+
+/// The serial number of a certificate: the big-endian bytes of its INTEGER.
+pub fn serial_of(der: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der)?;
+    Ok(cert.raw_serial().to_vec())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,7 +6,8 @@ use std::time::SystemTime;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, TrustAnchor};
 
-use super::verify::{ClientVerifier, ServerVerifier};
+use super::crl::{Revocation, RevokedError, Side, Tracked};
+use super::verify::{ClientVerifier, ServerVerifier, Verifier};
 use crate::identity::Identity;
 
 /// Why certificate material cannot be used.
@@ -38,6 +39,8 @@ pub struct WorkloadCert {
     not_after: SystemTime,
     client: Arc<rustls::ClientConfig>,
     server: Arc<rustls::ServerConfig>,
+    /// The roots and CRLs both configs verify peers with.
+    verifier: Arc<Verifier>,
 }
 
 impl std::fmt::Debug for WorkloadCert {
@@ -50,13 +53,15 @@ impl std::fmt::Debug for WorkloadCert {
 }
 
 impl WorkloadCert {
-    /// Builds from a leaf-first chain, its private key and the trust roots. The leaf must carry
-    /// exactly `identity` as its only URI SAN.
+    /// Builds from a leaf-first chain, its private key and the trust roots; peers are also
+    /// checked against the CRLs of `revocation`. The leaf must carry exactly `identity` as its
+    /// only URI SAN.
     pub fn new(
         identity: Identity,
         chain: Vec<CertificateDer<'static>>,
         key: PrivateKeyDer<'static>,
         roots: Vec<CertificateDer<'static>>,
+        revocation: &Revocation,
     ) -> Result<Self, CertError> {
         let leaf = chain
             .first()
@@ -82,14 +87,16 @@ impl WorkloadCert {
             return Err(CertError::Root("no trust roots".into()));
         }
         let provider = super::crypto_provider();
+        let verifier = Arc::new(Verifier {
+            anchors,
+            revocation: revocation.clone(),
+            provider: provider.clone(),
+        });
         let client = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(config_err)?
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(ServerVerifier::new(
-                anchors.clone(),
-                provider.clone(),
-            )))
+            .with_custom_certificate_verifier(Arc::new(ServerVerifier(verifier.clone())))
             .with_client_auth_cert(chain.clone(), key.clone_key())
             .map_err(config_err)?;
         let mut client = client;
@@ -97,12 +104,14 @@ impl WorkloadCert {
         client.enable_sni = false;
         client.resumption = rustls::client::Resumption::disabled();
 
-        let verifier =
-            ClientVerifier::new(anchors, identity.trust_domain().into(), provider.clone());
+        let client_verifier = ClientVerifier {
+            verifier: verifier.clone(),
+            trust_domain: identity.trust_domain().into(),
+        };
         let mut server = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(config_err)?
-            .with_client_cert_verifier(Arc::new(verifier))
+            .with_client_cert_verifier(Arc::new(client_verifier))
             .with_single_cert(chain.clone(), key)
             .map_err(config_err)?;
         server.alpn_protocols = vec![b"h2".to_vec()];
@@ -117,7 +126,37 @@ impl WorkloadCert {
             not_after,
             client: Arc::new(client),
             server: Arc::new(server),
+            verifier,
         })
+    }
+
+    /// The roots peers are verified against (for tests of the CRL tracking).
+    #[cfg(test)]
+    pub(crate) fn verifier_anchors(&self) -> Arc<[TrustAnchor<'static>]> {
+        self.verifier.anchors.clone()
+    }
+
+    /// The generation of the CRLs in force: read before a handshake with this certificate,
+    /// then passed to [`WorkloadCert::track_peer`].
+    pub fn crl_generation(&self) -> u64 {
+        self.verifier.revocation.generation()
+    }
+
+    /// Tracks an established connection made with this certificate, whose peer presented
+    /// `peer_chain`, so that a CRL reload that revokes the peer signals it. `Ok(None)` when
+    /// CRLs are not checked; an error when a reload since `seen` already revokes it.
+    pub fn track_peer(
+        &self,
+        side: Side,
+        peer_chain: Option<&[CertificateDer<'_>]>,
+        seen: u64,
+    ) -> Result<Option<Tracked>, RevokedError> {
+        self.verifier.revocation.track(
+            side,
+            peer_chain.unwrap_or_default(),
+            &self.verifier.anchors,
+            seen,
+        )
     }
 
     /// The identity this certificate proves.

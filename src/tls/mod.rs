@@ -7,6 +7,7 @@
 //! Allowed imports: `identity`. Never `control/`, `dataplane/` or generated proto code.
 
 mod cert;
+pub mod crl;
 mod verify;
 
 use std::future::Future;
@@ -14,6 +15,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 pub use cert::{parse_pem_certs, parse_pem_key, CertError, WorkloadCert};
+pub use crl::{Revocation, RevokedSignal};
 pub use verify::{peer_identity, IdentityError};
 
 use crate::identity::Identity;

@@ -16,7 +16,7 @@ fn id(s: &str) -> Identity {
 }
 
 /// Runs a handshake; returns (client result, server result, identity the client saw).
-async fn handshake(
+pub(super) async fn handshake(
     client: &WorkloadCert,
     server: &WorkloadCert,
 ) -> (Result<Identity, String>, Result<Identity, String>) {
@@ -182,6 +182,7 @@ fn workload_cert_refuses_a_leaf_for_another_identity() {
         a.chain().to_vec(),
         key,
         a.roots().to_vec(),
+        &crate::tls::Revocation::disabled(),
     )
     .unwrap_err();
     assert!(matches!(err, CertError::Identity(_)), "{err}");

@@ -16,6 +16,7 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use x509_parser::extensions::GeneralName;
 
+use super::crl::{Revocation, Side};
 use crate::identity::Identity;
 
 /// Why a certificate does not yield a workload identity.
@@ -74,25 +75,59 @@ pub fn peer_identity(certs: Option<&[CertificateDer<'_>]>) -> Result<Identity, I
     identity_of(leaf)
 }
 
-fn verify_chain(
-    provider: &CryptoProvider,
+/// Which extended key usage a chain must allow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Usage {
+    /// A TLS server's chain (checked by the client).
+    Server,
+    /// A TLS client's chain (checked by the server).
+    Client,
+}
+
+/// Chain validation to `anchors` at `now` for `usage`, with every certificate of the chain
+/// checked against `crls` when there are any (unknown status allowed, expired CRLs refused).
+pub(super) fn check_path(
+    algs: &super::crl::Algs,
     anchors: &[TrustAnchor<'_>],
     end_entity: &CertificateDer<'_>,
     intermediates: &[CertificateDer<'_>],
     now: UnixTime,
-    usage: webpki::KeyUsage,
+    usage: Usage,
+    crls: &[&webpki::CertRevocationList<'_>],
+) -> Result<(), webpki::Error> {
+    let ee = webpki::EndEntityCert::try_from(end_entity)?;
+    let revocation = webpki::RevocationOptionsBuilder::new(crls).ok().map(|b| {
+        b.with_depth(webpki::RevocationCheckDepth::Chain)
+            .with_status_policy(webpki::UnknownStatusPolicy::Allow)
+            .with_expiration_policy(webpki::ExpirationPolicy::Enforce)
+            .build()
+    });
+    let usage = match usage {
+        Usage::Server => webpki::KeyUsage::server_auth(),
+        Usage::Client => webpki::KeyUsage::client_auth(),
+    };
+    ee.verify_for_usage(algs, anchors, intermediates, now, usage, revocation, None)
+        .map(|_| ())
+}
+
+fn verify_chain(
+    verifier: &Verifier,
+    end_entity: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    now: UnixTime,
+    side: Side,
 ) -> Result<Identity, rustls::Error> {
-    let ee = webpki::EndEntityCert::try_from(end_entity).map_err(pki_error)?;
-    ee.verify_for_usage(
-        provider.signature_verification_algorithms.all,
-        anchors,
-        intermediates,
-        now,
-        usage,
-        None,
-        None,
-    )
-    .map_err(pki_error)?;
+    verifier
+        .revocation
+        .check(
+            side,
+            verifier.provider.signature_verification_algorithms.all,
+            &verifier.anchors,
+            end_entity,
+            intermediates,
+            now,
+        )
+        .map_err(pki_error)?;
     identity_of(end_entity).map_err(|e| {
         rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(
             Arc::new(e),
@@ -109,20 +144,35 @@ fn pki_error(e: webpki::Error) -> rustls::Error {
         E::CertNotValidYet { .. } => C::NotValidYet,
         E::UnknownIssuer => C::UnknownIssuer,
         E::InvalidSignatureForPublicKey => C::BadSignature,
+        E::CertRevoked => C::Revoked,
         other => C::Other(rustls::OtherError(Arc::new(other))),
     })
 }
 
-/// Verifies an HBONE server (used by the client side).
+/// What both verifiers check a chain with.
 #[derive(Debug)]
-pub(super) struct ServerVerifier {
-    anchors: Arc<[TrustAnchor<'static>]>,
-    provider: Arc<CryptoProvider>,
+pub(super) struct Verifier {
+    /// The roots that came with our own certificate.
+    pub(super) anchors: Arc<[TrustAnchor<'static>]>,
+    /// The CRLs in force.
+    pub(super) revocation: Revocation,
+    /// Signature algorithms.
+    pub(super) provider: Arc<CryptoProvider>,
 }
 
+/// Verifies an HBONE server (used by the client side).
+#[derive(Debug)]
+pub(super) struct ServerVerifier(pub(super) Arc<Verifier>);
+
 impl ServerVerifier {
-    pub(super) fn new(anchors: Arc<[TrustAnchor<'static>]>, provider: Arc<CryptoProvider>) -> Self {
-        ServerVerifier { anchors, provider }
+    fn provider(&self) -> &CryptoProvider {
+        &self.0.provider
+    }
+}
+
+impl ClientVerifier {
+    fn provider(&self) -> &CryptoProvider {
+        &self.verifier.provider
     }
 }
 
@@ -135,14 +185,7 @@ impl ServerCertVerifier for ServerVerifier {
         _ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        verify_chain(
-            &self.provider,
-            &self.anchors,
-            end_entity,
-            intermediates,
-            now,
-            webpki::KeyUsage::server_auth(),
-        )?;
+        verify_chain(&self.0, end_entity, intermediates, now, Side::Client)?;
         Ok(ServerCertVerified::assertion())
     }
 
@@ -167,12 +210,12 @@ impl ServerCertVerifier for ServerVerifier {
             message,
             cert,
             dss,
-            &self.provider.signature_verification_algorithms,
+            &self.provider().signature_verification_algorithms,
         )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
+        self.provider()
             .signature_verification_algorithms
             .supported_schemes()
     }
@@ -182,23 +225,8 @@ impl ServerCertVerifier for ServerVerifier {
 /// identity in our own trust domain.
 #[derive(Debug)]
 pub(super) struct ClientVerifier {
-    anchors: Arc<[TrustAnchor<'static>]>,
-    trust_domain: Arc<str>,
-    provider: Arc<CryptoProvider>,
-}
-
-impl ClientVerifier {
-    pub(super) fn new(
-        anchors: Arc<[TrustAnchor<'static>]>,
-        trust_domain: Arc<str>,
-        provider: Arc<CryptoProvider>,
-    ) -> Self {
-        ClientVerifier {
-            anchors,
-            trust_domain,
-            provider,
-        }
-    }
+    pub(super) verifier: Arc<Verifier>,
+    pub(super) trust_domain: Arc<str>,
 }
 
 /// The client's trust domain differs from ours.
@@ -220,14 +248,7 @@ impl ClientCertVerifier for ClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let id = verify_chain(
-            &self.provider,
-            &self.anchors,
-            end_entity,
-            intermediates,
-            now,
-            webpki::KeyUsage::client_auth(),
-        )?;
+        let id = verify_chain(&self.verifier, end_entity, intermediates, now, Side::Server)?;
         if id.trust_domain() != &*self.trust_domain {
             return Err(rustls::Error::InvalidCertificate(
                 rustls::CertificateError::Other(rustls::OtherError(Arc::new(
@@ -262,12 +283,12 @@ impl ClientCertVerifier for ClientVerifier {
             message,
             cert,
             dss,
-            &self.provider.signature_verification_algorithms,
+            &self.provider().signature_verification_algorithms,
         )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
+        self.provider()
             .signature_verification_algorithms
             .supported_schemes()
     }

@@ -12,7 +12,23 @@ use crate::support::{standard_lab, Cluster, WAIT};
 
 #[test]
 fn upgrade_hands_pods_to_the_new_ztun_without_failures() {
-    let lab = standard_lab("upgrade");
+    rolling_update_fails_no_new_connection("upgrade", "n1");
+}
+
+/// The destination's rolling update: the old ztun's GOAWAY reaches n1's pooled connection,
+/// which the long-lived stream keeps open. New connections of the same pool key (same pod,
+/// same destination) must move to a new connection, to the new ztun, instead of failing on
+/// the refusing one.
+#[test]
+fn upgrade_of_the_destination_node_fails_no_new_connection() {
+    rolling_update_fails_no_new_connection("upgradedst", "n2");
+}
+
+/// A new ztun starts beside the old one on `node` and takes its pods; the old one gets
+/// SIGTERM and drains. Pod a (n1) keeps a long-lived stream to c (n2) open throughout and opens
+/// new connections to c one after another: not one may fail, and the new ztun must serve.
+fn rolling_update_fails_no_new_connection(test: &str, node: &str) {
+    let lab = standard_lab(test);
     let mesh = MeshFile::from_lab(&lab);
     let server = lab.pod("c").spawn_echo_server(8080).unwrap();
     let mut cluster = Cluster::start_with(lab, mesh, &[("CONNECTION_TERMINATION_DEADLINE", "60s")]);
@@ -21,7 +37,7 @@ fn upgrade_hands_pods_to_the_new_ztun_without_failures() {
     // A long-lived stream through the old ztun.
     let (opened_tx, opened_rx) = std::sync::mpsc::channel();
     let (finish_tx, finish_rx) = tokio::sync::oneshot::channel::<()>();
-    let long = cluster.lab.pod("b").spawn_async(async move {
+    let long = cluster.lab.pod("a").spawn_async(async move {
         let mut s = ztun::testkit::lab::connect(dst, WAIT).await?;
         let mut buf = [0u8; 4];
         s.write_all(b"old1").await?;
@@ -65,20 +81,20 @@ fn upgrade_hands_pods_to_the_new_ztun_without_failures() {
     };
     wait_ok(20);
 
-    // The new ztun starts in its own namespace on n1 and connects to the same CNI.
-    let ns = cluster.lab.add_netns("n1new").unwrap();
+    // The new ztun starts in its own namespace on the node and connects to the same CNI.
+    let ns = cluster.lab.add_netns(&format!("{node}new")).unwrap();
     let mesh_path = cluster.mesh_path.to_string_lossy().into_owned();
     let ca = cluster.ca_dir.to_string_lossy().into_owned();
     let cni = cluster
         .lab
-        .cni("n1")
+        .cni(node)
         .socket_path()
         .to_string_lossy()
         .into_owned();
     let bin = ztun::testkit::ztun_bin().unwrap();
     let env = [
         ("INPOD_UDS", cni.as_str()),
-        ("NODE_NAME", "n1"),
+        ("NODE_NAME", node),
         ("RUST_LOG", "info,ztun=debug"),
         ("XDS_ADDRESS", ""),
         ("LOCAL_XDS_PATH", mesh_path.as_str()),
@@ -88,20 +104,20 @@ fn upgrade_hands_pods_to_the_new_ztun_without_failures() {
         .lab
         .spawn_in(
             &ns,
-            "n1-new",
+            &format!("{node}-new"),
             &bin,
             &["proxy", "ztunnel"],
             &env,
             cluster.lab.dir(),
         )
         .unwrap();
-    cluster.lab.cni("n1").wait_connections(2, WAIT).unwrap();
-    cluster.lab.cni("n1").wait_connected(WAIT).unwrap();
+    cluster.lab.cni(node).wait_connections(2, WAIT).unwrap();
+    cluster.lab.cni(node).wait_connected(WAIT).unwrap();
     new.wait_for_log("pod added", WAIT).unwrap();
     wait_ok(20);
 
     // The old one is told to stop, as a rolling update does.
-    let old = cluster.ztun("n1");
+    let old = cluster.ztun(node);
     old.sigterm().unwrap();
     old.wait_for_log("shutting down", WAIT).unwrap();
     wait_ok(50);
@@ -119,13 +135,15 @@ fn upgrade_hands_pods_to_the_new_ztun_without_failures() {
         "connections failed during the handover ({} ok)",
         ok.load(Ordering::Acquire)
     );
+    // n1 serves the churn outbound, n2 inbound.
+    let direction = if node == "n1" { "outbound" } else { "inbound" };
     let served_by_new = new
         .logs()
         .iter()
-        .filter(|l| l.contains("direction=\"outbound\""))
+        .filter(|l| l.contains(&format!("direction=\"{direction}\"")))
         .count();
     assert!(served_by_new > 0, "the new ztun served nothing");
-    cluster.ztuns.retain(|(n, _)| n != "n1");
+    cluster.ztuns.retain(|(n, _)| n != node);
 }
 
 #[test]

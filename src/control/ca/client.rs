@@ -26,7 +26,7 @@ use super::{unavailable, Issuer, IMPERSONATED_IDENTITY};
 use crate::config::{AuthToken, Config, ProxyMode, RootCert};
 use crate::control::grpc::{self, ChannelConfig, ChannelError};
 use crate::identity::Identity;
-use crate::tls::{parse_pem_certs, CertError, FetchFuture, WorkloadCert};
+use crate::tls::{parse_pem_certs, CertError, FetchFuture, Revocation, WorkloadCert};
 
 /// Why the CA did not give us a usable certificate.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -74,6 +74,8 @@ pub struct CaClientConfig {
     pub ttl: Duration,
     /// Send `ImpersonatedIdentity` (shared mode: the node asks on behalf of workloads).
     pub impersonate: bool,
+    /// The CRLs the issued certificates check peers against (`CRL_PATH`; set by the app).
+    pub revocation: Revocation,
 }
 
 impl CaClientConfig {
@@ -93,6 +95,7 @@ impl CaClientConfig {
             headers: config.ca_headers.clone(),
             ttl: config.ca.secret_ttl,
             impersonate: config.proxy_mode == ProxyMode::Shared,
+            revocation: Revocation::disabled(),
         })
     }
 
@@ -112,6 +115,7 @@ impl CaClientConfig {
             headers: BTreeMap::new(),
             ttl: Duration::from_secs(24 * 3600),
             impersonate: true,
+            revocation: Revocation::disabled(),
         }
     }
 }
@@ -128,6 +132,7 @@ struct ClientInner {
     token: AuthToken,
     ttl_seconds: i64,
     impersonate: bool,
+    revocation: Revocation,
 }
 
 impl CaClient {
@@ -143,6 +148,7 @@ impl CaClient {
                 token: config.token.clone(),
                 ttl_seconds: i64::try_from(config.ttl.as_secs()).unwrap_or(i64::MAX),
                 impersonate: config.impersonate,
+                revocation: config.revocation.clone(),
             }),
         })
     }
@@ -173,7 +179,7 @@ impl CaClient {
                 message: s.message().into(),
             })?
             .into_inner();
-        certificate_from_chain(identity, &response.cert_chain, key)
+        certificate_from_chain(identity, &response.cert_chain, key, &self.inner.revocation)
     }
 }
 
@@ -221,6 +227,7 @@ pub fn certificate_from_chain(
     identity: &Identity,
     cert_chain: &[String],
     key: PrivateKeyDer<'static>,
+    revocation: &Revocation,
 ) -> Result<WorkloadCert, CaError> {
     let (first, rest) = cert_chain.split_first().ok_or(CaError::EmptyChain)?;
     let (bundle, middle) = rest
@@ -233,7 +240,7 @@ pub fn certificate_from_chain(
     }
     let roots = parse_pem_certs(bundle.as_bytes())?;
     check_chains_to(&chain, &roots)?;
-    WorkloadCert::new(identity.clone(), chain, key, roots).map_err(CaError::Invalid)
+    WorkloadCert::new(identity.clone(), chain, key, roots, revocation).map_err(CaError::Invalid)
 }
 
 /// The leaf must be valid now and chain to one of `roots` (for both TLS client and server

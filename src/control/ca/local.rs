@@ -22,7 +22,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 use super::{unavailable, Issuer};
 use crate::identity::Identity;
-use crate::tls::{parse_pem_certs, FetchFuture, WorkloadCert};
+use crate::tls::{parse_pem_certs, FetchFuture, Revocation, WorkloadCert};
 
 /// Why a local CA cannot be loaded or used.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +55,8 @@ pub struct LocalCa {
     intermediates: Vec<CertificateDer<'static>>,
     roots: Vec<CertificateDer<'static>>,
     ttl: Duration,
+    /// The CRLs minted certificates check peers against.
+    revocation: Revocation,
 }
 
 impl LocalCa {
@@ -112,6 +114,7 @@ impl LocalCa {
             intermediates,
             roots,
             ttl,
+            revocation: Revocation::disabled(),
         })
     }
 
@@ -126,6 +129,7 @@ impl LocalCa {
             intermediates: Vec::new(),
             roots: vec![der],
             ttl,
+            revocation: Revocation::disabled(),
         })
     }
 
@@ -145,6 +149,12 @@ impl LocalCa {
         self.mint_valid(identity, not_before, not_after)
     }
 
+    /// Certificates minted from now on check their peers against `revocation`'s CRLs.
+    pub fn with_revocation(mut self, revocation: Revocation) -> Self {
+        self.revocation = revocation;
+        self
+    }
+
     /// Like [`LocalCa::mint`], valid from `not_before` to `not_after` (second precision).
     pub fn mint_valid(
         &self,
@@ -155,11 +165,16 @@ impl LocalCa {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
         let chain = self.sign(&key, identity, not_before, not_after)?;
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-        WorkloadCert::new(identity.clone(), chain, key, self.roots.clone()).map_err(|e| {
-            LocalCaError::Invalid {
-                path: "<minted>".into(),
-                reason: e.to_string(),
-            }
+        WorkloadCert::new(
+            identity.clone(),
+            chain,
+            key,
+            self.roots.clone(),
+            &self.revocation,
+        )
+        .map_err(|e| LocalCaError::Invalid {
+            path: "<minted>".into(),
+            reason: e.to_string(),
         })
     }
 

@@ -14,6 +14,7 @@ use super::H2Settings;
 use crate::dataplane::sockets::Sockets;
 use crate::dataplane::Error;
 use crate::identity::Identity;
+use crate::tls::crl::{Side, Tracked};
 use crate::tls::{peer_identity, WorkloadCert};
 
 /// Largest header list we accept in CONNECT responses.
@@ -28,6 +29,8 @@ pub struct Dialed {
         h2::client::Connection<tokio_rustls::client::TlsStream<super::Transport>, Bytes>,
     /// The identity the peer proved.
     pub peer: Identity,
+    /// The connection's entry in the CRL tracking (`None` without CRL checking).
+    pub tracked: Option<Tracked>,
 }
 
 /// Dials `dst` presenting `cert`, accepting only a peer proving one of `expected`.
@@ -44,6 +47,7 @@ pub async fn dial(
         .await
         .map_err(|e| Error::ConnectPeer(Arc::new(e)))?;
     let connector = TlsConnector::from(cert.client_config());
+    let crl_generation = cert.crl_generation();
     // SNI is disabled in the config; the name only satisfies the API.
     let name = ServerName::IpAddress(dst.ip().into());
     let tls = match tokio::time::timeout(
@@ -53,16 +57,21 @@ pub async fn dial(
     .await
     {
         Ok(Ok(tls)) => tls,
+        Ok(Err(e)) if is_revoked(&e) => return Err(Error::CertRevoked),
         Ok(Err(e)) => return Err(Error::Tls(Arc::new(e))),
         Err(_) => return Err(Error::HandshakeTimeout),
     };
-    let peer = peer_identity(tls.get_ref().1.peer_certificates()).map_err(Error::PeerIdentity)?;
+    let peer_chain = tls.get_ref().1.peer_certificates();
+    let peer = peer_identity(peer_chain).map_err(Error::PeerIdentity)?;
     if !expected.contains(&peer) {
         return Err(Error::UnexpectedPeer {
             got: peer,
             expected: expected.first().cloned(),
         });
     }
+    let tracked = cert
+        .track_peer(Side::Client, peer_chain, crl_generation)
+        .map_err(|_| Error::CertRevoked)?;
     let (send, connection) = h2::client::Builder::new()
         .initial_window_size(settings.stream_window)
         .initial_connection_window_size(settings.connection_window)
@@ -77,5 +86,18 @@ pub async fn dial(
         send,
         connection,
         peer,
+        tracked,
     })
+}
+
+/// Whether a handshake failed because our verifier found the peer's certificate revoked.
+pub(crate) fn is_revoked(e: &std::io::Error) -> bool {
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|e| {
+            matches!(
+                e,
+                rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked)
+            )
+        })
 }

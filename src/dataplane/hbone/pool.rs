@@ -5,6 +5,11 @@
 //! a different peer. Each connection carries up to `max_streams` CONNECT streams; when all are
 //! busy a new connection is dialled. At most one dial per key is in flight: other callers wait
 //! for it and then share the result. A connection idle for `idle_timeout` is released.
+//!
+//! A connection whose peer sent GOAWAY (a destination ztun draining for an upgrade) stays
+//! open while its own streams finish but refuses new ones. Checking out waits for the
+//! connection to accept a stream; one that refuses is taken out of the pool and the next is
+//! tried, so a long-lived stream on a draining peer never fails the connections after it.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -22,7 +27,8 @@ use super::H2Settings;
 use crate::dataplane::sockets::Sockets;
 use crate::dataplane::Error;
 use crate::identity::Identity;
-use crate::tls::WorkloadCert;
+use crate::tls::crl::Tracked;
+use crate::tls::{RevokedSignal, WorkloadCert};
 
 /// What a pooled connection is keyed by.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -67,29 +73,33 @@ struct Inner {
 
 struct Conn {
     send: SendRequest<Bytes>,
+    /// Fires when a CRL reload revokes the peer (never without CRL checking).
+    revoked: RevokedSignal,
     active: AtomicU32,
     closed: AtomicBool,
     /// Last time the stream count dropped to zero.
     idle_since: Mutex<Instant>,
 }
 
+/// How many pooled connections one checkout may find refusing new streams before it fails.
+const MAX_REFUSING_CONNECTIONS: usize = 3;
+
 /// A checked-out stream slot on a pooled connection. Dropping it frees the slot.
 pub struct Checkout {
-    conn: Arc<Conn>,
+    _slot: Slot,
+    /// The connection's handle, ready to open one stream.
+    send: SendRequest<Bytes>,
 }
 
 impl Checkout {
-    /// A handle to open the stream with.
-    pub fn sender(&self) -> SendRequest<Bytes> {
-        self.conn.send.clone()
+    /// The handle to open the stream with; the connection has room for it.
+    pub fn sender(&mut self) -> &mut SendRequest<Bytes> {
+        &mut self.send
     }
-}
 
-impl Drop for Checkout {
-    fn drop(&mut self) {
-        if self.conn.active.fetch_sub(1, Ordering::AcqRel) == 1 {
-            *self.conn.idle_since.lock() = Instant::now();
-        }
+    /// Completes when a CRL reload revokes the connection's peer (which closes it).
+    pub fn revoked(&self) -> RevokedSignal {
+        self._slot.conn.revoked.clone()
     }
 }
 
@@ -106,8 +116,30 @@ impl Pool {
         }
     }
 
-    /// A stream slot for `key`, dialling with `cert` if no connection has room.
+    /// A stream slot for `key` on a connection that accepts a new stream, dialling with
+    /// `cert` if no connection has room. Connections that refuse (GOAWAY received) leave the
+    /// pool; nothing was sent on them, so moving on to another cannot repeat a request.
     pub async fn checkout(&self, key: &PoolKey, cert: &WorkloadCert) -> Result<Checkout, Error> {
+        let mut refused = 0;
+        loop {
+            let slot = self.reserve(key, cert).await?;
+            match slot.conn.send.clone().ready().await {
+                Ok(send) => return Ok(Checkout { _slot: slot, send }),
+                Err(e) => {
+                    slot.conn.closed.store(true, Ordering::Release);
+                    self.inner.remove(key, &slot.conn);
+                    refused += 1;
+                    tracing::debug!(dst = %key.dst, error = %e, refused, "pooled hbone connection refuses new streams");
+                    if refused == MAX_REFUSING_CONNECTIONS {
+                        return Err(Error::H2(Arc::new(e)));
+                    }
+                }
+            }
+        }
+    }
+
+    /// A slot on a pooled connection with room, or on a newly dialled one.
+    async fn reserve(&self, key: &PoolKey, cert: &WorkloadCert) -> Result<Slot, Error> {
         if let Some(c) = self.inner.try_reserve(key) {
             return Ok(c);
         }
@@ -130,6 +162,7 @@ impl Pool {
             send,
             connection,
             peer,
+            tracked,
         } = Box::pin(dial(
             &self.inner.sockets,
             cert,
@@ -142,6 +175,9 @@ impl Pool {
         tracing::debug!(dst = %key.dst, %peer, src = %key.src_identity, "hbone connection established");
         let conn = Arc::new(Conn {
             send,
+            revoked: tracked
+                .as_ref()
+                .map_or_else(RevokedSignal::never, Tracked::signal),
             active: AtomicU32::new(1),
             closed: AtomicBool::new(false),
             idle_since: Mutex::new(Instant::now()),
@@ -157,8 +193,9 @@ impl Pool {
             key.clone(),
             Arc::downgrade(&conn),
             connection,
+            tracked,
         ));
-        Ok(Checkout { conn })
+        Ok(Slot { conn })
     }
 
     /// Number of open connections (for introspection and tests).
@@ -172,8 +209,27 @@ impl Pool {
     }
 }
 
+/// A reserved stream slot whose connection has not yet been asked for readiness.
+struct Slot {
+    conn: Arc<Conn>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.conn.release();
+    }
+}
+
+impl Conn {
+    fn release(&self) {
+        if self.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            *self.idle_since.lock() = Instant::now();
+        }
+    }
+}
+
 impl Inner {
-    fn try_reserve(&self, key: &PoolKey) -> Option<Checkout> {
+    fn try_reserve(&self, key: &PoolKey) -> Option<Slot> {
         let conns = self.conns.lock();
         let list = conns.get(key)?;
         for c in list {
@@ -187,7 +243,7 @@ impl Inner {
                 })
                 .is_ok();
             if reserved {
-                return Some(Checkout { conn: c.clone() });
+                return Some(Slot { conn: c.clone() });
             }
         }
         None
@@ -211,6 +267,7 @@ async fn drive<T>(
     key: PoolKey,
     conn: Weak<Conn>,
     mut connection: h2::client::Connection<T, Bytes>,
+    tracked: Option<Tracked>,
 ) where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -226,11 +283,18 @@ async fn drive<T>(
             .max(Duration::from_millis(100)),
     );
     check.tick().await;
+    let mut revoked = tracked
+        .as_ref()
+        .map_or_else(RevokedSignal::never, Tracked::signal);
     // Once unpooled, the connection is only polled until h2 closes it: that happens when the
     // last request handle and the last stream are gone.
     let mut unpooled = false;
     loop {
         tokio::select! {
+            _ = revoked.revoked() => {
+                tracing::warn!(dst = %key.dst, src = %key.src_identity, reporter = "source", "peer certificate revoked, closing hbone connection");
+                break;
+            }
             res = &mut connection => {
                 if let Err(e) = res {
                     tracing::debug!(dst = %key.dst, error = %e, "hbone connection closed");
