@@ -176,6 +176,21 @@ fn a_pod_using_another_pods_ip_keeps_its_own_identity() {
     }
 }
 
+/// Binds u's 15008 for a fake peer, waiting while an aborted earlier fake still holds it.
+async fn bind_15008() -> tokio::net::TcpListener {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match tokio::net::TcpListener::bind(("0.0.0.0", 15008)).await {
+            Ok(l) => return l,
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                assert!(tokio::time::Instant::now() < deadline, "15008 stays in use");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            Err(e) => panic!("bind 15008: {e}"),
+        }
+    }
+}
+
 /// P10: pod u is declared HBONE but has no ztun listener; something on u:15008 answers
 /// plaintext, then (second round) TLS with a mesh certificate of the wrong identity. a's
 /// connection to u fails both times and u's app port is never reached in plaintext.
@@ -190,10 +205,10 @@ fn hbone_destination_never_downgrades_to_plaintext() {
     let lab = &cluster.lab;
     let u = lab.pod("u").ip();
     // Round 1: plaintext garbage on 15008.
+    let (bound_tx, bound) = std::sync::mpsc::channel();
     let fake = lab.pod("u").spawn_async(async move {
-        let l = tokio::net::TcpListener::bind(("0.0.0.0", 15008))
-            .await
-            .expect("bind 15008");
+        let l = bind_15008().await;
+        let _ = bound_tx.send(());
         loop {
             let Ok((mut s, _)) = l.accept().await else {
                 return;
@@ -202,6 +217,9 @@ fn hbone_destination_never_downgrades_to_plaintext() {
         }
     });
     let dst = SocketAddr::from((u, 8080));
+    bound
+        .recv_timeout(WAIT)
+        .expect("the plaintext peer listens");
     assert!(
         lab.pod("a").peer_seen_by(dst).is_err(),
         "plaintext peer accepted as HBONE"
@@ -212,10 +230,10 @@ fn hbone_destination_never_downgrades_to_plaintext() {
         .mint(&ztun::identity::Identity::new("cluster.local", "default", "sa-evil").expect("id"))
         .expect("mint");
     let server_config = wrong.server_config();
+    let (bound_tx, bound) = std::sync::mpsc::channel();
     let fake = lab.pod("u").spawn_async(async move {
-        let l = tokio::net::TcpListener::bind(("0.0.0.0", 15008))
-            .await
-            .expect("bind 15008");
+        let l = bind_15008().await;
+        let _ = bound_tx.send(());
         let acceptor = tokio_rustls::TlsAcceptor::from(server_config);
         loop {
             let Ok((s, _)) = l.accept().await else { return };
@@ -228,6 +246,9 @@ fn hbone_destination_never_downgrades_to_plaintext() {
             });
         }
     });
+    bound
+        .recv_timeout(WAIT)
+        .expect("the wrong-identity peer listens");
     assert!(
         lab.pod("a").peer_seen_by(dst).is_err(),
         "wrong identity accepted"
