@@ -159,10 +159,31 @@ pub fn run(ztun: &Path, opts: &Options) -> anyhow::Result<Value> {
 
     // 4. Isolation (hardening R4): p99 of small requests while a neighbour streams, as a
     // multiple of the p99 measured alone above; the neighbour at full speed (every core busy
-    // on this machine) and at NEIGHBOUR_RATE.
+    // on this machine), at NEIGHBOUR_RATE, and at full speed with its two iperf3 processes at
+    // SCHED_IDLE. The last models tenant pods with CPU of their own, which this 2-core machine
+    // cannot give them: the ztuns still relay the neighbour's stream as fast as it comes and
+    // share their one worker thread with the small requests, but the neighbour's own
+    // processes no longer take the CPU from everyone else.
     let mut isolation = serde_json::Map::new();
     let mut iso_lines = Vec::new();
-    for (label, rate) in [("full speed", None), (NEIGHBOUR_RATE, Some(NEIGHBOUR_RATE))] {
+    let neighbours = [
+        ("full speed", Neighbour::FULL),
+        (
+            NEIGHBOUR_RATE,
+            Neighbour {
+                rate: Some(NEIGHBOUR_RATE),
+                idle_priority: false,
+            },
+        ),
+        (
+            "full speed, neighbour processes at SCHED_IDLE",
+            Neighbour {
+                rate: None,
+                idle_priority: true,
+            },
+        ),
+    ];
+    for (label, rate) in neighbours {
         let (mut dl, mut tl) = (Vec::new(), Vec::new());
         for _ in 0..opts.runs {
             let stream = neighbour_stream(&lab, "w", "y", rate)?;
@@ -251,16 +272,22 @@ fn print_table(rows: &[Value], idle: u64, per_conn: f64, n: usize, cpu_gb: f64) 
 }
 
 const IPERF3: &str = "/usr/bin/iperf3";
+/// util-linux's `chrt`, for the SCHED_IDLE neighbour.
+const CHRT: &str = "/usr/bin/chrt";
 
 /// A one-shot iperf3 server on port 5201 in pod `to`, listening.
 fn iperf_server(lab: &Lab, to: &str) -> anyhow::Result<Process> {
-    let server = lab.spawn_in(
-        lab.pod(to).netns(),
+    iperf_server_with(lab, to, false)
+}
+
+/// An iperf3 server, at SCHED_IDLE if `idle_priority`.
+fn iperf_server_with(lab: &Lab, to: &str, idle_priority: bool) -> anyhow::Result<Process> {
+    let server = spawn_iperf(
+        lab,
+        to,
         "iperf3-s",
-        Path::new(IPERF3),
         &["-s", "-1", "-p", "5201", "--forceflush"],
-        &[],
-        lab.dir(),
+        idle_priority,
     )?;
     server.wait_for_log("Server listening", WAIT)?;
     Ok(server)
@@ -286,15 +313,31 @@ fn iperf(lab: &Lab, from: &str, to: &str, seconds: u64) -> anyhow::Result<(f64, 
     Ok((bps, bytes))
 }
 
-/// A full-speed iperf3 stream from `from` to `to` (port 5201), running once its first
-/// interval is reported; dropping the processes stops it.
+/// How the isolation figure's neighbour streams.
+#[derive(Debug, Clone, Copy)]
+struct Neighbour {
+    /// iperf3 `-b` limit; `None` for full speed.
+    rate: Option<&'static str>,
+    /// Run both iperf3 processes at SCHED_IDLE.
+    idle_priority: bool,
+}
+
+impl Neighbour {
+    const FULL: Neighbour = Neighbour {
+        rate: None,
+        idle_priority: false,
+    };
+}
+
+/// An iperf3 stream from `from` to `to` (port 5201), running once its first interval is
+/// reported; dropping the processes stops it.
 fn neighbour_stream(
     lab: &Lab,
     from: &str,
     to: &str,
-    rate: Option<&str>,
+    how: Neighbour,
 ) -> anyhow::Result<(Process, Process)> {
-    let server = iperf_server(lab, to)?;
+    let server = iperf_server_with(lab, to, how.idle_priority)?;
     let ip = lab.pod(to).ip().to_string();
     let mut args = vec![
         "-c",
@@ -307,19 +350,37 @@ fn neighbour_stream(
         "1",
         "--forceflush",
     ];
-    if let Some(r) = rate {
+    if let Some(r) = how.rate {
         args.extend(["-b", r]);
     }
-    let client = lab.spawn_in(
-        lab.pod(from).netns(),
-        "iperf3-c",
-        Path::new(IPERF3),
+    let client = spawn_iperf(lab, from, "iperf3-c", &args, how.idle_priority)?;
+    client.wait_for_log("bits/sec", WAIT)?;
+    Ok((server, client))
+}
+
+/// iperf3 in pod `pod` with `args`, under `chrt --idle 0` if `idle_priority`.
+fn spawn_iperf(
+    lab: &Lab,
+    pod: &str,
+    label: &str,
+    args: &[&str],
+    idle_priority: bool,
+) -> anyhow::Result<Process> {
+    let (program, args): (&str, Vec<&str>) = if idle_priority {
+        let mut a = vec!["--idle", "0", IPERF3];
+        a.extend_from_slice(args);
+        (CHRT, a)
+    } else {
+        (IPERF3, args.to_vec())
+    };
+    lab.spawn_in(
+        lab.pod(pod).netns(),
+        label,
+        Path::new(program),
         &args,
         &[],
         lab.dir(),
-    )?;
-    client.wait_for_log("bits/sec", WAIT)?;
-    Ok((server, client))
+    )
 }
 
 /// p50 and p99 in µs, and requests per second, of `n` 64-byte round trips.
