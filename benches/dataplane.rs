@@ -171,7 +171,8 @@ async fn hbone(
                         .expect("sink");
                     let (rd, wr) = up.into_split();
                     let _ =
-                        ztun::dataplane::hbone::stream::relay(rd, wr, send, req.into_body()).await;
+                        ztun::dataplane::hbone::stream::relay(rd, wr, send, req.into_body(), None)
+                            .await;
                 }
             });
         }

@@ -52,6 +52,7 @@ const HTTP2_CONNECTION_WINDOW_SIZE: &str = "HTTP2_CONNECTION_WINDOW_SIZE";
 const HTTP2_FRAME_SIZE: &str = "HTTP2_FRAME_SIZE";
 const ZTUN_HANDSHAKE_TIMEOUT: &str = "ZTUN_HANDSHAKE_TIMEOUT";
 const ZTUN_HBONE_IDLE_TIMEOUT: &str = "ZTUN_HBONE_IDLE_TIMEOUT";
+const ZTUN_HBONE_STREAM_STALL_TIMEOUT: &str = "ZTUN_HBONE_STREAM_STALL_TIMEOUT";
 const ZTUN_MAX_CONNECTIONS_PER_POD: &str = "ZTUN_MAX_CONNECTIONS_PER_POD";
 const ZTUN_FD_EXHAUSTION_LIVENESS: &str = "ZTUN_FD_EXHAUSTION_LIVENESS";
 const KEEPALIVE_ENABLED: &str = "KEEPALIVE_ENABLED";
@@ -500,6 +501,17 @@ pub(super) fn serialize_duration<S: serde::Serializer>(
     serializer.collect_str(&format_duration(*duration))
 }
 
+/// Like [`serialize_duration`], `null` for `None` (turned off).
+pub(super) fn serialize_optional_duration<S: serde::Serializer>(
+    duration: &Option<Duration>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match duration {
+        Some(d) => serializer.collect_str(&format_duration(*d)),
+        None => serializer.serialize_none(),
+    }
+}
+
 /// Typed reads over a [`Source`]. Every read treats an empty value as unset.
 struct Vars<'a>(&'a dyn Source);
 
@@ -634,6 +646,12 @@ fn proxy_config(env: &Vars<'_>) -> Result<ProxyConfig, ConfigError> {
             Duration::from_secs(10 * 60),
             Duration::from_nanos(1),
         )?,
+        stream_stall_timeout: Some(env.duration(
+            ZTUN_HBONE_STREAM_STALL_TIMEOUT,
+            Duration::from_secs(10 * 60),
+            Duration::ZERO,
+        )?)
+        .filter(|d| !d.is_zero()),
         max_connections_per_pod: env
             .parse(
                 ZTUN_MAX_CONNECTIONS_PER_POD,

@@ -285,6 +285,12 @@ pub struct ProxyConfig {
     /// `POOL_UNUSED_RELEASE_TIMEOUT`), never zero.
     #[serde(serialize_with = "env::serialize_duration")]
     pub hbone_idle_timeout: Duration,
+    /// `ZTUN_HBONE_STREAM_STALL_TIMEOUT`: an HBONE stream with bytes to send whose peer grants
+    /// no flow-control window for this long (its reader stopped, or the peer withholds
+    /// WINDOW_UPDATE) is reset and its connection to the app closed. Default 10 min; `0`
+    /// turns it off. Costs nothing while the window is open (no timer).
+    #[serde(serialize_with = "env::serialize_optional_duration")]
+    pub stream_stall_timeout: Option<Duration>,
     /// `ZTUN_MAX_CONNECTIONS_PER_POD`: connections one pod may hold open at once across its
     /// three capture listeners (15001, 15006, 15008); the next one is reset at accept and
     /// counted. Default 16384; 0 removes the limit.

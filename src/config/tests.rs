@@ -83,6 +83,7 @@ fn empty_environment_gives_documented_defaults() {
             connect_timeout: secs(10),
             handshake_timeout: secs(10),
             hbone_idle_timeout: secs(600),
+            stream_stall_timeout: Some(secs(600)),
             max_connections_per_pod: 16384,
             fd_exhaustion_liveness: secs(60),
             keepalive: Keepalive {
@@ -164,6 +165,7 @@ fn every_variable_is_read() {
         ("HTTP2_FRAME_SIZE", "16384"),
         ("ZTUN_HANDSHAKE_TIMEOUT", "2500ms"),
         ("ZTUN_HBONE_IDLE_TIMEOUT", "90s"),
+        ("ZTUN_HBONE_STREAM_STALL_TIMEOUT", "0"),
         ("ZTUN_MAX_CONNECTIONS_PER_POD", "0"),
         ("ZTUN_FD_EXHAUSTION_LIVENESS", "5s"),
         ("KEEPALIVE_ENABLED", "false"),
@@ -253,6 +255,7 @@ fn every_variable_is_read() {
     );
     assert_eq!(p.handshake_timeout, Duration::from_millis(2500));
     assert_eq!(p.hbone_idle_timeout, Duration::from_secs(90));
+    assert_eq!(p.stream_stall_timeout, None);
     assert_eq!(p.max_connections_per_pod, 0);
     assert_eq!(p.fd_exhaustion_liveness, Duration::from_secs(5));
     assert_eq!(

@@ -302,7 +302,7 @@ async fn serve_stream(
     let (rd, wr) = upstream.into_split();
     let mut cert_revoked = info.revoked.clone();
     tokio::select! {
-        (t, res) = relay_h2(rd, wr, send, req.into_body()) => {
+        (t, res) = relay_h2(rd, wr, send, req.into_body(), proxy.cfg.proxy.stream_stall_timeout) => {
             // From the client's point of view: it sent what we wrote to the app.
             match res {
                 Ok(()) => log.complete(t.to_tcp, t.from_tcp, None),

@@ -186,6 +186,9 @@ pub enum Error {
     /// connection closed on a CRL reload.
     #[error("peer certificate revoked")]
     CertRevoked,
+    /// The stream's peer granted no flow-control window for the stall timeout.
+    #[error("relay: {0}")]
+    StreamStalled(hbone::stream::Stalled),
 }
 
 impl Error {
@@ -211,7 +214,8 @@ impl Error {
             | Error::UnknownService(_)
             | Error::Resolve { .. }
             | Error::Io(_)
-            | Error::CertRevoked => Side::Destination,
+            | Error::CertRevoked
+            | Error::StreamStalled(_) => Side::Destination,
             Error::Denied(_) | Error::Revoked(_) => Side::Policy,
         }
     }
@@ -265,12 +269,19 @@ impl crate::ops::access::Failure for Error {
             Error::Denied(_) => "policy_denied",
             Error::Revoked(_) => "policy_revoked",
             Error::CertRevoked => "cert_revoked",
+            Error::StreamStalled(_) => "stream_stalled",
         }
     }
 }
 
 impl From<io::Error> for Error {
     fn from(e: io::Error) -> Self {
-        Error::Io(Arc::new(e))
+        match e
+            .get_ref()
+            .and_then(|i| i.downcast_ref::<hbone::stream::Stalled>())
+        {
+            Some(stalled) => Error::StreamStalled(*stalled),
+            None => Error::Io(Arc::new(e)),
+        }
     }
 }

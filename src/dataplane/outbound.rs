@@ -166,7 +166,7 @@ async fn run(proxy: &Proxy, tcp: TcpStream, peer: SocketAddr, log: &mut AccessLo
                 let (rd, wr) = tcp.into_split();
                 let mut revoked = checkout.revoked();
                 let (t, res) = tokio::select! {
-                    r = relay_early(rd, wr, send, response) => r,
+                    r = relay_early(rd, wr, send, response, proxy.cfg.proxy.stream_stall_timeout) => r,
                     _ = revoked.revoked() => (Default::default(), Err(Error::CertRevoked)),
                 };
                 drop(checkout);

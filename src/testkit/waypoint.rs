@@ -173,7 +173,7 @@ async fn serve(
                 return;
             };
             let (rd, wr) = upstream.into_split();
-            let _ = relay(rd, wr, send, req.into_body()).await;
+            let _ = relay(rd, wr, send, req.into_body(), None).await;
         });
     }
     Ok(())

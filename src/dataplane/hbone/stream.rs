@@ -5,9 +5,15 @@
 //! straight to the socket and only then release its window, so a slow reader pushes back on
 //! the sender. EOF on either side becomes a half-close on the other (END_STREAM / FIN); a
 //! reset with NO_ERROR or CANCEL counts as EOF.
+//!
+//! A stream with bytes to send whose peer grants no window for the stall timeout fails with
+//! [`Stalled`] (hardening H11): the stream is reset and the TCP side closed. The timer exists
+//! only while the window is closed; an open window costs no timer at all.
 
 use std::future::poll_fn;
 use std::io;
+use std::task::Poll;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use h2::{RecvStream, SendStream};
@@ -19,6 +25,11 @@ const MIN_READ: usize = 16 * 1024;
 /// Largest read buffer.
 const MAX_READ: usize = 256 * 1024;
 
+/// The peer granted no flow-control window to a stream with bytes to send for this long.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("stream stalled: the peer granted no flow-control window for {0:?}")]
+pub struct Stalled(pub Duration);
+
 /// Byte counts of a finished relay.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Transferred {
@@ -28,15 +39,17 @@ pub struct Transferred {
     pub to_tcp: u64,
 }
 
-/// Relays until both directions are finished; returns the byte counts even on error.
+/// Relays until both directions are finished; returns the byte counts even on error. A send
+/// window closed for `stall` fails the relay with [`Stalled`] (`None`: wait forever).
 pub async fn relay(
     tcp_read: OwnedReadHalf,
     tcp_write: OwnedWriteHalf,
     send: SendStream<Bytes>,
     recv: RecvStream,
+    stall: Option<Duration>,
 ) -> (Transferred, io::Result<()>) {
     let mut t = Transferred::default();
-    let up = tcp_to_h2(tcp_read, send, &mut t.from_tcp);
+    let up = tcp_to_h2(tcp_read, send, &mut t.from_tcp, stall);
     let down = h2_to_tcp(recv, tcp_write, &mut t.to_tcp);
     let res = tokio::try_join!(up, down).map(|_| ());
     (t, res)
@@ -52,11 +65,12 @@ pub async fn relay_early<E: From<io::Error>>(
     tcp_write: OwnedWriteHalf,
     send: SendStream<Bytes>,
     response: impl std::future::Future<Output = Result<RecvStream, E>>,
+    stall: Option<Duration>,
 ) -> (Transferred, Result<(), E>) {
     let (mut from_tcp, mut to_tcp) = (0u64, 0u64);
     let answered = tokio::sync::Notify::new();
     let res = {
-        let up = tcp_to_h2(tcp_read, send, &mut from_tcp);
+        let up = tcp_to_h2(tcp_read, send, &mut from_tcp, stall);
         let down = async {
             let recv = response.await?;
             answered.notify_one();
@@ -98,6 +112,7 @@ async fn tcp_to_h2(
     mut rd: OwnedReadHalf,
     mut send: SendStream<Bytes>,
     count: &mut u64,
+    stall: Option<Duration>,
 ) -> io::Result<()> {
     let mut want = MIN_READ;
     let mut buf = BytesMut::new();
@@ -121,17 +136,21 @@ async fn tcp_to_h2(
             // A full read means the flow is busy: read more per syscall next time.
             want *= 2;
         }
-        send_all(&mut send, buf.split().freeze()).await?;
+        send_all(&mut send, buf.split().freeze(), stall).await?;
         if drained {
             buf = BytesMut::new();
         }
     }
 }
 
-async fn send_all(send: &mut SendStream<Bytes>, mut data: Bytes) -> io::Result<()> {
+async fn send_all(
+    send: &mut SendStream<Bytes>,
+    mut data: Bytes,
+    stall: Option<Duration>,
+) -> io::Result<()> {
     while !data.is_empty() {
         send.reserve_capacity(data.len());
-        let cap = match poll_fn(|cx| send.poll_capacity(cx)).await {
+        let cap = match capacity(send, stall).await? {
             Some(Ok(c)) => c,
             Some(Err(e)) => return Err(h2_io(e)),
             None => {
@@ -170,6 +189,25 @@ async fn h2_to_tcp(
         }
     }
     wr.shutdown().await
+}
+
+/// The send capacity h2 assigns: at once if the window is open, else within `stall`.
+async fn capacity(
+    send: &mut SendStream<Bytes>,
+    stall: Option<Duration>,
+) -> io::Result<Option<Result<usize, h2::Error>>> {
+    if let Poll::Ready(cap) = poll_fn(|cx| Poll::Ready(send.poll_capacity(cx))).await {
+        return Ok(cap);
+    }
+    let wait = poll_fn(|cx| send.poll_capacity(cx));
+    match stall {
+        None => Ok(wait.await),
+        // Boxed: the timer is only needed while the window is closed, so it must not grow
+        // the relay future every connection holds.
+        Some(t) => Box::pin(tokio::time::timeout(t, wait))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, Stalled(t))),
+    }
 }
 
 fn is_graceful_reset(e: &h2::Error) -> bool {

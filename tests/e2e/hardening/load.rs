@@ -178,6 +178,61 @@ fn a_stream_that_never_opens_its_window_stalls_only_itself() {
         .expect("H11");
 }
 
+/// H11, the timeout: with `ZTUN_HBONE_STREAM_STALL_TIMEOUT=2s`, stream A (never read, as
+/// above) is reset by n2 once its window has stayed closed for 2 s, and logged as
+/// `stream_stalled`; stream B on the same connection echoes before and after.
+#[test]
+fn a_stalled_stream_is_reset_after_the_stall_timeout() {
+    let t = Target::start("hard_h11t", &[("ZTUN_HBONE_STREAM_STALL_TIMEOUT", "2s")]);
+    let config = client::client_config(&t.cluster, "sa-u");
+    let hbone = t.hbone();
+    let echo = t.authority(t.echo.port());
+    t.cluster
+        .lab
+        .pod("u")
+        .block_on(async move {
+            let h2 = client::h2(hbone, config).await?;
+            let (status, mut a_tx, mut a_rx) =
+                client::send(&h2, client::connect_request(&echo)).await?;
+            anyhow::ensure!(status == StatusCode::OK, "A: {status}");
+            let chunk = bytes::Bytes::from(vec![7u8; 1 << 20]);
+            for _ in 0..16 {
+                a_tx.reserve_capacity(chunk.len());
+                a_tx.send_data(chunk.clone(), false)?;
+            }
+            let (status, mut b_tx, mut b_rx) =
+                client::send(&h2, client::connect_request(&echo)).await?;
+            anyhow::ensure!(status == StatusCode::OK, "B: {status}");
+            client::echo(&mut b_tx, &mut b_rx, b"before the stall timeout").await?;
+            // Take what A was sent without ever releasing window: the stream must end with a
+            // reset once n2 gives up on it.
+            let reset = tokio::time::timeout(WAIT, async {
+                loop {
+                    match a_rx.data().await {
+                        Some(Ok(_)) => continue,
+                        Some(Err(e)) => return Ok(e),
+                        None => anyhow::bail!("A ended cleanly instead of being reset"),
+                    }
+                }
+            })
+            .await
+            .map_err(|_| anyhow::anyhow!("A was never reset"))??;
+            anyhow::ensure!(
+                reset.reason() == Some(h2::Reason::CANCEL),
+                "A ended with {reset:?}"
+            );
+            client::echo(&mut b_tx, &mut b_rx, b"after the stall timeout").await?;
+            anyhow::Ok(())
+        })
+        .expect("H11 timeout");
+    let line = t
+        .cluster
+        .ztun("n2")
+        .wait_for_log("reason=\"stream_stalled\"", WAIT)
+        .expect("the stall is logged with its reason");
+    assert!(line.contains("direction=\"inbound\""), "{line}");
+}
+
 /// R2-lite: 2 000 short connections a → c (connect, echo 1 KiB, close) through both ztuns;
 /// afterwards each ztun's fd count returns to within 32 of its baseline and its RSS to within
 /// 64 MiB (generous: allocator caches). Waits for the counts to settle, bounded by a
