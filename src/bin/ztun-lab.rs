@@ -23,7 +23,7 @@ const COMMANDS: &[Command] = &[
     },
     Command {
         name: "bench",
-        usage: "bench [--ztun PATH] [--runs N] [--seconds S] [--idle N] [--out FILE]  direct TCP vs through ztun, as ratios",
+        usage: "bench [--ztun PATH] [--runs N] [--seconds S] [--idle N] [--concurrency N] [--only throughput,connections,isolation,memory] [--out FILE]  direct TCP vs through ztun, as ratios",
         run: bench,
     },
     Command {
@@ -117,6 +117,8 @@ fn bench(args: &[String]) -> anyhow::Result<()> {
             "--seconds" => opts.seconds = value()?.parse().context("--seconds")?,
             "--idle" => opts.idle_connections = value()?.parse().context("--idle")?,
             "--requests" => opts.requests = value()?.parse().context("--requests")?,
+            "--concurrency" => opts.concurrency = value()?.parse().context("--concurrency")?,
+            "--only" => opts.only = value()?.split(',').map(str::to_string).collect(),
             "--out" => out = Some(std::path::PathBuf::from(value()?)),
             other => bail!("unexpected argument {other:?}"),
         }

@@ -35,6 +35,15 @@ pub struct Options {
     pub idle_connections: usize,
     /// Concurrency of the connection-rate test.
     pub concurrency: usize,
+    /// Figures to measure (`throughput`, `connections`, `isolation`, `memory`); empty: all.
+    /// Request/response latency always runs: the isolation figure is relative to it.
+    pub only: Vec<String>,
+}
+
+impl Options {
+    fn wants(&self, figure: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|f| f == figure)
+    }
 }
 
 impl Default for Options {
@@ -45,6 +54,7 @@ impl Default for Options {
             requests: 20_000,
             idle_connections: 1000,
             concurrency: 8,
+            only: Vec::new(),
         }
     }
 }
@@ -106,7 +116,7 @@ pub fn run(ztun: &Path, opts: &Options) -> anyhow::Result<Value> {
 
     // 1. Bulk throughput (iperf3), and CPU per GB through the tunnel.
     let (mut d, mut t, mut cpu) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..opts.runs {
+    for _ in 0..opts.runs * usize::from(opts.wants("throughput")) {
         d.push(iperf(&lab, "x", "y", opts.seconds)?.0);
         let before = cpu_seconds(&z1) + cpu_seconds(&z2);
         let (bps, bytes) = iperf(&lab, "a", "c", opts.seconds)?;
@@ -114,8 +124,10 @@ pub fn run(ztun: &Path, opts: &Options) -> anyhow::Result<Value> {
         t.push(bps);
         cpu.push((after - before) / (bytes as f64 / 1e9));
     }
-    let (d, t) = (median(d), median(t));
-    rows.push(row("throughput (Gbit/s)", d / 1e9, t / 1e9, t / d));
+    if opts.wants("throughput") {
+        let (d, t) = (median(d), median(t));
+        rows.push(row("throughput (Gbit/s)", d / 1e9, t / 1e9, t / d));
+    }
 
     // 2. Request/response latency on one kept-alive connection.
     let (mut d50, mut d99, mut t50, mut t99, mut drps, mut trps) =
@@ -144,7 +156,7 @@ pub fn run(ztun: &Path, opts: &Options) -> anyhow::Result<Value> {
 
     // 3. New connections per second.
     let (mut dc, mut tc) = (Vec::new(), Vec::new());
-    for _ in 0..opts.runs {
+    for _ in 0..opts.runs * usize::from(opts.wants("connections")) {
         dc.push(
             lab.pod("x")
                 .block_on(conn_rate(direct, opts.concurrency, opts.seconds))?,
@@ -154,8 +166,10 @@ pub fn run(ztun: &Path, opts: &Options) -> anyhow::Result<Value> {
                 .block_on(conn_rate(tunnel, opts.concurrency, opts.seconds))?,
         );
     }
-    let (dc, tc) = (median(dc), median(tc));
-    rows.push(row("connections/s", dc, tc, tc / dc));
+    if opts.wants("connections") {
+        let (dc, tc) = (median(dc), median(tc));
+        rows.push(row("connections/s", dc, tc, tc / dc));
+    }
 
     // 4. Isolation (hardening R4): p99 of small requests while a neighbour streams, as a
     // multiple of the p99 measured alone above; the neighbour at full speed (every core busy
@@ -183,7 +197,7 @@ pub fn run(ztun: &Path, opts: &Options) -> anyhow::Result<Value> {
             },
         ),
     ];
-    for (label, rate) in neighbours {
+    for (label, rate) in neighbours.into_iter().filter(|_| opts.wants("isolation")) {
         let (mut dl, mut tl) = (Vec::new(), Vec::new());
         for _ in 0..opts.runs {
             let stream = neighbour_stream(&lab, "w", "y", rate)?;
@@ -211,7 +225,7 @@ pub fn run(ztun: &Path, opts: &Options) -> anyhow::Result<Value> {
 
     // 5. Memory: idle, and per idle tunnelled connection (both ztuns together).
     let before = rss(&z1) + rss(&z2);
-    let n = opts.idle_connections;
+    let n = opts.idle_connections * usize::from(opts.wants("memory"));
     let held = lab.pod("a").spawn_async(hold_connections(tunnel, n));
     let deadline = Instant::now() + WAIT;
     while ztun_established(&lab)? < n {
@@ -225,9 +239,9 @@ pub fn run(ztun: &Path, opts: &Options) -> anyhow::Result<Value> {
     }
     std::thread::sleep(Duration::from_millis(500));
     let loaded = rss(&z1) + rss(&z2);
-    let per_conn = (loaded.saturating_sub(before)) as f64 / n as f64;
+    let per_conn = (loaded.saturating_sub(before)) as f64 / n.max(1) as f64;
     held.abort();
-    let cpu_gb = median(cpu);
+    let cpu_gb = if cpu.is_empty() { 0.0 } else { median(cpu) };
 
     print_table(&rows, idle_rss, per_conn, n, cpu_gb);
     for l in &iso_lines {
