@@ -86,7 +86,8 @@ const MAX_REFUSING_CONNECTIONS: usize = 3;
 
 /// A checked-out stream slot on a pooled connection. Dropping it frees the slot.
 pub struct Checkout {
-    _slot: Slot,
+    /// Holds the stream slot; dropping it frees the slot.
+    slot: Slot,
     /// The connection's handle, ready to open one stream.
     send: SendRequest<Bytes>,
 }
@@ -99,7 +100,7 @@ impl Checkout {
 
     /// Completes when a CRL reload revokes the connection's peer (which closes it).
     pub fn revoked(&self) -> RevokedSignal {
-        self._slot.conn.revoked.clone()
+        self.slot.conn.revoked.clone()
     }
 }
 
@@ -124,7 +125,7 @@ impl Pool {
         loop {
             let slot = self.reserve(key, cert).await?;
             match slot.conn.send.clone().ready().await {
-                Ok(send) => return Ok(Checkout { _slot: slot, send }),
+                Ok(send) => return Ok(Checkout { slot, send }),
                 Err(e) => {
                     slot.conn.closed.store(true, Ordering::Release);
                     self.inner.remove(key, &slot.conn);

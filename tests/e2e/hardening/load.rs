@@ -157,18 +157,7 @@ fn a_stream_that_never_opens_its_window_stalls_only_itself() {
         .pod("u")
         .block_on(async move {
             let h2 = client::h2(hbone, config).await?;
-            let (status, mut a_tx, _a_rx) =
-                client::send(&h2, client::connect_request(&echo)).await?;
-            anyhow::ensure!(status == StatusCode::OK, "A: {status}");
-            // Queue 16 MiB on A; h2 sends what A's window allows, the rest waits.
-            let chunk = bytes::Bytes::from(vec![7u8; 1 << 20]);
-            for _ in 0..16 {
-                a_tx.reserve_capacity(chunk.len());
-                a_tx.send_data(chunk.clone(), false)?;
-            }
-            let (status, mut b_tx, mut b_rx) =
-                client::send(&h2, client::connect_request(&echo)).await?;
-            anyhow::ensure!(status == StatusCode::OK, "B: {status}");
+            let (_a_tx, _a_rx, mut b_tx, mut b_rx) = unread_and_live_streams(&h2, &echo).await?;
             let payload: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
             for piece in payload.chunks(64 * 1024) {
                 client::echo(&mut b_tx, &mut b_rx, piece).await?;
@@ -192,17 +181,7 @@ fn a_stalled_stream_is_reset_after_the_stall_timeout() {
         .pod("u")
         .block_on(async move {
             let h2 = client::h2(hbone, config).await?;
-            let (status, mut a_tx, mut a_rx) =
-                client::send(&h2, client::connect_request(&echo)).await?;
-            anyhow::ensure!(status == StatusCode::OK, "A: {status}");
-            let chunk = bytes::Bytes::from(vec![7u8; 1 << 20]);
-            for _ in 0..16 {
-                a_tx.reserve_capacity(chunk.len());
-                a_tx.send_data(chunk.clone(), false)?;
-            }
-            let (status, mut b_tx, mut b_rx) =
-                client::send(&h2, client::connect_request(&echo)).await?;
-            anyhow::ensure!(status == StatusCode::OK, "B: {status}");
+            let (_a_tx, mut a_rx, mut b_tx, mut b_rx) = unread_and_live_streams(&h2, &echo).await?;
             client::echo(&mut b_tx, &mut b_rx, b"before the stall timeout").await?;
             // Take what A was sent without ever releasing window: the stream must end with a
             // reset once n2 gives up on it.
@@ -231,6 +210,30 @@ fn a_stalled_stream_is_reset_after_the_stall_timeout() {
         .wait_for_log("reason=\"stream_stalled\"", WAIT)
         .expect("the stall is logged with its reason");
     assert!(line.contains("direction=\"inbound\""), "{line}");
+}
+
+/// Opens stream A to the echo server and queues 16 MiB on it, which the caller never reads
+/// (h2 sends what A's window allows, the rest waits), then stream B on the same connection.
+/// Returns A's and B's halves; keep A's alive for as long as the stall should last.
+async fn unread_and_live_streams(
+    h2: &h2::client::SendRequest<bytes::Bytes>,
+    echo: &str,
+) -> anyhow::Result<(
+    h2::SendStream<bytes::Bytes>,
+    h2::RecvStream,
+    h2::SendStream<bytes::Bytes>,
+    h2::RecvStream,
+)> {
+    let (status, mut a_tx, a_rx) = client::send(h2, client::connect_request(echo)).await?;
+    anyhow::ensure!(status == StatusCode::OK, "A: {status}");
+    let chunk = bytes::Bytes::from(vec![7u8; 1 << 20]);
+    for _ in 0..16 {
+        a_tx.reserve_capacity(chunk.len());
+        a_tx.send_data(chunk.clone(), false)?;
+    }
+    let (status, b_tx, b_rx) = client::send(h2, client::connect_request(echo)).await?;
+    anyhow::ensure!(status == StatusCode::OK, "B: {status}");
+    Ok((a_tx, a_rx, b_tx, b_rx))
 }
 
 /// R2-lite: 2 000 short connections a → c (connect, echo 1 KiB, close) through both ztuns;
