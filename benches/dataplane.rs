@@ -170,9 +170,10 @@ async fn hbone(
                         .await
                         .expect("sink");
                     let (rd, wr) = up.into_split();
-                    let _ =
-                        ztun::dataplane::hbone::stream::relay(rd, wr, send, req.into_body(), None)
-                            .await;
+                    let meter = ztun::ops::access::Meter::detached();
+                    let body = req.into_body();
+                    let _ = ztun::dataplane::hbone::stream::relay(rd, wr, send, body, &meter, None)
+                        .await;
                 }
             });
         }

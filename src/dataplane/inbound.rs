@@ -286,7 +286,7 @@ async fn serve_stream(
     }
     let send = match respond.send_response(ok.body(()).unwrap_or_default(), false) {
         Ok(s) => s,
-        Err(e) => return log.complete(0, 0, Some(&Error::H2(Arc::new(e)))),
+        Err(e) => return log.complete(Some(&Error::H2(Arc::new(e)))),
     };
     log.established();
     if let Some(Tunnel {
@@ -296,24 +296,23 @@ async fn serve_stream(
     {
         let header = proxy_protocol::header(info.peer, original, Some(&info.client));
         if let Err(e) = upstream.write_all(&header).await {
-            return log.complete(0, 0, Some(&Error::ConnectUpstream(Arc::new(e))));
+            return log.complete(Some(&Error::ConnectUpstream(Arc::new(e))));
         }
     }
     let (rd, wr) = upstream.into_split();
     let mut cert_revoked = info.revoked.clone();
+    let meter = log.meter();
+    let stall = proxy.cfg.proxy.stream_stall_timeout;
     tokio::select! {
-        (t, res) = relay_h2(rd, wr, send, req.into_body(), proxy.cfg.proxy.stream_stall_timeout) => {
-            // From the client's point of view: it sent what we wrote to the app.
-            match res {
-                Ok(()) => log.complete(t.to_tcp, t.from_tcp, None),
-                Err(e) => log.complete(t.to_tcp, t.from_tcp, Some(&Error::from(e))),
-            }
-        }
+        res = relay_h2(rd, wr, send, req.into_body(), &meter, stall) => match res {
+            Ok(()) => log.complete(None),
+            Err(e) => log.complete(Some(&Error::from(e))),
+        },
         Revoked(denial) = registration.revoked() => {
-            log.complete(0, 0, Some(&Error::Revoked(denial)));
+            log.complete(Some(&Error::Revoked(denial)));
         }
         _ = cert_revoked.revoked() => {
-            log.complete(0, 0, Some(&Error::CertRevoked));
+            log.complete(Some(&Error::CertRevoked));
         }
     }
 }
@@ -402,5 +401,5 @@ fn reject(respond: &mut SendResponse<Bytes>, log: &mut AccessLog, e: Error) {
         .body(())
         .unwrap_or_default();
     let _ = respond.send_response(resp, true);
-    log.complete(0, 0, Some(&e));
+    log.complete(Some(&e));
 }

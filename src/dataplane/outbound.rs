@@ -15,6 +15,7 @@ use super::hbone::stream::relay_early;
 use super::proxy::Drains;
 use super::route::{self, PendingHost, RefuseReason, Route};
 use super::{Error, Proxy, ResolveError};
+use crate::ops::access::Meter;
 use crate::ops::access::{AccessLog, Direction};
 use crate::ops::metrics::OnDemandDnsLabels;
 use crate::state::canonical_ip;
@@ -26,29 +27,27 @@ pub async fn serve(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, _drain: 
     log.src.addr = Some(canonical(peer));
     log.src.workload = Some(proxy.pod.name.clone());
     log.src.namespace = Some(proxy.pod.namespace.clone());
-    let (sent, recv, res) = match run(&proxy, tcp, peer, &mut log).await {
-        Ok((sent, recv)) => (sent, recv, Ok(())),
-        Err((sent, recv, e)) => (sent, recv, Err(e)),
-    };
-    match &res {
-        Ok(()) => log.complete(sent, recv, None),
-        Err(e) => log.complete(sent, recv, Some(e)),
+    match run(&proxy, tcp, peer, &mut log).await {
+        Ok(()) => log.complete(None),
+        Err(e) => log.complete(Some(&e)),
     }
 }
 
-type Outcome = Result<(u64, u64), (u64, u64, Error)>;
-
-async fn run(proxy: &Proxy, tcp: TcpStream, peer: SocketAddr, log: &mut AccessLog) -> Outcome {
-    let fail = |e: Error| (0, 0, e);
+async fn run(
+    proxy: &Proxy,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    log: &mut AccessLog,
+) -> Result<(), Error> {
     let dst = original_destination(&tcp, proxy.cfg.proxy.outbound_port)
-        .ok_or_else(|| fail(Error::NoOriginalDestination))?;
+        .ok_or(Error::NoOriginalDestination)?;
     log.dst.addr = Some(dst);
     if proxy.is_own_port(dst.port())
         && (dst.ip().is_loopback() || dst.ip() == canonical_ip(local_ip(&tcp)))
     {
-        return Err(fail(Error::SelfCall(dst)));
+        return Err(Error::SelfCall(dst));
     }
-    let src = proxy.local_workload().await.map_err(fail)?;
+    let src = proxy.local_workload().await?;
     log.src.describe(&src);
     log.src.identity = src.identity();
     let src_ip = canonical_ip(peer.ip());
@@ -82,20 +81,18 @@ async fn run(proxy: &Proxy, tcp: TcpStream, peer: SocketAddr, log: &mut AccessLo
     loop {
         return match route {
             Route::Resolve(pending) => {
-                route = Box::pin(resolve_host(proxy, &src, pending, log))
-                    .await
-                    .map_err(fail)?;
+                route = Box::pin(resolve_host(proxy, &src, pending, log)).await?;
                 continue;
             }
             Route::Refuse(reason) => {
                 // Refused, not hung: the client sees a reset rather than an orderly close.
                 let _ = socket2::SockRef::from(&tcp).set_linger(Some(std::time::Duration::ZERO));
-                Err(fail(match reason {
+                Err(match reason {
                     RefuseReason::NoHealthyUpstream | RefuseReason::UnknownServicePort => {
                         Error::NoHealthyUpstream(dst)
                     }
                     RefuseReason::UnknownWaypoint => Error::UnknownWaypoint(dst),
-                }))
+                })
             }
             Route::Tcp {
                 dst: target,
@@ -111,9 +108,9 @@ async fn run(proxy: &Proxy, tcp: TcpStream, peer: SocketAddr, log: &mut AccessLo
                     .sockets
                     .connect(target, None)
                     .await
-                    .map_err(|e| fail(Error::ConnectUpstream(Arc::new(e))))?;
+                    .map_err(|e| Error::ConnectUpstream(Arc::new(e)))?;
                 log.established();
-                relay_tcp(tcp, upstream).await
+                relay_tcp(tcp, upstream, &log.meter()).await
             }
             Route::Hbone {
                 dst: hbone_dst,
@@ -127,14 +124,14 @@ async fn run(proxy: &Proxy, tcp: TcpStream, peer: SocketAddr, log: &mut AccessLo
                 log.hbone_addr = Some(authority);
                 log.dst.describe(&workload);
                 log.service = service.as_ref().map(|s| s.hostname.clone());
-                let cert = proxy.local_cert(&src).await.map_err(fail)?;
+                let cert = proxy.local_cert(&src).await?;
                 let key = PoolKey {
                     src_identity: cert.identity().clone(),
                     dst_identities: identities,
                     dst: hbone_dst,
                     src_ip,
                 };
-                let mut checkout = proxy.pool.checkout(&key, &cert).await.map_err(fail)?;
+                let mut checkout = proxy.pool.checkout(&key, &cert).await?;
                 // The pool only hands out connections whose peer proved one of the identities.
                 log.dst.identity = workload.identity();
                 let mut forwarded = super::hbone::forwarded(canonical(peer));
@@ -149,11 +146,12 @@ async fn run(proxy: &Proxy, tcp: TcpStream, peer: SocketAddr, log: &mut AccessLo
                     .header("traceparent", super::hbone::traceparent())
                     .header("baggage", super::hbone::baggage(&src))
                     .body(())
-                    .map_err(|_| fail(Error::BadRequest("cannot build CONNECT")))?;
+                    .map_err(|_| Error::BadRequest("cannot build CONNECT"))?;
                 let (resp, send) = checkout
                     .sender()
                     .send_request(req, false)
-                    .map_err(|e| fail(Error::H2(Arc::new(e))))?;
+                    .map_err(|e| Error::H2(Arc::new(e)))?;
+                let meter = log.meter();
                 let established = &mut *log;
                 let response = async move {
                     let resp = resp.await.map_err(|e| Error::H2(Arc::new(e)))?;
@@ -165,15 +163,13 @@ async fn run(proxy: &Proxy, tcp: TcpStream, peer: SocketAddr, log: &mut AccessLo
                 };
                 let (rd, wr) = tcp.into_split();
                 let mut revoked = checkout.revoked();
-                let (t, res) = tokio::select! {
-                    r = relay_early(rd, wr, send, response, proxy.cfg.proxy.stream_stall_timeout) => r,
-                    _ = revoked.revoked() => (Default::default(), Err(Error::CertRevoked)),
+                let stall = proxy.cfg.proxy.stream_stall_timeout;
+                let res = tokio::select! {
+                    r = relay_early(rd, wr, send, response, &meter, stall) => r,
+                    _ = revoked.revoked() => Err(Error::CertRevoked),
                 };
                 drop(checkout);
-                match res {
-                    Ok(()) => Ok((t.from_tcp, t.to_tcp)),
-                    Err(e) => Err((t.from_tcp, t.to_tcp, e)),
-                }
+                res
             }
         };
     }
@@ -214,12 +210,17 @@ async fn resolve_host(
         .ok_or_else(|| fail(ResolveError::NoAddress))
 }
 
-/// Bidirectional copy between two sockets with half-close both ways.
-pub(crate) async fn relay_tcp(mut a: TcpStream, mut b: TcpStream) -> Outcome {
-    match tokio::io::copy_bidirectional(&mut a, &mut b).await {
-        Ok((sent, recv)) => Ok((sent, recv)),
-        Err(e) => Err((0, 0, e.into())),
-    }
+/// Bidirectional copy between the client's socket `a` and `b`, with half-close both ways.
+/// Plaintext relays count their bytes into `meter` when they end.
+pub(crate) async fn relay_tcp(
+    mut a: TcpStream,
+    mut b: TcpStream,
+    meter: &Meter,
+) -> Result<(), Error> {
+    let (sent, recv) = tokio::io::copy_bidirectional(&mut a, &mut b).await?;
+    meter.client_sent(sent);
+    meter.client_received(recv);
+    Ok(())
 }
 
 /// Where a captured connection was headed: `SO_ORIGINAL_DST` for REDIRECT captures, else the

@@ -22,16 +22,16 @@ pub async fn serve(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, _drain: 
     log.dst.workload = Some(proxy.pod.name.clone());
     log.dst.namespace = Some(proxy.pod.namespace.clone());
     let Some(dst) = original_destination(&tcp, proxy.cfg.proxy.inbound_plaintext_port) else {
-        return log.complete(0, 0, Some(&Error::NoOriginalDestination));
+        return log.complete(Some(&Error::NoOriginalDestination));
     };
     log.dst.addr = Some(dst);
     if dst.ip().is_loopback() || proxy.is_own_port(dst.port()) {
-        return log.complete(0, 0, Some(&Error::SelfCall(dst)));
+        return log.complete(Some(&Error::SelfCall(dst)));
     }
     // Authorize with no identity (registered first: see `policy::enforce`). The pod's
     // workload may still be on its way from the control plane: wait for it, bounded.
     if let Err(e) = proxy.local_workload().await {
-        return log.complete(0, 0, Some(&e));
+        return log.complete(Some(&e));
     }
     let conn = Conn {
         src_ip: peer.ip(),
@@ -44,20 +44,21 @@ pub async fn serve(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, _drain: 
     decision.log(&conn);
     if let Some(denial) = decision.denial() {
         // Dropping the socket closes the client's connection.
-        return log.complete(0, 0, Some(&Error::Denied(denial)));
+        return log.complete(Some(&Error::Denied(denial)));
     }
     let upstream = match proxy.sockets.connect(dst, Some(peer.ip())).await {
         Ok(s) => s,
-        Err(e) => return log.complete(0, 0, Some(&Error::ConnectUpstream(Arc::new(e)))),
+        Err(e) => return log.complete(Some(&Error::ConnectUpstream(Arc::new(e)))),
     };
     log.established();
+    let meter = log.meter();
     tokio::select! {
-        res = relay_tcp(tcp, upstream) => match res {
-            Ok((sent, recv)) => log.complete(sent, recv, None),
-            Err((sent, recv, e)) => log.complete(sent, recv, Some(&e)),
+        res = relay_tcp(tcp, upstream, &meter) => match res {
+            Ok(()) => log.complete(None),
+            Err(e) => log.complete(Some(&e)),
         },
         Revoked(denial) = registration.revoked() => {
-            log.complete(0, 0, Some(&Error::Revoked(denial)));
+            log.complete(Some(&Error::Revoked(denial)));
         }
     }
 }

@@ -1,17 +1,21 @@
 //! Access logs: one line per completed connection on tracing target `access`, with ztunnel's
 //! field names so existing log pipelines keep working.
 //!
-//! The record is filled in at connection setup (no per-byte cost) and emitted once on close.
-//! It also drives the traffic metrics (labels built once, at close) and the live connection
-//! table behind the admin API: [`AccessLog::established`] registers the connection,
-//! completion or drop (a drained task) unregisters it.
+//! The record is filled in at connection setup and emitted once on close. It also drives the
+//! traffic metrics and the live connection table behind the admin API:
+//! - [`AccessLog::meter`], called when the relay starts, counts the connection opened (labels
+//!   built once) and gives the relay a [`Meter`], which adds each read to the byte series as
+//!   it happens, so long-lived connections show their traffic while they run;
+//! - [`AccessLog::established`] registers the connection in the live table;
+//! - completion, or drop (a drained task), counts it closed and unregisters it.
 
 use std::fmt::Display;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use super::metrics::{unknown, Reporter, TrafficLabels};
+use super::metrics::{unknown, Reporter, Series, TrafficLabels};
 use crate::identity::Identity;
 
 /// Direction of a connection relative to the pod.
@@ -126,7 +130,73 @@ pub struct AccessLog {
     started: Instant,
     /// Live-table id once established.
     live: Option<u64>,
+    /// Once the relay has started.
+    meter: Option<Meter>,
     completed: bool,
+}
+
+/// The byte counts of one running connection, shared by its relay and its record. Each count
+/// goes to the connection's metric series at once.
+#[derive(Debug, Clone)]
+pub struct Meter(Arc<MeterInner>);
+
+#[derive(Debug)]
+struct MeterInner {
+    /// Whether the pod-side socket is the client's (outbound) or the app's (inbound).
+    client_side: bool,
+    client_sent: AtomicU64,
+    client_received: AtomicU64,
+    series: Series,
+}
+
+impl Meter {
+    /// A meter counting into no registered series, for relays outside a connection record.
+    pub fn detached() -> Self {
+        Meter(Arc::new(MeterInner {
+            client_side: true,
+            client_sent: AtomicU64::new(0),
+            client_received: AtomicU64::new(0),
+            series: Series::detached(),
+        }))
+    }
+
+    /// `n` bytes read from the pod-side socket and forwarded.
+    pub fn from_pod(&self, n: u64) {
+        if self.0.client_side {
+            self.client_sent(n)
+        } else {
+            self.client_received(n)
+        }
+    }
+
+    /// `n` bytes written to the pod-side socket.
+    pub fn to_pod(&self, n: u64) {
+        if self.0.client_side {
+            self.client_received(n)
+        } else {
+            self.client_sent(n)
+        }
+    }
+
+    /// `n` bytes sent by the client.
+    pub fn client_sent(&self, n: u64) {
+        self.0.client_sent.fetch_add(n, Ordering::Relaxed);
+        self.0.series.client_sent(n);
+    }
+
+    /// `n` bytes received by the client.
+    pub fn client_received(&self, n: u64) {
+        self.0.client_received.fetch_add(n, Ordering::Relaxed);
+        self.0.series.client_received(n);
+    }
+
+    /// Bytes (sent, received) by the client so far.
+    pub fn totals(&self) -> (u64, u64) {
+        (
+            self.0.client_sent.load(Ordering::Relaxed),
+            self.0.client_received.load(Ordering::Relaxed),
+        )
+    }
 }
 
 impl AccessLog {
@@ -140,8 +210,26 @@ impl AccessLog {
             service: None,
             started: Instant::now(),
             live: None,
+            meter: None,
             completed: false,
         }
+    }
+
+    /// The connection's byte meter; the first call counts the connection opened, under the
+    /// labels its record has by then. Call it when the relay starts, the peers known.
+    pub fn meter(&mut self) -> Meter {
+        if let Some(m) = &self.meter {
+            return m.clone();
+        }
+        let series = super::telemetry().metrics.open(&self.labels(None));
+        let m = Meter(Arc::new(MeterInner {
+            client_side: self.direction == Direction::Outbound,
+            client_sent: AtomicU64::new(0),
+            client_received: AtomicU64::new(0),
+            series,
+        }));
+        self.meter = Some(m.clone());
+        m
     }
 
     /// Marks the connection established: it appears in the admin API's live table until it
@@ -224,20 +312,20 @@ impl AccessLog {
         }
     }
 
-    /// Emits the record. `sent`/`recv` are from the client's point of view (bytes sent by the
-    /// client / received by it). A failure is logged at error level with its reason.
-    pub fn complete(&mut self, sent: u64, recv: u64, error: Option<&dyn Failure>) {
+    /// Emits the record, with the bytes its meter counted (none if the relay never started).
+    /// A failure is logged at error level with its reason.
+    pub fn complete(&mut self, error: Option<&dyn Failure>) {
         self.completed = true;
         let telemetry = super::telemetry();
         if let Some(id) = self.live.take() {
             telemetry.unregister(id);
         }
-        // Istio's byte direction is the reporting proxy's downstream view: "received" is what
-        // the client sent.
+        // A connection that failed before its relay started is counted opened here.
+        let meter = self.meter();
+        let (sent, recv) = meter.totals();
         let flag = error.map(|e| e.response_flag());
-        telemetry
-            .metrics
-            .record_connection(&self.labels(flag), sent, recv, error.is_some());
+        let failed = flag.map(|f| self.labels(Some(f)));
+        telemetry.metrics.close(&meter.0.series, failed.as_ref());
         if let Some(e) = error {
             let labels = super::metrics::FailureLabels {
                 direction: self.direction.as_str(),
@@ -321,7 +409,7 @@ impl Drop for AccessLog {
     fn drop(&mut self) {
         // A connection task dropped mid-flight (immediate drain) still closes its record.
         if !self.completed {
-            self.complete(0, 0, Some(&"connection closed by drain"));
+            self.complete(Some(&"connection closed by drain"));
         }
     }
 }

@@ -89,6 +89,36 @@ pub struct TrafficLabels {
     pub connection_security_policy: &'static str,
 }
 
+/// One connection's traffic series, fetched when it opens. Bytes are named as Istio does,
+/// from the reporting proxy's downstream view: "received" is what the client sent.
+#[derive(Debug, Clone)]
+pub struct Series {
+    closed: Counter,
+    received: Counter,
+    sent: Counter,
+}
+
+impl Series {
+    /// Counters that belong to no family.
+    pub fn detached() -> Self {
+        Series {
+            closed: Counter::default(),
+            received: Counter::default(),
+            sent: Counter::default(),
+        }
+    }
+
+    /// `n` more bytes sent by the client.
+    pub fn client_sent(&self, n: u64) {
+        self.received.inc_by(n);
+    }
+
+    /// `n` more bytes received by the client.
+    pub fn client_received(&self, n: u64) {
+        self.sent.inc_by(n);
+    }
+}
+
 /// The label used for missing values.
 pub fn unknown() -> Arc<str> {
     static UNKNOWN: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
@@ -276,21 +306,33 @@ impl Metrics {
         }
     }
 
-    /// Records one finished connection: opened, closed, bytes, and failed when `failed`.
-    pub fn record_connection(
-        &self,
-        labels: &TrafficLabels,
-        received: u64,
-        sent: u64,
-        failed: bool,
-    ) {
+    /// Counts a connection opened under `labels` (response flag `-`) and fetches the series
+    /// it counts into while it runs, so that counting costs an atomic add, not a lookup.
+    pub fn open(&self, labels: &TrafficLabels) -> Series {
         self.connections_opened.get_or_create(labels).inc();
+        let series = Series {
+            closed: self.connections_closed.get_or_create(labels).clone(),
+            received: self.received_bytes.get_or_create(labels).clone(),
+            sent: self.sent_bytes.get_or_create(labels).clone(),
+        };
+        self.remember(labels);
+        series
+    }
+
+    /// Counts the connection of `series` closed. A failed one is counted under `failed`, its
+    /// labels with the failure's response flag, in the closed and the failed series.
+    pub fn close(&self, series: &Series, failed: Option<&TrafficLabels>) {
+        let Some(labels) = failed else {
+            series.closed.inc();
+            return;
+        };
         self.connections_closed.get_or_create(labels).inc();
-        self.received_bytes.get_or_create(labels).inc_by(received);
-        self.sent_bytes.get_or_create(labels).inc_by(sent);
-        if failed {
-            self.connections_failed.get_or_create(labels).inc();
-        }
+        self.connections_failed.get_or_create(labels).inc();
+        self.remember(labels);
+    }
+
+    /// Keeps `labels` in the set [`Metrics::expire`] walks.
+    fn remember(&self, labels: &TrafficLabels) {
         let mut seen = self.seen.lock();
         if !seen.contains(labels) {
             seen.insert(labels.clone());

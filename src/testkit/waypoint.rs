@@ -173,7 +173,8 @@ async fn serve(
                 return;
             };
             let (rd, wr) = upstream.into_split();
-            let _ = relay(rd, wr, send, req.into_body(), None).await;
+            let meter = crate::ops::access::Meter::detached();
+            let _ = relay(rd, wr, send, req.into_body(), &meter, None).await;
         });
     }
     Ok(())

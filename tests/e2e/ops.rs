@@ -179,6 +179,59 @@ fn metrics_count_connections_and_bytes_exactly() {
         Some(1.0),
         "{src}"
     );
+    let echo = SocketAddr::from((lab.pod("c").ip(), server.port()));
+    long_lived_connections_are_counted_while_they_run(&cluster, echo);
+}
+
+/// A connection that stays open is counted opened at once and its bytes as they flow, on both
+/// nodes; it is counted closed only when it ends.
+fn long_lived_connections_are_counted_while_they_run(cluster: &Cluster, dst: SocketAddr) {
+    const SENT: usize = 1000;
+    let (opened_tx, opened_rx) = std::sync::mpsc::channel();
+    let (finish_tx, finish_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = cluster.lab.pod("b").spawn_async(async move {
+        let mut s = ztun::testkit::lab::connect(dst, WAIT).await?;
+        let mut buf = vec![0u8; SENT];
+        s.write_all(&[7u8; SENT]).await?;
+        s.read_exact(&mut buf).await?;
+        let _ = opened_tx.send(());
+        let _ = finish_rx.await;
+        anyhow::Ok(())
+    });
+    opened_rx.recv_timeout(WAIT).expect("b's connection echoed");
+    let series = |node: &str, reporter: &str| {
+        let body = scrape(cluster.lab.node(node).netns());
+        let labels = [("reporter", reporter), ("source_workload", "b")];
+        let value = |m| sample(&body, m, &labels).unwrap_or(0.0);
+        (
+            value("istio_tcp_connections_opened_total"),
+            value("istio_tcp_connections_closed_total"),
+            value("istio_tcp_received_bytes_total"),
+            value("istio_tcp_sent_bytes_total"),
+        )
+    };
+    let wait_for = |node: &str, reporter: &str, want: (f64, f64, f64, f64)| {
+        // The last count may land just after the client has its bytes: poll until it does.
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let got = series(node, reporter);
+            if got == want {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{node}: (opened, closed, received, sent) = {got:?}, want {want:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    let bytes = SENT as f64;
+    wait_for("n1", "source", (1.0, 0.0, bytes, bytes));
+    wait_for("n2", "destination", (1.0, 0.0, bytes, bytes));
+    let _ = finish_tx.send(());
+    task.join().unwrap().expect("b's connection");
+    wait_for("n1", "source", (1.0, 1.0, bytes, bytes));
+    wait_for("n2", "destination", (1.0, 1.0, bytes, bytes));
 }
 
 #[test]

@@ -20,6 +20,8 @@ use h2::{RecvStream, SendStream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
+use crate::ops::access::Meter;
+
 /// Smallest read buffer; it grows while the flow is busy.
 const MIN_READ: usize = 16 * 1024;
 /// Largest read buffer.
@@ -30,29 +32,19 @@ const MAX_READ: usize = 256 * 1024;
 #[error("stream stalled: the peer granted no flow-control window for {0:?}")]
 pub struct Stalled(pub Duration);
 
-/// Byte counts of a finished relay.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Transferred {
-    /// Bytes read from the TCP side and sent into the tunnel.
-    pub from_tcp: u64,
-    /// Bytes received from the tunnel and written to the TCP side.
-    pub to_tcp: u64,
-}
-
-/// Relays until both directions are finished; returns the byte counts even on error. A send
-/// window closed for `stall` fails the relay with [`Stalled`] (`None`: wait forever).
+/// Relays until both directions are finished, counting bytes into `meter`. A send window
+/// closed for `stall` fails the relay with [`Stalled`] (`None`: wait forever).
 pub async fn relay(
     tcp_read: OwnedReadHalf,
     tcp_write: OwnedWriteHalf,
     send: SendStream<Bytes>,
     recv: RecvStream,
+    meter: &Meter,
     stall: Option<Duration>,
-) -> (Transferred, io::Result<()>) {
-    let mut t = Transferred::default();
-    let up = tcp_to_h2(tcp_read, send, &mut t.from_tcp, stall);
-    let down = h2_to_tcp(recv, tcp_write, &mut t.to_tcp);
-    let res = tokio::try_join!(up, down).map(|_| ());
-    (t, res)
+) -> io::Result<()> {
+    let up = tcp_to_h2(tcp_read, send, meter, stall);
+    let down = h2_to_tcp(recv, tcp_write, meter);
+    tokio::try_join!(up, down).map(|_| ())
 }
 
 /// Like [`relay`], for a CONNECT whose response has not arrived: the client's bytes go out at
@@ -65,43 +57,38 @@ pub async fn relay_early<E: From<io::Error>>(
     tcp_write: OwnedWriteHalf,
     send: SendStream<Bytes>,
     response: impl std::future::Future<Output = Result<RecvStream, E>>,
+    meter: &Meter,
     stall: Option<Duration>,
-) -> (Transferred, Result<(), E>) {
-    let (mut from_tcp, mut to_tcp) = (0u64, 0u64);
+) -> Result<(), E> {
     let answered = tokio::sync::Notify::new();
-    let res = {
-        let up = tcp_to_h2(tcp_read, send, &mut from_tcp, stall);
-        let down = async {
-            let recv = response.await?;
-            answered.notify_one();
-            h2_to_tcp(recv, tcp_write, &mut to_tcp)
-                .await
-                .map_err(E::from)
-        };
-        tokio::pin!(up, down);
-        let mut up_done = false;
-        loop {
-            tokio::select! {
-                r = &mut down => match r {
-                    Err(e) => break Err(e),
-                    Ok(()) if up_done => break Ok(()),
-                    Ok(()) => break (&mut up).await.map_err(E::from),
-                },
-                r = &mut up, if !up_done => match r {
-                    Ok(()) => up_done = true,
-                    Err(e) => {
-                        // Until the answer is in, wait for it: a refusal explains this failure.
-                        let failed = E::from(e);
-                        break tokio::select! {
-                            r = &mut down => Err(r.err().unwrap_or(failed)),
-                            _ = answered.notified() => Err(failed),
-                        };
-                    }
-                },
-            }
-        }
+    let up = tcp_to_h2(tcp_read, send, meter, stall);
+    let down = async {
+        let recv = response.await?;
+        answered.notify_one();
+        h2_to_tcp(recv, tcp_write, meter).await.map_err(E::from)
     };
-    (Transferred { from_tcp, to_tcp }, res)
+    tokio::pin!(up, down);
+    let mut up_done = false;
+    loop {
+        tokio::select! {
+            r = &mut down => match r {
+                Err(e) => break Err(e),
+                Ok(()) if up_done => break Ok(()),
+                Ok(()) => break (&mut up).await.map_err(E::from),
+            },
+            r = &mut up, if !up_done => match r {
+                Ok(()) => up_done = true,
+                Err(e) => {
+                    // Until the answer is in, wait for it: a refusal explains this failure.
+                    let failed = E::from(e);
+                    break tokio::select! {
+                        r = &mut down => Err(r.err().unwrap_or(failed)),
+                        _ = answered.notified() => Err(failed),
+                    };
+                }
+            },
+        }
+    }
 }
 
 /// Reads the socket into a buffer that exists only while data flows: an idle connection
@@ -111,7 +98,7 @@ pub async fn relay_early<E: From<io::Error>>(
 async fn tcp_to_h2(
     mut rd: OwnedReadHalf,
     mut send: SendStream<Bytes>,
-    count: &mut u64,
+    meter: &Meter,
     stall: Option<Duration>,
 ) -> io::Result<()> {
     let mut want = MIN_READ;
@@ -129,7 +116,7 @@ async fn tcp_to_h2(
             send.send_data(Bytes::new(), true).map_err(h2_io)?;
             return Ok(());
         }
-        *count += n as u64;
+        meter.from_pod(n as u64);
         super::fair::spend(n).await;
         let drained = n < room;
         if !drained && want < MAX_READ {
@@ -169,17 +156,13 @@ async fn send_all(
     Ok(())
 }
 
-async fn h2_to_tcp(
-    mut recv: RecvStream,
-    mut wr: OwnedWriteHalf,
-    count: &mut u64,
-) -> io::Result<()> {
+async fn h2_to_tcp(mut recv: RecvStream, mut wr: OwnedWriteHalf, meter: &Meter) -> io::Result<()> {
     loop {
         match recv.data().await {
             Some(Ok(chunk)) => {
                 let n = chunk.len();
                 wr.write_all(&chunk).await?;
-                *count += n as u64;
+                meter.to_pod(n as u64);
                 super::fair::spend(n).await;
                 recv.flow_control().release_capacity(n).map_err(h2_io)?;
             }
