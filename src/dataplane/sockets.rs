@@ -157,12 +157,11 @@ impl Sockets {
             s.set_tcp_nodelay(true)?;
             self.apply_keepalive(&SockRef::from(&s))?;
             if let Some(src) = source {
+                // Transparent alone lets the socket bind a non-local address (no FREEBIND).
                 if dst.is_ipv4() {
                     s.set_ip_transparent_v4(true)?;
-                    s.set_freebind_v4(true)?;
                 } else {
                     s.set_ip_transparent_v6(true)?;
-                    s.set_freebind_v6(true)?;
                 }
                 // The port is chosen at connect time, unique per 4-tuple rather than per
                 // source address: spoofed sources share one address among many connections.
