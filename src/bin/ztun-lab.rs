@@ -23,8 +23,13 @@ const COMMANDS: &[Command] = &[
     },
     Command {
         name: "bench",
-        usage: "bench [--ztun PATH] [--runs N] [--seconds S] [--idle N] [--concurrency N] [--only throughput,connections,isolation,memory] [--out FILE]  direct TCP vs through ztun, as ratios",
+        usage: "bench [--ztun PATH] [--runs N] [--seconds S] [--idle N[,N...]] [--concurrency N] [--only throughput,connections,isolation,memory] [--out FILE]  direct TCP vs through ztun, as ratios",
         run: bench,
+    },
+    Command {
+        name: "echo-server",
+        usage: "echo-server --port P   a TCP echo server in the current namespace until killed (the bench's idle-connection peer)",
+        run: echo_server,
     },
     Command {
         name: "demo",
@@ -104,6 +109,17 @@ fn demo(args: &[String]) -> anyhow::Result<()> {
     ztun::testkit::demo::run(&bin, source)
 }
 
+fn echo_server(args: &[String]) -> anyhow::Result<()> {
+    let port = match args {
+        [flag, p] if flag == "--port" => p.parse().context("--port")?,
+        _ => bail!("usage: echo-server --port P"),
+    };
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(lab::echo_server(port))
+}
+
 fn bench(args: &[String]) -> anyhow::Result<()> {
     let mut opts = ztun::testkit::bench::Options::default();
     let mut bin = None;
@@ -115,7 +131,15 @@ fn bench(args: &[String]) -> anyhow::Result<()> {
             "--ztun" => bin = Some(std::fs::canonicalize(value()?).context("--ztun")?),
             "--runs" => opts.runs = value()?.parse().context("--runs")?,
             "--seconds" => opts.seconds = value()?.parse().context("--seconds")?,
-            "--idle" => opts.idle_connections = value()?.parse().context("--idle")?,
+            "--idle" => {
+                let mut levels = value()?
+                    .split(',')
+                    .map(str::parse)
+                    .collect::<Result<Vec<usize>, _>>()
+                    .context("--idle")?;
+                levels.sort_unstable();
+                opts.idle_connections = levels;
+            }
             "--requests" => opts.requests = value()?.parse().context("--requests")?,
             "--concurrency" => opts.concurrency = value()?.parse().context("--concurrency")?,
             "--only" => opts.only = value()?.split(',').map(str::to_string).collect(),

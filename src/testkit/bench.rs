@@ -31,8 +31,9 @@ pub struct Options {
     pub seconds: u64,
     /// Request/response round trips per latency measurement.
     pub requests: usize,
-    /// Idle tunnelled connections for the memory figure.
-    pub idle_connections: usize,
+    /// Idle tunnelled connections for the memory figure, ascending: each level is reached by
+    /// opening more connections on top of the previous ones.
+    pub idle_connections: Vec<usize>,
     /// Concurrency of the connection-rate test.
     pub concurrency: usize,
     /// Figures to measure (`throughput`, `connections`, `isolation`, `memory`); empty: all.
@@ -52,7 +53,7 @@ impl Default for Options {
             runs: 3,
             seconds: 5,
             requests: 20_000,
-            idle_connections: 1000,
+            idle_connections: vec![1000, 10_000],
             concurrency: 8,
             only: Vec::new(),
         }
@@ -223,27 +224,59 @@ pub fn run(ztun: &Path, opts: &Options) -> anyhow::Result<Value> {
         ));
     }
 
-    // 5. Memory: idle, and per idle tunnelled connection (both ztuns together).
+    // 5. Memory: idle, and per idle tunnelled connection (both ztuns together) at each level.
     let before = rss(&z1) + rss(&z2);
-    let n = opts.idle_connections * usize::from(opts.wants("memory"));
-    let held = lab.pod("a").spawn_async(hold_connections(tunnel, n));
-    let deadline = Instant::now() + WAIT;
-    while ztun_established(&lab)? < n {
-        if Instant::now() > deadline {
-            bail!(
-                "only {} of {n} idle connections got established",
-                ztun_established(&lab)?
-            );
+    let levels: &[usize] = if opts.wants("memory") {
+        &opts.idle_connections
+    } else {
+        &[]
+    };
+    // The idle connections' echo server is a process of its own: this one holds the clients,
+    // and both ends of 10 000 connections would not fit one process's descriptor limit.
+    let idle_echo = match levels {
+        [] => None,
+        _ => {
+            let exe = std::env::current_exe()?;
+            let p = lab.spawn_in(
+                lab.pod("c").netns(),
+                "idle-echo",
+                &exe,
+                &["echo-server", "--port", &IDLE_PORT.to_string()],
+                &[],
+                lab.dir(),
+            )?;
+            p.wait_for_log("listening on", WAIT)?;
+            Some(p)
         }
-        std::thread::sleep(Duration::from_millis(50));
+    };
+    let idle = SocketAddr::from((lab.pod("c").ip(), IDLE_PORT));
+    let mut held = Vec::new();
+    let mut memory = Vec::new();
+    for &n in levels {
+        let more = n.saturating_sub(ztun_established(&lab)?);
+        held.push(lab.pod("a").spawn_async(hold_connections(idle, more)));
+        let deadline = Instant::now() + WAIT;
+        while ztun_established(&lab)? < n {
+            if Instant::now() > deadline {
+                bail!(
+                    "only {} of {n} idle connections got established",
+                    ztun_established(&lab)?
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        let loaded = rss(&z1) + rss(&z2);
+        let per_conn = (loaded.saturating_sub(before)) as f64 / n.max(1) as f64;
+        memory.push(json!({ "idle_connections": n, "bytes_per_idle_connection_both": per_conn }));
     }
-    std::thread::sleep(Duration::from_millis(500));
-    let loaded = rss(&z1) + rss(&z2);
-    let per_conn = (loaded.saturating_sub(before)) as f64 / n.max(1) as f64;
-    held.abort();
+    for h in held {
+        h.abort();
+    }
+    drop(idle_echo);
     let cpu_gb = if cpu.is_empty() { 0.0 } else { median(cpu) };
 
-    print_table(&rows, idle_rss, per_conn, n, cpu_gb);
+    print_table(&rows, idle_rss, &memory, cpu_gb);
     for l in &iso_lines {
         println!("{l}");
     }
@@ -251,7 +284,7 @@ pub fn run(ztun: &Path, opts: &Options) -> anyhow::Result<Value> {
         "isolation": isolation,
         "runs": opts.runs,
         "rows": rows,
-        "memory": { "idle_rss_bytes_both": idle_rss, "bytes_per_idle_connection_both": per_conn, "idle_connections": n },
+        "memory": { "idle_rss_bytes_both": idle_rss, "levels": memory },
         "cpu_seconds_per_gb_both": cpu_gb,
     }))
 }
@@ -260,7 +293,7 @@ fn row(name: &str, direct: f64, tunnel: f64, ratio: f64) -> Value {
     json!({ "figure": name, "direct": direct, "ztun": tunnel, "ratio": ratio })
 }
 
-fn print_table(rows: &[Value], idle: u64, per_conn: f64, n: usize, cpu_gb: f64) {
+fn print_table(rows: &[Value], idle: u64, memory: &[Value], cpu_gb: f64) {
     println!(
         "{:<22} {:>14} {:>14} {:>8}",
         "figure", "direct TCP", "through ztun", "ratio"
@@ -278,10 +311,15 @@ fn print_table(rows: &[Value], idle: u64, per_conn: f64, n: usize, cpu_gb: f64) 
         "RSS idle, both ztuns: {:.1} MiB",
         idle as f64 / (1 << 20) as f64
     );
-    println!(
-        "RSS per idle tunnelled connection (both ends, {n} conns): {:.0} bytes",
-        per_conn
-    );
+    for m in memory {
+        println!(
+            "RSS per idle tunnelled connection (both ends, {} conns): {:.0} bytes",
+            m["idle_connections"],
+            m["bytes_per_idle_connection_both"]
+                .as_f64()
+                .unwrap_or_default()
+        );
+    }
     println!("CPU seconds per GB through both ztuns: {cpu_gb:.2}");
 }
 
@@ -459,13 +497,15 @@ async fn hold_connections(dst: SocketAddr, n: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Established TCP connections to port 7000 seen by the destination app's namespace.
+/// Port of the idle connections' echo server in pod c.
+const IDLE_PORT: u16 = 7001;
+
+/// Established TCP connections to the idle echo server, seen in the destination app's namespace.
 fn ztun_established(lab: &Lab) -> anyhow::Result<usize> {
-    let out = lab.pod("c").exec(
-        "ss",
-        &["-Htn", "state", "established", "( sport = :7000 )"],
-        None,
-    )?;
+    let filter = format!("( sport = :{IDLE_PORT} )");
+    let out = lab
+        .pod("c")
+        .exec("ss", &["-Htn", "state", "established", &filter], None)?;
     Ok(out.lines().filter(|l| !l.trim().is_empty()).count())
 }
 
@@ -491,9 +531,16 @@ fn cpu_seconds(p: &Process) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// The client and the echo server of the memory figure share this process: 10 000 idle
+/// connections take 20 000 descriptors here. As root the hard limit can be raised too (the
+/// ztuns it spawns inherit it).
 fn raise_fd_limit() {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    const WANT: u64 = 1 << 16;
     if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if hard < WANT && setrlimit(Resource::RLIMIT_NOFILE, WANT, WANT).is_ok() {
+            return;
+        }
         let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
     }
 }

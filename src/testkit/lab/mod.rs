@@ -42,8 +42,8 @@ pub use pod::{Pod, PodSpec};
 pub use process::{Process, ZtunProcess};
 pub use redirect::{rules as capture_rules, CaptureMode};
 pub use traffic::{
-    bulk_echo, bulk_echo_over, connect, peer_seen_by, Server, Transfer, CONNECT_TIMEOUT,
-    TRAFFIC_DEADLINE,
+    bulk_echo, bulk_echo_over, connect, echo_server, peer_seen_by, Server, Transfer,
+    CONNECT_TIMEOUT, TRAFFIC_DEADLINE,
 };
 
 // Tests share a `&Lab` with closures running in pod threads.

@@ -242,6 +242,15 @@ pub async fn peer_seen_by(addr: SocketAddr, deadline: Duration) -> anyhow::Resul
         .map_err(|_| anyhow!("no peer line from {addr} within {deadline:?}"))?
 }
 
+/// An echo server on `0.0.0.0:port` in the calling thread's namespace, for a process of its
+/// own (`ztun-lab echo-server`): prints `listening on ADDR` once bound, then serves forever.
+pub async fn echo_server(port: u16) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(("0.0.0.0", port)).await?;
+    println!("listening on {}", listener.local_addr()?);
+    serve(listener, ServerKind::Echo, Arc::default()).await;
+    Ok(())
+}
+
 async fn serve(listener: TcpListener, kind: ServerKind, peers: Arc<Mutex<Vec<SocketAddr>>>) {
     loop {
         let Ok((mut stream, peer)) = listener.accept().await else {
