@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use h2::server::SendResponse;
+use h2::SendStream;
 use http::{Method, Request, Response, StatusCode};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -20,7 +21,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::hbone::stream::relay as relay_h2;
 use super::outbound::canonical;
-use super::policy::{Conn, Revoked};
+use super::policy::{Conn, Registration, Revoked};
 use super::proxy::Drains;
 use super::route::inbound::{Authority, InboundTarget, Tunnel};
 use super::{proxy_protocol, route, Error, Proxy};
@@ -133,7 +134,7 @@ pub async fn serve(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, mut drai
                 let req = Box::new(req);
                 tokio::spawn(async move {
                     tokio::select! {
-                        _ = serve_stream(&proxy, &info, *req, respond) => {}
+                        _ = serve_stream(&proxy, &info, req, respond) => {}
                         _ = w.immediate() => {}
                     }
                     drop(busy);
@@ -208,13 +209,59 @@ async fn handshake(
     Ok((conn, client, tracked))
 }
 
+/// A stream authorized, its app connection open and its 200 sent.
+struct Opened {
+    upstream: TcpStream,
+    send: SendStream<Bytes>,
+    body: h2::RecvStream,
+    registration: Registration,
+}
+
 async fn serve_stream(
+    proxy: &Proxy,
+    info: &ConnInfo,
+    req: Box<Request<h2::RecvStream>>,
+    respond: SendResponse<Bytes>,
+) {
+    let mut log = AccessLog::new(Direction::Inbound);
+    // Opening and relaying are two futures, one after the other: the relay, which an idle
+    // stream sits in, does not carry the request head or the opening's state.
+    let Some(Opened {
+        upstream,
+        send,
+        body,
+        mut registration,
+    }) = open(proxy, info, *req, respond, &mut log).await
+    else {
+        return;
+    };
+    let (rd, wr) = upstream.into_split();
+    let mut cert_revoked = info.revoked.clone();
+    let meter = log.meter();
+    let stall = proxy.cfg.proxy.stream_stall_timeout;
+    tokio::select! {
+        res = relay_h2(rd, wr, send, body, &meter, stall) => match res {
+            Ok(()) => log.complete(None),
+            Err(e) => log.complete(Some(&Error::from(e))),
+        },
+        Revoked(denial) = registration.revoked() => {
+            log.complete(Some(&Error::Revoked(denial)));
+        }
+        _ = cert_revoked.revoked() => {
+            log.complete(Some(&Error::CertRevoked));
+        }
+    }
+}
+
+/// Authorizes the stream, connects to the app and answers 200; `None` once a refusal has
+/// been answered and logged.
+async fn open(
     proxy: &Proxy,
     info: &ConnInfo,
     req: Request<h2::RecvStream>,
     mut respond: SendResponse<Bytes>,
-) {
-    let mut log = AccessLog::new(Direction::Inbound);
+    log: &mut AccessLog,
+) -> Option<Opened> {
     log.src.addr = Some(info.peer);
     log.src.identity = Some(info.client.clone());
     log.src.namespace = Some(info.client.namespace().into());
@@ -242,7 +289,10 @@ async fn serve_stream(
 
     let (authority, target) = match resolve(proxy, info, &req) {
         Ok(t) => t,
-        Err(e) => return reject(&mut respond, &mut log, e),
+        Err(e) => {
+            reject(&mut respond, log, e);
+            return None;
+        }
     };
     log.hbone_addr = Some(match authority {
         Authority::Addr(a) => a,
@@ -258,16 +308,20 @@ async fn serve_stream(
         dst_ip: info.local.ip(),
         dst_port: target.upstream.port(),
     };
-    let mut registration = proxy.connections.register(conn.clone());
+    let registration = proxy.connections.register(conn.clone());
     let decision = proxy.connections.authorize(&proxy.state.load(), &conn);
     decision.log(&conn);
     if let Some(denial) = decision.denial() {
-        return reject(&mut respond, &mut log, Error::Denied(denial));
+        reject(&mut respond, log, Error::Denied(denial));
+        return None;
     }
 
     let mut upstream = match connect_upstream(proxy, info, &target).await {
         Ok(s) => s,
-        Err(e) => return reject(&mut respond, &mut log, Error::ConnectUpstream(Arc::new(e))),
+        Err(e) => {
+            reject(&mut respond, log, Error::ConnectUpstream(Arc::new(e)));
+            return None;
+        }
     };
     let mut ok = Response::builder().status(StatusCode::OK);
     if proxy.cfg.proxy.enable_response_baggage {
@@ -286,7 +340,10 @@ async fn serve_stream(
     }
     let send = match respond.send_response(ok.body(()).unwrap_or_default(), false) {
         Ok(s) => s,
-        Err(e) => return log.complete(Some(&Error::H2(Arc::new(e)))),
+        Err(e) => {
+            log.complete(Some(&Error::H2(Arc::new(e))));
+            return None;
+        }
     };
     log.established();
     if let Some(Tunnel {
@@ -296,25 +353,16 @@ async fn serve_stream(
     {
         let header = proxy_protocol::header(info.peer, original, Some(&info.client));
         if let Err(e) = upstream.write_all(&header).await {
-            return log.complete(Some(&Error::ConnectUpstream(Arc::new(e))));
+            log.complete(Some(&Error::ConnectUpstream(Arc::new(e))));
+            return None;
         }
     }
-    let (rd, wr) = upstream.into_split();
-    let mut cert_revoked = info.revoked.clone();
-    let meter = log.meter();
-    let stall = proxy.cfg.proxy.stream_stall_timeout;
-    tokio::select! {
-        res = relay_h2(rd, wr, send, req.into_body(), &meter, stall) => match res {
-            Ok(()) => log.complete(None),
-            Err(e) => log.complete(Some(&Error::from(e))),
-        },
-        Revoked(denial) = registration.revoked() => {
-            log.complete(Some(&Error::Revoked(denial)));
-        }
-        _ = cert_revoked.revoked() => {
-            log.complete(Some(&Error::CertRevoked));
-        }
-    }
+    Some(Opened {
+        upstream,
+        send,
+        body: req.into_body(),
+        registration,
+    })
 }
 
 /// Checks the request and decides where it goes (nothing is dialled yet).

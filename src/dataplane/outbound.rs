@@ -7,10 +7,13 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use bytes::Bytes;
+use h2::client::ResponseFuture;
+use h2::SendStream;
 use http::{Method, Request, StatusCode};
 use tokio::net::TcpStream;
 
-use super::hbone::pool::PoolKey;
+use super::hbone::pool::{Checkout, PoolKey};
 use super::hbone::stream::relay_early;
 use super::proxy::Drains;
 use super::route::{self, PendingHost, RefuseReason, Route};
@@ -27,18 +30,69 @@ pub async fn serve(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, _drain: 
     log.src.addr = Some(canonical(peer));
     log.src.workload = Some(proxy.pod.name.clone());
     log.src.namespace = Some(proxy.pod.namespace.clone());
-    match run(&proxy, tcp, peer, &mut log).await {
+    // Setting up and relaying are two futures, one after the other: the relay, which an idle
+    // connection sits in, does not carry the setup's state (routes, keys, certificates).
+    // `Ready` is boxed so that neither this future nor the relay's keeps a copy of it inline.
+    let ready = match prepare(&proxy, tcp, peer, &mut log).await {
+        Ok(ready) => ready,
+        Err(e) => return log.complete(Some(&e)),
+    };
+    match relay(&proxy, ready, &mut log).await {
         Ok(()) => log.complete(None),
         Err(e) => log.complete(Some(&e)),
     }
 }
 
-async fn run(
+/// A connection set up and ready to relay.
+enum Ready {
+    /// Plain TCP to `upstream`.
+    Tcp { tcp: TcpStream, upstream: TcpStream },
+    /// An HBONE stream whose CONNECT is sent and whose answer is pending.
+    Hbone {
+        tcp: TcpStream,
+        checkout: Checkout,
+        response: ResponseFuture,
+        send: SendStream<Bytes>,
+    },
+}
+
+async fn relay(proxy: &Proxy, ready: Box<Ready>, log: &mut AccessLog) -> Result<(), Error> {
+    match *ready {
+        Ready::Tcp { tcp, upstream } => relay_tcp(tcp, upstream, &log.meter()).await,
+        Ready::Hbone {
+            tcp,
+            checkout,
+            response,
+            send,
+        } => {
+            let meter = log.meter();
+            let response = async move {
+                let resp = response.await.map_err(|e| Error::H2(Arc::new(e)))?;
+                if resp.status() != StatusCode::OK {
+                    return Err(Error::HttpStatus(resp.status()));
+                }
+                log.established();
+                Ok(resp.into_body())
+            };
+            let (rd, wr) = tcp.into_split();
+            let mut revoked = checkout.revoked();
+            let stall = proxy.cfg.proxy.stream_stall_timeout;
+            let res = tokio::select! {
+                r = relay_early(rd, wr, send, response, &meter, stall) => r,
+                _ = revoked.revoked() => Err(Error::CertRevoked),
+            };
+            drop(checkout);
+            res
+        }
+    }
+}
+
+async fn prepare(
     proxy: &Proxy,
     tcp: TcpStream,
     peer: SocketAddr,
     log: &mut AccessLog,
-) -> Result<(), Error> {
+) -> Result<Box<Ready>, Error> {
     let dst = original_destination(&tcp, proxy.cfg.proxy.outbound_port)
         .ok_or(Error::NoOriginalDestination)?;
     log.dst.addr = Some(dst);
@@ -110,7 +164,7 @@ async fn run(
                     .await
                     .map_err(|e| Error::ConnectUpstream(Arc::new(e)))?;
                 log.established();
-                relay_tcp(tcp, upstream, &log.meter()).await
+                Ok(Box::new(Ready::Tcp { tcp, upstream }))
             }
             Route::Hbone {
                 dst: hbone_dst,
@@ -147,29 +201,16 @@ async fn run(
                     .header("baggage", super::hbone::baggage(&src))
                     .body(())
                     .map_err(|_| Error::BadRequest("cannot build CONNECT"))?;
-                let (resp, send) = checkout
+                let (response, send) = checkout
                     .sender()
                     .send_request(req, false)
                     .map_err(|e| Error::H2(Arc::new(e)))?;
-                let meter = log.meter();
-                let established = &mut *log;
-                let response = async move {
-                    let resp = resp.await.map_err(|e| Error::H2(Arc::new(e)))?;
-                    if resp.status() != StatusCode::OK {
-                        return Err(Error::HttpStatus(resp.status()));
-                    }
-                    established.established();
-                    Ok(resp.into_body())
-                };
-                let (rd, wr) = tcp.into_split();
-                let mut revoked = checkout.revoked();
-                let stall = proxy.cfg.proxy.stream_stall_timeout;
-                let res = tokio::select! {
-                    r = relay_early(rd, wr, send, response, &meter, stall) => r,
-                    _ = revoked.revoked() => Err(Error::CertRevoked),
-                };
-                drop(checkout);
-                res
+                Ok(Box::new(Ready::Hbone {
+                    tcp,
+                    checkout,
+                    response,
+                    send,
+                }))
             }
         };
     }
