@@ -50,6 +50,25 @@ impl Identity {
         })
     }
 
+    /// Like [`Identity::new`], sharing the given strings instead of copying them: an identity
+    /// taken from the mesh state costs no allocation.
+    pub fn from_shared(
+        trust_domain: &Arc<str>,
+        namespace: &Arc<str>,
+        service_account: &Arc<str>,
+    ) -> Result<Self, ParseError> {
+        for part in [trust_domain, namespace, service_account] {
+            if !valid_part(part) {
+                return Err(ParseError::Character);
+            }
+        }
+        Ok(Identity {
+            trust_domain: trust_domain.clone(),
+            namespace: namespace.clone(),
+            service_account: service_account.clone(),
+        })
+    }
+
     /// The trust domain, e.g. `cluster.local`.
     pub fn trust_domain(&self) -> &str {
         &self.trust_domain

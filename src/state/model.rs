@@ -173,7 +173,7 @@ impl Workload {
     /// The workload's SPIFFE identity, or `None` when a part is not a valid identity part
     /// (such a workload can never be the peer of an mTLS connection).
     pub fn identity(&self) -> Option<Identity> {
-        Identity::new(&self.trust_domain, &self.namespace, &self.service_account).ok()
+        Identity::from_shared(&self.trust_domain, &self.namespace, &self.service_account).ok()
     }
 }
 
