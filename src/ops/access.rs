@@ -47,24 +47,35 @@ pub struct Peer {
     pub namespace: Option<Arc<str>>,
     /// Proven (mTLS) identity.
     pub identity: Option<Identity>,
-    /// Canonical service (telemetry `*_canonical_service`, `*_app`).
-    pub canonical_name: Option<Arc<str>>,
-    /// Canonical revision (telemetry `*_canonical_revision`, `*_version`).
-    pub canonical_revision: Option<Arc<str>>,
-    /// Cluster id.
-    pub cluster: Option<Arc<str>>,
+    /// The mesh state's record, once described: the source of the telemetry labels
+    /// (`*_canonical_service`, `*_app`, `*_canonical_revision`, `*_version`, `*_cluster`).
+    pub described: Option<Arc<crate::state::model::Workload>>,
 }
 
 impl Peer {
     /// Fills the workload fields from the mesh state's record.
-    pub fn describe(&mut self, w: &crate::state::model::Workload) {
-        let non_empty = |s: &Arc<str>| (!s.is_empty()).then(|| s.clone());
+    pub fn describe(&mut self, w: &Arc<crate::state::model::Workload>) {
         self.workload = non_empty(&w.name);
         self.namespace = non_empty(&w.namespace);
-        self.canonical_name = non_empty(&w.canonical_name).or_else(|| non_empty(&w.name));
-        self.canonical_revision = non_empty(&w.canonical_revision);
-        self.cluster = non_empty(&w.cluster_id);
+        self.described = Some(w.clone());
     }
+
+    fn canonical_name(&self) -> Option<Arc<str>> {
+        let w = self.described.as_ref()?;
+        non_empty(&w.canonical_name).or_else(|| non_empty(&w.name))
+    }
+
+    fn canonical_revision(&self) -> Option<Arc<str>> {
+        non_empty(&self.described.as_ref()?.canonical_revision)
+    }
+
+    fn cluster(&self) -> Option<Arc<str>> {
+        non_empty(&self.described.as_ref()?.cluster_id)
+    }
+}
+
+fn non_empty(s: &Arc<str>) -> Option<Arc<str>> {
+    (!s.is_empty()).then(|| s.clone())
 }
 
 /// A workload named by namespace and name; shown as `namespace/name`. Shares the strings of
@@ -280,13 +291,13 @@ impl AccessLog {
                 Direction::Inbound => Reporter::Destination,
             },
             source_workload: or_unknown(&self.src.workload),
-            source_canonical_service: or_unknown(&self.src.canonical_name),
-            source_canonical_revision: or_unknown(&self.src.canonical_revision),
+            source_canonical_service: or_unknown(&self.src.canonical_name()),
+            source_canonical_revision: or_unknown(&self.src.canonical_revision()),
             source_workload_namespace: or_unknown(&self.src.namespace),
             source_principal: id(&self.src.identity),
-            source_app: or_unknown(&self.src.canonical_name),
-            source_version: or_unknown(&self.src.canonical_revision),
-            source_cluster: or_unknown(&self.src.cluster),
+            source_app: or_unknown(&self.src.canonical_name()),
+            source_version: or_unknown(&self.src.canonical_revision()),
+            source_cluster: or_unknown(&self.src.cluster()),
             destination_service: or_unknown(&self.service),
             destination_service_namespace: if self.service.is_some() {
                 or_unknown(&self.dst.namespace)
@@ -299,13 +310,13 @@ impl AccessLog {
                 .and_then(|s| s.split('.').next().map(Arc::from))
                 .unwrap_or_else(unknown),
             destination_workload: or_unknown(&self.dst.workload),
-            destination_canonical_service: or_unknown(&self.dst.canonical_name),
-            destination_canonical_revision: or_unknown(&self.dst.canonical_revision),
+            destination_canonical_service: or_unknown(&self.dst.canonical_name()),
+            destination_canonical_revision: or_unknown(&self.dst.canonical_revision()),
             destination_workload_namespace: or_unknown(&self.dst.namespace),
             destination_principal: id(&self.dst.identity),
-            destination_app: or_unknown(&self.dst.canonical_name),
-            destination_version: or_unknown(&self.dst.canonical_revision),
-            destination_cluster: or_unknown(&self.dst.cluster),
+            destination_app: or_unknown(&self.dst.canonical_name()),
+            destination_version: or_unknown(&self.dst.canonical_revision()),
+            destination_cluster: or_unknown(&self.dst.cluster()),
             request_protocol: "tcp",
             response_flags: failure.unwrap_or("-"),
             connection_security_policy: if mtls { "mutual_tls" } else { "unknown" },
