@@ -2,7 +2,8 @@
 //!
 //! Used at two levels: the whole process (SIGTERM) and one pod (ZDS `del`). Tasks select on
 //! [`Watch::signaled`] next to their work; the trigger side can wait until every watch is
-//! dropped, which is how shutdown knows all connections are gone.
+//! dropped, which is how shutdown knows all connections are gone. A pod's tasks hold one
+//! watch, [`merge`]d from both levels: one wait per connection instead of two.
 
 use tokio::sync::watch;
 
@@ -31,6 +32,52 @@ pub struct Watch {
 pub fn channel() -> (Trigger, Watch) {
     let (tx, rx) = watch::channel(None);
     (Trigger { tx }, Watch { rx })
+}
+
+/// One watch that follows the more urgent of `a` and `b` (a dropped trigger counts as
+/// `Immediate`), and the future that feeds it, to be spawned. The feeder holds `a` and `b`
+/// until every holder of the merged watch is gone, so the `closed()` of their triggers still
+/// waits for those holders.
+pub fn merge(mut a: Watch, mut b: Watch) -> (Watch, impl std::future::Future<Output = ()>) {
+    let (trigger, merged) = channel();
+    let feed = async move {
+        loop {
+            let mode = a.state().max(b.state());
+            if let Some(m) = mode.mode() {
+                if *trigger.tx.borrow() != Some(m) {
+                    trigger.start(m);
+                }
+            }
+            if mode == Urgency::Immediate {
+                break;
+            }
+            tokio::select! {
+                _ = a.rx.changed() => {}
+                _ = b.rx.changed() => {}
+                _ = trigger.closed() => return,
+            }
+        }
+        trigger.closed().await;
+    };
+    (merged, feed)
+}
+
+/// Drain states in order of urgency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Urgency {
+    None,
+    Graceful,
+    Immediate,
+}
+
+impl Urgency {
+    fn mode(self) -> Option<DrainMode> {
+        match self {
+            Urgency::None => None,
+            Urgency::Graceful => Some(DrainMode::Graceful),
+            Urgency::Immediate => Some(DrainMode::Immediate),
+        }
+    }
 }
 
 impl Trigger {
@@ -70,5 +117,57 @@ impl Watch {
     /// Whether draining has started.
     pub fn is_draining(&self) -> bool {
         self.rx.borrow().is_some()
+    }
+
+    fn state(&self) -> Urgency {
+        if self.rx.has_changed().is_err() {
+            return Urgency::Immediate;
+        }
+        match *self.rx.borrow() {
+            None => Urgency::None,
+            Some(DrainMode::Graceful) => Urgency::Graceful,
+            Some(DrainMode::Immediate) => Urgency::Immediate,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    const WAIT: Duration = Duration::from_secs(10);
+
+    #[tokio::test]
+    async fn a_merged_watch_follows_the_more_urgent_drain_and_holds_both_open() {
+        let (pod, pod_watch) = channel();
+        let (process, process_watch) = channel();
+        let (mut merged, feed) = merge(pod_watch, process_watch);
+        let feeder = tokio::spawn(feed);
+        assert!(!merged.is_draining());
+
+        process.start(DrainMode::Graceful);
+        let mode = tokio::time::timeout(WAIT, merged.signaled()).await.unwrap();
+        assert_eq!(mode, DrainMode::Graceful);
+
+        // The pod's trigger goes away: that is an immediate drain.
+        let mut holder = merged.clone();
+        drop(pod);
+        tokio::time::timeout(WAIT, holder.immediate())
+            .await
+            .unwrap();
+
+        // The process's closed() waits for the merged watch's holders, through the feeder.
+        let closed = process.closed();
+        tokio::pin!(closed);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), &mut closed)
+                .await
+                .is_err(),
+            "closed while watches of the merged drain are held"
+        );
+        drop((merged, holder));
+        tokio::time::timeout(WAIT, closed).await.unwrap();
+        tokio::time::timeout(WAIT, feeder).await.unwrap().unwrap();
     }
 }

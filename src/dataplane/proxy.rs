@@ -188,10 +188,9 @@ impl Proxy {
             .sockets
             .std_listener(SocketAddr::new(any, p.inbound_hbone_port), transparent)?;
         let (trigger, pod) = drain::channel();
-        let drains = Drains {
-            pod,
-            process: process.watch(),
-        };
+        let (watch, feed) = drain::merge(pod, process.watch());
+        data.spawn(feed);
+        let drains = Drains { watch };
         if p.dns_capture {
             crate::dns::start(self, data, &drains)?;
         }
@@ -254,28 +253,22 @@ impl ProxyHandle {
     }
 }
 
-/// The two drains a pod's tasks obey: the pod's own (CNI `del`) and the process's (SIGTERM).
+/// The drain a pod's tasks obey: the more urgent of the pod's own (CNI `del`) and the
+/// process's (SIGTERM), merged into one watch.
 #[derive(Clone)]
 pub struct Drains {
-    pod: drain::Watch,
-    process: drain::Watch,
+    watch: drain::Watch,
 }
 
 impl Drains {
     /// Resolves when either drain starts, with its mode.
     pub async fn signaled(&mut self) -> DrainMode {
-        tokio::select! {
-            m = self.pod.signaled() => m,
-            m = self.process.signaled() => m,
-        }
+        self.watch.signaled().await
     }
 
     /// Resolves when either drain becomes immediate.
     pub async fn immediate(&mut self) {
-        tokio::select! {
-            _ = self.pod.immediate() => {}
-            _ = self.process.immediate() => {}
-        }
+        self.watch.immediate().await
     }
 }
 
