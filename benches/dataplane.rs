@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use rustls::pki_types::ServerName;
 use ztun::control::ca::LocalCa;
-use ztun::dataplane::policy::{authorize, Conn};
+use ztun::dataplane::policy::{authorize, Conn, HttpOnlyDeny};
 use ztun::identity::Identity;
 
 fn main() {
@@ -84,6 +84,7 @@ fn main() {
             black_box(&snap),
             black_box(&conn),
             black_box(&dst),
+            HttpOnlyDeny::Ignore,
         ));
     }
     println!(

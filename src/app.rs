@@ -31,6 +31,11 @@ use crate::tls::{CertSource, Revocation};
 /// Runs ztun until it is told to stop.
 pub fn run(config: Config) -> anyhow::Result<()> {
     let log = crate::ops::logging::init(&config.log)?;
+    // Before any TLS configuration is built.
+    crate::tls::set_compliance_policy(config.compliance_policy);
+    if config.compliance_policy == crate::config::CompliancePolicy::Pqc {
+        tracing::info!("COMPLIANCE_POLICY=pqc: TLS key exchange is X25519MLKEM768 only");
+    }
     raise_fd_limit();
     let config = Arc::new(config);
     let data = tokio::runtime::Builder::new_multi_thread()
@@ -59,6 +64,8 @@ async fn run_control(config: Arc<Config>, data: Handle, log: LogHandle) -> anyho
     let readiness = Readiness::new().with_fd_liveness(config.proxy.fd_exhaustion_liveness);
     let pods = WorkloadStates::default();
     let (writer, reader) = state::new();
+    let policies = reader.clone();
+    telemetry.add_collector(Box::new(move |out| policy_families(&policies.load(), out)));
     load_local_config(&config, &writer)?;
     let (xds_synced, on_demand) = start_mesh_source(&config, writer, &readiness)?;
     let revocation = revocation(&config)?;
@@ -75,6 +82,7 @@ async fn run_control(config: Arc<Config>, data: Handle, log: LogHandle) -> anyho
         certificates: cert_dump,
         pods: pods.clone(),
         revocation: revocation.clone(),
+        static_config: static_config(&config),
     };
     serve_ops(&config, admin, &readiness, &data, &process).await?;
     tokio::spawn(expire_metrics(reader.clone(), telemetry));
@@ -153,6 +161,25 @@ async fn run_control(config: Arc<Config>, data: Handle, log: LogHandle) -> anyho
     }
     tracing::info!("ztun stopped");
     Ok(())
+}
+
+/// `staticConfig` of the dump: the local file re-read and parsed at each dump, as ztunnel
+/// shows it (`{workloads, services, policies}`), or its error; empty lists without one.
+fn static_config(config: &Config) -> Arc<dyn Fn() -> serde_json::Value + Send + Sync> {
+    let source = config.local_xds.clone();
+    Arc::new(move || {
+        let Some(source) = &source else {
+            return serde_json::json!({"workloads": [], "services": [], "policies": []});
+        };
+        match crate::control::local::from_source(source) {
+            Ok(local) => serde_json::json!({
+                "workloads": local.workloads,
+                "services": local.services,
+                "policies": local.policies,
+            }),
+            Err(e) => serde_json::json!({"error": e.to_string()}),
+        }
+    })
 }
 
 fn load_local_config(config: &Config, writer: &Writer) -> anyhow::Result<()> {
@@ -242,7 +269,29 @@ impl OnDemand for XdsOnDemand {
     }
 }
 
-/// Istio's xDS families from the client's counters.
+/// Policies whose rules include some that can never match at L4 (HTTP-only conditions).
+fn policy_families(snap: &crate::state::Snapshot, out: &mut String) {
+    use crate::state::model::PolicyAction;
+    use std::fmt::Write;
+    let (mut allow, mut deny) = (0usize, 0usize);
+    for p in snap.policies() {
+        if p.unmatchable_rules().next().is_some() {
+            match p.action {
+                PolicyAction::Allow => allow += 1,
+                PolicyAction::Deny => deny += 1,
+            }
+        }
+    }
+    let _ = writeln!(out, "# HELP ztun_authorization_policies_with_unmatchable_rules Authorization policies with rules that name only HTTP attributes, which never match at L4.\n# TYPE ztun_authorization_policies_with_unmatchable_rules gauge");
+    for (action, n) in [("allow", allow), ("deny", deny)] {
+        let _ = writeln!(
+            out,
+            "ztun_authorization_policies_with_unmatchable_rules{{action=\"{action}\"}} {n}"
+        );
+    }
+}
+
+/// Workload certificate gauges.
 fn cert_families(s: &crate::control::ca::CertSummary, out: &mut String) {
     use std::fmt::Write;
     let _ = writeln!(out, "# HELP ztun_workload_certificates Workload identities of this node by certificate state.\n# TYPE ztun_workload_certificates gauge");

@@ -7,8 +7,8 @@
 
 use tokio::sync::watch;
 
-/// How urgently watchers should stop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How urgently watchers should stop; ordered by urgency (`Immediate` is the greater).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum DrainMode {
     /// Stop accepting, let in-flight work finish (until the owner's deadline).
     Graceful,
@@ -42,13 +42,12 @@ pub fn merge(mut a: Watch, mut b: Watch) -> (Watch, impl std::future::Future<Out
     let (trigger, merged) = channel();
     let feed = async move {
         loop {
+            // `None` (not draining) orders below either mode.
             let mode = a.state().max(b.state());
-            if let Some(m) = mode.mode() {
-                if *trigger.tx.borrow() != Some(m) {
-                    trigger.start(m);
-                }
+            if mode.is_some() && *trigger.tx.borrow() != mode {
+                trigger.tx.send_replace(mode);
             }
-            if mode == Urgency::Immediate {
+            if mode == Some(DrainMode::Immediate) {
                 break;
             }
             tokio::select! {
@@ -60,24 +59,6 @@ pub fn merge(mut a: Watch, mut b: Watch) -> (Watch, impl std::future::Future<Out
         trigger.closed().await;
     };
     (merged, feed)
-}
-
-/// Drain states in order of urgency.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Urgency {
-    None,
-    Graceful,
-    Immediate,
-}
-
-impl Urgency {
-    fn mode(self) -> Option<DrainMode> {
-        match self {
-            Urgency::None => None,
-            Urgency::Graceful => Some(DrainMode::Graceful),
-            Urgency::Immediate => Some(DrainMode::Immediate),
-        }
-    }
 }
 
 impl Trigger {
@@ -119,15 +100,12 @@ impl Watch {
         self.rx.borrow().is_some()
     }
 
-    fn state(&self) -> Urgency {
+    /// The current mode; a dropped trigger is `Immediate`.
+    fn state(&self) -> Option<DrainMode> {
         if self.rx.has_changed().is_err() {
-            return Urgency::Immediate;
+            return Some(DrainMode::Immediate);
         }
-        match *self.rx.borrow() {
-            None => Urgency::None,
-            Some(DrainMode::Graceful) => Urgency::Graceful,
-            Some(DrainMode::Immediate) => Urgency::Immediate,
-        }
+        *self.rx.borrow()
     }
 }
 

@@ -38,11 +38,7 @@ impl Identity {
         namespace: &str,
         service_account: &str,
     ) -> Result<Self, ParseError> {
-        for part in [trust_domain, namespace, service_account] {
-            if !valid_part(part) {
-                return Err(ParseError::Character);
-            }
-        }
+        check_parts([trust_domain, namespace, service_account])?;
         Ok(Identity {
             trust_domain: trust_domain.into(),
             namespace: namespace.into(),
@@ -57,11 +53,7 @@ impl Identity {
         namespace: &Arc<str>,
         service_account: &Arc<str>,
     ) -> Result<Self, ParseError> {
-        for part in [trust_domain, namespace, service_account] {
-            if !valid_part(part) {
-                return Err(ParseError::Character);
-            }
-        }
+        check_parts([trust_domain, namespace, service_account].map(|p| &**p))?;
         Ok(Identity {
             trust_domain: trust_domain.clone(),
             namespace: namespace.clone(),
@@ -82,6 +74,14 @@ impl Identity {
     /// The Kubernetes service account of the workload.
     pub fn service_account(&self) -> &str {
         &self.service_account
+    }
+}
+
+fn check_parts(parts: [&str; 3]) -> Result<(), ParseError> {
+    if parts.iter().all(|p| valid_part(p)) {
+        Ok(())
+    } else {
+        Err(ParseError::Character)
     }
 }
 

@@ -54,17 +54,36 @@ pub(super) fn render(v: &Value) -> String {
     if policies.is_empty() {
         out.push_str("no policy applies\n");
     } else {
-        let mut t = Table::new(&["POLICY", "SCOPE", "ACTION", "DRY-RUN", "MATCHED RULE"]);
+        let mut t = Table::new(&[
+            "POLICY",
+            "SCOPE",
+            "ACTION",
+            "DRY-RUN",
+            "MATCHED RULE",
+            "L4-UNMATCHABLE RULES",
+        ]);
         for p in &policies {
+            let unmatchable = p["unmatchableRules"]
+                .as_array()
+                .map(|rules| rules.iter().map(s).collect::<Vec<_>>().join(","))
+                .filter(|r| !r.is_empty())
+                .unwrap_or_else(|| "-".into());
             t.row(vec![
                 s(&p["policy"]),
                 s(&p["scope"]),
                 s(&p["action"]),
                 s(&p["dryRun"]),
                 s(&p["matchedRule"]),
+                unmatchable,
             ]);
         }
         out.push_str(&t.render());
+        if policies.iter().any(|p| p["unmatchableRules"].is_array()) {
+            out.push_str(
+                "L4-unmatchable rules name only HTTP attributes (methods, paths, request \
+                 principals, headers): ztun, like ztunnel, cannot evaluate them and skips them\n",
+            );
+        }
     }
     for note in v["notes"].as_array().into_iter().flatten() {
         out.push_str(&format!("note: {}\n", s(note)));
@@ -104,5 +123,30 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("note: source identity"), "{out}");
+    }
+
+    #[test]
+    fn marks_rules_that_never_match_at_l4() {
+        let v = json!({
+            "connection": {"srcIp": "10.0.1.11", "srcIdentity": null, "dstIp": "10.0.2.11", "dstPort": 8080},
+            "destinationWorkload": "default/server",
+            "decision": {"verdict": "Allow", "reason": "no_allow_policy", "policy": null, "rule": null, "dryRun": null},
+            "policies": [
+                {"policy": "default/mixed", "scope": "Namespace", "action": "Deny", "dryRun": false, "matchedRule": null, "unmatchableRules": [0, 2]},
+                {"policy": "default/l4", "scope": "Namespace", "action": "Deny", "dryRun": false, "matchedRule": null},
+            ],
+            "notes": [],
+        });
+        let out = render(&v);
+        let row = |p: &str| {
+            out.lines()
+                .find(|l| l.starts_with(p))
+                .unwrap()
+                .trim_end()
+                .to_owned()
+        };
+        assert!(row("default/mixed").ends_with(" 0,2"), "{out}");
+        assert!(row("default/l4").ends_with(" -"), "{out}");
+        assert!(out.contains("cannot evaluate them and skips them"), "{out}");
     }
 }

@@ -92,7 +92,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         }
         "log-level" => {
             let out = match rest.get(1).map(String::as_str) {
-                None => client.get("/logging")?,
+                None => client.post("/logging")?,
                 Some("reset") => client.post("/logging?reset")?,
                 Some(level) => client.post(&format!("/logging?level={}", encode(level)))?,
             };
@@ -168,7 +168,10 @@ fn render(command: &str, v: &Value, _dump: &Value) -> String {
             for svc in list(v) {
                 let vips: Vec<String> = list(&svc["vips"])
                     .iter()
-                    .map(|a| s(&a["address"]))
+                    .map(|a| {
+                        s(a).split_once('/')
+                            .map_or_else(|| s(a), |(_, ip)| ip.to_owned())
+                    })
                     .collect();
                 let ports: Vec<String> = svc["ports"]
                     .as_object()

@@ -1,20 +1,26 @@
-//! The only reader of the process environment.
+//! The only reader of the process environment (and of the mesh config file).
 //!
-//! [`Source`] abstracts where variables come from ([`ProcessEnv`] in production, [`MapEnv`] in
-//! tests); this module also owns the value syntaxes (durations, booleans, Kubernetes CPU
-//! quantities) and assembles a [`Config`] from them.
+//! [`Source`] abstracts where variables and files come from ([`ProcessEnv`] in production,
+//! [`MapEnv`] in tests); this module assembles a [`Config`] from them, with the value syntaxes
+//! of `syntax.rs` and the ProxyConfig parsing of `mesh.rs`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fmt::Write as _;
+use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::identity::Identity;
 
+use super::mesh::{Origin, ProxyDefaults, MESH_CONFIG_FILE};
+use super::syntax::{
+    is_header_token_byte, is_namespace_name, parse_bool, parse_cpus, parse_duration, parse_mark,
+    parse_thread_spec, parse_workload_info, ThreadSpec,
+};
 use super::{
-    AuthToken, CaConfig, Config, ConfigError, DnsConfig, DnsListen, InpodConfig, Keepalive,
-    LocalXds, LogConfig, ProxyConfig, ProxyMode, RootCert, SelfIdentity, WorkloadInfo,
+    AuthToken, AuthzConfig, CaConfig, CompliancePolicy, Config, ConfigError, DnsConfig, DnsListen,
+    HttpOnlyDeny, InpodConfig, Keepalive, LocalXds, LogConfig, ProxyConfig, ProxyMode, RootCert,
+    SelfIdentity,
 };
 
 const PROXY_MODE: &str = "PROXY_MODE";
@@ -61,7 +67,9 @@ const KEEPALIVE_INTERVAL: &str = "KEEPALIVE_INTERVAL";
 const KEEPALIVE_RETRIES: &str = "KEEPALIVE_RETRIES";
 const USER_TIMEOUT_ENABLED: &str = "USER_TIMEOUT_ENABLED";
 const ENABLE_RESPONSE_BAGGAGE: &str = "ENABLE_RESPONSE_BAGGAGE";
-const ISTIO_META_DNS_CAPTURE: &str = "ISTIO_META_DNS_CAPTURE";
+/// Proxy metadata keys (from `ISTIO_META_<key>` or proxyMetadata) that change behaviour.
+const DNS_CAPTURE_KEY: &str = "DNS_CAPTURE";
+const DNS_PROXY_ADDR_KEY: &str = "DNS_PROXY_ADDR";
 const ISTIO_META_DNS_PROXY_ADDR: &str = "ISTIO_META_DNS_PROXY_ADDR";
 const DNS_PROXY_ADDR: &str = "DNS_PROXY_ADDR";
 const ZTUN_DNS_RESOLV_CONF: &str = "ZTUN_DNS_RESOLV_CONF";
@@ -80,6 +88,13 @@ const CA_ROOT_CA: &str = "CA_ROOT_CA";
 const ALT_XDS_HOSTNAME: &str = "ALT_XDS_HOSTNAME";
 const ALT_CA_HOSTNAME: &str = "ALT_CA_HOSTNAME";
 const AUTH_TOKEN: &str = "AUTH_TOKEN";
+const ZTUN_L4_DENY_HTTP_RULES: &str = "ZTUN_L4_DENY_HTTP_RULES";
+const AUTHZ_POLICY_INFO_LOGGING: &str = "AUTHZ_POLICY_INFO_LOGGING";
+const PROXY_CONFIG: &str = "PROXY_CONFIG";
+const ENABLE_PROXY: &str = "ENABLE_PROXY";
+const UNSTABLE_ENABLE_SOCKS5: &str = "UNSTABLE_ENABLE_SOCKS5";
+const TLS12_ENABLED: &str = "TLS12_ENABLED";
+const COMPLIANCE_POLICY: &str = "COMPLIANCE_POLICY";
 const ISTIO_META_PREFIX: &str = "ISTIO_META_";
 const ISTIO_METAJSON_PREFIX: &str = "ISTIO_METAJSON_";
 
@@ -128,6 +143,8 @@ const NONZERO_DURATION_FORMS: &str = "a non-zero duration such as 500ms, 5s, 10m
 const SECONDS_DURATION_FORMS: &str = "a duration of at least 1s such as 30s, 3m or 1h";
 const CPU_FORMS: &str = "a positive CPU quantity such as 500m, 1.5 or 2";
 const ADDRESS_FORMS: &str = "[http:// | https://]host:port, or empty to disable";
+const DISCOVERY_ADDRESS_FORMS: &str = "[http:// | https://]host:port";
+const DNS_ADDR_FORMS: &str = "localhost:<port> or ip:port";
 const WINDOW_FORMS: &str = "a window size in bytes from 1 to 2147483647";
 
 /// Where configuration variables come from.
@@ -138,6 +155,8 @@ pub trait Source {
     fn vars_with_prefix(&self, prefix: &str) -> Vec<(String, String)>;
     /// Whether `path` exists (decides whether a value names a file).
     fn path_exists(&self, path: &Path) -> bool;
+    /// The text of the file at `path`; `Ok(None)` when there is no such file.
+    fn read_file(&self, path: &Path) -> io::Result<Option<String>>;
 }
 
 /// The real process environment and filesystem. Values that are not valid UTF-8 are converted
@@ -165,14 +184,23 @@ impl Source for ProcessEnv {
     fn path_exists(&self, path: &Path) -> bool {
         path.exists()
     }
+
+    fn read_file(&self, path: &Path) -> io::Result<Option<String>> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Ok(Some(text)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
 }
 
-/// An in-memory environment and a set of paths that "exist": a deterministic [`Source`] for
-/// tests and tools.
+/// An in-memory environment, a set of paths that "exist" and the contents of some files: a
+/// deterministic [`Source`] for tests and tools.
 #[derive(Debug, Clone, Default)]
 pub struct MapEnv {
     vars: HashMap<String, String>,
     existing_paths: HashSet<PathBuf>,
+    files: HashMap<PathBuf, String>,
 }
 
 impl MapEnv {
@@ -190,6 +218,14 @@ impl MapEnv {
     /// Makes [`Source::path_exists`] report `path` as existing.
     pub fn with_existing_path(mut self, path: impl Into<PathBuf>) -> Self {
         self.existing_paths.insert(path.into());
+        self
+    }
+
+    /// Makes `path` an existing file whose text [`Source::read_file`] returns.
+    pub fn with_file(mut self, path: impl Into<PathBuf>, text: impl Into<String>) -> Self {
+        let path = path.into();
+        self.existing_paths.insert(path.clone());
+        self.files.insert(path, text.into());
         self
     }
 }
@@ -221,11 +257,18 @@ impl Source for MapEnv {
     fn path_exists(&self, path: &Path) -> bool {
         self.existing_paths.contains(path)
     }
+
+    fn read_file(&self, path: &Path) -> io::Result<Option<String>> {
+        Ok(self.files.get(path).cloned())
+    }
 }
 
 /// Assembles the configuration; see the field docs of [`Config`] for each rule.
 pub(super) fn build(source: &dyn Source, available_cpus: usize) -> Result<Config, ConfigError> {
     let env = Vars(source);
+    refuse_unimplemented(&env)?;
+    let defaults = proxy_defaults(source)?;
+    let proxy_metadata = proxy_metadata(source, &defaults);
 
     let proxy_mode = env
         .parse(PROXY_MODE, "shared | dedicated", |v| match v {
@@ -290,7 +333,18 @@ pub(super) fn build(source: &dyn Source, available_cpus: usize) -> Result<Config
         Some(_) => IN_CLUSTER_ISTIOD,
         None => LOCAL_ISTIOD,
     };
-    let xds_address = env.control_plane_address(XDS_ADDRESS, default_istiod)?;
+    // XDS_ADDRESS (set, even empty), else ProxyConfig discoveryAddress, else the default.
+    let xds_address = match (source.var(XDS_ADDRESS), &defaults.discovery_address) {
+        (None, Some((address, origin))) => {
+            let invalid = || ConfigError::Invalid {
+                var: origin.field("discoveryAddress"),
+                value: address.clone(),
+                expected: DISCOVERY_ADDRESS_FORMS,
+            };
+            Some(control_plane_uri(address).ok_or_else(invalid)?)
+        }
+        _ => env.control_plane_address(XDS_ADDRESS, default_istiod)?,
+    };
     let fake_ca = env.bool(FAKE_CA, false)?;
     let ca_address = env.control_plane_address(CA_ADDRESS, default_istiod)?;
     let ca = CaConfig {
@@ -305,13 +359,13 @@ pub(super) fn build(source: &dyn Source, available_cpus: usize) -> Result<Config
         )?,
     };
 
-    let proxy = proxy_config(&env)?;
+    let proxy = proxy_config(&env, &proxy_metadata)?;
     let xds_on_demand = env.bool(XDS_ON_DEMAND, false)?;
     if xds_on_demand && proxy.dns_capture {
         return Err(ConfigError::Conflict {
             first: "XDS_ON_DEMAND=true",
-            second: "the DNS proxy (on unless ISTIO_META_DNS_CAPTURE is set to something \
-                     other than true)",
+            second: "the DNS proxy (on unless ISTIO_META_DNS_CAPTURE, or DNS_CAPTURE in \
+                     proxyMetadata, is set to something other than true)",
         });
     }
 
@@ -344,7 +398,22 @@ pub(super) fn build(source: &dyn Source, available_cpus: usize) -> Result<Config
         local_xds,
         xds_address,
         ca,
-        worker_threads: worker_threads(source, available_cpus)?,
+        worker_threads: worker_threads(source, available_cpus, defaults.concurrency)?,
+        // ztunnel acts on `pqc` only and ignores any other value.
+        compliance_policy: match env.string(COMPLIANCE_POLICY).as_deref() {
+            Some("pqc") => CompliancePolicy::Pqc,
+            _ => CompliancePolicy::None,
+        },
+        authz: AuthzConfig {
+            http_only_deny: env
+                .parse(ZTUN_L4_DENY_HTTP_RULES, "ignore | enforce", |v| match v {
+                    "ignore" => Some(HttpOnlyDeny::Ignore),
+                    "enforce" => Some(HttpOnlyDeny::Enforce),
+                    _ => None,
+                })?
+                .unwrap_or_default(),
+            info_logging: env.bool(AUTHZ_POLICY_INFO_LOGGING, false)?,
+        },
         log: LogConfig {
             filter: env.string(RUST_LOG).unwrap_or_else(|| "info".to_owned()),
             json: env
@@ -358,7 +427,7 @@ pub(super) fn build(source: &dyn Source, available_cpus: usize) -> Result<Config
                 .unwrap_or(false),
         },
         proxy,
-        dns: dns_config(&env)?,
+        dns: dns_config(&env, &defaults)?,
         identity: SelfIdentity {
             pod_name: env.string(POD_NAME).unwrap_or_default(),
             pod_namespace: env.string(POD_NAMESPACE).unwrap_or_default(),
@@ -367,20 +436,16 @@ pub(super) fn build(source: &dyn Source, available_cpus: usize) -> Result<Config
                 .parse(INSTANCE_IP, "an IPv4 or IPv6 address", |v| v.parse().ok())?
                 .unwrap_or(DEFAULT_INSTANCE_IP),
         },
-        admin_addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 15000),
-        stats_addr: SocketAddr::new(wildcard, 15020),
+        admin_addr: SocketAddr::new(
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            defaults.proxy_admin_port.unwrap_or(15000),
+        ),
+        stats_addr: SocketAddr::new(wildcard, defaults.stats_port.unwrap_or(15020)),
         readiness_addr: SocketAddr::new(wildcard, 15021),
         termination_deadline: termination_deadline(&env)?,
         xds_on_demand,
         proxy_args: Vec::new(),
-        proxy_metadata: source
-            .vars_with_prefix(ISTIO_META_PREFIX)
-            .into_iter()
-            .filter_map(|(name, value)| {
-                let key = name.strip_prefix(ISTIO_META_PREFIX)?;
-                (!key.is_empty()).then(|| (key.to_owned(), value))
-            })
-            .collect(),
+        proxy_metadata,
         proxy_metadata_json: metadata_json(source)?,
         xds_headers: headers(source, XDS_HEADER_PREFIX)?,
         ca_headers: headers(source, CA_HEADER_PREFIX)?,
@@ -393,123 +458,107 @@ pub(super) fn build(source: &dyn Source, available_cpus: usize) -> Result<Config
 }
 
 /// Resolves the number of data-plane worker threads (rules on [`Config::worker_threads`]);
-/// `available_cpus` is the count the OS reports, used when `ZTUNNEL_CPU_LIMIT` is unset.
+/// `available_cpus` is the count the OS reports, `concurrency` the ProxyConfig field.
 pub(super) fn worker_threads(
     source: &dyn Source,
     available_cpus: usize,
+    concurrency: Option<u16>,
 ) -> Result<usize, ConfigError> {
     let env = Vars(source);
-    let cpus = env
-        .parse(ZTUNNEL_CPU_LIMIT, CPU_FORMS, parse_cpus)?
-        .unwrap_or(available_cpus)
-        .max(1);
+    let limit = env.parse(ZTUNNEL_RESOURCE_CPU_LIMIT, CPU_FORMS, parse_cpus)?;
+    let request = env
+        .parse(ZTUNNEL_RESOURCE_CPU_REQUEST, CPU_FORMS, parse_cpus)?
+        .unwrap_or(0);
+    let cpu_count = env.parse(ZTUNNEL_CPU_LIMIT, CPU_FORMS, parse_cpus)?;
+    // What `0`, percentages and the 25% rule count: the explicit resource limit first.
+    let cpus = limit.or(cpu_count).unwrap_or(available_cpus).max(1);
     let explicit = env.parse(
         ZTUNNEL_WORKER_THREADS,
         "a thread count such as 4, a share of the CPUs such as 50%, or 0 for all CPUs",
         parse_thread_spec,
     )?;
-    if let Some(spec) = explicit {
-        return Ok(match spec {
-            ThreadSpec::AllCpus => cpus,
-            ThreadSpec::Count(n) => n,
-            ThreadSpec::PercentMilli(milli) => {
-                // ceil(cpus × percent / 100), exact in integers: percent is in thousandths.
-                let threads = (cpus as u128 * milli as u128).div_ceil(100_000);
-                usize::try_from(threads).unwrap_or(usize::MAX).max(1)
-            }
-        });
-    }
-    let limit = env.parse(ZTUNNEL_RESOURCE_CPU_LIMIT, CPU_FORMS, parse_cpus)?;
-    let request = env
-        .parse(ZTUNNEL_RESOURCE_CPU_REQUEST, CPU_FORMS, parse_cpus)?
-        .unwrap_or(0);
-    Ok(match limit {
-        Some(limit) => limit.max(request),
-        None => cpus.div_ceil(4).max(request).max(MIN_AUTO_WORKER_THREADS),
-    })
-}
-
-/// Parses a duration: one or more `<integer><unit>` parts with units `ns`, `us`/`µs`, `ms`,
-/// `s`, `m`, `h`, `d` (e.g. `1h30m`), or a bare integer meaning seconds. `None` on anything
-/// else, including overflow.
-pub(super) fn parse_duration(text: &str) -> Option<Duration> {
-    if text.is_empty() {
-        return None;
-    }
-    if text.bytes().all(|b| b.is_ascii_digit()) {
-        return text.parse().ok().map(Duration::from_secs);
-    }
-    let mut total = Duration::ZERO;
-    let mut rest = text;
-    while !rest.is_empty() {
-        let digits_end = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        if digits_end == 0 {
-            return None;
+    let threads = match (explicit, concurrency) {
+        (Some(ThreadSpec::AllCpus), _) | (None, Some(0)) => cpus,
+        (Some(ThreadSpec::Count(n)), _) => n,
+        (Some(ThreadSpec::PercentMilli(milli)), _) => {
+            // ceil(cpus × percent / 100), exact in integers: percent is in thousandths.
+            let threads = (cpus as u128 * milli as u128).div_ceil(100_000);
+            usize::try_from(threads).unwrap_or(usize::MAX)
         }
-        let n: u64 = rest[..digits_end].parse().ok()?;
-        rest = &rest[digits_end..];
-        let unit_end = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let part = match &rest[..unit_end] {
-            "ns" => Duration::from_nanos(n),
-            "us" | "µs" => Duration::from_micros(n),
-            "ms" => Duration::from_millis(n),
-            "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n.checked_mul(60)?),
-            "h" => Duration::from_secs(n.checked_mul(3600)?),
-            "d" => Duration::from_secs(n.checked_mul(86_400)?),
-            _ => return None,
-        };
-        rest = &rest[unit_end..];
-        total = total.checked_add(part)?;
-    }
-    Some(total)
+        (None, Some(n)) => usize::from(n),
+        (None, None) => match limit {
+            Some(limit) => limit.max(request),
+            None => cpus.div_ceil(4).max(request).max(MIN_AUTO_WORKER_THREADS),
+        },
+    };
+    Ok(threads.max(1))
 }
 
-/// Formats a duration in the syntax [`parse_duration`] reads back, largest units first
-/// (`1h30m`, `500ms`, `0s`).
-pub(super) fn format_duration(duration: Duration) -> String {
-    if duration.is_zero() {
-        return "0s".to_owned();
+/// Variables ztunnel reads whose effect ztun does not implement: accepted at a value that
+/// changes nothing, refused (naming the variable) at any other, so that a setting is never
+/// silently dropped.
+fn refuse_unimplemented(env: &Vars<'_>) -> Result<(), ConfigError> {
+    let refused = |var: &'static str, reason: &'static str| ConfigError::Unsupported {
+        var,
+        value: env.string(var).unwrap_or_default(),
+        reason,
+    };
+    if !env.bool(ENABLE_PROXY, true)? {
+        return Err(refused(
+            ENABLE_PROXY,
+            "ztun always runs the proxy; a DNS-only ztun is not implemented",
+        ));
     }
-    let secs = duration.as_secs();
-    let nanos = duration.subsec_nanos();
-    let parts = [
-        (secs / 3600, "h"),
-        (secs / 60 % 60, "m"),
-        (secs % 60, "s"),
-        (u64::from(nanos / 1_000_000), "ms"),
-        (u64::from(nanos / 1000 % 1000), "us"),
-        (u64::from(nanos % 1000), "ns"),
-    ];
-    let mut out = String::new();
-    for (n, unit) in parts.into_iter().filter(|(n, _)| *n > 0) {
-        // Writing to a String cannot fail.
-        let _ = write!(out, "{n}{unit}");
+    if env.bool(UNSTABLE_ENABLE_SOCKS5, false)? {
+        return Err(refused(
+            UNSTABLE_ENABLE_SOCKS5,
+            "ztun has no SOCKS5 listener",
+        ));
     }
-    out
+    if env.bool(TLS12_ENABLED, false)? {
+        return Err(refused(TLS12_ENABLED, "ztun's HBONE speaks TLS 1.3 only"));
+    }
+    Ok(())
 }
 
-/// Serializes a duration as [`format_duration`] text, for the config dump.
-pub(super) fn serialize_duration<S: serde::Serializer>(
-    duration: &Duration,
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
-    serializer.collect_str(&format_duration(*duration))
+/// The ProxyConfig of the mesh config file's `defaultConfig`, overlaid by `PROXY_CONFIG`.
+/// No file is no configuration; a file that cannot be read or parsed is an error.
+fn proxy_defaults(source: &dyn Source) -> Result<ProxyDefaults, ConfigError> {
+    let malformed = |origin: Origin, reason: String| ConfigError::Malformed {
+        origin: origin.to_string(),
+        reason,
+    };
+    let mesh = match source.read_file(Path::new(MESH_CONFIG_FILE)) {
+        Ok(None) => ProxyDefaults::default(),
+        Ok(Some(text)) => ProxyDefaults::from_mesh_file(&text)
+            .map_err(|reason| malformed(Origin::MeshFile, reason))?,
+        Err(e) => return Err(malformed(Origin::MeshFile, format!("cannot be read: {e}"))),
+    };
+    let proxy_config = match Vars(source).string(PROXY_CONFIG) {
+        None => ProxyDefaults::default(),
+        Some(text) => ProxyDefaults::from_proxy_config(&text)
+            .map_err(|reason| malformed(Origin::ProxyConfigVar, reason))?,
+    };
+    Ok(mesh.overlaid_by(proxy_config))
 }
 
-/// Like [`serialize_duration`], `null` for `None` (turned off).
-pub(super) fn serialize_optional_duration<S: serde::Serializer>(
-    duration: &Option<Duration>,
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
-    match duration {
-        Some(d) => serializer.collect_str(&format_duration(*d)),
-        None => serializer.serialize_none(),
+/// `proxyMetadata` of the mesh file and `PROXY_CONFIG`, then every `ISTIO_META_<K>` variable
+/// as `<K>`, overriding.
+fn proxy_metadata(source: &dyn Source, defaults: &ProxyDefaults) -> BTreeMap<String, String> {
+    let mut metadata: BTreeMap<String, String> = defaults
+        .metadata
+        .iter()
+        .map(|(key, (value, _))| (key.clone(), value.clone()))
+        .collect();
+    for (name, value) in source.vars_with_prefix(ISTIO_META_PREFIX) {
+        if let Some(key) = name
+            .strip_prefix(ISTIO_META_PREFIX)
+            .filter(|k| !k.is_empty())
+        {
+            metadata.insert(key.to_owned(), value);
+        }
     }
+    metadata
 }
 
 /// Typed reads over a [`Source`]. Every read treats an empty value as unset.
@@ -572,19 +621,9 @@ impl Vars<'_> {
             Some(value) if value.is_empty() => return Ok(None),
             Some(value) => value,
         };
-        let uri = match value.contains("://") {
-            true => value.clone(),
-            false => format!("https://{value}"),
-        };
-        let valid = uri.parse::<http::Uri>().is_ok_and(|parsed| {
-            matches!(parsed.scheme_str(), Some("http" | "https"))
-                && parsed
-                    .authority()
-                    .is_some_and(|authority| !authority.host().is_empty())
-        });
-        match valid {
-            true => Ok(Some(uri)),
-            false => Err(ConfigError::Invalid {
+        match control_plane_uri(&value) {
+            Some(uri) => Ok(Some(uri)),
+            None => Err(ConfigError::Invalid {
                 var: name.to_owned(),
                 value,
                 expected: ADDRESS_FORMS,
@@ -593,7 +632,25 @@ impl Vars<'_> {
     }
 }
 
-fn proxy_config(env: &Vars<'_>) -> Result<ProxyConfig, ConfigError> {
+/// `value` as an `http(s)://host[:port]` URI, `https://` added when it has no scheme.
+fn control_plane_uri(value: &str) -> Option<String> {
+    let uri = match value.contains("://") {
+        true => value.to_owned(),
+        false => format!("https://{value}"),
+    };
+    let valid = uri.parse::<http::Uri>().is_ok_and(|parsed| {
+        matches!(parsed.scheme_str(), Some("http" | "https"))
+            && parsed
+                .authority()
+                .is_some_and(|authority| !authority.host().is_empty())
+    });
+    valid.then_some(uri)
+}
+
+fn proxy_config(
+    env: &Vars<'_>,
+    metadata: &BTreeMap<String, String>,
+) -> Result<ProxyConfig, ConfigError> {
     let window = |v: &str| {
         v.parse::<u32>()
             .ok()
@@ -684,26 +741,37 @@ fn proxy_config(env: &Vars<'_>) -> Result<ProxyConfig, ConfigError> {
             user_timeout_enabled: env.bool(USER_TIMEOUT_ENABLED, false)?,
         },
         enable_response_baggage: env.bool(ENABLE_RESPONSE_BAGGAGE, true)?,
-        dns_capture: env
-            .string(ISTIO_META_DNS_CAPTURE)
+        // The merged metadata: `ISTIO_META_DNS_CAPTURE`, else proxyMetadata `DNS_CAPTURE`.
+        dns_capture: metadata
+            .get(DNS_CAPTURE_KEY)
+            .filter(|v| !v.is_empty())
             .is_none_or(|v| v.eq_ignore_ascii_case("true")),
         localhost_app_tunnel: env.bool(LOCALHOST_APP_TUNNEL, true)?,
     })
 }
 
-fn dns_config(env: &Vars<'_>) -> Result<DnsConfig, ConfigError> {
-    let addr_var = match env.string(ISTIO_META_DNS_PROXY_ADDR) {
-        Some(_) => ISTIO_META_DNS_PROXY_ADDR,
-        None => DNS_PROXY_ADDR,
+fn dns_config(env: &Vars<'_>, defaults: &ProxyDefaults) -> Result<DnsConfig, ConfigError> {
+    // The environment (either variable) wins over proxyMetadata from PROXY_CONFIG or the file.
+    let from_env = [ISTIO_META_DNS_PROXY_ADDR, DNS_PROXY_ADDR]
+        .into_iter()
+        .find_map(|var| Some((var.to_owned(), env.string(var)?)));
+    let from_metadata = || {
+        let (value, origin) = defaults.metadata.get(DNS_PROXY_ADDR_KEY)?;
+        let field = origin.field(&format!("proxyMetadata.{DNS_PROXY_ADDR_KEY}"));
+        (!value.is_empty()).then(|| (field, value.clone()))
     };
-    let listen = env
-        .parse(addr_var, "localhost:<port> or ip:port", |v| {
-            match v.strip_prefix("localhost:") {
-                Some(port) => port.parse().ok().map(DnsListen::Localhost),
-                None => v.parse().ok().map(DnsListen::Addr),
-            }
-        })?
-        .unwrap_or(DnsListen::Localhost(15053));
+    let listen = match from_env.or_else(from_metadata) {
+        None => DnsListen::Localhost(15053),
+        Some((var, value)) => match value.strip_prefix("localhost:") {
+            Some(port) => port.parse().ok().map(DnsListen::Localhost),
+            None => value.parse().ok().map(DnsListen::Addr),
+        }
+        .ok_or(ConfigError::Invalid {
+            var,
+            value,
+            expected: DNS_ADDR_FORMS,
+        })?,
+    };
     Ok(DnsConfig {
         listen,
         resolv_conf: env
@@ -716,15 +784,6 @@ fn dns_config(env: &Vars<'_>) -> Result<DnsConfig, ConfigError> {
             |v| is_namespace_name(v).then(|| v.into()),
         )?,
     })
-}
-
-/// A Kubernetes namespace name: an RFC 1123 label.
-fn is_namespace_name(v: &str) -> bool {
-    v.len() <= 63
-        && v.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !v.starts_with('-')
-        && !v.ends_with('-')
 }
 
 fn termination_deadline(env: &Vars<'_>) -> Result<Duration, ConfigError> {
@@ -791,101 +850,4 @@ fn headers(source: &dyn Source, prefix: &str) -> Result<BTreeMap<String, String>
         headers.insert(name, value);
     }
     Ok(headers)
-}
-
-/// RFC 9110 `tchar`.
-fn is_header_token_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-}
-
-fn parse_bool(value: &str) -> Option<bool> {
-    match value.to_ascii_lowercase().as_str() {
-        "true" | "1" => Some(true),
-        "false" | "0" => Some(false),
-        _ => None,
-    }
-}
-
-fn parse_workload_info(value: &str) -> Option<WorkloadInfo> {
-    let mut parts = value.split('/');
-    let (Some(namespace), Some(name), Some(service_account), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return None;
-    };
-    if namespace.is_empty() || name.is_empty() || service_account.is_empty() {
-        return None;
-    }
-    Some(WorkloadInfo {
-        namespace: namespace.to_owned(),
-        name: name.to_owned(),
-        service_account: service_account.to_owned(),
-    })
-}
-
-/// A decimal or `0x` hexadecimal 32-bit mark other than zero (zero means "no mark").
-fn parse_mark(value: &str) -> Option<u32> {
-    let mark = match value
-        .strip_prefix("0x")
-        .or_else(|| value.strip_prefix("0X"))
-    {
-        Some(hex) => u32::from_str_radix(hex, 16).ok()?,
-        None => value.parse().ok()?,
-    };
-    (mark != 0).then_some(mark)
-}
-
-enum ThreadSpec {
-    AllCpus,
-    Count(usize),
-    /// A percentage of the CPUs in thousandths of a percent, in (0, 100 000].
-    PercentMilli(u64),
-}
-
-fn parse_thread_spec(value: &str) -> Option<ThreadSpec> {
-    if let Some(percent) = value.strip_suffix('%') {
-        let milli = parse_decimal_milli(percent)?;
-        return (1..=100_000)
-            .contains(&milli)
-            .then_some(ThreadSpec::PercentMilli(milli));
-    }
-    if !value.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    match value.parse().ok()? {
-        0 => Some(ThreadSpec::AllCpus),
-        n => Some(ThreadSpec::Count(n)),
-    }
-}
-
-/// A Kubernetes CPU quantity (`500m`, `1.5`, `2`) rounded up to whole CPUs; `None` for zero.
-fn parse_cpus(value: &str) -> Option<usize> {
-    let milli = match value.strip_suffix('m') {
-        Some(milli) if !milli.is_empty() && milli.bytes().all(|b| b.is_ascii_digit()) => {
-            milli.parse().ok()?
-        }
-        Some(_) => return None,
-        None => parse_decimal_milli(value)?,
-    };
-    let cpus = usize::try_from(milli.div_ceil(1000)).ok()?;
-    (cpus > 0).then_some(cpus)
-}
-
-/// A non-negative decimal (`12`, `0.5`, `1.25`) in thousandths, rounding finer digits up.
-fn parse_decimal_milli(value: &str) -> Option<u64> {
-    let (whole, fraction) = value.split_once('.').unwrap_or((value, ""));
-    let all_digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
-    if whole.is_empty() || !all_digits(whole) || !all_digits(fraction) || value.ends_with('.') {
-        return None;
-    }
-    let mut milli = whole.parse::<u64>().ok()?.checked_mul(1000)?;
-    let (kept, dropped) = fraction.split_at(fraction.len().min(3));
-    if !kept.is_empty() {
-        let scale = 10u64.pow(3 - kept.len() as u32);
-        milli = milli.checked_add(kept.parse::<u64>().ok()? * scale)?;
-    }
-    if dropped.bytes().any(|b| b != b'0') {
-        milli = milli.checked_add(1)?;
-    }
-    Some(milli)
 }

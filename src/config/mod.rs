@@ -2,20 +2,32 @@
 //!
 //! [`Config::from_source`] turns environment variables (the interface Istio's Helm chart and
 //! ztunnel users already rely on) into typed values at the edge; code that reads a `Config` never
-//! re-parses or re-checks a value. Only `config/env.rs` reads the environment, through the
-//! [`Source`] trait, so tests build a configuration from a [`MapEnv`] and never mutate the
-//! process environment. Runtime changes (workloads, policies, certificates) arrive through
-//! `state/`, never through `Config`.
+//! re-parses or re-checks a value. Only `config/env.rs` reads the environment (and the mesh
+//! config file), through the [`Source`] trait, so tests build a configuration from a [`MapEnv`]
+//! and never mutate the process environment. Runtime changes (workloads, policies,
+//! certificates) arrive through `state/`, never through `Config`.
+//!
+//! Like ztunnel, ztun also reads an Istio ProxyConfig: the `defaultConfig` of the mesh config
+//! file `./etc/istio/config/mesh` (relative to the working directory), overlaid by the
+//! `PROXY_CONFIG` variable, both YAML or JSON; the environment overrides both. Only
+//! `discoveryAddress`, `proxyAdminPort`, `statsPort`, `concurrency` and `proxyMetadata` are
+//! read; other fields are ignored, as ztunnel ignores them. A file or `PROXY_CONFIG` that does
+//! not parse is a startup error.
 //!
 //! Conventions: durations are [`Duration`] and accept `500ms`, `5s`, `10m`, `24h`, `1h30m`
 //! (a bare integer is seconds); booleans accept `true`/`false`/`1`/`0` in any case; an empty
 //! variable counts as unset, except `XDS_ADDRESS` and `CA_ADDRESS` where empty disables the
-//! client. Unknown variables (including the legacy `INPOD_ENABLED`) are ignored.
+//! client. Unknown variables (including the legacy `INPOD_ENABLED`) are ignored. Variables
+//! ztunnel reads whose effect ztun does not implement (`ENABLE_PROXY`,
+//! `UNSTABLE_ENABLE_SOCKS5`, `TLS12_ENABLED`) are accepted only at values
+//! that change nothing; any other value is refused at startup ([`ConfigError::Unsupported`]).
 //!
 //! Allowed imports: `identity` (to check that the trust domain can form identities). Nothing
 //! else in the crate; every other module may import `config`.
 
 mod env;
+mod mesh;
+mod syntax;
 
 #[cfg(test)]
 mod tests;
@@ -61,22 +73,29 @@ pub struct Config {
     /// from a file or inline. Setting both is an error. Default unset.
     pub local_xds: Option<LocalXds>,
     /// `XDS_ADDRESS`: istiod's xDS endpoint as an `http(s)://host:port` URI; `None` (set to the
-    /// empty string) disables the xDS client. Unset: `https://istiod.istio-system.svc:15012`
-    /// when `KUBERNETES_SERVICE_HOST` is set, else `https://localhost:15012`. A value without a
-    /// scheme gets `https://`.
+    /// empty string) disables the xDS client. Unset: ProxyConfig `discoveryAddress` if set,
+    /// else `https://istiod.istio-system.svc:15012` when `KUBERNETES_SERVICE_HOST` is set, else
+    /// `https://localhost:15012`. A value without a scheme gets `https://`.
     pub xds_address: Option<String>,
     /// Certificate authority client settings.
     pub ca: CaConfig,
     /// Number of data-plane worker threads, at least 1. From `ZTUNNEL_WORKER_THREADS` (`N`,
-    /// `P%` of the CPUs rounded up, or `0` for all CPUs), else derived from the pod's CPU
-    /// resources: `max(limit, request)` when `ZTUNNEL_RESOURCE_CPU_LIMIT` is set, else
-    /// `max(ceil(25% of CPUs), request, 2)`. "CPUs" is `ZTUNNEL_CPU_LIMIT` when set (the chart
+    /// `P%` of the CPUs rounded up, or `0` for all CPUs), else ProxyConfig `concurrency` (`N`,
+    /// or `0` for all CPUs), else derived from the pod's CPU resources: `max(limit, request)`
+    /// when `ZTUNNEL_RESOURCE_CPU_LIMIT` is set, else `max(ceil(25% of CPUs), request, 2)`.
+    /// "CPUs" is `ZTUNNEL_RESOURCE_CPU_LIMIT` when set, else `ZTUNNEL_CPU_LIMIT` (the chart
     /// passes the container's CPU limit, or the node's CPU count when there is none), else what
     /// the OS reports. CPU quantities use Kubernetes syntax (`500m`, `1.5`, `2`), rounded up.
     /// Each thread costs a stack (2 MiB virtual) and its share of per-thread buffers.
     pub worker_threads: usize,
     /// Logging settings.
     pub log: LogConfig,
+    /// Authorization policy settings.
+    pub authz: AuthzConfig,
+    /// `COMPLIANCE_POLICY`: `pqc` restricts every TLS key exchange ztun makes (HBONE both
+    /// ways, the xDS and CA clients) to the post-quantum hybrid X25519MLKEM768, as ztunnel
+    /// does. Other values are ignored, as ztunnel ignores them. Default: none.
+    pub compliance_policy: CompliancePolicy,
     /// Data-plane (listener, pool, socket, HTTP/2) settings.
     pub proxy: ProxyConfig,
     /// DNS proxy settings (its port and on/off switch are in [`ProxyConfig`]).
@@ -84,9 +103,10 @@ pub struct Config {
     /// Who this ztun process is (downward API values).
     pub identity: SelfIdentity,
     /// Admin API listener: `127.0.0.1:15000` (loopback only: it can dump configuration and
-    /// trigger shutdown).
+    /// trigger shutdown); the port is ProxyConfig `proxyAdminPort` when set.
     pub admin_addr: SocketAddr,
-    /// Prometheus metrics listener: `[::]:15020` (`0.0.0.0:15020` when IPv6 is disabled).
+    /// Prometheus metrics listener: `[::]:15020` (`0.0.0.0:15020` when IPv6 is disabled); the
+    /// port is ProxyConfig `statsPort` when set.
     pub stats_addr: SocketAddr,
     /// Readiness probe listener (`/healthz/ready`): `[::]:15021` (`0.0.0.0:15021` when IPv6 is
     /// disabled).
@@ -95,7 +115,7 @@ pub struct Config {
     /// `CONNECTION_TERMINATION_DEADLINE` if set; else from `TERMINATION_GRACE_PERIOD_SECONDS`
     /// = N: N − 5 s when N > 10, else N − 1 s, never below 1 s (leaving Kubernetes' SIGKILL a
     /// margin); default 5 s.
-    #[serde(serialize_with = "env::serialize_duration")]
+    #[serde(serialize_with = "syntax::serialize_duration")]
     pub termination_deadline: Duration,
     /// `XDS_ON_DEMAND`: subscribe to addresses on demand instead of receiving all of them.
     /// Default false. Cannot be combined with the DNS proxy (see [`ProxyConfig::dns_capture`]).
@@ -103,8 +123,10 @@ pub struct Config {
     /// Command-line arguments after the program name (Helm passes `proxy ztunnel`); recorded
     /// for the config dump only. Filled in by `main`; empty from [`Config::from_source`].
     pub proxy_args: Vec<String>,
-    /// Every `ISTIO_META_<K>` variable as `<K>` → value (including `CLUSTER_ID` and
-    /// `DNS_CAPTURE`); sent to istiod as node metadata.
+    /// ProxyConfig `proxyMetadata` (keys without an `ISTIO_META_` prefix), overridden by every
+    /// `ISTIO_META_<K>` variable as `<K>` → value (including `CLUSTER_ID` and `DNS_CAPTURE`);
+    /// sent to istiod as node metadata. (`CLUSTER_ID` here does not change
+    /// [`Config::cluster_id`].)
     pub proxy_metadata: BTreeMap<String, String>,
     /// Every `ISTIO_METAJSON_<K>` variable, parsed as JSON, for the xDS node metadata field
     /// `<K>` (a value that is not JSON is a startup error).
@@ -224,8 +246,45 @@ pub struct CaConfig {
     /// revocation checking).
     pub crl_path: Option<PathBuf>,
     /// `SECRET_TTL`: requested certificate lifetime; default 24 h, never zero.
-    #[serde(serialize_with = "env::serialize_duration")]
+    #[serde(serialize_with = "syntax::serialize_duration")]
     pub secret_ttl: Duration,
+}
+
+/// A TLS compliance policy (`COMPLIANCE_POLICY`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum CompliancePolicy {
+    /// The default key exchanges (X25519MLKEM768 preferred, then X25519, P-256, P-384).
+    #[default]
+    None,
+    /// Key exchange with X25519MLKEM768 only.
+    Pqc,
+}
+
+/// Authorization policy settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthzConfig {
+    /// `ZTUN_L4_DENY_HTTP_RULES` (`ignore` | `enforce`, default `ignore`): what a DENY rule
+    /// does when a clause of it names only HTTP attributes. No memory cost.
+    pub http_only_deny: HttpOnlyDeny,
+    /// `AUTHZ_POLICY_INFO_LOGGING`: log every authorization decision at `info` instead of
+    /// `debug`. Default false.
+    pub info_logging: bool,
+}
+
+/// What a DENY rule does at L4 when a clause of it names only HTTP attributes (methods, paths,
+/// request principals, request headers): istiod sends that clause as empty match groups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum HttpOnlyDeny {
+    /// Istio's semantics: the clause never matches, so the rule has no effect at L4 (istiod's
+    /// policy status says such a DENY "will have no effect" at ztunnel).
+    #[default]
+    Ignore,
+    /// Fail closed: the clause matches, so the rule denies every connection its L4 conditions
+    /// select, as Istio's sidecars did for TCP (istio/istio#21742).
+    Enforce,
 }
 
 /// Logging settings.
@@ -254,14 +313,16 @@ pub struct ProxyConfig {
     /// Default true.
     pub ipv6_enabled: bool,
     /// `ENABLE_ORIG_SRC`: force (`Some(true)`) or forbid (`Some(false)`) source-IP spoofing
-    /// toward applications; `None` (default) uses it when the kernel allows.
+    /// toward applications; `None` (default) uses it when the kernel allows. With
+    /// `Some(false)`, inbound connections reach the app from the pod's own address (see
+    /// [`ProxyConfig::upstream_source`]).
     pub enable_orig_src: Option<bool>,
     /// `POOL_MAX_STREAMS_PER_CONNECTION`: CONNECT streams an HBONE pool connection carries before
     /// the pool opens another; default 100, at least 1.
     pub pool_max_streams_per_connection: u32,
     /// `POOL_UNUSED_RELEASE_TIMEOUT`: an HBONE pool connection idle this long is closed;
     /// default 5 min.
-    #[serde(serialize_with = "env::serialize_duration")]
+    #[serde(serialize_with = "syntax::serialize_duration")]
     pub pool_unused_release_timeout: Duration,
     /// `HTTP2_STREAM_WINDOW_SIZE`: HTTP/2 per-stream receive window in bytes; default 4 MiB,
     /// 1..=2³¹−1. Bounds memory buffered per tunnel.
@@ -274,22 +335,22 @@ pub struct ProxyConfig {
     /// within HTTP/2's 16 KiB..=16 MiB−1.
     pub http2_frame_size: u32,
     /// Timeout for a TCP connect to an upstream or peer: 10 s (not configurable).
-    #[serde(serialize_with = "env::serialize_duration")]
+    #[serde(serialize_with = "syntax::serialize_duration")]
     pub connect_timeout: Duration,
     /// `ZTUN_HANDSHAKE_TIMEOUT`: timeout for a TLS handshake with a peer; default 10 s, never
     /// zero.
-    #[serde(serialize_with = "env::serialize_duration")]
+    #[serde(serialize_with = "syntax::serialize_duration")]
     pub handshake_timeout: Duration,
     /// `ZTUN_HBONE_IDLE_TIMEOUT`: an inbound HBONE connection with no open stream for this long
     /// is closed (GOAWAY, then TLS close); default 10 min (twice the clients' default
     /// `POOL_UNUSED_RELEASE_TIMEOUT`), never zero.
-    #[serde(serialize_with = "env::serialize_duration")]
+    #[serde(serialize_with = "syntax::serialize_duration")]
     pub hbone_idle_timeout: Duration,
     /// `ZTUN_HBONE_STREAM_STALL_TIMEOUT`: an HBONE stream with bytes to send whose peer grants
     /// no flow-control window for this long (its reader stopped, or the peer withholds
     /// WINDOW_UPDATE) is reset and its connection to the app closed. Default 10 min; `0`
     /// turns it off. Costs nothing while the window is open (no timer).
-    #[serde(serialize_with = "env::serialize_optional_duration")]
+    #[serde(serialize_with = "syntax::serialize_optional_duration")]
     pub stream_stall_timeout: Option<Duration>,
     /// `ZTUN_MAX_CONNECTIONS_PER_POD`: connections one pod may hold open at once across its
     /// three capture listeners (15001, 15006, 15008); the next one is reset at accept and
@@ -298,19 +359,29 @@ pub struct ProxyConfig {
     /// `ZTUN_FD_EXHAUSTION_LIVENESS`: when accepts have failed for lack of file descriptors
     /// without a break for this long, `/healthz/live` fails so the kubelet restarts ztun.
     /// Default 60 s, at least 1 s.
-    #[serde(serialize_with = "env::serialize_duration")]
+    #[serde(serialize_with = "syntax::serialize_duration")]
     pub fd_exhaustion_liveness: Duration,
     /// TCP keepalive on upstream and accepted sockets.
     pub keepalive: Keepalive,
     /// `ENABLE_RESPONSE_BAGGAGE`: send and parse `baggage` on HBONE requests and responses for
     /// telemetry. Default true.
     pub enable_response_baggage: bool,
-    /// `ISTIO_META_DNS_CAPTURE`: run the DNS proxy. On when unset or `true` (any case), off for
-    /// any other value.
+    /// `ISTIO_META_DNS_CAPTURE`, else `DNS_CAPTURE` in ProxyConfig `proxyMetadata`: run the
+    /// DNS proxy. On when unset, empty or `true` (any case), off for any other value.
     pub dns_capture: bool,
     /// `LOCALHOST_APP_TUNNEL`: deliver PROXY-protocol application tunnels over loopback
     /// (`127.0.0.1:<port>`) rather than to the pod IP. Default true.
     pub localhost_app_tunnel: bool,
+}
+
+impl ProxyConfig {
+    /// The source address to connect from when delivering a connection from `client` to an
+    /// application in the pod: the client's own (a transparent bind, so the app sees the real
+    /// client) unless `ENABLE_ORIG_SRC=false`, where `None` lets the kernel choose the pod's
+    /// own address.
+    pub fn upstream_source(&self, client: IpAddr) -> Option<IpAddr> {
+        (self.enable_orig_src != Some(false)).then_some(client)
+    }
 }
 
 /// Where a pod's DNS proxy listens.
@@ -326,8 +397,9 @@ pub enum DnsListen {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DnsConfig {
-    /// `ISTIO_META_DNS_PROXY_ADDR`, else `DNS_PROXY_ADDR` (`localhost:<port>` or `ip:port`);
-    /// default `localhost:15053`.
+    /// `ISTIO_META_DNS_PROXY_ADDR`, else `DNS_PROXY_ADDR`, else `DNS_PROXY_ADDR` in
+    /// ProxyConfig `proxyMetadata` (`localhost:<port>` or `ip:port`); default
+    /// `localhost:15053`.
     pub listen: DnsListen,
     /// `ZTUN_DNS_RESOLV_CONF`: the resolv.conf whose nameservers receive forwarded queries (its
     /// search list is ignored); default `/etc/resolv.conf`, read once at startup. The same
@@ -347,10 +419,10 @@ pub struct Keepalive {
     /// `KEEPALIVE_ENABLED`: turn keepalive on; default true.
     pub enabled: bool,
     /// `KEEPALIVE_TIME`: idle time before the first probe; default 180 s, at least 1 s.
-    #[serde(serialize_with = "env::serialize_duration")]
+    #[serde(serialize_with = "syntax::serialize_duration")]
     pub time: Duration,
     /// `KEEPALIVE_INTERVAL`: time between probes; default 180 s, at least 1 s.
-    #[serde(serialize_with = "env::serialize_duration")]
+    #[serde(serialize_with = "syntax::serialize_duration")]
     pub interval: Duration,
     /// `KEEPALIVE_RETRIES`: unanswered probes before the connection is dropped; default 9.
     pub retries: u32,
@@ -458,5 +530,23 @@ pub enum ConfigError {
         first: &'static str,
         /// The setting it excludes.
         second: &'static str,
+    },
+    /// A variable ztunnel reads is set to a value whose effect ztun does not implement.
+    #[error("{var}={value:?} is not supported by ztun ({reason}); unset it")]
+    Unsupported {
+        /// The variable.
+        var: &'static str,
+        /// Its value as found.
+        value: String,
+        /// What ztun does instead.
+        reason: &'static str,
+    },
+    /// `PROXY_CONFIG` or the mesh config file cannot be read or is not a valid ProxyConfig.
+    #[error("{origin}: {reason}")]
+    Malformed {
+        /// `PROXY_CONFIG` or the mesh config file's path.
+        origin: String,
+        /// What is wrong, naming the field when one is at fault.
+        reason: String,
     },
 }

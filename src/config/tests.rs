@@ -3,7 +3,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::env::{format_duration, parse_duration, worker_threads};
+use super::env::worker_threads;
+use super::syntax::{format_duration, parse_duration};
 use super::*;
 
 /// A table row's variables.
@@ -582,14 +583,64 @@ fn worker_thread_rules() {
         // ZTUNNEL_CPU_LIMIT replaces the OS count.
         (&[("ZTUNNEL_CPU_LIMIT", "32")], 4, 8),
         (&[("ZTUNNEL_CPU_LIMIT", "2500m")], 64, 2),
+        // `0` and percentages count ZTUNNEL_RESOURCE_CPU_LIMIT first, then ZTUNNEL_CPU_LIMIT.
+        (&[("ZTUNNEL_WORKER_THREADS", "50%"), ("ZTUNNEL_RESOURCE_CPU_LIMIT", "2"), ("ZTUNNEL_CPU_LIMIT", "16")], 64, 1),
+        (&[("ZTUNNEL_WORKER_THREADS", "50%"), ("ZTUNNEL_RESOURCE_CPU_LIMIT", "6")], 64, 3),
+        (&[("ZTUNNEL_WORKER_THREADS", "100%"), ("ZTUNNEL_RESOURCE_CPU_LIMIT", "2500m")], 64, 3),
+        (&[("ZTUNNEL_WORKER_THREADS", "10%"), ("ZTUNNEL_RESOURCE_CPU_LIMIT", "500m")], 64, 1),
+        (&[("ZTUNNEL_WORKER_THREADS", "0"), ("ZTUNNEL_RESOURCE_CPU_LIMIT", "3"), ("ZTUNNEL_CPU_LIMIT", "16")], 64, 3),
+        // ... but not the request.
+        (&[("ZTUNNEL_WORKER_THREADS", "50%"), ("ZTUNNEL_RESOURCE_CPU_REQUEST", "2"), ("ZTUNNEL_CPU_LIMIT", "16")], 64, 8),
     ];
     for &(vars, cpus, want) in cases {
         assert_eq!(
-            worker_threads(&env(vars), cpus),
+            worker_threads(&env(vars), cpus, None),
             Ok(want),
             "{vars:?} with {cpus} CPUs"
         );
     }
+}
+
+#[test]
+fn proxy_config_concurrency_sits_between_worker_threads_and_the_cpu_default() {
+    #[rustfmt::skip]
+    let cases: &[(Vars, Option<u16>, usize, usize)] = &[
+        // (variables, concurrency, CPUs the OS reports, threads)
+        (&[], Some(5), 64, 5),
+        (&[], Some(1), 64, 1),
+        (&[], Some(0), 12, 12),
+        (&[("ZTUNNEL_CPU_LIMIT", "6")], Some(0), 64, 6),
+        (&[("ZTUNNEL_RESOURCE_CPU_LIMIT", "3"), ("ZTUNNEL_CPU_LIMIT", "16")], Some(0), 64, 3),
+        // It beats the resource-derived default...
+        (&[("ZTUNNEL_RESOURCE_CPU_LIMIT", "8")], Some(2), 64, 2),
+        // ... and loses to ZTUNNEL_WORKER_THREADS.
+        (&[("ZTUNNEL_WORKER_THREADS", "3")], Some(7), 64, 3),
+        (&[("ZTUNNEL_WORKER_THREADS", "25%")], Some(7), 16, 4),
+    ];
+    for &(vars, concurrency, cpus, want) in cases {
+        assert_eq!(
+            worker_threads(&env(vars), cpus, concurrency),
+            Ok(want),
+            "{vars:?}, concurrency {concurrency:?}, {cpus} CPUs"
+        );
+    }
+    // Through the whole configuration: from PROXY_CONFIG, and from the mesh file.
+    assert_eq!(
+        config(&[("PROXY_CONFIG", "concurrency: 6")]).worker_threads,
+        6
+    );
+    assert_eq!(
+        config(&[("PROXY_CONFIG", "concurrency: 0")]).worker_threads,
+        CPUS
+    );
+    let mesh = mesh_env("defaultConfig:\n  concurrency: 3\n");
+    assert_eq!(from(&mesh).unwrap().worker_threads, 3);
+    let both = mesh_env("defaultConfig:\n  concurrency: 3\n")
+        .with_var("PROXY_CONFIG", "{\"concurrency\": 4}");
+    assert_eq!(from(&both).unwrap().worker_threads, 4);
+    let env_wins =
+        mesh_env("defaultConfig:\n  concurrency: 3\n").with_var("ZTUNNEL_WORKER_THREADS", "1");
+    assert_eq!(from(&env_wins).unwrap().worker_threads, 1);
 }
 
 #[test]
@@ -888,4 +939,373 @@ fn preferred_service_namespace_is_unset_by_default_and_must_be_a_namespace_name(
             "{err}"
         );
     }
+}
+
+/// The mesh config file's path, as ztunnel reads it (relative to the working directory).
+const MESH_FILE: &str = "./etc/istio/config/mesh";
+
+/// An environment whose mesh config file holds `text`.
+fn mesh_env(text: &str) -> MapEnv {
+    MapEnv::new().with_file(MESH_FILE, text)
+}
+
+fn from(env: &MapEnv) -> Result<Config, ConfigError> {
+    Config::from_source_with_cpus(env, CPUS)
+}
+
+#[test]
+fn orig_src_off_delivers_from_the_pod_address() {
+    let client: IpAddr = "10.1.2.3".parse().unwrap();
+    for (vars, want) in [
+        (&[][..], Some(client)),
+        (&[("ENABLE_ORIG_SRC", "true")][..], Some(client)),
+        (&[("ENABLE_ORIG_SRC", "false")][..], None),
+        (&[("ENABLE_ORIG_SRC", "0")][..], None),
+    ] {
+        assert_eq!(config(vars).proxy.upstream_source(client), want, "{vars:?}");
+    }
+}
+
+#[test]
+fn unimplemented_ztunnel_settings_are_refused_naming_the_variable() {
+    let refused: &[(&str, &str)] = &[
+        ("ENABLE_PROXY", "false"),
+        ("UNSTABLE_ENABLE_SOCKS5", "true"),
+        ("TLS12_ENABLED", "true"),
+        ("TLS12_ENABLED", "1"),
+    ];
+    for &(var, value) in refused {
+        let err = build(&[(var, value)]).expect_err(&format!("{var}={value} must be refused"));
+        assert!(
+            matches!(&err, ConfigError::Unsupported { var: named, value: found, .. }
+                if *named == var && found == value),
+            "{var}={value}: {err:?}"
+        );
+        assert!(
+            err.to_string()
+                .starts_with(&format!("{var}={value:?} is not supported by ztun")),
+            "{err}"
+        );
+    }
+    // Values that change nothing are accepted.
+    config(&[
+        ("ENABLE_PROXY", "true"),
+        ("UNSTABLE_ENABLE_SOCKS5", "false"),
+        ("TLS12_ENABLED", "false"),
+        ("COMPLIANCE_POLICY", ""),
+    ]);
+    // ztunnel acts on `pqc` only and ignores any other compliance policy.
+    assert_eq!(
+        config(&[("COMPLIANCE_POLICY", "pqc")]).compliance_policy,
+        CompliancePolicy::Pqc
+    );
+    for other in ["fips-140-3", "PQC", ""] {
+        assert_eq!(
+            config(&[("COMPLIANCE_POLICY", other)]).compliance_policy,
+            CompliancePolicy::None
+        );
+    }
+    // Values of no accepted form are malformed, as for any boolean.
+    for var in ["ENABLE_PROXY", "UNSTABLE_ENABLE_SOCKS5", "TLS12_ENABLED"] {
+        let err = build(&[(var, "maybe")]).unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::Invalid { var: named, .. } if named == var),
+            "{err:?}"
+        );
+    }
+}
+
+#[test]
+fn proxy_config_fields_apply_under_the_environment() {
+    let yaml = "
+discoveryAddress: istiod-rev1.istio-system.svc:15012
+proxyAdminPort: 15100
+statsPort: 15120
+concurrency: 3
+proxyMetadata:
+  ISTIO_META_FOO: from-proxy-config
+  BAR: 'yes'
+  ENABLED: true
+  PORT: 15053
+drainDuration: 45s
+tracing: {zipkin: {address: zipkin:9411}}
+";
+    let c = config(&[("PROXY_CONFIG", yaml)]);
+    assert_eq!(
+        c.xds_address.as_deref(),
+        Some("https://istiod-rev1.istio-system.svc:15012")
+    );
+    assert_eq!(
+        c.ca.address.as_deref(),
+        Some("https://localhost:15012"),
+        "the CA never uses discoveryAddress"
+    );
+    assert_eq!(
+        c.admin_addr,
+        "127.0.0.1:15100".parse::<SocketAddr>().unwrap()
+    );
+    assert_eq!(c.stats_addr, "[::]:15120".parse::<SocketAddr>().unwrap());
+    assert_eq!(c.readiness_addr.port(), 15021);
+    assert_eq!(
+        c.illegal_ports(),
+        [15001, 15006, 15008, 15053, 15100, 15120, 15021]
+    );
+    assert_eq!(c.worker_threads, 3);
+    assert_eq!(
+        c.proxy_metadata,
+        BTreeMap::from([
+            ("BAR".to_owned(), "yes".to_owned()),
+            ("ENABLED".to_owned(), "true".to_owned()),
+            ("FOO".to_owned(), "from-proxy-config".to_owned()),
+            ("PORT".to_owned(), "15053".to_owned()),
+        ])
+    );
+
+    // The environment wins: XDS_ADDRESS (even empty), ZTUNNEL_WORKER_THREADS, ISTIO_META_*.
+    let c = config(&[
+        ("PROXY_CONFIG", yaml),
+        ("XDS_ADDRESS", "istiod.custom:15012"),
+        ("ZTUNNEL_WORKER_THREADS", "2"),
+        ("ISTIO_META_FOO", "from-env"),
+    ]);
+    assert_eq!(
+        c.xds_address.as_deref(),
+        Some("https://istiod.custom:15012")
+    );
+    assert_eq!(c.worker_threads, 2);
+    assert_eq!(c.proxy_metadata["FOO"], "from-env");
+    assert_eq!(c.proxy_metadata["BAR"], "yes");
+    assert_eq!(
+        config(&[("PROXY_CONFIG", yaml), ("XDS_ADDRESS", "")]).xds_address,
+        None
+    );
+
+    // JSON is YAML too; an empty PROXY_CONFIG is unset; `http://` is kept.
+    let c = config(&[(
+        "PROXY_CONFIG",
+        r#"{"discoveryAddress": "http://istiod:15010", "statsPort": 9090}"#,
+    )]);
+    assert_eq!(c.xds_address.as_deref(), Some("http://istiod:15010"));
+    assert_eq!(c.stats_addr.port(), 9090);
+    assert_eq!(config(&[("PROXY_CONFIG", "")]).admin_addr.port(), 15000);
+    assert_eq!(config(&[("PROXY_CONFIG", "{}")]).stats_addr.port(), 15020);
+}
+
+#[test]
+fn mesh_file_default_config_is_overlaid_by_proxy_config() {
+    let mesh = "
+accessLogFile: /dev/stdout
+defaultConfig:
+  discoveryAddress: istiod-mesh.istio-system.svc:15012
+  proxyAdminPort: 15100
+  statsPort: 15120
+  proxyMetadata:
+    ISTIO_META_A: mesh
+    B: mesh
+";
+    let c = from(&mesh_env(mesh)).unwrap();
+    assert_eq!(
+        c.xds_address.as_deref(),
+        Some("https://istiod-mesh.istio-system.svc:15012")
+    );
+    assert_eq!(c.admin_addr.port(), 15100);
+    assert_eq!(c.stats_addr.port(), 15120);
+    assert_eq!(
+        c.proxy_metadata,
+        BTreeMap::from([
+            ("A".to_owned(), "mesh".to_owned()),
+            ("B".to_owned(), "mesh".to_owned()),
+        ])
+    );
+
+    // PROXY_CONFIG replaces the fields it sets and merges metadata key by key.
+    let env = mesh_env(mesh).with_var(
+        "PROXY_CONFIG",
+        "statsPort: 15220\nproxyMetadata: {B: proxy-config, C: proxy-config}",
+    );
+    let c = from(&env).unwrap();
+    assert_eq!(
+        c.xds_address.as_deref(),
+        Some("https://istiod-mesh.istio-system.svc:15012")
+    );
+    assert_eq!(c.admin_addr.port(), 15100);
+    assert_eq!(c.stats_addr.port(), 15220);
+    assert_eq!(
+        c.proxy_metadata,
+        BTreeMap::from([
+            ("A".to_owned(), "mesh".to_owned()),
+            ("B".to_owned(), "proxy-config".to_owned()),
+            ("C".to_owned(), "proxy-config".to_owned()),
+        ])
+    );
+
+    // Within one source, `ISTIO_META_K` beats `K`, whatever the order.
+    for text in [
+        "proxyMetadata: {ISTIO_META_K: prefixed, K: plain}",
+        "proxyMetadata: {K: plain, ISTIO_META_K: prefixed}",
+    ] {
+        assert_eq!(
+            config(&[("PROXY_CONFIG", text)]).proxy_metadata,
+            BTreeMap::from([("K".to_owned(), "prefixed".to_owned())]),
+            "{text}"
+        );
+    }
+
+    // A mesh without defaultConfig, or an empty file, configures nothing.
+    for text in ["", "accessLogFile: /dev/stdout\n", "defaultConfig:\n"] {
+        let c = from(&mesh_env(text)).unwrap();
+        assert_eq!(c.admin_addr.port(), 15000, "{text:?}");
+        assert_eq!(c.xds_address.as_deref(), Some("https://localhost:15012"));
+    }
+    // A bare ProxyConfig in the mesh file is not read (it belongs under defaultConfig).
+    assert_eq!(
+        from(&mesh_env("proxyAdminPort: 15100\n"))
+            .unwrap()
+            .admin_addr
+            .port(),
+        15000
+    );
+}
+
+#[test]
+fn dns_settings_come_from_proxy_metadata_too() {
+    let off = config(&[("PROXY_CONFIG", "proxyMetadata: {DNS_CAPTURE: 'false'}")]);
+    assert!(!off.proxy.dns_capture);
+    let off = from(&mesh_env(
+        "defaultConfig:\n  proxyMetadata:\n    ISTIO_META_DNS_CAPTURE: false\n",
+    ))
+    .unwrap();
+    assert!(!off.proxy.dns_capture);
+    // ISTIO_META_DNS_CAPTURE in the environment wins.
+    let on = config(&[
+        ("PROXY_CONFIG", "proxyMetadata: {DNS_CAPTURE: 'false'}"),
+        ("ISTIO_META_DNS_CAPTURE", "true"),
+    ]);
+    assert!(on.proxy.dns_capture);
+    // With the DNS proxy off in proxyMetadata, on-demand xDS is allowed.
+    assert!(
+        config(&[
+            ("PROXY_CONFIG", "proxyMetadata: {DNS_CAPTURE: 'false'}"),
+            ("XDS_ON_DEMAND", "true"),
+        ])
+        .xds_on_demand
+    );
+
+    let addr = |vars: &[(&str, &str)]| config(vars).dns.listen;
+    let pc = (
+        "PROXY_CONFIG",
+        "proxyMetadata: {DNS_PROXY_ADDR: '127.0.0.1:15054'}",
+    );
+    assert_eq!(
+        addr(&[pc]),
+        DnsListen::Addr("127.0.0.1:15054".parse().unwrap())
+    );
+    assert_eq!(
+        addr(&[pc, ("DNS_PROXY_ADDR", "localhost:15055")]),
+        DnsListen::Localhost(15055)
+    );
+    assert_eq!(
+        addr(&[pc, ("ISTIO_META_DNS_PROXY_ADDR", "localhost:15056")]),
+        DnsListen::Localhost(15056)
+    );
+    let err = build(&[("PROXY_CONFIG", "proxyMetadata: {DNS_PROXY_ADDR: nowhere}")]).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        r#"PROXY_CONFIG proxyMetadata.DNS_PROXY_ADDR="nowhere": expected localhost:<port> or ip:port"#
+    );
+}
+
+#[test]
+fn unreadable_or_malformed_proxy_config_names_its_source() {
+    let cases: Vec<(MapEnv, &str, &str)> = vec![
+        (
+            MapEnv::new().with_var("PROXY_CONFIG", "concurrency: [1"),
+            "PROXY_CONFIG",
+            "not a valid YAML or JSON ProxyConfig",
+        ),
+        (
+            MapEnv::new().with_var("PROXY_CONFIG", "concurrency: -1"),
+            "PROXY_CONFIG",
+            "concurrency",
+        ),
+        (
+            MapEnv::new().with_var("PROXY_CONFIG", "proxyAdminPort: 0"),
+            "PROXY_CONFIG",
+            "proxyAdminPort",
+        ),
+        (
+            MapEnv::new().with_var("PROXY_CONFIG", "statsPort: 70000"),
+            "PROXY_CONFIG",
+            "statsPort",
+        ),
+        (
+            MapEnv::new().with_var("PROXY_CONFIG", "proxyMetadata: {K: [a]}"),
+            "PROXY_CONFIG",
+            "proxyMetadata.K",
+        ),
+        (
+            mesh_env("defaultConfig: [1, 2]"),
+            "mesh config file ./etc/istio/config/mesh",
+            "not a valid YAML or JSON MeshConfig",
+        ),
+        (
+            mesh_env("defaultConfig:\n  proxyMetadata:\n    K: {a: b}\n"),
+            "mesh config file ./etc/istio/config/mesh",
+            "defaultConfig.proxyMetadata.K",
+        ),
+    ];
+    for (env, origin, mentions) in cases {
+        let err = from(&env).unwrap_err();
+        let ConfigError::Malformed {
+            origin: named,
+            reason,
+        } = &err
+        else {
+            panic!("{env:?}: unexpected error {err:?}");
+        };
+        assert_eq!(named, origin);
+        assert!(reason.contains(mentions), "{reason}");
+        assert!(err.to_string().starts_with(&format!("{origin}: ")), "{err}");
+    }
+    // A discoveryAddress that is not an address names its field and source.
+    let err = build(&[("PROXY_CONFIG", "discoveryAddress: ftp://istiod:15012")]).unwrap_err();
+    assert!(
+        matches!(&err, ConfigError::Invalid { var, .. } if var == "PROXY_CONFIG discoveryAddress"),
+        "{err:?}"
+    );
+    let err = from(&mesh_env(
+        "defaultConfig: {discoveryAddress: 'istiod 15012'}",
+    ))
+    .unwrap_err();
+    assert!(
+        matches!(&err, ConfigError::Invalid { var, .. }
+            if var == "./etc/istio/config/mesh defaultConfig.discoveryAddress"),
+        "{err:?}"
+    );
+    // An empty discoveryAddress is unset.
+    assert_eq!(
+        config(&[("PROXY_CONFIG", "discoveryAddress: ''")])
+            .xds_address
+            .as_deref(),
+        Some("https://localhost:15012")
+    );
+}
+
+#[test]
+fn process_env_reads_files_and_reports_missing_ones_as_absent() {
+    // Read-only, on files of this crate.
+    let manifest = ProcessEnv
+        .read_file(std::path::Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/Cargo.toml"
+        )))
+        .unwrap()
+        .unwrap();
+    assert!(manifest.contains("[package]"));
+    assert!(ProcessEnv
+        .read_file(std::path::Path::new("/nonexistent/ztun/mesh"))
+        .unwrap()
+        .is_none());
+    // A directory is not a mesh file: an error, not "absent".
+    assert!(ProcessEnv.read_file(std::path::Path::new("/")).is_err());
 }

@@ -317,7 +317,8 @@ fn client_config(
     roots: rustls::RootCertStore,
     alt_name: Option<ServerName<'static>>,
 ) -> Result<rustls::ClientConfig, ChannelError> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    // TLS 1.3 with AES-GCM and the process's key exchanges, as ztunnel talks to istiod.
+    let provider = crate::tls::crypto_provider();
     let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
         Arc::new(roots),
         provider.clone(),
@@ -329,7 +330,7 @@ fn client_config(
         alt_name,
     });
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| ChannelError::Roots(e.to_string().into()))?
         .dangerous()
         .with_custom_certificate_verifier(verifier)

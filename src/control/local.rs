@@ -8,9 +8,9 @@
 //! entry is converted into the model, where semantic problems are reported with the entry and
 //! field (`workloads[2] (uid "x"): workloadIps[0] "10.0.0.300" is not an IP address`).
 //!
-//! Policies are converted strictly: an unparsable CIDR, a string match without a variant, a
-//! prefix longer than the address, or a match object without conditions rejects the whole
-//! file. ztunnel drops such entries silently, which can turn "match these" into "match
+//! Policies are converted strictly: an unparsable CIDR, a string match without a variant or a
+//! prefix longer than the address rejects the whole file (a match object without conditions
+//! is valid: istiod's rendering of HTTP-only conditions, it never matches at L4). ztunnel drops such entries silently, which can turn "match these" into "match
 //! everything"; ztun never widens a policy.
 //!
 //! Allowed imports: `config` (for [`LocalXds`]), `state::model`.
@@ -157,9 +157,6 @@ pub enum Problem {
     /// Zero where at least one is required.
     #[error("must be at least 1")]
     Zero,
-    /// A policy match with no conditions, which would match every connection.
-    #[error("has no conditions; it would match every connection")]
-    EmptyMatch,
     /// The key is already used by an earlier entry of the same list.
     #[error("{0:?} is already used by an earlier entry")]
     Duplicate(String),
@@ -488,9 +485,8 @@ fn policy_match(at: &At, field: &str, m: YamlMatch) -> Result<PolicyMatch, Local
         destination_ports: m.destination_ports,
         not_destination_ports: m.not_destination_ports,
     };
-    if converted == PolicyMatch::default() {
-        return Err(at.err(field, Problem::EmptyMatch));
-    }
+    // A match with no condition is what istiod sends for HTTP-only conditions: valid, and
+    // never matching at L4 (see `dataplane::policy`).
     Ok(converted)
 }
 

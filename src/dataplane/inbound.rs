@@ -310,7 +310,7 @@ async fn open(
     };
     let registration = proxy.connections.register(conn.clone());
     let decision = proxy.connections.authorize(&proxy.state.load(), &conn);
-    decision.log(&conn);
+    decision.log(&conn, proxy.cfg.authz.info_logging);
     if let Some(denial) = decision.denial() {
         reject(&mut respond, log, Error::Denied(denial));
         return None;
@@ -414,8 +414,9 @@ pub fn parse_head<B>(req: &Request<B>) -> Result<Authority, Error> {
         .map_err(|_| Error::BadRequest("authority is not ip:port or hostname:port"))
 }
 
-/// Connects to the app: from the client's own IP, or over loopback for a PROXY-protocol
-/// application tunnel (`LOCALHOST_APP_TUNNEL`), whose header carries the client instead.
+/// Connects to the app: from the client's own IP (the pod's with `ENABLE_ORIG_SRC=false`), or
+/// over loopback for a PROXY-protocol application tunnel (`LOCALHOST_APP_TUNNEL`), whose header
+/// carries the client instead.
 async fn connect_upstream(
     proxy: &Proxy,
     info: &ConnInfo,
@@ -436,10 +437,8 @@ async fn connect_upstream(
             .connect(SocketAddr::new(lo, target.upstream.port()), None)
             .await;
     }
-    proxy
-        .sockets
-        .connect(target.upstream, Some(info.peer.ip()))
-        .await
+    let source = proxy.cfg.proxy.upstream_source(info.peer.ip());
+    proxy.sockets.connect(target.upstream, source).await
 }
 
 fn reject(respond: &mut SendResponse<Bytes>, log: &mut AccessLog, e: Error) {

@@ -1,5 +1,6 @@
 //! Plaintext inbound (15006): TCP from clients outside the mesh, redirected here by the pod's
-//! rules, delivered to the app with the client's own IP. Such connections carry no identity:
+//! rules, delivered to the app with the client's own IP (the pod's own when
+//! `ENABLE_ORIG_SRC=false`). Such connections carry no identity:
 //! authorization sees them as plaintext, denies close them, and a later policy change that
 //! denies an open one closes it.
 
@@ -41,12 +42,13 @@ pub async fn serve(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, _drain: 
     };
     let mut registration = proxy.connections.register(conn.clone());
     let decision = proxy.connections.authorize(&proxy.state.load(), &conn);
-    decision.log(&conn);
+    decision.log(&conn, proxy.cfg.authz.info_logging);
     if let Some(denial) = decision.denial() {
         // Dropping the socket closes the client's connection.
         return log.complete(Some(&Error::Denied(denial)));
     }
-    let upstream = match proxy.sockets.connect(dst, Some(peer.ip())).await {
+    let source = proxy.cfg.proxy.upstream_source(peer.ip());
+    let upstream = match proxy.sockets.connect(dst, source).await {
         Ok(s) => s,
         Err(e) => return log.complete(Some(&Error::ConnectUpstream(Arc::new(e)))),
     };

@@ -12,8 +12,13 @@
 //! - Any matching DENY denies. No ALLOW policy allows. Any matching ALLOW allows. Otherwise
 //!   deny.
 //! - Policy = OR of rules (none: never matches); rule = AND of clauses (none: matches);
-//!   clause = OR of matches; a match with no condition never matches; within a match every
-//!   present field must hold (positive list: any element, `not_` list: none).
+//!   clause = OR of matches; a match with no condition is skipped (never matches); within a
+//!   match every present field must hold (positive list: any element, `not_` list: none).
+//! - Empty match groups are how istiod renders conditions L4 cannot see (HTTP methods, paths,
+//!   request principals, request headers). With [`HttpOnlyDeny::Ignore`] (Istio's semantics,
+//!   the default) a rule with such a clause never matches; with [`HttpOnlyDeny::Enforce`] an
+//!   empty group matches in DENY policies, so the rule denies what its L4 conditions select,
+//!   as Istio's sidecars did for TCP.
 //! - A plaintext connection has no identity: its namespace is the empty string, positive
 //!   principal and service-account conditions never hold (so negative ones always do).
 //!   Principals are compared without `spiffe://`.
@@ -21,7 +26,7 @@
 //! [`enforce`] keeps live inbound connections re-evaluated when the snapshot changes;
 //! [`explain`] answers "why" for operators.
 //!
-//! Allowed imports: `state`, `identity`.
+//! Allowed imports: `state`, `identity`, `config`.
 
 pub mod enforce;
 pub mod explain;
@@ -32,6 +37,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+pub use crate::config::HttpOnlyDeny;
 use crate::identity::Identity;
 use crate::state::model::{
     IpNet, Policy, PolicyAction, PolicyMatch, ServiceAccountMatch, StringMatch, Strng, Workload,
@@ -135,13 +141,18 @@ impl Decision {
         self.outcome.verdict == Verdict::Allow
     }
 
-    /// Logs the decision for `conn`: debug normally; info when a dry-run policy would have
-    /// changed it, so operators see what enforcing it would do.
-    pub fn log(&self, conn: &Conn) {
+    /// Logs the decision for `conn`: at debug (at info with `AUTHZ_POLICY_INFO_LOGGING`);
+    /// at info when a dry-run policy would have changed it, so operators see what enforcing
+    /// it would do.
+    pub fn log(&self, conn: &Conn, info: bool) {
         let src_identity = conn.src_identity.as_ref().map(tracing::field::display);
         let o = &self.outcome;
-        match &self.dry_run {
-            Some(dry) if dry.verdict != o.verdict || dry.policy != o.policy => tracing::event!(
+        if let Some(dry) = self
+            .dry_run
+            .as_ref()
+            .filter(|dry| dry.verdict != o.verdict || dry.policy != o.policy)
+        {
+            tracing::event!(
                 target: "authz",
                 tracing::Level::INFO,
                 src.addr = %conn.src_ip,
@@ -153,19 +164,30 @@ impl Decision {
                 dry_run.policy = dry.policy.as_deref(),
                 dry_run.rule = dry.rule,
                 "dry-run policy would change the decision"
-            ),
-            _ => tracing::event!(
-                target: "authz",
-                tracing::Level::DEBUG,
-                src.addr = %conn.src_ip,
-                src.identity = src_identity,
-                dst.port = conn.dst_port,
-                verdict = ?o.verdict,
-                reason = %o.reason,
-                policy = o.policy.as_deref(),
-                rule = o.rule,
-                "authorization decision"
-            ),
+            );
+            return;
+        }
+        macro_rules! decision {
+            ($level:expr) => {
+                tracing::event!(
+                    target: "authz",
+                    $level,
+                    src.addr = %conn.src_ip,
+                    src.identity = src_identity,
+                    dst.addr = %conn.dst_ip,
+                    dst.port = conn.dst_port,
+                    verdict = ?o.verdict,
+                    reason = %o.reason,
+                    policy = o.policy.as_deref(),
+                    rule = o.rule,
+                    "authorization decision"
+                )
+            };
+        }
+        if info {
+            decision!(tracing::Level::INFO);
+        } else {
+            decision!(tracing::Level::DEBUG);
         }
     }
 
@@ -204,7 +226,7 @@ impl fmt::Display for Denial {
 }
 
 /// Decides whether `conn` may reach the local workload `dst`, using the policies of `snap`.
-pub fn authorize(snap: &Snapshot, conn: &Conn, dst: &Workload) -> Decision {
+pub fn authorize(snap: &Snapshot, conn: &Conn, dst: &Workload, mode: HttpOnlyDeny) -> Decision {
     let applicable = match applicable(snap, dst) {
         Ok(p) => p,
         Err(missing) => {
@@ -219,7 +241,7 @@ pub fn authorize(snap: &Snapshot, conn: &Conn, dst: &Workload) -> Decision {
             }
         }
     };
-    let subject = Subject::new(conn);
+    let subject = Subject::new(conn, mode);
     let outcome = evaluate(applicable.iter().copied().filter(|p| !p.dry_run), &subject);
     let dry_run = applicable
         .iter()
@@ -295,10 +317,11 @@ pub(crate) struct Subject<'a> {
     namespace: &'a str,
     src_ip: IpAddr,
     dst_ip: IpAddr,
+    mode: HttpOnlyDeny,
 }
 
 impl<'a> Subject<'a> {
-    pub(crate) fn new(conn: &'a Conn) -> Self {
+    pub(crate) fn new(conn: &'a Conn, mode: HttpOnlyDeny) -> Self {
         let principal = conn.src_identity.as_ref().map(|id| {
             format!(
                 "{}/ns/{}/sa/{}",
@@ -313,25 +336,33 @@ impl<'a> Subject<'a> {
             namespace: conn.src_identity.as_ref().map_or("", |id| id.namespace()),
             src_ip: canonical_ip(conn.src_ip),
             dst_ip: canonical_ip(conn.dst_ip),
+            mode,
         }
     }
 }
 
 /// The index of the first rule of `p` that matches, if any. Zero rules never match.
 pub(crate) fn matching_rule(p: &Policy, s: &Subject) -> Option<usize> {
+    // Empty match groups stand for HTTP-only conditions: skipped (Istio), or taken as holding
+    // in DENY policies when the operator asked for fail-closed.
+    let empty_matches = s.mode == HttpOnlyDeny::Enforce && p.action == PolicyAction::Deny;
     p.rules.iter().position(|rule| {
         // AND of clauses; an empty rule matches everything.
         rule.iter().all(|clause| {
-            // OR of matches; empty match objects never match. An empty clause matches.
-            clause.is_empty() || clause.iter().any(|m| matches(m, s))
+            // OR of matches. An empty clause matches.
+            clause.is_empty()
+                || clause.iter().any(|m| {
+                    if m.is_empty() {
+                        empty_matches
+                    } else {
+                        matches(m, s)
+                    }
+                })
         })
     })
 }
 
 fn matches(m: &PolicyMatch, s: &Subject) -> bool {
-    if is_empty(m) {
-        return false;
-    }
     let ns = |sm: &StringMatch| string_matches(sm, s.namespace);
     let principal = |sm: &StringMatch| {
         s.principal
@@ -358,21 +389,6 @@ fn matches(m: &PolicyMatch, s: &Subject) -> bool {
 /// (if present) must not.
 fn field<T>(positive: &[T], negative: &[T], pred: impl Fn(&T) -> bool) -> bool {
     (positive.is_empty() || positive.iter().any(&pred)) && !negative.iter().any(&pred)
-}
-
-fn is_empty(m: &PolicyMatch) -> bool {
-    m.namespaces.is_empty()
-        && m.not_namespaces.is_empty()
-        && m.principals.is_empty()
-        && m.not_principals.is_empty()
-        && m.service_accounts.is_empty()
-        && m.not_service_accounts.is_empty()
-        && m.source_ips.is_empty()
-        && m.not_source_ips.is_empty()
-        && m.destination_ips.is_empty()
-        && m.not_destination_ips.is_empty()
-        && m.destination_ports.is_empty()
-        && m.not_destination_ports.is_empty()
 }
 
 /// Literal string comparison (no patterns: `.` and other metacharacters are plain bytes).

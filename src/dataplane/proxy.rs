@@ -16,6 +16,7 @@ use super::sockets::Sockets;
 use super::Error;
 use crate::config::Config;
 use crate::drain::{self, DrainMode};
+use crate::ops::metrics::Reporter;
 use crate::state::model::Workload;
 use crate::state::Reader;
 use crate::tls::{CertSource, WorkloadCert};
@@ -74,12 +75,15 @@ impl Proxy {
             h2: H2Settings::from_config(&cfg.proxy),
         };
         let pool = Pool::new(pool_cfg, sockets.clone());
-        let connections = Connections::new(LocalPod {
-            namespace: pod.namespace.clone(),
-            name: pod.name.clone(),
-            service_account: pod.service_account.clone(),
-            node: cfg.node_name.as_deref().map(Into::into),
-        });
+        let connections = Connections::new(
+            LocalPod {
+                namespace: pod.namespace.clone(),
+                name: pod.name.clone(),
+                service_account: pod.service_account.clone(),
+                node: cfg.node_name.as_deref().map(Into::into),
+            },
+            cfg.authz.http_only_deny,
+        );
         let slots = Arc::new(ConnSlots::new(cfg.proxy.max_connections_per_pod));
         Arc::new(Proxy {
             slots,
@@ -188,9 +192,8 @@ impl Proxy {
             .sockets
             .std_listener(SocketAddr::new(any, p.inbound_hbone_port), transparent)?;
         let (trigger, pod) = drain::channel();
-        let (watch, feed) = drain::merge(pod, process.watch());
+        let (drains, feed) = drain::merge(pod, process.watch());
         data.spawn(feed);
-        let drains = Drains { watch };
         if p.dns_capture {
             crate::dns::start(self, data, &drains)?;
         }
@@ -254,23 +257,8 @@ impl ProxyHandle {
 }
 
 /// The drain a pod's tasks obey: the more urgent of the pod's own (CNI `del`) and the
-/// process's (SIGTERM), merged into one watch.
-#[derive(Clone)]
-pub struct Drains {
-    watch: drain::Watch,
-}
-
-impl Drains {
-    /// Resolves when either drain starts, with its mode.
-    pub async fn signaled(&mut self) -> DrainMode {
-        self.watch.signaled().await
-    }
-
-    /// Resolves when either drain becomes immediate.
-    pub async fn immediate(&mut self) {
-        self.watch.immediate().await
-    }
-}
+/// process's (SIGTERM), merged into one watch ([`drain::merge`]).
+pub type Drains = drain::Watch;
 
 /// A pod's open connections, counted against `ZTUN_MAX_CONNECTIONS_PER_POD` so one pod cannot
 /// spend the whole process's file descriptors.
@@ -381,6 +369,11 @@ async fn serve<F, Fut>(
                 // select's operand), doubling the memory of every idle connection.
                 let handle = handle.clone();
                 let mut d = drains.clone();
+                let reporter = match direction {
+                    "outbound" => Reporter::Source,
+                    _ => Reporter::Destination,
+                };
+                let socket = crate::ops::telemetry().metrics.socket_opened(reporter);
                 tokio::spawn(async move {
                     let conn = handle(stream, peer, d.clone());
                     tokio::select! {
@@ -388,6 +381,7 @@ async fn serve<F, Fut>(
                         _ = d.immediate() => {}
                     }
                     drop(slot);
+                    drop(socket);
                 });
             }
             Err(e) => {

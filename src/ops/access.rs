@@ -163,11 +163,15 @@ struct MeterInner {
 impl Meter {
     /// A meter counting into no registered series, for relays outside a connection record.
     pub fn detached() -> Self {
+        Meter::new(true, Series::detached())
+    }
+
+    fn new(client_side: bool, series: Series) -> Self {
         Meter(Arc::new(MeterInner {
-            client_side: true,
+            client_side,
             client_sent: AtomicU64::new(0),
             client_received: AtomicU64::new(0),
-            series: Series::detached(),
+            series,
         }))
     }
 
@@ -233,12 +237,7 @@ impl AccessLog {
             return m.clone();
         }
         let series = super::telemetry().metrics.open(&self.labels(None));
-        let m = Meter(Arc::new(MeterInner {
-            client_side: self.direction == Direction::Outbound,
-            client_sent: AtomicU64::new(0),
-            client_received: AtomicU64::new(0),
-            series,
-        }));
+        let m = Meter::new(self.direction == Direction::Outbound, series);
         self.meter = Some(m.clone());
         m
     }

@@ -20,9 +20,9 @@ use prometheus_client::registry::Registry;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Reporter {
     /// The client side.
-    Source,
+    Source = 0,
     /// The server side.
-    Destination,
+    Destination = 1,
 }
 
 impl EncodeLabelValue for Reporter {
@@ -35,6 +35,24 @@ impl EncodeLabelValue for Reporter {
             Reporter::Source => "source",
             Reporter::Destination => "destination",
         })
+    }
+}
+
+/// The `reporter` label alone (`istio_tcp_sockets_open`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ReporterLabels {
+    /// `source` or `destination`.
+    pub reporter: Reporter,
+}
+
+/// An accepted socket counted in `istio_tcp_sockets_open` until dropped.
+#[derive(Debug)]
+#[must_use = "the socket is counted open only while the guard lives"]
+pub struct SocketOpen(Gauge);
+
+impl Drop for SocketOpen {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
@@ -167,6 +185,9 @@ pub struct Metrics {
     pub received_bytes: Family<TrafficLabels, Counter>,
     /// Bytes sent to the downstream side.
     pub sent_bytes: Family<TrafficLabels, Counter>,
+    /// Accepted downstream sockets open now: outbound (15001) as `source`, inbound (15008
+    /// TLS connections, 15006) as `destination`.
+    sockets_open: [Gauge; 2],
     /// Pod proxies running.
     pub active_proxies: Gauge,
     /// Pod proxies failed to start and awaiting retry.
@@ -199,6 +220,7 @@ impl Metrics {
         let received_bytes = Family::default();
         let sent_bytes = Family::default();
         let on_demand_dns: Family<OnDemandDnsLabels, Counter> = Family::default();
+        let mut sockets_open: [Gauge; 2] = Default::default();
         {
             let istio = registry.sub_registry_with_prefix("istio");
             istio.register(
@@ -225,6 +247,17 @@ impl Metrics {
                 "tcp_sent_bytes",
                 "Bytes sent to the downstream peer",
                 sent_bytes.clone(),
+            );
+            let sockets_open_family: Family<ReporterLabels, Gauge> = Family::default();
+            for reporter in [Reporter::Source, Reporter::Destination] {
+                sockets_open[reporter as usize] = sockets_open_family
+                    .get_or_create(&ReporterLabels { reporter })
+                    .clone();
+            }
+            istio.register(
+                "tcp_sockets_open",
+                "Accepted downstream sockets currently open (unstable)",
+                sockets_open_family,
             );
             istio.register(
                 "on_demand_dns",
@@ -293,6 +326,7 @@ impl Metrics {
             connections_failed,
             received_bytes,
             sent_bytes,
+            sockets_open,
             active_proxies,
             pending_proxies,
             proxies_started,
@@ -304,6 +338,12 @@ impl Metrics {
             on_demand_dns,
             seen: Mutex::new(HashSet::new()),
         }
+    }
+
+    /// Counts an accepted downstream socket open until the returned guard drops.
+    pub fn socket_opened(&self, reporter: Reporter) -> SocketOpen {
+        self.sockets_open[reporter as usize].inc();
+        SocketOpen(self.sockets_open[reporter as usize].clone())
     }
 
     /// Counts a connection opened under `labels` (response flag `-`) and fetches the series

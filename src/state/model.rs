@@ -44,8 +44,10 @@ pub enum HealthStatus {
     Unhealthy,
 }
 
-/// Where a gateway (waypoint or network gateway) is reached.
+/// Where a gateway (waypoint or network gateway) is reached. Serialized as ztunnel does: the
+/// string `network/ip` or `namespace/hostname`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(untagged)]
 pub enum GatewayDestination {
     /// A workload address on a network.
     Address(NetworkAddress),
@@ -55,6 +57,7 @@ pub enum GatewayDestination {
 
 /// A waypoint or network gateway reference.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct GatewayAddress {
     /// Where the gateway is.
     pub destination: GatewayDestination,
@@ -62,8 +65,9 @@ pub struct GatewayAddress {
     pub hbone_mtls_port: u16,
 }
 
-/// An IP address qualified by its network (the empty network is the default one).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+/// An IP address qualified by its network (the empty network is the default one). Serialized
+/// as ztunnel does: `network/ip` (`/10.0.0.1` on the default network).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NetworkAddress {
     /// Network name; empty for the default network.
     pub network: Strng,
@@ -71,8 +75,8 @@ pub struct NetworkAddress {
     pub address: IpAddr,
 }
 
-/// A service name qualified by its namespace.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+/// A service name qualified by its namespace. Serialized as `namespace/hostname`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NamespacedHostname {
     /// Namespace of the service.
     pub namespace: Strng,
@@ -82,6 +86,7 @@ pub struct NamespacedHostname {
 
 /// Protocol of an application tunnel (how a sandwiched waypoint wants traffic delivered).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "UPPERCASE")]
 pub enum AppTunnelProtocol {
     /// Deliver raw bytes.
     #[default]
@@ -136,8 +141,10 @@ pub struct Workload {
     /// Service account of its identity.
     pub service_account: Strng,
     /// Workload waypoint, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub waypoint: Option<GatewayAddress>,
     /// Network gateway for cross-network traffic, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub network_gateway: Option<GatewayAddress>,
     /// Node the workload runs on.
     pub node: Strng,
@@ -152,8 +159,11 @@ pub struct Workload {
     /// Whether the workload terminates HBONE itself.
     pub native_tunnel: bool,
     /// Application tunnel, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub application_tunnel: Option<ApplicationTunnel>,
-    /// Service memberships: `namespace/hostname` → port map.
+    /// Service memberships: `namespace/hostname` → port map. Serialized as ztunnel does, as
+    /// the list of keys (the port maps show in each service's `endpoints`).
+    #[serde(serialize_with = "keys", skip_serializing_if = "BTreeMap::is_empty")]
     pub services: BTreeMap<Strng, PortMap>,
     /// WORKLOAD_SELECTOR policies (`namespace/name`) that apply to it.
     pub authorization_policies: Vec<Strng>,
@@ -162,6 +172,7 @@ pub struct Workload {
     /// Cluster id.
     pub cluster_id: Strng,
     /// Locality.
+    #[serde(skip_serializing_if = "Locality::is_empty")]
     pub locality: Locality,
     /// Network mode.
     pub network_mode: NetworkMode,
@@ -230,15 +241,17 @@ pub struct LoadBalancer {
     pub health_policy: HealthPolicy,
 }
 
-/// IP families a service serves.
+/// IP families a service serves (serialized with ztunnel's names; `Automatic` is omitted).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 pub enum IpFamilies {
     /// Whatever the endpoints have.
     #[default]
     Automatic,
     /// IPv4 only.
+    #[serde(rename = "IPv4")]
     Ipv4Only,
     /// IPv6 only.
+    #[serde(rename = "IPv6")]
     Ipv6Only,
     /// Both.
     Dual,
@@ -254,8 +267,9 @@ pub enum Visibility {
     Namespace,
 }
 
-/// A CIDR VIP: every address of the prefix belongs to the service.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+/// A CIDR VIP: every address of the prefix belongs to the service. Serialized as ztunnel
+/// does: `{network, cidr: "a.b.c.d/len"}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CidrVip {
     /// Network of the prefix.
     pub network: Strng,
@@ -287,18 +301,23 @@ pub struct Service {
     /// Virtual IPs (full-length addresses).
     pub vips: Vec<NetworkAddress>,
     /// CIDR VIPs.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub cidr_vips: Vec<CidrVip>,
     /// Service port → target port (0 = a named port resolved per endpoint).
     pub ports: PortMap,
     /// Extra SPIFFE identities accepted from endpoints of this service.
     pub subject_alt_names: Vec<Strng>,
     /// Service waypoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub waypoint: Option<GatewayAddress>,
     /// Weighted waypoints (sampled per connection).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub weighted_waypoints: Vec<WeightedWaypoint>,
     /// Load balancing.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub load_balancer: Option<LoadBalancer>,
     /// IP families.
+    #[serde(skip_serializing_if = "IpFamilies::is_automatic")]
     pub ip_families: IpFamilies,
     /// Tie-break among services sharing a VIP or hostname.
     pub canonical: bool,
@@ -333,8 +352,8 @@ pub enum PolicyAction {
     Deny,
 }
 
-/// A string matcher.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+/// A string matcher. Serialized as ztunnel does: `{"Exact": "x"}`, `{"Presence": []}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StringMatch {
     /// Equal to.
     Exact(Strng),
@@ -348,6 +367,7 @@ pub enum StringMatch {
 
 /// A (namespace, service account) pair to match exactly.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ServiceAccountMatch {
     /// Namespace.
     pub namespace: Strng,
@@ -355,8 +375,8 @@ pub struct ServiceAccountMatch {
     pub service_account: Strng,
 }
 
-/// An IP prefix.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+/// An IP prefix. Serialized as a CIDR string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IpNet {
     /// First address.
     pub address: IpAddr,
@@ -369,29 +389,50 @@ pub struct IpNet {
 #[serde(rename_all = "camelCase")]
 pub struct PolicyMatch {
     /// Source namespace.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub namespaces: Vec<StringMatch>,
     /// Source namespace must not match.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub not_namespaces: Vec<StringMatch>,
     /// Source principal (identity without `spiffe://`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub principals: Vec<StringMatch>,
     /// Source principal must not match.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub not_principals: Vec<StringMatch>,
     /// Source service account.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub service_accounts: Vec<ServiceAccountMatch>,
     /// Source service account must not match.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub not_service_accounts: Vec<ServiceAccountMatch>,
     /// Source IP.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub source_ips: Vec<IpNet>,
     /// Source IP must not match.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub not_source_ips: Vec<IpNet>,
     /// Destination IP.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub destination_ips: Vec<IpNet>,
     /// Destination IP must not match.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub not_destination_ips: Vec<IpNet>,
     /// Destination port.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub destination_ports: Vec<u16>,
     /// Destination port must not match.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub not_destination_ports: Vec<u16>,
+}
+
+impl PolicyMatch {
+    /// Whether the match names no condition at all. istiod sends such a match group for a
+    /// `from`/`to`/`when` that names only HTTP attributes (methods, paths, request principals,
+    /// request headers): L4 cannot evaluate them, so the group never matches.
+    pub fn is_empty(&self) -> bool {
+        *self == PolicyMatch::default()
+    }
 }
 
 /// A clause: OR of matches.
@@ -421,5 +462,88 @@ impl Policy {
     /// The key the policy is stored under and referenced by: `namespace/name`.
     pub fn key(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// Indexes of the rules that can never match at L4: rules with a clause made only of empty
+    /// match groups (see [`PolicyMatch::is_empty`]). Istio evaluates them as never matching;
+    /// operators are told (a warning, a metric, `config_dump`, `ztun ctl explain`).
+    pub fn unmatchable_rules(&self) -> impl Iterator<Item = usize> + '_ {
+        self.rules.iter().enumerate().filter_map(|(i, rule)| {
+            rule.iter()
+                .any(|clause| !clause.is_empty() && clause.iter().all(PolicyMatch::is_empty))
+                .then_some(i)
+        })
+    }
+}
+
+impl Locality {
+    /// Whether no part is known.
+    pub fn is_empty(&self) -> bool {
+        self.region.is_empty() && self.zone.is_empty() && self.subzone.is_empty()
+    }
+}
+
+impl IpFamilies {
+    fn is_automatic(&self) -> bool {
+        *self == IpFamilies::Automatic
+    }
+}
+
+/// Serializes a map as the list of its keys.
+fn keys<S: serde::Serializer, V>(map: &BTreeMap<Strng, V>, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(map.keys())
+}
+
+impl std::fmt::Display for NetworkAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.network, self.address)
+    }
+}
+
+impl serde::Serialize for NetworkAddress {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl serde::Serialize for NamespacedHostname {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!("{}/{}", self.namespace, self.hostname))
+    }
+}
+
+impl std::fmt::Display for IpNet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.address, self.prefix_len)
+    }
+}
+
+impl serde::Serialize for IpNet {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl serde::Serialize for CidrVip {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("CidrVip", 2)?;
+        st.serialize_field("network", &*self.network)?;
+        st.serialize_field("cidr", &format!("{}/{}", self.address, self.prefix_len))?;
+        st.end()
+    }
+}
+
+impl serde::Serialize for StringMatch {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(1))?;
+        match self {
+            StringMatch::Exact(v) => m.serialize_entry("Exact", &**v)?,
+            StringMatch::Prefix(v) => m.serialize_entry("Prefix", &**v)?,
+            StringMatch::Suffix(v) => m.serialize_entry("Suffix", &**v)?,
+            StringMatch::Presence => m.serialize_entry("Presence", &[(); 0])?,
+        }
+        m.end()
     }
 }

@@ -161,9 +161,25 @@ impl SnapshotBuilder {
         self.services.insert(s.key().into(), Arc::new(s));
     }
 
-    /// Adds or replaces a policy (by `namespace/name`).
+    /// Adds or replaces a policy (by `namespace/name`). A new or changed policy with rules
+    /// that can never match at L4 is logged once, at warn: Istio accepts such policies and
+    /// says so only in the policy's status, which node operators rarely see.
     pub fn insert_policy(&mut self, p: Policy) {
-        self.policies.insert(p.key().into(), Arc::new(p));
+        let key: Strng = p.key().into();
+        let unchanged = self.policies.get(&key).is_some_and(|old| **old == p);
+        if !unchanged {
+            let rules: Vec<usize> = p.unmatchable_rules().collect();
+            if !rules.is_empty() {
+                tracing::warn!(
+                    policy = %key,
+                    action = ?p.action,
+                    rules = ?rules,
+                    "policy rules name only HTTP attributes (istiod sent empty match groups): \
+                     they never match at L4 (ZTUN_L4_DENY_HTTP_RULES=enforce applies DENY ones)"
+                );
+            }
+        }
+        self.policies.insert(key, Arc::new(p));
     }
 
     /// Removes an address resource by name: a workload uid, else a service key. Returns

@@ -253,14 +253,14 @@ pub fn run(ztun: &Path, opts: &Options) -> anyhow::Result<Value> {
     let mut held = Vec::new();
     let mut memory = Vec::new();
     for &n in levels {
-        let more = n.saturating_sub(ztun_established(&lab)?);
+        let more = n.saturating_sub(idle_established(&lab)?);
         held.push(lab.pod("a").spawn_async(hold_connections(idle, more)));
         let deadline = Instant::now() + WAIT;
-        while ztun_established(&lab)? < n {
+        while idle_established(&lab)? < n {
             if Instant::now() > deadline {
                 bail!(
                     "only {} of {n} idle connections got established",
-                    ztun_established(&lab)?
+                    idle_established(&lab)?
                 );
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -501,7 +501,7 @@ async fn hold_connections(dst: SocketAddr, n: usize) -> anyhow::Result<()> {
 const IDLE_PORT: u16 = 7001;
 
 /// Established TCP connections to the idle echo server, seen in the destination app's namespace.
-fn ztun_established(lab: &Lab) -> anyhow::Result<usize> {
+fn idle_established(lab: &Lab) -> anyhow::Result<usize> {
     let filter = format!("( sport = :{IDLE_PORT} )");
     let out = lab
         .pod("c")
@@ -531,16 +531,9 @@ fn cpu_seconds(p: &Process) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-/// The client and the echo server of the memory figure share this process: 10 000 idle
-/// connections take 20 000 descriptors here. As root the hard limit can be raised too (the
-/// ztuns it spawns inherit it).
 fn raise_fd_limit() {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    const WANT: u64 = 1 << 16;
     if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
-        if hard < WANT && setrlimit(Resource::RLIMIT_NOFILE, WANT, WANT).is_ok() {
-            return;
-        }
         let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
     }
 }

@@ -7,6 +7,7 @@ pub mod bench;
 pub mod certs;
 pub mod demo;
 pub mod grpc;
+pub mod istioctl;
 pub mod lab;
 pub mod mesh;
 pub mod waypoint;

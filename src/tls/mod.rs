@@ -4,7 +4,12 @@
 //! A [`WorkloadCert`] is built once per certificate (issue or rotation) and prebuilds both the
 //! client and the server configuration, so a connection only clones an `Arc`.
 //!
-//! Allowed imports: `identity`. Never `control/`, `dataplane/` or generated proto code.
+//! The process's compliance policy (`COMPLIANCE_POLICY`) is set once at startup
+//! ([`set_compliance_policy`]), before any configuration is built; every TLS configuration
+//! ztun makes takes its key exchanges from [`crypto_provider`].
+//!
+//! Allowed imports: `identity`, `config`. Never `control/`, `dataplane/` or generated proto
+//! code.
 
 mod cert;
 pub mod crl;
@@ -18,17 +23,36 @@ pub use cert::{parse_pem_certs, parse_pem_key, CertError, WorkloadCert};
 pub use crl::{Revocation, RevokedSignal};
 pub use verify::{peer_identity, IdentityError};
 
+pub use crate::config::CompliancePolicy;
 use crate::identity::Identity;
 
 /// The only cipher suites HBONE negotiates: TLS 1.3 AES-GCM.
 pub fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
-    use rustls::crypto::aws_lc_rs::{cipher_suite, default_provider};
+    provider_for(COMPLIANCE.get().copied().unwrap_or_default())
+}
+
+/// The provider under `policy`: TLS 1.3 AES-GCM suites; with [`CompliancePolicy::Pqc`] the
+/// only key exchange is the post-quantum hybrid X25519MLKEM768.
+pub fn provider_for(policy: CompliancePolicy) -> Arc<rustls::crypto::CryptoProvider> {
+    use rustls::crypto::aws_lc_rs::{cipher_suite, default_provider, kx_group};
     let mut p = default_provider();
     p.cipher_suites = vec![
         cipher_suite::TLS13_AES_256_GCM_SHA384,
         cipher_suite::TLS13_AES_128_GCM_SHA256,
     ];
+    if policy == CompliancePolicy::Pqc {
+        p.kx_groups = vec![kx_group::X25519MLKEM768];
+    }
     Arc::new(p)
+}
+
+/// The process's compliance policy, set at most once, at startup.
+static COMPLIANCE: std::sync::OnceLock<CompliancePolicy> = std::sync::OnceLock::new();
+
+/// Sets the compliance policy every later TLS configuration follows. Call once, at startup,
+/// before any is built; returns false (and changes nothing) if it was already set.
+pub fn set_compliance_policy(policy: CompliancePolicy) -> bool {
+    COMPLIANCE.set(policy).is_ok()
 }
 
 /// Why a certificate for an identity is not available.

@@ -65,6 +65,28 @@ fn server_sees_the_client_pod_ip() {
     assert_eq!(seen.ip(), lab.pod("a").ip());
 }
 
+/// `ENABLE_ORIG_SRC=false`: delivery comes from the destination pod's own address, as ztunnel
+/// does, over HBONE (15008) and over plaintext (15006) alike.
+#[test]
+fn without_orig_src_the_server_sees_its_own_pod_ip() {
+    let lab = standard_lab("no_orig_src");
+    let mesh = MeshFile::from_lab(&lab);
+    let recorder = lab.pod("c").spawn_peer_recorder(9090).unwrap();
+    let cluster = Cluster::start_with(lab, mesh, &[("ENABLE_ORIG_SRC", "false")]);
+    let lab = &cluster.lab;
+    let dst = SocketAddr::from((lab.pod("c").ip(), recorder.port()));
+    let tunnelled = lab.pod("a").peer_seen_by(dst).unwrap();
+    assert_eq!(tunnelled.ip(), lab.pod("c").ip(), "over HBONE");
+    let plaintext = lab.pod("u").peer_seen_by(dst).unwrap();
+    assert_eq!(plaintext.ip(), lab.pod("c").ip(), "over 15006");
+    // The tunnel did carry it: n2 logged the inbound connection from a.
+    let line = cluster
+        .ztun("n2")
+        .wait_for_log("src.workload=\"a\"", WAIT)
+        .unwrap();
+    assert!(line.contains("direction=\"inbound\""), "{line}");
+}
+
 /// Sends `marker` many times over one connection from `pod` to `dst` and reads the echo.
 fn send_marker(lab: &ztun::testkit::lab::Lab, pod: &str, dst: SocketAddr, marker: &'static [u8]) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -225,19 +225,52 @@ fn long_lived_connections_are_counted_while_they_run(cluster: &Cluster, dst: Soc
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
     };
+    // `istio_tcp_sockets_open` (the dashboards' "Open Sockets"): accepted sockets, so b's app
+    // connection on n1 (15001) and, on n2, one HBONE connection per pooled tunnel (a's, kept
+    // in n1's pool since its echoes, and b's).
+    let sockets = |node: &str, reporter: &str| {
+        let body = scrape(cluster.lab.node(node).netns());
+        sample(&body, "istio_tcp_sockets_open", &[("reporter", reporter)])
+    };
     let bytes = SENT as f64;
     wait_for("n1", "source", (1.0, 0.0, bytes, bytes));
     wait_for("n2", "destination", (1.0, 0.0, bytes, bytes));
+    assert_eq!(sockets("n1", "source"), Some(1.0));
+    assert_eq!(sockets("n2", "destination"), Some(2.0));
     let _ = finish_tx.send(());
     task.join().unwrap().expect("b's connection");
     wait_for("n1", "source", (1.0, 1.0, bytes, bytes));
     wait_for("n2", "destination", (1.0, 1.0, bytes, bytes));
+    let deadline = std::time::Instant::now() + WAIT;
+    while sockets("n1", "source") != Some(0.0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "n1 still counts b's socket"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // The tunnels stay pooled: their sockets on n2 stay open.
+    assert_eq!(sockets("n2", "destination"), Some(2.0));
 }
 
 #[test]
 fn admin_config_dump_logging_and_loopback_only() {
     let lab = standard_lab("admin");
-    let mesh = MeshFile::from_lab(&lab);
+    let mesh = MeshFile::from_lab(&lab)
+        .service(
+            "web",
+            "default",
+            std::net::Ipv4Addr::new(10, 96, 0, 7),
+            &[(80, 8080)],
+            &["c"],
+        )
+        .policy(serde_json::json!({
+            "name": "strict",
+            "namespace": "default",
+            "scope": "Namespace",
+            "action": "Deny",
+            "rules": [[[{"notPrincipals": [{"Presence": []}], "notSourceIps": ["10.255.0.0/16"]}]]],
+        }));
     let server = lab.pod("c").spawn_echo_server(8080).unwrap();
     let cluster = Cluster::start(lab, mesh);
     let lab = &cluster.lab;
@@ -252,6 +285,24 @@ fn admin_config_dump_logging_and_loopback_only() {
         "config_dump leaks a private key"
     );
     let dump: serde_json::Value = serde_json::from_str(&body).unwrap();
+    // What `istioctl ztunnel-config` decodes it into (Go types), with ztunnel's forms.
+    let decoded = ztun::testkit::istioctl::decode(&dump).unwrap_or_else(|e| panic!("{e:#}"));
+    let web = decoded
+        .services
+        .iter()
+        .find(|s| s.name == "web")
+        .expect("service web");
+    assert_eq!(web.vips, ["/10.96.0.7"]);
+    assert_eq!(web.endpoints.len(), 1, "{:?}", web.endpoints);
+    let strict = &decoded.policies[0];
+    assert!(strict.rules[0][0][0].not_principals[0].presence.is_some());
+    assert_eq!(strict.rules[0][0][0].not_source_ips, ["10.255.0.0/16"]);
+    assert!(!decoded.certificates.is_empty() && !decoded.workload_state.is_empty());
+    assert_eq!(
+        dump["staticConfig"]["policies"][0]["name"], "strict",
+        "{}",
+        dump["staticConfig"]
+    );
     let uids: Vec<&str> = dump["workloads"]
         .as_array()
         .unwrap()
@@ -279,8 +330,25 @@ fn admin_config_dump_logging_and_loopback_only() {
     let (status, body) = http(n1, "POST", local(15000), "/logging?level=ztun%3Dtrace").unwrap();
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("ztun=trace"), "{body}");
-    let (_, now) = http(n1, "GET", local(15000), "/logging").unwrap();
+    // What `istioctl ztunnel-config log` sends to list the levels.
+    let (status, now) = http(n1, "POST", local(15000), "/logging?level=").unwrap();
+    assert_eq!(status, 200, "{now}");
+    assert!(
+        now.starts_with("current log level is ") && now.contains("ztun=trace"),
+        "{now}"
+    );
+    let (status, now) = http(n1, "POST", local(15000), "/logging").unwrap();
+    assert_eq!(status, 200, "{now}");
     assert!(now.contains("ztun=trace"), "{now}");
+    let (status, _) = http(n1, "GET", local(15000), "/logging").unwrap();
+    assert_eq!(status, 405, "ztunnel answers only POST");
+    // istioctl passes `access:debug` through; ztunnel refuses the colon form.
+    let (status, body) = http(n1, "POST", local(15000), "/logging?level=access:debug").unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.starts_with("Invalid level provided: access:debug"),
+        "{body}"
+    );
     let (status, _) = http(
         n1,
         "POST",
@@ -292,6 +360,19 @@ fn admin_config_dump_logging_and_loopback_only() {
     let (status, body) = http(n1, "POST", local(15000), "/logging?reset").unwrap();
     assert_eq!(status, 200);
     assert!(!body.contains("trace"), "{body}");
+    // istioctl's `-r`: reset, then the level.
+    let (status, body) = http(
+        n1,
+        "POST",
+        local(15000),
+        "/logging?level=ztun%3Ddebug&reset",
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("ztun=debug") && !body.contains("trace"),
+        "{body}"
+    );
     let (status, _) = http(n1, "GET", local(15000), "/quitquitquit").unwrap();
     assert_eq!(status, 405);
 

@@ -286,3 +286,117 @@ fn a_workload_referencing_a_missing_policy_is_denied_until_it_arrives() {
     assert!(reaches(lab, "a", dst));
     assert!(!reaches(lab, "b", dst));
 }
+
+/// What istiod sends for `AuthorizationPolicy`s that name HTTP attributes, end to end:
+/// - `default/mixed`, namespace DENY from `rules: [{to: [{operation: {methods: [POST]}}]},
+///   {from: [{source: {principals: [cluster.local/ns/team-b/sa/sa-b]}}]}]`: rule 0 is a clause of
+///   one empty match group, rule 1 is L4;
+/// - `default/http-only`, selector DENY on `c` from `to: [{operation: {paths: [/admin]}}]`: one
+///   rule, one empty group; `c` lists it in `authorizationPolicies`.
+///
+/// Both are accepted. Istio's semantics: the empty groups never match, so a and the plaintext
+/// client get through and only b (rule 1) is denied — the selector policy does not turn into a
+/// "missing policy" that denies everything. With `ZTUN_L4_DENY_HTTP_RULES=enforce`, the empty
+/// groups match in DENY policies and every connection to `c` is denied, by rule 0.
+fn http_only_deny_mesh(lab: &Lab) -> MeshFile {
+    let b_principal = json!({"principals": [{"Exact": "cluster.local/ns/team-b/sa/sa-b"}]});
+    MeshFile::from_lab(lab)
+        .policy(json!({
+            "name": "mixed",
+            "namespace": "default",
+            "scope": "Namespace",
+            "action": "Deny",
+            "rules": [[[{}]], [[b_principal]]],
+        }))
+        .policy(json!({
+            "name": "http-only",
+            "namespace": "default",
+            "scope": "WorkloadSelector",
+            "action": "Deny",
+            "rules": [[[{}]]],
+        }))
+        .edit_workload("c", |w| {
+            w.insert("authorizationPolicies".into(), json!(["default/http-only"]));
+        })
+}
+
+#[test]
+fn istiod_http_only_deny_rules_never_match_at_l4() {
+    let lab = policy_lab("policy_http_only");
+    let mesh = http_only_deny_mesh(&lab);
+    let echo = lab.pod("c").spawn_echo_server(8080).unwrap();
+    let cluster = Cluster::start(lab, mesh);
+    let lab = &cluster.lab;
+    let dst = SocketAddr::from((lab.pod("c").ip(), echo.port()));
+    let got = [
+        reaches(lab, "a", dst),
+        reaches(lab, "b", dst),
+        reaches(lab, "u", dst),
+    ];
+    assert_eq!(got, [true, false, true], "[a, b, u (plaintext)] → c");
+    let n2 = cluster.ztun("n2");
+    let line = n2
+        .wait_for_log(
+            "denied by policy: deny_matched policy=default/mixed rule=1",
+            WAIT,
+        )
+        .unwrap();
+    assert!(line.contains("direction=\"inbound\""), "{line}");
+    // Operators are told: a warning per policy, a gauge, and explain.
+    for policy in ["default/mixed", "default/http-only"] {
+        let line = n2.wait_for_log(&format!("policy={policy}"), WAIT).unwrap();
+        assert!(line.contains("never match at L4"), "{line}");
+    }
+    let metrics = crate::ops::scrape(lab.node("n2").netns());
+    let gauge = "ztun_authorization_policies_with_unmatchable_rules";
+    assert_eq!(
+        crate::ops::sample(&metrics, gauge, &[("action", "deny")]),
+        Some(2.0),
+        "{metrics}"
+    );
+    let bin = ztun::testkit::ztun_bin().unwrap();
+    let out = lab
+        .node("n2")
+        .exec(
+            &bin.to_string_lossy(),
+            &[
+                "ctl",
+                "explain",
+                "--src",
+                &lab.pod("a").ip().to_string(),
+                "--dst",
+                &dst.to_string(),
+            ],
+            None,
+        )
+        .expect("ztun ctl explain");
+    assert!(out.starts_with("ALLOW"), "{out}");
+    let mixed = out
+        .lines()
+        .find(|l| l.starts_with("default/mixed"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(mixed.trim_end().ends_with(" 0"), "rule 0 marked: {out}");
+}
+
+#[test]
+fn http_only_deny_rules_deny_when_enforced() {
+    let lab = policy_lab("policy_http_enforce");
+    let mesh = http_only_deny_mesh(&lab);
+    let echo = lab.pod("c").spawn_echo_server(8080).unwrap();
+    let cluster = Cluster::start_with(lab, mesh, &[("ZTUN_L4_DENY_HTTP_RULES", "enforce")]);
+    let lab = &cluster.lab;
+    let dst = SocketAddr::from((lab.pod("c").ip(), echo.port()));
+    let got = [
+        reaches(lab, "a", dst),
+        reaches(lab, "b", dst),
+        reaches(lab, "u", dst),
+    ];
+    assert_eq!(got, [false, false, false], "[a, b, u (plaintext)] → c");
+    cluster
+        .ztun("n2")
+        .wait_for_log(
+            "denied by policy: deny_matched policy=default/http-only rule=0",
+            WAIT,
+        )
+        .unwrap();
+}

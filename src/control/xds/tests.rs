@@ -1,6 +1,7 @@
 //! The xDS client against a scripted server over real TLS on loopback, and its backoff with
 //! paused time.
 
+mod conformance;
 mod server;
 
 use std::net::IpAddr;

@@ -9,7 +9,8 @@
 //! | Input | Result |
 //! |---|---|
 //! | IP bytes not 4 or 16 long, prefix longer than the address | reject |
-//! | policy `StringMatch` without a variant, `Match` without conditions | reject |
+//! | policy `StringMatch` without a variant | reject |
+//! | policy `Match` without conditions (istiod's HTTP-only conditions) | accept; never matches at L4 |
 //! | empty `GatewayAddress.destination` | reject |
 //! | `LEGACY_ISTIO_MTLS` or unknown tunnel protocol | reject |
 //! | port > 65535 | reject |
@@ -98,9 +99,6 @@ pub enum Problem {
     /// A string match without a variant: dropping it could widen the policy.
     #[error("has no exact, prefix, suffix or presence")]
     EmptyStringMatch,
-    /// A policy match without conditions: it would match every connection.
-    #[error("has no conditions; it would match every connection")]
-    EmptyMatch,
     /// A key that is not `<namespace>/<name>`.
     #[error("{0:?} is not <namespace>/<name>")]
     NotNamespaced(String),
@@ -570,9 +568,8 @@ fn policy_match(field: &str, m: sec::Match) -> Result<PolicyMatch, TranslateErro
         destination_ports: ports("destination_ports", m.destination_ports)?,
         not_destination_ports: ports("not_destination_ports", m.not_destination_ports)?,
     };
-    if converted == PolicyMatch::default() {
-        return Err(invalid(field, Problem::EmptyMatch));
-    }
+    // A match with no condition is what istiod sends for HTTP-only conditions: valid, and
+    // never matching at L4 (see `dataplane::policy`).
     Ok(converted)
 }
 

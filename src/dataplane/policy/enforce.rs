@@ -17,7 +17,9 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
-use super::{applicable, authorize, Conn, Decision, Denial, Outcome, Reason, Verdict};
+use super::{
+    applicable, authorize, Conn, Decision, Denial, HttpOnlyDeny, Outcome, Reason, Verdict,
+};
 use crate::state::model::{Policy, Strng, Workload};
 use crate::state::{Reader, Snapshot};
 
@@ -46,6 +48,7 @@ impl LocalPod {
 #[derive(Clone)]
 pub struct Connections {
     pod: Arc<LocalPod>,
+    mode: HttpOnlyDeny,
     // Held for map operations only; authorization runs outside the lock.
     inner: Arc<Mutex<Registry>>,
 }
@@ -74,10 +77,11 @@ pub struct Registration {
 pub struct Revoked(pub Denial);
 
 impl Connections {
-    /// An empty registry for `pod`.
-    pub fn new(pod: LocalPod) -> Self {
+    /// An empty registry for `pod`, whose DENY rules with HTTP-only clauses act per `mode`.
+    pub fn new(pod: LocalPod, mode: HttpOnlyDeny) -> Self {
         Connections {
             pod: Arc::new(pod),
+            mode,
             inner: Arc::default(),
         }
     }
@@ -115,7 +119,7 @@ impl Connections {
     /// missing (or no longer matches) denies.
     pub fn authorize(&self, snap: &Snapshot, conn: &Conn) -> Decision {
         match self.pod.find(snap) {
-            Some(w) => authorize(snap, conn, w),
+            Some(w) => authorize(snap, conn, w, self.mode),
             None => unknown_workload(),
         }
     }
@@ -301,7 +305,7 @@ mod tests {
     async fn a_new_deny_revokes_only_the_matching_connection() {
         let (writer, reader) = crate::state::new();
         writer.publish(base());
-        let conns = Connections::new(pod());
+        let conns = Connections::new(pod(), HttpOnlyDeny::Ignore);
         let mut bad = conns.register(conn([10, 0, 0, 2], "bad"));
         let mut good = conns.register(conn([10, 0, 0, 3], "good"));
         assert!(conns
@@ -331,7 +335,7 @@ mod tests {
     async fn losing_the_local_workload_revokes_everything() {
         let (writer, reader) = crate::state::new();
         writer.publish(base());
-        let conns = Connections::new(pod());
+        let conns = Connections::new(pod(), HttpOnlyDeny::Ignore);
         let mut reg = conns.register(conn([10, 0, 0, 2], "any"));
         let task = tokio::spawn(conns.clone().enforce(reader.clone()));
         writer.publish(SnapshotBuilder::default());

@@ -7,7 +7,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use super::{applicable, authorize, matching_rule, Conn, Decision, Subject};
+use super::{applicable, authorize, matching_rule, Conn, Decision, HttpOnlyDeny, Subject};
 use crate::identity::Identity;
 use crate::state::model::{PolicyAction, PolicyScope, Strng, TunnelProtocol, Workload};
 use crate::state::{canonical_ip, Snapshot};
@@ -100,6 +100,11 @@ pub struct PolicyTrace {
     pub dry_run: bool,
     /// The index of the first matching rule, if any.
     pub matched_rule: Option<usize>,
+    /// Rules that can never match at L4: a clause of each names only HTTP attributes (istiod
+    /// sends it as empty match groups). Empty when none, or when `ZTUN_L4_DENY_HTTP_RULES=enforce`
+    /// makes such DENY rules apply.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unmatchable_rules: Vec<usize>,
 }
 
 /// Explains a connection from `src` to the workload address `dst` on `network`.
@@ -108,6 +113,7 @@ pub fn explain(
     network: &str,
     src: &ExplainSource,
     dst: SocketAddr,
+    mode: HttpOnlyDeny,
 ) -> Result<Explanation, ExplainError> {
     let dst_ip = canonical_ip(dst.ip());
     let Some(dst_workload) = snap.workload_by_ip(network, dst_ip) else {
@@ -155,8 +161,8 @@ pub fn explain(
         dst_ip,
         dst_port: dst.port(),
     };
-    let decision = authorize(snap, &connection, dst_workload);
-    let subject = Subject::new(&connection);
+    let decision = authorize(snap, &connection, dst_workload, mode);
+    let subject = Subject::new(&connection, mode);
     let policies = applicable(snap, dst_workload)
         .unwrap_or_default()
         .into_iter()
@@ -166,6 +172,10 @@ pub fn explain(
             action: p.action,
             dry_run: p.dry_run,
             matched_rule: matching_rule(p, &subject),
+            unmatchable_rules: match (mode, p.action) {
+                (HttpOnlyDeny::Enforce, PolicyAction::Deny) => Vec::new(),
+                _ => p.unmatchable_rules().collect(),
+            },
         })
         .collect();
     Ok(Explanation {

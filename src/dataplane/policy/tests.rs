@@ -93,7 +93,7 @@ fn server() -> Workload {
 
 fn decide(policies: Vec<Policy>, conn: &Conn) -> Decision {
     let (s, w) = snap(policies, server());
-    authorize(&s, conn, &w)
+    authorize(&s, conn, &w, HttpOnlyDeny::Ignore)
 }
 
 fn exact(s: &str) -> StringMatch {
@@ -303,7 +303,7 @@ fn scopes() {
     ];
     for (name, p, dst, applies) in cases {
         let (s, _) = snap(vec![p], dst.clone());
-        let d = authorize(&s, &c, dst);
+        let d = authorize(&s, &c, dst, HttpOnlyDeny::Ignore);
         assert_eq!(!d.is_allowed(), applies, "{name}: {d:?}");
     }
 }
@@ -313,7 +313,12 @@ fn a_listed_policy_missing_from_state_denies() {
     let mut w = server();
     w.authorization_policies = vec!["app/not-yet".into()];
     let (s, w) = snap(vec![], w);
-    let d = authorize(&s, &mtls("client-ns", "client-sa"), &w);
+    let d = authorize(
+        &s,
+        &mtls("client-ns", "client-sa"),
+        &w,
+        HttpOnlyDeny::Ignore,
+    );
     assert_eq!(d.outcome.verdict, Verdict::Deny);
     assert_eq!(d.outcome.reason, Reason::MissingPolicy);
     assert_eq!(d.outcome.policy.as_deref(), Some("app/not-yet"));
@@ -460,7 +465,14 @@ fn explain_reports_the_deciding_policy_and_the_trace() {
     let s = b.build(1);
 
     let src = ExplainSource::parse("10.1.0.5").unwrap();
-    let e = explain(&s, "", &src, "10.0.0.1:8080".parse().unwrap()).unwrap();
+    let e = explain(
+        &s,
+        "",
+        &src,
+        "10.0.0.1:8080".parse().unwrap(),
+        HttpOnlyDeny::Ignore,
+    )
+    .unwrap();
     assert_eq!(e.decision.outcome.verdict, Verdict::Deny);
     assert_eq!(e.decision.outcome.policy.as_deref(), Some("app/deny-8080"));
     assert_eq!(
@@ -485,21 +497,49 @@ fn explain_reports_the_deciding_policy_and_the_trace() {
     assert_eq!(json["decision"]["reason"], "deny_matched");
     assert_eq!(json["decision"]["policy"], "app/deny-8080");
 
-    let e = explain(&s, "", &src, "10.0.0.1:9090".parse().unwrap()).unwrap();
+    let e = explain(
+        &s,
+        "",
+        &src,
+        "10.0.0.1:9090".parse().unwrap(),
+        HttpOnlyDeny::Ignore,
+    )
+    .unwrap();
     assert_eq!(e.decision.outcome.reason, Reason::AllowMatched);
 
     // Identity only: the IP comes from the workload with that identity.
     let src = ExplainSource::parse("spiffe://cluster.local/ns/client-ns/sa/client-sa").unwrap();
-    let e = explain(&s, "", &src, "10.0.0.1:9090".parse().unwrap()).unwrap();
+    let e = explain(
+        &s,
+        "",
+        &src,
+        "10.0.0.1:9090".parse().unwrap(),
+        HttpOnlyDeny::Ignore,
+    )
+    .unwrap();
     assert_eq!(e.connection.src_ip, IpAddr::from([10, 1, 0, 5]));
 
     // Unknown IP: plaintext.
     let src = ExplainSource::parse("192.168.0.1").unwrap();
-    let e = explain(&s, "", &src, "10.0.0.1:9090".parse().unwrap()).unwrap();
+    let e = explain(
+        &s,
+        "",
+        &src,
+        "10.0.0.1:9090".parse().unwrap(),
+        HttpOnlyDeny::Ignore,
+    )
+    .unwrap();
     assert_eq!(e.connection.src_identity, None);
     assert!(!e.notes.is_empty());
 
-    let err = explain(&s, "", &src, SocketAddr::from(([10, 9, 9, 9], 80))).unwrap_err();
+    let err = explain(
+        &s,
+        "",
+        &src,
+        SocketAddr::from(([10, 9, 9, 9], 80)),
+        HttpOnlyDeny::Ignore,
+    )
+    .unwrap_err();
     assert_eq!(
         err,
         ExplainError::UnknownDestination(IpAddr::from([10, 9, 9, 9]))
@@ -634,4 +674,100 @@ fn service_account_names_with_metacharacters_match_literally() {
         ..Default::default()
     };
     assert!(!decide(vec![allow(prefix)], &conn).is_allowed());
+}
+
+/// istiod renders a DENY rule that names only HTTP attributes (`to: [{operation: {methods:
+/// [POST]}}]`) as a clause of one empty match group. Istio: the rule never matches at L4, the
+/// connection falls through to the ALLOW policies. With `Enforce`, the DENY applies to what its
+/// L4 conditions select; ALLOW policies are unaffected by the mode.
+#[test]
+fn empty_match_groups_follow_the_http_only_deny_mode() {
+    let port = |p: u16| PolicyMatch {
+        destination_ports: vec![p],
+        ..Default::default()
+    };
+    let http_only = || vec![PolicyMatch::default()];
+    // DENY { to: [{ports: [8080], methods: [POST]}] } becomes, at L4: clause ports=8080 AND
+    // clause <empty> (the HTTP part).
+    let deny = policy(
+        "app",
+        "deny-post",
+        PolicyScope::Namespace,
+        PolicyAction::Deny,
+        vec![vec![vec![port(8080)], http_only()]],
+    );
+    let deny_other_port = policy(
+        "app",
+        "deny-post-9090",
+        PolicyScope::Namespace,
+        PolicyAction::Deny,
+        vec![vec![vec![port(9090)], http_only()]],
+    );
+    let allow_http = policy(
+        "app",
+        "allow-get",
+        PolicyScope::Namespace,
+        PolicyAction::Allow,
+        vec![vec![http_only()]],
+    );
+    let c = mtls("client-ns", "client-sa");
+    let (s, w) = snap(vec![deny.clone(), deny_other_port.clone()], server());
+    let ignore = authorize(&s, &c, &w, HttpOnlyDeny::Ignore);
+    assert_eq!(ignore.outcome.reason, Reason::NoAllowPolicy, "{ignore:?}");
+    let enforce = authorize(&s, &c, &w, HttpOnlyDeny::Enforce);
+    assert_eq!(enforce.outcome.reason, Reason::DenyMatched, "{enforce:?}");
+    assert_eq!(enforce.outcome.policy.as_deref(), Some("app/deny-post"));
+    // The L4 part still has to hold: port 9090's rule does not deny 8080 in either mode.
+    let (s, w) = snap(vec![deny_other_port], server());
+    assert!(authorize(&s, &c, &w, HttpOnlyDeny::Enforce).is_allowed());
+    // An ALLOW whose only rule is HTTP-only allows nothing at L4, in both modes.
+    let (s, w) = snap(vec![allow_http], server());
+    for mode in [HttpOnlyDeny::Ignore, HttpOnlyDeny::Enforce] {
+        let d = authorize(&s, &c, &w, mode);
+        assert_eq!(d.outcome.reason, Reason::NoAllowMatched, "{mode:?}: {d:?}");
+    }
+}
+
+#[test]
+fn unmatchable_rules_are_the_ones_with_an_all_empty_clause() {
+    let port = PolicyMatch {
+        destination_ports: vec![80],
+        ..Default::default()
+    };
+    let empty = PolicyMatch::default;
+    let p = policy(
+        "app",
+        "p",
+        PolicyScope::Namespace,
+        PolicyAction::Deny,
+        vec![
+            vec![vec![port.clone()]],                // 0: L4 only
+            vec![vec![empty()]],                     // 1: HTTP only
+            vec![vec![port.clone()], vec![empty()]], // 2: L4 AND HTTP
+            vec![vec![empty(), port.clone()]],       // 3: HTTP OR L4: L4 can match
+            vec![vec![]],                            // 4: empty clause matches
+            vec![],                                  // 5: empty rule matches
+        ],
+    );
+    assert_eq!(p.unmatchable_rules().collect::<Vec<_>>(), vec![1, 2]);
+    let (s, _) = snap(vec![p], server());
+    let src = ExplainSource::parse("10.1.0.5").unwrap();
+    let e = explain(
+        &s,
+        "",
+        &src,
+        "10.0.0.1:8080".parse().unwrap(),
+        HttpOnlyDeny::Ignore,
+    )
+    .unwrap();
+    assert_eq!(e.policies[0].unmatchable_rules, vec![1, 2]);
+    let e = explain(
+        &s,
+        "",
+        &src,
+        "10.0.0.1:8080".parse().unwrap(),
+        HttpOnlyDeny::Enforce,
+    )
+    .unwrap();
+    assert!(e.policies[0].unmatchable_rules.is_empty());
 }

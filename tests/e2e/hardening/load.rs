@@ -149,22 +149,14 @@ fn a_flood_of_locally_reset_streams_gets_goaway() {
 #[test]
 fn a_stream_that_never_opens_its_window_stalls_only_itself() {
     let t = Target::start("hard_h11", &[]);
-    let config = client::client_config(&t.cluster, "sa-u");
-    let hbone = t.hbone();
-    let echo = t.authority(t.echo.port());
-    t.cluster
-        .lab
-        .pod("u")
-        .block_on(async move {
-            let h2 = client::h2(hbone, config).await?;
-            let (_a_tx, _a_rx, mut b_tx, mut b_rx) = unread_and_live_streams(&h2, &echo).await?;
-            let payload: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
-            for piece in payload.chunks(64 * 1024) {
-                client::echo(&mut b_tx, &mut b_rx, piece).await?;
-            }
-            anyhow::Ok(())
-        })
-        .expect("H11");
+    with_unread_and_live_streams(&t, |mut s| async move {
+        let payload: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
+        for piece in payload.chunks(64 * 1024) {
+            client::echo(&mut s.b_tx, &mut s.b_rx, piece).await?;
+        }
+        anyhow::Ok(())
+    })
+    .expect("H11");
 }
 
 /// H11, the timeout: with `ZTUN_HBONE_STREAM_STALL_TIMEOUT=2s`, stream A (never read, as
@@ -173,37 +165,29 @@ fn a_stream_that_never_opens_its_window_stalls_only_itself() {
 #[test]
 fn a_stalled_stream_is_reset_after_the_stall_timeout() {
     let t = Target::start("hard_h11t", &[("ZTUN_HBONE_STREAM_STALL_TIMEOUT", "2s")]);
-    let config = client::client_config(&t.cluster, "sa-u");
-    let hbone = t.hbone();
-    let echo = t.authority(t.echo.port());
-    t.cluster
-        .lab
-        .pod("u")
-        .block_on(async move {
-            let h2 = client::h2(hbone, config).await?;
-            let (_a_tx, mut a_rx, mut b_tx, mut b_rx) = unread_and_live_streams(&h2, &echo).await?;
-            client::echo(&mut b_tx, &mut b_rx, b"before the stall timeout").await?;
-            // Take what A was sent without ever releasing window: the stream must end with a
-            // reset once n2 gives up on it.
-            let reset = tokio::time::timeout(WAIT, async {
-                loop {
-                    match a_rx.data().await {
-                        Some(Ok(_)) => continue,
-                        Some(Err(e)) => return Ok(e),
-                        None => anyhow::bail!("A ended cleanly instead of being reset"),
-                    }
+    with_unread_and_live_streams(&t, |mut s| async move {
+        client::echo(&mut s.b_tx, &mut s.b_rx, b"before the stall timeout").await?;
+        // Take what A was sent without ever releasing window: the stream must end with a
+        // reset once n2 gives up on it.
+        let reset = tokio::time::timeout(WAIT, async {
+            loop {
+                match s.a_rx.data().await {
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => return Ok(e),
+                    None => anyhow::bail!("A ended cleanly instead of being reset"),
                 }
-            })
-            .await
-            .map_err(|_| anyhow::anyhow!("A was never reset"))??;
-            anyhow::ensure!(
-                reset.reason() == Some(h2::Reason::CANCEL),
-                "A ended with {reset:?}"
-            );
-            client::echo(&mut b_tx, &mut b_rx, b"after the stall timeout").await?;
-            anyhow::Ok(())
+            }
         })
-        .expect("H11 timeout");
+        .await
+        .map_err(|_| anyhow::anyhow!("A was never reset"))??;
+        anyhow::ensure!(
+            reset.reason() == Some(h2::Reason::CANCEL),
+            "A ended with {reset:?}"
+        );
+        client::echo(&mut s.b_tx, &mut s.b_rx, b"after the stall timeout").await?;
+        anyhow::Ok(())
+    })
+    .expect("H11 timeout");
     let line = t
         .cluster
         .ztun("n2")
@@ -212,28 +196,46 @@ fn a_stalled_stream_is_reset_after_the_stall_timeout() {
     assert!(line.contains("direction=\"inbound\""), "{line}");
 }
 
-/// Opens stream A to the echo server and queues 16 MiB on it, which the caller never reads
-/// (h2 sends what A's window allows, the rest waits), then stream B on the same connection.
-/// Returns A's and B's halves; keep A's alive for as long as the stall should last.
-async fn unread_and_live_streams(
-    h2: &h2::client::SendRequest<bytes::Bytes>,
-    echo: &str,
-) -> anyhow::Result<(
-    h2::SendStream<bytes::Bytes>,
-    h2::RecvStream,
-    h2::SendStream<bytes::Bytes>,
-    h2::RecvStream,
-)> {
-    let (status, mut a_tx, a_rx) = client::send(h2, client::connect_request(echo)).await?;
-    anyhow::ensure!(status == StatusCode::OK, "A: {status}");
-    let chunk = bytes::Bytes::from(vec![7u8; 1 << 20]);
-    for _ in 0..16 {
-        a_tx.reserve_capacity(chunk.len());
-        a_tx.send_data(chunk.clone(), false)?;
-    }
-    let (status, b_tx, b_rx) = client::send(h2, client::connect_request(echo)).await?;
-    anyhow::ensure!(status == StatusCode::OK, "B: {status}");
-    Ok((a_tx, a_rx, b_tx, b_rx))
+/// Two streams to the echo server on one connection from pod u: A, with 16 MiB queued that
+/// its reader never takes (h2 sends what A's window allows, the rest waits), and B.
+struct UnreadAndLive {
+    _h2: h2::client::SendRequest<bytes::Bytes>,
+    _a_tx: h2::SendStream<bytes::Bytes>,
+    a_rx: h2::RecvStream,
+    b_tx: h2::SendStream<bytes::Bytes>,
+    b_rx: h2::RecvStream,
+}
+
+/// Opens [`UnreadAndLive`] streams on a new connection from pod u and runs `body` on them
+/// there; A stays open as long as `body` holds it.
+fn with_unread_and_live_streams<F, Fut>(t: &Target, body: F) -> anyhow::Result<()>
+where
+    F: FnOnce(UnreadAndLive) -> Fut + Send,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let config = client::client_config(&t.cluster, "sa-u");
+    let hbone = t.hbone();
+    let echo = t.authority(t.echo.port());
+    t.cluster.lab.pod("u").block_on(async move {
+        let h2 = client::h2(hbone, config).await?;
+        let (status, mut a_tx, a_rx) = client::send(&h2, client::connect_request(&echo)).await?;
+        anyhow::ensure!(status == StatusCode::OK, "A: {status}");
+        let chunk = bytes::Bytes::from(vec![7u8; 1 << 20]);
+        for _ in 0..16 {
+            a_tx.reserve_capacity(chunk.len());
+            a_tx.send_data(chunk.clone(), false)?;
+        }
+        let (status, b_tx, b_rx) = client::send(&h2, client::connect_request(&echo)).await?;
+        anyhow::ensure!(status == StatusCode::OK, "B: {status}");
+        body(UnreadAndLive {
+            _h2: h2,
+            _a_tx: a_tx,
+            a_rx,
+            b_tx,
+            b_rx,
+        })
+        .await
+    })
 }
 
 /// R2-lite: 2 000 short connections a → c (connect, echo 1 KiB, close) through both ztuns;

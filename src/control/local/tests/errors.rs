@@ -208,18 +208,6 @@ fn policies_never_widen() {
         );
         assert_eq!(invalid(&policy_with_match(m)), want, "{m}");
     }
-    // A match without conditions (absent or empty lists) would match everything.
-    for (m, field) in [
-        ("{destinationPorts: [80]}, {}", "rules[0][0][1]"),
-        ("{principals: [], notNamespaces: []}", "rules[0][0][0]"),
-    ] {
-        let want = (
-            "policies[0] (ns/p)".to_owned(),
-            field.to_owned(),
-            Problem::EmptyMatch,
-        );
-        assert_eq!(invalid(&policy_with_match(m)), want, "{m}");
-    }
 }
 
 #[test]

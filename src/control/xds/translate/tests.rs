@@ -326,8 +326,6 @@ fn invalid_policies_are_rejected_never_widened() {
     let cases: Vec<(&str, sec::Authorization, &str)> = vec![
         ("no name", sec::Authorization { name: String::new(), ..policy_with(sec::Match { destination_ports: vec![80], ..Default::default() }) }, "name: must not be empty"),
         ("no namespace", sec::Authorization { namespace: String::new(), ..policy_with(sec::Match { destination_ports: vec![80], ..Default::default() }) }, "namespace: must not be empty"),
-        ("empty match", policy_with(sec::Match::default()), "rules[0].clauses[0].matches[0]: has no conditions; it would match every connection"),
-        ("only extensions", policy_with(sec::Match { extensions: vec![wl::Extension::default()], ..Default::default() }), "rules[0].clauses[0].matches[0]: has no conditions; it would match every connection"),
         ("empty string match", policy_with(sec::Match { principals: vec![exact("a"), sec::StringMatch { match_type: None }], ..Default::default() }), "rules[0].clauses[0].matches[0].principals[1]: has no exact, prefix, suffix or presence"),
         ("bad source IP", policy_with(sec::Match { source_ips: vec![net(&[10, 0, 0], 24)], ..Default::default() }), "rules[0].clauses[0].matches[0].source_ips[0]: is 3 bytes long, not an IPv4 (4) or IPv6 (16) address"),
         ("long not_destination prefix", policy_with(sec::Match { not_destination_ips: vec![net(&[0; 16], 129)], ..Default::default() }), "rules[0].clauses[0].matches[0].not_destination_ips[0]: prefix length 129 exceeds 128"),
@@ -542,5 +540,24 @@ policies:
     for p in &local.policies {
         let back = translate_policy(encode::policy(p)).unwrap();
         assert_eq!(back.value, p.clone());
+    }
+}
+
+/// istiod sends a match group with no L4 condition for `from`/`to`/`when` entries that name
+/// only HTTP attributes (and ztunnel ignores match extensions): accepted as an empty group,
+/// which never matches at L4. Rejecting it would drop the policy's L4 rules with it.
+#[test]
+fn empty_match_groups_are_accepted_as_empty() {
+    for m in [
+        sec::Match::default(),
+        sec::Match {
+            extensions: vec![wl::Extension::default()],
+            ..Default::default()
+        },
+    ] {
+        let p = Policy::try_from(policy_with(m)).expect("accepted");
+        assert_eq!(p.rules.len(), 1);
+        assert!(p.rules[0][0][0].is_empty(), "{p:?}");
+        assert_eq!(p.unmatchable_rules().collect::<Vec<_>>(), vec![0]);
     }
 }
