@@ -9,6 +9,7 @@ declare -A packages=(
   [tcpdump]=tcpdump
   [iperf3]=iperf3
   [cmake]=cmake
+  [openssl]=openssl
 )
 missing=()
 for cmd in "${!packages[@]}"; do

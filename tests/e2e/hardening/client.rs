@@ -66,6 +66,29 @@ pub fn custom_client_config(
     insecure_config(vec![leaf.der().clone()], key)
 }
 
+/// A client configuration for `sa` in `default` (a valid mesh certificate) with `provider`'s
+/// suites and key exchanges, offering `versions`, trusting any server, with rustls's default
+/// session resumption (tickets and ids) on.
+pub fn client_with(
+    cluster: &Cluster,
+    sa: &str,
+    provider: rustls::crypto::CryptoProvider,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<ClientConfig> {
+    let now = SystemTime::now();
+    let san = format!("spiffe://cluster.local/ns/default/sa/{sa}");
+    let valid = custom_client_config(cluster, &[&san], now - Duration::from_secs(60), now + Duration::from_secs(3600));
+    let provider = Arc::new(provider);
+    let mut c = ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(versions)
+        .expect("protocol versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServer(provider)))
+        .with_client_cert_resolver(valid.client_auth_cert_resolver.clone());
+    c.alpn_protocols = vec![b"h2".to_vec()];
+    Arc::new(c)
+}
+
 /// A client configuration presenting `chain` and trusting any server.
 pub fn insecure_config(
     chain: Vec<CertificateDer<'static>>,

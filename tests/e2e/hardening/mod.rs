@@ -11,6 +11,7 @@ mod hbone;
 mod identity;
 mod limits;
 mod load;
+mod tls;
 
 use std::net::SocketAddr;
 

@@ -1,0 +1,105 @@
+//! What HBONE's TLS accepts on 15008, from a client in pod `u` holding a valid mesh
+//! certificate: TLS 1.3 with AES-GCM only, no session resumption, and with
+//! `COMPLIANCE_POLICY=pqc` the X25519MLKEM768 key exchange only.
+
+use rustls::crypto::aws_lc_rs::{cipher_suite, default_provider, kx_group};
+use rustls::crypto::CryptoProvider;
+use rustls::{CipherSuite, NamedGroup, ProtocolVersion};
+
+use super::client::{self, client_with};
+use super::Target;
+
+/// What a handshake negotiated, or why it failed.
+#[derive(Debug)]
+struct Negotiated {
+    version: Option<ProtocolVersion>,
+    suite: Option<CipherSuite>,
+    group: Option<NamedGroup>,
+    resumed: bool,
+}
+
+fn handshake(t: &Target, config: std::sync::Arc<rustls::ClientConfig>) -> anyhow::Result<Negotiated> {
+    let hbone = t.hbone();
+    t.cluster.lab.pod("u").block_on(async move {
+        let s = client::tls(hbone, config).await?;
+        let (_, conn) = s.get_ref();
+        Ok(Negotiated {
+            version: conn.protocol_version(),
+            suite: conn.negotiated_cipher_suite().map(|s| s.suite()),
+            group: conn.negotiated_key_exchange_group().map(|g| g.name()),
+            resumed: conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
+        })
+    })
+}
+
+fn provider(f: impl FnOnce(&mut CryptoProvider)) -> CryptoProvider {
+    let mut p = default_provider();
+    f(&mut p);
+    p
+}
+
+#[test]
+fn hbone_speaks_tls13_aes_gcm_only_and_never_resumes() {
+    let t = Target::start("hard_tls", &[]);
+    let tls13: &[&'static rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
+    // A client offering TLS 1.2 only is refused with a protocol_version alert (openssl: this
+    // build of rustls speaks no TLS 1.2).
+    let connect = t.hbone().to_string();
+    let err = t
+        .cluster
+        .lab
+        .pod("u")
+        .netns()
+        .exec("openssl", &["s_client", "-connect", &connect, "-tls1_2", "-brief"], Some(b""))
+        .expect_err("TLS 1.2 accepted");
+    assert!(format!("{err:#}").contains("alert protocol version"), "{err:#}");
+    // A client offering ChaCha20-Poly1305 only is refused.
+    let chacha = client_with(
+        &t.cluster,
+        "sa-u",
+        provider(|p| p.cipher_suites = vec![cipher_suite::TLS13_CHACHA20_POLY1305_SHA256]),
+        tls13,
+    );
+    handshake(&t, chacha).expect_err("ChaCha20 accepted");
+    // A client offering everything gets TLS 1.3 AES-GCM; asked to resume, it never is.
+    let full = client_with(&t.cluster, "sa-u", default_provider(), tls13);
+    for round in 0..3 {
+        let n = handshake(&t, full.clone()).expect("a valid client");
+        assert_eq!(n.version, Some(ProtocolVersion::TLSv1_3), "{n:?}");
+        assert!(
+            matches!(
+                n.suite,
+                Some(CipherSuite::TLS13_AES_256_GCM_SHA384 | CipherSuite::TLS13_AES_128_GCM_SHA256)
+            ),
+            "{n:?}"
+        );
+        assert!(!n.resumed, "round {round}: session resumed: {n:?}");
+    }
+    // Without a compliance policy, classic key exchanges are accepted too.
+    let x25519 = client_with(&t.cluster, "sa-u", provider(|p| p.kx_groups = vec![kx_group::X25519]), tls13);
+    let n = handshake(&t, x25519).expect("X25519 without COMPLIANCE_POLICY");
+    assert_eq!(n.group, Some(NamedGroup::X25519));
+}
+
+/// `COMPLIANCE_POLICY=pqc`: only the X25519MLKEM768 hybrid is accepted on 15008, and the mesh
+/// still works end to end between two ztuns under the policy.
+#[test]
+fn pqc_compliance_accepts_only_the_mlkem_hybrid() {
+    let t = Target::start("hard_pqc", &[("COMPLIANCE_POLICY", "pqc")]);
+    let tls13: &[&'static rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
+    for (name, group) in [
+        ("X25519", kx_group::X25519),
+        ("P-256", kx_group::SECP256R1),
+        ("P-384", kx_group::SECP384R1),
+    ] {
+        let classic = client_with(&t.cluster, "sa-u", provider(|p| p.kx_groups = vec![group]), tls13);
+        handshake(&t, classic).expect_err(&format!("{name} accepted under pqc"));
+    }
+    let hybrid = client_with(&t.cluster, "sa-u", default_provider(), tls13);
+    let n = handshake(&t, hybrid).expect("X25519MLKEM768 under pqc");
+    assert_eq!(n.group, Some(NamedGroup::X25519MLKEM768), "{n:?}");
+    // a (n1) → c (n2) through both ztuns.
+    let lab = &t.cluster.lab;
+    let dst = std::net::SocketAddr::from((lab.pod("c").ip(), t.echo.port()));
+    lab.pod("a").bulk_echo(dst, 64 * 1024).expect("a → c under pqc");
+}
