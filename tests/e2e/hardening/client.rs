@@ -11,7 +11,7 @@ use bytes::Bytes;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
@@ -19,6 +19,10 @@ use ztun::control::ca::LocalCa;
 use ztun::identity::Identity;
 
 use crate::support::{Cluster, WAIT};
+
+mod hpack;
+
+use hpack::Hpack;
 
 /// The mesh CA of `cluster`, as a test-side issuer.
 pub fn mesh_ca(cluster: &Cluster) -> LocalCa {
@@ -77,7 +81,12 @@ pub fn client_with(
 ) -> Arc<ClientConfig> {
     let now = SystemTime::now();
     let san = format!("spiffe://cluster.local/ns/default/sa/{sa}");
-    let valid = custom_client_config(cluster, &[&san], now - Duration::from_secs(60), now + Duration::from_secs(3600));
+    let valid = custom_client_config(
+        cluster,
+        &[&san],
+        now - Duration::from_secs(60),
+        now + Duration::from_secs(3600),
+    );
     let provider = Arc::new(provider);
     let mut c = ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(versions)
@@ -196,39 +205,49 @@ pub mod kind {
     pub const SETTINGS: u8 = 4;
     /// GOAWAY.
     pub const GOAWAY: u8 = 7;
+    /// PUSH_PROMISE.
+    pub const PUSH_PROMISE: u8 = 5;
+    /// PING.
+    pub const PING: u8 = 6;
     /// CONTINUATION.
     pub const CONTINUATION: u8 = 9;
 }
 
 /// END_HEADERS flag.
 pub const END_HEADERS: u8 = 0x4;
+/// GOAWAY error code PROTOCOL_ERROR.
+pub const PROTOCOL_ERROR: u32 = 0x1;
 /// GOAWAY error code ENHANCE_YOUR_CALM.
 pub const ENHANCE_YOUR_CALM: u32 = 0xb;
 /// RST_STREAM / GOAWAY error code REFUSED_STREAM.
 pub const REFUSED_STREAM: u32 = 0x7;
 
-/// One HTTP/2 frame.
+/// One HTTP/2 frame as read by [`RawReader`].
 #[derive(Debug, Clone)]
 pub struct Frame {
     /// Type.
     pub kind: u8,
-    /// Flags.
+    /// Flags (for HEADERS, END_HEADERS is set once its CONTINUATIONs are merged in).
     pub flags: u8,
     /// Stream id.
     pub stream: u32,
-    /// Payload.
+    /// Payload (for HEADERS: the whole header block, without padding or priority).
     pub payload: Vec<u8>,
+    /// For HEADERS: the header list, HPACK-decoded in connection order, so every
+    /// representation (static or dynamic index, literal, Huffman) reads the same.
+    pub headers: Vec<(String, Vec<u8>)>,
 }
 
 impl Frame {
-    /// For a server HEADERS frame: the status, when h2 encoded it as an indexed static entry
-    /// (200 → 0x88, 400 → 0x8c; h2 always does for these), else `None`.
-    pub fn indexed_status(&self) -> Option<u16> {
-        match self.payload.first() {
-            Some(0x88) => Some(200),
-            Some(0x8c) => Some(400),
-            _ => None,
+    /// For a HEADERS frame: its one `:status`, however HPACK encoded it; `None` if it has
+    /// none, several, or a non-numeric one.
+    pub fn status(&self) -> Option<u16> {
+        let mut statuses = self.headers.iter().filter(|(n, _)| n == ":status");
+        let (_, value) = statuses.next()?;
+        if statuses.next().is_some() {
+            return None;
         }
+        std::str::from_utf8(value).ok()?.parse().ok()
     }
 
     /// The error code of a RST_STREAM or GOAWAY frame.
@@ -241,12 +260,34 @@ impl Frame {
         let b = self.payload.get(at..at + 4)?;
         Some(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
     }
+
+    /// The last-stream-id of a GOAWAY frame: the highest stream the server processed.
+    pub fn last_stream(&self) -> Option<u32> {
+        if self.kind != kind::GOAWAY {
+            return None;
+        }
+        let b = self.payload.get(..4)?;
+        Some(u32::from_be_bytes([b[0], b[1], b[2], b[3]]) & 0x7fff_ffff)
+    }
+
+    /// The debug data of a GOAWAY frame, lossily as text.
+    pub fn debug_data(&self) -> String {
+        match self.kind {
+            kind::GOAWAY => {
+                String::from_utf8_lossy(self.payload.get(8..).unwrap_or_default()).into()
+            }
+            _ => String::new(),
+        }
+    }
 }
 
 /// Writing half of a raw HTTP/2 connection.
-pub struct RawWriter(WriteHalf<TlsStream<TcpStream>>);
-/// Reading half of a raw HTTP/2 connection.
-pub struct RawReader(ReadHalf<TlsStream<TcpStream>>);
+pub struct RawWriter<W = WriteHalf<TlsStream<TcpStream>>>(W);
+/// Reading half of a raw HTTP/2 connection, with the connection's HPACK decoder.
+pub struct RawReader<R = ReadHalf<TlsStream<TcpStream>>> {
+    io: R,
+    hpack: Hpack,
+}
 
 /// Opens mTLS to `addr`, sends the preface and an empty SETTINGS, reads the server's
 /// SETTINGS and acknowledges it.
@@ -255,8 +296,21 @@ pub async fn raw(
     config: Arc<ClientConfig>,
 ) -> anyhow::Result<(RawWriter, RawReader)> {
     let s = tls(addr, config).await?;
+    raw_over(s).await
+}
+
+/// [`raw`] over an established byte stream.
+pub async fn raw_over<S: AsyncRead + AsyncWrite>(
+    s: S,
+) -> anyhow::Result<(RawWriter<WriteHalf<S>>, RawReader<ReadHalf<S>>)> {
     let (rd, wr) = tokio::io::split(s);
-    let (mut w, mut r) = (RawWriter(wr), RawReader(rd));
+    let (mut w, mut r) = (
+        RawWriter(wr),
+        RawReader {
+            io: rd,
+            hpack: Hpack::default(),
+        },
+    );
     w.0.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await?;
     w.frame(kind::SETTINGS, 0, 0, &[]).await?;
     loop {
@@ -269,7 +323,7 @@ pub async fn raw(
     Ok((w, r))
 }
 
-impl RawWriter {
+impl<W: AsyncWrite + Unpin> RawWriter<W> {
     /// Writes one frame.
     pub async fn frame(
         &mut self,
@@ -279,11 +333,7 @@ impl RawWriter {
         payload: &[u8],
     ) -> std::io::Result<()> {
         let mut buf = Vec::with_capacity(9 + payload.len());
-        buf.extend_from_slice(&(payload.len() as u32).to_be_bytes()[1..]);
-        buf.push(kind);
-        buf.push(flags);
-        buf.extend_from_slice(&stream.to_be_bytes());
-        buf.extend_from_slice(payload);
+        push_frame(&mut buf, kind, flags, stream, payload);
         self.0.write_all(&buf).await
     }
 
@@ -303,11 +353,44 @@ pub fn push_frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: 
     out.extend_from_slice(payload);
 }
 
-impl RawReader {
-    /// The next frame, `None` at EOF (or a reset connection), within [`WAIT`].
+impl<R: AsyncRead + Unpin> RawReader<R> {
+    /// The next frame, `None` at EOF (or a reset connection), within [`WAIT`]. A HEADERS
+    /// frame comes with its CONTINUATIONs merged and its header list decoded; a block the
+    /// decoder cannot read is an error (the server broke HPACK, or the connection state).
     pub async fn next(&mut self) -> anyhow::Result<Option<Frame>> {
+        let Some(mut f) = self.frame().await? else {
+            return Ok(None);
+        };
+        anyhow::ensure!(
+            f.kind != kind::PUSH_PROMISE && f.kind != kind::CONTINUATION,
+            "unexpected frame {f:?}"
+        );
+        if f.kind != kind::HEADERS {
+            return Ok(Some(f));
+        }
+        let mut block = header_block(&f)?;
+        while f.flags & END_HEADERS == 0 {
+            let c = self.frame().await?.context("EOF inside a header block")?;
+            anyhow::ensure!(
+                c.kind == kind::CONTINUATION && c.stream == f.stream,
+                "{c:?} inside the header block of stream {}",
+                f.stream
+            );
+            block.extend_from_slice(&c.payload);
+            f.flags |= c.flags & END_HEADERS;
+        }
+        f.headers = self
+            .hpack
+            .decode(&block)
+            .with_context(|| format!("decoding the header block of stream {}", f.stream))?;
+        f.payload = block;
+        Ok(Some(f))
+    }
+
+    /// The next frame as it is on the wire.
+    async fn frame(&mut self) -> anyhow::Result<Option<Frame>> {
         let mut head = [0u8; 9];
-        match tokio::time::timeout(WAIT, self.0.read_exact(&mut head))
+        match tokio::time::timeout(WAIT, self.io.read_exact(&mut head))
             .await
             .context("frame deadline")?
         {
@@ -316,7 +399,7 @@ impl RawReader {
         }
         let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
         let mut payload = vec![0u8; len];
-        if self.0.read_exact(&mut payload).await.is_err() {
+        if self.io.read_exact(&mut payload).await.is_err() {
             return Ok(None);
         }
         Ok(Some(Frame {
@@ -324,8 +407,26 @@ impl RawReader {
             flags: head[4],
             stream: u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff,
             payload,
+            headers: Vec::new(),
         }))
     }
+}
+
+/// The header block fragment of a HEADERS frame: without padding and priority fields.
+fn header_block(f: &Frame) -> anyhow::Result<Vec<u8>> {
+    const PADDED: u8 = 0x8;
+    const PRIORITY: u8 = 0x20;
+    let mut p = &f.payload[..];
+    let mut pad = 0;
+    if f.flags & PADDED != 0 {
+        let (&n, rest) = p.split_first().context("PADDED without a pad length")?;
+        (p, pad) = (rest, usize::from(n));
+    }
+    if f.flags & PRIORITY != 0 {
+        p = p.get(5..).context("PRIORITY without its fields")?;
+    }
+    anyhow::ensure!(pad <= p.len(), "padding longer than the frame");
+    Ok(p[..p.len() - pad].to_vec())
 }
 
 /// An HPACK header block of literal fields (without indexing, new name, no Huffman).

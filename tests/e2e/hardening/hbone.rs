@@ -3,6 +3,7 @@
 //! `:authority`), H7 (data before the response is not forwarded for a rejected request), H15
 //! (`forwarded`/`baggage` from a peer).
 
+use anyhow::Context as _;
 use http::StatusCode;
 
 use super::client::{self, kind, END_HEADERS};
@@ -163,7 +164,10 @@ fn bad_authorities_and_self_calls_are_refused_without_dialling() {
 /// H2 and H6 with what the h2 crate will not send, as raw frames: `:path`/`:scheme` on a
 /// CONNECT, a duplicate `:authority`, NUL/space/UTF-8/zone ids/overlong authorities. Each
 /// HEADERS is followed in the same write by DATA (H7: never forwarded for a rejected
-/// request). None gets a 200, nothing is dialled, and ztun still serves afterwards.
+/// request). Every head gets its own verdict: a 4xx status (HPACK-decoded, whatever
+/// representation ztun's encoder chose), a RST_STREAM, or (sent alone, so the cause is
+/// unambiguous) a GOAWAY with an error code. Nothing is dialled, and ztun still serves
+/// afterwards.
 #[test]
 fn malformed_request_heads_as_raw_frames_are_refused() {
     let t = Target::start("hard_h6", &[]);
@@ -211,40 +215,37 @@ fn malformed_request_heads_as_raw_frames_are_refused() {
     let count = heads.len();
     let config = client::client_config(&t.cluster, "sa-u");
     let hbone = t.hbone();
-    let frames = lab
+    let verdicts = lab
         .pod("u")
         .block_on(async move {
-            let (mut w, mut r) = client::raw(hbone, config).await?;
-            let mut batch = Vec::new();
-            for (i, head) in heads.iter().enumerate() {
-                let stream = 1 + 2 * i as u32;
-                client::push_frame(&mut batch, kind::HEADERS, END_HEADERS, stream, head);
-                client::push_frame(&mut batch, kind::DATA, 0, stream, b"GET / HTTP/1.1\r\n\r\n");
+            // All heads on one connection; those left unanswered when a connection error
+            // (caused by one of them) ended it are then judged one by one, each alone on a
+            // new connection.
+            let all: Vec<usize> = (0..heads.len()).collect();
+            let (mut verdicts, unanswered) = judge(hbone, config.clone(), &heads, &all).await?;
+            eprintln!("unanswered on the shared connection: {unanswered:?}");
+            for i in unanswered {
+                let (alone, _) = judge(hbone, config.clone(), &heads, &[i]).await?;
+                verdicts.extend(alone);
             }
-            w.raw(&batch).await?;
-            // Read until every stream got an answer (HEADERS or RST_STREAM) or the server
-            // closed the connection (a protocol error may end it: also fine).
-            let mut answered = std::collections::BTreeMap::new();
-            while answered.len() < count {
-                let Some(f) = r.next().await? else { break };
-                if f.kind == kind::GOAWAY {
-                    answered.insert(0, f.clone());
-                    break;
-                }
-                if matches!(f.kind, kind::HEADERS | kind::RST_STREAM) && f.stream != 0 {
-                    answered.entry(f.stream).or_insert(f);
-                }
-            }
-            anyhow::Ok(answered)
+            anyhow::Ok(verdicts)
         })
         .expect("raw frames");
-    for f in frames.values() {
-        assert_ne!(
-            f.indexed_status(),
-            Some(200),
-            "accepted: stream {}",
-            f.stream
-        );
+    eprintln!("verdicts: {verdicts:?}");
+    let judged: std::collections::BTreeSet<usize> = verdicts.iter().map(|v| v.0).collect();
+    assert_eq!(judged.len(), count, "heads without a verdict: {verdicts:?}");
+    for (i, verdict) in &verdicts {
+        match verdict {
+            Verdict::Status(s) => assert!((400..500).contains(s), "head {i}: status {s}"),
+            Verdict::Reset(code) => assert!(
+                code.is_some_and(|c| c != 0),
+                "head {i}: RST_STREAM {code:?} without an error"
+            ),
+            Verdict::ConnectionError(code) => assert!(
+                code.is_some_and(|c| c != 0),
+                "head {i}: GOAWAY {code:?} without an error"
+            ),
+        }
     }
     assert!(
         t.recorder.peers().is_empty(),
@@ -254,6 +255,88 @@ fn malformed_request_heads_as_raw_frames_are_refused() {
     // ztun still serves.
     t.serves_a_new_client(b"after raw frames")
         .expect("ztun serves after malformed heads");
+}
+
+/// How ztun answered one request head.
+#[derive(Debug)]
+enum Verdict {
+    /// A response with this status.
+    Status(u16),
+    /// RST_STREAM with this code.
+    Reset(Option<u32>),
+    /// The head, sent alone, got no answer but a connection error: GOAWAY with this code.
+    ConnectionError(Option<u32>),
+}
+
+/// Sends `heads[i]` for each `i` in `which` on a new raw connection (stream 1, 3, ...), each
+/// followed by DATA in the same write, and reads until every stream is answered (status or
+/// RST_STREAM) or the connection ends, reading on past a GOAWAY (answers to the streams it
+/// covers may follow). Returns the verdicts by head index, and the heads left without an
+/// answer when the connection ended: one head's connection error ends the connection for
+/// all, unjudged. A head sent alone has no such excuse: a GOAWAY with an error code is then
+/// its verdict, and no answer at all is an error, as is a response without `:status`.
+async fn judge(
+    hbone: std::net::SocketAddr,
+    config: std::sync::Arc<rustls::ClientConfig>,
+    heads: &[Vec<u8>],
+    which: &[usize],
+) -> anyhow::Result<(Vec<(usize, Verdict)>, Vec<usize>)> {
+    let (mut w, mut r) = client::raw(hbone, config).await?;
+    let stream_of = |k: usize| 1 + 2 * k as u32;
+    let mut batch = Vec::new();
+    for (k, &i) in which.iter().enumerate() {
+        client::push_frame(
+            &mut batch,
+            kind::HEADERS,
+            END_HEADERS,
+            stream_of(k),
+            &heads[i],
+        );
+        client::push_frame(
+            &mut batch,
+            kind::DATA,
+            0,
+            stream_of(k),
+            b"GET / HTTP/1.1\r\n\r\n",
+        );
+    }
+    w.raw(&batch).await?;
+    let mut answers = std::collections::BTreeMap::new();
+    let mut goaway = None;
+    while answers.len() < which.len() {
+        let Some(f) = r.next().await? else { break };
+        match f.kind {
+            kind::GOAWAY => goaway = Some(f),
+            kind::HEADERS => {
+                let status = f
+                    .status()
+                    .with_context(|| format!("a head without :status: {f:?}"))?;
+                answers.entry(f.stream).or_insert(Verdict::Status(status));
+            }
+            kind::RST_STREAM if f.stream != 0 => {
+                answers
+                    .entry(f.stream)
+                    .or_insert(Verdict::Reset(f.error_code()));
+            }
+            _ => {}
+        }
+    }
+    let code = goaway.as_ref().and_then(client::Frame::error_code);
+    let (mut verdicts, mut unanswered) = (Vec::new(), Vec::new());
+    for (k, &i) in which.iter().enumerate() {
+        let stream = stream_of(k);
+        match answers.remove(&stream) {
+            Some(v) => verdicts.push((i, v)),
+            None if which.len() > 1 => unanswered.push(i),
+            None if code.is_some_and(|c| c != 0) => {
+                verdicts.push((i, Verdict::ConnectionError(code)))
+            }
+            None => anyhow::bail!(
+                "head {i}, alone, got no answer before the connection ended (GOAWAY {goaway:?})"
+            ),
+        }
+    }
+    Ok((verdicts, unanswered))
 }
 
 /// H5: a hostname authority is looked up in the mesh state only. An unknown service, a

@@ -10,7 +10,7 @@ use ztun::testkit::mesh::MeshFile;
 
 use super::client;
 use super::Target;
-use crate::support::{standard_lab, wait_for_nth_log, Cluster, WAIT};
+use crate::support::{standard_lab, wait_for_line, wait_for_nth_log, Cluster, WAIT};
 
 const TD: &str = "spiffe://cluster.local/ns/default/sa";
 
@@ -225,41 +225,88 @@ fn hbone_destination_never_downgrades_to_plaintext() {
         "plaintext peer accepted as HBONE"
     );
     fake.abort();
-    // Round 2: TLS with a valid mesh certificate for another identity.
+    // Round 2: TLS with a valid mesh certificate for another identity, and behind it a
+    // working HBONE server: h2, CONNECT answered 200, then a peer line as u's app would
+    // send. Had ztun accepted the identity, a's connection would read that line.
     let wrong = client::mesh_ca(&cluster)
         .mint(&ztun::identity::Identity::new("cluster.local", "default", "sa-evil").expect("id"))
         .expect("mint");
     let server_config = wrong.server_config();
-    let (bound_tx, bound) = std::sync::mpsc::channel();
+    let (events_tx, events) = std::sync::mpsc::channel();
     let fake = lab.pod("u").spawn_async(async move {
         let l = bind_15008().await;
-        let _ = bound_tx.send(());
+        let _ = events_tx.send(Fake::Listening);
         let acceptor = tokio_rustls::TlsAcceptor::from(server_config);
         loop {
-            let Ok((s, _)) = l.accept().await else { return };
-            let acceptor = acceptor.clone();
+            let Ok((s, peer)) = l.accept().await else {
+                return;
+            };
+            let (acceptor, events) = (acceptor.clone(), events_tx.clone());
             tokio::spawn(async move {
-                if let Ok(mut tls) = acceptor.accept(s).await {
-                    let mut buf = [0u8; 1024];
-                    let _ = tokio::io::AsyncReadExt::read(&mut tls, &mut buf).await;
+                let Ok(tls) = acceptor.accept(s).await else {
+                    return;
+                };
+                let _ = events.send(Fake::Tls);
+                let Ok(mut conn) = h2::server::handshake(tls).await else {
+                    return;
+                };
+                let mut open = Vec::new();
+                while let Some(Ok((req, mut respond))) = conn.accept().await {
+                    let _ = events.send(Fake::Connect(req.uri().to_string()));
+                    if let Ok(mut body) = respond.send_response(http::Response::new(()), false) {
+                        let line = bytes::Bytes::from(format!("{peer}\n"));
+                        let _ = body.send_data(line, false);
+                        open.push(body);
+                    }
                 }
             });
         }
     });
-    bound
-        .recv_timeout(WAIT)
-        .expect("the wrong-identity peer listens");
     assert!(
-        lab.pod("a").peer_seen_by(dst).is_err(),
-        "wrong identity accepted"
+        matches!(events.recv_timeout(WAIT), Ok(Fake::Listening)),
+        "the wrong-identity peer listens"
     );
+    let seen = lab.pod("a").peer_seen_by(dst);
+    assert!(
+        seen.is_err(),
+        "wrong identity accepted: the app behind it saw {seen:?}"
+    );
+    // The handshake itself succeeded (the certificate chains to the mesh CA): the refusal is
+    // ztun's identity check, and it comes before any request.
+    match events.recv_timeout(WAIT) {
+        Ok(Fake::Tls) => {}
+        other => panic!("expected a completed TLS handshake with the fake peer, got {other:?}"),
+    }
     fake.abort();
+    let requests: Vec<String> = events
+        .try_iter()
+        .filter_map(|e| match e {
+            Fake::Connect(uri) => Some(uri),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        requests.is_empty(),
+        "ztun sent requests to the wrong identity: {requests:?}"
+    );
     assert!(
         app.peers().is_empty(),
         "u's app was reached: {:?}",
         app.peers()
     );
     let n1 = cluster.ztun("n1");
-    n1.wait_for_log("sa-evil", WAIT)
+    let line = wait_for_line(n1, 0, &["sa-evil", "reason=\"peer_identity_unexpected\""])
         .expect("the identity mismatch is reported with the identity seen");
+    eprintln!("{line}");
+}
+
+/// What the fake HBONE peer of P10 went through.
+#[derive(Debug)]
+enum Fake {
+    /// Bound u:15008.
+    Listening,
+    /// Completed a TLS handshake.
+    Tls,
+    /// Received a request (its URI), and answered 200.
+    Connect(String),
 }

@@ -3,12 +3,14 @@
 //! connection. Values are documented in `docs/limits.md`.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
+use anyhow::Context as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::client::{self, kind, END_HEADERS, REFUSED_STREAM};
 use super::Target;
-use crate::support::{wait_for_nth_log, WAIT};
+use crate::support::{wait_for_line, WAIT};
 
 /// The ClientHello a valid HBONE client would send, as bytes.
 fn client_hello(t: &Target) -> Vec<u8> {
@@ -22,40 +24,83 @@ fn client_hello(t: &Target) -> Vec<u8> {
     out
 }
 
-/// Writes `prefix` to `addr` and reads until EOF or a reset (either way: ztun closed it).
-async fn closed_by_server(addr: SocketAddr, prefix: Vec<u8>) -> anyhow::Result<()> {
-    let mut s = ztun::testkit::lab::connect(addr, WAIT).await?;
+/// Connects to `addr`, writes `prefix` and reads until ztun closes the connection (EOF or a
+/// reset), failing if it is still open `deadline` after the connect began. Returns the
+/// client's address (as ztun logs it) and when the close was seen, from the connect.
+async fn closed_by_server(
+    addr: SocketAddr,
+    prefix: Vec<u8>,
+    deadline: Duration,
+) -> anyhow::Result<(SocketAddr, Duration)> {
+    let started = tokio::time::Instant::now();
+    let mut s = ztun::testkit::lab::connect(addr, deadline).await?;
+    let local = s.local_addr()?;
     s.write_all(&prefix).await?;
     let mut buf = [0u8; 4096];
     loop {
-        match tokio::time::timeout(WAIT, s.read(&mut buf)).await {
-            Err(_) => anyhow::bail!("ztun kept the connection open past the deadline"),
-            Ok(Ok(0)) | Ok(Err(_)) => return Ok(()),
+        match tokio::time::timeout_at(started + deadline, s.read(&mut buf)).await {
+            Err(_) => anyhow::bail!("ztun kept {local} open {deadline:?} after its connect"),
+            Ok(Ok(0)) | Ok(Err(_)) => return Ok((local, started.elapsed())),
             Ok(Ok(_)) => continue,
         }
     }
 }
 
 /// H12 (slowloris) with `ZTUN_HANDSHAKE_TIMEOUT=2s`: a TCP connection that never sends a
-/// ClientHello, and one that stops after it, are both closed by ztun (EOF seen by the
-/// client, "timed out" logged twice); then a normal client still gets through.
+/// ClientHello, and one that stops after it, are both closed by ztun at the configured
+/// timeout, not at the default (10 s), and ztun logs "hbone handshake timed out" for each
+/// of them; then a normal client still gets through.
+///
+/// Telling 2 s from the default without a timing threshold: ztun starts its timer after our
+/// connect began, so a close seen less than the default after that instant cannot come
+/// from the default; the wait below the default is only a liveness bound for 2 s (4×).
+/// Conversely a close before 2 s would not be the timeout at all. Both checks are
+/// inequalities that hold whatever the machine's load.
 #[test]
 fn slowloris_connections_are_closed_at_the_handshake_timeout() {
+    let configured = Duration::from_secs(2);
+    let default = ztun::config::Config::from_source(&ztun::config::MapEnv::new())
+        .expect("the default configuration")
+        .proxy
+        .handshake_timeout;
+    let deadline = default.saturating_sub(Duration::from_secs(2));
+    assert!(
+        deadline >= configured * 3,
+        "the default handshake timeout {default:?} leaves no room to tell {configured:?} from it"
+    );
     let t = Target::start("hard_h12", &[("ZTUN_HANDSHAKE_TIMEOUT", "2s")]);
     let hbone = t.hbone();
     let hello = client_hello(&t);
-    t.cluster
+    let closed = t
+        .cluster
         .lab
         .pod("u")
         .block_on(async move {
-            let silent = closed_by_server(hbone, Vec::new());
-            let half = closed_by_server(hbone, hello);
+            let silent = closed_by_server(hbone, Vec::new(), deadline);
+            let half = closed_by_server(hbone, hello, deadline);
             let (a, b) = tokio::join!(silent, half);
-            a.map_err(|e| e.context("no ClientHello"))?;
-            b.map_err(|e| e.context("ClientHello then silence"))
+            anyhow::Ok([
+                ("no ClientHello", a.context("no ClientHello")?),
+                (
+                    "ClientHello then silence",
+                    b.context("ClientHello then silence")?,
+                ),
+            ])
         })
-        .expect("H12");
-    wait_for_nth_log(t.cluster.ztun("n2"), "hbone handshake timed out", 2);
+        .expect("H12: the configured handshake timeout closes both");
+    let n2 = t.cluster.ztun("n2");
+    for (what, (client, after)) in closed {
+        eprintln!("{what}: closed {after:?} after the connect");
+        assert!(
+            after >= configured,
+            "{what}: closed after {after:?}, before the {configured:?} timeout: not the timeout"
+        );
+        // The close is the handshake timeout, for this very connection.
+        let peer = format!("peer={client}");
+        let line = wait_for_line(n2, 0, &["hbone handshake timed out", &peer])
+            .unwrap_or_else(|e| panic!("{what}: {e:#}"));
+        eprintln!("{line}");
+    }
     t.cluster
         .lab
         .pod("a")
@@ -75,7 +120,7 @@ fn close_notify_after_client_hello_aborts_the_handshake() {
     t.cluster
         .lab
         .pod("u")
-        .block_on(closed_by_server(hbone, bytes))
+        .block_on(closed_by_server(hbone, bytes, WAIT))
         .expect("H13");
     t.cluster
         .ztun("n2")
@@ -85,58 +130,151 @@ fn close_notify_after_client_hello_aborts_the_handshake() {
         .expect("ztun serves the next client");
 }
 
-/// H10: 1 MiB of headers in CONTINUATION frames (16 KiB each, never END_HEADERS) is cut off
-/// at the 64 KiB header-list limit: the server answers with a GOAWAY, a reset or a close
-/// (never a 200) long before the flood is through, and keeps serving other connections.
+/// H10: a header block that never ends (HEADERS, then 16 KiB CONTINUATION frames without
+/// END_HEADERS) is cut once it passes the 64 KiB header-list limit: ztun (h2's CONTINUATION
+/// limit, sized from that header-list limit) answers GOAWAY(ENHANCE_YOUR_CALM) naming no
+/// stream, then closes, and keeps serving other connections.
+///
+/// Where the cut comes, by the order of frames on one connection (no clocks): a PING after
+/// the 8th CONTINUATION (128 KiB, twice the limit) would make the server answer
+/// GOAWAY(PROTOCOL_ERROR) (a frame inside a header block) if it read that far, so the
+/// ENHANCE_YOUR_CALM proves it refused the block before; and on another connection the
+/// same PING after 3 CONTINUATIONs (48 KiB, under the limit) does get the PROTOCOL_ERROR:
+/// a block is not cut early. The writer goes on up to 64 MiB (far more than socket buffers
+/// hold) and must fail on the closed connection before the end.
 #[test]
 fn continuation_flood_is_cut_at_the_header_list_limit() {
     let t = Target::start("hard_h10", &[]);
     let config = client::client_config(&t.cluster, "sa-u");
     let hbone = t.hbone();
     let ok = t.authority(t.echo.port());
-    let outcome = t
+    let (under, over) = t
         .cluster
         .lab
         .pod("u")
         .block_on(async move {
-            let (mut w, mut r) = client::raw(hbone, config).await?;
-            let first = client::connect_block(&ok);
-            let writer = tokio::spawn(async move {
-                w.frame(kind::HEADERS, 0, 1, &first).await?;
-                let cookie = client::hpack(&[(b"cookie", &[b'x'; 16 * 1024 - 16][..])]);
-                for _ in 0..64 {
-                    w.frame(kind::CONTINUATION, 0, 1, &cookie).await?;
-                }
-                anyhow::Ok(())
-            });
-            let outcome = loop {
-                match r.next().await? {
-                    None => break "closed".to_string(),
-                    Some(f) if f.kind == kind::GOAWAY => {
-                        break format!("goaway {:?}", f.error_code())
-                    }
-                    Some(f) if f.kind == kind::RST_STREAM => {
-                        break format!("reset {:?}", f.error_code())
-                    }
-                    Some(f) if f.kind == kind::HEADERS => {
-                        anyhow::ensure!(f.indexed_status() != Some(200), "the flood got a 200");
-                        break "refused with a status".to_string();
-                    }
-                    Some(_) => continue,
-                }
-            };
-            // The writer either finished (the server read and discarded) or failed on the
-            // closed connection; both are fine.
-            let _ = writer.await;
-            anyhow::Ok(outcome)
+            let under = continuation_flood(hbone, config.clone(), &ok, 3, 3).await?;
+            let over = continuation_flood(hbone, config, &ok, 8, FLOOD_FRAMES).await?;
+            anyhow::Ok((under, over))
         })
         .expect("H10");
-    eprintln!("CONTINUATION flood outcome: {outcome}");
+    eprintln!("CONTINUATION flood: under the limit: {under}; over it: {over}");
+    let codes = |f: &Flood| -> Vec<_> { f.goaways.iter().map(|g| g.error_code()).collect() };
+    assert_eq!(
+        codes(&under),
+        [Some(client::PROTOCOL_ERROR)],
+        "48 KiB of headers then a PING: the server must have read on to the PING"
+    );
+    assert_eq!(
+        codes(&over),
+        [Some(client::ENHANCE_YOUR_CALM)],
+        "the block must be refused at the limit, before the PING after 128 KiB"
+    );
+    assert_eq!(
+        over.goaways[0].last_stream(),
+        Some(0),
+        "the flooding request was never opened"
+    );
+    assert!(
+        over.heads.is_empty(),
+        "the flood got a response: {:?}",
+        over.heads
+    );
+    let (written, error) = &over.writer;
+    assert!(
+        error.is_some() && *written < FLOOD_FRAMES,
+        "the writer sent {written} of {FLOOD_FRAMES} CONTINUATIONs ({error:?}): ztun kept reading"
+    );
     t.cluster
         .lab
         .pod("a")
         .bulk_echo((t.cluster.lab.pod("c").ip(), t.echo.port()).into(), 4096)
         .expect("a -> c after the flood");
+}
+
+/// CONTINUATION frames the flood writer sends at most: 64 MiB.
+const FLOOD_FRAMES: usize = 4096;
+
+/// What a CONTINUATION flood got back.
+#[derive(Debug)]
+struct Flood {
+    /// GOAWAY frames received, in order.
+    goaways: Vec<client::Frame>,
+    /// HEADERS frames received.
+    heads: Vec<client::Frame>,
+    /// CONTINUATION frames written, and the write error that stopped the writer.
+    writer: (usize, Option<std::io::Error>),
+}
+
+impl std::fmt::Display for Flood {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for g in &self.goaways {
+            write!(
+                f,
+                "GOAWAY code {:?} last stream {:?} {:?}, ",
+                g.error_code(),
+                g.last_stream(),
+                g.debug_data()
+            )?;
+        }
+        let (written, error) = &self.writer;
+        write!(
+            f,
+            "{} HEADERS, {written} CONTINUATIONs written (writer error: {error:?})",
+            self.heads.len()
+        )
+    }
+}
+
+/// On a new connection: a CONNECT HEADERS for `authority` without END_HEADERS, then `frames`
+/// CONTINUATIONs of one 16 KiB cookie each (never END_HEADERS) with a PING after the
+/// `ping_after`-th; reads every frame until the server closes.
+async fn continuation_flood(
+    hbone: SocketAddr,
+    config: std::sync::Arc<rustls::ClientConfig>,
+    authority: &str,
+    ping_after: usize,
+    frames: usize,
+) -> anyhow::Result<Flood> {
+    let (mut w, mut r) = client::raw(hbone, config).await?;
+    let first = client::connect_block(authority);
+    let writer = tokio::spawn(async move {
+        let cookie = client::hpack(&[(b"cookie", &[b'x'; 16 * 1024 - 16][..])]);
+        let mut written = 0;
+        let sent = tokio::time::timeout(WAIT, async {
+            w.frame(kind::HEADERS, 0, 1, &first).await?;
+            for i in 0..frames {
+                if i == ping_after {
+                    w.frame(kind::PING, 0, 0, &[0; 8]).await?;
+                }
+                w.frame(kind::CONTINUATION, 0, 1, &cookie).await?;
+                written += 1;
+            }
+            if ping_after == frames {
+                w.frame(kind::PING, 0, 0, &[0; 8]).await?;
+            }
+            w.raw(&[]).await
+        })
+        .await;
+        match sent {
+            Ok(result) => (written, result.err()),
+            Err(_) => (written, Some(std::io::ErrorKind::TimedOut.into())),
+        }
+    });
+    let (mut goaways, mut heads) = (Vec::new(), Vec::new());
+    while let Some(f) = r.next().await? {
+        match f.kind {
+            kind::GOAWAY => goaways.push(f),
+            kind::HEADERS => heads.push(f),
+            _ => {}
+        }
+    }
+    let writer = writer.await?;
+    Ok(Flood {
+        goaways,
+        heads,
+        writer,
+    })
 }
 
 /// Concurrent streams: 200 open tunnels on one connection are served; the 201st stream
@@ -166,7 +304,7 @@ fn the_201st_concurrent_stream_is_refused() {
                     anyhow::bail!("connection closed after {oks} ok, {refused:?} refused")
                 };
                 match f.kind {
-                    kind::HEADERS if f.indexed_status() == Some(200) => oks += 1,
+                    kind::HEADERS if f.status() == Some(200) => oks += 1,
                     kind::HEADERS => anyhow::bail!("stream {} got a non-200 status", f.stream),
                     kind::RST_STREAM => refused.push((f.stream, f.error_code())),
                     kind::GOAWAY => anyhow::bail!("GOAWAY {:?}", f.error_code()),
