@@ -291,7 +291,10 @@ const LOGGING_USAGE: &str =
 
 /// A service as ztunnel dumps it: the model plus `endpoints`, keyed by workload uid, each
 /// `{workloadUid, service, port, status}` (healthy ones only unless the service allows all).
-fn service_dump(snap: &crate::state::Snapshot, svc: &crate::state::model::Service) -> Value {
+pub(crate) fn service_dump(
+    snap: &crate::state::Snapshot,
+    svc: &crate::state::model::Service,
+) -> Value {
     use crate::state::model::{HealthPolicy, HealthStatus};
     let key = svc.key();
     let allow_all = svc

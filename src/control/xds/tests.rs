@@ -2,6 +2,7 @@
 //! paused time.
 
 mod conformance;
+mod conformance_addresses;
 mod server;
 
 use std::net::IpAddr;
