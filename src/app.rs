@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use tokio::runtime::Handle;
 
-use crate::config::{Config, LocalXds, ProxyMode};
+use crate::config::{Config, LocalXds, ProxyMode, Requirement};
 use crate::control::ca::{CaClient, CaClientConfig, CertStore, Issuer, LocalCa, StoreConfig};
 use crate::control::xds;
 use crate::control::zds::{self, Pod, PodStarter};
@@ -317,7 +317,7 @@ fn cert_families(s: &crate::control::ca::CertSummary, out: &mut String) {
 
 fn xds_families(m: &xds::XdsMetrics, out: &mut String) {
     use std::fmt::Write;
-    let _ = writeln!(out, "# HELP istio_xds_connection_terminations xDS stream terminations.\n# TYPE istio_xds_connection_terminations counter");
+    let _ = writeln!(out, "# HELP istio_xds_connection_terminations xDS stream terminations (unstable).\n# TYPE istio_xds_connection_terminations counter");
     for r in xds::TerminationReason::ALL {
         let _ = writeln!(
             out,
@@ -328,7 +328,7 @@ fn xds_families(m: &xds::XdsMetrics, out: &mut String) {
     }
     let _ = writeln!(
         out,
-        "# HELP istio_xds_message xDS messages received.\n# TYPE istio_xds_message counter"
+        "# HELP istio_xds_message xDS messages received (unstable).\n# TYPE istio_xds_message counter"
     );
     for t in xds::ResourceType::ALL {
         let _ = writeln!(
@@ -338,7 +338,7 @@ fn xds_families(m: &xds::XdsMetrics, out: &mut String) {
             m.message_total(t)
         );
     }
-    let _ = writeln!(out, "# HELP istio_xds_message_bytes xDS message bytes received.\n# TYPE istio_xds_message_bytes counter");
+    let _ = writeln!(out, "# HELP istio_xds_message_bytes xDS message bytes received (unstable).\n# TYPE istio_xds_message_bytes counter");
     for t in xds::ResourceType::ALL {
         let _ = writeln!(
             out,
@@ -435,10 +435,22 @@ async fn serve_ops(
             .await
             .with_context(|| format!("binding {addr}"))
     };
-    let admin_l = bind(config.admin_addr).await?;
+    let mut admin_ls = Vec::new();
+    for (addr, requirement) in config.admin_addrs() {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => admin_ls.push(l),
+            Err(e) if requirement == Requirement::IfIpv6 && is_no_ipv6(&e) => {
+                tracing::debug!(%addr, error = %e, "no IPv6 loopback: admin API on IPv4 only");
+            }
+            Err(e) => return Err(e).with_context(|| format!("binding {addr}")),
+        }
+    }
     let stats_l = bind(config.stats_addr).await?;
     let ready_l = bind(config.readiness_addr).await?;
-    tokio::spawn(serve(admin_l, admin.handler(), process.watch(), true));
+    let admin = admin.handler();
+    for l in admin_ls {
+        tokio::spawn(serve(l, admin.clone(), process.watch(), true));
+    }
     tokio::spawn(serve(ready_l, readiness.handler(), process.watch(), false));
     let data = data.clone();
     let metrics: crate::ops::http::Handler = Arc::new(move |req| {
@@ -465,13 +477,23 @@ async fn serve_ops(
     Ok(())
 }
 
+/// Whether a bind failed because the namespace has no IPv6 (or none on that interface).
+fn is_no_ipv6(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EAFNOSUPPORT) | Some(libc::EADDRNOTAVAIL)
+    )
+}
+
 /// Drops metric series of workloads that left the mesh, on every state change.
 async fn expire_metrics(mut state: Reader, telemetry: &'static crate::ops::Telemetry) {
     while state.changed().await {
         let snap = state.load_full();
         let live: std::collections::HashSet<(&str, &str)> = snap
             .workloads()
-            .map(|w| (&*w.namespace, &*w.name))
+            .flat_map(|w| {
+                [&w.name, crate::ops::metrics::workload_label(w)].map(|n| (&*w.namespace, &**n))
+            })
             .collect();
         telemetry
             .metrics

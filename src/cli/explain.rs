@@ -26,11 +26,16 @@ pub(super) fn render(v: &Value) -> String {
     } else {
         src_who.join(", ")
     };
+    // An IPv6 destination is bracketed, as socket addresses print (`[fd00::1]:8080`).
+    let dst_ip = s(&conn["dstIp"]);
+    let dst_host = match dst_ip.parse::<std::net::Ipv6Addr>() {
+        Ok(_) => format!("[{dst_ip}]"),
+        Err(_) => dst_ip,
+    };
     out.push_str(&format!(
-        "{}  {} ({src_who}) -> {}:{} ({})\n",
+        "{}  {} ({src_who}) -> {dst_host}:{} ({})\n",
         s(&d["verdict"]).to_ascii_uppercase(),
         s(&conn["srcIp"]),
-        s(&conn["dstIp"]),
         s(&conn["dstPort"]),
         s(&v["destinationWorkload"]),
     ));
@@ -123,6 +128,24 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("note: source identity"), "{out}");
+    }
+
+    #[test]
+    fn brackets_an_ipv6_destination() {
+        let v = json!({
+            "connection": {"srcIp": "fd00:0:1::11", "srcIdentity": null, "dstIp": "fd00:0:2::11", "dstPort": 8080},
+            "destinationWorkload": "default/server",
+            "decision": {"verdict": "Allow", "reason": "no_allow_policy", "policy": null, "rule": null, "dryRun": null},
+            "policies": [],
+            "notes": [],
+        });
+        let out = render(&v);
+        assert!(
+            out.starts_with(
+                "ALLOW  fd00:0:1::11 (plaintext) -> [fd00:0:2::11]:8080 (default/server)\n"
+            ),
+            "{out}"
+        );
     }
 
     #[test]

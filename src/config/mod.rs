@@ -34,7 +34,7 @@ mod tests;
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -103,7 +103,8 @@ pub struct Config {
     /// Who this ztun process is (downward API values).
     pub identity: SelfIdentity,
     /// Admin API listener: `127.0.0.1:15000` (loopback only: it can dump configuration and
-    /// trigger shutdown); the port is ProxyConfig `proxyAdminPort` when set.
+    /// trigger shutdown); the port is ProxyConfig `proxyAdminPort` when set. With IPv6 the API
+    /// is also served on the IPv6 loopback: see [`Config::admin_addrs`].
     pub admin_addr: SocketAddr,
     /// Prometheus metrics listener: `[::]:15020` (`0.0.0.0:15020` when IPv6 is disabled); the
     /// port is ProxyConfig `statsPort` when set.
@@ -169,6 +170,19 @@ impl Config {
         env::build(source, available_cpus)
     }
 
+    /// Where the admin API listens: [`admin_addr`](Self::admin_addr), plus `[::1]` on the same
+    /// port when IPv6 is enabled, as ztunnel binds its admin `Address::Localhost` on both
+    /// loopbacks (`src/config.rs`). The IPv6 address is optional: a node whose loopback has
+    /// no IPv6 (`net.ipv6.conf.lo.disable_ipv6=1`) serves only the first.
+    pub fn admin_addrs(&self) -> Vec<(SocketAddr, Requirement)> {
+        let mut addrs = vec![(self.admin_addr, Requirement::Required)];
+        if self.proxy.ipv6_enabled && self.admin_addr.ip() == IpAddr::V4(Ipv4Addr::LOCALHOST) {
+            let v6 = SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), self.admin_addr.port());
+            addrs.push((v6, Requirement::IfIpv6));
+        }
+        addrs
+    }
+
     /// Ports that a connection must never be proxied to on a local address, because they are
     /// ztun's own: outbound, inbound plaintext, HBONE, DNS, admin, stats and readiness. Proxying
     /// to them would loop or expose ztun's internals.
@@ -183,6 +197,16 @@ impl Config {
             self.readiness_addr.port(),
         ]
     }
+}
+
+/// Whether failing to bind a listener address fails startup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Requirement {
+    /// Any bind error fails startup.
+    Required,
+    /// Skipped when the namespace has no IPv6 (the address family is unsupported or the
+    /// address is not available); other errors fail startup.
+    IfIpv6,
 }
 
 /// Whether ztun serves every pod on its node or a single workload.

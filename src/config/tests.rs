@@ -1309,3 +1309,23 @@ fn process_env_reads_files_and_reports_missing_ones_as_absent() {
     // A directory is not a mesh file: an error, not "absent".
     assert!(ProcessEnv.read_file(std::path::Path::new("/")).is_err());
 }
+
+/// The admin API listens on both loopbacks when IPv6 is on, as ztunnel's
+/// `Address::Localhost` does, and on the IPv4 one only when it is off.
+#[test]
+fn admin_api_binds_both_loopbacks_with_ipv6() {
+    let addrs = |vars: &[(&str, &str)]| config(vars).admin_addrs();
+    assert_eq!(
+        addrs(&[]),
+        vec![
+            ("127.0.0.1:15000".parse().unwrap(), Requirement::Required),
+            ("[::1]:15000".parse().unwrap(), Requirement::IfIpv6),
+        ]
+    );
+    assert_eq!(
+        addrs(&[("IPV6_ENABLED", "false")]),
+        vec![("127.0.0.1:15000".parse().unwrap(), Requirement::Required)]
+    );
+    let moved = addrs(&[("PROXY_CONFIG", "{\"proxyAdminPort\": 15100}")]);
+    assert_eq!(moved[1].0, "[::1]:15100".parse::<SocketAddr>().unwrap());
+}

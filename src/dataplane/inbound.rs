@@ -276,6 +276,18 @@ async fn open(
             log.src.describe(w);
         }
     }
+    // A source on another network arrives from its gateway's address: it is labelled from
+    // the metadata it sent (telemetry only; the identity is the one it proved).
+    if log.src.described.is_none() {
+        let derived = req
+            .headers()
+            .get("baggage")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|b| super::hbone::workload_from_baggage(&info.client, b));
+        if let Some(w) = derived {
+            log.src.describe(&std::sync::Arc::new(w));
+        }
+    }
     log.dst.workload = Some(proxy.pod.name.clone());
     log.dst.namespace = Some(proxy.pod.namespace.clone());
     if let Some(w) = proxy.state.load().workload_by_pod(

@@ -162,6 +162,9 @@ pub enum Error {
     /// The destination names a waypoint that cannot be found or reached.
     #[error("unknown waypoint for {0}")]
     UnknownWaypoint(SocketAddr),
+    /// The destination is on another network and its network gateway cannot be found.
+    #[error("no network gateway for {0}")]
+    UnknownNetworkGateway(SocketAddr),
     /// A hostname `:authority` names no service, or a port the service cannot map.
     #[error("unknown service {0}")]
     UnknownService(Arc<str>),
@@ -211,6 +214,7 @@ impl Error {
             | Error::NoHealthyUpstream(_)
             | Error::UnknownDestination(_)
             | Error::UnknownWaypoint(_)
+            | Error::UnknownNetworkGateway(_)
             | Error::UnknownService(_)
             | Error::Resolve { .. }
             | Error::Io(_)
@@ -231,14 +235,17 @@ impl Error {
 }
 
 impl crate::ops::access::Failure for Error {
-    /// `DENY` for policy decisions, `TLS_FAILURE` / `IDENTITY_ERROR` for the handshake,
-    /// `CONNECT` otherwise (Istio's labels).
+    /// As ztunnel flags them: `DENY` for policy, `IDENTITY_ERROR` when our own certificate
+    /// is unavailable, `NETWORK_POLICY` when the peer's HBONE port never answers (connect
+    /// timeout), `H2_HANDSHAKE_FAILURE` for HTTP/2, `CONNECT` otherwise, TLS handshake and
+    /// peer identity failures included (ztunnel verifies the peer inside the handshake).
     fn response_flag(&self) -> &'static str {
         match self {
             Error::Denied(_) | Error::Revoked(_) => "DENY",
             Error::CertRevoked => "CERT_REVOKED",
-            Error::Tls(_) | Error::HandshakeTimeout => "TLS_FAILURE",
-            Error::PeerIdentity(_) | Error::UnexpectedPeer { .. } => "IDENTITY_ERROR",
+            Error::Certificate(_) => "IDENTITY_ERROR",
+            Error::ConnectPeer(e) if e.kind() == io::ErrorKind::TimedOut => "NETWORK_POLICY",
+            Error::H2(_) => "H2_HANDSHAKE_FAILURE",
             _ => "CONNECT",
         }
     }
@@ -263,6 +270,7 @@ impl crate::ops::access::Failure for Error {
             Error::NoHealthyUpstream(_) => "no_healthy_upstream",
             Error::UnknownDestination(_) => "unknown_destination",
             Error::UnknownWaypoint(_) => "unknown_waypoint",
+            Error::UnknownNetworkGateway(_) => "unknown_network_gateway",
             Error::UnknownService(_) => "unknown_service",
             Error::Resolve { .. } => "hostname_unresolved",
             Error::Io(_) => "relay_failed",

@@ -1,6 +1,7 @@
 //! Outbound capture (15001): a pod's connection, redirected here, leaves as HBONE (mesh
-//! destinations), plain TCP (non-mesh workloads) or passthrough (unknown addresses). An
-//! endpoint known only by hostname is resolved first (through the process's resolver).
+//! destinations), double HBONE through a network gateway (mesh destinations on another
+//! network), plain TCP (non-mesh workloads) or passthrough (unknown addresses). An endpoint
+//! known only by hostname is resolved first (through the process's resolver).
 //!
 //! The source is always the pod this listener belongs to: never looked up by IP.
 
@@ -53,36 +54,80 @@ enum Ready {
         response: ResponseFuture,
         send: SendStream<Bytes>,
     },
+    /// The inner HBONE stream of double HBONE, its CONNECT sent: it rides its own HTTP/2
+    /// connection (driven by `inner`) inside a pooled outer stream to the gateway.
+    DoubleHbone {
+        tcp: TcpStream,
+        outer: Checkout,
+        inner: AbortOnDrop,
+        response: ResponseFuture,
+        send: SendStream<Bytes>,
+    },
+}
+
+/// Aborts the task when dropped: the inner HTTP/2 connection of a double-HBONE tunnel lives
+/// exactly as long as its one stream.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 async fn relay(proxy: &Proxy, ready: Box<Ready>, log: &mut AccessLog) -> Result<(), Error> {
     match *ready {
         Ready::Tcp { tcp, upstream } => relay_tcp(tcp, upstream, &log.meter()).await,
+        Ready::DoubleHbone {
+            tcp,
+            outer,
+            inner,
+            response,
+            send,
+        } => {
+            let res = relay_hbone(proxy, tcp, &outer, response, send, log).await;
+            drop(inner);
+            drop(outer);
+            res
+        }
         Ready::Hbone {
             tcp,
             checkout,
             response,
             send,
         } => {
-            let meter = log.meter();
-            let response = async move {
-                let resp = response.await.map_err(|e| Error::H2(Arc::new(e)))?;
-                if resp.status() != StatusCode::OK {
-                    return Err(Error::HttpStatus(resp.status()));
-                }
-                log.established();
-                Ok(resp.into_body())
-            };
-            let (rd, wr) = tcp.into_split();
-            let mut revoked = checkout.revoked();
-            let stall = proxy.cfg.proxy.stream_stall_timeout;
-            let res = tokio::select! {
-                r = relay_early(rd, wr, send, response, &meter, stall) => r,
-                _ = revoked.revoked() => Err(Error::CertRevoked),
-            };
+            let res = relay_hbone(proxy, tcp, &checkout, response, send, log).await;
             drop(checkout);
             res
         }
+    }
+}
+
+/// Relays the client's socket over an HBONE stream whose CONNECT answer is pending, until
+/// done or the (outer) tunnel's peer is revoked.
+async fn relay_hbone(
+    proxy: &Proxy,
+    tcp: TcpStream,
+    checkout: &Checkout,
+    response: ResponseFuture,
+    send: SendStream<Bytes>,
+    log: &mut AccessLog,
+) -> Result<(), Error> {
+    let meter = log.meter();
+    let response = async move {
+        let resp = response.await.map_err(|e| Error::H2(Arc::new(e)))?;
+        if resp.status() != StatusCode::OK {
+            return Err(Error::HttpStatus(resp.status()));
+        }
+        log.established();
+        Ok(resp.into_body())
+    };
+    let (rd, wr) = tcp.into_split();
+    let mut revoked = checkout.revoked();
+    let stall = proxy.cfg.proxy.stream_stall_timeout;
+    tokio::select! {
+        r = relay_early(rd, wr, send, response, &meter, stall) => r,
+        _ = revoked.revoked() => Err(Error::CertRevoked),
     }
 }
 
@@ -145,6 +190,7 @@ async fn prepare(
                         Error::NoHealthyUpstream(dst)
                     }
                     RefuseReason::UnknownWaypoint => Error::UnknownWaypoint(dst),
+                    RefuseReason::UnknownNetworkGateway => Error::UnknownNetworkGateway(dst),
                 })
             }
             Route::Tcp {
@@ -164,6 +210,76 @@ async fn prepare(
                     .map_err(|e| Error::ConnectUpstream(Arc::new(e)))?;
                 log.established();
                 Ok(Box::new(Ready::Tcp { tcp, upstream }))
+            }
+            Route::DoubleHbone {
+                gateway,
+                gateway_identities,
+                authority,
+                identities,
+                workload,
+                service,
+            } => {
+                log.dst.addr = Some(gateway);
+                log.hbone_authority = Some(authority.clone());
+                log.dst.describe(&workload);
+                log.service = Some(service.hostname.clone());
+                let cert = proxy.local_cert(&src).await?;
+                let key = PoolKey {
+                    src_identity: cert.identity().clone(),
+                    dst_identities: gateway_identities,
+                    dst: gateway,
+                    src_ip,
+                };
+                let hop = Hop {
+                    authority: &authority,
+                    client: canonical(peer),
+                    service: &service.hostname,
+                    src: &src,
+                };
+                let mut outer = proxy.pool.checkout(&key, &cert).await?;
+                let (response, send) = outer
+                    .sender()
+                    .send_request(hop.request(None)?, false)
+                    .map_err(|e| Error::H2(Arc::new(e)))?;
+                let resp = response.await.map_err(|e| Error::H2(Arc::new(e)))?;
+                if resp.status() != StatusCode::OK {
+                    return Err(Error::HttpStatus(resp.status()));
+                }
+                // The inner tunnel: end to end, not pooled (each one may end at another
+                // endpoint behind the gateway).
+                let io = super::hbone::tunnel::H2Io::new(send, resp.into_body());
+                let h2 = super::hbone::H2Settings::from_config(&proxy.cfg.proxy);
+                let dialed = super::hbone::client::handshake(
+                    io,
+                    gateway,
+                    &cert,
+                    &identities,
+                    &h2,
+                    proxy.cfg.proxy.handshake_timeout,
+                )
+                .await?;
+                log.dst.identity = Some(dialed.peer.clone());
+                let connection = dialed.connection;
+                let tracked = dialed.tracked;
+                let inner = AbortOnDrop(tokio::spawn(async move {
+                    let _tracked = tracked;
+                    let _ = connection.await;
+                }));
+                let network = Some(proxy.cfg.network.as_str()).filter(|n| !n.is_empty());
+                let (response, send) = dialed
+                    .send
+                    .ready()
+                    .await
+                    .map_err(|e| Error::H2(Arc::new(e)))?
+                    .send_request(hop.request(network)?, false)
+                    .map_err(|e| Error::H2(Arc::new(e)))?;
+                Ok(Box::new(Ready::DoubleHbone {
+                    tcp,
+                    outer,
+                    inner,
+                    response,
+                    send,
+                }))
             }
             Route::Hbone {
                 dst: hbone_dst,
@@ -215,6 +331,35 @@ async fn prepare(
     }
 }
 
+/// The CONNECT of either tunnel of double HBONE: both name the service's `hostname:port`,
+/// carry `forwarded` (client address and service host), `traceparent` and `baggage`; the
+/// inner one also names this node's network (`x-forwarded-network`), as ztunnel sends it.
+struct Hop<'a> {
+    authority: &'a str,
+    client: SocketAddr,
+    service: &'a str,
+    src: &'a Workload,
+}
+
+impl Hop<'_> {
+    fn request(&self, network: Option<&str>) -> Result<Request<()>, Error> {
+        let mut forwarded = super::hbone::forwarded(self.client);
+        forwarded.push_str(";host=");
+        forwarded.push_str(self.service);
+        let mut req = Request::builder()
+            .method(Method::CONNECT)
+            .uri(self.authority)
+            .header("forwarded", forwarded)
+            .header("traceparent", super::hbone::traceparent())
+            .header("baggage", super::hbone::baggage(self.src));
+        if let Some(network) = network {
+            req = req.header("x-forwarded-network", network);
+        }
+        req.body(())
+            .map_err(|_| Error::BadRequest("cannot build CONNECT"))
+    }
+}
+
 /// Resolves the hostname of the endpoint `pending` chose and finishes its route.
 async fn resolve_host(
     proxy: &Proxy,
@@ -228,12 +373,7 @@ async fn resolve_host(
     crate::ops::telemetry()
         .metrics
         .on_demand_dns
-        .get_or_create(&OnDemandDnsLabels {
-            source_canonical_service: src.canonical_name.clone(),
-            source_canonical_revision: src.canonical_revision.clone(),
-            source_workload_namespace: src.namespace.clone(),
-            hostname: hostname.clone(),
-        })
+        .get_or_create(&OnDemandDnsLabels::new(src, hostname.clone()))
         .inc();
     let fail = |source| Error::Resolve {
         hostname: hostname.clone(),

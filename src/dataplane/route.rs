@@ -13,9 +13,14 @@
 //!    else the workload itself.
 //! 3. Anything else: plain TCP to the original destination (passthrough).
 //!
-//! A workload marked HBONE, and every waypoint, is only ever reached over HBONE. Endpoints on
-//! another network (reachable only through an east-west gateway, which ztun does not do) and
-//! endpoints with neither an IP nor a hostname are never chosen. An endpoint with only a
+//! A workload marked HBONE, and every waypoint, is only ever reached over HBONE. An endpoint
+//! (or service waypoint) on another network is reached through its network's east-west
+//! gateway with double HBONE ([`Route::DoubleHbone`]): outer HBONE to the gateway, inner HBONE
+//! end to end, both with the service's `hostname:port` as `:authority`, as ztunnel does. An
+//! endpoint on another network without a gateway is never chosen (it could only be dialled
+//! directly), nor is an in-network endpoint with neither an IP nor a hostname. With FAILOVER
+//! or STRICT routing preferences led by `Network`, endpoints on this node's network rank above
+//! every remote one, so remote networks take traffic only when no local endpoint is usable. An endpoint with only a
 //! hostname (a DNS-resolved ServiceEntry) yields [`Route::Resolve`]: the caller resolves the
 //! hostname, then [`PendingHost::complete`] finishes the decision.
 
@@ -56,6 +61,23 @@ pub enum Route {
         service: Option<Arc<Service>>,
         /// Whether `workload` is a waypoint in front of the real destination.
         waypoint: bool,
+    },
+    /// Double HBONE to a service endpoint (or service waypoint) on another network: an outer
+    /// HBONE stream to that network's east-west gateway, carrying the inner, end-to-end mTLS
+    /// HBONE to the destination.
+    DoubleHbone {
+        /// The gateway's HBONE listener (`ip:hbone_mtls_port`).
+        gateway: SocketAddr,
+        /// Identities the gateway may prove (outer TLS).
+        gateway_identities: Arc<[Identity]>,
+        /// The `:authority` of both CONNECTs: the service hostname and the service port.
+        authority: Strng,
+        /// Identities the destination may prove (inner TLS).
+        identities: Arc<[Identity]>,
+        /// The remote workload chosen (a waypoint, when the service has one there).
+        workload: Arc<Workload>,
+        /// The service the destination was reached through.
+        service: Arc<Service>,
     },
     /// Plain TCP to a non-mesh workload (or an unknown address: `workload` is `None`).
     Tcp {
@@ -125,6 +147,8 @@ pub enum RefuseReason {
     UnknownServicePort,
     /// The destination names a waypoint that cannot be found or reached.
     UnknownWaypoint,
+    /// The endpoint is on another network and its gateway cannot be found.
+    UnknownNetworkGateway,
 }
 
 /// The source of an outbound connection: the pod the listener belongs to.
@@ -171,6 +195,9 @@ pub fn plan_with(
         let Some((w, port)) = pick_endpoint(rng, snap, src, &svc, dst.port(), Mode::Service) else {
             return Route::Refuse(RefuseReason::NoHealthyUpstream);
         };
+        if w.network != src.workload.network {
+            return through_gateway(rng, snap, src, w, svc, dst);
+        }
         if w.workload_ips.is_empty() {
             return Route::Resolve(PendingHost {
                 workload: w,
@@ -384,7 +411,14 @@ fn via_waypoint(
         return Route::Refuse(RefuseReason::UnknownWaypoint);
     };
     if w.network != src.workload.network {
-        return Route::Refuse(RefuseReason::UnknownWaypoint);
+        // A service's waypoint on another network is reached through that network's gateway
+        // (the inner tunnel ends at the waypoint); a workload waypoint never is.
+        return match service {
+            Some(svc) if w.network_gateway.is_some() => {
+                through_gateway(rng, snap, src, w, svc, original)
+            }
+            _ => Route::Refuse(RefuseReason::UnknownWaypoint),
+        };
     }
     Route::Hbone {
         dst,
@@ -393,6 +427,72 @@ fn via_waypoint(
         workload: w,
         service,
         waypoint: true,
+    }
+}
+
+/// Double HBONE to `w`, a workload on another network reached through its network gateway,
+/// for the service `svc` the client addressed at `original` (compat.md §1.5): the outer
+/// tunnel ends at the gateway (its identities), the inner one at `w` (its identity and the
+/// service's SANs); both CONNECTs name `hostname:port`, which is how the gateway picks where
+/// to forward without opening the inner tunnel.
+fn through_gateway(
+    rng: &mut impl Rng,
+    snap: &Snapshot,
+    src: &Source<'_>,
+    w: Arc<Workload>,
+    svc: Arc<Service>,
+    original: SocketAddr,
+) -> Route {
+    let Some(gw) = w.network_gateway.as_ref() else {
+        return Route::Refuse(RefuseReason::UnknownNetworkGateway);
+    };
+    let Some((gateway, gateway_identities)) = network_gateway(rng, snap, src, gw, original) else {
+        return Route::Refuse(RefuseReason::UnknownNetworkGateway);
+    };
+    Route::DoubleHbone {
+        gateway,
+        gateway_identities,
+        authority: format!("{}:{}", svc.hostname, original.port()).into(),
+        identities: identities(&w, Some(&svc)),
+        workload: w,
+        service: svc,
+    }
+}
+
+/// Where a network gateway listens, and who it may prove to be: by address, the workload at
+/// that address on the gateway's network (else an endpoint of the service with that VIP
+/// there) at `hbone_mtls_port`; by hostname, an endpoint of that service (else the workload
+/// with that hostname), in the family of `original` when it has one.
+fn network_gateway(
+    rng: &mut impl Rng,
+    snap: &Snapshot,
+    src: &Source<'_>,
+    gw: &GatewayAddress,
+    original: SocketAddr,
+) -> Option<(SocketAddr, Arc<[Identity]>)> {
+    let port = gw.hbone_mtls_port;
+    let endpoint_of = |rng: &mut _, s: &Arc<Service>| {
+        let (w, target) = pick_endpoint(rng, snap, src, s, port, Mode::Gateway)?;
+        let ip = pick_ip(&w, original, s.ip_families)?;
+        Some((SocketAddr::new(ip, target), identities(&w, Some(s))))
+    };
+    match &gw.destination {
+        GatewayDestination::Address(a) => match snap.workload_by_ip(&a.network, a.address) {
+            Some(w) => Some((SocketAddr::new(a.address, port), identities(w, None))),
+            None => {
+                let s = snap.services_by_vip(&a.network, a.address).first()?.clone();
+                endpoint_of(rng, &s)
+            }
+        },
+        GatewayDestination::Hostname(h) => {
+            let key = format!("{}/{}", h.namespace, h.hostname);
+            if let Some(s) = snap.service(&key).cloned() {
+                return endpoint_of(rng, &s);
+            }
+            let w = workload_by_hostname(snap, &h.namespace, &h.hostname)?;
+            let ip = pick_ip(w, original, IpFamilies::Automatic)?;
+            Some((SocketAddr::new(ip, port), identities(w, None)))
+        }
     }
 }
 
@@ -419,6 +519,9 @@ enum Mode {
     /// The service fronts a waypoint reached at its HBONE port, which needs no declaration
     /// when the waypoint has an application tunnel.
     Waypoint,
+    /// The service fronts a network gateway: its endpoints are on their own network, which
+    /// the gateway is the way into.
+    Gateway,
 }
 
 /// A random usable endpoint of `svc` for `svc_port`, weighted by capacity among the best
@@ -441,9 +544,19 @@ fn pick_endpoint(
         .endpoints(&key)
         .iter()
         .filter(|w| allow_all || w.status == HealthStatus::Healthy)
-        .filter(|w| w.network == src.workload.network)
-        // A hostname-only endpoint is resolved by the caller; waypoints need an address.
-        .filter(|w| !w.workload_ips.is_empty() || (mode == Mode::Service && !w.hostname.is_empty()))
+        .filter(|w| {
+            let local = w.network == src.workload.network;
+            match mode {
+                // A gateway's endpoints are reached directly, on whatever network they are.
+                Mode::Gateway => !w.workload_ips.is_empty(),
+                // On another network only through its gateway (which needs no address of the
+                // endpoint); here, a hostname-only endpoint is resolved by the caller and
+                // waypoints need an address.
+                _ if !local => w.network_gateway.is_some(),
+                Mode::Service => !w.workload_ips.is_empty() || !w.hostname.is_empty(),
+                Mode::Waypoint => !w.workload_ips.is_empty(),
+            }
+        })
         .filter_map(|w| {
             let mapped = w
                 .services
@@ -452,7 +565,7 @@ fn pick_endpoint(
                 .copied()
                 .filter(|p| *p != 0);
             let port = match mode {
-                Mode::Service => mapped.or(target)?,
+                Mode::Service | Mode::Gateway => mapped.or(target)?,
                 Mode::Waypoint => mapped.or(target).or_else(|| {
                     w.application_tunnel
                         .as_ref()
@@ -499,23 +612,43 @@ fn pick_endpoint(
     None
 }
 
-/// How many leading routing preferences `w` shares with `src`; `None` when STRICT requires
-/// all of them and some differ.
+/// How well `w` matches `src` under `lb`'s routing preferences: the number of leading
+/// scopes both share; `None` when STRICT requires all of them and some differ. When `Network`
+/// leads the preferences, it does not end the count for a remote endpoint (the next scopes
+/// still rank remote endpoints among themselves), and a local endpoint gets the count of
+/// every scope on top, so any local endpoint outranks every remote one (ztunnel's ranking).
 fn rank(lb: &LoadBalancer, src: &Workload, w: &Workload) -> Option<usize> {
-    let same = |scope: &LoadBalancerScope| match scope {
-        LoadBalancerScope::Region => src.locality.region == w.locality.region,
-        LoadBalancerScope::Zone => src.locality.zone == w.locality.zone,
-        LoadBalancerScope::Subzone => src.locality.subzone == w.locality.subzone,
-        LoadBalancerScope::Node => src.node == w.node,
-        LoadBalancerScope::Cluster => src.cluster_id == w.cluster_id,
-        LoadBalancerScope::Network => src.network == w.network,
-    };
-    let r = lb
-        .routing_preferences
-        .iter()
-        .take_while(|s| same(s))
-        .count();
-    (lb.mode != LoadBalancerMode::Strict || r == lb.routing_preferences.len()).then_some(r)
+    let prefs = &lb.routing_preferences;
+    let network_first = prefs.first() == Some(&LoadBalancerScope::Network);
+    let mut rank = 0;
+    let mut bonus = 0;
+    for scope in prefs {
+        let same = match scope {
+            LoadBalancerScope::Region => src.locality.region == w.locality.region,
+            LoadBalancerScope::Zone => src.locality.zone == w.locality.zone,
+            LoadBalancerScope::Subzone => src.locality.subzone == w.locality.subzone,
+            LoadBalancerScope::Node => src.node == w.node,
+            LoadBalancerScope::Cluster => src.cluster_id == w.cluster_id,
+            LoadBalancerScope::Network => {
+                let same = src.network == w.network;
+                if network_first {
+                    if !same {
+                        continue;
+                    }
+                    bonus = prefs.len() - 1;
+                }
+                same
+            }
+        };
+        if !same {
+            break;
+        }
+        rank += 1;
+    }
+    if lb.mode == LoadBalancerMode::Strict && rank != prefs.len() {
+        return None;
+    }
+    Some(rank + bonus)
 }
 
 /// The address to reach `w` at: the one the client dialled if it is the workload's, else one

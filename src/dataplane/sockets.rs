@@ -165,13 +165,12 @@ impl Sockets {
                 }
                 // The port is chosen at connect time, unique per 4-tuple rather than per
                 // source address: spoofed sources share one address among many connections.
-                if dst.is_ipv4() {
-                    let _ = nix::sys::socket::setsockopt(
-                        &s,
-                        nix::sys::socket::sockopt::IpBindAddressNoPort,
-                        &true,
-                    );
-                }
+                // (An IPPROTO_IP option that Linux honours on IPv6 sockets too.)
+                let _ = nix::sys::socket::setsockopt(
+                    &s,
+                    nix::sys::socket::sockopt::IpBindAddressNoPort,
+                    &true,
+                );
                 s.bind(&SocketAddr::new(src, 0).into())?;
             }
             Ok(s)

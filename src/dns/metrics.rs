@@ -1,7 +1,9 @@
 //! Istio's DNS metrics: requests, forwarded requests, their failures and duration.
 //!
-//! Labels are bounded: the query type is one of a fixed set (anything else is `other`), and
-//! the source is the client's canonical service and revision, not the pod.
+//! Labels are ztunnel's: the query type lowercased (`a`, `aaaa`, `srv`, ...; `unknown` for a
+//! type without a name or a query that does not parse), the protocol lowercased, and the
+//! source as the client's canonical service and revision, not the pod. Every family is
+//! "(unstable)" in its HELP, as in ztunnel.
 
 use std::sync::Arc;
 
@@ -10,17 +12,18 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Registry, Unit};
 
-/// Upper bounds of the upstream duration buckets, in seconds (0.5 ms … 5 s).
-const DURATION_BUCKETS: [f64; 13] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-];
+/// Upper bounds of the upstream duration buckets, in seconds: ztunnel's (0.5 ms … 5 s).
+pub const DURATION_BUCKETS: [f64; 6] = [0.0005, 0.001, 0.01, 0.1, 1.0, 5.0];
+
+/// The `request_query_type` of a query that does not parse.
+pub const UNKNOWN_QUERY_TYPE: &str = "unknown";
 
 /// The labels of every DNS series.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct DnsLabels {
-    /// `A`, `AAAA`, … or `other`.
+    /// `a`, `aaaa`, … or `unknown`.
     pub request_query_type: &'static str,
     /// `udp` or `tcp`.
     pub request_protocol: &'static str,
@@ -58,44 +61,87 @@ impl DnsMetrics {
         let istio = registry.sub_registry_with_prefix("istio");
         istio.register(
             "dns_requests",
-            "DNS requests received by the DNS proxy",
+            "DNS requests received by the DNS proxy (unstable)",
             m.requests.clone(),
         );
         istio.register(
             "dns_upstream_requests",
-            "DNS requests forwarded to an upstream resolver",
+            "DNS requests forwarded to an upstream resolver (unstable)",
             m.upstream_requests.clone(),
         );
         istio.register(
             "dns_upstream_failures",
-            "Forwarded DNS requests that no upstream resolver answered",
+            "Forwarded DNS requests that no upstream resolver answered (unstable)",
             m.upstream_failures.clone(),
         );
-        istio.register(
-            "dns_upstream_request_duration_seconds",
-            "Time an upstream resolver took to answer, in seconds",
+        // Registered with its unit: the family is `…_duration_seconds`, with a `# UNIT` line.
+        istio.register_with_unit(
+            "dns_upstream_request_duration",
+            "Time an upstream resolver took to answer (unstable)",
+            Unit::Seconds,
             m.upstream_duration.clone(),
         );
         m
     }
 }
 
-/// The bounded label value for a query type.
+/// The `request_query_type` label of a query type: its mnemonic in lowercase, `unknown` for a
+/// type hickory has no name for.
 pub fn query_type_label(t: RecordType) -> &'static str {
     match t {
-        RecordType::A => "A",
-        RecordType::AAAA => "AAAA",
-        RecordType::CNAME => "CNAME",
-        RecordType::MX => "MX",
-        RecordType::NS => "NS",
-        RecordType::PTR => "PTR",
-        RecordType::SOA => "SOA",
-        RecordType::SRV => "SRV",
-        RecordType::TXT => "TXT",
-        RecordType::CAA => "CAA",
-        RecordType::HTTPS => "HTTPS",
-        RecordType::SVCB => "SVCB",
-        RecordType::ANY => "ANY",
-        _ => "other",
+        RecordType::A => "a",
+        RecordType::AAAA => "aaaa",
+        RecordType::ANAME => "aname",
+        RecordType::ANY => "any",
+        RecordType::AXFR => "axfr",
+        RecordType::CAA => "caa",
+        RecordType::CDNSKEY => "cdnskey",
+        RecordType::CDS => "cds",
+        RecordType::CERT => "cert",
+        RecordType::CNAME => "cname",
+        RecordType::CSYNC => "csync",
+        RecordType::DNSKEY => "dnskey",
+        RecordType::DS => "ds",
+        RecordType::HINFO => "hinfo",
+        RecordType::HTTPS => "https",
+        RecordType::IXFR => "ixfr",
+        RecordType::KEY => "key",
+        RecordType::MX => "mx",
+        RecordType::NAPTR => "naptr",
+        RecordType::NS => "ns",
+        RecordType::NSEC => "nsec",
+        RecordType::NSEC3 => "nsec3",
+        RecordType::NSEC3PARAM => "nsec3param",
+        RecordType::NULL => "null",
+        RecordType::OPENPGPKEY => "openpgpkey",
+        RecordType::OPT => "opt",
+        RecordType::PTR => "ptr",
+        RecordType::RRSIG => "rrsig",
+        RecordType::SIG => "sig",
+        RecordType::SOA => "soa",
+        RecordType::SRV => "srv",
+        RecordType::SSHFP => "sshfp",
+        RecordType::SVCB => "svcb",
+        RecordType::TLSA => "tlsa",
+        RecordType::TSIG => "tsig",
+        RecordType::TXT => "txt",
+        RecordType::ZERO => "zero",
+        _ => UNKNOWN_QUERY_TYPE,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every type is its hickory mnemonic lowercased, as ztunnel writes it (hickory names
+    /// every unnamed type `Unknown`), so the table cannot drift from hickory's names.
+    #[test]
+    fn query_types_are_hickory_mnemonics_lowercased() {
+        for code in 0..=u16::MAX {
+            let t = RecordType::from(code);
+            let name: &'static str = t.into();
+            assert_eq!(query_type_label(t), name.to_ascii_lowercase(), "{t:?}");
+        }
     }
 }

@@ -24,7 +24,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::forward::{self, Upstreams};
 use super::lookup::{self, Family, HostIndex, IndexCache, Lookup, Zone};
-use super::metrics::{query_type_label, DnsLabels};
+use super::metrics::{query_type_label, DnsLabels, UNKNOWN_QUERY_TYPE};
 use super::Transport;
 use crate::config::DnsListen;
 use crate::dataplane::proxy::{Drains, Proxy};
@@ -275,7 +275,7 @@ impl DnsServer {
         let labels = DnsLabels {
             request_query_type: query
                 .as_ref()
-                .map_or("other", |q| query_type_label(q.query_type())),
+                .map_or(UNKNOWN_QUERY_TYPE, |q| query_type_label(q.query_type())),
             request_protocol: transport.label(),
             source_canonical_service: client
                 .as_ref()
@@ -401,7 +401,7 @@ impl DnsServer {
             src.namespace = &*self.client.namespace,
             protocol = transport.label(),
             query = query.map(|q| q.name().to_ascii()).unwrap_or_default(),
-            qtype = query.map_or("other", |q| query_type_label(q.query_type())),
+            qtype = query.map_or(UNKNOWN_QUERY_TYPE, |q| query_type_label(q.query_type())),
             outcome,
             rcode = rcode.to_str(),
             answers,

@@ -15,7 +15,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use super::metrics::{unknown, Reporter, Series, TrafficLabels};
+use super::metrics::{
+    unknown, workload_label, LocalityLabels, MaybeLocality, Reporter, Series, TrafficLabels,
+};
 use crate::identity::Identity;
 
 /// Direction of a connection relative to the pod.
@@ -71,6 +73,26 @@ impl Peer {
 
     fn cluster(&self) -> Option<Arc<str>> {
         non_empty(&self.described.as_ref()?.cluster_id)
+    }
+
+    /// The `*_workload` label: the described workload's controller name (its pod name when
+    /// it has none), else the pod name known.
+    fn workload_label(&self) -> Option<Arc<str>> {
+        match &self.described {
+            Some(w) => non_empty(workload_label(w)),
+            None => self.workload.clone(),
+        }
+    }
+
+    /// The `*_region` and `*_zone` labels.
+    fn region_zone(&self) -> (Arc<str>, Arc<str>) {
+        let part = |f: fn(&crate::state::model::Locality) -> &Arc<str>| {
+            self.described
+                .as_ref()
+                .and_then(|w| non_empty(f(&w.locality)))
+                .unwrap_or_else(unknown)
+        };
+        (part(|l| &l.region), part(|l| &l.zone))
     }
 }
 
@@ -136,6 +158,9 @@ pub struct AccessLog {
     pub dst: Peer,
     /// The CONNECT `:authority`, for tunnelled connections.
     pub hbone_addr: Option<SocketAddr>,
+    /// A `hostname:port` CONNECT `:authority` (double HBONE through a network gateway);
+    /// logged as `dst.hbone_addr` when there is no address one.
+    pub hbone_authority: Option<Arc<str>>,
     /// Destination service hostname.
     pub service: Option<Arc<str>>,
     started: Instant,
@@ -222,6 +247,7 @@ impl AccessLog {
             src: Peer::default(),
             dst: Peer::default(),
             hbone_addr: None,
+            hbone_authority: None,
             service: None,
             started: Instant::now(),
             live: None,
@@ -273,7 +299,18 @@ impl AccessLog {
         self.live = Some(super::telemetry().register(conn));
     }
 
+    /// Whether the connection went through an HBONE tunnel.
+    fn tunnelled(&self) -> bool {
+        self.hbone_addr.is_some() || self.hbone_authority.is_some()
+    }
+
     /// Istio's traffic labels for this connection.
+    ///
+    /// - `*_workload` is the workload's controller name ([`workload_label`]).
+    /// - `source_principal` is the identity the source proves over mTLS: the peer's on
+    ///   inbound, ours on an outbound tunnel; `unknown` on outbound plain TCP.
+    /// - The locality labels are there only when a source or destination workload is known
+    ///   (described from the mesh state, or the inbound peer's proven identity).
     pub fn labels(&self, failure: Option<&'static str>) -> TrafficLabels {
         let or_unknown = |v: &Option<Arc<str>>| v.clone().unwrap_or_else(unknown);
         let id = |v: &Option<Identity>| {
@@ -281,21 +318,45 @@ impl AccessLog {
                 .map(|i| Arc::from(i.to_string()))
                 .unwrap_or_else(unknown)
         };
-        let mtls =
-            self.src.identity.is_some() && self.dst.identity.is_some() && self.hbone_addr.is_some()
-                || self.direction == Direction::Inbound && self.src.identity.is_some();
+        let mtls = self.src.identity.is_some() && self.dst.identity.is_some() && self.tunnelled()
+            || self.direction == Direction::Inbound && self.src.identity.is_some();
+        let src_proven = match self.direction {
+            Direction::Inbound => self.src.identity.is_some(),
+            Direction::Outbound => self.tunnelled(),
+        };
+        let locality = (self.src.described.is_some()
+            || self.dst.described.is_some()
+            || self.direction == Direction::Inbound && self.src.identity.is_some())
+        .then(|| {
+            let (source_region, source_zone) = self.src.region_zone();
+            let (destination_region, destination_zone) = self.dst.region_zone();
+            LocalityLabels {
+                source_region,
+                source_zone,
+                destination_region,
+                destination_zone,
+            }
+        });
+        let src_name = self.src.canonical_name();
+        let src_revision = self.src.canonical_revision();
+        let dst_name = self.dst.canonical_name();
+        let dst_revision = self.dst.canonical_revision();
         TrafficLabels {
             reporter: match self.direction {
                 Direction::Outbound => Reporter::Source,
                 Direction::Inbound => Reporter::Destination,
             },
-            source_workload: or_unknown(&self.src.workload),
-            source_canonical_service: or_unknown(&self.src.canonical_name()),
-            source_canonical_revision: or_unknown(&self.src.canonical_revision()),
+            source_workload: or_unknown(&self.src.workload_label()),
+            source_canonical_service: or_unknown(&src_name),
+            source_canonical_revision: or_unknown(&src_revision),
             source_workload_namespace: or_unknown(&self.src.namespace),
-            source_principal: id(&self.src.identity),
-            source_app: or_unknown(&self.src.canonical_name()),
-            source_version: or_unknown(&self.src.canonical_revision()),
+            source_principal: if src_proven {
+                id(&self.src.identity)
+            } else {
+                unknown()
+            },
+            source_app: or_unknown(&src_name),
+            source_version: or_unknown(&src_revision),
             source_cluster: or_unknown(&self.src.cluster()),
             destination_service: or_unknown(&self.service),
             destination_service_namespace: if self.service.is_some() {
@@ -308,17 +369,18 @@ impl AccessLog {
                 .as_ref()
                 .and_then(|s| s.split('.').next().map(Arc::from))
                 .unwrap_or_else(unknown),
-            destination_workload: or_unknown(&self.dst.workload),
-            destination_canonical_service: or_unknown(&self.dst.canonical_name()),
-            destination_canonical_revision: or_unknown(&self.dst.canonical_revision()),
+            destination_workload: or_unknown(&self.dst.workload_label()),
+            destination_canonical_service: or_unknown(&dst_name),
+            destination_canonical_revision: or_unknown(&dst_revision),
             destination_workload_namespace: or_unknown(&self.dst.namespace),
             destination_principal: id(&self.dst.identity),
-            destination_app: or_unknown(&self.dst.canonical_name()),
-            destination_version: or_unknown(&self.dst.canonical_revision()),
+            destination_app: or_unknown(&dst_name),
+            destination_version: or_unknown(&dst_revision),
             destination_cluster: or_unknown(&self.dst.cluster()),
             request_protocol: "tcp",
             response_flags: failure.unwrap_or("-"),
             connection_security_policy: if mtls { "mutual_tls" } else { "unknown" },
+            locality: MaybeLocality(locality),
         }
     }
 
@@ -346,7 +408,11 @@ impl AccessLog {
         let duration = format!("{}ms", self.started.elapsed().as_millis());
         let src_addr = self.src.addr.map(tracing::field::display);
         let dst_addr = self.dst.addr.map(tracing::field::display);
-        let hbone_addr = self.hbone_addr.map(tracing::field::display);
+        let hbone_addr = self
+            .hbone_addr
+            .map(|a| a.to_string().into())
+            .or_else(|| self.hbone_authority.clone())
+            .map(tracing::field::display);
         let src_id = self.src.identity.as_ref().map(tracing::field::display);
         let dst_id = self.dst.identity.as_ref().map(tracing::field::display);
         // Two call sites because tracing levels are static per event.
@@ -397,7 +463,9 @@ impl AccessLog {
 
 /// Why a connection failed, as the access log and metrics report it.
 pub trait Failure: Display {
-    /// Istio's `response_flags` label for the failure (`DENY`, `CONNECT`, ...).
+    /// Istio's `response_flags` label for the failure, one of ztunnel's values: `DENY`,
+    /// `CONNECT` (the default), `TLS_FAILURE`, `H2_HANDSHAKE_FAILURE`, `NETWORK_POLICY`,
+    /// `IDENTITY_ERROR`, `CERT_REVOKED`.
     fn response_flag(&self) -> &'static str {
         "CONNECT"
     }

@@ -1,7 +1,13 @@
 //! Prometheus metrics with Istio's names and labels (`istio_tcp_*`, `istio_build`,
 //! `workload_manager_*`, process and runtime gauges).
 //!
-//! Traffic series carry the full Istio label set, built once per connection when it closes.
+//! Traffic series carry the full Istio label set, built once per connection (when it opens,
+//! and again with the failure's flag if it fails).
+//!
+//! HELP texts follow ztunnel's stability split: the families ztunnel calls stable (build,
+//! the four `istio_tcp_*` opened/closed/bytes, `process_*`, `tokio_*`) say nothing about it,
+//! every other Istio family says "(unstable)". ztun's own `ztun_*` families are outside it.
+//!
 //! Cardinality is bounded: series whose workloads left the mesh are removed by
 //! [`Metrics::expire`] (called on every state change), so a churn of short-lived pods does not
 //! grow the scrape forever.
@@ -10,11 +16,13 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelSetEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+
+use crate::state::model::{Strng, Workload};
 
 /// Which proxy of the two reports a series.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -105,6 +113,37 @@ pub struct TrafficLabels {
     pub response_flags: &'static str,
     /// `mutual_tls` or `unknown`.
     pub connection_security_policy: &'static str,
+    /// `source_region`, `source_zone`, `destination_region`, `destination_zone`: present
+    /// only when a workload on either side is known.
+    #[prometheus(flatten)]
+    pub locality: MaybeLocality,
+}
+
+/// The four locality labels of a traffic series; a part not known is `unknown`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct LocalityLabels {
+    /// The source workload's region.
+    pub source_region: Arc<str>,
+    /// The source workload's zone.
+    pub source_zone: Arc<str>,
+    /// The destination workload's region.
+    pub destination_region: Arc<str>,
+    /// The destination workload's zone.
+    pub destination_zone: Arc<str>,
+}
+
+/// The locality labels, or none at all (not even as `unknown`) when neither side's workload
+/// is known.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct MaybeLocality(pub Option<LocalityLabels>);
+
+impl EncodeLabelSet for MaybeLocality {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        match &self.0 {
+            Some(labels) => labels.encode(encoder),
+            None => Ok(()),
+        }
+    }
 }
 
 /// One connection's traffic series, fetched when it opens. Bytes are named as Istio does,
@@ -143,6 +182,25 @@ pub fn unknown() -> Arc<str> {
     UNKNOWN.get_or_init(|| Arc::from("unknown")).clone()
 }
 
+/// `v`, or `unknown` when empty.
+pub fn or_unknown(v: &Strng) -> Arc<str> {
+    if v.is_empty() {
+        unknown()
+    } else {
+        v.clone()
+    }
+}
+
+/// The `*_workload` label value of a workload: its controller's name (the Deployment, as
+/// Istio's dashboards and tests expect), or the pod's name when the control plane sent none.
+pub fn workload_label(w: &Workload) -> &Strng {
+    if w.workload_name.is_empty() {
+        &w.name
+    } else {
+        &w.workload_name
+    }
+}
+
 /// Labels of `ztun_connection_failures_total`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct FailureLabels {
@@ -152,18 +210,47 @@ pub struct FailureLabels {
     pub reason: &'static str,
 }
 
-/// Labels of `istio_on_demand_dns_total`: of Istio's set, the bounded ones (the source's
-/// namespace and canonical names, not its pod) and the hostname resolved.
+/// Labels of `istio_on_demand_dns_total`: the source workload's eight labels, as on the
+/// traffic series, and the hostname resolved. Missing values are `unknown`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct OnDemandDnsLabels {
-    /// Source namespace.
-    pub source_workload_namespace: Arc<str>,
+    /// Source workload (controller) name.
+    pub source_workload: Arc<str>,
     /// Source canonical service.
     pub source_canonical_service: Arc<str>,
     /// Source canonical revision.
     pub source_canonical_revision: Arc<str>,
+    /// Source namespace.
+    pub source_workload_namespace: Arc<str>,
+    /// Source principal: the source workload's SPIFFE identity.
+    pub source_principal: Arc<str>,
+    /// Source app (the canonical service).
+    pub source_app: Arc<str>,
+    /// Source version (the canonical revision).
+    pub source_version: Arc<str>,
+    /// Source cluster.
+    pub source_cluster: Arc<str>,
     /// The hostname of the endpoint resolved.
     pub hostname: Arc<str>,
+}
+
+impl OnDemandDnsLabels {
+    /// The labels of a connection from `src` whose endpoint `hostname` must be resolved.
+    pub fn new(src: &Workload, hostname: Strng) -> Self {
+        OnDemandDnsLabels {
+            source_workload: or_unknown(workload_label(src)),
+            source_canonical_service: or_unknown(&src.canonical_name),
+            source_canonical_revision: or_unknown(&src.canonical_revision),
+            source_workload_namespace: or_unknown(&src.namespace),
+            source_principal: src
+                .identity()
+                .map_or_else(unknown, |i| Arc::from(i.to_string())),
+            source_app: or_unknown(&src.canonical_name),
+            source_version: or_unknown(&src.canonical_revision),
+            source_cluster: or_unknown(&src.cluster_id),
+            hostname: or_unknown(&hostname),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -235,7 +322,7 @@ impl Metrics {
             );
             istio.register(
                 "tcp_connections_failed",
-                "Connections that failed",
+                "Connections that failed (unstable)",
                 connections_failed.clone(),
             );
             istio.register(
@@ -261,7 +348,7 @@ impl Metrics {
             );
             istio.register(
                 "on_demand_dns",
-                "Connections whose endpoint was resolved by hostname",
+                "Connections whose endpoint was resolved by hostname (unstable)",
                 on_demand_dns.clone(),
             );
             let build: Family<BuildLabels, Gauge> = Family::default();
@@ -281,22 +368,22 @@ impl Metrics {
             let wm = registry.sub_registry_with_prefix("workload_manager");
             wm.register(
                 "active_proxy_count",
-                "Pod proxies running",
+                "Pod proxies running (unstable)",
                 active_proxies.clone(),
             );
             wm.register(
                 "pending_proxy_count",
-                "Pod proxies awaiting a retry",
+                "Pod proxies awaiting a retry (unstable)",
                 pending_proxies.clone(),
             );
             wm.register(
                 "proxies_started",
-                "Pod proxies started",
+                "Pod proxies started (unstable)",
                 proxies_started.clone(),
             );
             wm.register(
                 "proxies_stopped",
-                "Pod proxies stopped",
+                "Pod proxies stopped (unstable)",
                 proxies_stopped.clone(),
             );
         }
@@ -429,35 +516,45 @@ pub struct ProcessStats {
     pub alive_tasks: u64,
     /// Tasks in the global queue.
     pub global_queue_depth: u64,
+    /// Per data-plane worker, in worker order: (seconds busy, times parked, times parked or
+    /// unparked).
+    pub per_worker: Vec<(f64, u64, u64)>,
 }
 
 impl ProcessStats {
     /// Reads the process figures and the given runtime's.
     pub fn read(runtime: Option<&tokio::runtime::Handle>) -> Self {
+        // The directory listing holds a descriptor of its own while it is read: not counted.
         let open_fds = std::fs::read_dir("/proc/self/fd")
-            .map(|d| d.count() as u64)
+            .map(|d| (d.count() as u64).saturating_sub(1))
             .unwrap_or(0);
         let max_fds = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
             .map(|(soft, _)| soft)
             .unwrap_or(0);
-        let (workers, alive_tasks, global_queue_depth) = match runtime {
-            Some(h) => {
-                let m = h.metrics();
-                (
-                    m.num_workers() as u64,
-                    m.num_alive_tasks() as u64,
-                    m.global_queue_depth() as u64,
-                )
-            }
-            None => (0, 0, 0),
-        };
-        ProcessStats {
+        let mut stats = ProcessStats {
             open_fds,
             max_fds,
-            workers,
-            alive_tasks,
-            global_queue_depth,
+            ..ProcessStats::default()
+        };
+        if let Some(h) = runtime {
+            let m = h.metrics();
+            stats.workers = m.num_workers() as u64;
+            stats.alive_tasks = m.num_alive_tasks() as u64;
+            stats.global_queue_depth = m.global_queue_depth() as u64;
+            #[cfg(target_has_atomic = "64")]
+            {
+                stats.per_worker = (0..m.num_workers())
+                    .map(|w| {
+                        (
+                            m.worker_total_busy_duration(w).as_secs_f64(),
+                            m.worker_park_count(w),
+                            m.worker_park_unpark_count(w),
+                        )
+                    })
+                    .collect();
+            }
         }
+        stats
     }
 
     fn encode(&self, out: &mut String) {
@@ -484,6 +581,42 @@ impl ProcessStats {
             let _ = write!(
                 out,
                 "# HELP {name} {help}.\n# TYPE {name} gauge\n{name} {v}\n"
+            );
+        }
+        if self.per_worker.is_empty() {
+            return;
+        }
+        let _ = write!(
+            out,
+            "# HELP tokio_worker_total_busy_duration_seconds Time each data-plane worker spent busy.\n\
+             # TYPE tokio_worker_total_busy_duration_seconds counter\n"
+        );
+        for (w, (busy, _, _)) in self.per_worker.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "tokio_worker_total_busy_duration_seconds_total{{worker=\"{w}\"}} {busy}"
+            );
+        }
+        let _ = write!(
+            out,
+            "# HELP tokio_worker_park_count Times each data-plane worker parked.\n\
+             # TYPE tokio_worker_park_count counter\n"
+        );
+        for (w, (_, parks, _)) in self.per_worker.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "tokio_worker_park_count_total{{worker=\"{w}\"}} {parks}"
+            );
+        }
+        let _ = write!(
+            out,
+            "# HELP tokio_worker_park_unpark_count Times each data-plane worker parked or unparked.\n\
+             # TYPE tokio_worker_park_unpark_count counter\n"
+        );
+        for (w, (_, _, n)) in self.per_worker.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "tokio_worker_park_unpark_count_total{{worker=\"{w}\"}} {n}"
             );
         }
     }

@@ -1,5 +1,7 @@
-//! The demo scenario behind `scripts/demo.sh`: a two-node namespace cluster, the built-in
-//! control plane (or a local mesh file), ztun on each node, real traffic, and a report.
+//! The demo scenario behind `scripts/demo.sh`: a namespace cluster of two nodes on one
+//! network and a third on another network behind an east-west gateway, the built-in control
+//! plane (or a local mesh file), ztun on each node, real traffic, and a report. Each flow's
+//! path is read from what the ztuns logged for it, not assumed.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -26,17 +28,18 @@ struct Flow {
     name: &'static str,
     from: &'static str,
     to: String,
-    path: &'static str,
+    path: String,
     bytes: u64,
     result: anyhow::Result<Duration>,
 }
 
 /// Runs the demo, printing as it goes. `ztun` is the binary under demonstration.
 pub fn run(ztun: &Path, source: Source) -> anyhow::Result<()> {
-    println!("== building a two-node cluster out of network namespaces");
+    println!("== building a cluster out of network namespaces: n1, n2 on one network, n3 on net2");
     let lab = Lab::builder("demo")
         .node("n1")
         .node("n2")
+        .node_on("n3", "net2")
         .pod(
             PodSpec::new("web", "n1")
                 .namespace("shop")
@@ -60,12 +63,25 @@ pub fn run(ztun: &Path, source: Source) -> anyhow::Result<()> {
                 .namespace("legacy")
                 .service_account("legacy"),
         )
+        .pod(
+            PodSpec::new("archive", "n3")
+                .namespace("data")
+                .service_account("archive")
+                .captured(true),
+        )
+        .pod(PodSpec::new("ew", "n3").namespace("istio-system"))
+        .expose("ew")
         .build()?;
     for p in lab.pods() {
         let role = if p.captured() {
             "captured by ztun"
         } else {
             "outside the mesh"
+        };
+        let role = if p.name() == "ew" {
+            "net2's east-west gateway"
+        } else {
+            role
         };
         println!(
             "   pod {:<7} {:<12} node {}  ip {:<10} {role}",
@@ -78,7 +94,20 @@ pub fn run(ztun: &Path, source: Source) -> anyhow::Result<()> {
     let ca_dir = lab.dir().join("ca");
     super::certs::write_ca_dir(&ca_dir)?;
     let mesh_path = lab.dir().join("mesh.yaml");
-    MeshFile::from_lab(&lab).write(&mesh_path)?;
+    let base = mesh_of(&lab);
+    base.write(&mesh_path)?;
+    let _archive_echo = lab.pod("archive").spawn_echo_server(5432)?;
+    let gateway = super::eastwest::EastWestGateway::spawn(
+        lab.pod("ew").netns(),
+        15008,
+        &ca_dir,
+        &crate::identity::Identity::new("cluster.local", "istio-system", "istio-eastwestgateway")?,
+        [(
+            format!("{ARCHIVE_HOST}:5432"),
+            vec![SocketAddr::from((lab.pod("archive").ip(), 15008))],
+        )]
+        .into(),
+    )?;
     let db_echo = lab.pod("db").spawn_echo_server(5432)?;
     let worker_echo = lab.pod("worker").spawn_echo_server(8080)?;
     let web_recorder = lab.pod("web").spawn_peer_recorder(8000)?;
@@ -92,14 +121,20 @@ pub fn run(ztun: &Path, source: Source) -> anyhow::Result<()> {
     ];
     // Per-node environment: the control plane issues certificates to a node only for the
     // pods scheduled on it, identified by the node's bearer token.
-    let mut node_env: Vec<(&str, Vec<(String, String)>)> =
-        vec![("n1", env_common.clone()), ("n2", env_common.clone())];
+    let mut node_env: Vec<(&str, Vec<(String, String)>)> = vec![
+        ("n1", env_common.clone()),
+        ("n2", env_common.clone()),
+        ("n3", env_common.clone()),
+    ];
     let _control_plane: Option<Process> = match source {
         Source::ControlPlane => {
             let n1 = lab.node("n1");
             let listen = format!("{}:15012", n1.link_ip());
             let tokens = lab.dir().join("tokens");
-            std::fs::write(&tokens, "demo-token-n1 n1\ndemo-token-n2 n2\n")?;
+            std::fs::write(
+                &tokens,
+                "demo-token-n1 n1\ndemo-token-n2 n2\ndemo-token-n3 n3\n",
+            )?;
             let tokens = tokens.to_string_lossy().into_owned();
             println!("== starting the built-in control plane on {listen} (xDS + CA)");
             let args = [
@@ -169,54 +204,32 @@ pub fn run(ztun: &Path, source: Source) -> anyhow::Result<()> {
     let worker = SocketAddr::from((lab.pod("worker").ip(), worker_echo.port()));
     let web = SocketAddr::from((lab.pod("web").ip(), web_recorder.port()));
     let legacy = SocketAddr::from((lab.pod("legacy").ip(), legacy_echo.port()));
+    let archive = SocketAddr::from((ARCHIVE_VIP, 5432));
     let mib = 1 << 20;
-    flows.push(echo(
-        &lab,
-        "cross-node mTLS",
-        "web",
-        db,
-        "HBONE n1 -> n2",
-        32 * mib,
-    ));
-    flows.push(echo(
-        &lab,
-        "same-node mTLS",
-        "web",
-        worker,
-        "HBONE within n1",
-        32 * mib,
-    ));
-    flows.push(echo(
-        &lab,
-        "worker to db",
-        "worker",
-        db,
-        "HBONE n1 -> n2",
-        8 * mib,
-    ));
-    flows.push(echo(
-        &lab,
-        "into the mesh",
-        "legacy",
-        db,
-        "plaintext -> 15006",
-        mib,
-    ));
-    flows.push(echo(
-        &lab,
-        "out of the mesh",
-        "web",
-        legacy,
-        "passthrough (TCP)",
-        mib,
-    ));
+    let run = Runner { lab: &lab, ztuns: &ztuns };
+    flows.push(run.echo("cross-node mTLS", "web", db, 32 * mib));
+    flows.push(run.echo("same-node mTLS", "web", worker, 32 * mib));
+    flows.push(run.echo("worker to db", "worker", db, 8 * mib));
+    flows.push(run.echo("into the mesh", "legacy", db, mib));
+    flows.push(run.echo("out of the mesh", "web", legacy, mib));
+    flows.push(run.echo("cross-network", "web", archive, 4 * mib));
+    let crossed = gateway.crossings();
+    if let Some(c) = crossed.last() {
+        println!(
+            "   net2's gateway forwarded {} for {} to {}",
+            c.authority,
+            c.client_identity,
+            c.forwarded_to.map_or("nowhere".into(), |a| a.to_string())
+        );
+    }
+    let cursors = run.cursors();
     let started = Instant::now();
     let seen = lab.pod("legacy").peer_seen_by(web);
     flows.push(Flow {
         name: "client IP kept",
         from: "legacy",
         to: web.to_string(),
-        path: "plaintext -> 15006",
+        path: run.observed_path(&cursors),
         bytes: 0,
         result: match seen {
             Ok(addr) if addr.ip() == lab.pod("legacy").ip() => Ok(started.elapsed()),
@@ -233,13 +246,20 @@ pub fn run(ztun: &Path, source: Source) -> anyhow::Result<()> {
             "name": "deny-worker", "namespace": "data", "scope": "Namespace", "action": "Deny",
             "rules": [[[{ "principals": [{ "Exact": "cluster.local/ns/shop/sa/worker" }] }]]],
         });
-        MeshFile::from_lab(&lab).policy(deny).write(&mesh_path)?;
+        base.clone().policy(deny).write(&mesh_path)?;
         let started = Instant::now();
-        // A demo, not a test: poll until both nodes applied the push (bounded).
-        let mut denied = false;
+        // A demo, not a test: poll until both nodes applied the push (bounded). A failure
+        // counts as the policy's only when n2 says it denied worker by that policy.
+        let denial = "denied by policy: deny_matched policy=data/deny-worker";
+        let n2 = ztuns.iter().find(|(n, _)| *n == "n2").map(|(_, p)| p);
+        let mut result = Err(anyhow::anyhow!("still allowed after 20s"));
         while started.elapsed() < Duration::from_secs(20) {
+            let cursor = n2.map_or(0, |p| p.log_cursor());
             if lab.pod("worker").bulk_echo(db, 1024).is_err() {
-                denied = true;
+                result = match n2.map(|p| p.wait_for_log_after(cursor, denial, WAIT)) {
+                    Some(Ok(_)) => Ok(started.elapsed()),
+                    _ => Err(anyhow::anyhow!("refused, but n2 logged no denial by data/deny-worker")),
+                };
                 break;
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -248,23 +268,15 @@ pub fn run(ztun: &Path, source: Source) -> anyhow::Result<()> {
             name: "policy push",
             from: "worker",
             to: db.to_string(),
-            path: "DENY by xDS policy",
-            bytes: 0,
-            result: if denied {
-                Ok(started.elapsed())
+            path: if result.is_ok() {
+                "401 from n2: data/deny-worker".into()
             } else {
-                Err(anyhow::anyhow!("still allowed after 20s"))
+                "-".into()
             },
+            bytes: 0,
+            result,
         });
-        let still_ok = lab.pod("web").bulk_echo(db, 1 << 20).map(|t| t.elapsed);
-        flows.push(Flow {
-            name: "others unaffected",
-            from: "web",
-            to: db.to_string(),
-            path: "HBONE n1 -> n2",
-            bytes: 2 << 20,
-            result: still_ok,
-        });
+        flows.push(run.echo("others unaffected", "web", db, mib));
     }
 
     println!("\n== access log (ztun on each node, target \"access\")");
@@ -285,7 +297,7 @@ pub fn run(ztun: &Path, source: Source) -> anyhow::Result<()> {
 
     println!("\n== summary");
     println!(
-        "{:<18} {:<7} {:<20} {:<20} {:>9} {:>10}  result",
+        "{:<18} {:<7} {:<20} {:<38} {:>9} {:>10}  result",
         "flow", "from", "to", "path", "bytes", "time"
     );
     let mut failed = 0;
@@ -298,7 +310,7 @@ pub fn run(ztun: &Path, source: Source) -> anyhow::Result<()> {
             }
         };
         println!(
-            "{:<18} {:<7} {:<20} {:<20} {:>9} {:>10}  {result}",
+            "{:<18} {:<7} {:<20} {:<38} {:>9} {:>10}  {result}",
             f.name,
             f.from,
             f.to,
@@ -330,22 +342,113 @@ pub fn run(ztun: &Path, source: Source) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn echo(
-    lab: &Lab,
-    name: &'static str,
-    from: &'static str,
-    dst: SocketAddr,
-    path: &'static str,
-    bytes: u64,
-) -> Flow {
-    let result = lab.pod(from).bulk_echo(dst, bytes).map(|t| t.elapsed);
-    Flow {
-        name,
-        from,
-        to: dst.to_string(),
-        path,
-        bytes: bytes * 2,
-        result,
+const ARCHIVE_VIP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 96, 7, 1);
+const ARCHIVE_HOST: &str = "archive.data.svc.cluster.local";
+
+/// The lab's mesh: every pod, and the `archive` service whose only endpoint is on net2,
+/// behind net2's gateway `ew`.
+fn mesh_of(lab: &Lab) -> MeshFile {
+    let gateway = serde_json::json!({
+        "destination": format!("net2/{}", lab.pod("ew").ip()),
+        "hboneMtlsPort": 15008,
+    });
+    let mut mesh = MeshFile::from_lab(lab);
+    // Deployment names: what a source describes itself by (in `baggage`) to a destination on
+    // another network, which sees it arrive from the gateway.
+    for p in lab.pods() {
+        let name = p.name().to_string();
+        mesh = mesh.edit_workload(p.name(), |w| {
+            w.insert("workloadName".into(), name.into());
+        });
+    }
+    mesh.service("archive", "data", ARCHIVE_VIP, &[(5432, 5432)], &["archive"])
+        .edit_workload("archive", |w| {
+            w.insert("networkGateway".into(), gateway);
+        })
+        .edit_workload("ew", |w| {
+            w.insert("serviceAccount".into(), "istio-eastwestgateway".into());
+        })
+}
+
+/// Runs flows and reads their path from the ztuns' access logs.
+struct Runner<'a> {
+    lab: &'a Lab,
+    ztuns: &'a [(&'static str, Process)],
+}
+
+impl Runner<'_> {
+    fn echo(&self, name: &'static str, from: &'static str, dst: SocketAddr, bytes: u64) -> Flow {
+        let cursors = self.cursors();
+        let result = self.lab.pod(from).bulk_echo(dst, bytes).map(|t| t.elapsed);
+        Flow {
+            name,
+            from,
+            to: dst.to_string(),
+            path: self.observed_path(&cursors),
+            bytes: bytes * 2,
+            result,
+        }
+    }
+
+    fn cursors(&self) -> Vec<usize> {
+        self.ztuns.iter().map(|(_, p)| p.log_cursor()).collect()
+    }
+
+    /// What the ztuns logged since `cursors`: the outbound line (tunnel, gateway hop or
+    /// passthrough) and the inbound line (which node, and whether mTLS). Waits (bounded) for
+    /// the lines, which are written when the connection completes.
+    fn observed_path(&self, cursors: &[usize]) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let lines: Vec<(&str, String)> = self
+                .ztuns
+                .iter()
+                .zip(cursors)
+                .flat_map(|((node, p), &c)| {
+                    p.logs()
+                        .into_iter()
+                        .skip(c)
+                        .filter(|l| l.contains("connection complete"))
+                        .map(move |l| (*node, l))
+                })
+                .collect();
+            let field = |l: &str, k: &str| {
+                l.split_whitespace()
+                    .find_map(|kv| kv.strip_prefix(k))
+                    .map(|v| v.trim_matches('"').to_string())
+            };
+            let outbound = lines.iter().find(|(_, l)| l.contains("direction=\"outbound\""));
+            let inbound = lines.iter().find(|(_, l)| l.contains("direction=\"inbound\""));
+            let path = match (outbound, inbound) {
+                (Some((src, o)), Some((dst, i))) => {
+                    let authority = field(o, "dst.hbone_addr=").unwrap_or_default();
+                    let mtls = i.contains("src.identity=spiffe://");
+                    match (authority.parse::<SocketAddr>().is_ok(), authority.is_empty(), mtls) {
+                        (true, _, true) if src == dst => Some(format!("HBONE within {src}")),
+                        (true, _, true) => Some(format!("HBONE {src} -> {dst}")),
+                        (false, false, true) => Some(format!(
+                            "HBONE {src} -> gw {} -> {dst}",
+                            field(o, "dst.addr=").unwrap_or_default()
+                        )),
+                        _ => None,
+                    }
+                }
+                (Some((_, o)), None) if field(o, "dst.hbone_addr=").is_none() => {
+                    Some("passthrough (TCP)".into())
+                }
+                (None, Some((dst, i))) if !i.contains("src.identity=") => {
+                    Some(format!("plaintext -> 15006 on {dst}"))
+                }
+                _ => None,
+            };
+            if let Some(p) = path {
+                return p;
+            }
+            if Instant::now() > deadline {
+                return "not observed".into();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! Writes mesh files in ztunnel's local YAML format (what `LOCAL_XDS_PATH` and
 //! `ztun control-plane --config` read) for a lab's pods, plus services and policies.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::Path;
 
 use serde_json::{json, Map, Value};
@@ -17,7 +17,9 @@ pub struct MeshFile {
 }
 
 impl MeshFile {
-    /// Every pod of the lab as a workload: captured pods speak HBONE, the rest plain TCP.
+    /// Every pod of the lab as a workload: captured pods speak HBONE, the rest plain TCP. Its
+    /// `workloadIps` are all the pod's addresses (both families in a dual-stack lab); its
+    /// `network` is its node's, when the lab has networks.
     pub fn from_lab(lab: &Lab) -> MeshFile {
         let mut m = MeshFile::default();
         for p in lab.pods() {
@@ -26,10 +28,16 @@ impl MeshFile {
                 "name": p.name(),
                 "namespace": p.namespace(),
                 "serviceAccount": p.service_account(),
-                "workloadIps": [p.ip().to_string()],
+                "workloadIps": p.ips().iter().map(IpAddr::to_string).collect::<Vec<_>>(),
                 "protocol": if p.captured() { "HBONE" } else { "TCP" },
                 "node": p.node(),
             }));
+            let network = lab.node(p.node()).network();
+            if !network.is_empty() {
+                if let Some(Value::Object(w)) = m.workloads.last_mut() {
+                    w.insert("network".into(), json!(network));
+                }
+            }
         }
         m
     }
@@ -37,10 +45,23 @@ impl MeshFile {
     /// Adds a service `name.namespace.svc.cluster.local` at `vip` with `ports`
     /// (service port → target port) whose endpoints are the named pods.
     pub fn service(
+        self,
+        name: &str,
+        namespace: &str,
+        vip: impl Into<IpAddr>,
+        ports: &[(u16, u16)],
+        endpoints: &[&str],
+    ) -> MeshFile {
+        self.service_with_vips(name, namespace, &[vip.into()], ports, endpoints)
+    }
+
+    /// Like [`service`](Self::service) with several VIPs, e.g. one per IP family for a
+    /// dual-stack service (set its `ipFamilies` with [`edit_service`](Self::edit_service)).
+    pub fn service_with_vips(
         mut self,
         name: &str,
         namespace: &str,
-        vip: Ipv4Addr,
+        vips: &[IpAddr],
         ports: &[(u16, u16)],
         endpoints: &[&str],
     ) -> MeshFile {
@@ -54,7 +75,7 @@ impl MeshFile {
             "name": name,
             "namespace": namespace,
             "hostname": hostname,
-            "vips": [format!("/{vip}")],
+            "vips": vips.iter().map(|vip| format!("/{vip}")).collect::<Vec<_>>(),
             "ports": port_map,
         }));
         for w in &mut self.workloads {

@@ -6,6 +6,7 @@
 pub mod bench;
 pub mod certs;
 pub mod demo;
+pub mod eastwest;
 pub mod grpc;
 pub mod istioctl;
 pub mod lab;

@@ -438,9 +438,12 @@ impl Revocation {
             return;
         };
         let r = |s: Side| inner.rejections[s.index()].load(Ordering::Relaxed);
+        // No `istio_crl_untracked_connections_total`: every connection is tracked here (the
+        // chain is kept as presented, nothing to parse or fetch that could fail), and
+        // ztunnel shows that family only once it counts one.
         let _ = write!(
             out,
-            "# HELP istio_crl_policy_rejections Handshakes refused and connections closed because a peer certificate is revoked.\n\
+            "# HELP istio_crl_policy_rejections Handshakes refused and connections closed because a peer certificate is revoked (unstable).\n\
              # TYPE istio_crl_policy_rejections counter\n\
              istio_crl_policy_rejections_total{{reporter=\"source\"}} {}\n\
              istio_crl_policy_rejections_total{{reporter=\"destination\"}} {}\n\

@@ -20,13 +20,13 @@ use crate::tls::{peer_identity, WorkloadCert};
 /// Largest header list we accept in CONNECT responses.
 const MAX_HEADER_LIST: u32 = 16 * 1024;
 
-/// An established HBONE connection: the request handle, and the task driving it.
-pub struct Dialed {
+/// An established HBONE connection over `IO` (a TCP socket, or for the inner tunnel of
+/// double HBONE an HTTP/2 stream): the request handle, and the task driving it.
+pub struct Dialed<IO = super::Transport> {
     /// Opens CONNECT streams.
     pub send: SendRequest<Bytes>,
     /// Drives the connection; completes when it closes.
-    pub connection:
-        h2::client::Connection<tokio_rustls::client::TlsStream<super::Transport>, Bytes>,
+    pub connection: h2::client::Connection<tokio_rustls::client::TlsStream<IO>, Bytes>,
     /// The identity the peer proved.
     pub peer: Identity,
     /// The connection's entry in the CRL tracking (`None` without CRL checking).
@@ -46,15 +46,35 @@ pub async fn dial(
         .connect(dst, None)
         .await
         .map_err(|e| Error::ConnectPeer(Arc::new(e)))?;
+    handshake(
+        super::transport(tcp),
+        dst,
+        cert,
+        expected,
+        settings,
+        handshake_timeout,
+    )
+    .await
+}
+
+/// mTLS presenting `cert` over `io` (already connected to `dst`), accepting only a peer
+/// proving one of `expected`, then the HTTP/2 handshake.
+pub async fn handshake<IO>(
+    io: IO,
+    dst: SocketAddr,
+    cert: &WorkloadCert,
+    expected: &[Identity],
+    settings: &H2Settings,
+    handshake_timeout: Duration,
+) -> Result<Dialed<IO>, Error>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let connector = TlsConnector::from(cert.client_config());
     let crl_generation = cert.crl_generation();
     // SNI is disabled in the config; the name only satisfies the API.
     let name = ServerName::IpAddress(dst.ip().into());
-    let tls = match tokio::time::timeout(
-        handshake_timeout,
-        connector.connect(name, super::transport(tcp)),
-    )
-    .await
+    let tls = match tokio::time::timeout(handshake_timeout, connector.connect(name, io)).await
     {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) if is_revoked(&e) => return Err(Error::CertRevoked),

@@ -7,6 +7,7 @@ pub mod client;
 pub mod fair;
 pub mod pool;
 pub mod stream;
+pub mod tunnel;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -144,6 +145,73 @@ pub fn baggage(w: &crate::state::model::Workload) -> String {
     out
 }
 
+/// The peer a `baggage` header (as [`baggage`] writes it) describes, for telemetry only:
+/// a source the state cannot name by its address (it came through a network gateway) is
+/// labelled from the metadata it sent, as ztunnel does. Identity parts come from the proven
+/// `identity`, never from the header; `None` when the header names no workload.
+pub fn workload_from_baggage(
+    identity: &crate::identity::Identity,
+    header: &str,
+) -> Option<crate::state::model::Workload> {
+    use crate::state::model::{
+        HealthStatus, Locality, NetworkMode, TunnelProtocol, Workload,
+    };
+    let mut w = Workload {
+        uid: "".into(),
+        name: "".into(),
+        namespace: identity.namespace().into(),
+        workload_ips: Vec::new(),
+        hostname: "".into(),
+        network: "".into(),
+        protocol: TunnelProtocol::Hbone,
+        trust_domain: identity.trust_domain().into(),
+        service_account: identity.service_account().into(),
+        waypoint: None,
+        network_gateway: None,
+        node: "".into(),
+        canonical_name: "".into(),
+        canonical_revision: "".into(),
+        workload_type: "".into(),
+        workload_name: "".into(),
+        native_tunnel: false,
+        application_tunnel: None,
+        services: Default::default(),
+        authorization_policies: Vec::new(),
+        status: HealthStatus::Healthy,
+        cluster_id: "".into(),
+        locality: Locality::default(),
+        network_mode: NetworkMode::Standard,
+        capacity: 1,
+    };
+    for item in header.split(',') {
+        let Some((k, v)) = item.trim().split_once('=') else {
+            continue;
+        };
+        let (k, v) = (k.trim(), v.trim());
+        if v.is_empty() || v.len() > 253 {
+            continue;
+        }
+        match k {
+            "k8s.cluster.name" => w.cluster_id = v.into(),
+            "k8s.namespace.name" => w.namespace = v.into(),
+            "service.name" => w.canonical_name = v.into(),
+            "service.version" => w.canonical_revision = v.into(),
+            "cloud.region" => w.locality.region = v.into(),
+            "cloud.availability_zone" => w.locality.zone = v.into(),
+            _ => {
+                if let Some(kind) = k.strip_prefix("k8s.").and_then(|r| r.strip_suffix(".name")) {
+                    if !kind.contains('.') {
+                        w.workload_type = kind.into();
+                        w.workload_name = v.into();
+                        w.name = v.into();
+                    }
+                }
+            }
+        }
+    }
+    (!w.workload_name.is_empty()).then_some(w)
+}
+
 /// A fresh W3C `traceparent` value with random trace and parent ids, sampled flag off.
 pub fn traceparent() -> String {
     let trace: u128 = rand::random::<u128>() | 1;
@@ -223,5 +291,26 @@ mod tests {
             (parts[0], parts[1].len(), parts[2].len(), parts[3]),
             ("00", 32, 16, "00")
         );
+    }
+
+    #[test]
+    fn a_source_is_described_from_its_baggage_with_its_proven_identity() {
+        let mut w = crate::dataplane::policy::tests::workload("ns1", "web-7f9", "web-sa", [10, 0, 0, 1]);
+        w.workload_name = "web".into();
+        w.workload_type = "deployment".into();
+        w.canonical_name = "web".into();
+        w.canonical_revision = "v2".into();
+        w.locality.region = "eu".into();
+        let id: crate::identity::Identity = "spiffe://td/ns/ns1/sa/web-sa".parse().unwrap();
+        let d = workload_from_baggage(&id, &baggage(&w)).expect("described");
+        assert_eq!(
+            (&*d.workload_name, &*d.workload_type, &*d.namespace, &*d.canonical_revision),
+            ("web", "deployment", "ns1", "v2")
+        );
+        assert_eq!((&*d.cluster_id, &*d.locality.region), ("Kubernetes", "eu"));
+        // The identity is the proven one, whatever the header says.
+        assert_eq!(d.identity(), Some(id.clone()));
+        assert!(workload_from_baggage(&id, "k8s.namespace.name=x").is_none());
+        assert!(workload_from_baggage(&id, "garbage,,=,k8s.a.b.name=c").is_none());
     }
 }

@@ -57,14 +57,17 @@ pub enum ExplainError {
     #[error("no workload has address {0}")]
     UnknownDestination(IpAddr),
     /// The destination is a service VIP: policies apply per endpoint.
-    #[error("{addr} is the VIP of service {service}; explain one of its endpoints: {endpoints:?}")]
+    #[error("{addr} is the VIP of service {service}; explain one of its endpoints: {endpoints:?}{}", remote_note(remote))]
     ServiceVip {
         /// The address asked about.
         addr: SocketAddr,
         /// The service key.
         service: Strng,
-        /// Its endpoints' addresses, with target ports.
+        /// Its endpoints' addresses on this network, with target ports.
         endpoints: Vec<SocketAddr>,
+        /// Its endpoints on other networks, as `workload (network) via gateway`: reached by
+        /// double HBONE through that gateway; their own node enforces their policies.
+        remote: Vec<String>,
     },
 }
 
@@ -121,7 +124,8 @@ pub fn explain(
             Some(svc) => ExplainError::ServiceVip {
                 addr: dst,
                 service: svc.key().into(),
-                endpoints: endpoints_of(snap, &svc.key(), dst.port()),
+                endpoints: endpoints_of(snap, network, &svc.key(), dst.port()),
+                remote: remote_endpoints_of(snap, network, &svc.key()),
             },
             None => ExplainError::UnknownDestination(dst_ip),
         });
@@ -203,12 +207,13 @@ fn workload_with_identity(snap: &Snapshot, network: &str, id: &Identity) -> Opti
         .min()
 }
 
-fn endpoints_of(snap: &Snapshot, key: &str, svc_port: u16) -> Vec<SocketAddr> {
+fn endpoints_of(snap: &Snapshot, network: &str, key: &str, svc_port: u16) -> Vec<SocketAddr> {
     let target = snap
         .service(key)
         .and_then(|s| s.ports.get(&svc_port).copied());
     snap.endpoints(key)
         .iter()
+        .filter(|w| *w.network == *network)
         .filter_map(|w: &Arc<Workload>| {
             let port = w
                 .services
@@ -219,4 +224,29 @@ fn endpoints_of(snap: &Snapshot, key: &str, svc_port: u16) -> Vec<SocketAddr> {
             Some(SocketAddr::new(*w.workload_ips.first()?, port))
         })
         .collect()
+}
+
+/// The service's endpoints on networks other than `network`, with the gateway hop.
+fn remote_endpoints_of(snap: &Snapshot, network: &str, key: &str) -> Vec<String> {
+    use crate::state::model::GatewayDestination;
+    snap.endpoints(key)
+        .iter()
+        .filter(|w| *w.network != *network)
+        .map(|w| {
+            let via = match w.network_gateway.as_ref().map(|g| (&g.destination, g.hbone_mtls_port)) {
+                Some((GatewayDestination::Address(a), port)) => format!("{}:{port}", a.address),
+                Some((GatewayDestination::Hostname(h), port)) => format!("{}:{port}", h.hostname),
+                None => "no gateway: never used".into(),
+            };
+            format!("{}/{} ({}) via {via}", w.namespace, w.name, w.network)
+        })
+        .collect()
+}
+
+fn remote_note(remote: &[String]) -> String {
+    if remote.is_empty() {
+        String::new()
+    } else {
+        format!("; on other networks, through their gateway: {remote:?}")
+    }
 }

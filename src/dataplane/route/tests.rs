@@ -831,3 +831,161 @@ fn port_maps_are_per_service() {
     assert_eq!(hbone(&route(&snap, "10.96.0.1:80")).1, "10.0.2.11:1111");
     assert_eq!(hbone(&route(&snap, "10.96.0.2:80")).1, "10.0.2.11:2222");
 }
+
+/// Multi-network (compat.md §1.5): an endpoint on another network is reached by double HBONE
+/// through its network gateway (by address or by hostname), never directly; one without a
+/// gateway is never chosen; FAILOVER led by `Network` keeps traffic local while a local
+/// endpoint is usable.
+mod multi_network {
+    use super::*;
+
+    const GW_IP: [u8; 4] = [172, 31, 2, 10];
+
+    fn gateway_workload() -> Workload {
+        let mut g = mesh_workload("istio-system", "ew-gw", "istio-eastwestgateway", GW_IP);
+        g.network = "net2".into();
+        g.protocol = TunnelProtocol::Tcp;
+        g
+    }
+
+    fn remote(name: &str, ip: [u8; 4], gw: Option<GatewayDestination>) -> Workload {
+        let mut r = w(name, ip);
+        r.network = "net2".into();
+        r.network_gateway = gw.map(|destination| GatewayAddress {
+            destination,
+            hbone_mtls_port: 15443,
+        });
+        r
+    }
+
+    fn by_address() -> GatewayDestination {
+        GatewayDestination::Address(NetworkAddress {
+            network: "net2".into(),
+            address: IpAddr::from(GW_IP),
+        })
+    }
+
+    fn double(r: &Route) -> (String, String, String, Vec<String>, Vec<String>) {
+        match r {
+            Route::DoubleHbone {
+                gateway,
+                gateway_identities,
+                authority,
+                identities,
+                workload,
+                ..
+            } => (
+                gateway.to_string(),
+                authority.to_string(),
+                workload.name.to_string(),
+                gateway_identities.iter().map(ToString::to_string).collect(),
+                identities.iter().map(ToString::to_string).collect(),
+            ),
+            other => panic!("expected double HBONE, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn remote_endpoints_go_through_their_gateway() {
+        let web = svc("web", [10, 96, 0, 1], &[(80, 8080)]);
+        let far = member(remote("far", [10, 0, 9, 11], Some(by_address())), &web, &[]);
+        let snap = World::new()
+            .with(gateway_workload())
+            .with(far)
+            .service(web.clone())
+            .build();
+        let (gw, authority, name, gw_ids, ids) = double(&route(&snap, "10.96.0.1:80"));
+        assert_eq!(gw, "172.31.2.10:15443");
+        assert_eq!(authority, "web.default.svc.cluster.local:80");
+        assert_eq!(name, "far");
+        assert_eq!(
+            gw_ids,
+            ["spiffe://cluster.local/ns/istio-system/sa/istio-eastwestgateway"]
+        );
+        assert_eq!(ids, ["spiffe://cluster.local/ns/default/sa/far"]);
+        // Addressed by its own IP, a remote pod is not in this network's view: passthrough
+        // to an unknown address, never HBONE to it directly.
+        assert_eq!(tcp(&route(&snap, "10.0.9.11:8080")), ("10.0.9.11:8080".into(), None));
+    }
+
+    #[test]
+    fn a_gateway_by_hostname_is_an_endpoint_of_that_service() {
+        let web = svc("web", [10, 96, 0, 1], &[(80, 8080)]);
+        let mut gw_svc = svc("ew-gw", [10, 96, 9, 9], &[(15443, 15008)]);
+        gw_svc.namespace = "istio-system".into();
+        gw_svc.hostname = "ew-gw.istio-system.svc.cluster.local".into();
+        gw_svc.vips[0].network = "net2".into();
+        let gw = member(gateway_workload(), &gw_svc, &[]);
+        let host = GatewayDestination::Hostname(NamespacedHostname {
+            namespace: "istio-system".into(),
+            hostname: gw_svc.hostname.clone(),
+        });
+        // Only remote endpoints, one of them without a network address at all.
+        let mut far = member(remote("far", [10, 0, 9, 11], Some(host)), &web, &[]);
+        far.workload_ips.clear();
+        let snap = World::new()
+            .with(gw)
+            .with(far)
+            .service(web)
+            .service(gw_svc)
+            .build();
+        let (gw, authority, name, ..) = double(&route(&snap, "10.96.0.1:80"));
+        assert_eq!(gw, "172.31.2.10:15008", "the gateway service's target port");
+        assert_eq!(authority, "web.default.svc.cluster.local:80");
+        assert_eq!(name, "far");
+    }
+
+    #[test]
+    fn no_gateway_no_route_and_a_missing_gateway_is_refused() {
+        let web = svc("web", [10, 96, 0, 1], &[(80, 8080)]);
+        let stranded = member(remote("stranded", [10, 0, 9, 11], None), &web, &[]);
+        let snap = World::new().with(stranded).service(web.clone()).build();
+        assert_eq!(
+            refused(&route(&snap, "10.96.0.1:80")),
+            RefuseReason::NoHealthyUpstream
+        );
+        // A gateway the state does not know: refused with its own reason.
+        let lost = member(remote("lost", [10, 0, 9, 12], Some(by_address())), &web, &[]);
+        let snap = World::new().with(lost).service(web).build();
+        assert_eq!(
+            refused(&route(&snap, "10.96.0.1:80")),
+            RefuseReason::UnknownNetworkGateway
+        );
+    }
+
+    #[test]
+    fn failover_led_by_network_prefers_local_endpoints() {
+        let mut web = svc("web", [10, 96, 0, 1], &[(80, 8080)]);
+        web.load_balancer = Some(LoadBalancer {
+            routing_preferences: vec![LoadBalancerScope::Network, LoadBalancerScope::Region],
+            mode: LoadBalancerMode::Failover,
+            health_policy: HealthPolicy::OnlyHealthy,
+        });
+        let mut far = remote("far", [10, 0, 9, 11], Some(by_address()));
+        far.locality.region = "r1".into();
+        let far = member(far, &web, &[]);
+        // The local endpoint is in another region than the client, the remote one in the
+        // same: network still wins.
+        let mut near = w("near", [10, 0, 2, 11]);
+        near.locality.region = "r2".into();
+        let near = member(near, &web, &[]);
+        let mut src = client();
+        src.locality.region = "r1".into();
+        let world = || {
+            World::new()
+                .with(gateway_workload())
+                .with(far.clone())
+                .service(web.clone())
+        };
+        let snap = world().with(near.clone()).build();
+        for _ in 0..20 {
+            let r = route_from(&snap, &src, "10.96.0.1:80");
+            assert_eq!(hbone(&r).2, "near", "{r:?}");
+        }
+        // Local endpoint unhealthy: fail over to the remote network.
+        let mut sick = near;
+        sick.status = HealthStatus::Unhealthy;
+        let snap = world().with(sick).build();
+        assert_eq!(double(&route_from(&snap, &src, "10.96.0.1:80")).2, "far");
+    }
+}

@@ -1,7 +1,7 @@
 //! Packet captures with `tcpdump` inside a namespace, and a minimal pcap reader: enough to
 //! assert that a plaintext marker never crossed a link and which TCP ports were used.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -81,13 +81,13 @@ pub struct Pcap {
     bytes: Vec<u8>,
 }
 
-/// One TCP segment seen in a capture (IPv4 only).
+/// One TCP segment seen in a capture (IPv4, or IPv6 without extension headers).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TcpSegment {
     /// Source address and port.
-    pub src: SocketAddrV4,
+    pub src: SocketAddr,
     /// Destination address and port.
-    pub dst: SocketAddrV4,
+    pub dst: SocketAddr,
     /// TCP payload length as it was on the wire.
     pub payload_len: usize,
 }
@@ -150,7 +150,7 @@ impl Pcap {
         Ok((link_type, frames))
     }
 
-    /// Every IPv4 TCP segment in the capture.
+    /// Every TCP segment in the capture, over IPv4 or IPv6.
     pub fn tcp_segments(&self) -> anyhow::Result<Vec<TcpSegment>> {
         let (link_type, frames) = self.frames()?;
         Ok(frames
@@ -168,37 +168,56 @@ impl Pcap {
     }
 }
 
-/// Extracts the IPv4/TCP header facts of one frame, if it is IPv4 TCP.
+/// Extracts the IP/TCP header facts of one frame, if it is TCP over IPv4 or over IPv6 (with
+/// TCP as the first next header).
 fn parse_tcp(link_type: u32, frame: &[u8]) -> Option<TcpSegment> {
+    const IPV4: [u8; 2] = [0x08, 0x00];
+    const IPV6: [u8; 2] = [0x86, 0xdd];
+    let is_ip = |ethertype: &[u8]| ethertype == IPV4 || ethertype == IPV6;
     let ip = match link_type {
         // Ethernet, possibly with one 802.1Q tag.
-        1 => match u16::from_be_bytes([*frame.get(12)?, *frame.get(13)?]) {
-            0x0800 => frame.get(14..)?,
-            0x8100 if frame.get(16..18)? == [0x08, 0x00] => frame.get(18..)?,
+        1 => match frame.get(12..14)? {
+            t if is_ip(t) => frame.get(14..)?,
+            [0x81, 0x00] if is_ip(frame.get(16..18)?) => frame.get(18..)?,
             _ => return None,
         },
         // Linux cooked capture v1 and v2.
-        113 if frame.get(14..16)? == [0x08, 0x00] => frame.get(16..)?,
-        276 if frame.get(0..2)? == [0x08, 0x00] => frame.get(20..)?,
+        113 if is_ip(frame.get(14..16)?) => frame.get(16..)?,
+        276 if is_ip(frame.get(0..2)?) => frame.get(20..)?,
         // Raw IP.
         101 | 12 => frame,
         _ => return None,
     };
-    if ip.first()? >> 4 != 4 || *ip.get(9)? != 6 {
-        return None;
-    }
-    let ihl = usize::from(ip[0] & 0x0f) * 4;
-    let total = usize::from(u16::from_be_bytes([*ip.get(2)?, *ip.get(3)?]));
-    let src_ip = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
-    let dst_ip = Ipv4Addr::new(*ip.get(16)?, ip[17], ip[18], ip[19]);
-    let tcp = ip.get(ihl..)?;
+    // (source IP, destination IP, header length, IP payload length incl. TCP header)
+    let (src_ip, dst_ip, header, ip_payload) = match ip.first()? >> 4 {
+        4 if *ip.get(9)? == 6 => {
+            let ihl = usize::from(ip[0] & 0x0f) * 4;
+            let total = usize::from(u16::from_be_bytes([*ip.get(2)?, *ip.get(3)?]));
+            let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+            let dst = Ipv4Addr::new(*ip.get(16)?, ip[17], ip[18], ip[19]);
+            (src.into(), dst.into(), ihl, total.saturating_sub(ihl))
+        }
+        6 if *ip.get(6)? == 6 => {
+            let payload = usize::from(u16::from_be_bytes([*ip.get(4)?, *ip.get(5)?]));
+            let src: [u8; 16] = ip.get(8..24)?.try_into().ok()?;
+            let dst: [u8; 16] = ip.get(24..40)?.try_into().ok()?;
+            (
+                Ipv6Addr::from(src).into(),
+                Ipv6Addr::from(dst).into(),
+                40,
+                payload,
+            )
+        }
+        _ => return None,
+    };
+    let tcp = ip.get(header..)?;
     let src_port = u16::from_be_bytes([*tcp.first()?, *tcp.get(1)?]);
     let dst_port = u16::from_be_bytes([*tcp.get(2)?, *tcp.get(3)?]);
     let tcp_header = usize::from(tcp.get(12)? >> 4) * 4;
     Some(TcpSegment {
-        src: SocketAddrV4::new(src_ip, src_port),
-        dst: SocketAddrV4::new(dst_ip, dst_port),
-        payload_len: total.saturating_sub(ihl + tcp_header),
+        src: SocketAddr::new(src_ip, src_port),
+        dst: SocketAddr::new(dst_ip, dst_port),
+        payload_len: ip_payload.saturating_sub(tcp_header),
     })
 }
 
@@ -209,11 +228,24 @@ mod tests {
     /// A little-endian pcap with one Ethernet/IPv4/TCP frame 10.0.1.11:40000 → 10.0.2.11:15008
     /// carrying 4 payload bytes.
     fn sample() -> Vec<u8> {
-        let mut frame = vec![0u8; 12];
-        frame.extend_from_slice(&[0x08, 0x00]);
-        let mut ip = vec![
+        let ip = vec![
             0x45, 0, 0, 44, 0, 0, 0, 0, 64, 6, 0, 0, 10, 0, 1, 11, 10, 0, 2, 11,
         ];
+        pcap_of([0x08, 0x00], ip)
+    }
+
+    /// The same segment over IPv6, fd00:0:1::11 → fd00:0:2::11.
+    fn sample_v6() -> Vec<u8> {
+        let mut ip = vec![0x60, 0, 0, 0, 0, 24, 6, 64];
+        ip.extend_from_slice(&"fd00:0:1::11".parse::<Ipv6Addr>().unwrap().octets());
+        ip.extend_from_slice(&"fd00:0:2::11".parse::<Ipv6Addr>().unwrap().octets());
+        pcap_of([0x86, 0xdd], ip)
+    }
+
+    /// A pcap of one Ethernet frame: `ip` header, a TCP header 40000 → 15008, `ABCD`.
+    fn pcap_of(ethertype: [u8; 2], mut ip: Vec<u8>) -> Vec<u8> {
+        let mut frame = vec![0u8; 12];
+        frame.extend_from_slice(&ethertype);
         let mut tcp = vec![0u8; 20];
         tcp[0..2].copy_from_slice(&40000u16.to_be_bytes());
         tcp[2..4].copy_from_slice(&15008u16.to_be_bytes());
@@ -251,6 +283,19 @@ mod tests {
         assert!(!pcap.saw_tcp_port(15001).unwrap());
         assert!(pcap.contains(b"ABCD"));
         assert!(!pcap.contains(b"ABCE"));
+    }
+
+    #[test]
+    fn reads_ipv6_tcp_segments() {
+        let segments = Pcap::from_bytes(sample_v6()).tcp_segments().unwrap();
+        assert_eq!(
+            segments,
+            vec![TcpSegment {
+                src: "[fd00:0:1::11]:40000".parse().unwrap(),
+                dst: "[fd00:0:2::11]:15008".parse().unwrap(),
+                payload_len: 4,
+            }]
+        );
     }
 
     #[test]

@@ -8,8 +8,13 @@
 //! - pod `j` on node `k`: netns `<prefix><pod>`, `eth0` with 10.0.k.(10+j)/32, an on-link
 //!   route to 10.0.k.1 and a default route via it; the node side of the veth (`veth<10+j>`)
 //!   holds 10.0.k.1/32 and a /32 route to the pod.
+//!
+//! With [`LabBuilder::ip_families`] a lab is dual-stack or IPv6-only instead: node links get
+//! fd00:30::k/64 and routes to fd00:0:m::/64, pods fd00:0:k::(10+j)/128 with fd00:0:k::1 as
+//! gateway, IPv6 forwarding is on and captured pods get istio-cni's IPv6 rules as well (the
+//! plan is in `addressing.rs`).
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::ops::Deref;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -20,6 +25,7 @@ use std::sync::Weak;
 use anyhow::{bail, Context as _};
 use parking_lot::Mutex;
 
+use super::addressing::{self, IpFamilies, PodAddrs};
 use super::capture::Capture;
 use super::cni::TestCni;
 use super::netns::{self, Netns};
@@ -47,7 +53,12 @@ const POD_SYSCTLS: &[(&str, &str)] = &[
 #[must_use]
 pub struct LabBuilder {
     test_name: String,
+    ip_families: IpFamilies,
     nodes: Vec<String>,
+    /// Node → network (absent: the default network, "").
+    networks: std::collections::HashMap<String, String>,
+    /// Pods reachable from every network (east-west gateways).
+    exposed: Vec<String>,
     pods: Vec<PodSpec>,
 }
 
@@ -55,6 +66,7 @@ pub struct LabBuilder {
 /// namespaces), deletes its namespaces and removes its temp dir — also when a test panics.
 pub struct Lab {
     test_name: String,
+    ip_families: IpFamilies,
     prefix: String,
     dir: PathBuf,
     /// Namespaces in creation order; deleted in reverse.
@@ -69,7 +81,10 @@ pub struct Lab {
 #[derive(Debug)]
 pub struct Node {
     name: String,
+    /// Network name ("" for the default network).
+    network: String,
     index: u8,
+    ip_families: IpFamilies,
     netns: Netns,
     dir: PathBuf,
     cni: TestCni,
@@ -80,7 +95,10 @@ impl Lab {
     pub fn builder(test_name: &str) -> LabBuilder {
         LabBuilder {
             test_name: test_name.to_string(),
+            ip_families: IpFamilies::default(),
             nodes: Vec::new(),
+            networks: Default::default(),
+            exposed: Vec::new(),
             pods: Vec::new(),
         }
     }
@@ -88,6 +106,11 @@ impl Lab {
     /// The test name given to the builder.
     pub fn test_name(&self) -> &str {
         &self.test_name
+    }
+
+    /// The IP families of the lab's node links and pods.
+    pub fn ip_families(&self) -> IpFamilies {
+        self.ip_families
     }
 
     /// The unique `ztl-<random>-` prefix of every namespace of this lab.
@@ -155,6 +178,7 @@ impl Lab {
         let mut vars = vec![
             ("INPOD_UDS", socket.as_str()),
             ("NODE_NAME", node.name.as_str()),
+            ("NETWORK", node.network.as_str()),
             ("RUST_LOG", "info,ztun=debug"),
             ("XDS_ADDRESS", ""),
         ];
@@ -253,9 +277,31 @@ impl std::fmt::Debug for Lab {
 }
 
 impl LabBuilder {
+    /// Which IP families node links and pods get (default [`IpFamilies::V4Only`]); with
+    /// IPv6, captured pods also get istio-cni's IPv6 capture rules.
+    pub fn ip_families(mut self, families: IpFamilies) -> LabBuilder {
+        self.ip_families = families;
+        self
+    }
+
     /// Adds a node (its number is its position among nodes, from 1).
     pub fn node(mut self, name: &str) -> LabBuilder {
         self.nodes.push(name.to_string());
+        self
+    }
+
+    /// Adds a node on `network`: nodes route pod traffic only to the nodes of their own
+    /// network (all share the link, as networks behind one firewall would), and their ztun
+    /// runs with `NETWORK=<network>`.
+    pub fn node_on(mut self, name: &str, network: &str) -> LabBuilder {
+        self.networks.insert(name.to_string(), network.to_string());
+        self.node(name)
+    }
+
+    /// Makes pod `name` reachable from every network (a host route to it on every node of
+    /// the other networks): an east-west gateway.
+    pub fn expose(mut self, name: &str) -> LabBuilder {
+        self.exposed.push(name.to_string());
         self
     }
 
@@ -288,6 +334,7 @@ impl LabBuilder {
         std::fs::write(dir.join("test-name"), &self.test_name)?;
         let mut lab = Lab {
             test_name: self.test_name.clone(),
+            ip_families: self.ip_families,
             prefix,
             dir,
             created: Vec::new(),
@@ -325,26 +372,26 @@ impl LabBuilder {
     }
 
     fn build_into(self, lab: &mut Lab) -> anyhow::Result<()> {
-        let count = self.nodes.len();
+        let count = u8::try_from(self.nodes.len()).expect("at most 250 nodes");
+        let families = self.ip_families;
         let mut node_netns = Vec::new();
         for name in &self.nodes {
             let netns = lab.create_netns(name)?;
             netns.set_sysctls(NODE_SYSCTLS)?;
+            if families.has_v6() {
+                netns.set_sysctls(addressing::NODE_SYSCTLS_V6)?;
+            }
             node_netns.push(netns);
         }
         wire_nodes(lab, &node_netns)?;
-        for (k, netns) in node_netns.iter().enumerate() {
-            let k = k + 1;
-            let mut lines = vec![
-                format!("addr add 172.30.0.{k}/24 dev {NODE_LINK}"),
-                format!("link set {NODE_LINK} up"),
-            ];
-            lines.extend(
-                (1..=count)
-                    .filter(|&m| m != k)
-                    .map(|m| format!("route add 10.0.{m}.0/24 via 172.30.0.{m} dev {NODE_LINK}")),
-            );
-            netns.ip_batch(&lines)?;
+        let network_of = |name: &str| self.networks.get(name).cloned().unwrap_or_default();
+        for (k, (name, netns)) in (1..).zip(self.nodes.iter().zip(&node_netns)) {
+            let peers: Vec<u8> = (1..=count)
+                .zip(&self.nodes)
+                .filter(|(_, other)| network_of(other) == network_of(name))
+                .map(|(m, _)| m)
+                .collect();
+            netns.ip_batch(&addressing::node_link_commands(families, k, &peers))?;
         }
         for (k, (name, netns)) in self.nodes.iter().zip(node_netns).enumerate() {
             let dir = lab.dir.join(name);
@@ -352,8 +399,10 @@ impl LabBuilder {
             let cni = TestCni::start(dir.join("ztunnel.sock"))?;
             let index = u8::try_from(k + 1).expect("at most 250 nodes");
             lab.nodes.push(Node {
+                network: network_of(name),
                 name: name.clone(),
                 index,
+                ip_families: families,
                 netns,
                 dir,
                 cni,
@@ -365,6 +414,26 @@ impl LabBuilder {
                 lab.node(&pod.spec.node).cni.enroll(&pod.info());
             }
             lab.pods.push(pod);
+        }
+        // An exposed pod is reachable from the other networks' nodes (a host route to it),
+        // and its own node routes its replies back to them (from its address only).
+        const EXPOSED_TABLE: u32 = 201;
+        for exposed in &self.exposed {
+            let pod = lab.pod(exposed);
+            let home = lab.node(&pod.spec.node);
+            let via = home.link_ip();
+            let (ip, network) = (pod.ip(), home.network.clone());
+            let mut back = vec![format!("rule add from {ip}/32 table {EXPOSED_TABLE}")];
+            for node in lab.nodes.iter().filter(|n| n.network != network) {
+                node.netns
+                    .ip_batch(&[format!("route add {ip}/32 via {via} dev {NODE_LINK}")])?;
+                let (net, len) = addressing::pod_cidr_v4(node.index);
+                back.push(format!(
+                    "route add {net}/{len} via {} dev {NODE_LINK} table {EXPOSED_TABLE}",
+                    node.link_ip()
+                ));
+            }
+            home.netns.ip_batch(&back)?;
         }
         Ok(())
     }
@@ -419,31 +488,36 @@ fn create_pod(lab: &mut Lab, spec: PodSpec) -> anyhow::Result<Pod> {
         .ok()
         .filter(|h| *h < 255)
         .context("too many pods on one node")?;
-    let ip = Ipv4Addr::new(10, 0, k, host);
-    let gateway = Ipv4Addr::new(10, 0, k, 1);
+    let families = lab.ip_families;
+    let addrs = PodAddrs::new(families, k, host);
     let netns = lab.create_netns(&spec.name)?;
     netns.set_sysctls(POD_SYSCTLS)?;
+    if families.has_v6() {
+        netns.set_sysctls(addressing::POD_SYSCTLS_V6)?;
+    }
     let veth = format!("veth{host}");
-    node_netns.ip_batch(&[
+    let mut node_side = vec![
         format!(
             "link add {veth} type veth peer name eth0 netns {}",
             netns.name()
         ),
         format!("link set {veth} up"),
-        format!("addr add {gateway}/32 dev {veth}"),
-        format!("route add {ip}/32 dev {veth} scope link"),
-    ])?;
-    netns.ip_batch(&[
-        format!("addr add {ip}/32 dev eth0"),
-        "link set eth0 up".to_string(),
-        format!("route add {gateway} dev eth0 scope link"),
-        format!("route add default via {gateway} dev eth0"),
-    ])?;
+    ];
+    node_side.extend(addrs.node_side(k, &veth));
+    node_netns.ip_batch(&node_side)?;
+    let mut pod_side = vec!["link set eth0 up".to_string()];
+    pod_side.extend(addrs.pod_side(k));
+    netns.ip_batch(&pod_side)?;
     if spec.captured {
-        redirect::apply(&netns, spec.capture_mode)
-            .with_context(|| format!("install capture rules in pod {}", spec.name))?;
+        // istio-cni always installs its IPv4 rules, and its IPv6 rules when IPv6 is enabled.
+        let v6 = families.has_v6().then_some(redirect::IpFamily::V6);
+        for family in std::iter::once(redirect::IpFamily::V4).chain(v6) {
+            redirect::apply(&netns, spec.capture_mode, family).with_context(|| {
+                format!("install {family:?} capture rules in pod {}", spec.name)
+            })?;
+        }
     }
-    Ok(Pod::new(spec, ip, netns))
+    Ok(Pod::new(spec, addrs, netns))
 }
 
 impl Node {
@@ -462,9 +536,31 @@ impl Node {
         &self.netns
     }
 
-    /// The node's address on the inter-node link, 172.30.0.k.
+    /// The node's network (`""`: the default one).
+    pub fn network(&self) -> &str {
+        &self.network
+    }
+
+    /// The node's IPv4 address on the inter-node link, 172.30.0.k. Panics in an
+    /// [`IpFamilies::V6Only`] lab, whose links have none.
     pub fn link_ip(&self) -> Ipv4Addr {
-        Ipv4Addr::new(172, 30, 0, self.index)
+        assert!(
+            self.ip_families.has_v4(),
+            "node {} has no IPv4 link address (IPv6-only lab): use link_ip6()",
+            self.name
+        );
+        addressing::node_link_v4(self.index)
+    }
+
+    /// The node's IPv6 address on the inter-node link, fd00:30::k. Panics in an
+    /// [`IpFamilies::V4Only`] lab, whose links have none.
+    pub fn link_ip6(&self) -> Ipv6Addr {
+        assert!(
+            self.ip_families.has_v6(),
+            "node {} has no IPv6 link address (IPv4-only lab)",
+            self.name
+        );
+        addressing::node_link_v6(self.index)
     }
 
     /// The inter-node link interface inside the node's namespace (for tcpdump).
@@ -472,9 +568,14 @@ impl Node {
         NODE_LINK
     }
 
-    /// The node's pod CIDR, 10.0.k.0/24, as (network address, prefix length).
+    /// The node's IPv4 pod CIDR, 10.0.k.0/24, as (network address, prefix length).
     pub fn pod_cidr(&self) -> (Ipv4Addr, u8) {
-        (Ipv4Addr::new(10, 0, self.index, 0), 24)
+        addressing::pod_cidr_v4(self.index)
+    }
+
+    /// The node's IPv6 pod CIDR, fd00:0:k::/64, as (network address, prefix length).
+    pub fn pod_cidr6(&self) -> (Ipv6Addr, u8) {
+        addressing::pod_cidr_v6(self.index)
     }
 
     /// The node's private dir in the lab dir (ztun's working directory).

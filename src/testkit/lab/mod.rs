@@ -22,9 +22,11 @@
 //! lab removes all it created when dropped, and [`cleanup_stale`] removes what a killed test
 //! run left behind.
 //!
-//! Needs root, `ip` (iproute2), `iptables-restore` (for captured pods) and `tcpdump` (for
-//! captures). Imports nothing from ztun but the ZDS protocol messages.
+//! Needs root, `ip` (iproute2), `iptables-restore` (for captured pods; `ip6tables-restore`
+//! too in labs with IPv6) and `tcpdump` (for captures). Imports nothing from ztun but the ZDS
+//! protocol messages.
 
+mod addressing;
 mod capture;
 mod cluster;
 mod cni;
@@ -34,13 +36,14 @@ mod process;
 mod redirect;
 mod traffic;
 
+pub use addressing::IpFamilies;
 pub use capture::{Capture, Pcap, TcpSegment};
 pub use cluster::{Lab, LabBuilder, Node, LAB_PREFIX, NODE_LINK};
 pub use cni::{Ack, AckRecord, PodInfo, TestCni, ACK_DEADLINE};
 pub use netns::{run_cmd, Netns, NetnsTask, NETNS_DIR};
 pub use pod::{Pod, PodSpec};
 pub use process::{Process, ZtunProcess};
-pub use redirect::{rules as capture_rules, CaptureMode};
+pub use redirect::{rules as capture_rules, CaptureMode, IpFamily};
 pub use traffic::{
     bulk_echo, bulk_echo_over, connect, echo_server, peer_seen_by, Server, Transfer,
     CONNECT_TIMEOUT, TRAFFIC_DEADLINE,

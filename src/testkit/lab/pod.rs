@@ -1,8 +1,9 @@
 //! Pods of the lab: what a test asks for ([`PodSpec`]) and what it gets ([`Pod`]).
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::ops::Deref;
 
+use super::addressing::PodAddrs;
 use super::cni::PodInfo;
 use super::netns::Netns;
 use super::redirect::CaptureMode;
@@ -20,23 +21,24 @@ pub struct PodSpec {
     pub(super) capture_mode: CaptureMode,
 }
 
-/// A lab pod: a namespace with one IPv4 address. Dereferences to its [`Netns`], so
-/// `pod.run(..)`, `pod.spawn_echo_server(..)`, `pod.bulk_echo(..)` run inside the pod.
+/// A lab pod: a namespace with an IPv4 address, an IPv6 address, or both, depending on the
+/// lab's [`IpFamilies`](super::IpFamilies). Dereferences to its [`Netns`], so `pod.run(..)`,
+/// `pod.spawn_echo_server(..)`, `pod.bulk_echo(..)` run inside the pod.
 #[derive(Debug)]
 pub struct Pod {
     pub(super) spec: PodSpec,
     uid: String,
-    ip: Ipv4Addr,
+    addrs: PodAddrs,
     netns: Netns,
 }
 
 impl Pod {
     /// A pod made from `spec`, with a fresh random UID.
-    pub(super) fn new(spec: PodSpec, ip: Ipv4Addr, netns: Netns) -> Pod {
+    pub(super) fn new(spec: PodSpec, addrs: PodAddrs, netns: Netns) -> Pod {
         Pod {
             spec,
             uid: random_uid(),
-            ip,
+            addrs,
             netns,
         }
     }
@@ -74,9 +76,32 @@ impl Pod {
         &self.spec.node
     }
 
-    /// The pod IP, 10.0.k.(10+j).
+    /// The pod's IPv4 address, 10.0.k.(10+j). Panics in an
+    /// [`IpFamilies::V6Only`](super::IpFamilies::V6Only) lab, whose pods have none.
     pub fn ip(&self) -> Ipv4Addr {
-        self.ip
+        self.addrs.v4.unwrap_or_else(|| {
+            panic!(
+                "pod {} has no IPv4 address (IPv6-only lab): use ip6()",
+                self.spec.name
+            )
+        })
+    }
+
+    /// The pod's IPv6 address, fd00:0:k::(10+j). Panics in an
+    /// [`IpFamilies::V4Only`](super::IpFamilies::V4Only) lab, whose pods have none.
+    pub fn ip6(&self) -> Ipv6Addr {
+        self.addrs.v6.unwrap_or_else(|| {
+            panic!(
+                "pod {} has no IPv6 address (IPv4-only lab): build the lab with \
+                 ip_families(IpFamilies::Dual or V6Only)",
+                self.spec.name
+            )
+        })
+    }
+
+    /// Every address of the pod, IPv4 first (the order of its `workloadIps`).
+    pub fn ips(&self) -> Vec<IpAddr> {
+        self.addrs.all()
     }
 
     /// The pod's network namespace.

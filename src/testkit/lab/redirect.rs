@@ -13,6 +13,12 @@
 //! Two flavours exist in istio-cni releases and both are supported: nat `REDIRECT` for
 //! inbound (ztun reads SO_ORIGINAL_DST), and mangle `TPROXY` (the listener's local address is
 //! the original destination).
+//!
+//! IPv6 gets the same rules through `ip6tables-restore`, as istio-cni installs them with
+//! `ENABLE_INBOUND_IPV6` (`cni/pkg/iptables/iptables.go` `AppendInpodRules`, golden files
+//! `default_ipv6.golden` / `tproxy_ipv6.golden`): `::1/128` where IPv4 has `127.0.0.1/32`,
+//! the IPv6 probe SNAT address, and the policy routing `local ::/0 dev lo table 100` with an
+//! IPv6 `fwmark 0x111/0xfff` rule. The IPv4 rules are always installed, as istio-cni does.
 
 use super::netns::Netns;
 
@@ -24,6 +30,9 @@ pub const ROUTE_MARK: &str = "0x111/0xfff";
 pub const ROUTE_TABLE: &str = "100";
 /// Source address kubelet health probes are SNATed to; never redirected.
 pub const PROBE_ADDR: &str = "169.254.7.127/32";
+/// IPv6 source address kubelet health probes are SNATed to (istio-cni
+/// `HOST_PROBE_V6_SNAT_ADDRESS` default); never redirected.
+pub const PROBE_ADDR_V6: &str = "fd16:9254:7127:1337:ffff:ffff:ffff:ffff/128";
 
 /// How inbound traffic is captured in a pod.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -36,31 +45,92 @@ pub enum CaptureMode {
     Tproxy,
 }
 
-/// The `iptables-restore` input that sets up capture in a pod for `mode`.
-pub fn rules(mode: CaptureMode) -> String {
+/// One IP family's rule set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IpFamily {
+    /// `iptables-restore` rules and IPv4 policy routing.
+    V4,
+    /// `ip6tables-restore` rules and IPv6 policy routing.
+    V6,
+}
+
+impl IpFamily {
+    /// The loopback prefix that is never captured.
+    fn loopback(self) -> &'static str {
+        match self {
+            IpFamily::V4 => "127.0.0.1/32",
+            IpFamily::V6 => "::1/128",
+        }
+    }
+
+    /// The probe SNAT address that is never captured.
+    fn probe(self) -> &'static str {
+        match self {
+            IpFamily::V4 => PROBE_ADDR,
+            IpFamily::V6 => PROBE_ADDR_V6,
+        }
+    }
+
+    /// The wildcard TPROXY listener address.
+    fn any(self) -> &'static str {
+        match self {
+            IpFamily::V4 => "0.0.0.0",
+            IpFamily::V6 => "::",
+        }
+    }
+
+    /// The `*-restore` program for this family.
+    fn restore(self) -> &'static str {
+        match self {
+            IpFamily::V4 => "iptables-restore",
+            IpFamily::V6 => "ip6tables-restore",
+        }
+    }
+
+    /// `ip` option selecting this family.
+    fn ip_flag(self) -> &'static str {
+        match self {
+            IpFamily::V4 => "-4",
+            IpFamily::V6 => "-6",
+        }
+    }
+
+    /// The "every destination" prefix.
+    fn default_prefix(self) -> &'static str {
+        match self {
+            IpFamily::V4 => "0.0.0.0/0",
+            IpFamily::V6 => "::/0",
+        }
+    }
+}
+
+/// The `iptables-restore` (or for [`IpFamily::V6`], `ip6tables-restore`) input that sets up
+/// capture in a pod for `mode`.
+pub fn rules(mode: CaptureMode, family: IpFamily) -> String {
+    let (lo, probe, any) = (family.loopback(), family.probe(), family.any());
     let mut mangle_prert = vec![
         // ztun's own packets (inbound to the app, or replies) tag their connection.
         format!("-m mark --mark {ZTUN_MARK} -j CONNMARK --set-xmark {ROUTE_MARK}"),
     ];
-    let mut nat_prert = vec![format!("-s {PROBE_ADDR} -p tcp -j ACCEPT")];
+    let mut nat_prert = vec![format!("-s {probe} -p tcp -j ACCEPT")];
     match mode {
         CaptureMode::Redirect => nat_prert.push(format!(
-            "! -d 127.0.0.1/32 -p tcp ! --dport 15008 -m mark ! --mark {ZTUN_MARK} \
+            "! -d {lo} -p tcp ! --dport 15008 -m mark ! --mark {ZTUN_MARK} \
              -j REDIRECT --to-ports 15006"
         )),
         CaptureMode::Tproxy => mangle_prert.extend([
-            format!("-s {PROBE_ADDR} -p tcp -j ACCEPT"),
+            format!("-s {probe} -p tcp -j ACCEPT"),
             // The pod talking to itself over loopback is not captured.
-            "! -d 127.0.0.1/32 -i lo -p tcp -j ACCEPT".to_string(),
+            format!("! -d {lo} -i lo -p tcp -j ACCEPT"),
             format!(
                 "-p tcp --dport 15008 -m mark ! --mark {ZTUN_MARK} \
-                 -j TPROXY --on-port 15008 --on-ip 0.0.0.0 --tproxy-mark {ROUTE_MARK}"
+                 -j TPROXY --on-port 15008 --on-ip {any} --tproxy-mark {ROUTE_MARK}"
             ),
             // Packets of connections already handed to a listener need no new decision.
             "-p tcp -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT".to_string(),
             format!(
-                "! -d 127.0.0.1/32 -p tcp -m mark ! --mark {ZTUN_MARK} \
-                 -j TPROXY --on-port 15006 --on-ip 0.0.0.0 --tproxy-mark {ROUTE_MARK}"
+                "! -d {lo} -p tcp -m mark ! --mark {ZTUN_MARK} \
+                 -j TPROXY --on-port 15006 --on-ip {any} --tproxy-mark {ROUTE_MARK}"
             ),
         ]),
     }
@@ -69,20 +139,18 @@ pub fn rules(mode: CaptureMode) -> String {
          --nfmask 0xffffffff --ctmask 0xffffffff"
     )];
     let nat_output = vec![
-        format!("-d {PROBE_ADDR} -p tcp -j ACCEPT"),
+        format!("-d {probe} -p tcp -j ACCEPT"),
         format!(
             "! -o lo -p udp --dport 53 -m mark ! --mark {ZTUN_MARK} -j REDIRECT --to-ports 15053"
         ),
         format!(
-            "! -d 127.0.0.1/32 -p tcp --dport 53 -m mark ! --mark {ZTUN_MARK} \
+            "! -d {lo} -p tcp --dport 53 -m mark ! --mark {ZTUN_MARK} \
              -j REDIRECT --to-ports 15053"
         ),
         format!("-p tcp -m mark --mark {ROUTE_MARK} -j ACCEPT"),
         // The pod calling its own (non-loopback) address goes out via lo: not captured.
-        "! -d 127.0.0.1/32 -o lo -j ACCEPT".to_string(),
-        format!(
-            "! -d 127.0.0.1/32 -p tcp -m mark ! --mark {ZTUN_MARK} -j REDIRECT --to-ports 15001"
-        ),
+        format!("! -d {lo} -o lo -j ACCEPT"),
+        format!("! -d {lo} -p tcp -m mark ! --mark {ZTUN_MARK} -j REDIRECT --to-ports 15001"),
     ];
 
     let mut out = String::new();
@@ -91,14 +159,34 @@ pub fn rules(mode: CaptureMode) -> String {
     out
 }
 
-/// Installs the capture rules for `mode` in `netns` (one atomic `iptables-restore`) and the
-/// policy routing that goes with them.
-pub fn apply(netns: &Netns, mode: CaptureMode) -> anyhow::Result<()> {
-    netns.exec("iptables-restore", &[], Some(rules(mode).as_bytes()))?;
-    netns.ip_batch(&[
-        format!("route add local 0.0.0.0/0 dev lo table {ROUTE_TABLE}"),
-        format!("rule add fwmark {ROUTE_MARK} pref 32764 lookup {ROUTE_TABLE}"),
-    ])
+/// Installs the capture rules for `mode` and `family` in `netns` (one atomic
+/// `iptables-restore` or `ip6tables-restore`) and the policy routing that goes with them.
+pub fn apply(netns: &Netns, mode: CaptureMode, family: IpFamily) -> anyhow::Result<()> {
+    let input = rules(mode, family);
+    netns.exec(family.restore(), &[], Some(input.as_bytes()))?;
+    netns.ip_command(&[
+        family.ip_flag(),
+        "route",
+        "add",
+        "local",
+        family.default_prefix(),
+        "dev",
+        "lo",
+        "table",
+        ROUTE_TABLE,
+    ])?;
+    netns.ip_command(&[
+        family.ip_flag(),
+        "rule",
+        "add",
+        "fwmark",
+        ROUTE_MARK,
+        "pref",
+        "32764",
+        "lookup",
+        ROUTE_TABLE,
+    ])?;
+    Ok(())
 }
 
 /// Appends one table with ISTIO_PRERT / ISTIO_OUTPUT chains hooked from PREROUTING / OUTPUT.
@@ -122,7 +210,7 @@ mod tests {
 
     #[test]
     fn redirect_mode_sends_inbound_to_15006_via_nat() {
-        let r = rules(CaptureMode::Redirect);
+        let r = rules(CaptureMode::Redirect, IpFamily::V4);
         assert!(r.contains("REDIRECT --to-ports 15006"));
         assert!(r.contains("REDIRECT --to-ports 15001"));
         assert!(!r.contains("TPROXY"));
@@ -130,10 +218,33 @@ mod tests {
 
     #[test]
     fn tproxy_mode_sends_inbound_via_mangle_tproxy() {
-        let r = rules(CaptureMode::Tproxy);
+        let r = rules(CaptureMode::Tproxy, IpFamily::V4);
         assert!(r.contains("TPROXY --on-port 15006"));
         assert!(r.contains("TPROXY --on-port 15008"));
         assert!(!r.contains("--to-ports 15006"));
         assert!(r.contains("REDIRECT --to-ports 15001"));
+    }
+
+    /// The IPv6 rules are the IPv4 ones with IPv6 addresses, as in istio-cni's
+    /// `default_ipv6.golden`: nothing IPv4-specific is left, HBONE (15008) is not redirected.
+    #[test]
+    fn v6_rules_mirror_v4_with_v6_addresses() {
+        for mode in [CaptureMode::Redirect, CaptureMode::Tproxy] {
+            let v4 = rules(mode, IpFamily::V4);
+            let v6 = rules(mode, IpFamily::V6);
+            assert!(
+                !v6.contains("127.0.0.1") && !v6.contains("169.254") && !v6.contains("0.0.0.0")
+            );
+            let mapped = v4
+                .replace("127.0.0.1/32", "::1/128")
+                .replace(PROBE_ADDR, PROBE_ADDR_V6)
+                .replace("--on-ip 0.0.0.0", "--on-ip ::");
+            assert_eq!(v6, mapped, "{mode:?}");
+        }
+        let r = rules(CaptureMode::Redirect, IpFamily::V6);
+        assert!(r.contains("! -d ::1/128 -p tcp ! --dport 15008 -m mark ! --mark 0x539/0xfff -j REDIRECT --to-ports 15006"));
+        assert!(r.contains(
+            "! -d ::1/128 -p tcp -m mark ! --mark 0x539/0xfff -j REDIRECT --to-ports 15001"
+        ));
     }
 }

@@ -4,8 +4,11 @@
 //!
 //! The async functions work in whatever namespace the calling thread is in; the `Netns`
 //! methods run them on a thread inside that namespace.
+//!
+//! Servers listen on `[::]` for both families (on `0.0.0.0` where the namespace has no IPv6)
+//! and report IPv4 clients by their IPv4 address, never as `::ffff:a.b.c.d`.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,7 +35,8 @@ pub struct Server {
 }
 
 impl Server {
-    /// The bound address (`0.0.0.0:<port>`; the port is the real one when 0 was asked).
+    /// The bound address (`[::]:<port>`, or `0.0.0.0:<port>` in a namespace without IPv6;
+    /// the port is the real one when 0 was asked).
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
@@ -77,15 +81,16 @@ enum ServerKind {
 }
 
 impl Netns {
-    /// Starts a TCP echo server on `0.0.0.0:port` (0 = any port) in this namespace. Each
+    /// Starts a TCP echo server on `[::]:port` (0 = any port; both families) in this namespace. Each
     /// connection gets back every byte it sends; after the client half-closes, the server
     /// finishes writing and then half-closes too.
     pub fn spawn_echo_server(&self, port: u16) -> anyhow::Result<Server> {
         self.spawn_server(port, ServerKind::Echo)
     }
 
-    /// Starts a TCP server on `0.0.0.0:port` (0 = any port) that records the peer address
-    /// of each accepted connection, answers `"<ip>:<port>\n"` and closes.
+    /// Starts a TCP server on `[::]:port` (0 = any port; both families) that records the peer
+    /// address of each accepted connection, answers `"<ip>:<port>\n"` (`"[<ip>]:<port>\n"`
+    /// for IPv6) and closes.
     pub fn spawn_peer_recorder(&self, port: u16) -> anyhow::Result<Server> {
         self.spawn_server(port, ServerKind::PeerRecorder)
     }
@@ -115,7 +120,7 @@ impl Netns {
         let task = self.spawn_async({
             let peers = peers.clone();
             async move {
-                let listener = match TcpListener::bind(("0.0.0.0", port)).await {
+                let listener = match bind_any(port) {
                     Ok(l) => l,
                     Err(e) => {
                         let _ = bound_tx.send(Err(e));
@@ -129,7 +134,7 @@ impl Netns {
         let addr = bound_rx
             .recv_timeout(Duration::from_secs(10))
             .map_err(|_| anyhow!("server thread in {} did not start", self.name()))?
-            .with_context(|| format!("bind 0.0.0.0:{port} in {}", self.name()))?;
+            .with_context(|| format!("bind [::]:{port} in {}", self.name()))?;
         Ok(Server {
             addr,
             peers,
@@ -242,13 +247,42 @@ pub async fn peer_seen_by(addr: SocketAddr, deadline: Duration) -> anyhow::Resul
         .map_err(|_| anyhow!("no peer line from {addr} within {deadline:?}"))?
 }
 
-/// An echo server on `0.0.0.0:port` in the calling thread's namespace, for a process of its
-/// own (`ztun-lab echo-server`): prints `listening on ADDR` once bound, then serves forever.
+/// An echo server on `[::]:port` (both families) in the calling thread's namespace, for a
+/// process of its own (`ztun-lab echo-server`): prints `listening on ADDR` once bound, then
+/// serves forever.
 pub async fn echo_server(port: u16) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(("0.0.0.0", port)).await?;
+    let listener = bind_any(port)?;
     println!("listening on {}", listener.local_addr()?);
     serve(listener, ServerKind::Echo, Arc::default()).await;
     Ok(())
+}
+
+/// A listener on `[::]:port` accepting both families, or on `0.0.0.0:port` when the
+/// namespace has no IPv6. Must run inside a tokio runtime.
+fn bind_any(port: u16) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let bind = |addr: SocketAddr| -> std::io::Result<TcpListener> {
+        let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+        s.set_reuse_address(true)?;
+        if addr.is_ipv6() {
+            s.set_only_v6(false)?;
+        }
+        s.set_nonblocking(true)?;
+        s.bind(&addr.into())?;
+        s.listen(1024)?;
+        TcpListener::from_std(s.into())
+    };
+    match bind(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port)) {
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EAFNOSUPPORT) | Some(libc::EADDRNOTAVAIL)
+            ) =>
+        {
+            bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port))
+        }
+        other => other,
+    }
 }
 
 async fn serve(listener: TcpListener, kind: ServerKind, peers: Arc<Mutex<Vec<SocketAddr>>>) {
@@ -258,6 +292,8 @@ async fn serve(listener: TcpListener, kind: ServerKind, peers: Arc<Mutex<Vec<Soc
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
+        // An IPv4 client of the dual-stack listener arrives as ::ffff:a.b.c.d.
+        let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
         peers.lock().push(peer);
         tokio::spawn(async move {
             match kind {
