@@ -11,15 +11,13 @@
 //! connection is retried with capped exponential backoff; pods keep running meanwhile.
 
 use std::collections::{HashMap, HashSet};
-use std::io::{self, IoSliceMut};
+use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use nix::sys::socket::{
-    self, AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixAddr,
-};
+use nix::sys::socket::{self, AddressFamily, MsgFlags, SockFlag, SockType, UnixAddr};
 use prost::Message;
 use tokio::io::unix::AsyncFd;
 
@@ -36,7 +34,8 @@ use proto::workload_request::Payload;
 
 /// Largest message we accept; bigger ones are truncated and NACKed.
 const MAX_MESSAGE: usize = 1024;
-/// Most descriptors one message may carry before it is refused.
+/// Most descriptors one message may carry: more truncate the ancillary data, and the message
+/// is refused.
 const MAX_FDS: usize = 4;
 
 /// A pod as announced by the CNI.
@@ -387,27 +386,8 @@ async fn recv(
 ) -> io::Result<Option<(usize, Vec<OwnedFd>, bool)>> {
     loop {
         let mut guard = fd.readable().await?;
-        let res = guard.try_io(|inner| {
-            let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; MAX_FDS]);
-            let mut iov = [IoSliceMut::new(buf)];
-            let msg = socket::recvmsg::<()>(
-                inner.as_raw_fd(),
-                &mut iov,
-                Some(&mut cmsg),
-                MsgFlags::MSG_CMSG_CLOEXEC,
-            )
-            .map_err(io::Error::from)?;
-            let mut fds = Vec::new();
-            for c in msg.cmsgs().map_err(io::Error::from)? {
-                if let ControlMessageOwned::ScmRights(raw) = c {
-                    fds.extend(crate::sys::socket::own_received_fds(&raw));
-                }
-            }
-            let truncated = msg
-                .flags
-                .intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC);
-            Ok((msg.bytes, fds, truncated))
-        });
+        let res = guard
+            .try_io(|inner| crate::sys::socket::recv_with_fds::<MAX_FDS>(inner.as_raw_fd(), buf));
         match res {
             Ok(Ok((0, fds, false))) if fds.is_empty() => return Ok(None),
             Ok(Ok(v)) => return Ok(Some(v)),
@@ -640,5 +620,102 @@ mod tests {
             .unwrap_err()
             .contains("after snapshot"));
         assert_eq!(starter.started.load(Ordering::SeqCst), 0);
+    }
+
+    /// Records, on tokio's clock, each failed connect the client logs.
+    #[derive(Clone, Default)]
+    struct Attempts(Arc<parking_lot::Mutex<Vec<tokio::time::Instant>>>);
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Attempts {
+        fn on_event(
+            &self,
+            event: &tracing::Event<'_>,
+            _: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            struct Text(String);
+            impl tracing::field::Visit for Text {
+                fn record_debug(
+                    &mut self,
+                    field: &tracing::field::Field,
+                    value: &dyn std::fmt::Debug,
+                ) {
+                    if field.name() == "message" {
+                        self.0 = format!("{value:?}");
+                    }
+                }
+            }
+            let mut text = Text(String::new());
+            event.record(&mut text);
+            if text.0 == "cannot connect to CNI" {
+                self.0.lock().push(tokio::time::Instant::now());
+            }
+        }
+    }
+
+    impl Attempts {
+        fn len(&self) -> usize {
+            self.0.lock().len()
+        }
+
+        /// Milliseconds between consecutive attempts, from the `from`th on.
+        fn gaps(&self, from: usize) -> Vec<u128> {
+            let times = self.0.lock();
+            times[from..]
+                .windows(2)
+                .map(|w| (w[1] - w[0]).as_millis())
+                .collect()
+        }
+    }
+
+    /// Sleeps (paused clock) until `attempts` holds `n` attempts.
+    async fn until_attempts(attempts: &Attempts, n: usize) {
+        while attempts.len() < n {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reconnect_backoff_doubles_to_fifteen_seconds_and_restarts_once_connected() {
+        use tracing_subscriber::layer::SubscriberExt;
+
+        let attempts = Attempts::default();
+        let _log =
+            tracing::subscriber::set_default(tracing_subscriber::registry().with(attempts.clone()));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ztunnel.sock");
+        let (_stop, watch) = crate::drain::channel();
+        let client = Client::new(path.clone(), Arc::new(Starter::default()), Arc::new(()));
+        tokio::spawn(client.run(watch));
+
+        // No CNI: attempts at 0, 10, 30, 70 ms, ..., 20.47 s, then every 15 s.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let want: Vec<u128> = (0..13).map(|k| (10u128 << k).min(15_000)).collect();
+        let gaps = attempts.gaps(0);
+        assert_eq!(gaps.get(..13), Some(&want[..]));
+        assert_eq!(gaps.len(), 13);
+
+        // The CNI comes back: the next attempt (at 65.47 s) connects and says hello.
+        let listener =
+            socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::SEQPACKET, None).unwrap();
+        listener
+            .bind(&socket2::SockAddr::unix(&path).unwrap())
+            .unwrap();
+        listener.listen(1).unwrap();
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        assert_eq!(attempts.len(), 14, "the 15th attempt connected");
+        listener.set_nonblocking(true).unwrap();
+        let (conn, _) = listener.accept().expect("the client connected");
+        conn.set_nonblocking(true).unwrap();
+        let mut conn = std::os::unix::net::UnixStream::from(OwnedFd::from(conn));
+        let mut hello = [0u8; 16];
+        let n = std::io::Read::read(&mut conn, &mut hello).expect("the client's hello");
+        assert_eq!(hello[..n], [0x08, 0x01]);
+
+        // The CNI goes away again: having connected, the client starts over from 10 ms.
+        drop(listener);
+        std::fs::remove_file(&path).unwrap();
+        drop(conn);
+        until_attempts(&attempts, 14 + 6).await;
+        assert_eq!(attempts.gaps(14)[..5], [20, 40, 80, 160, 320]);
     }
 }

@@ -2,6 +2,7 @@
 //! (`ztun::testkit::lab`). They need root; without it they fail with a clear message.
 
 mod certs;
+mod claims;
 mod crl;
 mod dataplane;
 mod dns;
