@@ -347,6 +347,18 @@ fn xds_families(m: &xds::XdsMetrics, out: &mut String) {
             m.message_bytes_total(t)
         );
     }
+    let _ = writeln!(out, "# HELP ztun_xds_rejected_resources xDS resources rejected (NACKed) since start.\n# TYPE ztun_xds_rejected_resources counter");
+    let _ = writeln!(
+        out,
+        "ztun_xds_rejected_resources_total {}",
+        m.rejected_resources_total()
+    );
+    let _ = writeln!(out, "# HELP ztun_xds_unknown_enum_values xDS enum values newer than ztun's protos, read with their safe fallback.\n# TYPE ztun_xds_unknown_enum_values counter");
+    let _ = writeln!(
+        out,
+        "ztun_xds_unknown_enum_values_total {}",
+        m.unknown_enum_values_total()
+    );
 }
 
 async fn wait_synced(mut synced: tokio::sync::watch::Receiver<bool>) {

@@ -557,6 +557,9 @@ mod running {
         // ztunnel "XDS Connections" and "XDS Pushes" (by url).
         ("istio_xds_connection_terminations_total", &["reason"]),
         ("istio_xds_message_total", &["url"]),
+        // ztun's own xDS counters, exported next to Istio's.
+        ("ztun_xds_rejected_resources_total", &[]),
+        ("ztun_xds_unknown_enum_values_total", &[]),
         ("workload_manager_active_proxy_count", &[]),
         ("workload_manager_pending_proxy_count", &[]),
         ("istio_tcp_sockets_open", &["reporter"]),

@@ -29,6 +29,7 @@ use crate::drain::DrainMode;
 use crate::identity::Identity;
 use crate::ops::access::{AccessLog, Direction};
 use crate::state::model::AppTunnelProtocol;
+use crate::state::Snapshot;
 use crate::tls::crl::{Side, Tracked};
 use crate::tls::{peer_identity, RevokedSignal};
 
@@ -262,16 +263,15 @@ async fn open(
     mut respond: SendResponse<Bytes>,
     log: &mut AccessLog,
 ) -> Option<Opened> {
+    // One generation for the whole decision: routing, authorization and the labels never
+    // disagree because an update landed between them (late enforcement takes over after).
+    let snap = proxy.state.load_full();
     log.src.addr = Some(info.peer);
     log.src.identity = Some(info.client.clone());
     log.src.namespace = Some(info.client.namespace().into());
     // Telemetry only: the source workload is named after the pod owning the peer IP, if that
     // pod's identity is the one the peer proved. Identity itself never comes from an IP.
-    if let Some(w) = proxy
-        .state
-        .load()
-        .workload_by_ip(&proxy.cfg.network, info.peer.ip())
-    {
+    if let Some(w) = snap.workload_by_ip(&proxy.cfg.network, info.peer.ip()) {
         if w.identity().as_ref() == Some(&info.client) {
             log.src.describe(w);
         }
@@ -290,16 +290,19 @@ async fn open(
     }
     log.dst.workload = Some(proxy.pod.name.clone());
     log.dst.namespace = Some(proxy.pod.namespace.clone());
-    if let Some(w) = proxy.state.load().workload_by_pod(
-        &proxy.pod.namespace,
-        &proxy.pod.name,
-        proxy.cfg.node_name.as_deref(),
-    ) {
+    let local = snap
+        .workload_by_pod(
+            &proxy.pod.namespace,
+            &proxy.pod.name,
+            proxy.cfg.node_name.as_deref(),
+        )
+        .cloned();
+    if let Some(w) = &local {
         log.dst.describe(w);
         log.dst.identity = w.identity();
     }
 
-    let (authority, target) = match resolve(proxy, info, &req) {
+    let (authority, target) = match resolve(proxy, &snap, info, &req) {
         Ok(t) => t,
         Err(e) => {
             reject(&mut respond, log, e);
@@ -321,7 +324,7 @@ async fn open(
         dst_port: target.upstream.port(),
     };
     let registration = proxy.connections.register(conn.clone());
-    let decision = proxy.connections.authorize(&proxy.state.load(), &conn);
+    let decision = proxy.connections.authorize(&snap, &conn);
     decision.log(&conn, proxy.cfg.authz.info_logging);
     if let Some(denial) = decision.denial() {
         reject(&mut respond, log, Error::Denied(denial));
@@ -337,19 +340,11 @@ async fn open(
     };
     let mut ok = Response::builder().status(StatusCode::OK);
     if proxy.cfg.proxy.enable_response_baggage {
-        let local = proxy
-            .state
-            .load()
-            .workload_by_pod(
-                &proxy.pod.namespace,
-                &proxy.pod.name,
-                proxy.cfg.node_name.as_deref(),
-            )
-            .cloned();
-        if let Some(w) = local {
-            ok = ok.header("baggage", super::hbone::baggage(&w));
+        if let Some(w) = &local {
+            ok = ok.header("baggage", super::hbone::baggage(w));
         }
     }
+    drop(snap);
     let send = match respond.send_response(ok.body(()).unwrap_or_default(), false) {
         Ok(s) => s,
         Err(e) => {
@@ -380,16 +375,16 @@ async fn open(
 /// Checks the request and decides where it goes (nothing is dialled yet).
 fn resolve(
     proxy: &Proxy,
+    snap: &Snapshot,
     info: &ConnInfo,
     req: &Request<h2::RecvStream>,
 ) -> Result<(Authority, InboundTarget), Error> {
     let authority = parse_head(req)?;
-    let snap = proxy.state.load();
-    let local = proxy.connections.pod().find(&snap).ok_or_else(|| {
+    let local = proxy.connections.pod().find(snap).ok_or_else(|| {
         Error::UnknownLocalWorkload(format!("{}/{}", proxy.pod.namespace, proxy.pod.name).into())
     })?;
     let target = route::inbound::resolve(
-        &snap,
+        snap,
         &proxy.cfg.network,
         local,
         info.local,

@@ -240,6 +240,7 @@ impl Proxy {
 }
 
 /// Keeps a pod's proxy running; dropping it (or [`ProxyHandle::drain`]) stops it.
+#[must_use = "dropping the handle stops the pod's proxy"]
 pub struct ProxyHandle {
     trigger: drain::Trigger,
 }

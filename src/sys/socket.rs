@@ -27,15 +27,36 @@ pub fn original_dst<S: std::os::fd::AsFd>(sock: &S) -> Option<SocketAddr> {
     None
 }
 
-/// Takes ownership of file descriptors received through `SCM_RIGHTS`.
-pub fn own_received_fds(fds: &[RawFd]) -> Vec<OwnedFd> {
-    fds.iter()
-        .map(|&fd| {
-            // SAFETY: the kernel just installed `fd` in our table for this message and nothing
-            // else refers to it; wrapping it makes this the single owner that closes it.
-            unsafe { OwnedFd::from_raw_fd(fd) }
-        })
-        .collect()
+/// Receives one datagram of a SOCK_SEQPACKET socket into `buf`, with the descriptors it
+/// carries (`SCM_RIGHTS`, room for `MAX_FDS`, close-on-exec), each owned by the caller from
+/// here on.
+/// Returns the bytes received, the descriptors, and whether the kernel truncated the data or
+/// the ancillary data (the message cannot be trusted then; its descriptors are still owned and
+/// closed on drop).
+pub fn recv_with_fds<const MAX_FDS: usize>(
+    fd: RawFd,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, Vec<OwnedFd>, bool)> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
+    let mut iov = [std::io::IoSliceMut::new(buf)];
+    let msg = recvmsg::<()>(fd, &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC)
+        .map_err(std::io::Error::from)?;
+    let mut fds = Vec::new();
+    for c in msg.cmsgs().map_err(std::io::Error::from)? {
+        if let ControlMessageOwned::ScmRights(raw) = c {
+            fds.extend(raw.into_iter().map(|fd| {
+                // SAFETY: the kernel installed `fd` in our table for this very message, and
+                // nothing else has seen it: wrapping it makes this the single owner that
+                // closes it. No caller can pass a descriptor in here.
+                unsafe { OwnedFd::from_raw_fd(fd) }
+            }));
+        }
+    }
+    let truncated = msg
+        .flags
+        .intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC);
+    Ok((msg.bytes, fds, truncated))
 }
 
 /// Registers an owned socket with the current tokio runtime's reactor.

@@ -21,6 +21,8 @@ use anyhow::bail;
 /// running test binary's profile dir (`target/<profile>/deps/..`); otherwise the newest of
 /// `target/debug/ztun` and `target/release/ztun` under the crate (or `$CARGO_TARGET_DIR`).
 pub fn ztun_bin() -> anyhow::Result<PathBuf> {
+    // Test tooling, not ztun's configuration: where the binary under test is.
+    #[allow(clippy::disallowed_methods)]
     if let Some(bin) = std::env::var_os("ZTUN_BIN") {
         let bin = PathBuf::from(bin);
         if !bin.is_file() {
@@ -44,6 +46,7 @@ pub fn ztun_bin() -> anyhow::Result<PathBuf> {
             }
         }
     }
+    #[allow(clippy::disallowed_methods)]
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));

@@ -164,15 +164,33 @@ pub(super) struct Verifier {
 #[derive(Debug)]
 pub(super) struct ServerVerifier(pub(super) Arc<Verifier>);
 
-impl ServerVerifier {
-    fn provider(&self) -> &CryptoProvider {
-        &self.0.provider
+impl Verifier {
+    /// HBONE is TLS 1.3 only (both configurations offer nothing else), so this is never
+    /// reached; if it were, the handshake fails.
+    fn tls12_signature(&self) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::General(
+            "HBONE is TLS 1.3 only: TLS 1.2 signatures are not verified".into(),
+        ))
     }
-}
 
-impl ClientVerifier {
-    fn provider(&self) -> &CryptoProvider {
-        &self.verifier.provider
+    fn tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -195,9 +213,7 @@ impl ServerCertVerifier for ServerVerifier {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls13RequiredForQuic,
-        ))
+        self.0.tls12_signature()
     }
 
     fn verify_tls13_signature(
@@ -206,18 +222,11 @@ impl ServerCertVerifier for ServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider().signature_verification_algorithms,
-        )
+        self.0.tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider()
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.0.schemes()
     }
 }
 
@@ -268,9 +277,7 @@ impl ClientCertVerifier for ClientVerifier {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls13RequiredForQuic,
-        ))
+        self.verifier.tls12_signature()
     }
 
     fn verify_tls13_signature(
@@ -279,18 +286,11 @@ impl ClientCertVerifier for ClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider().signature_verification_algorithms,
-        )
+        self.verifier.tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider()
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.verifier.schemes()
     }
 
     fn client_auth_mandatory(&self) -> bool {

@@ -85,6 +85,7 @@ struct Conn {
 const MAX_REFUSING_CONNECTIONS: usize = 3;
 
 /// A checked-out stream slot on a pooled connection. Dropping it frees the slot.
+#[must_use = "dropping the checkout frees the stream slot at once"]
 pub struct Checkout {
     /// Holds the stream slot; dropping it frees the slot.
     slot: Slot,
@@ -159,12 +160,7 @@ impl Pool {
         let cfg = &self.inner.cfg;
         // Boxed: the handshake state is large and only needed on this cold path, so it must not
         // inflate the future of every connection that checks out a pooled stream.
-        let Dialed {
-            send,
-            connection,
-            peer,
-            tracked,
-        } = Box::pin(dial(
+        let dialed = Box::pin(dial(
             &self.inner.sockets,
             cert,
             &key.dst_identities,
@@ -172,7 +168,19 @@ impl Pool {
             &cfg.h2,
             cfg.handshake_timeout,
         ))
-        .await?;
+        .await;
+        let Dialed {
+            send,
+            connection,
+            peer,
+            tracked,
+        } = match dialed {
+            Ok(d) => d,
+            Err(e) => {
+                self.inner.forget_dial(key, &lock);
+                return Err(e);
+            }
+        };
         tracing::debug!(dst = %key.dst, %peer, src = %key.src_identity, "hbone connection established");
         let conn = Arc::new(Conn {
             send,
@@ -250,6 +258,26 @@ impl Inner {
         None
     }
 
+    /// After a failed dial for `key`: its dial lock is dropped from the map unless another
+    /// caller is waiting on it or a connection exists, so destinations that never answer do
+    /// not leave an entry each behind.
+    fn forget_dial(&self, key: &PoolKey, lock: &Arc<tokio::sync::Mutex<()>>) {
+        if self.conns.lock().contains_key(key) {
+            return;
+        }
+        let mut dialing = self.dialing.lock();
+        // The map's reference and ours: nobody else is waiting to dial this key.
+        if Arc::strong_count(lock) <= 2 {
+            dialing.remove(key);
+        }
+    }
+
+    /// Number of keys with a dial lock (for tests).
+    #[cfg(test)]
+    pub(crate) fn dial_locks(&self) -> usize {
+        self.dialing.lock().len()
+    }
+
     fn remove(&self, key: &PoolKey, conn: &Arc<Conn>) {
         let mut conns = self.conns.lock();
         if let Some(list) = conns.get_mut(key) {
@@ -320,5 +348,60 @@ async fn drive<T>(
     if let (Some(p), Some(c)) = (pool.upgrade(), conn.upgrade()) {
         c.closed.store(true, Ordering::Release);
         p.remove(&key, &c);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::Keepalive;
+    use crate::control::ca::LocalCa;
+
+    /// A destination that refuses every dial leaves no dial lock behind, however many keys
+    /// are tried (the map would otherwise grow with every dead peer).
+    #[tokio::test]
+    async fn failed_dials_leave_no_dial_lock() {
+        let keepalive = Keepalive {
+            enabled: false,
+            time: Duration::from_secs(180),
+            interval: Duration::from_secs(180),
+            retries: 9,
+            user_timeout_enabled: false,
+        };
+        let sockets = Sockets::new(None, None, false, keepalive, Duration::from_secs(5));
+        let pool = Pool::new(
+            PoolConfig {
+                max_streams: 100,
+                idle_timeout: Duration::from_secs(60),
+                handshake_timeout: Duration::from_secs(5),
+                h2: crate::dataplane::hbone::H2Settings {
+                    stream_window: 1 << 20,
+                    connection_window: 1 << 20,
+                    frame_size: 1 << 14,
+                    ping_interval: Duration::from_secs(10),
+                },
+            },
+            sockets,
+        );
+        let ca = LocalCa::ephemeral("cluster.local", Duration::from_secs(3600)).unwrap();
+        let id: Identity = "spiffe://cluster.local/ns/a/sa/b".parse().unwrap();
+        let cert = ca.mint(&id).unwrap();
+        // A port nothing listens on: bind one, note it, close it.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let dst = closed.local_addr().unwrap();
+        drop(closed);
+        for n in 0..5u8 {
+            let key = PoolKey {
+                src_identity: id.clone(),
+                dst_identities: vec![id.clone()].into(),
+                dst,
+                src_ip: std::net::IpAddr::from([127, 0, 0, n + 1]),
+            };
+            assert!(pool.checkout(&key, &cert).await.is_err());
+        }
+        assert_eq!(pool.inner.dial_locks(), 0);
+        assert_eq!(pool.connections(), 0);
     }
 }

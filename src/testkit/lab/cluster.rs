@@ -206,6 +206,8 @@ impl Lab {
             .current_dir(cwd)
             .env_clear()
             .env("RUST_BACKTRACE", "1");
+        // Test tooling: the children find their tools on the caller's PATH.
+        #[allow(clippy::disallowed_methods)]
         if let Some(path) = std::env::var_os("PATH") {
             cmd.env("PATH", path);
         }

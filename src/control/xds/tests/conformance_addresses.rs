@@ -61,6 +61,8 @@ struct Case {
 /// `istio.workload.Address` in protojson form: `{workload: {...}}` or `{service: {...}}`.
 #[derive(Debug, Deserialize)]
 #[serde(try_from = "AddressKeys")]
+// Test data, parsed once per case: size does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Address {
     Workload(WorkloadY),
     Service(ServiceY),
