@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod app;
+pub mod authz;
 pub mod cli;
 pub mod config;
 pub mod control;
@@ -18,6 +19,7 @@ pub mod drain;
 pub mod fuzz;
 pub mod identity;
 pub mod ops;
+pub mod sockets;
 pub mod state;
 pub mod sys;
 #[cfg(any(test, feature = "testing"))]

@@ -5,23 +5,27 @@
 //! plaintext inbound → [`passthrough`]. Routing decisions are synchronous functions over a
 //! state snapshot ([`route`]); I/O comes after.
 //!
-//! Allowed imports: `state`, `tls`, `identity`, `config`, `sys`, `drain`, `ops`. Never
-//! `control/` or generated proto code.
+//! Allowed imports: `state`, `tls`, `identity`, `config`, `sys`, `sockets`, `drain`,
+//! `authz`, `dns` (the pod's DNS proxy and the hostname resolver it is given), `ops`. Never
+//! `control/` or generated proto code (docs/architecture.md; `tests/layering.rs` checks it).
 
+pub mod enforce;
 pub mod hbone;
 pub mod inbound;
 pub mod outbound;
 pub mod passthrough;
-pub mod policy;
+/// Authorization as the data plane uses it: the evaluation ([`crate::authz`]) and the
+/// late enforcement of live connections ([`enforce`]).
+pub mod policy {
+    pub use super::enforce::{Connections, LocalPod, Registration, Revoked};
+    pub use crate::authz::*;
+}
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod route;
-pub mod sockets;
 
-use std::future::Future;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::identity::Identity;
@@ -41,41 +45,7 @@ pub trait OnDemand: Send + Sync + 'static {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>;
 }
 
-/// Resolves the hostname of a workload that has no IPs (a DNS-resolved ServiceEntry endpoint)
-/// when a connection is routed to it. Implementations cache answers for their TTL.
-pub trait ResolveHost: Send + Sync + 'static {
-    /// The current addresses of `hostname` (IPv4, and IPv6 when enabled), never empty.
-    fn resolve(&self, hostname: Strng) -> Resolution<'_>;
-}
-
-/// A pending [`ResolveHost::resolve`].
-pub type Resolution<'a> =
-    Pin<Box<dyn Future<Output = Result<Arc<[IpAddr]>, ResolveError>> + Send + 'a>>;
-
-/// Why a hostname-only workload's addresses could not be found.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum ResolveError {
-    /// ztun's resolv.conf names no nameserver.
-    #[error("no upstream resolver configured")]
-    NoUpstream,
-    /// No upstream answered; this is the last one's failure.
-    #[error("upstream {upstream}: {source}")]
-    Unreachable {
-        /// The last upstream tried.
-        upstream: SocketAddr,
-        /// What went wrong with it.
-        source: Arc<io::Error>,
-    },
-    /// The upstream answered with an error code.
-    #[error("upstream answered {0}")]
-    Rcode(&'static str),
-    /// The answer carried no address.
-    #[error("no address in the answer")]
-    NoAddress,
-    /// The hostname is not a valid DNS name.
-    #[error("not a valid DNS name")]
-    BadName,
-}
+pub use crate::dns::{Resolution, ResolveError, ResolveHost};
 
 /// Whose fault a failed connection is (for logs and metrics).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,11 +12,11 @@ use tokio::runtime::Handle;
 use super::hbone::pool::{Pool, PoolConfig};
 use super::hbone::H2Settings;
 use super::policy::{Connections, LocalPod};
-use super::sockets::Sockets;
 use super::Error;
 use crate::config::Config;
 use crate::drain::{self, DrainMode};
 use crate::ops::metrics::Reporter;
+use crate::sockets::Sockets;
 use crate::state::model::Workload;
 use crate::state::Reader;
 use crate::tls::{CertSource, WorkloadCert};
@@ -195,7 +195,15 @@ impl Proxy {
         let (drains, feed) = drain::merge(pod, process.watch());
         data.spawn(feed);
         if p.dns_capture {
-            crate::dns::start(self, data, &drains)?;
+            let pod = crate::dns::PodDns {
+                namespace: self.pod.namespace.clone(),
+                name: self.pod.name.clone(),
+                service_account: self.pod.service_account.clone(),
+                cfg: self.cfg.clone(),
+                state: self.state.clone(),
+                sockets: self.sockets.clone(),
+            };
+            crate::dns::start(pod, data, &drains)?;
         }
         let this = self.clone();
         let d = drains.clone();

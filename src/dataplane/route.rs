@@ -34,7 +34,7 @@ use std::sync::Arc;
 use rand::seq::IteratorRandom;
 use rand::Rng;
 
-use crate::dataplane::policy::contains;
+use crate::authz::contains;
 use crate::identity::Identity;
 use crate::state::model::{
     GatewayAddress, GatewayDestination, HealthPolicy, HealthStatus, IpFamilies, IpNet,

@@ -11,7 +11,7 @@ use hickory_proto::op::{Message, MessageType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::Transport;
-use crate::dataplane::sockets::Sockets;
+use crate::sockets::Sockets;
 
 /// How long one upstream gets to answer over UDP before the next is tried.
 const UDP_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);

@@ -10,27 +10,34 @@
 //! without being redirected back.
 //!
 //! The same nameservers resolve hostname-only workloads when a connection is routed to one
-//! ([`resolve`], the data plane's [`ResolveHost`](crate::dataplane::ResolveHost)), from ztun's
-//! own namespace, with a bounded TTL cache.
+//! ([`resolve`]: the [`ResolveHost`] capability the data plane is given), from ztun's own
+//! namespace, with a bounded TTL cache.
 //!
-//! Allowed imports: `state`, `config`, `dataplane::{proxy, sockets}` and the data plane's
-//! `ResolveHost` trait with its types, `ops`.
+//! Allowed imports: `state`, `config`, `sockets`, `drain`, `ops`. The data plane depends on
+//! this module, never the reverse: a pod's DNS proxy gets a narrow [`PodDns`] context.
 
 mod forward;
 mod lookup;
-mod metrics;
 mod resolve;
 mod server;
 #[cfg(test)]
 mod tests;
 
+pub use crate::ops::dns_metrics::{query_type_label, DnsLabels, DnsMetrics};
 pub use forward::{ForwardError, Upstreams};
 pub use lookup::{
     aliases, kubernetes_expansion, lookup, search_domains, Alias, Family, HostIndex, Lookup, Zone,
 };
-pub use metrics::{query_type_label, DnsLabels, DnsMetrics};
 pub use resolve::{HostCache, HostResolver};
-pub use server::{respond, start, Outcome, TCP_REQUEST_TIMEOUT, TTL};
+pub use server::{respond, start, Outcome, PodDns, TCP_REQUEST_TIMEOUT, TTL};
+
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+
+use crate::state::model::Strng;
 
 /// The transport a query arrived on (and is forwarded over).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,4 +56,40 @@ impl Transport {
             Transport::Tcp => "tcp",
         }
     }
+}
+
+/// Resolves the hostname of a workload that has no IPs (a DNS-resolved ServiceEntry endpoint)
+/// when a connection is routed to it. Implementations cache answers for their TTL.
+pub trait ResolveHost: Send + Sync + 'static {
+    /// The current addresses of `hostname` (IPv4, and IPv6 when enabled), never empty.
+    fn resolve(&self, hostname: Strng) -> Resolution<'_>;
+}
+
+/// A pending [`ResolveHost::resolve`].
+pub type Resolution<'a> =
+    Pin<Box<dyn Future<Output = Result<Arc<[IpAddr]>, ResolveError>> + Send + 'a>>;
+
+/// Why a hostname-only workload's addresses could not be found.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ResolveError {
+    /// ztun's resolv.conf names no nameserver.
+    #[error("no upstream resolver configured")]
+    NoUpstream,
+    /// No upstream answered; this is the last one's failure.
+    #[error("upstream {upstream}: {source}")]
+    Unreachable {
+        /// The last upstream tried.
+        upstream: SocketAddr,
+        /// What went wrong with it.
+        source: Arc<io::Error>,
+    },
+    /// The upstream answered with an error code.
+    #[error("upstream answered {0}")]
+    Rcode(&'static str),
+    /// The answer carried no address.
+    #[error("no address in the answer")]
+    NoAddress,
+    /// The hostname is not a valid DNS name.
+    #[error("not a valid DNS name")]
+    BadName,
 }

@@ -21,8 +21,8 @@ use tokio::sync::watch;
 
 use super::forward::{self, ForwardError, Upstreams};
 use super::Transport;
-use crate::dataplane::sockets::Sockets;
-use crate::dataplane::{Resolution, ResolveError, ResolveHost};
+use super::{Resolution, ResolveError, ResolveHost};
+use crate::sockets::Sockets;
 use crate::state::model::Strng;
 
 /// Hostnames cached at most (ztunnel's resolver cache holds as many).

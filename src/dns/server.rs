@@ -24,11 +24,13 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::forward::{self, Upstreams};
 use super::lookup::{self, Family, HostIndex, IndexCache, Lookup, Zone};
-use super::metrics::{query_type_label, DnsLabels, UNKNOWN_QUERY_TYPE};
 use super::Transport;
+use crate::config::Config;
 use crate::config::DnsListen;
-use crate::dataplane::proxy::{Drains, Proxy};
-use crate::dataplane::sockets::Sockets;
+use crate::drain::Watch as Drains;
+use crate::ops::dns_metrics::{query_type_label, DnsLabels, UNKNOWN_QUERY_TYPE};
+use crate::sockets::Sockets;
+use crate::state::model::Strng;
 use crate::state::model::Workload;
 use crate::state::{Reader, Snapshot};
 
@@ -53,13 +55,32 @@ static INDEXES: std::sync::LazyLock<IndexCache> = std::sync::LazyLock::new(Index
 /// Binds the pod's DNS listeners (on the calling thread, in the pod's namespace) and serves
 /// them on `data` until `drains` signal. Binding errors fail the pod's start, except the IPv6
 /// loopback when the pod has no IPv6.
-pub fn start(proxy: &Arc<Proxy>, data: &Handle, drains: &Drains) -> io::Result<()> {
+/// What a pod's DNS proxy is given: who the pod is, the configuration, the mesh state, and
+/// the pod's socket factory. Nothing else of the pod's data plane.
+pub struct PodDns {
+    /// The pod's namespace.
+    pub namespace: Strng,
+    /// The pod's name.
+    pub name: Strng,
+    /// The pod's service account.
+    pub service_account: Strng,
+    /// The process configuration.
+    pub cfg: Arc<Config>,
+    /// The mesh state.
+    pub state: Reader,
+    /// Sockets in the pod's namespace, with the packet mark.
+    pub sockets: Sockets,
+}
+
+/// Starts a pod's DNS proxy on `data`, serving until `drains` fires.
+pub fn start(pod: PodDns, data: &Handle, drains: &Drains) -> io::Result<()> {
+    let proxy = &pod;
     let upstreams = Upstreams::load_or_warn(&proxy.cfg.dns.resolv_conf);
     let server = Arc::new(DnsServer {
         client: ClientRef {
-            namespace: proxy.pod.namespace.clone(),
-            name: proxy.pod.name.clone(),
-            service_account: proxy.pod.service_account.clone(),
+            namespace: proxy.namespace.clone(),
+            name: proxy.name.clone(),
+            service_account: proxy.service_account.clone(),
             node: proxy.cfg.node_name.as_deref().map(Into::into),
         },
         state: proxy.state.clone(),

@@ -221,7 +221,7 @@ impl Admin {
     /// `GET /explain?src=<ip|spiffe id>&dst=<ip:port>`: the authorization decision for that
     /// connection against the current state, with the policies behind it.
     fn explain(&self, query: &str) -> http::Response<http_body_util::Full<bytes::Bytes>> {
-        use crate::dataplane::policy::{explain, ExplainSource};
+        use crate::authz::{explain, ExplainSource};
         let param = |k: &str| {
             query
                 .split('&')
@@ -392,8 +392,8 @@ mod tests {
     use serde_json::json;
 
     use super::{percent_decode, policy_dump, service_dump, valid_level_clause};
+    use crate::authz::tests::workload;
     use crate::config::HttpOnlyDeny;
-    use crate::dataplane::policy::tests::workload;
     use crate::state::model::*;
     use crate::state::SnapshotBuilder;
 

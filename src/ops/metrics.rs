@@ -290,7 +290,7 @@ pub struct Metrics {
     /// Connections denied by policy (all reasons).
     pub policy_denials: Counter,
     /// The DNS proxy's series (`istio_dns_*`).
-    pub dns: crate::dns::DnsMetrics,
+    pub dns: super::dns_metrics::DnsMetrics,
     /// Connections whose endpoint had to be resolved by hostname.
     pub on_demand_dns: Family<OnDemandDnsLabels, Counter>,
     /// Traffic label sets seen, for expiry.
@@ -405,7 +405,7 @@ impl Metrics {
             "Connections denied by authorization policy",
             policy_denials.clone(),
         );
-        let dns = crate::dns::DnsMetrics::register(&mut registry);
+        let dns = super::dns_metrics::DnsMetrics::register(&mut registry);
         Metrics {
             registry,
             connections_opened,

@@ -6,6 +6,7 @@
 
 pub mod access;
 pub mod admin;
+pub mod dns_metrics;
 pub mod http;
 pub mod logging;
 pub mod metrics;

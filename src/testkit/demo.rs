@@ -206,7 +206,10 @@ pub fn run(ztun: &Path, source: Source) -> anyhow::Result<()> {
     let legacy = SocketAddr::from((lab.pod("legacy").ip(), legacy_echo.port()));
     let archive = SocketAddr::from((ARCHIVE_VIP, 5432));
     let mib = 1 << 20;
-    let run = Runner { lab: &lab, ztuns: &ztuns };
+    let run = Runner {
+        lab: &lab,
+        ztuns: &ztuns,
+    };
     flows.push(run.echo("cross-node mTLS", "web", db, 32 * mib));
     flows.push(run.echo("same-node mTLS", "web", worker, 32 * mib));
     flows.push(run.echo("worker to db", "worker", db, 8 * mib));
@@ -258,7 +261,9 @@ pub fn run(ztun: &Path, source: Source) -> anyhow::Result<()> {
             if lab.pod("worker").bulk_echo(db, 1024).is_err() {
                 result = match n2.map(|p| p.wait_for_log_after(cursor, denial, WAIT)) {
                     Some(Ok(_)) => Ok(started.elapsed()),
-                    _ => Err(anyhow::anyhow!("refused, but n2 logged no denial by data/deny-worker")),
+                    _ => Err(anyhow::anyhow!(
+                        "refused, but n2 logged no denial by data/deny-worker"
+                    )),
                 };
                 break;
             }
@@ -361,13 +366,19 @@ fn mesh_of(lab: &Lab) -> MeshFile {
             w.insert("workloadName".into(), name.into());
         });
     }
-    mesh.service("archive", "data", ARCHIVE_VIP, &[(5432, 5432)], &["archive"])
-        .edit_workload("archive", |w| {
-            w.insert("networkGateway".into(), gateway);
-        })
-        .edit_workload("ew", |w| {
-            w.insert("serviceAccount".into(), "istio-eastwestgateway".into());
-        })
+    mesh.service(
+        "archive",
+        "data",
+        ARCHIVE_VIP,
+        &[(5432, 5432)],
+        &["archive"],
+    )
+    .edit_workload("archive", |w| {
+        w.insert("networkGateway".into(), gateway);
+    })
+    .edit_workload("ew", |w| {
+        w.insert("serviceAccount".into(), "istio-eastwestgateway".into());
+    })
 }
 
 /// Runs flows and reads their path from the ztuns' access logs.
@@ -417,13 +428,21 @@ impl Runner<'_> {
                     .find_map(|kv| kv.strip_prefix(k))
                     .map(|v| v.trim_matches('"').to_string())
             };
-            let outbound = lines.iter().find(|(_, l)| l.contains("direction=\"outbound\""));
-            let inbound = lines.iter().find(|(_, l)| l.contains("direction=\"inbound\""));
+            let outbound = lines
+                .iter()
+                .find(|(_, l)| l.contains("direction=\"outbound\""));
+            let inbound = lines
+                .iter()
+                .find(|(_, l)| l.contains("direction=\"inbound\""));
             let path = match (outbound, inbound) {
                 (Some((src, o)), Some((dst, i))) => {
                     let authority = field(o, "dst.hbone_addr=").unwrap_or_default();
                     let mtls = i.contains("src.identity=spiffe://");
-                    match (authority.parse::<SocketAddr>().is_ok(), authority.is_empty(), mtls) {
+                    match (
+                        authority.parse::<SocketAddr>().is_ok(),
+                        authority.is_empty(),
+                        mtls,
+                    ) {
                         (true, _, true) if src == dst => Some(format!("HBONE within {src}")),
                         (true, _, true) => Some(format!("HBONE {src} -> {dst}")),
                         (false, false, true) => Some(format!(

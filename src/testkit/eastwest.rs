@@ -62,7 +62,9 @@ impl EastWestGateway {
         routes: Routes,
     ) -> anyhow::Result<EastWestGateway> {
         let ca = LocalCa::load(ca_dir, Duration::from_secs(3600)).context("loading the test CA")?;
-        let cert = ca.mint(identity).context("minting the gateway certificate")?;
+        let cert = ca
+            .mint(identity)
+            .context("minting the gateway certificate")?;
         let acceptor = TlsAcceptor::from(cert.server_config());
         let crossings = Arc::new(Mutex::new(Vec::new()));
         let routes = Arc::new(routes);

@@ -11,9 +11,9 @@ use rustls::pki_types::ServerName;
 use tokio_rustls::TlsConnector;
 
 use super::H2Settings;
-use crate::dataplane::sockets::Sockets;
 use crate::dataplane::Error;
 use crate::identity::Identity;
+use crate::sockets::Sockets;
 use crate::tls::crl::{Side, Tracked};
 use crate::tls::{peer_identity, WorkloadCert};
 
@@ -74,8 +74,7 @@ where
     let crl_generation = cert.crl_generation();
     // SNI is disabled in the config; the name only satisfies the API.
     let name = ServerName::IpAddress(dst.ip().into());
-    let tls = match tokio::time::timeout(handshake_timeout, connector.connect(name, io)).await
-    {
+    let tls = match tokio::time::timeout(handshake_timeout, connector.connect(name, io)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) if is_revoked(&e) => return Err(Error::CertRevoked),
         Ok(Err(e)) => return Err(Error::Tls(Arc::new(e))),

@@ -153,9 +153,7 @@ pub fn workload_from_baggage(
     identity: &crate::identity::Identity,
     header: &str,
 ) -> Option<crate::state::model::Workload> {
-    use crate::state::model::{
-        HealthStatus, Locality, NetworkMode, TunnelProtocol, Workload,
-    };
+    use crate::state::model::{HealthStatus, Locality, NetworkMode, TunnelProtocol, Workload};
     let mut w = Workload {
         uid: "".into(),
         name: "".into(),
@@ -295,7 +293,7 @@ mod tests {
 
     #[test]
     fn a_source_is_described_from_its_baggage_with_its_proven_identity() {
-        let mut w = crate::dataplane::policy::tests::workload("ns1", "web-7f9", "web-sa", [10, 0, 0, 1]);
+        let mut w = crate::authz::tests::workload("ns1", "web-7f9", "web-sa", [10, 0, 0, 1]);
         w.workload_name = "web".into();
         w.workload_type = "deployment".into();
         w.canonical_name = "web".into();
@@ -304,7 +302,12 @@ mod tests {
         let id: crate::identity::Identity = "spiffe://td/ns/ns1/sa/web-sa".parse().unwrap();
         let d = workload_from_baggage(&id, &baggage(&w)).expect("described");
         assert_eq!(
-            (&*d.workload_name, &*d.workload_type, &*d.namespace, &*d.canonical_revision),
+            (
+                &*d.workload_name,
+                &*d.workload_type,
+                &*d.namespace,
+                &*d.canonical_revision
+            ),
             ("web", "deployment", "ns1", "v2")
         );
         assert_eq!((&*d.cluster_id, &*d.locality.region), ("Kubernetes", "eu"));

@@ -24,9 +24,9 @@ use tokio::time::Instant;
 
 use super::client::{dial, Dialed};
 use super::H2Settings;
-use crate::dataplane::sockets::Sockets;
 use crate::dataplane::Error;
 use crate::identity::Identity;
+use crate::sockets::Sockets;
 use crate::tls::crl::Tracked;
 use crate::tls::{RevokedSignal, WorkloadCert};
 

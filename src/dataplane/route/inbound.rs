@@ -228,7 +228,7 @@ fn is_local(snap: &Snapshot, gw: &GatewayAddress, local: &Workload, dialled: IpA
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dataplane::policy::tests::workload;
+    use crate::authz::tests::workload;
     use crate::state::model::{ApplicationTunnel, NamespacedHostname, NetworkAddress, Visibility};
     use crate::state::SnapshotBuilder;
 

@@ -7,7 +7,7 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 
 use super::*;
-use crate::dataplane::policy::tests::workload as mesh_workload;
+use crate::authz::tests::workload as mesh_workload;
 use crate::state::model::{
     AppTunnelProtocol, ApplicationTunnel, CidrVip, Locality, NamespacedHostname, NetworkAddress,
     PortMap, WeightedWaypoint,
@@ -905,7 +905,10 @@ mod multi_network {
         assert_eq!(ids, ["spiffe://cluster.local/ns/default/sa/far"]);
         // Addressed by its own IP, a remote pod is not in this network's view: passthrough
         // to an unknown address, never HBONE to it directly.
-        assert_eq!(tcp(&route(&snap, "10.0.9.11:8080")), ("10.0.9.11:8080".into(), None));
+        assert_eq!(
+            tcp(&route(&snap, "10.0.9.11:8080")),
+            ("10.0.9.11:8080".into(), None)
+        );
     }
 
     #[test]
@@ -945,7 +948,11 @@ mod multi_network {
             RefuseReason::NoHealthyUpstream
         );
         // A gateway the state does not know: refused with its own reason.
-        let lost = member(remote("lost", [10, 0, 9, 12], Some(by_address())), &web, &[]);
+        let lost = member(
+            remote("lost", [10, 0, 9, 12], Some(by_address())),
+            &web,
+            &[],
+        );
         let snap = World::new().with(lost).service(web).build();
         assert_eq!(
             refused(&route(&snap, "10.96.0.1:80")),

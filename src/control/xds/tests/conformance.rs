@@ -21,9 +21,9 @@ use serde_json::{json, Value};
 
 use super::server::{address_resource, resource, response, Conn as AdsConn, TestAds, WAIT};
 use super::{client_config, initial, start};
+use crate::authz::{authorize, Conn, HttpOnlyDeny, Outcome, Verdict};
 use crate::control::xds::proto::istio::{security as sec, workload as wl};
 use crate::control::xds::{ADDRESS_TYPE, AUTHORIZATION_TYPE};
-use crate::dataplane::policy::{authorize, Conn, HttpOnlyDeny, Outcome, Verdict};
 use crate::identity::Identity;
 use crate::state::model::Policy;
 use crate::state::{self, Reader, Snapshot};

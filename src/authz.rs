@@ -23,12 +23,12 @@
 //!   principal and service-account conditions never hold (so negative ones always do).
 //!   Principals are compared without `spiffe://`.
 //!
-//! [`enforce`] keeps live inbound connections re-evaluated when the snapshot changes;
-//! [`explain`] answers "why" for operators.
+//! The data plane authorizes with it (and keeps live connections re-evaluated:
+//! `dataplane::enforce`); the admin API's [`explain`] answers "why" for operators from the
+//! same evaluation.
 //!
 //! Allowed imports: `state`, `identity`, `config`.
 
-pub mod enforce;
 pub mod explain;
 #[cfg(test)]
 pub(crate) mod tests;
@@ -44,7 +44,6 @@ use crate::state::model::{
 };
 use crate::state::{canonical_ip, Snapshot};
 
-pub use enforce::{Connections, LocalPod, Registration, Revoked};
 pub use explain::{explain, ExplainError, ExplainSource, Explanation, PolicyTrace};
 
 /// The facts a policy is evaluated against.

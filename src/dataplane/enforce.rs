@@ -17,7 +17,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
-use super::{
+use crate::authz::{
     applicable, authorize, Conn, Decision, Denial, HttpOnlyDeny, Outcome, Reason, Verdict,
 };
 use crate::state::model::{Policy, Strng, Workload};
@@ -292,7 +292,7 @@ mod tests {
 
     fn base() -> SnapshotBuilder {
         let mut b = SnapshotBuilder::default();
-        b.insert_workload(super::super::tests::workload(
+        b.insert_workload(crate::authz::tests::workload(
             "ns",
             "server",
             "sa",
@@ -353,7 +353,7 @@ mod tests {
         writer.publish(base());
         let before = Fingerprint::of(&pod(), &reader.load());
         let mut b = writer.builder();
-        b.insert_workload(super::super::tests::workload(
+        b.insert_workload(crate::authz::tests::workload(
             "other",
             "x",
             "sa",

@@ -57,7 +57,10 @@ pub enum ExplainError {
     #[error("no workload has address {0}")]
     UnknownDestination(IpAddr),
     /// The destination is a service VIP: policies apply per endpoint.
-    #[error("{addr} is the VIP of service {service}; explain one of its endpoints: {endpoints:?}{}", remote_note(remote))]
+    #[error(
+        "{addr} is the VIP of service {service}; explain one of its endpoints: {endpoints:?}{}",
+        remote_note(remote)
+    )]
     ServiceVip {
         /// The address asked about.
         addr: SocketAddr,
@@ -233,7 +236,11 @@ fn remote_endpoints_of(snap: &Snapshot, network: &str, key: &str) -> Vec<String>
         .iter()
         .filter(|w| *w.network != *network)
         .map(|w| {
-            let via = match w.network_gateway.as_ref().map(|g| (&g.destination, g.hbone_mtls_port)) {
+            let via = match w
+                .network_gateway
+                .as_ref()
+                .map(|g| (&g.destination, g.hbone_mtls_port))
+            {
                 Some((GatewayDestination::Address(a), port)) => format!("{}:{port}", a.address),
                 Some((GatewayDestination::Hostname(h), port)) => format!("{}:{port}", h.hostname),
                 None => "no gateway: never used".into(),

@@ -1,0 +1,151 @@
+//! The layers of docs/architecture.md, checked from the code: every `crate::<module>` a
+//! top-level module's product code names must be of a lower layer. Test code (`tests.rs`
+//! files, `tests/` directories, and a trailing `#[cfg(test)] mod tests { .. }`) may reach
+//! anywhere; so may the test tooling (`testkit`, `fuzz`) and the composition root (`app`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Each top-level module and its layer (lower layers may be imported by higher ones only).
+const LAYERS: &[(&str, u8)] = &[
+    ("identity", 0),
+    ("drain", 0),
+    ("sys", 0),
+    ("config", 1),
+    ("cli", 1),
+    ("state", 2),
+    ("tls", 2),
+    ("sockets", 2),
+    ("authz", 3),
+    ("ops", 4),
+    ("control", 5),
+    ("dns", 5),
+    ("dataplane", 6),
+    ("controlplane", 6),
+    ("app", 9),
+    ("testkit", 10),
+    ("fuzz", 10),
+];
+
+/// Modules whose every import is allowed.
+const ROOTS: &[&str] = &["app", "testkit", "fuzz"];
+
+fn layer(module: &str) -> Option<u8> {
+    LAYERS.iter().find(|(m, _)| *m == module).map(|(_, l)| *l)
+}
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).expect("readable source dir") {
+        let path = entry.expect("dir entry").path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// Product code of a file: everything before a trailing `#[cfg(test)] mod tests {`.
+fn product_code(text: &str) -> &str {
+    let mut at = 0;
+    while let Some(i) = text[at..].find("#[cfg(test)]") {
+        let start = at + i;
+        let rest = text[start + "#[cfg(test)]".len()..].trim_start();
+        let rest = rest.strip_prefix("pub(crate) ").unwrap_or(rest);
+        if rest.starts_with("mod tests {") {
+            return &text[..start];
+        }
+        at = start + 1;
+    }
+    text
+}
+
+/// The top-level modules named as `crate::<name>` in `code`.
+fn crate_paths(code: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = code;
+    while let Some(i) = rest.find("crate::") {
+        let tail = &rest[i + "crate::".len()..];
+        let name: String = tail
+            .chars()
+            .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+            .collect();
+        // `super::crate::`-like suffixes of other paths (e.g. `foo_crate::`) are not ours.
+        let before = rest[..i].chars().last();
+        if !name.is_empty() && !before.is_some_and(|c| c.is_alphanumeric() || c == '_') {
+            out.push(name);
+        }
+        rest = tail;
+    }
+    out
+}
+
+#[test]
+fn every_import_points_down_a_layer() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut checked = 0;
+    let mut upward: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+    for file in &files {
+        let rel = file.strip_prefix(&src).expect("under src");
+        let rel_s = rel.to_string_lossy().replace('\\', "/");
+        let top = rel_s
+            .split('/')
+            .next()
+            .unwrap_or_default()
+            .trim_end_matches(".rs")
+            .to_string();
+        if matches!(top.as_str(), "main" | "lib" | "bin") || ROOTS.contains(&top.as_str()) {
+            continue;
+        }
+        if rel_s.ends_with("/tests.rs") || rel_s.contains("/tests/") {
+            continue;
+        }
+        let from = layer(&top).unwrap_or_else(|| {
+            panic!("top-level module `{top}` has no layer in LAYERS (and docs/architecture.md)")
+        });
+        let text = std::fs::read_to_string(file).expect("readable file");
+        checked += 1;
+        for dep in crate_paths(product_code(&text)) {
+            if dep == top {
+                continue;
+            }
+            let Some(to) = layer(&dep) else {
+                continue; // a crate-root item (VERSION), not a module
+            };
+            if to >= from {
+                upward
+                    .entry((top.clone(), dep))
+                    .or_default()
+                    .push(rel_s.clone());
+            }
+        }
+    }
+    assert!(
+        checked > 50,
+        "only {checked} files checked: is the walk broken?"
+    );
+    let report: Vec<String> = upward
+        .iter()
+        .map(|((from, to), files)| {
+            let mut files = files.clone();
+            files.dedup();
+            format!("{from} -> {to}: {}", files.join(", "))
+        })
+        .collect();
+    assert!(
+        report.is_empty(),
+        "imports that do not point down a layer (docs/architecture.md):\n{}",
+        report.join("\n")
+    );
+}
+
+#[test]
+fn the_checker_sees_an_upward_import() {
+    let code = "use crate::dataplane::Proxy;\nfn f() { crate::state::new(); }\n\
+                #[cfg(test)]\nmod tests {\n use crate::testkit::lab;\n}\n";
+    assert_eq!(crate_paths(product_code(code)), ["dataplane", "state"]);
+    assert!(layer("dataplane") >= layer("ops"));
+    assert!(crate_paths("my_crate::x").is_empty());
+}
