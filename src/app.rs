@@ -26,6 +26,7 @@ use crate::ops::readiness::Readiness;
 use crate::sockets::Sockets;
 use crate::state::{self, Reader, Writer};
 use crate::sys::Netns;
+use crate::tasks::{Exit, Tasks};
 use crate::tls::{CertSource, Revocation};
 
 /// Runs ztun until it is told to stop.
@@ -67,9 +68,11 @@ async fn run_control(config: Arc<Config>, data: Handle, log: LogHandle) -> anyho
     let policies = reader.clone();
     telemetry.add_collector(Box::new(move |out| policy_families(&policies.load(), out)));
     load_local_config(&config, &writer)?;
-    let (xds_synced, on_demand) = start_mesh_source(&config, writer, &readiness)?;
-    let revocation = revocation(&config)?;
-    let (certs, cert_dump) = cert_source(&config, &reader, &revocation)?;
+    // Every long-lived task of the control runtime has this one owner.
+    let mut tasks = Tasks::new();
+    let (xds_synced, on_demand) = start_mesh_source(&config, writer, &readiness, &mut tasks)?;
+    let revocation = revocation(&config, &mut tasks)?;
+    let (certs, cert_dump) = cert_source(&config, &reader, &revocation, &mut tasks)?;
     let resolver = host_resolver(&config);
     let process = Arc::new(drain::channel().0);
     let shutdown = Arc::new(tokio::sync::Notify::new());
@@ -84,8 +87,9 @@ async fn run_control(config: Arc<Config>, data: Handle, log: LogHandle) -> anyho
         revocation: revocation.clone(),
         static_config: static_config(&config),
     };
-    serve_ops(&config, admin, &readiness, &data, &process).await?;
-    tokio::spawn(expire_metrics(reader.clone(), telemetry));
+    serve_ops(&config, admin, &readiness, &data, &process, &mut tasks).await?;
+    // Ends once the state has no writer left (a static mesh): nothing can change then.
+    tasks.spawn_finite("metric expiry", expire_metrics(reader.clone(), telemetry));
 
     // Keeps dedicated-mode listeners alive until shutdown.
     let mut _dedicated = None;
@@ -107,7 +111,7 @@ async fn run_control(config: Arc<Config>, data: Handle, log: LogHandle) -> anyho
             });
             let client = zds::Client::new(config.inpod.uds.clone(), starter, observer);
             let drain = process.watch();
-            tokio::spawn(async move {
+            tasks.spawn("cni client", async move {
                 // Pods are taken over only once the mesh is known (as ztunnel does).
                 if let Some(synced) = xds_synced {
                     wait_synced(synced).await;
@@ -145,9 +149,18 @@ async fn run_control(config: Arc<Config>, data: Handle, log: LogHandle) -> anyho
     }
     tracing::info!("ztun ready");
 
-    tokio::select! {
-        _ = wait_for_signal() => {}
-        _ = shutdown.notified() => tracing::info!("shutdown requested through the admin API"),
+    let signal = wait_for_signal();
+    let requested = shutdown.notified();
+    tokio::pin!(signal, requested);
+    loop {
+        tokio::select! {
+            _ = &mut signal => break,
+            _ = &mut requested => {
+                tracing::info!("shutdown requested through the admin API");
+                break;
+            }
+            Some((name, exit)) = tasks.next_exit() => task_died(&readiness, name, &exit),
+        }
     }
     tracing::info!(deadline = ?config.termination_deadline, "shutting down: draining connections");
     process.start(DrainMode::Graceful);
@@ -159,8 +172,21 @@ async fn run_control(config: Arc<Config>, data: Handle, log: LogHandle) -> anyho
         process.start(DrainMode::Immediate);
         let _ = tokio::time::timeout(Duration::from_secs(1), process.closed()).await;
     }
+    tasks.shutdown(Duration::from_secs(1)).await;
     tracing::info!("ztun stopped");
     Ok(())
+}
+
+/// A background task ended before shutdown: logged, counted, and readiness fails for good
+/// (the process keeps serving what it can; Kubernetes replaces it).
+fn task_died(readiness: &Readiness, name: &'static str, exit: &Exit) {
+    let how = match exit {
+        Exit::Returned => "returned",
+        Exit::Panicked(_) => "panicked",
+    };
+    tracing::error!(task = name, exit = ?exit, "background task ended unexpectedly; failing readiness");
+    crate::ops::telemetry().metrics.task_died(name, how);
+    readiness.block(&format!("task {name} ({how})"));
 }
 
 /// `staticConfig` of the dump: the local file re-read and parsed at each dump, as ztunnel
@@ -228,11 +254,12 @@ fn start_mesh_source(
     config: &Config,
     writer: Writer,
     readiness: &Readiness,
+    tasks: &mut Tasks,
 ) -> anyhow::Result<MeshSource> {
     let Some(xds) = xds::ClientConfig::from_config(config).context("xDS client")? else {
         if let Some(LocalXds::Path(path)) = &config.local_xds {
             let watcher = crate::control::local_watch::LocalWatcher::new(path.clone());
-            tokio::spawn(watcher.run(writer));
+            tasks.spawn("local file watcher", watcher.run(writer));
         }
         return Ok((None, None));
     };
@@ -247,12 +274,12 @@ fn start_mesh_source(
     readiness.block(XDS_TASK);
     let unblock = readiness.clone();
     let mut ready = synced.clone();
-    tokio::spawn(async move {
+    tasks.spawn_finite("xds readiness", async move {
         if ready.wait_for(|s| *s).await.is_ok() {
             unblock.unblock(XDS_TASK);
         }
     });
-    tokio::spawn(client.run());
+    tasks.spawn("xds client", client.run());
     Ok((config.local_xds.is_none().then_some(synced), on_demand))
 }
 
@@ -371,14 +398,17 @@ const XDS_TASK: &str = "xds client";
 
 /// CRL checking (`CRL_PATH`): the file must parse at startup, then it is polled every
 /// second; its metrics join every scrape.
-fn revocation(config: &Config) -> anyhow::Result<Revocation> {
+fn revocation(config: &Config, tasks: &mut Tasks) -> anyhow::Result<Revocation> {
     let Some(path) = &config.ca.crl_path else {
         return Ok(Revocation::disabled());
     };
     let revocation =
         Revocation::load(path).with_context(|| format!("CRL_PATH {}", path.display()))?;
     tracing::info!(path = %path.display(), "checking peer certificates against CRLs");
-    tokio::spawn(revocation.clone().watch(Duration::from_secs(1)));
+    tasks.spawn(
+        "crl watcher",
+        revocation.clone().watch(Duration::from_secs(1)),
+    );
     let r = revocation.clone();
     crate::ops::telemetry().add_collector(Box::new(move |out| r.encode_metrics(out)));
     Ok(revocation)
@@ -391,6 +421,7 @@ fn cert_source(
     config: &Config,
     state: &Reader,
     revocation: &Revocation,
+    tasks: &mut Tasks,
 ) -> anyhow::Result<(Arc<dyn CertSource>, CertDump)> {
     let ttl = config.ca.secret_ttl;
     let issuer: Arc<dyn Issuer> = if let Some(dir) = &config.ca.local_ca_dir {
@@ -410,7 +441,9 @@ fn cert_source(
     };
     let store = CertStore::spawn(issuer, StoreConfig::default());
     if let (ProxyMode::Shared, Some(node)) = (config.proxy_mode, &config.node_name) {
-        tokio::spawn(
+        // Follows state changes: ends once the state has no writer left.
+        tasks.spawn_finite(
+            "certificate prefetch",
             store
                 .clone()
                 .follow_local_workloads(state.clone(), node.clone()),
@@ -440,6 +473,7 @@ async fn serve_ops(
     readiness: &Readiness,
     data: &Handle,
     process: &drain::Trigger,
+    tasks: &mut Tasks,
 ) -> anyhow::Result<()> {
     use crate::ops::http::{serve, text};
     let bind = |addr: std::net::SocketAddr| async move {
@@ -461,9 +495,12 @@ async fn serve_ops(
     let ready_l = bind(config.readiness_addr).await?;
     let admin = admin.handler();
     for l in admin_ls {
-        tokio::spawn(serve(l, admin.clone(), process.watch(), true));
+        tasks.spawn("admin", serve(l, admin.clone(), process.watch(), true));
     }
-    tokio::spawn(serve(ready_l, readiness.handler(), process.watch(), false));
+    tasks.spawn(
+        "readiness",
+        serve(ready_l, readiness.handler(), process.watch(), false),
+    );
     let data = data.clone();
     let metrics: crate::ops::http::Handler = Arc::new(move |req| {
         let data = data.clone();
@@ -484,7 +521,7 @@ async fn serve_ops(
             }
         })
     });
-    tokio::spawn(serve(stats_l, metrics, process.watch(), false));
+    tasks.spawn("stats", serve(stats_l, metrics, process.watch(), false));
     tracing::info!(admin = %config.admin_addr, stats = %config.stats_addr, readiness = %config.readiness_addr, "operational endpoints up");
     Ok(())
 }
@@ -645,5 +682,27 @@ fn raise_fd_limit() {
         if soft < hard {
             let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A background task that dies is counted and keeps the process unready from then on.
+    #[tokio::test]
+    async fn a_dead_task_fails_readiness_and_is_counted() {
+        let telemetry = crate::ops::init("test");
+        let readiness = Readiness::new();
+        let mut tasks = Tasks::new();
+        tasks.spawn("doomed", async { panic!("lost the stream") });
+        let (name, exit) = tasks.next_exit().await.expect("an exit");
+        task_died(&readiness, name, &exit);
+        assert_eq!(readiness.pending(), ["task doomed (panicked)"]);
+        let scrape = telemetry.encode(&crate::ops::metrics::ProcessStats::default());
+        assert!(
+            scrape.contains("ztun_task_exits_total{task=\"doomed\",exit=\"panicked\"} 1"),
+            "{scrape}"
+        );
     }
 }

@@ -22,6 +22,7 @@ pub mod ops;
 pub mod sockets;
 pub mod state;
 pub mod sys;
+pub mod tasks;
 #[cfg(any(test, feature = "testing"))]
 pub mod testkit;
 pub mod tls;

@@ -11,6 +11,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("identity", 0),
     ("drain", 0),
     ("sys", 0),
+    ("tasks", 0),
     ("config", 1),
     ("cli", 1),
     ("state", 2),

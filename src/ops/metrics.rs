@@ -46,6 +46,13 @@ impl EncodeLabelValue for Reporter {
     }
 }
 
+/// Labels of `ztun_task_exits_total`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct TaskExitLabels {
+    task: &'static str,
+    exit: &'static str,
+}
+
 /// The `reporter` label alone (`istio_tcp_sockets_open`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct ReporterLabels {
@@ -285,6 +292,8 @@ pub struct Metrics {
     pub proxies_stopped: Counter,
     /// Accepts that failed because the process ran out of file descriptors.
     pub fd_exhausted: Counter,
+    /// Background tasks that ended before shutdown, by task and how.
+    task_exits: Family<TaskExitLabels, Counter>,
     /// Failed connections by stable reject reason and direction.
     pub failures: Family<FailureLabels, Counter>,
     /// Connections denied by policy (all reasons).
@@ -387,6 +396,12 @@ impl Metrics {
                 proxies_stopped.clone(),
             );
         }
+        let task_exits: Family<TaskExitLabels, Counter> = Family::default();
+        registry.register(
+            "ztun_task_exits",
+            "Background tasks that ended before shutdown (readiness fails after one)",
+            task_exits.clone(),
+        );
         let fd_exhausted = Counter::default();
         registry.register(
             "ztun_accept_fd_exhausted",
@@ -420,11 +435,19 @@ impl Metrics {
             proxies_stopped,
             policy_denials,
             fd_exhausted,
+            task_exits,
             failures,
             dns,
             on_demand_dns,
             seen: Mutex::new(HashSet::new()),
         }
+    }
+
+    /// Counts a background task that ended before shutdown (`how`: returned or panicked).
+    pub fn task_died(&self, task: &'static str, how: &'static str) {
+        self.task_exits
+            .get_or_create(&TaskExitLabels { task, exit: how })
+            .inc();
     }
 
     /// Counts an accepted downstream socket open until the returned guard drops.
