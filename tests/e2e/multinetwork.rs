@@ -64,14 +64,19 @@ fn mesh(lab: &Lab, c1_healthy: bool) -> MeshFile {
 }
 
 fn mesh_with_gateway_port(lab: &Lab, c1_healthy: bool, gw_port: u16) -> MeshFile {
-    let gw = |pod: &str, net: &str| json!({
-        "destination": format!("{net}/{}", lab.pod(pod).ip()),
-        "hboneMtlsPort": gw_port,
-    });
+    let gw = |pod: &str, net: &str| {
+        json!({
+            "destination": format!("{net}/{}", lab.pod(pod).ip()),
+            "hboneMtlsPort": gw_port,
+        })
+    };
     MeshFile::from_lab(lab)
         .service("web", "default", VIP, &[(80, 8080)], &["c1", "c2"])
         .edit_service("web", |s| {
-            s.insert("vips".into(), json!([format!("net1/{VIP}"), format!("net2/{VIP}")]));
+            s.insert(
+                "vips".into(),
+                json!([format!("net1/{VIP}"), format!("net2/{VIP}")]),
+            );
             s.insert(
                 "loadBalancer".into(),
                 json!({"routingPreferences": ["Network"], "mode": "Failover"}),
@@ -105,13 +110,23 @@ fn start_gateway(cluster: &Cluster, identity: &Identity, port: u16) -> EastWestG
     let lab = &cluster.lab;
     let c2 = SocketAddr::from((lab.pod("c2").ip(), 15008));
     let routes = HashMap::from([(format!("{HOST}:80"), vec![c2])]);
-    EastWestGateway::spawn(lab.pod("gw2").netns(), port, &cluster.ca_dir, identity, routes)
-        .expect("net2's gateway")
+    EastWestGateway::spawn(
+        lab.pod("gw2").netns(),
+        port,
+        &cluster.ca_dir,
+        identity,
+        routes,
+    )
+    .expect("net2's gateway")
 }
 
 fn reaches_web(lab: &Lab) -> bool {
     lab.pod("a")
-        .block_on(bulk_echo(SocketAddr::from((VIP, 80)), 64 * 1024, Duration::from_secs(20)))
+        .block_on(bulk_echo(
+            SocketAddr::from((VIP, 80)),
+            64 * 1024,
+            Duration::from_secs(20),
+        ))
         .is_ok()
 }
 
@@ -155,7 +170,10 @@ fn cross_network_traffic_goes_through_the_gateway_with_both_identities_checked()
         c.client_identity.to_string(),
         "spiffe://cluster.local/ns/default/sa/sa-a"
     );
-    assert_eq!(c.forwarded_to, Some(SocketAddr::from((lab.pod("c2").ip(), 15008))));
+    assert_eq!(
+        c.forwarded_to,
+        Some(SocketAddr::from((lab.pod("c2").ip(), 15008)))
+    );
     // Nothing left n1 but TLS to the gateway's HBONE port.
     let gw_addr = SocketAddr::from((lab.pod("gw2").ip(), GW_PORT));
     let segments = pcap.tcp_segments().unwrap();
@@ -168,16 +186,25 @@ fn cross_network_traffic_goes_through_the_gateway_with_both_identities_checked()
             s.dst
         );
     }
-    assert!(!pcap.contains(b"web.default"), "a CONNECT authority crossed the link in clear");
+    assert!(
+        !pcap.contains(b"web.default"),
+        "a CONNECT authority crossed the link in clear"
+    );
     // The destination's ztun saw the inner tunnel: a's identity (from the inner TLS), a's
     // workload (from its baggage, its address being the gateway's), the service authority.
     let n4 = cluster.ztun("n4");
     let line = n4
-        .wait_for_log("src.identity=spiffe://cluster.local/ns/default/sa/sa-a", WAIT)
+        .wait_for_log(
+            "src.identity=spiffe://cluster.local/ns/default/sa/sa-a",
+            WAIT,
+        )
         .unwrap();
     assert!(line.contains("direction=\"inbound\""), "{line}");
     assert!(line.contains("src.workload=\"a\""), "{line}");
-    assert!(line.contains(&format!("src.addr={}:", lab.pod("gw2").ip())), "{line}");
+    assert!(
+        line.contains(&format!("src.addr={}:", lab.pod("gw2").ip())),
+        "{line}"
+    );
     // The source's access log shows the gateway hop and the service authority.
     let line = cluster
         .ztun("n1")
@@ -227,12 +254,18 @@ fn policy_at_the_destination_sees_the_real_source_and_bad_gateways_fail_closed()
     let lab = &cluster.lab;
     let impostor = Identity::new("cluster.local", "istio-system", "not-the-gateway").unwrap();
     let fake = start_gateway(&cluster, &impostor, IMPOSTOR_PORT);
-    assert!(!reaches_web(lab), "a reached web through an impostor gateway");
+    assert!(
+        !reaches_web(lab),
+        "a reached web through an impostor gateway"
+    );
     let line = cluster
         .ztun("n1")
         .wait_for_log("reason=\"peer_identity_unexpected\"", WAIT)
         .unwrap();
-    assert!(line.contains(&format!("dst.hbone_addr={HOST}:80")), "{line}");
+    assert!(
+        line.contains(&format!("dst.hbone_addr={HOST}:80")),
+        "{line}"
+    );
     assert!(fake.crossings().is_empty(), "{:?}", fake.crossings());
 
     // The real gateway.

@@ -18,7 +18,10 @@ struct Negotiated {
     resumed: bool,
 }
 
-fn handshake(t: &Target, config: std::sync::Arc<rustls::ClientConfig>) -> anyhow::Result<Negotiated> {
+fn handshake(
+    t: &Target,
+    config: std::sync::Arc<rustls::ClientConfig>,
+) -> anyhow::Result<Negotiated> {
     let hbone = t.hbone();
     t.cluster.lab.pod("u").block_on(async move {
         let s = client::tls(hbone, config).await?;
@@ -50,9 +53,16 @@ fn hbone_speaks_tls13_aes_gcm_only_and_never_resumes() {
         .lab
         .pod("u")
         .netns()
-        .exec("openssl", &["s_client", "-connect", &connect, "-tls1_2", "-brief"], Some(b""))
+        .exec(
+            "openssl",
+            &["s_client", "-connect", &connect, "-tls1_2", "-brief"],
+            Some(b""),
+        )
         .expect_err("TLS 1.2 accepted");
-    assert!(format!("{err:#}").contains("alert protocol version"), "{err:#}");
+    assert!(
+        format!("{err:#}").contains("alert protocol version"),
+        "{err:#}"
+    );
     // A client offering ChaCha20-Poly1305 only is refused.
     let chacha = client_with(
         &t.cluster,
@@ -76,7 +86,12 @@ fn hbone_speaks_tls13_aes_gcm_only_and_never_resumes() {
         assert!(!n.resumed, "round {round}: session resumed: {n:?}");
     }
     // Without a compliance policy, classic key exchanges are accepted too.
-    let x25519 = client_with(&t.cluster, "sa-u", provider(|p| p.kx_groups = vec![kx_group::X25519]), tls13);
+    let x25519 = client_with(
+        &t.cluster,
+        "sa-u",
+        provider(|p| p.kx_groups = vec![kx_group::X25519]),
+        tls13,
+    );
     let n = handshake(&t, x25519).expect("X25519 without COMPLIANCE_POLICY");
     assert_eq!(n.group, Some(NamedGroup::X25519));
 }
@@ -92,7 +107,12 @@ fn pqc_compliance_accepts_only_the_mlkem_hybrid() {
         ("P-256", kx_group::SECP256R1),
         ("P-384", kx_group::SECP384R1),
     ] {
-        let classic = client_with(&t.cluster, "sa-u", provider(|p| p.kx_groups = vec![group]), tls13);
+        let classic = client_with(
+            &t.cluster,
+            "sa-u",
+            provider(|p| p.kx_groups = vec![group]),
+            tls13,
+        );
         handshake(&t, classic).expect_err(&format!("{name} accepted under pqc"));
     }
     let hybrid = client_with(&t.cluster, "sa-u", default_provider(), tls13);
@@ -101,5 +121,7 @@ fn pqc_compliance_accepts_only_the_mlkem_hybrid() {
     // a (n1) → c (n2) through both ztuns.
     let lab = &t.cluster.lab;
     let dst = std::net::SocketAddr::from((lab.pod("c").ip(), t.echo.port()));
-    lab.pod("a").bulk_echo(dst, 64 * 1024).expect("a → c under pqc");
+    lab.pod("a")
+        .bulk_echo(dst, 64 * 1024)
+        .expect("a → c under pqc");
 }
