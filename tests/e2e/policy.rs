@@ -63,14 +63,14 @@ fn reaches(lab: &Lab, pod: &str, dst: SocketAddr) -> bool {
 fn allow_and_deny_by_namespace_principal_port_and_source_ip() {
     let lab = policy_lab("policy_matrix");
     let base = MeshFile::from_lab(&lab);
-    let web = lab.pod("c").spawn_echo_server(8080).unwrap();
-    let admin = lab.pod("c").spawn_echo_server(9090).unwrap();
+    let web_server = lab.pod("c").spawn_echo_server(8080).unwrap();
+    let admin_server = lab.pod("c").spawn_echo_server(9090).unwrap();
     let cluster = Cluster::start(lab, base.clone());
     let lab = &cluster.lab;
     let c_ip = lab.pod("c").ip();
     let (web, admin) = (
-        SocketAddr::from((c_ip, web.port())),
-        SocketAddr::from((c_ip, admin.port())),
+        SocketAddr::from((c_ip, web_server.port())),
+        SocketAddr::from((c_ip, admin_server.port())),
     );
     let a_ip = lab.pod("a").ip();
     let u_ip = lab.pod("u").ip();
@@ -135,12 +135,33 @@ fn allow_and_deny_by_namespace_principal_port_and_source_ip() {
             None => base.clone(),
         };
         cluster.update_mesh(&mesh);
-        let got = [
-            reaches(lab, "a", web),
-            reaches(lab, "b", web),
-            reaches(lab, "a", admin),
-            reaches(lab, "u", web),
+        let flows = [
+            ("a", web, &web_server),
+            ("b", web, &web_server),
+            ("a", admin, &admin_server),
+            ("u", web, &web_server),
         ];
+        let mut got = [false; 4];
+        for (i, (client, dst, server)) in flows.iter().enumerate() {
+            let before = server.peers().len();
+            got[i] = reaches(lab, client, *dst);
+            // Nothing is forwarded before authorization: a denied client never reaches the
+            // app, not even for a connection it closes at once; an allowed one arrives with
+            // its own address.
+            let new: Vec<SocketAddr> = server.peers().split_off(before);
+            let client_ip = lab.pod(client).ip();
+            if got[i] {
+                assert!(
+                    new.iter().any(|p| p.ip() == client_ip),
+                    "{what}: {client} → {dst} echoed but the app saw {new:?}"
+                );
+            } else {
+                assert!(
+                    new.is_empty(),
+                    "{what}: denied {client} → {dst} reached the app: {new:?}"
+                );
+            }
+        }
         assert_eq!(got, want, "{what}: [a→web, b→web, a→admin, u→web]");
     }
     // `ztun ctl explain` on the server's node names the policy and rule (the last case's
