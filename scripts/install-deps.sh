@@ -24,3 +24,12 @@ fi
 if ! command -v cargo-nextest >/dev/null 2>&1; then
   cargo install cargo-nextest --locked
 fi
+# cargo-fuzz (scripts/fuzz.sh); libfuzzer-sys builds libFuzzer with a C++ compiler.
+if ! command -v cargo-fuzz >/dev/null 2>&1; then
+  cargo install cargo-fuzz --locked
+fi
+if ! command -v c++ >/dev/null 2>&1; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update
+  apt-get install -y --no-install-recommends g++
+fi

@@ -1,7 +1,8 @@
 //! The `dns` fuzz target: messages through the DNS proxy's per-query decision (parse, local
 //! answer from the mesh, response encoding), with no network. Besides raw bytes, the first
 //! input byte can ask for structured shapes of a query (long names, many questions,
-//! compression loops, truncation) so mutations reach past the header checks.
+//! compression loops, truncation) so mutations reach past the header checks. Seeds, one per
+//! kind of query and shape: `fuzz/seeds/dns/`.
 
 use hickory_proto::op::Message;
 
@@ -121,7 +122,7 @@ fn query(name: &[u8], qtype: u16, edns: Option<u16>) -> Vec<u8> {
     q
 }
 
-/// Largest message the mutator's shapes may build (the TCP frame limit).
+/// Largest message a shape may build (the TCP frame limit).
 const MAX_MESSAGE: usize = 65_535;
 
 /// Turns a fuzz input into a DNS message. Byte 0 selects the transport (bit 0: TCP), whether
@@ -181,54 +182,6 @@ fn build(shape: u8, rest: &[u8]) -> Vec<u8> {
     };
     out.truncate(MAX_MESSAGE);
     out
-}
-
-/// Valid queries of every kind the proxy answers or forwards, and one input per shape.
-pub(super) fn seeds() -> Vec<Vec<u8>> {
-    let with = |flags: u8, body: Vec<u8>| {
-        let mut v = vec![flags];
-        v.extend(body);
-        v
-    };
-    let flags = |transport_tcp: bool, unknown: bool, shape: u8| {
-        u8::from(transport_tcp) | (u8::from(unknown) << 1) | (shape << 2)
-    };
-    vec![
-        // Raw well-formed queries: mesh short name, FQDN with EDNS over TCP, a forwarded name.
-        with(flags(false, false, 0), query(b"big", 1, None)),
-        with(
-            flags(true, false, 0),
-            query(b"big.default.svc.cluster.local", 28, Some(4096)),
-        ),
-        with(flags(false, false, 0), query(b"example.org", 65, None)),
-        with(flags(false, true, 0), query(b"db", 1, Some(512))),
-        // Built queries: a wildcard name with EDNS, SVCB for a mesh name over TCP.
-        with(
-            flags(false, false, 1),
-            [&[0u8, 0x04, 0xd0][..], b"x.y.wild.example.com"].concat(),
-        ),
-        with(
-            flags(true, false, 1),
-            [&[5u8, 0, 0][..], b"db.default.svc"].concat(),
-        ),
-        // Many questions, a self-pointing compression loop, a truncated query, a long name.
-        with(
-            flags(false, false, 2),
-            [&[0xff, 0xff, 40][..], &query(b"db", 1, None)[12..]].concat(),
-        ),
-        with(
-            flags(false, false, 3),
-            vec![0x00, 0x0c, 0x00, 0x01, 0x00, 0x01],
-        ),
-        with(
-            flags(false, false, 4),
-            [&[20u8][..], b"big.default"].concat(),
-        ),
-        with(
-            flags(true, false, 5),
-            b"abcdefghijklmnopqrstuvwxyz.".to_vec(),
-        ),
-    ]
 }
 
 /// One message through the DNS proxy's decision (parse, local answer, response encoding) for
@@ -297,32 +250,46 @@ mod tests {
         }
     }
 
+    /// The committed seed of that name (`fuzz/seeds/dns/<name>`).
+    fn seed(name: &str) -> Vec<u8> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fuzz/seeds/dns")
+            .join(name);
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
     /// The seeds reach past the header checks: local answers (truncated over UDP, complete
     /// over TCP), forwarding, and each malformed shape's refusal.
     #[test]
     fn seeds_exercise_answers_forwarding_and_refusals() {
-        let s = seeds();
-        let udp = reply(&s[0]);
+        let udp = reply(&seed("udp-mesh-short-name"));
         assert!(udp.truncated() && udp.response_code() == ResponseCode::NoError);
-        let tcp = reply(&s[1]);
+        let tcp = reply(&seed("tcp-fqdn-aaaa-edns"));
         assert_eq!(tcp.answers().len(), 50, "every IPv6 VIP over TCP");
-        assert!(matches!(decide(&s[2]).unwrap().2, Outcome::Forward { .. }));
-        assert_eq!(reply(&s[3]).response_code(), ResponseCode::ServFail);
-        assert_eq!(reply(&s[4]).answers().len(), 1, "wildcard");
-        for (i, what) in [
-            (6, "many questions"),
-            (7, "compression loop"),
-            (8, "cut"),
-            (9, "long name"),
+        assert!(matches!(
+            decide(&seed("forwarded-https")).unwrap().2,
+            Outcome::Forward { .. }
+        ));
+        assert_eq!(
+            reply(&seed("unknown-client")).response_code(),
+            ResponseCode::ServFail
+        );
+        assert_eq!(reply(&seed("wildcard-edns")).answers().len(), 1, "wildcard");
+        for name in [
+            "many-questions",
+            "compression-loop",
+            "cut-query",
+            "long-name",
         ] {
             assert_eq!(
-                reply(&s[i]).response_code(),
+                reply(&seed(name)).response_code(),
                 ResponseCode::FormErr,
-                "{what}"
+                "{name}"
             );
         }
-        for input in &s {
-            packet(input);
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/dns");
+        for entry in std::fs::read_dir(dir).expect("fuzz/seeds/dns") {
+            packet(&std::fs::read(entry.expect("a seed").path()).expect("reading a seed"));
         }
     }
 }

@@ -1,12 +1,15 @@
-//! The fuzz targets: one per parser of outside input, each with a seed corpus built from
-//! valid values (so mutations start deep inside the format).
+//! The fuzz target bodies: one `pub fn <name>(input: &[u8])` per parser of outside input. The
+//! cargo-fuzz target `fuzz/fuzz_targets/<name>.rs` calls the function of the same name;
+//! `tests/fuzz_regressions.rs` replays checked-in inputs through [`ALL`]. Seed corpora are
+//! files under `fuzz/seeds/<name>/`.
 //!
-//! Not covered here, and why: `baggage` and `forwarded` have no parser in ztun — the inbound
-//! side never reads them from peers (identity comes from the certificate, the source address
-//! from the TCP connection), so the `request_head` and `h2_frames` targets carry them through
-//! the head checks instead.
+//! `forwarded` has no parser in ztun: the inbound side never reads it (nor `baggage`, except
+//! as telemetry labels) — identity comes from the certificate, the source address from the
+//! TCP connection. The `forwarded` target checks the header ztun writes for any client
+//! address, and that a peer's `forwarded`/`baggage` headers never change the parsed request
+//! head; `baggage` fuzzes the telemetry parser (`hbone::workload_from_baggage`) and the writer.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,178 +17,45 @@ use std::time::Duration;
 use prost::Message;
 use rustls_pki_types::CertificateDer;
 
-use super::Target;
 use crate::control::xds::proto::istio::{security as sec, workload as wl};
 use crate::control::xds::translate::{translate_address, translate_policy, AddressResource};
 use crate::control::zds;
 use crate::dataplane::route::inbound::Authority;
 use crate::identity::Identity;
 
-/// Every target, in a stable order.
-pub const ALL: &[Target] = &[
-    Target {
-        name: "xds_address",
-        seeds: xds_address_seeds,
-        run: xds_address,
-    },
-    Target {
-        name: "xds_authorization",
-        seeds: xds_authorization_seeds,
-        run: xds_authorization,
-    },
-    Target {
-        name: "zds",
-        seeds: zds_seeds,
-        run: zds_messages,
-    },
-    Target {
-        name: "local_yaml",
-        seeds: local_yaml_seeds,
-        run: local_yaml,
-    },
-    Target {
-        name: "authority",
-        seeds: authority_seeds,
-        run: authority,
-    },
-    Target {
-        name: "request_head",
-        seeds: request_head_seeds,
-        run: request_head,
-    },
-    Target {
-        name: "h2_frames",
-        seeds: h2_frames_seeds,
-        run: h2_frames,
-    },
-    Target {
-        name: "cert_der",
-        seeds: cert_der_seeds,
-        run: cert_der,
-    },
-    Target {
-        name: "pem",
-        seeds: pem_seeds,
-        run: pem,
-    },
-    Target {
-        name: "dns",
-        seeds: super::dns::seeds,
-        run: super::dns::packet,
-    },
-    Target {
-        name: "crl",
-        seeds: crl_seeds,
-        run: crl,
-    },
+/// A target body: one input through the code under test; must never panic.
+pub type Body = fn(&[u8]);
+
+/// Every target body by name, in a stable order. `fuzz/Cargo.toml` has one `[[bin]]` per
+/// entry (plus the `*_structured` targets, which feed these same bodies).
+pub const ALL: &[(&str, Body)] = &[
+    ("xds_address", xds_address),
+    ("xds_authorization", xds_authorization),
+    ("zds", zds),
+    ("local_yaml", local_yaml),
+    ("authority", authority),
+    ("request_head", request_head),
+    ("h2_frames", h2_frames),
+    ("cert_der", cert_der),
+    ("pem", pem),
+    ("dns", dns),
+    ("crl", crl),
+    ("baggage", baggage),
+    ("forwarded", forwarded),
+    ("proxy_protocol", proxy_protocol),
+    ("mesh_config", mesh_config),
 ];
 
-/// The target called `name`.
-pub fn find(name: &str) -> Option<&'static Target> {
-    ALL.iter().find(|t| t.name == name)
+/// The body of the target called `name`.
+pub fn find(name: &str) -> Option<Body> {
+    ALL.iter().find(|(n, _)| *n == name).map(|(_, f)| *f)
 }
 
 // --- xDS ------------------------------------------------------------------------------------
 
-/// A local config exercising most model fields; its workloads, services and policies,
-/// encoded to protobuf, seed the xDS targets.
-const MESH_YAML: &str = r#"
-workloads:
-- uid: cluster1//v1/Pod/default/local
-  name: local
-  namespace: default
-  serviceAccount: default
-  workloadIps: ["10.0.1.1", "fd00::1"]
-  protocol: HBONE
-  node: n1
-  network: net1
-  services:
-    "default/example.com":
-      80: 8080
-- name: local-tcp
-  namespace: default
-  serviceAccount: tcp-sa
-  trustDomain: example.org
-  clusterId: cluster1
-  workloadIps: ["127.0.0.2"]
-  protocol: TCP
-  node: n2
-  status: Unhealthy
-  capacity: 3
-  locality: {region: r1, zone: z1, subzone: s1}
-  canonicalName: local-tcp
-  canonicalRevision: v2
-  workloadName: local-tcp-deploy
-  workloadType: Deployment
-  hostname: local-tcp.example
-  applicationTunnel: {protocol: PROXY, port: 15088}
-  authorizationPolicies: ["default/allow-some"]
-  waypoint: {destination: "default/waypoint.default.svc.cluster.local", hboneMtlsPort: 15008}
-  networkGateway: {destination: "remote/10.9.0.1", hboneMtlsPort: 15009}
-policies:
-- action: Allow
-  rules:
-  - - - notDestinationPorts: [9999]
-        principals: [{Exact: "cluster.local/ns/default/sa/a.b*"}, {Prefix: "cluster.local/ns/x"}]
-        namespaces: [{Suffix: "fault"}]
-        sourceIps: ["10.0.0.0/8"]
-  name: allow-some
-  namespace: default
-  scope: Namespace
-- action: Deny
-  rules: []
-  name: deny-none
-  namespace: other
-  scope: WorkloadSelector
-services:
-- name: local
-  namespace: default
-  hostname: example.com
-  vips: ["/10.96.0.1"]
-  ports:
-    80: 8080
-  subjectAltNames: ["spiffe://cluster.local/ns/default/sa/local"]
-- name: remote
-  namespace: default
-  hostname: example2.com
-  vips: ["remote/10.96.0.2"]
-  cidrVips:
-  - {network: "", cidr: 10.96.0.7/16}
-  ports:
-    80: 8080
-    443: 0
-  waypoint: {destination: "/127.0.0.9"}
-  loadBalancer:
-    routingPreferences: [Network, Region]
-    mode: Failover
-    healthPolicy: AllowAll
-  ipFamilies: Dual
-  visibility: Namespace
-"#;
-
-fn mesh() -> crate::control::local::LocalConfig {
-    crate::control::local::parse(MESH_YAML).expect("the fuzz seed mesh is valid")
-}
-
-fn xds_address_seeds() -> Vec<Vec<u8>> {
-    let m = mesh();
-    let mut seeds: Vec<Vec<u8>> = m
-        .workloads
-        .iter()
-        .map(|w| crate::controlplane::encode::workload(w).encode_to_vec())
-        .chain(
-            m.services
-                .iter()
-                .map(|s| crate::controlplane::encode::service(s).encode_to_vec()),
-        )
-        .collect();
-    seeds.push(Vec::new());
-    seeds
-}
-
-/// Decode + translate, as the xDS client does per resource; a translated workload's IPs and
-/// identity must be well-formed when accepted.
-fn xds_address(input: &[u8]) {
+/// An xDS `istio.workload.Address` resource: decode + translate, as the xDS client does per
+/// resource; a translated workload's IPs and identity must be well-formed when accepted.
+pub fn xds_address(input: &[u8]) {
     let Ok(a) = wl::Address::decode(input) else {
         return;
     };
@@ -199,15 +69,8 @@ fn xds_address(input: &[u8]) {
     }
 }
 
-fn xds_authorization_seeds() -> Vec<Vec<u8>> {
-    mesh()
-        .policies
-        .iter()
-        .map(|p| crate::controlplane::encode::policy(p).encode_to_vec())
-        .collect()
-}
-
-fn xds_authorization(input: &[u8]) {
+/// An xDS `istio.security.Authorization` resource: decode + translate.
+pub fn xds_authorization(input: &[u8]) {
     if let Ok(p) = sec::Authorization::decode(input) {
         let _ = translate_policy(p);
     }
@@ -227,54 +90,11 @@ impl zds::PodStarter for NoopStarter {
     }
 }
 
-/// Frames ZDS messages for [`zds_messages`]: `[len][fd flags][payload]` per message; flag bit
-/// 0 attaches a network namespace fd, bit 1 attaches a non-namespace fd (`/dev/null`).
-fn zds_frame(out: &mut Vec<u8>, fds: u8, msg: &zds::proto::WorkloadRequest) {
-    let bytes = msg.encode_to_vec();
-    out.push(bytes.len().min(255) as u8);
-    out.push(fds);
-    out.extend_from_slice(&bytes[..bytes.len().min(255)]);
-}
-
-fn zds_seeds() -> Vec<Vec<u8>> {
-    use zds::proto::{workload_request::Payload, *};
-    let add = |uid: &str| WorkloadRequest {
-        payload: Some(Payload::Add(AddWorkload {
-            uid: uid.into(),
-            workload_info: Some(WorkloadInfo {
-                name: "p".into(),
-                namespace: "ns".into(),
-                service_account: "sa".into(),
-            }),
-        })),
-    };
-    let keep = |uid: &str| WorkloadRequest {
-        payload: Some(Payload::Keep(KeepWorkload { uid: uid.into() })),
-    };
-    let del = |uid: &str| WorkloadRequest {
-        payload: Some(Payload::Del(DelWorkload { uid: uid.into() })),
-    };
-    let snap = WorkloadRequest {
-        payload: Some(Payload::SnapshotSent(SnapshotSent {})),
-    };
-    let mut a = Vec::new();
-    zds_frame(&mut a, 1, &add("u1"));
-    zds_frame(&mut a, 1, &add("u2"));
-    zds_frame(&mut a, 0, &snap);
-    zds_frame(&mut a, 0, &del("u1"));
-    zds_frame(&mut a, 1, &add("u1"));
-    let mut b = Vec::new();
-    zds_frame(&mut b, 0, &keep("u1"));
-    zds_frame(&mut b, 2, &add("u3"));
-    zds_frame(&mut b, 3, &add("u4"));
-    zds_frame(&mut b, 0, &snap);
-    zds_frame(&mut b, 0, &snap);
-    vec![a, b]
-}
-
 /// A sequence of ZDS messages through the client's decode and validation (the socket layer
-/// only adds framing and fd passing). The pod starter is a no-op.
-fn zds_messages(input: &[u8]) {
+/// only adds framing and fd passing). The pod starter is a no-op. Framing:
+/// `[len][fd flags][payload]` per message; flag bit 0 attaches a network namespace fd, bit 1
+/// a non-namespace fd (`/dev/null`).
+pub fn zds(input: &[u8]) {
     let mut client = zds::Client::new("/nonexistent".into(), Arc::new(NoopStarter), Arc::new(()));
     let mut rest = input;
     while rest.len() >= 2 {
@@ -298,41 +118,60 @@ fn zds_messages(input: &[u8]) {
     }
 }
 
-// --- Local YAML -----------------------------------------------------------------------------
+// --- Local YAML and mesh config -------------------------------------------------------------
 
-fn local_yaml_seeds() -> Vec<Vec<u8>> {
-    vec![
-        MESH_YAML.as_bytes().to_vec(),
-        b"workloads: []\n".to_vec(),
-        b"a: &a [*a]\n".to_vec(),
-    ]
-}
-
-fn local_yaml(input: &[u8]) {
+/// The local config file (`LOCAL_XDS_PATH`).
+pub fn local_yaml(input: &[u8]) {
     if let Ok(s) = std::str::from_utf8(input) {
         let _ = crate::control::local::parse(s);
     }
 }
 
-// --- CONNECT authority and request heads ----------------------------------------------------
+/// Where ztun (like ztunnel) reads the mesh config file, relative to the working directory.
+const MESH_CONFIG_FILE: &str = "./etc/istio/config/mesh";
 
-fn authority_seeds() -> Vec<Vec<u8>> {
-    [
-        "10.0.0.1:8080",
-        "[fd00::1]:443",
-        "[::ffff:10.0.0.1]:80",
-        "example.default.svc.cluster.local:80",
-        "10.0.0.1:0",
-        "[fe80::1%eth0]:80",
-        "spiffe://cluster.local/ns/default/sa/web",
-    ]
-    .iter()
-    .map(|s| s.as_bytes().to_vec())
-    .collect()
+/// Istio ProxyConfig as ztun reads it at startup: the mesh config file's `defaultConfig` and
+/// the `PROXY_CONFIG` variable, through the public entry point
+/// ([`crate::config::Config::from_source_with_cpus`]). The input is
+/// `[flags][mesh file]\0[PROXY_CONFIG]` (no NUL: no `PROXY_CONFIG`); flag bit 0 drops the
+/// file. An accepted configuration has non-zero listener ports and at least one worker thread,
+/// and the same sources always give the same configuration.
+pub fn mesh_config(input: &[u8]) {
+    use crate::config::{Config, MapEnv};
+    let Some((&flags, rest)) = input.split_first() else {
+        return;
+    };
+    let (file, var) = match rest.iter().position(|b| *b == 0) {
+        Some(i) => (&rest[..i], Some(&rest[i + 1..])),
+        None => (rest, None),
+    };
+    let mut env = MapEnv::new();
+    if flags & 1 == 0 {
+        let Ok(text) = std::str::from_utf8(file) else {
+            return;
+        };
+        env = env.with_file(MESH_CONFIG_FILE, text);
+    }
+    if let Some(var) = var {
+        let Ok(text) = std::str::from_utf8(var) else {
+            return;
+        };
+        env = env.with_var("PROXY_CONFIG", text);
+    }
+    let Ok(cfg) = Config::from_source_with_cpus(&env, 4) else {
+        return;
+    };
+    assert_ne!(cfg.admin_addr.port(), 0, "admin port 0 accepted");
+    assert_ne!(cfg.stats_addr.port(), 0, "stats port 0 accepted");
+    assert!(cfg.worker_threads >= 1, "no worker threads");
+    let again = Config::from_source_with_cpus(&env, 4).expect("accepted the second time");
+    assert_eq!(format!("{cfg:?}"), format!("{again:?}"));
 }
 
+// --- CONNECT authority and request heads ----------------------------------------------------
+
 /// The strict authority parsers and the SPIFFE identity parser, with their invariants.
-fn authority(input: &[u8]) {
+pub fn authority(input: &[u8]) {
     let Ok(s) = std::str::from_utf8(input) else {
         return;
     };
@@ -358,22 +197,9 @@ fn authority(input: &[u8]) {
     }
 }
 
-fn request_head_seeds() -> Vec<Vec<u8>> {
-    [
-        "CONNECT\n10.0.0.1:8080\nbaggage: k8s.namespace.name=default,service.name=a\nforwarded: for=\"10.0.0.9:1234\";host=a.svc\ntraceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00\n",
-        "CONNECT\nexample.default.svc.cluster.local:80\n",
-        "GET\nhttp://10.0.0.1:80/\nhost: 10.0.0.1\n",
-        "connect\n[fd00::1]:80\n",
-        "CONNECT\n10.0.0.1:80\nhost: 10.0.0.2:80\n",
-    ]
-    .iter()
-    .map(|s| s.as_bytes().to_vec())
-    .collect()
-}
-
 /// Builds an `http::Request` from `method\nuri\nname: value\n…` and runs the inbound head
 /// checks; anything accepted must be a CONNECT without a Host header or a path.
-fn request_head(input: &[u8]) {
+pub fn request_head(input: &[u8]) {
     let mut lines = input.split(|b| *b == b'\n');
     let method = lines.next().unwrap_or_default();
     let uri = lines.next().unwrap_or_default();
@@ -397,52 +223,6 @@ fn request_head(input: &[u8]) {
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-fn h2_frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
-    out.extend_from_slice(&(payload.len() as u32).to_be_bytes()[1..]);
-    out.push(kind);
-    out.push(flags);
-    out.extend_from_slice(&stream.to_be_bytes());
-    out.extend_from_slice(payload);
-}
-
-/// HPACK literal header field without indexing, new name (no Huffman).
-fn hpack_literal(out: &mut Vec<u8>, name: &str, value: &str) {
-    out.push(0x00);
-    out.push(name.len() as u8);
-    out.extend_from_slice(name.as_bytes());
-    out.push(value.len() as u8);
-    out.extend_from_slice(value.as_bytes());
-}
-
-fn h2_frames_seeds() -> Vec<Vec<u8>> {
-    const HEADERS: u8 = 1;
-    const RST: u8 = 3;
-    const SETTINGS: u8 = 4;
-    const CONTINUATION: u8 = 9;
-    const END_HEADERS: u8 = 4;
-    let mut connect = Vec::new();
-    hpack_literal(&mut connect, ":method", "CONNECT");
-    hpack_literal(&mut connect, ":authority", "10.0.0.1:8080");
-    hpack_literal(&mut connect, "baggage", "k8s.namespace.name=default");
-    hpack_literal(&mut connect, "forwarded", "for=\"10.0.0.9:1\"");
-
-    let mut a = Vec::new();
-    h2_frame(&mut a, SETTINGS, 0, 0, &[]);
-    h2_frame(&mut a, HEADERS, END_HEADERS, 1, &connect);
-    h2_frame(&mut a, RST, 0, 1, &8u32.to_be_bytes());
-    h2_frame(&mut a, HEADERS, END_HEADERS, 3, &connect);
-
-    let mut b = Vec::new();
-    h2_frame(&mut b, SETTINGS, 0, 0, &[]);
-    let (first, second) = connect.split_at(10);
-    h2_frame(&mut b, HEADERS, 0, 1, first);
-    h2_frame(&mut b, CONTINUATION, 0, 1, second);
-    let mut cookie = Vec::new();
-    hpack_literal(&mut cookie, "cookie", &"x".repeat(100));
-    h2_frame(&mut b, CONTINUATION, END_HEADERS, 1, &cookie);
-    vec![a, b]
-}
-
 thread_local! {
     static RUNTIME: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -452,7 +232,7 @@ thread_local! {
 
 /// Raw bytes after the client preface, into an h2 server with the inbound listener's
 /// settings; every accepted request goes through the inbound head checks.
-fn h2_frames(input: &[u8]) {
+pub fn h2_frames(input: &[u8]) {
     let mut bytes = H2_PREFACE.to_vec();
     bytes.extend_from_slice(input);
     RUNTIME.with(|rt| {
@@ -497,58 +277,223 @@ fn h2_frames(input: &[u8]) {
     });
 }
 
+// --- baggage and forwarded ------------------------------------------------------------------
+
+/// Whether ztun's `baggage` writer sends `v` as given (visible ASCII, no separators).
+fn baggage_safe(v: &str) -> bool {
+    !v.is_empty()
+        && v.bytes()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b',' | b';' | b'=' | b'\\' | b'"'))
+}
+
+/// The workload kinds xDS names (`translate.rs`): the only `workload_type`s ztun writes.
+const WORKLOAD_KINDS: &[&str] = &["deployment", "cronjob", "pod", "job"];
+
+/// A peer's `baggage` header through the telemetry parser (`hbone::workload_from_baggage`):
+/// identity parts always come from the proven identity, values stay within their bounds; and
+/// ztun's own writer (`hbone::baggage`), given the described workload, produces a valid header
+/// value that describes it again, field by field, for every value it writes.
+pub fn baggage(input: &[u8]) {
+    use crate::dataplane::hbone::{baggage, workload_from_baggage};
+    let Ok(header) = std::str::from_utf8(input) else {
+        return;
+    };
+    let id = Identity::new("cluster.local", "proven-ns", "proven-sa").expect("a valid identity");
+    let Some(mut w) = workload_from_baggage(&id, header) else {
+        return;
+    };
+    assert_eq!(&*w.trust_domain, id.trust_domain());
+    assert_eq!(&*w.service_account, id.service_account());
+    assert!(!w.workload_name.is_empty());
+    for v in [
+        &w.namespace,
+        &w.cluster_id,
+        &w.workload_name,
+        &w.canonical_name,
+        &w.canonical_revision,
+        &w.locality.region,
+        &w.locality.zone,
+    ] {
+        assert!(
+            v.len() <= 253 && !v.contains(','),
+            "value {v:?} from {header:?}"
+        );
+    }
+    // ztun writes baggage for workloads from xDS, whose kind is one of the known ones.
+    if !WORKLOAD_KINDS.contains(&&*w.workload_type) {
+        w.workload_type = "pod".into();
+    }
+    let out = baggage(&w);
+    assert!(
+        http::HeaderValue::from_str(&out).is_ok(),
+        "baggage {out:?} is not a header value"
+    );
+    let Some(again) = workload_from_baggage(&id, &out) else {
+        assert!(!baggage_safe(&w.workload_name), "{out:?} describes nothing");
+        return;
+    };
+    let kept = |v: &str, default: &str| {
+        if baggage_safe(v) {
+            v.to_owned()
+        } else {
+            default.to_owned()
+        }
+    };
+    assert_eq!(&*again.namespace, kept(&w.namespace, id.namespace()));
+    assert_eq!(&*again.cluster_id, kept(&w.cluster_id, ""));
+    assert_eq!(&*again.workload_name, &*w.workload_name);
+    assert_eq!(&*again.workload_type, &*w.workload_type);
+    assert_eq!(&*again.canonical_name, kept(&w.canonical_name, ""));
+    assert_eq!(&*again.canonical_revision, kept(&w.canonical_revision, ""));
+    assert_eq!(&*again.locality.region, kept(&w.locality.region, ""));
+    assert_eq!(&*again.locality.zone, kept(&w.locality.zone, ""));
+}
+
+/// A socket address from the front of `input` (`[flags][ip][port]`, IPv6 also `[scope id]`;
+/// flag bit 0 selects IPv6), and what is left.
+fn socket_addr(input: &[u8]) -> (SocketAddr, &[u8]) {
+    let mut buf = [0u8; 1 + 16 + 2 + 4];
+    let n = input.len().min(buf.len());
+    buf[..n].copy_from_slice(&input[..n]);
+    if buf[0] & 1 == 0 {
+        let ip = Ipv4Addr::from(<[u8; 4]>::try_from(&buf[1..5]).unwrap_or_default());
+        let port = u16::from_be_bytes([buf[5], buf[6]]);
+        (
+            SocketAddr::new(ip.into(), port),
+            input.get(7..).unwrap_or_default(),
+        )
+    } else {
+        let ip = Ipv6Addr::from(<[u8; 16]>::try_from(&buf[1..17]).unwrap_or_default());
+        let port = u16::from_be_bytes([buf[17], buf[18]]);
+        let scope = u32::from_be_bytes([buf[19], buf[20], buf[21], buf[22]]);
+        let addr = SocketAddrV6::new(ip, port, 0, scope);
+        (addr.into(), input.get(23..).unwrap_or_default())
+    }
+}
+
+/// `[address][peer header]`: the `forwarded` value ztun sends for a client at the address is a
+/// valid header value, `for="<address>"`, naming that client exactly; and a CONNECT whose
+/// peer sent the rest as its `forwarded` and `baggage` headers parses to the same head as one
+/// without them (ztun never takes the source or target from either).
+pub fn forwarded(input: &[u8]) {
+    let (client, rest) = socket_addr(input);
+    let value = crate::dataplane::hbone::forwarded(client);
+    assert!(
+        http::HeaderValue::from_str(&value).is_ok(),
+        "forwarded {value:?} is not a header value"
+    );
+    let quoted = value
+        .strip_prefix("for=\"")
+        .and_then(|v| v.strip_suffix('"'))
+        .unwrap_or_else(|| panic!("forwarded {value:?} is not for=\"…\""));
+    let back: SocketAddr = quoted
+        .parse()
+        .unwrap_or_else(|e| panic!("forwarded {value:?} names no address: {e}"));
+    assert_eq!(back, client);
+
+    let Ok(peer) = http::HeaderValue::from_bytes(rest) else {
+        return;
+    };
+    let target = if client.port() == 0 {
+        "10.0.0.1:8080".to_owned()
+    } else {
+        client.to_string()
+    };
+    let head = |extra: bool| {
+        let mut b = http::Request::builder()
+            .method(http::Method::CONNECT)
+            .uri(target.as_str());
+        if extra {
+            b = b
+                .header("forwarded", peer.clone())
+                .header("baggage", peer.clone());
+        }
+        b.body(())
+            .ok()
+            .map(|req| format!("{:?}", crate::dataplane::inbound::parse_head(&req)))
+    };
+    assert_eq!(
+        head(true),
+        head(false),
+        "a peer's headers {peer:?} changed the head"
+    );
+}
+
+// --- PROXY protocol -------------------------------------------------------------------------
+
+/// PROXY protocol v2 (application tunnels): any header the parser accepts is self-delimiting
+/// and, when it is in ztun's own form (addresses, at most the identity TLV), is byte for byte
+/// what ztun writes for the same connection; and what ztun writes for addresses and an
+/// identity taken from the input parses back to them.
+pub fn proxy_protocol(input: &[u8]) {
+    use crate::dataplane::proxy_protocol::{header, parse, TLV_SOURCE_IDENTITY};
+    if let Some(p) = parse(input) {
+        assert!(p.len >= 16 + 12 && p.len <= input.len(), "length {}", p.len);
+        assert_eq!(
+            parse(&input[..p.len]).as_ref(),
+            Some(&p),
+            "not self-delimiting"
+        );
+        let ours: Option<Option<Identity>> = match p.tlvs.as_slice() {
+            [] => Some(None),
+            [(TLV_SOURCE_IDENTITY, v)] => std::str::from_utf8(v)
+                .ok()
+                .and_then(|s| s.parse::<Identity>().ok())
+                .filter(|id| id.to_string().as_bytes() == v.as_slice())
+                .map(Some),
+            _ => None,
+        };
+        if let Some(id) = ours {
+            assert_eq!(
+                header(p.src, p.dst, id.as_ref()),
+                &input[..p.len],
+                "{p:?} is not written as parsed"
+            );
+        }
+    }
+
+    let (src, rest) = socket_addr(input);
+    let (dst, rest) = socket_addr(rest);
+    let id = std::str::from_utf8(rest)
+        .ok()
+        .and_then(|s| s.parse::<Identity>().ok());
+    let h = header(src, dst, id.as_ref());
+    let p = parse(&h).unwrap_or_else(|| panic!("ztun's own header for {src} → {dst} rejected"));
+    let as_sent = |a: SocketAddr| match (a, src.is_ipv4() && dst.is_ipv4()) {
+        (SocketAddr::V4(_), true) => a,
+        (a, _) => SocketAddr::new(
+            match a.ip() {
+                IpAddr::V4(v4) => IpAddr::V6(v4.to_ipv6_mapped()),
+                v6 => v6,
+            },
+            a.port(),
+        ),
+    };
+    // The v2 header carries no IPv6 scope id or flow label.
+    assert_eq!(p.src.ip(), as_sent(src).ip());
+    assert_eq!(p.src.port(), src.port());
+    assert_eq!(p.dst.ip(), as_sent(dst).ip());
+    assert_eq!(p.dst.port(), dst.port());
+    assert_eq!(p.len, h.len());
+    let tlvs: Vec<(u8, Vec<u8>)> = id
+        .iter()
+        .map(|id| (TLV_SOURCE_IDENTITY, id.to_string().into_bytes()))
+        .collect();
+    assert_eq!(p.tlvs, tlvs);
+}
+
 // --- Certificates ---------------------------------------------------------------------------
 
-fn leaf_and_root() -> (Vec<u8>, Vec<u8>) {
-    let ca = crate::control::ca::LocalCa::ephemeral("cluster.local", Duration::from_secs(3600))
-        .expect("an ephemeral CA");
-    let id = Identity::new("cluster.local", "default", "web").expect("a valid identity");
-    let cert = ca.mint(&id).expect("minting a leaf");
-    (cert.chain()[0].to_vec(), ca.roots()[0].to_vec())
-}
-
-fn cert_der_seeds() -> Vec<Vec<u8>> {
-    let (leaf, root) = leaf_and_root();
-    vec![leaf, root]
-}
-
 /// SPIFFE identity extraction from a peer's leaf certificate (the server's client check).
-fn cert_der(input: &[u8]) {
+pub fn cert_der(input: &[u8]) {
     let der = CertificateDer::from(input);
     if let Ok(id) = crate::tls::peer_identity(Some(std::slice::from_ref(&der))) {
         assert!(!id.trust_domain().is_empty());
     }
 }
 
-fn pem_seeds() -> Vec<Vec<u8>> {
-    let ca = crate::control::ca::LocalCa::ephemeral("cluster.local", Duration::from_secs(3600))
-        .expect("an ephemeral CA");
-    let id = Identity::new("cluster.local", "default", "web").expect("a valid identity");
-    let cert = ca.mint(&id).expect("minting a leaf");
-    let pem = |der: &[u8]| {
-        use base64::Engine;
-        let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-        let mut s = String::from("-----BEGIN CERTIFICATE-----\n");
-        for chunk in b64.as_bytes().chunks(64) {
-            s.push_str(std::str::from_utf8(chunk).unwrap_or_default());
-            s.push('\n');
-        }
-        s.push_str("-----END CERTIFICATE-----\n");
-        s.into_bytes()
-    };
-    let leaf = pem(&cert.chain()[0]);
-    let root = pem(&ca.roots()[0]);
-    let mut chain = leaf.clone();
-    chain.extend_from_slice(&root);
-    vec![
-        leaf,
-        chain,
-        b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n".to_vec(),
-    ]
-}
-
 /// PEM certificate chains and keys as loaded from CA directories and CA responses.
-fn pem(input: &[u8]) {
+pub fn pem(input: &[u8]) {
     if let Ok(certs) = crate::tls::parse_pem_certs(input) {
         let _ = crate::tls::peer_identity(Some(&certs));
     }
@@ -557,70 +502,36 @@ fn pem(input: &[u8]) {
 
 // --- CRLs -----------------------------------------------------------------------------------
 
-/// A CA, a leaf it signed, and CRLs of that CA (revoking the leaf, revoking nothing, stale).
-struct CrlFixture {
-    leaf: CertificateDer<'static>,
-    root: CertificateDer<'static>,
-    crls: Vec<Vec<u8>>,
-}
-
-fn crl_fixture() -> &'static CrlFixture {
-    static FIXTURE: std::sync::OnceLock<CrlFixture> = std::sync::OnceLock::new();
-    FIXTURE.get_or_init(|| {
-        use crate::testkit::certs;
-        let dir = std::env::temp_dir().join(format!("ztun-fuzz-crl-{}", std::process::id()));
-        let ca = certs::write_ca_dir(&dir).expect("writing a CA");
-        let issuer = crate::control::ca::LocalCa::load(&dir, Duration::from_secs(3600))
-            .expect("loading the CA");
-        let _ = std::fs::remove_dir_all(&dir);
-        let id = Identity::new("cluster.local", "default", "web").expect("a valid identity");
-        let leaf = issuer.mint(&id).expect("minting a leaf");
-        let serial = certs::serial_of(&leaf.chain()[0]).expect("a serial");
-        let hour = time::Duration::hours(1);
-        let crls = [
-            certs::crl_pem(&ca, std::slice::from_ref(&serial), hour),
-            certs::crl_pem(&ca, &[], hour),
-            certs::crl_pem(&ca, &[serial.clone(), vec![1], vec![0x7f; 20]], -hour),
-        ]
-        .into_iter()
-        .map(|pem| pem.expect("signing a CRL").into_bytes())
-        .collect();
-        CrlFixture {
-            leaf: leaf.chain()[0].clone(),
-            root: issuer.roots()[0].clone(),
-            crls,
-        }
-    })
-}
-
-fn crl_seeds() -> Vec<Vec<u8>> {
-    let f = crl_fixture();
-    let mut seeds = f.crls.clone();
-    // The first CRL as DER.
-    use rustls_pki_types::pem::PemObject;
-    if let Some(Ok(der)) =
-        rustls_pki_types::CertificateRevocationListDer::pem_slice_iter(&f.crls[0]).next()
-    {
-        seeds.push(der.to_vec());
-    }
-    seeds.push(Vec::new());
-    seeds
-}
+/// The CA certificate the CRL seeds (`fuzz/seeds/crl/`) were signed with, and a leaf it
+/// issued, whose serial the `revokes-leaf` seeds revoke. Fixed files, so that the seeds
+/// verify in every run and the target is deterministic.
+const CRL_ROOT: &[u8] = include_bytes!("fixtures/crl-root.der");
+const CRL_LEAF: &[u8] = include_bytes!("fixtures/crl-leaf.der");
+/// The time chains are checked at (a minute after the fixture and seeds were made): the
+/// leaf is valid, the seeds' current CRLs are in force and the stale one is past its
+/// nextUpdate, whatever the clock says.
+const CRL_NOW: u64 = 1_796_360_368;
 
 /// A `CRL_PATH` file: parsed, then a handshake's chain check against it. An empty file
 /// revokes nothing.
-fn crl(input: &[u8]) {
+pub fn crl(input: &[u8]) {
     let Ok(parsed) = crate::tls::crl::parse_crls(input) else {
         return;
     };
-    let f = crl_fixture();
     let res = parsed.check_client_chain(
-        &f.leaf,
+        &CertificateDer::from(CRL_LEAF),
         &[],
-        std::slice::from_ref(&f.root),
-        rustls_pki_types::UnixTime::now(),
+        &[CertificateDer::from(CRL_ROOT)],
+        rustls_pki_types::UnixTime::since_unix_epoch(Duration::from_secs(CRL_NOW)),
     );
     if parsed.is_empty() {
         assert!(res.is_ok(), "no CRL must revoke nothing: {res:?}");
     }
+}
+
+// --- DNS ------------------------------------------------------------------------------------
+
+/// One message through the DNS proxy's decision (see `src/fuzz/dns.rs` for the input form).
+pub fn dns(input: &[u8]) {
+    super::dns::packet(input);
 }
