@@ -31,6 +31,28 @@ fn cross_node_and_same_node_hbone_with_integrity() {
         .bulk_echo(to_b, BULK)
         .expect("a -> b on the same node");
     assert_eq!(t.bytes, BULK);
+    // The same-node leg went through n1's ztun as mTLS HBONE: out to b's 15008, in on b's
+    // HBONE listener with both proven identities and every byte.
+    let b_ip = lab.pod("b").ip();
+    let n1 = cluster.ztun("n1");
+    let out = n1
+        .wait_for_log(&format!("dst.addr={b_ip}:15008"), WAIT)
+        .unwrap();
+    assert!(out.contains("direction=\"outbound\""), "{out}");
+    assert!(out.contains(&format!("dst.hbone_addr={to_b}")), "{out}");
+    assert!(out.contains(&format!("bytes_sent={BULK}")), "{out}");
+    let inb = n1
+        .wait_for_log(
+            "dst.identity=spiffe://cluster.local/ns/default/sa/sa-b",
+            WAIT,
+        )
+        .unwrap();
+    assert!(inb.contains("direction=\"inbound\""), "{inb}");
+    assert!(
+        inb.contains("src.identity=spiffe://cluster.local/ns/default/sa/sa-a"),
+        "{inb}"
+    );
+    assert!(inb.contains(&format!("bytes_recv={BULK}")), "{inb}");
 
     // Both ztuns logged the tunnelled connection with both SPIFFE identities.
     let n1 = cluster.ztun("n1");
@@ -63,6 +85,19 @@ fn server_sees_the_client_pod_ip() {
         .peer_seen_by(SocketAddr::from((lab.pod("c").ip(), recorder.port())))
         .unwrap();
     assert_eq!(seen.ip(), lab.pod("a").ip());
+    // Through ztun, not around it: n2 delivered a tunnel to the recorder from a's address,
+    // proving a's identity.
+    let target = SocketAddr::from((lab.pod("c").ip(), recorder.port()));
+    let line = cluster
+        .ztun("n2")
+        .wait_for_log(&format!("dst.hbone_addr={target}"), WAIT)
+        .unwrap();
+    assert!(line.contains(&format!("src.addr={}:", seen.ip())), "{line}");
+    assert!(line.contains("direction=\"inbound\""), "{line}");
+    assert!(
+        line.contains("src.identity=spiffe://cluster.local/ns/default/sa/sa-a"),
+        "{line}"
+    );
 }
 
 /// `ENABLE_ORIG_SRC=false`: delivery comes from the destination pod's own address, as ztunnel

@@ -6,12 +6,13 @@
 //! control plane is down.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::{Name, RData, Record, RecordType};
+use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use ztun::testkit::lab::{Lab, NetnsTask};
@@ -348,11 +349,11 @@ struct Hits(Mutex<Vec<(String, RecordType, IpAddr)>>);
 
 impl Hits {
     fn total(&self) -> usize {
-        self.0.lock().unwrap().len()
+        self.0.lock().len()
     }
 
     fn count(&self, name: &str, t: RecordType) -> usize {
-        let seen = self.0.lock().unwrap();
+        let seen = self.0.lock();
         seen.iter()
             .filter(|(n, q, _)| n.eq_ignore_ascii_case(name) && *q == t)
             .count()
@@ -360,7 +361,7 @@ impl Hits {
 
     /// Where the queries for `name` came from.
     fn sources(&self, name: &str) -> Vec<IpAddr> {
-        let seen = self.0.lock().unwrap();
+        let seen = self.0.lock();
         seen.iter()
             .filter(|(n, ..)| n.eq_ignore_ascii_case(name))
             .map(|(.., from)| *from)
@@ -430,7 +431,6 @@ async fn upstream_resolver(
         let name = query.name().to_ascii();
         hits.0
             .lock()
-            .unwrap()
             .push((name.clone(), query.query_type(), from.ip()));
         let mut m = Message::new();
         m.set_id(q.id())
