@@ -8,8 +8,8 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use rustls::pki_types::ServerName;
+use ztun::authz::{authorize, Conn, HttpOnlyDeny};
 use ztun::control::ca::LocalCa;
-use ztun::dataplane::policy::{authorize, Conn, HttpOnlyDeny};
 use ztun::identity::Identity;
 
 fn main() {

@@ -65,8 +65,10 @@ async fn run_control(config: Arc<Config>, data: Handle, log: LogHandle) -> anyho
     let readiness = Readiness::new().with_fd_liveness(config.proxy.fd_exhaustion_liveness);
     let pods = WorkloadStates::default();
     let (writer, reader) = state::new();
-    let policies = reader.clone();
-    telemetry.add_collector(Box::new(move |out| policy_families(&policies.load(), out)));
+    let (policies, mode) = (reader.clone(), config.authz.http_only_deny);
+    telemetry.add_collector(Box::new(move |out| {
+        policy_families(&policies.load(), mode, out)
+    }));
     load_local_config(&config, &writer)?;
     // Every long-lived task of the control runtime has this one owner.
     let mut tasks = Tasks::new();
@@ -180,10 +182,7 @@ async fn run_control(config: Arc<Config>, data: Handle, log: LogHandle) -> anyho
 /// A background task ended before shutdown: logged, counted, and readiness fails for good
 /// (the process keeps serving what it can; Kubernetes replaces it).
 fn task_died(readiness: &Readiness, name: &'static str, exit: &Exit) {
-    let how = match exit {
-        Exit::Returned => "returned",
-        Exit::Panicked(_) => "panicked",
-    };
+    let how = exit.label();
     tracing::error!(task = name, exit = ?exit, "background task ended unexpectedly; failing readiness");
     crate::ops::telemetry().metrics.task_died(name, how);
     readiness.block(&format!("task {name} ({how})"));
@@ -297,12 +296,16 @@ impl OnDemand for XdsOnDemand {
 }
 
 /// Policies whose rules include some that can never match at L4 (HTTP-only conditions).
-fn policy_families(snap: &crate::state::Snapshot, out: &mut String) {
+fn policy_families(
+    snap: &crate::state::Snapshot,
+    mode: crate::config::HttpOnlyDeny,
+    out: &mut String,
+) {
     use crate::state::model::PolicyAction;
     use std::fmt::Write;
     let (mut allow, mut deny) = (0usize, 0usize);
     for p in snap.policies() {
-        if p.unmatchable_rules().next().is_some() {
+        if !crate::authz::unmatchable_rules(p, mode).is_empty() {
             match p.action {
                 PolicyAction::Allow => allow += 1,
                 PolicyAction::Deny => deny += 1,
@@ -485,7 +488,7 @@ async fn serve_ops(
     for (addr, requirement) in config.admin_addrs() {
         match tokio::net::TcpListener::bind(addr).await {
             Ok(l) => admin_ls.push(l),
-            Err(e) if requirement == Requirement::IfIpv6 && is_no_ipv6(&e) => {
+            Err(e) if requirement == Requirement::IfIpv6 && crate::sockets::is_no_ipv6(&e) => {
                 tracing::debug!(%addr, error = %e, "no IPv6 loopback: admin API on IPv4 only");
             }
             Err(e) => return Err(e).with_context(|| format!("binding {addr}")),
@@ -524,14 +527,6 @@ async fn serve_ops(
     tasks.spawn("stats", serve(stats_l, metrics, process.watch(), false));
     tracing::info!(admin = %config.admin_addr, stats = %config.stats_addr, readiness = %config.readiness_addr, "operational endpoints up");
     Ok(())
-}
-
-/// Whether a bind failed because the namespace has no IPv6 (or none on that interface).
-fn is_no_ipv6(e: &std::io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EAFNOSUPPORT) | Some(libc::EADDRNOTAVAIL)
-    )
 }
 
 /// Drops metric series of workloads that left the mesh, on every state change.

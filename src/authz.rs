@@ -46,6 +46,16 @@ use crate::state::{canonical_ip, Snapshot};
 
 pub use explain::{explain, ExplainError, ExplainSource, Explanation, PolicyTrace};
 
+/// The rules of `p` that can never match at L4 under `mode`: those with a clause made only of
+/// empty match groups (HTTP-only conditions), none for a DENY policy under
+/// [`HttpOnlyDeny::Enforce`] (there such clauses match).
+pub fn unmatchable_rules(p: &Policy, mode: HttpOnlyDeny) -> Vec<usize> {
+    match (mode, p.action) {
+        (HttpOnlyDeny::Enforce, PolicyAction::Deny) => Vec::new(),
+        _ => p.unmatchable_rules().collect(),
+    }
+}
+
 /// The facts a policy is evaluated against.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "camelCase")]

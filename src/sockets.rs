@@ -46,6 +46,20 @@ impl Sockets {
         }
     }
 
+    /// Sockets in the current namespace, unmarked, without keepalive, with a 5 s connect
+    /// timeout: for unit tests on loopback.
+    #[cfg(test)]
+    pub(crate) fn for_tests() -> Self {
+        let keepalive = Keepalive {
+            enabled: false,
+            time: Duration::from_secs(180),
+            interval: Duration::from_secs(180),
+            retries: 9,
+            user_timeout_enabled: false,
+        };
+        Sockets::new(None, None, false, keepalive, Duration::from_secs(5))
+    }
+
     fn in_ns<R>(&self, f: impl FnOnce() -> io::Result<R>) -> io::Result<R> {
         match &self.netns {
             Some(ns) => ns.run(f)?,
@@ -200,7 +214,8 @@ impl Sockets {
     }
 }
 
-fn is_no_ipv6(e: &io::Error) -> bool {
+/// Whether a bind failed because the namespace has no IPv6 (or none on that interface).
+pub fn is_no_ipv6(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
         Some(libc::EAFNOSUPPORT) | Some(libc::EADDRNOTAVAIL)

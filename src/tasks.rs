@@ -30,6 +30,16 @@ pub enum Exit {
     Panicked(String),
 }
 
+impl Exit {
+    /// The label of `ztun_task_exits_total`: `returned` or `panicked`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Exit::Returned => "returned",
+            Exit::Panicked(_) => "panicked",
+        }
+    }
+}
+
 impl Tasks {
     /// No tasks yet.
     pub fn new() -> Self {
@@ -63,13 +73,9 @@ impl Tasks {
     }
 
     /// Number of tasks still running.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.set.len()
-    }
-
-    /// Whether no task is running.
-    pub fn is_empty(&self) -> bool {
-        self.set.is_empty()
     }
 
     /// The next task to end unexpectedly, with how; `None` once no task is left. A finite

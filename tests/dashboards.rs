@@ -16,10 +16,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use hickory_proto::rr::RecordType;
-use ztun::dataplane::policy::{Denial, Reason};
+use ztun::authz::{Denial, Reason};
 use ztun::dataplane::Error;
-use ztun::dns::{query_type_label, DnsLabels, Transport};
+use ztun::dns::Transport;
 use ztun::ops::access::{AccessLog, Direction, Failure};
+use ztun::ops::dns_metrics::{query_type_label, DnsLabels};
 use ztun::ops::metrics::{OnDemandDnsLabels, ProcessStats, Reporter};
 use ztun::state::model::Workload;
 
@@ -357,7 +358,7 @@ fn connection(
     log.dst.describe(server);
     log.service = Some("server.shop.svc.cluster.local".into());
     if tunnel {
-        log.hbone_addr = log.dst.addr;
+        log.hbone_target = log.dst.addr.map(ztun::ops::access::HboneTarget::Addr);
         log.dst.identity = server.identity();
     }
     if error.is_none() {

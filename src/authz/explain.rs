@@ -179,10 +179,7 @@ pub fn explain(
             action: p.action,
             dry_run: p.dry_run,
             matched_rule: matching_rule(p, &subject),
-            unmatchable_rules: match (mode, p.action) {
-                (HttpOnlyDeny::Enforce, PolicyAction::Deny) => Vec::new(),
-                _ => p.unmatchable_rules().collect(),
-            },
+            unmatchable_rules: super::unmatchable_rules(p, mode),
         })
         .collect();
     Ok(Explanation {

@@ -175,12 +175,11 @@ impl Config {
     /// loopbacks (`src/config.rs`). The IPv6 address is optional: a node whose loopback has
     /// no IPv6 (`net.ipv6.conf.lo.disable_ipv6=1`) serves only the first.
     pub fn admin_addrs(&self) -> Vec<(SocketAddr, Requirement)> {
-        let mut addrs = vec![(self.admin_addr, Requirement::Required)];
-        if self.proxy.ipv6_enabled && self.admin_addr.ip() == IpAddr::V4(Ipv4Addr::LOCALHOST) {
-            let v6 = SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), self.admin_addr.port());
-            addrs.push((v6, Requirement::IfIpv6));
+        if self.admin_addr.ip() == IpAddr::V4(Ipv4Addr::LOCALHOST) {
+            loopbacks(self.admin_addr.port(), self.proxy.ipv6_enabled)
+        } else {
+            vec![(self.admin_addr, Requirement::Required)]
         }
-        addrs
     }
 
     /// Ports that a connection must never be proxied to on a local address, because they are
@@ -197,6 +196,22 @@ impl Config {
             self.readiness_addr.port(),
         ]
     }
+}
+
+/// The loopback addresses of `port` a listener binds: `127.0.0.1` (required), and with
+/// `ipv6` also `[::1]` (skipped where the namespace has no IPv6).
+pub fn loopbacks(port: u16, ipv6: bool) -> Vec<(SocketAddr, Requirement)> {
+    let mut addrs = vec![(
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port),
+        Requirement::Required,
+    )];
+    if ipv6 {
+        addrs.push((
+            SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), port),
+            Requirement::IfIpv6,
+        ));
+    }
+    addrs
 }
 
 /// Whether failing to bind a listener address fails startup.

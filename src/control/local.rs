@@ -10,8 +10,9 @@
 //!
 //! Policies are converted strictly: an unparsable CIDR, a string match without a variant or a
 //! prefix longer than the address rejects the whole file (a match object without conditions
-//! is valid: istiod's rendering of HTTP-only conditions, it never matches at L4). ztunnel drops such entries silently, which can turn "match these" into "match
-//! everything"; ztun never widens a policy.
+//! is valid: istiod's rendering of HTTP-only conditions, it never matches at L4). ztunnel
+//! drops such entries silently, which can turn "match these" into "match everything"; ztun
+//! never widens a policy.
 //!
 //! Allowed imports: `config` (for [`LocalXds`]), `state::model`.
 
@@ -486,7 +487,7 @@ fn policy_match(at: &At, field: &str, m: YamlMatch) -> Result<PolicyMatch, Local
         not_destination_ports: m.not_destination_ports,
     };
     // A match with no condition is what istiod sends for HTTP-only conditions: valid, and
-    // never matching at L4 (see `dataplane::policy`).
+    // never matching at L4 (see `authz`).
     Ok(converted)
 }
 

@@ -17,9 +17,8 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
-use crate::authz::{
-    applicable, authorize, Conn, Decision, Denial, HttpOnlyDeny, Outcome, Reason, Verdict,
-};
+use crate::authz::{applicable, authorize, Conn, Decision, Denial, Outcome, Reason, Verdict};
+use crate::config::AuthzConfig;
 use crate::state::model::{Policy, Strng, Workload};
 use crate::state::{Reader, Snapshot};
 
@@ -48,7 +47,7 @@ impl LocalPod {
 #[derive(Clone)]
 pub struct Connections {
     pod: Arc<LocalPod>,
-    mode: HttpOnlyDeny,
+    authz: AuthzConfig,
     // Held for map operations only; authorization runs outside the lock.
     inner: Arc<Mutex<Registry>>,
 }
@@ -77,11 +76,12 @@ pub struct Registration {
 pub struct Revoked(pub Denial);
 
 impl Connections {
-    /// An empty registry for `pod`, whose DENY rules with HTTP-only clauses act per `mode`.
-    pub fn new(pod: LocalPod, mode: HttpOnlyDeny) -> Self {
+    /// An empty registry for `pod`, deciding with `authz` (how DENY rules with HTTP-only
+    /// clauses act, at which level decisions are logged).
+    pub fn new(pod: LocalPod, authz: AuthzConfig) -> Self {
         Connections {
             pod: Arc::new(pod),
-            mode,
+            authz,
             inner: Arc::default(),
         }
     }
@@ -119,9 +119,17 @@ impl Connections {
     /// missing (or no longer matches) denies.
     pub fn authorize(&self, snap: &Snapshot, conn: &Conn) -> Decision {
         match self.pod.find(snap) {
-            Some(w) => authorize(snap, conn, w, self.mode),
+            Some(w) => authorize(snap, conn, w, self.authz.http_only_deny),
             None => unknown_workload(),
         }
+    }
+
+    /// [`Connections::authorize`] for a new connection, logging the decision (at info with
+    /// `AUTHZ_POLICY_INFO_LOGGING`).
+    pub fn check(&self, snap: &Snapshot, conn: &Conn) -> Decision {
+        let decision = self.authorize(snap, conn);
+        decision.log(conn, self.authz.info_logging);
+        decision
     }
 
     /// Re-authorizes every registered connection against `snap` and revokes the denied ones.
@@ -305,7 +313,7 @@ mod tests {
     async fn a_new_deny_revokes_only_the_matching_connection() {
         let (writer, reader) = crate::state::new();
         writer.publish(base());
-        let conns = Connections::new(pod(), HttpOnlyDeny::Ignore);
+        let conns = Connections::new(pod(), AuthzConfig::default());
         let mut bad = conns.register(conn([10, 0, 0, 2], "bad"));
         let mut good = conns.register(conn([10, 0, 0, 3], "good"));
         assert!(conns
@@ -335,7 +343,7 @@ mod tests {
     async fn losing_the_local_workload_revokes_everything() {
         let (writer, reader) = crate::state::new();
         writer.publish(base());
-        let conns = Connections::new(pod(), HttpOnlyDeny::Ignore);
+        let conns = Connections::new(pod(), AuthzConfig::default());
         let mut reg = conns.register(conn([10, 0, 0, 2], "any"));
         let task = tokio::spawn(conns.clone().enforce(reader.clone()));
         writer.publish(SnapshotBuilder::default());

@@ -4,7 +4,7 @@
 //! Request validation is strict and happens before anything is dialled: only CONNECT, an
 //! `ip:port` authority equal to the address the client dialled (or a service `hostname:port`;
 //! waypoint exceptions in [`route::inbound`]), never ztun's own ports or loopback. Then
-//! authorization ([`super::policy`]): a denial answers 401, and a later policy change that
+//! authorization ([`crate::authz`], [`super::enforce`]): a denial answers 401, and a later policy change that
 //! denies the open tunnel closes it. Nothing read from the stream is forwarded before the 200
 //! is sent.
 
@@ -19,15 +19,16 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
+use super::enforce::{Registration, Revoked};
 use super::hbone::stream::relay as relay_h2;
 use super::outbound::canonical;
-use super::policy::{Conn, Registration, Revoked};
 use super::proxy::Drains;
 use super::route::inbound::{Authority, InboundTarget, Tunnel};
 use super::{proxy_protocol, route, Error, Proxy};
+use crate::authz::Conn;
 use crate::drain::DrainMode;
 use crate::identity::Identity;
-use crate::ops::access::{AccessLog, Direction};
+use crate::ops::access::{AccessLog, Direction, HboneTarget};
 use crate::state::model::AppTunnelProtocol;
 use crate::state::Snapshot;
 use crate::tls::crl::{Side, Tracked};
@@ -41,7 +42,7 @@ const MAX_HEADER_LIST: u32 = 64 * 1024;
 const MAX_SEND_BUFFER: usize = 400 * 1024;
 /// Streams the peer may reset before ztun accepted them (rapid reset, H8): more pending at
 /// once is answered with GOAWAY.
-const MAX_PENDING_ACCEPT_RESETS: usize = 20;
+pub const MAX_PENDING_ACCEPT_RESETS: usize = 20;
 /// Streams the HTTP/2 layer may reset for the peer's protocol errors over a connection's
 /// life (H9): one more is answered with GOAWAY(ENHANCE_YOUR_CALM).
 const MAX_LOCAL_ERROR_RESETS: usize = 1024;
@@ -309,10 +310,10 @@ async fn open(
             return None;
         }
     };
-    log.hbone_addr = Some(match authority {
+    log.hbone_target = Some(HboneTarget::Addr(match authority {
         Authority::Addr(a) => a,
         Authority::Host { .. } => target.tunnel.map_or(target.upstream, |t| t.target),
-    });
+    }));
     log.dst.addr = Some(target.upstream);
     log.service = target.service.as_ref().map(|s| s.hostname.clone());
 
@@ -324,8 +325,9 @@ async fn open(
         dst_port: target.upstream.port(),
     };
     let registration = proxy.connections.register(conn.clone());
-    let decision = proxy.connections.authorize(&snap, &conn);
-    decision.log(&conn, proxy.cfg.authz.info_logging);
+    let decision = proxy.connections.check(&snap, &conn);
+    // Decided: no generation stays pinned while the app is dialled.
+    drop(snap);
     if let Some(denial) = decision.denial() {
         reject(&mut respond, log, Error::Denied(denial));
         return None;
@@ -344,7 +346,6 @@ async fn open(
             ok = ok.header("baggage", super::hbone::baggage(w));
         }
     }
-    drop(snap);
     let send = match respond.send_response(ok.body(()).unwrap_or_default(), false) {
         Ok(s) => s,
         Err(e) => {

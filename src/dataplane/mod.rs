@@ -14,12 +14,6 @@ pub mod hbone;
 pub mod inbound;
 pub mod outbound;
 pub mod passthrough;
-/// Authorization as the data plane uses it: the evaluation ([`crate::authz`]) and the
-/// late enforcement of live connections ([`enforce`]).
-pub mod policy {
-    pub use super::enforce::{Connections, LocalPod, Registration, Revoked};
-    pub use crate::authz::*;
-}
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod route;
@@ -151,10 +145,10 @@ pub enum Error {
     Io(#[source] Arc<io::Error>),
     /// Authorization policy denied the connection.
     #[error("denied by policy: {0}")]
-    Denied(policy::Denial),
+    Denied(crate::authz::Denial),
     /// A policy change denied the open connection, which was closed.
     #[error("closed by policy change: {0}")]
-    Revoked(policy::Denial),
+    Revoked(crate::authz::Denial),
     /// The peer's certificate is revoked by a CRL: the handshake was refused, or the open
     /// connection closed on a CRL reload.
     #[error("peer certificate revoked")]
@@ -207,7 +201,8 @@ impl Error {
 impl crate::ops::access::Failure for Error {
     /// As ztunnel flags them: `DENY` for policy, `IDENTITY_ERROR` when our own certificate
     /// is unavailable, `NETWORK_POLICY` when the peer's HBONE port never answers (connect
-    /// timeout), `H2_HANDSHAKE_FAILURE` for HTTP/2, `CONNECT` otherwise, TLS handshake and
+    /// timeout), `H2_HANDSHAKE_FAILURE` for HTTP/2 errors with the peer (during the handshake
+    /// or after it, as ztunnel's `Error::H2` is), `CONNECT` otherwise, TLS handshake and
     /// peer identity failures included (ztunnel verifies the peer inside the handshake).
     fn response_flag(&self) -> &'static str {
         match self {

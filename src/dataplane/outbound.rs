@@ -11,7 +11,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use h2::client::ResponseFuture;
 use h2::SendStream;
-use http::{Method, Request, StatusCode};
+use http::{HeaderValue, Method, Request, StatusCode};
 use tokio::net::TcpStream;
 
 use super::hbone::pool::{Checkout, PoolKey};
@@ -19,10 +19,12 @@ use super::hbone::stream::relay_early;
 use super::proxy::Drains;
 use super::route::{self, PendingHost, RefuseReason, Route};
 use super::{Error, Proxy, ResolveError};
-use crate::ops::access::{AccessLog, Direction, Meter};
+use crate::ops::access::{AccessLog, Direction, HboneTarget, Meter};
 use crate::ops::metrics::OnDemandDnsLabels;
 use crate::state::canonical_ip;
 use crate::state::model::Workload;
+use crate::tls::crl::Tracked;
+use crate::tls::RevokedSignal;
 
 /// Serves one captured outbound connection to completion.
 pub async fn serve(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, _drain: Drains) {
@@ -60,6 +62,8 @@ enum Ready {
         tcp: TcpStream,
         outer: Checkout,
         inner: AbortOnDrop,
+        /// Fires when a CRL reload revokes the destination (the inner tunnel's peer).
+        inner_revoked: RevokedSignal,
         response: ResponseFuture,
         send: SendStream<Bytes>,
     },
@@ -82,13 +86,21 @@ async fn relay(proxy: &Proxy, ready: Box<Ready>, log: &mut AccessLog) -> Result<
             tcp,
             outer,
             inner,
+            mut inner_revoked,
             response,
             send,
         } => {
-            let res = relay_hbone(proxy, tcp, &outer, response, send, log).await;
-            drop(inner);
-            drop(outer);
-            res
+            // Boxed: the rare double-HBONE relay must not grow every connection's future.
+            Box::pin(async move {
+                let res = tokio::select! {
+                    r = relay_hbone(proxy, tcp, &outer, response, send, log) => r,
+                    _ = inner_revoked.revoked() => Err(Error::CertRevoked),
+                };
+                drop(inner);
+                drop(outer);
+                res
+            })
+            .await
         }
         Ready::Hbone {
             tcp,
@@ -220,7 +232,7 @@ async fn prepare(
                 service,
             } => {
                 log.dst.addr = Some(gateway);
-                log.hbone_authority = Some(authority.clone());
+                log.hbone_target = Some(HboneTarget::Authority(authority.clone()));
                 log.dst.describe(&workload);
                 log.service = Some(service.hostname.clone());
                 let cert = proxy.local_cert(&src).await?;
@@ -230,16 +242,17 @@ async fn prepare(
                     dst: gateway,
                     src_ip,
                 };
-                let hop = Hop {
-                    authority: &authority,
-                    client: canonical(peer),
-                    service: &service.hostname,
-                    src: &src,
-                };
+                // One set of headers for both hops: one trace across the gateway.
+                let connect = Connect::new(
+                    authority.to_string(),
+                    canonical(peer),
+                    Some(&service.hostname),
+                    &src,
+                )?;
                 let mut outer = proxy.pool.checkout(&key, &cert).await?;
                 let (response, send) = outer
                     .sender()
-                    .send_request(hop.request(None)?, false)
+                    .send_request(connect.request(None)?, false)
                     .map_err(|e| Error::H2(Arc::new(e)))?;
                 let resp = response.await.map_err(|e| Error::H2(Arc::new(e)))?;
                 if resp.status() != StatusCode::OK {
@@ -261,7 +274,11 @@ async fn prepare(
                 log.dst.identity = Some(dialed.peer.clone());
                 let connection = dialed.connection;
                 let tracked = dialed.tracked;
+                let inner_revoked = tracked
+                    .as_ref()
+                    .map_or_else(RevokedSignal::never, Tracked::signal);
                 let inner = AbortOnDrop(tokio::spawn(async move {
+                    // Tracked (for CRL reloads) as long as the connection lives.
                     let _tracked = tracked;
                     let _ = connection.await;
                 }));
@@ -271,12 +288,13 @@ async fn prepare(
                     .ready()
                     .await
                     .map_err(|e| Error::H2(Arc::new(e)))?
-                    .send_request(hop.request(network)?, false)
+                    .send_request(connect.request(network)?, false)
                     .map_err(|e| Error::H2(Arc::new(e)))?;
                 Ok(Box::new(Ready::DoubleHbone {
                     tcp,
                     outer,
                     inner,
+                    inner_revoked,
                     response,
                     send,
                 }))
@@ -290,7 +308,7 @@ async fn prepare(
                 waypoint: _,
             } => {
                 log.dst.addr = Some(hbone_dst);
-                log.hbone_addr = Some(authority);
+                log.hbone_target = Some(HboneTarget::Addr(authority));
                 log.dst.describe(&workload);
                 log.service = service.as_ref().map(|s| s.hostname.clone());
                 let cert = proxy.local_cert(&src).await?;
@@ -303,19 +321,9 @@ async fn prepare(
                 let mut checkout = proxy.pool.checkout(&key, &cert).await?;
                 // The pool only hands out connections whose peer proved one of the identities.
                 log.dst.identity = workload.identity();
-                let mut forwarded = super::hbone::forwarded(canonical(peer));
-                if let Some(s) = &service {
-                    forwarded.push_str(";host=");
-                    forwarded.push_str(&s.hostname);
-                }
-                let req = Request::builder()
-                    .method(Method::CONNECT)
-                    .uri(authority.to_string())
-                    .header("forwarded", forwarded)
-                    .header("traceparent", super::hbone::traceparent())
-                    .header("baggage", super::hbone::baggage(&src))
-                    .body(())
-                    .map_err(|_| Error::BadRequest("cannot build CONNECT"))?;
+                let service = service.as_ref().map(|s| &*s.hostname);
+                let req = Connect::new(authority.to_string(), canonical(peer), service, &src)?
+                    .request(None)?;
                 let (response, send) = checkout
                     .sender()
                     .send_request(req, false)
@@ -331,27 +339,47 @@ async fn prepare(
     }
 }
 
-/// The CONNECT of either tunnel of double HBONE: both name the service's `hostname:port`,
-/// carry `forwarded` (client address and service host), `traceparent` and `baggage`; the
-/// inner one also names this node's network (`x-forwarded-network`), as ztunnel sends it.
-struct Hop<'a> {
-    authority: &'a str,
-    client: SocketAddr,
-    service: &'a str,
-    src: &'a Workload,
+/// The CONNECT of a tunnel: `:authority`, `forwarded` (the client's address, and the
+/// service host when one was addressed), `traceparent` and `baggage`. Double HBONE sends the
+/// same headers on both hops (one trace across the gateway); its inner CONNECT also names this
+/// node's network (`x-forwarded-network`), as ztunnel sends it.
+struct Connect {
+    authority: String,
+    forwarded: HeaderValue,
+    traceparent: HeaderValue,
+    baggage: HeaderValue,
 }
 
-impl Hop<'_> {
+impl Connect {
+    fn new(
+        authority: String,
+        client: SocketAddr,
+        service: Option<&str>,
+        src: &Workload,
+    ) -> Result<Connect, Error> {
+        let mut forwarded = super::hbone::forwarded(client);
+        if let Some(host) = service {
+            forwarded.push_str(";host=");
+            forwarded.push_str(host);
+        }
+        let value = |v: String| {
+            HeaderValue::try_from(v).map_err(|_| Error::BadRequest("cannot build CONNECT"))
+        };
+        Ok(Connect {
+            authority,
+            forwarded: value(forwarded)?,
+            traceparent: value(super::hbone::traceparent())?,
+            baggage: value(super::hbone::baggage(src))?,
+        })
+    }
+
     fn request(&self, network: Option<&str>) -> Result<Request<()>, Error> {
-        let mut forwarded = super::hbone::forwarded(self.client);
-        forwarded.push_str(";host=");
-        forwarded.push_str(self.service);
         let mut req = Request::builder()
             .method(Method::CONNECT)
-            .uri(self.authority)
-            .header("forwarded", forwarded)
-            .header("traceparent", super::hbone::traceparent())
-            .header("baggage", super::hbone::baggage(self.src));
+            .uri(self.authority.as_str())
+            .header("forwarded", self.forwarded.clone())
+            .header("traceparent", self.traceparent.clone())
+            .header("baggage", self.baggage.clone());
         if let Some(network) = network {
             req = req.header("x-forwarded-network", network);
         }

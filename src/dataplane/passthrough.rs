@@ -9,10 +9,11 @@ use std::sync::Arc;
 
 use tokio::net::TcpStream;
 
+use super::enforce::Revoked;
 use super::outbound::{canonical, original_destination, relay_tcp};
-use super::policy::{Conn, Revoked};
 use super::proxy::Drains;
 use super::{Error, Proxy};
+use crate::authz::Conn;
 use crate::ops::access::{AccessLog, Direction};
 
 /// Serves one plaintext inbound connection.
@@ -29,7 +30,7 @@ pub async fn serve(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, _drain: 
     if dst.ip().is_loopback() || proxy.is_own_port(dst.port()) {
         return log.complete(Some(&Error::SelfCall(dst)));
     }
-    // Authorize with no identity (registered first: see `policy::enforce`). The pod's
+    // Authorize with no identity (registered first: see `dataplane::enforce`). The pod's
     // workload may still be on its way from the control plane: wait for it, bounded.
     if let Err(e) = proxy.local_workload().await {
         return log.complete(Some(&e));
@@ -41,8 +42,7 @@ pub async fn serve(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, _drain: 
         dst_port: dst.port(),
     };
     let mut registration = proxy.connections.register(conn.clone());
-    let decision = proxy.connections.authorize(&proxy.state.load(), &conn);
-    decision.log(&conn, proxy.cfg.authz.info_logging);
+    let decision = proxy.connections.check(&proxy.state.load(), &conn);
     if let Some(denial) = decision.denial() {
         // Dropping the socket closes the client's connection.
         return log.complete(Some(&Error::Denied(denial)));

@@ -9,9 +9,9 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Handle;
 
+use super::enforce::{Connections, LocalPod};
 use super::hbone::pool::{Pool, PoolConfig};
 use super::hbone::H2Settings;
-use super::policy::{Connections, LocalPod};
 use super::Error;
 use crate::config::Config;
 use crate::drain::{self, DrainMode};
@@ -82,7 +82,7 @@ impl Proxy {
                 service_account: pod.service_account.clone(),
                 node: cfg.node_name.as_deref().map(Into::into),
             },
-            cfg.authz.http_only_deny,
+            cfg.authz,
         );
         let slots = Arc::new(ConnSlots::new(cfg.proxy.max_connections_per_pod));
         Arc::new(Proxy {
@@ -359,6 +359,10 @@ async fn serve<F, Fut>(
             return;
         }
     };
+    let reporter = match direction {
+        "outbound" => Reporter::Source,
+        _ => Reporter::Destination,
+    };
     loop {
         let accepted = tokio::select! {
             _ = drains.signaled() => break,
@@ -378,10 +382,6 @@ async fn serve<F, Fut>(
                 // select's operand), doubling the memory of every idle connection.
                 let handle = handle.clone();
                 let mut d = drains.clone();
-                let reporter = match direction {
-                    "outbound" => Reporter::Source,
-                    _ => Reporter::Destination,
-                };
                 let socket = crate::ops::telemetry().metrics.socket_opened(reporter);
                 tokio::spawn(async move {
                     let conn = handle(stream, peer, d.clone());

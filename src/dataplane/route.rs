@@ -37,9 +37,8 @@ use rand::Rng;
 use crate::authz::contains;
 use crate::identity::Identity;
 use crate::state::model::{
-    GatewayAddress, GatewayDestination, HealthPolicy, HealthStatus, IpFamilies, IpNet,
-    LoadBalancer, LoadBalancerMode, LoadBalancerScope, Service, Strng, TunnelProtocol, Visibility,
-    Workload,
+    GatewayAddress, GatewayDestination, IpFamilies, IpNet, LoadBalancer, LoadBalancerMode,
+    LoadBalancerScope, Service, Strng, TunnelProtocol, Visibility, Workload,
 };
 use crate::state::{canonical_ip, Snapshot};
 
@@ -383,30 +382,7 @@ fn via_waypoint(
     original: SocketAddr,
     service: Option<Arc<Service>>,
 ) -> Route {
-    let port = gw.hbone_mtls_port;
-    let resolved: Option<(Arc<Workload>, SocketAddr, Option<Arc<Service>>)> = match &gw.destination
-    {
-        GatewayDestination::Address(a) => {
-            if let Some(w) = snap.workload_by_ip(&a.network, a.address) {
-                Some((w.clone(), SocketAddr::new(a.address, port), None))
-            } else {
-                snap.services_by_vip(&a.network, a.address)
-                    .first()
-                    .and_then(|s| waypoint_endpoint(rng, snap, src, s, port, original))
-            }
-        }
-        GatewayDestination::Hostname(h) => {
-            let key = format!("{}/{}", h.namespace, h.hostname);
-            if let Some(s) = snap.service(&key) {
-                waypoint_endpoint(rng, snap, src, s, port, original)
-            } else {
-                workload_by_hostname(snap, &h.namespace, &h.hostname).and_then(|w| {
-                    let ip = pick_ip(w, original, IpFamilies::Automatic)?;
-                    Some((w.clone(), SocketAddr::new(ip, port), None))
-                })
-            }
-        }
-    };
+    let resolved = resolve_gateway(rng, snap, src, gw, original, Mode::Waypoint);
     let Some((w, dst, wp_service)) = resolved else {
         return Route::Refuse(RefuseReason::UnknownWaypoint);
     };
@@ -459,10 +435,7 @@ fn through_gateway(
     }
 }
 
-/// Where a network gateway listens, and who it may prove to be: by address, the workload at
-/// that address on the gateway's network (else an endpoint of the service with that VIP
-/// there) at `hbone_mtls_port`; by hostname, an endpoint of that service (else the workload
-/// with that hostname), in the family of `original` when it has one.
+/// Where a network gateway listens, and who it may prove to be (see [`resolve_gateway`]).
 fn network_gateway(
     rng: &mut impl Rng,
     snap: &Snapshot,
@@ -470,15 +443,32 @@ fn network_gateway(
     gw: &GatewayAddress,
     original: SocketAddr,
 ) -> Option<(SocketAddr, Arc<[Identity]>)> {
+    let (w, dst, svc) = resolve_gateway(rng, snap, src, gw, original, Mode::Gateway)?;
+    Some((dst, identities(&w, svc.as_deref())))
+}
+
+/// The workload behind a waypoint or network gateway reference, where to reach it, and the
+/// service it was chosen from: by address, the workload at that address on the reference's
+/// network (at `hbone_mtls_port`), else an endpoint of the service with that VIP there; by
+/// hostname, an endpoint of that service, else the workload with that hostname. Endpoint
+/// addresses are of the family of `original` when they have one.
+fn resolve_gateway(
+    rng: &mut impl Rng,
+    snap: &Snapshot,
+    src: &Source<'_>,
+    gw: &GatewayAddress,
+    original: SocketAddr,
+    mode: Mode,
+) -> Option<(Arc<Workload>, SocketAddr, Option<Arc<Service>>)> {
     let port = gw.hbone_mtls_port;
     let endpoint_of = |rng: &mut _, s: &Arc<Service>| {
-        let (w, target) = pick_endpoint(rng, snap, src, s, port, Mode::Gateway)?;
+        let (w, target) = pick_endpoint(rng, snap, src, s, port, mode)?;
         let ip = pick_ip(&w, original, s.ip_families)?;
-        Some((SocketAddr::new(ip, target), identities(&w, Some(s))))
+        Some((w, SocketAddr::new(ip, target), Some(s.clone())))
     };
     match &gw.destination {
         GatewayDestination::Address(a) => match snap.workload_by_ip(&a.network, a.address) {
-            Some(w) => Some((SocketAddr::new(a.address, port), identities(w, None))),
+            Some(w) => Some((w.clone(), SocketAddr::new(a.address, port), None)),
             None => {
                 let s = snap.services_by_vip(&a.network, a.address).first()?.clone();
                 endpoint_of(rng, &s)
@@ -491,24 +481,9 @@ fn network_gateway(
             }
             let w = workload_by_hostname(snap, &h.namespace, &h.hostname)?;
             let ip = pick_ip(w, original, IpFamilies::Automatic)?;
-            Some((SocketAddr::new(ip, port), identities(w, None)))
+            Some((w.clone(), SocketAddr::new(ip, port), None))
         }
     }
-}
-
-/// One endpoint of the waypoint service `s` for its port `hbone_port`, with an address of
-/// the family of `original` when it has one.
-fn waypoint_endpoint(
-    rng: &mut impl Rng,
-    snap: &Snapshot,
-    src: &Source<'_>,
-    s: &Arc<Service>,
-    hbone_port: u16,
-    original: SocketAddr,
-) -> Option<(Arc<Workload>, SocketAddr, Option<Arc<Service>>)> {
-    let (w, port) = pick_endpoint(rng, snap, src, s, hbone_port, Mode::Waypoint)?;
-    let ip = pick_ip(&w, original, s.ip_families)?;
-    Some((w, SocketAddr::new(ip, port), Some(s.clone())))
 }
 
 /// How an endpoint's port is resolved.
@@ -534,16 +509,12 @@ fn pick_endpoint(
     svc_port: u16,
     mode: Mode,
 ) -> Option<(Arc<Workload>, u16)> {
-    let allow_all = svc
-        .load_balancer
-        .as_ref()
-        .is_some_and(|lb| lb.health_policy == HealthPolicy::AllowAll);
     let key = svc.key();
     let target = svc.ports.get(&svc_port).copied().filter(|p| *p != 0);
     let usable = snap
         .endpoints(&key)
         .iter()
-        .filter(|w| allow_all || w.status == HealthStatus::Healthy)
+        .filter(|w| svc.admits(w))
         .filter(|w| {
             let local = w.network == src.workload.network;
             match mode {

@@ -23,7 +23,6 @@ mod server;
 #[cfg(test)]
 mod tests;
 
-pub use crate::ops::dns_metrics::{query_type_label, DnsLabels, DnsMetrics};
 pub use forward::{ForwardError, Upstreams};
 pub use lookup::{
     aliases, kubernetes_expansion, lookup, search_domains, Alias, Family, HostIndex, Lookup, Zone,

@@ -329,7 +329,6 @@ mod tests {
     use tokio::sync::{Notify, Semaphore};
 
     use super::*;
-    use crate::config::Keepalive;
 
     fn addrs(list: &[&str]) -> Arc<[IpAddr]> {
         list.iter().map(|a| a.parse().unwrap()).collect()
@@ -576,16 +575,8 @@ mod tests {
     }
 
     fn resolver(upstream: SocketAddr, ipv6: bool) -> Arc<HostResolver> {
-        let keepalive = Keepalive {
-            enabled: false,
-            time: Duration::from_secs(180),
-            interval: Duration::from_secs(180),
-            retries: 9,
-            user_timeout_enabled: false,
-        };
-        let sockets = Sockets::new(None, None, false, keepalive, Duration::from_secs(5));
         Arc::new(HostResolver::new(
-            sockets,
+            Sockets::for_tests(),
             Upstreams::new(vec![upstream]),
             ipv6,
         ))

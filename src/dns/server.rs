@@ -7,7 +7,7 @@
 //! arrive within [`TCP_REQUEST_TIMEOUT`].
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -25,8 +25,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use super::forward::{self, Upstreams};
 use super::lookup::{self, Family, HostIndex, IndexCache, Lookup, Zone};
 use super::Transport;
-use crate::config::Config;
-use crate::config::DnsListen;
+use crate::config::{loopbacks, Config, DnsListen, Requirement};
 use crate::drain::Watch as Drains;
 use crate::ops::dns_metrics::{query_type_label, DnsLabels, UNKNOWN_QUERY_TYPE};
 use crate::sockets::Sockets;
@@ -52,9 +51,6 @@ const MAX_TCP_CONNECTIONS: usize = 32;
 /// Hostname indexes shared by every pod (one per snapshot generation).
 static INDEXES: std::sync::LazyLock<IndexCache> = std::sync::LazyLock::new(IndexCache::default);
 
-/// Binds the pod's DNS listeners (on the calling thread, in the pod's namespace) and serves
-/// them on `data` until `drains` signal. Binding errors fail the pod's start, except the IPv6
-/// loopback when the pod has no IPv6.
 /// What a pod's DNS proxy is given: who the pod is, the configuration, the mesh state, and
 /// the pod's socket factory. Nothing else of the pod's data plane.
 pub struct PodDns {
@@ -72,55 +68,54 @@ pub struct PodDns {
     pub sockets: Sockets,
 }
 
-/// Starts a pod's DNS proxy on `data`, serving until `drains` fires.
+/// Binds the pod's DNS listeners (on the calling thread, in the pod's namespace) and serves
+/// them on `data` until `drains` signal. Binding errors fail the pod's start, except the IPv6
+/// loopback when the pod has no IPv6.
 pub fn start(pod: PodDns, data: &Handle, drains: &Drains) -> io::Result<()> {
-    let proxy = &pod;
-    let upstreams = Upstreams::load_or_warn(&proxy.cfg.dns.resolv_conf);
+    let PodDns {
+        namespace,
+        name,
+        service_account,
+        cfg,
+        state,
+        sockets,
+    } = pod;
+    let upstreams = Upstreams::load_or_warn(&cfg.dns.resolv_conf);
     let server = Arc::new(DnsServer {
         client: ClientRef {
-            namespace: proxy.namespace.clone(),
-            name: proxy.name.clone(),
-            service_account: proxy.service_account.clone(),
-            node: proxy.cfg.node_name.as_deref().map(Into::into),
+            namespace,
+            name,
+            service_account,
+            node: cfg.node_name.as_deref().map(Into::into),
         },
-        state: proxy.state.clone(),
-        sockets: proxy.sockets.clone(),
+        state,
+        sockets: sockets.clone(),
         zone: Zone {
-            domain: proxy
-                .cfg
+            domain: cfg
                 .cluster_domain
                 .trim_matches('.')
                 .to_ascii_lowercase()
                 .into(),
-            ipv6: proxy.cfg.proxy.ipv6_enabled,
-            preferred_namespace: proxy.cfg.dns.preferred_service_namespace.clone(),
+            ipv6: cfg.proxy.ipv6_enabled,
+            preferred_namespace: cfg.dns.preferred_service_namespace.clone(),
         },
         upstreams,
         forwards: Arc::new(Semaphore::new(MAX_FORWARDS)),
         tcp_connections: Arc::new(Semaphore::new(MAX_TCP_CONNECTIONS)),
         client_cache: Mutex::new(None),
     });
-    let addrs = match proxy.cfg.dns.listen {
-        DnsListen::Addr(a) => vec![(a, true)],
-        DnsListen::Localhost(port) => {
-            let mut v = vec![(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port), true)];
-            if proxy.cfg.proxy.ipv6_enabled {
-                v.push((
-                    SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), port),
-                    false,
-                ));
-            }
-            v
-        }
+    let addrs = match cfg.dns.listen {
+        DnsListen::Addr(a) => vec![(a, Requirement::Required)],
+        DnsListen::Localhost(port) => loopbacks(port, cfg.proxy.ipv6_enabled),
     };
-    for (addr, required) in addrs {
-        let bound = proxy.sockets.udp_socket(addr).and_then(|udp| {
-            let tcp = proxy.sockets.std_listener(addr, false)?;
+    for (addr, requirement) in addrs {
+        let bound = sockets.udp_socket(addr).and_then(|udp| {
+            let tcp = sockets.std_listener(addr, false)?;
             Ok((udp, tcp))
         });
         let (udp, tcp) = match bound {
             Ok(b) => b,
-            Err(e) if !required => {
+            Err(e) if requirement == Requirement::IfIpv6 => {
                 tracing::debug!(%addr, error = %e, "no IPv6 DNS listener in this pod");
                 continue;
             }

@@ -123,6 +123,31 @@ impl serde::Serialize for WorkloadRef {
     }
 }
 
+/// The target a tunnel's CONNECT names: `ip:port`, or a service's `hostname:port` (double
+/// HBONE through a network gateway). Shown and serialized as that string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HboneTarget {
+    /// `ip:port`.
+    Addr(SocketAddr),
+    /// `hostname:port`.
+    Authority(Arc<str>),
+}
+
+impl Display for HboneTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HboneTarget::Addr(a) => a.fmt(f),
+            HboneTarget::Authority(a) => f.write_str(a),
+        }
+    }
+}
+
+impl serde::Serialize for HboneTarget {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 /// An established connection, as the admin API lists it.
 #[derive(Debug, Clone, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -138,7 +163,7 @@ pub struct LiveConnection {
     /// L4 next hop.
     pub dst: Option<SocketAddr>,
     /// CONNECT authority, for tunnels.
-    pub hbone_target: Option<SocketAddr>,
+    pub hbone_target: Option<HboneTarget>,
     /// Destination identity, when proven.
     pub dst_identity: Option<Identity>,
     /// Destination workload (`namespace/name`), when known.
@@ -157,10 +182,7 @@ pub struct AccessLog {
     /// The server side (`addr` = the L4 next hop).
     pub dst: Peer,
     /// The CONNECT `:authority`, for tunnelled connections.
-    pub hbone_addr: Option<SocketAddr>,
-    /// A `hostname:port` CONNECT `:authority` (double HBONE through a network gateway);
-    /// logged as `dst.hbone_addr` when there is no address one.
-    pub hbone_authority: Option<Arc<str>>,
+    pub hbone_target: Option<HboneTarget>,
     /// Destination service hostname.
     pub service: Option<Arc<str>>,
     started: Instant,
@@ -246,8 +268,7 @@ impl AccessLog {
             direction,
             src: Peer::default(),
             dst: Peer::default(),
-            hbone_addr: None,
-            hbone_authority: None,
+            hbone_target: None,
             service: None,
             started: Instant::now(),
             live: None,
@@ -291,7 +312,7 @@ impl AccessLog {
             src_identity: self.src.identity.clone(),
             src_workload: workload(&self.src),
             dst: self.dst.addr,
-            hbone_target: self.hbone_addr,
+            hbone_target: self.hbone_target.clone(),
             dst_identity: self.dst.identity.clone(),
             dst_workload: workload(&self.dst),
             since,
@@ -301,7 +322,7 @@ impl AccessLog {
 
     /// Whether the connection went through an HBONE tunnel.
     fn tunnelled(&self) -> bool {
-        self.hbone_addr.is_some() || self.hbone_authority.is_some()
+        self.hbone_target.is_some()
     }
 
     /// Istio's traffic labels for this connection.
@@ -408,11 +429,7 @@ impl AccessLog {
         let duration = format!("{}ms", self.started.elapsed().as_millis());
         let src_addr = self.src.addr.map(tracing::field::display);
         let dst_addr = self.dst.addr.map(tracing::field::display);
-        let hbone_addr = self
-            .hbone_addr
-            .map(|a| a.to_string().into())
-            .or_else(|| self.hbone_authority.clone())
-            .map(tracing::field::display);
+        let hbone_addr = self.hbone_target.as_ref().map(tracing::field::display);
         let src_id = self.src.identity.as_ref().map(tracing::field::display);
         let dst_id = self.dst.identity.as_ref().map(tracing::field::display);
         // Two call sites because tracing levels are static per event.
@@ -464,8 +481,9 @@ impl AccessLog {
 /// Why a connection failed, as the access log and metrics report it.
 pub trait Failure: Display {
     /// Istio's `response_flags` label for the failure, one of ztunnel's values: `DENY`,
-    /// `CONNECT` (the default), `TLS_FAILURE`, `H2_HANDSHAKE_FAILURE`, `NETWORK_POLICY`,
-    /// `IDENTITY_ERROR`, `CERT_REVOKED`.
+    /// `CONNECT` (the default), `H2_HANDSHAKE_FAILURE`, `NETWORK_POLICY`, `IDENTITY_ERROR`,
+    /// `CERT_REVOKED` (ztunnel's `TLS_FAILURE`, for a TLS configuration that cannot be built,
+    /// has no case in ztun).
     fn response_flag(&self) -> &'static str {
         "CONNECT"
     }

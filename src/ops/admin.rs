@@ -100,12 +100,18 @@ impl WorkloadStates {
 /// fields beside them.
 fn connection_dump(c: &super::access::LiveConnection) -> Value {
     let addr = |a: Option<std::net::SocketAddr>| a.map(|a| a.to_string());
+    let target = || {
+        c.hbone_target
+            .as_ref()
+            .map(ToString::to_string)
+            .or(addr(c.dst))
+    };
     let tunnelled = c.hbone_target.is_some();
     let (original, actual, protocol) = match c.direction {
         // Inbound: the client reached this address; HBONE when the peer is proven.
         "inbound" => (
             None,
-            addr(c.hbone_target.or(c.dst)),
+            target(),
             if c.src_identity.is_some() {
                 "HBONE"
             } else {
@@ -115,7 +121,7 @@ fn connection_dump(c: &super::access::LiveConnection) -> Value {
         // Outbound: the app dialled the CONNECT target (or the destination); the next hop is
         // the peer's 15008 when tunnelled.
         _ => (
-            addr(c.hbone_target.or(c.dst)),
+            target(),
             addr(c.dst),
             if tunnelled { "HBONE" } else { "TCP" },
         ),
@@ -146,7 +152,8 @@ pub struct Admin {
     pub pods: WorkloadStates,
     /// The CRLs in force (`crl` in the dump).
     pub revocation: crate::tls::Revocation,
-    /// The local configuration file as it parses now (`staticConfig`), or `Null` without one.
+    /// The local configuration file as it parses now (`staticConfig`): empty lists without
+    /// one, `{error}` when it does not parse.
     pub static_config: Arc<dyn Fn() -> Value + Send + Sync>,
 }
 
@@ -295,16 +302,11 @@ pub(crate) fn service_dump(
     snap: &crate::state::Snapshot,
     svc: &crate::state::model::Service,
 ) -> Value {
-    use crate::state::model::{HealthPolicy, HealthStatus};
     let key = svc.key();
-    let allow_all = svc
-        .load_balancer
-        .as_ref()
-        .is_some_and(|lb| lb.health_policy == HealthPolicy::AllowAll);
     let endpoints: serde_json::Map<String, Value> = snap
         .endpoints(&key)
         .iter()
-        .filter(|w| allow_all || w.status == HealthStatus::Healthy)
+        .filter(|w| svc.admits(w))
         .map(|w| {
             let port = w.services.get(key.as_str()).cloned().unwrap_or_default();
             let endpoint = json!({
@@ -326,11 +328,9 @@ pub(crate) fn service_dump(
 /// A policy as ztunnel dumps it, plus `unmatchableRules` (ztun's own key, ignored by
 /// istioctl): the rules that can never match at L4 under `mode`.
 fn policy_dump(p: &crate::state::model::Policy, mode: crate::config::HttpOnlyDeny) -> Value {
-    use crate::state::model::PolicyAction;
     let mut v = serde_json::to_value(p).unwrap_or_default();
-    let enforced = mode == crate::config::HttpOnlyDeny::Enforce && p.action == PolicyAction::Deny;
-    let unmatchable: Vec<usize> = p.unmatchable_rules().collect();
-    if let (Value::Object(o), false, false) = (&mut v, unmatchable.is_empty(), enforced) {
+    let unmatchable = crate::authz::unmatchable_rules(p, mode);
+    if let (Value::Object(o), false) = (&mut v, unmatchable.is_empty()) {
         o.insert("unmatchableRules".into(), json!(unmatchable));
     }
     v

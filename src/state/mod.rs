@@ -75,7 +75,10 @@ pub struct Writer {
 impl Writer {
     /// Publishes a new generation built by `builder`.
     pub fn publish(&self, builder: SnapshotBuilder) -> Arc<Snapshot> {
-        let generation = self.shared.current.load().generation() + 1;
+        let previous = self.shared.current.load();
+        builder.warn_unmatchable(&previous);
+        let generation = previous.generation() + 1;
+        drop(previous);
         let snap = Arc::new(builder.build(generation));
         self.shared.current.store(snap.clone());
         self.shared.changed.send_replace(generation);

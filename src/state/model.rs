@@ -119,7 +119,7 @@ pub struct Locality {
 pub type PortMap = BTreeMap<u16, u16>;
 
 /// A workload (a pod, VM or other endpoint) as the mesh knows it.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Workload {
     /// Unique id; the xDS resource name (e.g. `cluster//Pod/ns/name`).
@@ -329,6 +329,16 @@ impl Service {
     /// The key the service is stored and removed under: `namespace/hostname`.
     pub fn key(&self) -> String {
         format!("{}/{}", self.namespace, self.hostname)
+    }
+
+    /// Whether `w` may receive this service's traffic by its health: healthy endpoints
+    /// only, unless the service's health policy allows all.
+    pub fn admits(&self, w: &Workload) -> bool {
+        w.status == HealthStatus::Healthy
+            || self
+                .load_balancer
+                .as_ref()
+                .is_some_and(|lb| lb.health_policy == HealthPolicy::AllowAll)
     }
 }
 

@@ -161,13 +161,23 @@ impl SnapshotBuilder {
         self.services.insert(s.key().into(), Arc::new(s));
     }
 
-    /// Adds or replaces a policy (by `namespace/name`). A new or changed policy with rules
-    /// that can never match at L4 is logged once, at warn: Istio accepts such policies and
-    /// says so only in the policy's status, which node operators rarely see.
+    /// Adds or replaces a policy (by `namespace/name`).
     pub fn insert_policy(&mut self, p: Policy) {
-        let key: Strng = p.key().into();
-        let unchanged = self.policies.get(&key).is_some_and(|old| **old == p);
-        if !unchanged {
+        self.policies.insert(p.key().into(), Arc::new(p));
+    }
+
+    /// Logs, once per new or changed policy compared with `previous`, the policies with rules
+    /// that can never match at L4: Istio accepts such policies and says so only in the
+    /// policy's status, which node operators rarely see.
+    pub(super) fn warn_unmatchable(&self, previous: &Snapshot) {
+        for (key, p) in &self.policies {
+            let unchanged = previous
+                .policies
+                .get(key)
+                .is_some_and(|old| Arc::ptr_eq(old, p) || **old == **p);
+            if unchanged {
+                continue;
+            }
             let rules: Vec<usize> = p.unmatchable_rules().collect();
             if !rules.is_empty() {
                 tracing::warn!(
@@ -179,7 +189,6 @@ impl SnapshotBuilder {
                 );
             }
         }
-        self.policies.insert(key, Arc::new(p));
     }
 
     /// Removes an address resource by name: a workload uid, else a service key. Returns

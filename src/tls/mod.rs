@@ -33,7 +33,7 @@ pub fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 /// The provider under `policy`: TLS 1.3 AES-GCM suites; with [`CompliancePolicy::Pqc`] the
 /// only key exchange is the post-quantum hybrid X25519MLKEM768.
-pub fn provider_for(policy: CompliancePolicy) -> Arc<rustls::crypto::CryptoProvider> {
+fn provider_for(policy: CompliancePolicy) -> Arc<rustls::crypto::CryptoProvider> {
     use rustls::crypto::aws_lc_rs::{cipher_suite, default_provider, kx_group};
     let mut p = default_provider();
     p.cipher_suites = vec![

@@ -569,7 +569,7 @@ fn policy_match(field: &str, m: sec::Match) -> Result<PolicyMatch, TranslateErro
         not_destination_ports: ports("not_destination_ports", m.not_destination_ports)?,
     };
     // A match with no condition is what istiod sends for HTTP-only conditions: valid, and
-    // never matching at L4 (see `dataplane::policy`).
+    // never matching at L4 (see `authz`).
     Ok(converted)
 }
 

@@ -153,33 +153,14 @@ pub fn workload_from_baggage(
     identity: &crate::identity::Identity,
     header: &str,
 ) -> Option<crate::state::model::Workload> {
-    use crate::state::model::{HealthStatus, Locality, NetworkMode, TunnelProtocol, Workload};
+    use crate::state::model::{TunnelProtocol, Workload};
     let mut w = Workload {
-        uid: "".into(),
-        name: "".into(),
         namespace: identity.namespace().into(),
-        workload_ips: Vec::new(),
-        hostname: "".into(),
-        network: "".into(),
         protocol: TunnelProtocol::Hbone,
         trust_domain: identity.trust_domain().into(),
         service_account: identity.service_account().into(),
-        waypoint: None,
-        network_gateway: None,
-        node: "".into(),
-        canonical_name: "".into(),
-        canonical_revision: "".into(),
-        workload_type: "".into(),
-        workload_name: "".into(),
-        native_tunnel: false,
-        application_tunnel: None,
-        services: Default::default(),
-        authorization_policies: Vec::new(),
-        status: HealthStatus::Healthy,
-        cluster_id: "".into(),
-        locality: Locality::default(),
-        network_mode: NetworkMode::Standard,
         capacity: 1,
+        ..Default::default()
     };
     for item in header.split(',') {
         let Some((k, v)) = item.trim().split_once('=') else {
@@ -190,8 +171,9 @@ pub fn workload_from_baggage(
             continue;
         }
         match k {
+            // Not read: the namespace is the proven identity's.
+            "k8s.namespace.name" => {}
             "k8s.cluster.name" => w.cluster_id = v.into(),
-            "k8s.namespace.name" => w.namespace = v.into(),
             "service.name" => w.canonical_name = v.into(),
             "service.version" => w.canonical_revision = v.into(),
             "cloud.region" => w.locality.region = v.into(),
@@ -314,6 +296,9 @@ mod tests {
         // The identity is the proven one, whatever the header says.
         assert_eq!(d.identity(), Some(id.clone()));
         assert!(workload_from_baggage(&id, "k8s.namespace.name=x").is_none());
+        // The namespace is the proven one, whatever the header says.
+        let other = workload_from_baggage(&id, "k8s.namespace.name=x,k8s.pod.name=p").unwrap();
+        assert_eq!(&*other.namespace, "ns1");
         assert!(workload_from_baggage(&id, "garbage,,=,k8s.a.b.name=c").is_none());
     }
 }

@@ -356,22 +356,10 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::config::Keepalive;
     use crate::control::ca::LocalCa;
 
-    /// A destination that refuses every dial leaves no dial lock behind, however many keys
-    /// are tried (the map would otherwise grow with every dead peer).
-    #[tokio::test]
-    async fn failed_dials_leave_no_dial_lock() {
-        let keepalive = Keepalive {
-            enabled: false,
-            time: Duration::from_secs(180),
-            interval: Duration::from_secs(180),
-            retries: 9,
-            user_timeout_enabled: false,
-        };
-        let sockets = Sockets::new(None, None, false, keepalive, Duration::from_secs(5));
-        let pool = Pool::new(
+    fn pool() -> Pool {
+        Pool::new(
             PoolConfig {
                 max_streams: 100,
                 idle_timeout: Duration::from_secs(60),
@@ -383,23 +371,45 @@ mod tests {
                     ping_interval: Duration::from_secs(10),
                 },
             },
-            sockets,
-        );
+            Sockets::for_tests(),
+        )
+    }
+
+    /// A port nothing listens on: bound, noted, closed.
+    fn closed_port() -> SocketAddr {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    }
+
+    /// A destination that refuses every dial leaves no dial lock behind, however many keys
+    /// are tried (the map would otherwise grow with every dead peer), and also when several
+    /// callers wait on the same key's dial at once (the last one to fail removes the lock).
+    #[tokio::test]
+    async fn failed_dials_leave_no_dial_lock() {
+        let pool = pool();
         let ca = LocalCa::ephemeral("cluster.local", Duration::from_secs(3600)).unwrap();
         let id: Identity = "spiffe://cluster.local/ns/a/sa/b".parse().unwrap();
         let cert = ca.mint(&id).unwrap();
-        // A port nothing listens on: bind one, note it, close it.
-        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let dst = closed.local_addr().unwrap();
-        drop(closed);
-        for n in 0..5u8 {
-            let key = PoolKey {
-                src_identity: id.clone(),
-                dst_identities: vec![id.clone()].into(),
-                dst,
-                src_ip: std::net::IpAddr::from([127, 0, 0, n + 1]),
-            };
-            assert!(pool.checkout(&key, &cert).await.is_err());
+        let dst = closed_port();
+        let key = |n: u8| PoolKey {
+            src_identity: id.clone(),
+            dst_identities: vec![id.clone()].into(),
+            dst,
+            src_ip: std::net::IpAddr::from([127, 0, 0, n]),
+        };
+        for n in 1..=5u8 {
+            assert!(pool.checkout(&key(n), &cert).await.is_err());
+        }
+        assert_eq!(pool.inner.dial_locks(), 0);
+        // Eight callers on one key at once: they queue on its dial lock, each fails.
+        let cert = Arc::new(cert);
+        let mut callers = tokio::task::JoinSet::new();
+        for _ in 0..8 {
+            let (pool, cert, key) = (pool.clone(), cert.clone(), key(9));
+            callers.spawn(async move { pool.checkout(&key, &cert).await.is_err() });
+        }
+        while let Some(failed) = callers.join_next().await {
+            assert!(failed.unwrap(), "a dial to a closed port succeeded");
         }
         assert_eq!(pool.inner.dial_locks(), 0);
         assert_eq!(pool.connections(), 0);

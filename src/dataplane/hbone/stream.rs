@@ -193,7 +193,8 @@ async fn capacity(
     }
 }
 
-fn is_graceful_reset(e: &h2::Error) -> bool {
+/// A reset that means "done", not "failed" (NO_ERROR or CANCEL).
+pub(super) fn is_graceful_reset(e: &h2::Error) -> bool {
     e.reason()
         .is_some_and(|r| r == h2::Reason::NO_ERROR || r == h2::Reason::CANCEL)
 }

@@ -13,7 +13,7 @@ use bytes::{Buf, Bytes};
 use h2::{RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::stream::h2_io;
+use super::stream::{h2_io, is_graceful_reset};
 
 /// An HTTP/2 stream's two halves as [`AsyncRead`] + [`AsyncWrite`].
 pub struct H2Io {
@@ -53,7 +53,7 @@ impl AsyncRead for H2Io {
                     let _ = this.recv.flow_control().release_capacity(data.len());
                     this.pending = data;
                 }
-                Some(Err(e)) if is_eof(&e) => return Poll::Ready(Ok(())),
+                Some(Err(e)) if is_graceful_reset(&e) => return Poll::Ready(Ok(())),
                 Some(Err(e)) => return Poll::Ready(Err(h2_io(e))),
             }
         }
@@ -82,7 +82,8 @@ impl AsyncWrite for H2Io {
             match ready!(this.send.poll_capacity(cx)) {
                 None => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
                 Some(Err(e)) => return Poll::Ready(Err(h2_io(e))),
-                // Capacity not granted yet: poll again, which registers the wakeup.
+                // h2 answers Pending rather than zero capacity; were it ever zero, the next
+                // poll registers the wakeup and is Pending, so this cannot spin.
                 Some(Ok(0)) => continue,
                 Some(Ok(n)) => {
                     let n = n.min(buf.len());
@@ -108,9 +109,4 @@ impl AsyncWrite for H2Io {
         }
         Poll::Ready(Ok(()))
     }
-}
-
-/// A reset that means "done", not "failed".
-fn is_eof(e: &h2::Error) -> bool {
-    matches!(e.reason(), Some(h2::Reason::NO_ERROR | h2::Reason::CANCEL))
 }

@@ -9,8 +9,8 @@ use rand::SeedableRng;
 use super::*;
 use crate::authz::tests::workload as mesh_workload;
 use crate::state::model::{
-    AppTunnelProtocol, ApplicationTunnel, CidrVip, Locality, NamespacedHostname, NetworkAddress,
-    PortMap, WeightedWaypoint,
+    AppTunnelProtocol, ApplicationTunnel, CidrVip, HealthPolicy, HealthStatus, Locality,
+    NamespacedHostname, NetworkAddress, PortMap, WeightedWaypoint,
 };
 use crate::state::SnapshotBuilder;
 
