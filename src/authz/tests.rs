@@ -2,7 +2,7 @@
 
 use crate::state::model::PolicyScope;
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 
 use super::*;
 use crate::state::model::{
@@ -56,6 +56,11 @@ fn policy(
         rules,
         dry_run: false,
     }
+}
+
+/// A namespace-scoped policy `app/<name>` (the destination workload's namespace).
+fn ns_policy(name: &str, action: PolicyAction, rules: Vec<PolicyRule>) -> Policy {
+    policy("app", name, PolicyScope::Namespace, action, rules)
 }
 
 fn rule(m: PolicyMatch) -> PolicyRule {
@@ -179,22 +184,10 @@ fn every_field_and_its_negation() {
         ("plaintext source ip", PolicyMatch { source_ips: vec![net("10.1.0.5/32")], ..m() }, &clear, true),
     ];
     for (name, m, conn, want) in cases {
-        let allow = policy(
-            "app",
-            "p",
-            PolicyScope::Namespace,
-            PolicyAction::Allow,
-            vec![rule(m.clone())],
-        );
+        let allow = ns_policy("p", PolicyAction::Allow, vec![rule(m.clone())]);
         let d = decide(vec![allow], conn);
         assert_eq!(d.is_allowed(), want, "ALLOW {name}: {d:?}");
-        let deny = policy(
-            "app",
-            "p",
-            PolicyScope::Namespace,
-            PolicyAction::Deny,
-            vec![rule(m)],
-        );
+        let deny = ns_policy("p", PolicyAction::Deny, vec![rule(m)]);
         let d = decide(vec![deny], conn);
         assert_eq!(d.is_allowed(), !want, "DENY {name}: {d:?}");
     }
@@ -226,13 +219,7 @@ fn rules_or_clauses_and_matches_or() {
         ("rules OR: first wins", vec![vec![vec![yes()]], vec![vec![yes()]]], Some(0)),
     ];
     for (name, rules, want) in cases {
-        let p = policy(
-            "app",
-            "p",
-            PolicyScope::Namespace,
-            PolicyAction::Allow,
-            rules,
-        );
+        let p = ns_policy("p", PolicyAction::Allow, rules);
         let d = decide(vec![p], &c);
         assert_eq!(d.outcome.rule, want, "{name}: {d:?}");
         assert_eq!(d.is_allowed(), want.is_some(), "{name}");
@@ -330,13 +317,7 @@ fn a_listed_policy_missing_from_state_denies() {
 fn a_listed_policy_that_is_also_namespace_wide_counts_once() {
     let mut w = server();
     w.authorization_policies = vec!["app/a".into(), "app/a".into()];
-    let p = policy(
-        "app",
-        "a",
-        PolicyScope::Namespace,
-        PolicyAction::Allow,
-        match_port(8080),
-    );
+    let p = ns_policy("a", PolicyAction::Allow, match_port(8080));
     let (s, w) = snap(vec![p], w);
     assert_eq!(applicable(&s, &w).unwrap().len(), 1);
 }
@@ -344,13 +325,7 @@ fn a_listed_policy_that_is_also_namespace_wide_counts_once() {
 #[test]
 fn dry_run_policies_only_report() {
     let c = mtls("client-ns", "client-sa");
-    let mut dry_deny = policy(
-        "app",
-        "dry",
-        PolicyScope::Namespace,
-        PolicyAction::Deny,
-        vec![vec![]],
-    );
+    let mut dry_deny = ns_policy("dry", PolicyAction::Deny, vec![vec![]]);
     dry_deny.dry_run = true;
     let d = decide(vec![dry_deny.clone()], &c);
     assert!(d.is_allowed());
@@ -360,34 +335,16 @@ fn dry_run_policies_only_report() {
     assert_eq!(shadow.policy.as_deref(), Some("app/dry"));
 
     // A dry-run ALLOW neither allows nor turns "no allow policy" into "deny".
-    let mut dry_allow = policy(
-        "app",
-        "dry",
-        PolicyScope::Namespace,
-        PolicyAction::Allow,
-        match_port(1),
-    );
+    let mut dry_allow = ns_policy("dry", PolicyAction::Allow, match_port(1));
     dry_allow.dry_run = true;
     let d = decide(vec![dry_allow], &c);
     assert!(d.is_allowed());
     assert_eq!(d.dry_run.unwrap().reason, Reason::NoAllowMatched);
 
     // A dry-run ALLOW does not rescue an enforced deny.
-    let mut dry_allow_all = policy(
-        "app",
-        "dry",
-        PolicyScope::Namespace,
-        PolicyAction::Allow,
-        vec![vec![]],
-    );
+    let mut dry_allow_all = ns_policy("dry", PolicyAction::Allow, vec![vec![]]);
     dry_allow_all.dry_run = true;
-    let enforced = policy(
-        "app",
-        "a",
-        PolicyScope::Namespace,
-        PolicyAction::Allow,
-        match_port(1),
-    );
+    let enforced = ns_policy("a", PolicyAction::Allow, match_port(1));
     let d = decide(vec![dry_allow_all, enforced], &c);
     assert!(!d.is_allowed());
     assert_eq!(d.dry_run.unwrap().verdict, Verdict::Allow);
@@ -395,10 +352,8 @@ fn dry_run_policies_only_report() {
 
 #[test]
 fn plaintext_allow_by_principal_denies_and_deny_by_not_principal_denies() {
-    let allow_mesh = policy(
-        "app",
+    let allow_mesh = ns_policy(
         "mesh-only",
-        PolicyScope::Namespace,
         PolicyAction::Allow,
         vec![rule(PolicyMatch {
             principals: vec![StringMatch::Presence],
@@ -408,10 +363,8 @@ fn plaintext_allow_by_principal_denies_and_deny_by_not_principal_denies() {
     assert!(decide(vec![allow_mesh.clone()], &mtls("a", "b")).is_allowed());
     assert!(!decide(vec![allow_mesh], &plaintext()).is_allowed());
     // The STRICT-mTLS shape: DENY when not_principals presence (i.e. no identity).
-    let strict = policy(
-        "app",
+    let strict = ns_policy(
         "strict",
-        PolicyScope::Namespace,
         PolicyAction::Deny,
         vec![rule(PolicyMatch {
             not_principals: vec![StringMatch::Presence],
@@ -426,10 +379,8 @@ fn plaintext_allow_by_principal_denies_and_deny_by_not_principal_denies() {
 fn ipv4_mapped_connection_addresses_match_ipv4_prefixes() {
     let mut c = mtls("client-ns", "client-sa");
     c.src_ip = "::ffff:10.1.0.5".parse().unwrap();
-    let p = policy(
-        "app",
+    let p = ns_policy(
         "a",
-        PolicyScope::Namespace,
         PolicyAction::Allow,
         vec![rule(PolicyMatch {
             source_ips: vec![net("10.1.0.0/16")],
@@ -443,36 +394,20 @@ fn ipv4_mapped_connection_addresses_match_ipv4_prefixes() {
 fn explain_reports_the_deciding_policy_and_the_trace() {
     let mut client = workload("client-ns", "client", "client-sa", [10, 1, 0, 5]);
     client.protocol = TunnelProtocol::Hbone;
-    let deny = policy(
-        "app",
-        "deny-8080",
-        PolicyScope::Namespace,
-        PolicyAction::Deny,
-        match_port(8080),
-    );
-    let allow = policy(
-        "app",
-        "allow-all",
-        PolicyScope::Namespace,
-        PolicyAction::Allow,
-        vec![vec![]],
-    );
+    let deny = ns_policy("deny-8080", PolicyAction::Deny, match_port(8080));
+    let allow = ns_policy("allow-all", PolicyAction::Allow, vec![vec![]]);
     let mut b = SnapshotBuilder::default();
     b.insert_workload(server());
     b.insert_workload(client);
     b.insert_policy(deny);
     b.insert_policy(allow);
     let s = b.build(1);
+    let explain_to = |src: &ExplainSource, dst: &str| {
+        explain(&s, "", src, dst.parse().unwrap(), HttpOnlyDeny::Ignore)
+    };
 
     let src = ExplainSource::parse("10.1.0.5").unwrap();
-    let e = explain(
-        &s,
-        "",
-        &src,
-        "10.0.0.1:8080".parse().unwrap(),
-        HttpOnlyDeny::Ignore,
-    )
-    .unwrap();
+    let e = explain_to(&src, "10.0.0.1:8080").unwrap();
     assert_eq!(e.decision.outcome.verdict, Verdict::Deny);
     assert_eq!(e.decision.outcome.policy.as_deref(), Some("app/deny-8080"));
     assert_eq!(
@@ -497,49 +432,21 @@ fn explain_reports_the_deciding_policy_and_the_trace() {
     assert_eq!(json["decision"]["reason"], "deny_matched");
     assert_eq!(json["decision"]["policy"], "app/deny-8080");
 
-    let e = explain(
-        &s,
-        "",
-        &src,
-        "10.0.0.1:9090".parse().unwrap(),
-        HttpOnlyDeny::Ignore,
-    )
-    .unwrap();
+    let e = explain_to(&src, "10.0.0.1:9090").unwrap();
     assert_eq!(e.decision.outcome.reason, Reason::AllowMatched);
 
     // Identity only: the IP comes from the workload with that identity.
     let src = ExplainSource::parse("spiffe://cluster.local/ns/client-ns/sa/client-sa").unwrap();
-    let e = explain(
-        &s,
-        "",
-        &src,
-        "10.0.0.1:9090".parse().unwrap(),
-        HttpOnlyDeny::Ignore,
-    )
-    .unwrap();
+    let e = explain_to(&src, "10.0.0.1:9090").unwrap();
     assert_eq!(e.connection.src_ip, IpAddr::from([10, 1, 0, 5]));
 
     // Unknown IP: plaintext.
     let src = ExplainSource::parse("192.168.0.1").unwrap();
-    let e = explain(
-        &s,
-        "",
-        &src,
-        "10.0.0.1:9090".parse().unwrap(),
-        HttpOnlyDeny::Ignore,
-    )
-    .unwrap();
+    let e = explain_to(&src, "10.0.0.1:9090").unwrap();
     assert_eq!(e.connection.src_identity, None);
     assert!(!e.notes.is_empty());
 
-    let err = explain(
-        &s,
-        "",
-        &src,
-        SocketAddr::from(([10, 9, 9, 9], 80)),
-        HttpOnlyDeny::Ignore,
-    )
-    .unwrap_err();
+    let err = explain_to(&src, "10.9.9.9:80").unwrap_err();
     assert_eq!(
         err,
         ExplainError::UnknownDestination(IpAddr::from([10, 9, 9, 9]))
@@ -592,10 +499,8 @@ fn converted_peer_authentication_matches_a_reference_evaluator() {
         let policies: Vec<Policy> = clauses
             .into_iter()
             .map(|rule| {
-                policy(
-                    "app",
+                ns_policy(
                     "converted_peer_authentication_p",
-                    PolicyScope::Namespace,
                     PolicyAction::Deny,
                     vec![rule],
                 )
@@ -632,15 +537,7 @@ fn converted_peer_authentication_matches_a_reference_evaluator() {
 fn service_account_names_with_metacharacters_match_literally() {
     let odd = "a.b*c+[d]$";
     let conn = mtls("ns.x", odd);
-    let allow = |m: PolicyMatch| {
-        policy(
-            "app",
-            "p",
-            PolicyScope::Namespace,
-            PolicyAction::Allow,
-            vec![rule(m)],
-        )
-    };
+    let allow = |m: PolicyMatch| ns_policy("p", PolicyAction::Allow, vec![rule(m)]);
     let principal = |s: &str| PolicyMatch {
         principals: vec![exact(s)],
         ..Default::default()
@@ -682,34 +579,37 @@ fn service_account_names_with_metacharacters_match_literally() {
 /// L4 conditions select; ALLOW policies are unaffected by the mode.
 #[test]
 fn empty_match_groups_follow_the_http_only_deny_mode() {
-    let port = |p: u16| PolicyMatch {
-        destination_ports: vec![p],
-        ..Default::default()
-    };
     let http_only = || vec![PolicyMatch::default()];
+    // Each rule ANDed with an HTTP-only clause.
+    let and_http_only = |mut rules: Vec<PolicyRule>| {
+        for r in &mut rules {
+            r.push(http_only());
+        }
+        rules
+    };
     // DENY { to: [{ports: [8080], methods: [POST]}] } becomes, at L4: clause ports=8080 AND
     // clause <empty> (the HTTP part).
-    let deny = policy(
-        "app",
+    let deny = ns_policy(
         "deny-post",
-        PolicyScope::Namespace,
         PolicyAction::Deny,
-        vec![vec![vec![port(8080)], http_only()]],
+        and_http_only(match_port(8080)),
     );
-    let deny_other_port = policy(
-        "app",
+    let deny_other_port = ns_policy(
         "deny-post-9090",
-        PolicyScope::Namespace,
         PolicyAction::Deny,
-        vec![vec![vec![port(9090)], http_only()]],
+        and_http_only(match_port(9090)),
     );
-    let allow_http = policy(
-        "app",
-        "allow-get",
-        PolicyScope::Namespace,
-        PolicyAction::Allow,
-        vec![vec![http_only()]],
+    assert_eq!(
+        deny.rules,
+        vec![vec![
+            vec![PolicyMatch {
+                destination_ports: vec![8080],
+                ..Default::default()
+            }],
+            http_only()
+        ]]
     );
+    let allow_http = ns_policy("allow-get", PolicyAction::Allow, vec![vec![http_only()]]);
     let c = mtls("client-ns", "client-sa");
     let (s, w) = snap(vec![deny.clone(), deny_other_port.clone()], server());
     let ignore = authorize(&s, &c, &w, HttpOnlyDeny::Ignore);
@@ -735,10 +635,8 @@ fn unmatchable_rules_are_the_ones_with_an_all_empty_clause() {
         ..Default::default()
     };
     let empty = PolicyMatch::default;
-    let p = policy(
-        "app",
+    let p = ns_policy(
         "p",
-        PolicyScope::Namespace,
         PolicyAction::Deny,
         vec![
             vec![vec![port.clone()]],                // 0: L4 only

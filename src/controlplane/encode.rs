@@ -315,7 +315,7 @@ fn port_list(ports: &PortMap) -> Vec<wl::Port> {
         .collect()
 }
 
-fn ip_bytes(ip: IpAddr) -> Vec<u8> {
+pub(crate) fn ip_bytes(ip: IpAddr) -> Vec<u8> {
     match ip {
         IpAddr::V4(v4) => v4.octets().to_vec(),
         IpAddr::V6(v6) => v6.octets().to_vec(),

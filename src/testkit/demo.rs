@@ -1,7 +1,8 @@
 //! The demo scenario behind `scripts/demo.sh`: a namespace cluster of two nodes on one
 //! network and a third on another network behind an east-west gateway, the built-in control
 //! plane (or a local mesh file), ztun on each node, real traffic, and a report. Each flow's
-//! path is read from what the ztuns logged for it, not assumed.
+//! path is read from what the ztuns logged for it, not assumed, and a flow whose path is not
+//! the one it must take fails.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -210,12 +211,24 @@ pub fn run(ztun: &Path, source: Source) -> anyhow::Result<()> {
         lab: &lab,
         ztuns: &ztuns,
     };
-    flows.push(run.echo("cross-node mTLS", "web", db, 32 * mib));
-    flows.push(run.echo("same-node mTLS", "web", worker, 32 * mib));
-    flows.push(run.echo("worker to db", "worker", db, 8 * mib));
-    flows.push(run.echo("into the mesh", "legacy", db, mib));
-    flows.push(run.echo("out of the mesh", "web", legacy, mib));
-    flows.push(run.echo("cross-network", "web", archive, 4 * mib));
+    // The paths the flows must take, as `Runner::observed_path` words them.
+    let n1_to_n2 = "HBONE n1 -> n2";
+    let via_gateway = format!(
+        "HBONE n1 -> gw {} -> n3",
+        SocketAddr::from((lab.pod("ew").ip(), 15008))
+    );
+    flows.push(run.echo("cross-node mTLS", "web", db, 32 * mib, n1_to_n2));
+    flows.push(run.echo("same-node mTLS", "web", worker, 32 * mib, "HBONE within n1"));
+    flows.push(run.echo("worker to db", "worker", db, 8 * mib, n1_to_n2));
+    flows.push(run.echo(
+        "into the mesh",
+        "legacy",
+        db,
+        mib,
+        "plaintext -> 15006 on n2",
+    ));
+    flows.push(run.echo("out of the mesh", "web", legacy, mib, "passthrough (TCP)"));
+    flows.push(run.echo("cross-network", "web", archive, 4 * mib, &via_gateway));
     let crossed = gateway.crossings();
     if let Some(c) = crossed.last() {
         println!(
@@ -228,17 +241,19 @@ pub fn run(ztun: &Path, source: Source) -> anyhow::Result<()> {
     let cursors = run.cursors();
     let started = Instant::now();
     let seen = lab.pod("legacy").peer_seen_by(web);
+    let path = run.observed_path(&cursors);
+    let result = match seen {
+        Ok(addr) if addr.ip() == lab.pod("legacy").ip() => Ok(started.elapsed()),
+        Ok(addr) => Err(anyhow::anyhow!("web saw {addr}, not legacy's IP")),
+        Err(e) => Err(e),
+    };
     flows.push(Flow {
         name: "client IP kept",
         from: "legacy",
         to: web.to_string(),
-        path: run.observed_path(&cursors),
+        result: on_path(result, &path, "plaintext -> 15006 on n1"),
+        path,
         bytes: 0,
-        result: match seen {
-            Ok(addr) if addr.ip() == lab.pod("legacy").ip() => Ok(started.elapsed()),
-            Ok(addr) => Err(anyhow::anyhow!("web saw {addr}, not legacy's IP")),
-            Err(e) => Err(e),
-        },
     });
 
     if source == Source::ControlPlane {
@@ -281,7 +296,7 @@ pub fn run(ztun: &Path, source: Source) -> anyhow::Result<()> {
             bytes: 0,
             result,
         });
-        flows.push(run.echo("others unaffected", "web", db, mib));
+        flows.push(run.echo("others unaffected", "web", db, mib, n1_to_n2));
     }
 
     println!("\n== access log (ztun on each node, target \"access\")");
@@ -388,16 +403,26 @@ struct Runner<'a> {
 }
 
 impl Runner<'_> {
-    fn echo(&self, name: &'static str, from: &'static str, dst: SocketAddr, bytes: u64) -> Flow {
+    /// Echoes `bytes` from pod `from` to `dst`; the flow fails unless its observed path is
+    /// `expected`.
+    fn echo(
+        &self,
+        name: &'static str,
+        from: &'static str,
+        dst: SocketAddr,
+        bytes: u64,
+        expected: &str,
+    ) -> Flow {
         let cursors = self.cursors();
         let result = self.lab.pod(from).bulk_echo(dst, bytes).map(|t| t.elapsed);
+        let path = self.observed_path(&cursors);
         Flow {
             name,
             from,
             to: dst.to_string(),
-            path: self.observed_path(&cursors),
+            result: on_path(result, &path, expected),
+            path,
             bytes: bytes * 2,
-            result,
         }
     }
 
@@ -468,6 +493,21 @@ impl Runner<'_> {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+}
+
+/// A flow's `result`, made an error when the flow did not take the `expected` path (a flow
+/// that failed already keeps its error).
+fn on_path(
+    result: anyhow::Result<Duration>,
+    observed: &str,
+    expected: &str,
+) -> anyhow::Result<Duration> {
+    match result {
+        Ok(_) if observed != expected => {
+            Err(anyhow::anyhow!("path {observed:?}, expected {expected:?}"))
+        }
+        result => result,
     }
 }
 

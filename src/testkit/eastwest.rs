@@ -12,19 +12,13 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
-use anyhow::{anyhow, Context as _};
-use http::{Response, StatusCode};
+use http::StatusCode;
 use parking_lot::Mutex;
-use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::TlsAcceptor;
 
+use super::hbone_server::HboneServer;
 use super::lab::{Netns, NetnsTask};
-use crate::control::ca::LocalCa;
-use crate::dataplane::hbone::stream::relay;
 use crate::identity::Identity;
-use crate::tls::peer_identity;
 
 /// One outer tunnel the gateway accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,49 +55,31 @@ impl EastWestGateway {
         identity: &Identity,
         routes: Routes,
     ) -> anyhow::Result<EastWestGateway> {
-        let ca = LocalCa::load(ca_dir, Duration::from_secs(3600)).context("loading the test CA")?;
-        let cert = ca
-            .mint(identity)
-            .context("minting the gateway certificate")?;
-        let acceptor = TlsAcceptor::from(cert.server_config());
         let crossings = Arc::new(Mutex::new(Vec::new()));
-        let routes = Arc::new(routes);
-        let turn = Arc::new(AtomicUsize::new(0));
-        let (bound_tx, bound_rx) = std::sync::mpsc::channel();
-        let task = netns.spawn_async({
-            let crossings = crossings.clone();
-            async move {
-                let listener = match TcpListener::bind(("0.0.0.0", port)).await {
-                    Ok(l) => l,
-                    Err(e) => {
-                        let _ = bound_tx.send(Err(e));
-                        return;
-                    }
-                };
-                let _ = bound_tx.send(listener.local_addr());
-                loop {
-                    let Ok((tcp, client)) = listener.accept().await else {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    };
-                    let gw = Gateway {
-                        acceptor: acceptor.clone(),
-                        crossings: crossings.clone(),
-                        routes: routes.clone(),
-                        turn: turn.clone(),
-                    };
-                    tokio::spawn(async move {
-                        if let Err(e) = gw.serve(tcp, client).await {
-                            eprintln!("[east-west gateway] connection from {client}: {e:#}");
-                        }
-                    });
-                }
-            }
-        });
-        let addr = bound_rx
-            .recv_timeout(Duration::from_secs(10))
-            .map_err(|_| anyhow!("gateway in {} did not start", netns.name()))?
-            .with_context(|| format!("bind 0.0.0.0:{port} in {}", netns.name()))?;
+        let record = crossings.clone();
+        let turn = AtomicUsize::new(0);
+        let route = move |req: &http::Request<h2::RecvStream>,
+                          client_identity: &Identity,
+                          client_addr: SocketAddr| {
+            let authority = req
+                .uri()
+                .authority()
+                .map(|a| a.as_str().to_string())
+                .unwrap_or_default();
+            let to = routes.get(&authority).and_then(|eps| {
+                let n = turn.fetch_add(1, Ordering::Relaxed);
+                eps.get(n % eps.len().max(1)).copied()
+            });
+            record.lock().push(Crossing {
+                authority,
+                client_identity: client_identity.clone(),
+                client_addr,
+                forwarded_to: to,
+            });
+            to.ok_or(StatusCode::SERVICE_UNAVAILABLE)
+        };
+        let (addr, task) =
+            HboneServer::spawn("east-west gateway", netns, port, ca_dir, identity, route)?;
         Ok(EastWestGateway {
             addr,
             crossings,
@@ -119,65 +95,5 @@ impl EastWestGateway {
     /// Every outer tunnel accepted so far, in order.
     pub fn crossings(&self) -> Vec<Crossing> {
         self.crossings.lock().clone()
-    }
-}
-
-#[derive(Clone)]
-struct Gateway {
-    acceptor: TlsAcceptor,
-    crossings: Arc<Mutex<Vec<Crossing>>>,
-    routes: Arc<Routes>,
-    turn: Arc<AtomicUsize>,
-}
-
-impl Gateway {
-    async fn serve(self, tcp: TcpStream, client: SocketAddr) -> anyhow::Result<()> {
-        let tls = self.acceptor.accept(tcp).await.context("TLS")?;
-        let client_identity =
-            peer_identity(tls.get_ref().1.peer_certificates()).context("client identity")?;
-        let mut conn = h2::server::handshake(tls).await.context("h2 handshake")?;
-        while let Some(next) = conn.accept().await {
-            let (req, mut respond) = next.context("h2 accept")?;
-            let authority = req
-                .uri()
-                .authority()
-                .map(|a| a.as_str().to_string())
-                .unwrap_or_default();
-            let to = self.routes.get(&authority).and_then(|eps| {
-                let n = self.turn.fetch_add(1, Ordering::Relaxed);
-                eps.get(n % eps.len().max(1)).copied()
-            });
-            self.crossings.lock().push(Crossing {
-                authority,
-                client_identity: client_identity.clone(),
-                client_addr: client,
-                forwarded_to: to,
-            });
-            tokio::spawn(async move {
-                let upstream = match to {
-                    Some(to) => TcpStream::connect(to).await.ok(),
-                    None => None,
-                };
-                let Some(upstream) = upstream else {
-                    let resp = Response::builder()
-                        .status(StatusCode::SERVICE_UNAVAILABLE)
-                        .body(())
-                        .unwrap_or_default();
-                    let _ = respond.send_response(resp, true);
-                    return;
-                };
-                let ok = Response::builder()
-                    .status(StatusCode::OK)
-                    .body(())
-                    .unwrap_or_default();
-                let Ok(send) = respond.send_response(ok, false) else {
-                    return;
-                };
-                let (rd, wr) = upstream.into_split();
-                let meter = crate::ops::access::Meter::detached();
-                let _ = relay(rd, wr, send, req.into_body(), &meter, None).await;
-            });
-        }
-        Ok(())
     }
 }

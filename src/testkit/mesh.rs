@@ -129,6 +129,13 @@ impl MeshFile {
         self
     }
 
+    /// Removes the workload of pod `name`, as when it leaves the mesh (services lose it as an
+    /// endpoint with it: a workload carries its own service memberships).
+    pub fn without_workload(mut self, name: &str) -> MeshFile {
+        self.workloads.retain(|w| w["name"] != name);
+        self
+    }
+
     /// Adds a raw workload object (keys as in the local YAML format), e.g. a waypoint that
     /// is not one of the lab's captured pods.
     pub fn workload(mut self, workload: Value) -> MeshFile {

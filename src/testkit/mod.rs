@@ -8,6 +8,7 @@ pub mod certs;
 pub mod demo;
 pub mod eastwest;
 pub mod grpc;
+pub mod hbone_server;
 pub mod istioctl;
 pub mod lab;
 pub mod mesh;

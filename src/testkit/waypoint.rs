@@ -10,19 +10,13 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
-use anyhow::{anyhow, Context as _};
-use http::{Response, StatusCode};
+use http::StatusCode;
 use parking_lot::Mutex;
-use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::TlsAcceptor;
 
+use super::hbone_server::HboneServer;
 use super::lab::{Netns, NetnsTask};
-use crate::control::ca::LocalCa;
-use crate::dataplane::hbone::stream::relay;
 use crate::identity::Identity;
-use crate::tls::peer_identity;
 
 /// One tunnel the waypoint accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,7 +43,8 @@ pub struct Waypoint {
 impl Waypoint {
     /// Starts a waypoint in `netns` on `0.0.0.0:port` presenting `identity`, with a
     /// certificate minted by the CA in `ca_dir`. A CONNECT to an authority found in `resolve`
-    /// is forwarded to the mapped address, any other to the authority itself.
+    /// is forwarded to the mapped address, any other to the authority itself; an authority
+    /// that is no `ip:port` gets 400.
     pub fn spawn(
         netns: &Netns,
         port: u16,
@@ -57,44 +52,33 @@ impl Waypoint {
         identity: &Identity,
         resolve: HashMap<SocketAddr, SocketAddr>,
     ) -> anyhow::Result<Waypoint> {
-        let ca = LocalCa::load(ca_dir, Duration::from_secs(3600)).context("loading the test CA")?;
-        let cert = ca
-            .mint(identity)
-            .context("minting the waypoint certificate")?;
-        let acceptor = TlsAcceptor::from(cert.server_config());
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let resolve = Arc::new(resolve);
-        let (bound_tx, bound_rx) = std::sync::mpsc::channel();
-        let task = netns.spawn_async({
-            let seen = seen.clone();
-            async move {
-                let listener = match TcpListener::bind(("0.0.0.0", port)).await {
-                    Ok(l) => l,
-                    Err(e) => {
-                        let _ = bound_tx.send(Err(e));
-                        return;
-                    }
-                };
-                let _ = bound_tx.send(listener.local_addr());
-                loop {
-                    let Ok((tcp, client)) = listener.accept().await else {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    };
-                    let (acceptor, seen, resolve) =
-                        (acceptor.clone(), seen.clone(), resolve.clone());
-                    tokio::spawn(async move {
-                        if let Err(e) = serve(acceptor, tcp, client, seen, resolve).await {
-                            eprintln!("[waypoint] connection from {client}: {e:#}");
-                        }
-                    });
-                }
-            }
-        });
-        let addr = bound_rx
-            .recv_timeout(Duration::from_secs(10))
-            .map_err(|_| anyhow!("waypoint in {} did not start", netns.name()))?
-            .with_context(|| format!("bind 0.0.0.0:{port} in {}", netns.name()))?;
+        let record = seen.clone();
+        let route = move |req: &http::Request<h2::RecvStream>,
+                          client_identity: &Identity,
+                          client_addr: SocketAddr| {
+            let authority = req
+                .uri()
+                .authority()
+                .map(|a| a.as_str().to_string())
+                .unwrap_or_default();
+            let target: SocketAddr = authority.parse().map_err(|_| StatusCode::BAD_REQUEST)?;
+            let forwarded = req
+                .headers()
+                .get("forwarded")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            let to = resolve.get(&target).copied().unwrap_or(target);
+            record.lock().push(Seen {
+                authority,
+                client_identity: client_identity.clone(),
+                client_addr,
+                forwarded,
+                forwarded_to: to,
+            });
+            Ok(to)
+        };
+        let (addr, task) = HboneServer::spawn("waypoint", netns, port, ca_dir, identity, route)?;
         Ok(Waypoint {
             addr,
             seen,
@@ -111,71 +95,4 @@ impl Waypoint {
     pub fn seen(&self) -> Vec<Seen> {
         self.seen.lock().clone()
     }
-}
-
-async fn serve(
-    acceptor: TlsAcceptor,
-    tcp: TcpStream,
-    client: SocketAddr,
-    seen: Arc<Mutex<Vec<Seen>>>,
-    resolve: Arc<HashMap<SocketAddr, SocketAddr>>,
-) -> anyhow::Result<()> {
-    let tls = acceptor.accept(tcp).await.context("TLS")?;
-    let client_identity =
-        peer_identity(tls.get_ref().1.peer_certificates()).context("client identity")?;
-    let mut conn = h2::server::handshake(tls).await.context("h2 handshake")?;
-    while let Some(next) = conn.accept().await {
-        let (req, mut respond) = next.context("h2 accept")?;
-        let authority = req
-            .uri()
-            .authority()
-            .map(|a| a.as_str().to_string())
-            .unwrap_or_default();
-        let forwarded = req
-            .headers()
-            .get("forwarded")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let target: Option<SocketAddr> = authority.parse().ok();
-        let Some(target) = target else {
-            let resp = Response::builder()
-                .status(StatusCode::BAD_REQUEST)
-                .body(())?;
-            let _ = respond.send_response(resp, true);
-            continue;
-        };
-        let to = resolve.get(&target).copied().unwrap_or(target);
-        seen.lock().push(Seen {
-            authority,
-            client_identity: client_identity.clone(),
-            client_addr: client,
-            forwarded,
-            forwarded_to: to,
-        });
-        tokio::spawn(async move {
-            let upstream = match TcpStream::connect(to).await {
-                Ok(s) => s,
-                Err(e) => {
-                    eprintln!("[waypoint] forwarding to {to}: {e}");
-                    let resp = Response::builder()
-                        .status(StatusCode::SERVICE_UNAVAILABLE)
-                        .body(())
-                        .unwrap_or_default();
-                    let _ = respond.send_response(resp, true);
-                    return;
-                }
-            };
-            let ok = Response::builder()
-                .status(StatusCode::OK)
-                .body(())
-                .unwrap_or_default();
-            let Ok(send) = respond.send_response(ok, false) else {
-                return;
-            };
-            let (rd, wr) = upstream.into_split();
-            let meter = crate::ops::access::Meter::detached();
-            let _ = relay(rd, wr, send, req.into_body(), &meter, None).await;
-        });
-    }
-    Ok(())
 }

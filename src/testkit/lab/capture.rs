@@ -92,6 +92,13 @@ pub struct TcpSegment {
     pub payload_len: usize,
 }
 
+impl TcpSegment {
+    /// Whether `port` is its source or its destination port.
+    pub fn has_port(&self, port: u16) -> bool {
+        self.src.port() == port || self.dst.port() == port
+    }
+}
+
 impl Pcap {
     /// Wraps raw pcap file bytes.
     pub fn from_bytes(bytes: Vec<u8>) -> Pcap {
@@ -161,10 +168,20 @@ impl Pcap {
 
     /// Whether any TCP segment had `port` as its source or destination port.
     pub fn saw_tcp_port(&self, port: u16) -> anyhow::Result<bool> {
+        Ok(self.tcp_segments()?.iter().any(|s| s.has_port(port)))
+    }
+
+    /// The TCP segments for which `allowed` is false: for a link that must carry nothing but
+    /// `allowed` traffic, what it carried besides (empty when it carried nothing else).
+    pub fn tcp_segments_not_matching(
+        &self,
+        allowed: impl Fn(&TcpSegment) -> bool,
+    ) -> anyhow::Result<Vec<TcpSegment>> {
         Ok(self
             .tcp_segments()?
-            .iter()
-            .any(|s| s.src.port() == port || s.dst.port() == port))
+            .into_iter()
+            .filter(|s| !allowed(s))
+            .collect())
     }
 }
 
@@ -296,6 +313,17 @@ mod tests {
                 payload_len: 4,
             }]
         );
+    }
+
+    #[test]
+    fn lists_the_segments_not_matching() {
+        let pcap = Pcap::from_bytes(sample());
+        let hbone = |s: &TcpSegment| s.has_port(15008);
+        assert!(pcap.tcp_segments_not_matching(hbone).unwrap().is_empty());
+        let stray = pcap
+            .tcp_segments_not_matching(|s| s.dst.port() == 15001)
+            .unwrap();
+        assert_eq!(stray, pcap.tcp_segments().unwrap());
     }
 
     #[test]

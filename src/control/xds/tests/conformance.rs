@@ -3,7 +3,7 @@
 //! PeerAuthentication objects. Every case goes through the real delta-xDS client (scripted
 //! server, real TLS; every response must be ACKed) and through the local-file loader
 //! (ztunnel's YAML format). Then the case's table of connections is checked with
-//! `dataplane::policy::authorize` under both `HttpOnlyDeny` modes.
+//! `authz::authorize` under both `HttpOnlyDeny` modes.
 //!
 //! Reaching into `dataplane` and `control::local` from here is deliberate: the test covers
 //! the whole path from what istiod sends to the verdict. Mismatches are collected and
@@ -13,17 +13,20 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
-use std::time::Duration;
+use std::sync::Arc;
 
 use prost::Message;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::server::{address_resource, resource, response, Conn as AdsConn, TestAds, WAIT};
-use super::{client_config, initial, start};
+use super::server::{
+    address_resource, connected_client, report, resource, state_where, Conn as AdsConn,
+};
 use crate::authz::{authorize, Conn, HttpOnlyDeny, Outcome, Verdict};
 use crate::control::xds::proto::istio::{security as sec, workload as wl};
+use crate::control::xds::proto::Resource;
 use crate::control::xds::{ADDRESS_TYPE, AUTHORIZATION_TYPE};
+use crate::controlplane::encode::ip_bytes;
 use crate::identity::Identity;
 use crate::state::model::Policy;
 use crate::state::{self, Reader, Snapshot};
@@ -450,13 +453,6 @@ impl StringMatch {
     }
 }
 
-fn ip_bytes(ip: IpAddr) -> Vec<u8> {
-    match ip {
-        IpAddr::V4(v4) => v4.octets().to_vec(),
-        IpAddr::V6(v6) => v6.octets().to_vec(),
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // ztunnel's local file format
 // ---------------------------------------------------------------------------------------------
@@ -627,55 +623,41 @@ fn describe(o: &Outcome) -> String {
     s
 }
 
-fn report(path: &str, checked: usize, failures: &[String]) {
-    assert!(
-        failures.is_empty(),
-        "{} mismatch(es) between {CORPUS_PATH} and ztun via {path} ({checked} connections checked):\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
-}
-
 // ---------------------------------------------------------------------------------------------
 // Tests
 // ---------------------------------------------------------------------------------------------
 
-/// Reads the next request and checks it ACKs `nonce` of `type_url`; records a failure if not.
-async fn expect_ack(
+/// Sends a `type_url` response for `case` and checks the client ACKs it; records a failure
+/// if not.
+async fn send_and_expect_ack(
     conn: &mut AdsConn,
     type_url: &str,
+    resources: Vec<Resource>,
+    removed: &[&str],
     nonce: &str,
     case: &Case,
     failures: &mut Vec<String>,
 ) -> bool {
-    let ack = conn.recv().await;
-    if ack.type_url != type_url || ack.response_nonce != nonce {
-        failures.push(format!(
-            "case `{}`: expected the answer to {type_url} nonce {nonce}, got {} nonce {}",
-            case.name, ack.type_url, ack.response_nonce
-        ));
-        return false;
+    match conn.exchange(type_url, resources, removed, nonce).await {
+        Ok(None) => true,
+        Ok(Some(message)) => {
+            failures.push(format!(
+                "case `{}`: {type_url} NACKed (istiod's output must be accepted): {message}",
+                case.name
+            ));
+            false
+        }
+        Err(e) => {
+            failures.push(format!("case `{}`: {e}", case.name));
+            false
+        }
     }
-    if let Some(status) = ack.error_detail {
-        failures.push(format!(
-            "case `{}`: {type_url} NACKed (istiod's output must be accepted): {}",
-            case.name, status.message
-        ));
-        return false;
-    }
-    true
 }
 
 /// Waits until the published state holds exactly the case's policies and references.
-async fn state_of_case(
-    reader: &Reader,
-    mesh: &Mesh,
-    case: &Case,
-) -> Result<std::sync::Arc<Snapshot>, String> {
+async fn state_of_case(reader: &Reader, mesh: &Mesh, case: &Case) -> Result<Arc<Snapshot>, String> {
     let want: BTreeSet<String> = case.emitted.iter().map(Authorization::key).collect();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let snap = reader.load_full();
+    state_where(reader, |snap| {
         let have: BTreeSet<String> = snap.policies().map(|p| p.key()).collect();
         let refs_ok = mesh.workloads.iter().all(|w| {
             snap.workload_by_uid(&w.uid()).is_some_and(|got| {
@@ -686,16 +668,14 @@ async fn state_of_case(
             })
         });
         if have == want && refs_ok {
-            return Ok(snap);
+            return Ok(());
         }
-        if tokio::time::Instant::now() > deadline {
-            return Err(format!(
-                "case `{}`: the state never reflected the case (policies {have:?}, want {want:?}; references match: {refs_ok})",
-                case.name
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+        Err(format!(
+            "case `{}`: the state never reflected the case (policies {have:?}, want {want:?}; references match: {refs_ok})",
+            case.name
+        ))
+    })
+    .await
 }
 
 /// Every case through the real delta-xDS client, one case after the other on one stream: the
@@ -703,10 +683,7 @@ async fn state_of_case(
 #[tokio::test]
 async fn istiod_corpus_through_xds() {
     let corpus = corpus();
-    let mut ads = TestAds::start(&["127.0.0.1"]).await;
-    let client = start(client_config(&ads, &[]));
-    let mut conn = ads.accept().await;
-    initial(&mut conn).await;
+    let (_ads, client, mut conn) = connected_client().await;
 
     let mut failures = Vec::new();
     let mut checked = 0;
@@ -727,10 +704,16 @@ async fn istiod_corpus_through_xds() {
                 )
             })
             .collect();
-        let nonce = format!("{i}-authorization");
-        conn.send(response(AUTHORIZATION_TYPE, &nonce, policies, &removed));
-        let policies_ok =
-            expect_ack(&mut conn, AUTHORIZATION_TYPE, &nonce, case, &mut failures).await;
+        let policies_ok = send_and_expect_ack(
+            &mut conn,
+            AUTHORIZATION_TYPE,
+            policies,
+            &removed,
+            &format!("{i}-authorization"),
+            case,
+            &mut failures,
+        )
+        .await;
         previous = keys;
 
         let workloads = corpus
@@ -742,9 +725,16 @@ async fn istiod_corpus_through_xds() {
                 address_resource(&w.uid(), &version, wl::address::Type::Workload(proto))
             })
             .collect();
-        let nonce = format!("{i}-address");
-        conn.send(response(ADDRESS_TYPE, &nonce, workloads, &[]));
-        let workloads_ok = expect_ack(&mut conn, ADDRESS_TYPE, &nonce, case, &mut failures).await;
+        let workloads_ok = send_and_expect_ack(
+            &mut conn,
+            ADDRESS_TYPE,
+            workloads,
+            &[],
+            &format!("{i}-address"),
+            case,
+            &mut failures,
+        )
+        .await;
         if !(policies_ok && workloads_ok) {
             continue;
         }
@@ -756,7 +746,12 @@ async fn istiod_corpus_through_xds() {
             Err(e) => failures.push(e),
         }
     }
-    report("xDS", checked, &failures);
+    report(
+        CORPUS_PATH,
+        "xDS",
+        &format!("{checked} connections"),
+        &failures,
+    );
 }
 
 /// Every case rendered as ztunnel's local YAML and loaded as ztun loads `LOCAL_XDS_PATH`.
@@ -795,7 +790,12 @@ fn istiod_corpus_through_local_file() {
         check_connections(&reader.load_full(), case, &mut failures);
         checked += case.connections.len();
     }
-    report("the local file", checked, &failures);
+    report(
+        CORPUS_PATH,
+        "the local file",
+        &format!("{checked} connections"),
+        &failures,
+    );
 }
 
 /// An empty or one-sided corpus must never pass.

@@ -7,24 +7,25 @@
 //! sets and partial `/config_dump` objects.
 //!
 //! A case may carry `disagreement`: a known difference between ztun and the facts, found and
-//! reported but not yet resolved. Its mismatches are printed, not failed; a marked case that
-//! stops disagreeing over xDS fails, so the marker is removed once ztun is fixed.
+//! reported but not yet resolved, with `ztunGets`: what ztun produces instead, for the
+//! disagreeing parts only. Such a case must match its expectations with `ztunGets` applied,
+//! everything else as strictly as any case; its mismatches with the facts are printed, not
+//! failed. A marked case that stops disagreeing over xDS fails, so the marker is removed once
+//! ztun is fixed.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::IpAddr;
-use std::sync::Arc;
-use std::time::Duration;
 
 use prost::Message;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::server::{address_resource, response, Conn as AdsConn, TestAds, WAIT};
-use super::{client_config, initial, start};
+use super::server::{address_resource, connected_client, report, state_where};
 use crate::control::xds::proto::istio::workload as wl;
 use crate::control::xds::ADDRESS_TYPE;
+use crate::controlplane::encode::ip_bytes;
 use crate::state::model::{Service, Workload};
-use crate::state::{self, Reader, Snapshot};
+use crate::state::{self, Snapshot};
 
 const CORPUS_PATH: &str = "tests/conformance/addresses.yaml";
 const CORPUS: &str = include_str!("../../../../tests/conformance/addresses.yaml");
@@ -56,6 +57,9 @@ struct Case {
     /// A known disagreement between ztun and the facts (see the module doc).
     #[serde(default)]
     disagreement: Option<String>,
+    /// With `disagreement`: what ztun produces for the disagreeing parts of `expect`.
+    #[serde(default)]
+    ztun_gets: Option<ZtunGets>,
 }
 
 /// `istio.workload.Address` in protojson form: `{workload: {...}}` or `{service: {...}}`.
@@ -244,7 +248,7 @@ struct AnyY {
 }
 
 /// What ztun's state must hold after the case (or the NACK it must send).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 struct Expect {
     /// The case must be NACKed with a message containing this.
@@ -259,7 +263,7 @@ struct Expect {
     services: BTreeMap<String, Value>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ByIp {
     ip: IpAddr,
@@ -270,13 +274,37 @@ struct ByIp {
     uid: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ByVip {
     ip: IpAddr,
     #[serde(default)]
     network: String,
     services: Vec<String>,
+}
+
+/// What ztun produces where it disagrees with the facts, in `expect`'s terms. Each entry
+/// replaces the facts' entry for the same thing (or adds one): `nack`; a `workloadByIp` or
+/// `servicesByVip` row by its ip and network; an `endpoints` set; in a `workloads` or
+/// `services` partial object, the keys given (the others stay the facts').
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+struct ZtunGets {
+    /// `null`: ztun ACKs (the facts say NACK); a text: ztun's NACK contains that.
+    #[serde(deserialize_with = "present")]
+    nack: Option<Option<String>>,
+    workload_by_ip: Vec<ByIp>,
+    services_by_vip: Vec<ByVip>,
+    endpoints: BTreeMap<String, Vec<String>>,
+    workloads: BTreeMap<String, Value>,
+    services: BTreeMap<String, Value>,
+}
+
+/// A key that is present, even as `null`.
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
 }
 
 impl Expect {
@@ -287,6 +315,39 @@ impl Expect {
             + self.endpoints.len()
             + self.workloads.len()
             + self.services.len()
+    }
+
+    /// These expectations with what ztun gets in place of the facts it disagrees with.
+    fn with(&self, gets: &ZtunGets) -> Expect {
+        let mut e = self.clone();
+        if let Some(nack) = &gets.nack {
+            e.nack = nack.clone();
+        }
+        for row in &gets.workload_by_ip {
+            e.workload_by_ip
+                .retain(|w| (w.ip, &w.network) != (row.ip, &row.network));
+            e.workload_by_ip.push(row.clone());
+        }
+        for row in &gets.services_by_vip {
+            e.services_by_vip
+                .retain(|s| (s.ip, &s.network) != (row.ip, &row.network));
+            e.services_by_vip.push(row.clone());
+        }
+        e.endpoints.extend(gets.endpoints.clone());
+        for (dumps, replaced) in [
+            (&mut e.workloads, &gets.workloads),
+            (&mut e.services, &gets.services),
+        ] {
+            for (name, got) in replaced {
+                match (dumps.get_mut(name), got) {
+                    (Some(Value::Object(want)), Value::Object(got)) => want.extend(got.clone()),
+                    _ => {
+                        dumps.insert(name.clone(), got.clone());
+                    }
+                }
+            }
+        }
+        e
     }
 }
 
@@ -312,6 +373,16 @@ fn corpus() -> Corpus {
         }
         if let Some(d) = &case.disagreement {
             assert!(!d.trim().is_empty(), "{at}: empty `disagreement`");
+        }
+        match (&case.disagreement, &case.ztun_gets) {
+            (Some(_), Some(gets)) => assert_ne!(
+                case.expect.with(gets),
+                case.expect,
+                "{at}: `ztunGets` changes nothing in `expect`"
+            ),
+            (Some(_), None) => panic!("{at}: `disagreement` without `ztunGets`"),
+            (None, Some(_)) => panic!("{at}: `ztunGets` without `disagreement`"),
+            (None, None) => {}
         }
     }
     corpus
@@ -414,13 +485,6 @@ fn visibility(e: &Option<EnumY>) -> Result<i32, String> {
     enum_or_zero(e, "visibility", |s| {
         wl::service::Visibility::from_str_name(s).map(|v| v as i32)
     })
-}
-
-fn ip_bytes(ip: IpAddr) -> Vec<u8> {
-    match ip {
-        IpAddr::V4(v4) => v4.octets().to_vec(),
-        IpAddr::V6(v6) => v6.octets().to_vec(),
-    }
 }
 
 impl Address {
@@ -863,9 +927,8 @@ fn local_yaml(case: &Case) -> Result<String, String> {
 // Checking the state
 // ---------------------------------------------------------------------------------------------
 
-/// Checks `case.expect` against `snap`, appending one line per mismatch.
-fn check_state(snap: &Snapshot, case: &Case, out: &mut Vec<String>) {
-    let e = &case.expect;
+/// Checks `e` (a case's state expectations) against `snap`, appending one line per mismatch.
+fn check_state(snap: &Snapshot, e: &Expect, out: &mut Vec<String>) {
     for want in &e.workload_by_ip {
         let got = snap
             .workload_by_ip(&want.network, want.ip)
@@ -968,20 +1031,6 @@ fn holds(snap: &Snapshot, names: &BTreeSet<String>) -> bool {
     have == *names
 }
 
-async fn state_holding(reader: &Reader, names: &BTreeSet<String>) -> Option<Arc<Snapshot>> {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let snap = reader.load_full();
-        if holds(&snap, names) {
-            return Some(snap);
-        }
-        if tokio::time::Instant::now() > deadline {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 /// Mismatches of one case, sorted into failures and known disagreements.
 #[derive(Default)]
 struct Outcome {
@@ -990,20 +1039,41 @@ struct Outcome {
 }
 
 impl Outcome {
-    /// Records `mismatches` of `case` via `path`. With `strict`, a case marked as a
-    /// disagreement that shows none fails (the marker is stale).
-    fn record(&mut self, case: &Case, path: &str, mismatches: Vec<String>, strict: bool) {
-        let lines = mismatches
-            .into_iter()
-            .map(|m| format!("case `{}` via {path}: {m}", case.name));
-        match (&case.disagreement, lines.len()) {
-            (None, _) => self.failures.extend(lines),
-            (Some(_), 0) if strict => self.failures.push(format!(
-                "case `{}` via {path}: marked `disagreement` but ztun now agrees: drop the marker",
-                case.name
-            )),
-            (Some(_), _) => self.known.extend(lines),
+    /// Records how `case` fared via `path`; `check` lists the mismatches against given
+    /// expectations. An unmarked case must match its facts (`expect`). A marked one must match
+    /// its facts with `ztunGets` applied, in full; its mismatches with the facts are known
+    /// disagreements. With `strict`, it must still disagree with the facts (else the marker
+    /// is stale); without, matching the facts in full is accepted too.
+    fn record(
+        &mut self,
+        case: &Case,
+        path: &str,
+        check: impl Fn(&Expect) -> Vec<String>,
+        strict: bool,
+    ) {
+        let at = |m: String| format!("case `{}` via {path}: {m}", case.name);
+        let facts = check(&case.expect);
+        let Some(gets) = &case.ztun_gets else {
+            self.failures.extend(facts.into_iter().map(at));
+            return;
+        };
+        let against_ztun = check(&case.expect.with(gets));
+        if facts.is_empty() && !strict {
+            return;
         }
+        if !against_ztun.is_empty() {
+            self.failures.extend(
+                against_ztun
+                    .into_iter()
+                    .map(|m| at(format!("(facts with `ztunGets` applied) {m}"))),
+            );
+        }
+        if facts.is_empty() {
+            self.failures.push(at(
+                "marked `disagreement` but ztun now agrees: drop the marker and `ztunGets`".into(),
+            ));
+        }
+        self.known.extend(facts.into_iter().map(at));
     }
 
     fn finish(self, path: &str, checked: usize) {
@@ -1014,11 +1084,11 @@ impl Outcome {
                 self.known.join("\n")
             );
         }
-        assert!(
-            self.failures.is_empty(),
-            "{} mismatch(es) between {CORPUS_PATH} and ztun via {path} ({checked} cases checked):\n{}",
-            self.failures.len(),
-            self.failures.join("\n")
+        report(
+            CORPUS_PATH,
+            path,
+            &format!("{checked} cases"),
+            &self.failures,
         );
     }
 }
@@ -1027,45 +1097,28 @@ impl Outcome {
 // Tests
 // ---------------------------------------------------------------------------------------------
 
-/// Sends `response` and returns the client's answer to it: `Ok(None)` for an ACK,
-/// `Ok(Some(message))` for a NACK, `Err` if the answer is to something else.
-async fn exchange(
-    conn: &mut AdsConn,
-    resources: Vec<crate::control::xds::proto::Resource>,
-    removed: &[&str],
-    nonce: &str,
-) -> Result<Option<String>, String> {
-    conn.send(response(ADDRESS_TYPE, nonce, resources, removed));
-    let reply = conn.recv().await;
-    if reply.type_url != ADDRESS_TYPE || reply.response_nonce != nonce {
-        return Err(format!(
-            "expected the answer to nonce {nonce}, got {} nonce {}",
-            reply.type_url, reply.response_nonce
-        ));
-    }
-    Ok(reply.error_detail.map(|s| s.message))
-}
-
 /// Every case through the real delta-xDS client, one after the other on one stream: the
 /// previous case's resources are removed, then the case's are sent in one response.
 #[tokio::test]
 async fn address_corpus_through_xds() {
     let corpus = corpus();
-    let mut ads = TestAds::start(&["127.0.0.1"]).await;
-    let client = start(client_config(&ads, &[]));
-    let mut conn = ads.accept().await;
-    initial(&mut conn).await;
+    let (_ads, client, mut conn) = connected_client().await;
 
     let mut outcome = Outcome::default();
     let mut previous: Vec<String> = Vec::new();
     for (i, case) in corpus.cases.iter().enumerate() {
-        let mut mismatches = Vec::new();
+        // Mismatches whatever the expectations.
+        let mut always = Vec::new();
         if !previous.is_empty() {
             let removed: Vec<&str> = previous.iter().map(String::as_str).collect();
-            match exchange(&mut conn, Vec::new(), &removed, &format!("{i}-clear")).await {
+            let nonce = format!("{i}-clear");
+            match conn
+                .exchange(ADDRESS_TYPE, Vec::new(), &removed, &nonce)
+                .await
+            {
                 Ok(None) => {}
-                Ok(Some(m)) => mismatches.push(format!("removal NACKed: {m}")),
-                Err(e) => mismatches.push(e),
+                Ok(Some(m)) => always.push(format!("removal NACKed: {m}")),
+                Err(e) => always.push(e),
             }
         }
         let version = format!("case-{i}");
@@ -1079,37 +1132,50 @@ async fn address_corpus_through_xds() {
             .collect();
         let names: BTreeSet<String> = case.emitted.iter().map(Address::name).collect();
         previous = names.iter().cloned().collect();
-        let nacked = match exchange(&mut conn, resources, &[], &format!("{i}-case")).await {
+        let nonce = format!("{i}-case");
+        let nacked = match conn.exchange(ADDRESS_TYPE, resources, &[], &nonce).await {
             Ok(n) => n,
             Err(e) => {
-                mismatches.push(e);
-                outcome.record(case, "xDS", mismatches, true);
+                always.push(e);
+                outcome.record(case, "xDS", |_| always.clone(), true);
                 continue;
             }
         };
-        match (&case.expect.nack, &nacked) {
-            (None, None) => {}
-            (None, Some(m)) => {
-                mismatches.push(format!("NACKed (istiod's output must be accepted): {m}"))
-            }
-            (Some(want), None) => mismatches.push(format!(
-                "ACKed; ztunnel rejects this (want a NACK containing {want:?})"
-            )),
-            (Some(want), Some(m)) if !m.contains(want.as_str()) => {
-                mismatches.push(format!("NACK {m:?} does not contain {want:?}"))
-            }
-            (Some(_), Some(_)) => {}
-        }
         // A NACK case sends one resource: after a NACK the state holds nothing of the case.
         let present = match nacked {
             None => names,
             Some(_) => BTreeSet::new(),
         };
-        match state_holding(&client.reader, &present).await {
-            Some(snap) => check_state(&snap, case, &mut mismatches),
-            None => mismatches.push(format!("the state never held exactly {present:?}")),
-        }
-        outcome.record(case, "xDS", mismatches, true);
+        let snap = state_where(&client.reader, |snap| {
+            if holds(snap, &present) {
+                Ok(())
+            } else {
+                Err(format!("the state never held exactly {present:?}"))
+            }
+        })
+        .await;
+        let check = |expect: &Expect| {
+            let mut mismatches = always.clone();
+            match (&expect.nack, &nacked) {
+                (None, None) => {}
+                (None, Some(m)) => {
+                    mismatches.push(format!("NACKed (istiod's output must be accepted): {m}"))
+                }
+                (Some(want), None) => mismatches.push(format!(
+                    "ACKed; ztunnel rejects this (want a NACK containing {want:?})"
+                )),
+                (Some(want), Some(m)) if !m.contains(want.as_str()) => {
+                    mismatches.push(format!("NACK {m:?} does not contain {want:?}"))
+                }
+                (Some(_), Some(_)) => {}
+            }
+            match &snap {
+                Ok(snap) => check_state(snap, expect, &mut mismatches),
+                Err(e) => mismatches.push(e.clone()),
+            }
+            mismatches
+        };
+        outcome.record(case, "xDS", check, true);
     }
     outcome.finish("xDS", corpus.cases.len());
 }
@@ -1131,12 +1197,12 @@ fn address_corpus_through_local_file() {
             }
         };
         checked += 1;
-        let mut mismatches = Vec::new();
+        let mut always = Vec::new();
         let config = match crate::control::local::parse(&text) {
             Ok(config) => config,
             Err(e) => {
-                mismatches.push(format!("local file rejected: {e}\n{text}"));
-                outcome.record(case, "the local file", mismatches, false);
+                always.push(format!("local file rejected: {e}\n{text}"));
+                outcome.record(case, "the local file", |_| always.clone(), false);
                 continue;
             }
         };
@@ -1153,13 +1219,18 @@ fn address_corpus_through_local_file() {
                 ),
             };
             if let Some(d) = differs {
-                mismatches.push(format!("{name} differs between xDS and the local file:{d}"));
+                always.push(format!("{name} differs between xDS and the local file:{d}"));
             }
         }
         let (writer, reader) = state::new();
         crate::control::local_watch::publish(&writer, config);
-        check_state(&reader.load_full(), case, &mut mismatches);
-        outcome.record(case, "the local file", mismatches, false);
+        let snap = reader.load_full();
+        let check = |expect: &Expect| {
+            let mut mismatches = always.clone();
+            check_state(&snap, expect, &mut mismatches);
+            mismatches
+        };
+        outcome.record(case, "the local file", check, false);
     }
     eprintln!(
         "{checked} case(s) through the local file; not expressible there: {}",
@@ -1270,4 +1341,45 @@ fn address_corpus_rejects_unknown_keys() {
         let err = parse(&case(emitted, expect)).expect_err(typo);
         assert!(err.contains(typo), "{typo}: {err}");
     }
+}
+
+/// `ztunGets` replaces only what it names: `nack: null` is an ACK and an absent `nack` keeps
+/// the facts'; a row replaces the facts' row for its IP; a partial object keeps the facts'
+/// other keys.
+#[test]
+fn ztun_gets_replaces_only_what_it_names() {
+    let facts: Expect = serde_yaml_ng::from_str(
+        "{nack: x, workloadByIp: [{ip: 10.0.0.1, uid: a}, {ip: 10.0.0.2, uid: b}], \
+         workloads: {a: {status: Healthy, name: a}}}",
+    )
+    .unwrap();
+    let gets: ZtunGets = serde_yaml_ng::from_str(
+        "{nack: null, workloadByIp: [{ip: 10.0.0.2, uid: c}], workloads: {a: {status: Unhealthy}}}",
+    )
+    .unwrap();
+    let e = facts.with(&gets);
+    assert_eq!(e.nack, None);
+    let rows: Vec<(IpAddr, Option<&str>)> = e
+        .workload_by_ip
+        .iter()
+        .map(|r| (r.ip, r.uid.as_deref()))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            (IpAddr::from([10, 0, 0, 1]), Some("a")),
+            (IpAddr::from([10, 0, 0, 2]), Some("c"))
+        ]
+    );
+    assert_eq!(
+        e.workloads["a"],
+        json!({"status": "Unhealthy", "name": "a"})
+    );
+
+    let gets: ZtunGets = serde_yaml_ng::from_str("{workloads: {b: null}}").unwrap();
+    let e = facts.with(&gets);
+    assert_eq!(e.nack.as_deref(), Some("x"));
+    assert_eq!(e.workloads["a"], facts.workloads["a"]);
+    assert_eq!(e.workloads["b"], Value::Null);
+    assert!(serde_yaml_ng::from_str::<ZtunGets>("{nak: null}").is_err());
 }

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use prost::Message;
@@ -13,6 +14,7 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::{client_config, initial, start, Running};
 use crate::control::xds::proto::istio::{security as sec, workload as wl};
 use crate::control::xds::proto::{
     AggregatedDiscoveryService, AggregatedDiscoveryServiceServer, DeltaDiscoveryRequest,
@@ -20,6 +22,7 @@ use crate::control::xds::proto::{
 };
 use crate::control::xds::{ADDRESS_TYPE, AUTHORIZATION_TYPE};
 use crate::controlplane::tls::{self, Ca};
+use crate::state::{Reader, Snapshot};
 
 /// Deadline for anything a test waits on.
 pub const WAIT: Duration = Duration::from_secs(10);
@@ -101,6 +104,64 @@ impl Conn {
 
     /// Ends the stream cleanly (the client sees end of stream).
     pub fn close(self) {}
+
+    /// Sends a `type_url` response and returns the client's answer to it: `Ok(None)` for an
+    /// ACK, `Ok(Some(message))` for a NACK, `Err` if the answer is to something else.
+    pub async fn exchange(
+        &mut self,
+        type_url: &str,
+        resources: Vec<Resource>,
+        removed: &[&str],
+        nonce: &str,
+    ) -> Result<Option<String>, String> {
+        self.send(response(type_url, nonce, resources, removed));
+        let reply = self.recv().await;
+        if reply.type_url != type_url || reply.response_nonce != nonce {
+            return Err(format!(
+                "expected the answer to {type_url} nonce {nonce}, got {} nonce {}",
+                reply.type_url, reply.response_nonce
+            ));
+        }
+        Ok(reply.error_detail.map(|s| s.message))
+    }
+}
+
+/// A scripted server with the real client connected to it (built from the environment as in
+/// production) and past its initial requests. Keep the server: dropping it stops it.
+pub async fn connected_client() -> (TestAds, Running, Conn) {
+    let mut ads = TestAds::start(&["127.0.0.1"]).await;
+    let client = start(client_config(&ads, &[]));
+    let mut conn = ads.accept().await;
+    initial(&mut conn).await;
+    (ads, client, conn)
+}
+
+/// Polls the published state until `check` accepts it; after [`WAIT`], `check`'s last
+/// complaint.
+pub async fn state_where(
+    reader: &Reader,
+    check: impl Fn(&Snapshot) -> Result<(), String>,
+) -> Result<Arc<Snapshot>, String> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let snap = reader.load_full();
+        match check(&snap) {
+            Ok(()) => return Ok(snap),
+            Err(e) if tokio::time::Instant::now() > deadline => return Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+}
+
+/// Fails with every mismatch between the corpus at `corpus` and ztun via `path`, if any.
+/// `checked` says how much was checked ("12 cases").
+pub fn report(corpus: &str, path: &str, checked: &str, failures: &[String]) {
+    assert!(
+        failures.is_empty(),
+        "{} mismatch(es) between {corpus} and ztun via {path} ({checked} checked):\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 struct Scripted {
