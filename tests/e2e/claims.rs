@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use ztun::testkit::lab::{connect, Lab, Netns, NetnsTask, Process};
+use ztun::testkit::lab::{connect, Netns, NetnsTask, Process};
 use ztun::testkit::mesh::MeshFile;
 
 use crate::ops::{http, local, sample, scrape};
@@ -158,7 +158,7 @@ fn metric_series_of_a_workload_that_left_the_mesh_expire() {
     let lab = standard_lab("claim_metrics_expire");
     let mesh = MeshFile::from_lab(&lab);
     let server = lab.pod("c").spawn_echo_server(ECHO).unwrap();
-    let cluster = Cluster::start(lab, mesh);
+    let cluster = Cluster::start(lab, mesh.clone());
     let lab = &cluster.lab;
     let dst = SocketAddr::from((lab.pod("c").ip(), server.port()));
     lab.pod("a").bulk_echo(dst, 1024).unwrap();
@@ -173,7 +173,7 @@ fn metric_series_of_a_workload_that_left_the_mesh_expire() {
         assert_eq!(opened(node, reporter, "b"), Some(1.0), "{node}");
         assert_eq!(opened(node, reporter, "a"), Some(1.0), "{node}");
     }
-    cluster.update_mesh(&mesh_without(lab, "b"));
+    cluster.update_mesh(&mesh.without_workload("b"));
     for node in ["n1", "n2"] {
         let ns = lab.node(node).netns();
         let deadline = Instant::now() + WAIT;
@@ -292,15 +292,8 @@ fn every_ctl_subcommand_prints_what_it_names() {
         anyhow::Ok(())
     });
     opened_rx.recv_timeout(WAIT).expect("a's connection echoed");
-    let bin = ztun::testkit::ztun_bin().unwrap();
-    let bin = bin.to_string_lossy();
     let n1 = lab.node("n1").netns();
-    let ctl = |args: &[&str]| {
-        let mut full = vec!["ctl"];
-        full.extend_from_slice(args);
-        n1.exec(&bin, &full, None)
-            .unwrap_or_else(|e| panic!("ztun ctl {args:?}: {e:#}"))
-    };
+    let ctl = |args: &[&str]| crate::support::ctl(n1, args);
     let row = |out: &str, needles: &[&str]| {
         assert!(
             out.lines().any(|l| needles.iter().all(|n| l.contains(n))),
@@ -640,24 +633,6 @@ impl Drop for CniDown {
     fn drop(&mut self) {
         let _ = std::fs::rename(&self.aside, &self.path);
     }
-}
-
-/// The lab's mesh without the workload of pod `gone`.
-fn mesh_without(lab: &Lab, gone: &str) -> MeshFile {
-    lab.pods()
-        .iter()
-        .filter(|p| p.name() != gone)
-        .fold(MeshFile::default(), |m, p| {
-            m.workload(json!({
-                "uid": p.uid(),
-                "name": p.name(),
-                "namespace": p.namespace(),
-                "serviceAccount": p.service_account(),
-                "workloadIps": [p.ip().to_string()],
-                "protocol": if p.captured() { "HBONE" } else { "TCP" },
-                "node": p.node(),
-            }))
-        })
 }
 
 fn unix_now() -> u64 {

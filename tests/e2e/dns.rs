@@ -7,12 +7,12 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::Instant;
 
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::{Name, RData, Record, RecordType};
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use ztun::testkit::lab::{Lab, NetnsTask};
@@ -20,16 +20,18 @@ use ztun::testkit::mesh::MeshFile;
 
 use crate::support::{standard_lab, wait_for_line, Cluster, XdsCluster, WAIT};
 
-/// Where the pod believes its resolver is (kube-dns); the capture rules redirect it.
-const CLUSTER_DNS: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 96, 0, 53)), 53);
+/// Where the pod believes its resolver is (kube-dns); the capture rules redirect it to 15053.
+pub(crate) const CLUSTER_DNS: SocketAddr =
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 96, 0, 53)), 53);
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 20);
 const SVC_PORT: u16 = 80;
 const TARGET: u16 = 8080;
 /// What the test upstream resolver answers for `external.test`.
 const EXTERNAL: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 7);
 
+/// The transport of a DNS query.
 #[derive(Debug, Clone, Copy)]
-enum Via {
+pub(crate) enum Via {
     Udp,
     Tcp,
 }
@@ -55,7 +57,7 @@ fn captured_pod_resolves_mesh_and_external_names_then_connects() {
     for via in [Via::Udp, Via::Tcp] {
         for name in ["echo.", "echo.default.", "echo.default.svc.cluster.local."] {
             let m = a
-                .block_on(resolve(name, RecordType::A, via))
+                .block_on(resolve(CLUSTER_DNS, via, name, RecordType::A))
                 .unwrap_or_else(|e| panic!("{name} over {via:?}: {e:#}"));
             assert_eq!(m.response_code(), ResponseCode::NoError, "{name} {via:?}");
             assert!(
@@ -66,13 +68,15 @@ fn captured_pod_resolves_mesh_and_external_names_then_connects() {
             assert!(m.answers().iter().all(|r| r.ttl() == 30));
         }
         // A mesh name without IPv6: empty NOERROR, not forwarded.
-        let m = a.block_on(resolve("echo.", RecordType::AAAA, via)).unwrap();
+        let m = a
+            .block_on(resolve(CLUSTER_DNS, via, "echo.", RecordType::AAAA))
+            .unwrap();
         assert_eq!(m.response_code(), ResponseCode::NoError);
         assert!(m.answers().is_empty());
 
         let before = upstream_hits.total();
         let m = a
-            .block_on(resolve("external.test.", RecordType::A, via))
+            .block_on(resolve(CLUSTER_DNS, via, "external.test.", RecordType::A))
             .unwrap_or_else(|e| panic!("external name over {via:?}: {e:#}"));
         assert_eq!(m.response_code(), ResponseCode::NoError);
         assert_eq!(addresses(&m), vec![IpAddr::V4(EXTERNAL)], "{via:?}");
@@ -88,7 +92,7 @@ fn captured_pod_resolves_mesh_and_external_names_then_connects() {
         );
         // The upstream's NXDOMAIN is passed on.
         let m = a
-            .block_on(resolve("missing.test.", RecordType::A, via))
+            .block_on(resolve(CLUSTER_DNS, via, "missing.test.", RecordType::A))
             .unwrap();
         assert_eq!(m.response_code(), ResponseCode::NXDomain);
     }
@@ -103,7 +107,7 @@ fn captured_pod_resolves_mesh_and_external_names_then_connects() {
     n1.wait_for_log("dns request", WAIT).unwrap();
 
     // Metrics count requests and upstream requests.
-    let metrics = scrape(lab.node("n1").netns());
+    let metrics = crate::ops::scrape(lab.node("n1").netns());
     for family in [
         "istio_dns_requests_total{",
         "istio_dns_upstream_requests_total{",
@@ -133,7 +137,7 @@ fn dns_keeps_working_while_the_control_plane_is_down() {
         for via in [Via::Udp, Via::Tcp] {
             for name in ["echo.", "echo.default.svc.cluster.local."] {
                 let m = a
-                    .block_on(resolve(name, RecordType::A, via))
+                    .block_on(resolve(CLUSTER_DNS, via, name, RecordType::A))
                     .unwrap_or_else(|e| panic!("{when}: {name} over {via:?}: {e:#}"));
                 assert_eq!(
                     addresses(&m),
@@ -142,7 +146,7 @@ fn dns_keeps_working_while_the_control_plane_is_down() {
                 );
             }
             let m = a
-                .block_on(resolve("external.test.", RecordType::A, via))
+                .block_on(resolve(CLUSTER_DNS, via, "external.test.", RecordType::A))
                 .unwrap_or_else(|e| panic!("{when}: external name over {via:?}: {e:#}"));
             assert_eq!(addresses(&m), vec![IpAddr::V4(EXTERNAL)], "{when}: {via:?}");
         }
@@ -286,7 +290,7 @@ fn hostname_only_endpoints_are_resolved_when_traffic_goes_to_them() {
     let line = wait_for_line(n1, cursor, &["reason=\"hostname_unresolved\""]).unwrap();
     assert!(line.contains("backend-missing.test"), "{line}");
 
-    let metrics = scrape(lab.node("n1").netns());
+    let metrics = crate::ops::scrape(lab.node("n1").netns());
     assert!(
         metrics.contains("istio_on_demand_dns_total{")
             && metrics.contains("hostname=\"backend-tcp.test\""),
@@ -294,32 +298,59 @@ fn hostname_only_endpoints_are_resolved_when_traffic_goes_to_them() {
     );
 }
 
-/// Sends one query for `name` to the pod's cluster resolver address and returns the answer.
-async fn resolve(name: &str, t: RecordType, via: Via) -> anyhow::Result<Message> {
+/// A recursive query for `name` (fully qualified, with its trailing dot) of type `t`, with a
+/// random id.
+pub(crate) fn query(name: &str, t: RecordType) -> Vec<u8> {
     let mut q = Message::new();
-    let id: u16 = rand::random();
-    q.set_id(id)
+    q.set_id(rand::random())
         .set_message_type(MessageType::Query)
         .set_op_code(OpCode::Query)
         .set_recursion_desired(true);
-    q.add_query(Query::query(Name::from_ascii(name)?, t));
-    let raw = q.to_vec()?;
-    let answer = tokio::time::timeout(Duration::from_secs(10), async {
+    q.add_query(Query::query(Name::from_ascii(name).expect("a DNS name"), t));
+    q.to_vec().expect("encodable query")
+}
+
+/// A DNS message with its TCP length prefix.
+pub(crate) fn framed(msg: &[u8]) -> Vec<u8> {
+    let len = u16::try_from(msg.len()).expect("a DNS message fits a TCP frame");
+    let mut out = len.to_be_bytes().to_vec();
+    out.extend_from_slice(msg);
+    out
+}
+
+/// Sends one query for `name` of type `t` to `server` (from the calling thread's namespace,
+/// usually [`CLUSTER_DNS`]) and returns the answer, checking it comes from `server` and
+/// answers this query; fails if the connection ends first or none comes within [`WAIT`].
+pub(crate) async fn resolve(
+    server: SocketAddr,
+    via: Via,
+    name: &str,
+    t: RecordType,
+) -> anyhow::Result<Message> {
+    let raw = query(name, t);
+    let id = Message::from_vec(&raw)?.id();
+    let answer = tokio::time::timeout(WAIT, async {
         match via {
             Via::Udp => {
-                let s = UdpSocket::bind("0.0.0.0:0").await?;
-                s.send_to(&raw, CLUSTER_DNS).await?;
+                let any = SocketAddr::new(
+                    match server {
+                        SocketAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+                        SocketAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+                    },
+                    0,
+                );
+                let s = UdpSocket::bind(any).await?;
+                s.send_to(&raw, server).await?;
                 let mut buf = vec![0u8; 4096];
                 let (n, from) = s.recv_from(&mut buf).await?;
-                anyhow::ensure!(from == CLUSTER_DNS, "answer from {from}");
+                anyhow::ensure!(from == server, "answer from {from}");
                 buf.truncate(n);
                 anyhow::Ok(buf)
             }
             Via::Tcp => {
-                let mut s = TcpStream::connect(CLUSTER_DNS).await?;
-                s.write_all(&(raw.len() as u16).to_be_bytes()).await?;
-                s.write_all(&raw).await?;
-                let len = s.read_u16().await? as usize;
+                let mut s = TcpStream::connect(server).await?;
+                s.write_all(&framed(&raw)).await?;
+                let len = usize::from(s.read_u16().await?);
                 let mut buf = vec![0u8; len];
                 s.read_exact(&mut buf).await?;
                 anyhow::Ok(buf)
@@ -332,7 +363,8 @@ async fn resolve(name: &str, t: RecordType, via: Via) -> anyhow::Result<Message>
     Ok(m)
 }
 
-fn addresses(m: &Message) -> Vec<IpAddr> {
+/// The A and AAAA addresses of an answer, in order.
+pub(crate) fn addresses(m: &Message) -> Vec<IpAddr> {
     m.answers()
         .iter()
         .filter_map(|r| match r.data() {
@@ -343,53 +375,99 @@ fn addresses(m: &Message) -> Vec<IpAddr> {
         .collect()
 }
 
-/// The queries a test upstream resolver answered: name, type and the client's address.
+/// The queries a test upstream resolver received: name, type and the client's address.
 #[derive(Default)]
-struct Hits(Mutex<Vec<(String, RecordType, IpAddr)>>);
+pub(crate) struct Hits {
+    seen: Mutex<Vec<(String, RecordType, IpAddr)>>,
+    arrived: Condvar,
+}
 
 impl Hits {
-    fn total(&self) -> usize {
-        self.0.lock().len()
+    fn record(&self, name: String, t: RecordType, from: IpAddr) {
+        self.seen.lock().push((name, t, from));
+        self.arrived.notify_all();
     }
 
-    fn count(&self, name: &str, t: RecordType) -> usize {
-        let seen = self.0.lock();
+    pub(crate) fn total(&self) -> usize {
+        self.seen.lock().len()
+    }
+
+    pub(crate) fn count(&self, name: &str, t: RecordType) -> usize {
+        let seen = self.seen.lock();
         seen.iter()
             .filter(|(n, q, _)| n.eq_ignore_ascii_case(name) && *q == t)
             .count()
     }
 
     /// Where the queries for `name` came from.
-    fn sources(&self, name: &str) -> Vec<IpAddr> {
-        let seen = self.0.lock();
+    pub(crate) fn sources(&self, name: &str) -> Vec<IpAddr> {
+        let seen = self.seen.lock();
         seen.iter()
             .filter(|(n, ..)| n.eq_ignore_ascii_case(name))
             .map(|(.., from)| *from)
             .collect()
     }
+
+    /// Waits until a query for each of `names` has arrived (within [`WAIT`] in all).
+    pub(crate) fn wait_for(&self, names: impl IntoIterator<Item = String>) {
+        let deadline = Instant::now() + WAIT;
+        let mut seen = self.seen.lock();
+        for name in names {
+            let has = |seen: &[(String, RecordType, IpAddr)]| {
+                seen.iter().any(|(n, ..)| n.eq_ignore_ascii_case(&name))
+            };
+            while !has(&seen) {
+                let timed_out = self.arrived.wait_until(&mut seen, deadline).timed_out();
+                assert!(
+                    !timed_out || has(&seen),
+                    "the upstream resolver never saw {name}"
+                );
+            }
+        }
+    }
 }
 
-/// Starts the test upstream resolver in n1's namespace on the node's link address (UDP and
-/// TCP port 53), knowing `external.test` → [`EXTERNAL`] and `names` (A records), and writes a
-/// resolv.conf naming it. Returns once it listens: the task (dropping it stops the resolver),
-/// its hits, and the resolv.conf path for `ZTUN_DNS_RESOLV_CONF`.
-fn start_upstream(
+/// What a test upstream resolver does with the queries it receives (all are recorded).
+pub(crate) enum Upstream {
+    /// Answers A queries for these names; other types of a known name get an empty NOERROR,
+    /// unknown names NXDOMAIN.
+    Answering(Vec<(String, Ipv4Addr)>),
+    /// Never answers, and keeps TCP connections open.
+    Silent,
+}
+
+/// Starts a test upstream resolver doing `mode` in n1's namespace on the node's link address
+/// (UDP and TCP port 53). Returns once it listens: the task (dropping it stops the
+/// resolver), its hits, and its address.
+pub(crate) fn spawn_upstream(
     lab: &Lab,
-    names: &[(&str, Ipv4Addr)],
-) -> (NetnsTask<anyhow::Result<()>>, Arc<Hits>, String) {
+    mode: Upstream,
+) -> (NetnsTask<anyhow::Result<()>>, Arc<Hits>, SocketAddr) {
     let addr = SocketAddr::from((lab.node("n1").link_ip(), 53));
     let hits = Arc::new(Hits::default());
-    let mut known: Vec<(String, Ipv4Addr)> = vec![("external.test.".into(), EXTERNAL)];
-    known.extend(names.iter().map(|(n, ip)| (n.to_string(), *ip)));
     let (bound_tx, bound_rx) = std::sync::mpsc::channel();
     let task =
         lab.node("n1")
             .netns()
-            .spawn_async(upstream_resolver(addr, known, hits.clone(), bound_tx));
+            .spawn_async(upstream_resolver(addr, mode, hits.clone(), bound_tx));
     bound_rx
         .recv_timeout(WAIT)
         .expect("the upstream resolver started")
         .expect("the upstream resolver bound port 53");
+    (task, hits, addr)
+}
+
+/// Starts the test upstream resolver ([`spawn_upstream`]) knowing `external.test` →
+/// [`EXTERNAL`] and `names` (A records), and writes a resolv.conf naming it. Returns the task
+/// (dropping it stops the resolver), its hits, and the resolv.conf path for
+/// `ZTUN_DNS_RESOLV_CONF`.
+fn start_upstream(
+    lab: &Lab,
+    names: &[(&str, Ipv4Addr)],
+) -> (NetnsTask<anyhow::Result<()>>, Arc<Hits>, String) {
+    let mut known: Vec<(String, Ipv4Addr)> = vec![("external.test.".into(), EXTERNAL)];
+    known.extend(names.iter().map(|(n, ip)| (n.to_string(), *ip)));
+    let (task, hits, addr) = spawn_upstream(lab, Upstream::Answering(known));
     let resolv = lab.dir().join("resolv.conf");
     std::fs::write(
         &resolv,
@@ -403,12 +481,11 @@ fn start_upstream(
     (task, hits, resolv.to_string_lossy().into_owned())
 }
 
-/// A resolver on `addr` (UDP and TCP) answering A queries for the `known` names; other
-/// types of a known name get an empty NOERROR, unknown names NXDOMAIN. Reports on `bound`
-/// once it listens.
+/// A resolver on `addr` (UDP and TCP) recording every query in `hits` and replying as `mode`
+/// says. Reports on `bound` once it listens.
 async fn upstream_resolver(
     addr: SocketAddr,
-    known: Vec<(String, Ipv4Addr)>,
+    mode: Upstream,
     hits: Arc<Hits>,
     bound: std::sync::mpsc::Sender<Result<(), String>>,
 ) -> anyhow::Result<()> {
@@ -425,13 +502,15 @@ async fn upstream_resolver(
             return Err(e.into());
         }
     };
+    // The reply to one query, if any.
     let answer = move |raw: &[u8], from: SocketAddr| -> Option<Vec<u8>> {
         let q = Message::from_vec(raw).ok()?;
         let query = q.queries().first()?;
         let name = query.name().to_ascii();
-        hits.0
-            .lock()
-            .push((name.clone(), query.query_type(), from.ip()));
+        hits.record(name.clone(), query.query_type(), from.ip());
+        let Upstream::Answering(known) = &mode else {
+            return None;
+        };
         let mut m = Message::new();
         m.set_id(q.id())
             .set_message_type(MessageType::Response)
@@ -465,11 +544,9 @@ async fn upstream_resolver(
                     if s.read_exact(&mut buf).await.is_err() {
                         return;
                     }
-                    let Some(out) = answer(&buf, from) else {
-                        return;
-                    };
-                    let _ = s.write_all(&(out.len() as u16).to_be_bytes()).await;
-                    let _ = s.write_all(&out).await;
+                    if let Some(out) = answer(&buf, from) {
+                        let _ = s.write_all(&framed(&out)).await;
+                    }
                 }
             });
         }
@@ -481,17 +558,4 @@ async fn upstream_resolver(
             udp.send_to(&out, peer).await?;
         }
     }
-}
-
-/// The node's metrics page.
-fn scrape(ns: &ztun::testkit::lab::Netns) -> String {
-    ns.block_on(async {
-        let mut s = TcpStream::connect(("127.0.0.1", 15020)).await?;
-        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-            .await?;
-        let mut raw = Vec::new();
-        tokio::time::timeout(WAIT, s.read_to_end(&mut raw)).await??;
-        anyhow::Ok(String::from_utf8_lossy(&raw).into_owned())
-    })
-    .expect("scraping metrics")
 }

@@ -5,53 +5,45 @@
 //! admin API on the IPv6 loopback.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::time::Duration;
 
-use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
-use hickory_proto::rr::{Name, RData, RecordType};
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::RecordType;
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpStream, UdpSocket};
 use ztun::testkit::lab::{CaptureMode, IpFamilies, Lab, PodSpec};
 use ztun::testkit::mesh::MeshFile;
 
+use crate::dataplane::send_marker;
+use crate::dns::{addresses, resolve, Via, CLUSTER_DNS};
 use crate::ops::http;
-use crate::support::{require_root, wait_for_line, Cluster, WAIT};
+use crate::support::{require_root, two_node_lab_in, wait_for_line, Cluster, WAIT};
 
 const ECHO: u16 = 8080;
 const RECORDER: u16 = 9090;
 const SVC_PORT: u16 = 80;
 const VIP4: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 30);
 const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x30);
-const SVC_HOST: &str = "echo.default.svc.cluster.local";
+const SVC_HOST: &str = "echo.default.svc.cluster.local.";
 
 /// Nodes n1 and n2 in `families`: captured `a` (sa-a) on n1; captured `c` (sa-c), `t` (sa-t,
 /// captured with TPROXY rather than REDIRECT) and uncaptured `u` (sa-u) on n2.
 fn lab(test: &str, families: IpFamilies) -> Lab {
-    require_root();
-    Lab::builder(test)
-        .ip_families(families)
-        .node("n1")
-        .node("n2")
-        .pod(
+    two_node_lab_in(
+        test,
+        families,
+        vec![
             PodSpec::new("a", "n1")
                 .service_account("sa-a")
                 .captured(true),
-        )
-        .pod(
             PodSpec::new("c", "n2")
                 .service_account("sa-c")
                 .captured(true),
-        )
-        .pod(
             PodSpec::new("t", "n2")
                 .service_account("sa-t")
                 .captured(true)
                 .capture_mode(CaptureMode::Tproxy),
-        )
-        .pod(PodSpec::new("u", "n2").service_account("sa-u"))
-        .build()
-        .expect("building the namespace lab")
+            PodSpec::new("u", "n2").service_account("sa-u"),
+        ],
+    )
 }
 
 /// The IPv6-only case: bytes cross nodes intact over HBONE, the server sees the client pod's
@@ -71,21 +63,13 @@ fn ipv6_only_pods_tunnel_across_nodes() {
     assert_eq!(a.ips(), vec![IpAddr::V6(a.ip6())], "an IPv6-only pod");
 
     let capture = lab.capture("n1").unwrap();
-    let marker = b"ZTUN-V6-PLAINTEXT-MARKER-41c9;";
-    let echoed = a
-        .block_on(async move {
-            let dst = SocketAddr::from((c.ip6(), ECHO));
-            let mut s = ztun::testkit::lab::connect(dst, WAIT).await?;
-            let payload = marker.repeat(1000);
-            s.write_all(&payload).await?;
-            s.shutdown().await?;
-            let mut back = Vec::new();
-            s.read_to_end(&mut back).await?;
-            anyhow::ensure!(back == payload, "echo differs");
-            anyhow::Ok(back.len())
-        })
-        .expect("a -> c over IPv6");
-    assert_eq!(echoed, marker.len() * 1000);
+    // a -> c over IPv6: every byte of the marker comes back.
+    send_marker(
+        lab,
+        "a",
+        SocketAddr::from((c.ip6(), ECHO)),
+        b"ZTUN-V6-PLAINTEXT-MARKER-41c9;",
+    );
     let seen = a
         .peer_seen_by(SocketAddr::from((c.ip6(), RECORDER)))
         .unwrap();
@@ -108,15 +92,16 @@ fn ipv6_only_pods_tunnel_across_nodes() {
         !pcap.contains(b"ZTUN-V6-PLAINTEXT-MARKER"),
         "plaintext on the link"
     );
-    let segments = pcap.tcp_segments().unwrap();
     assert!(
-        segments.iter().any(|s| s.dst.port() == 15008),
+        pcap.tcp_segments()
+            .unwrap()
+            .iter()
+            .any(|s| s.dst.port() == 15008),
         "no TCP to 15008 on the link"
     );
-    let stray: Vec<_> = segments
-        .iter()
-        .filter(|s| !(s.dst.port() == 15008 || s.src.port() == 15008) || s.src.is_ipv4())
-        .collect();
+    let stray = pcap
+        .tcp_segments_not_matching(|s| s.has_port(15008) && s.src.is_ipv6())
+        .unwrap();
     assert!(
         stray.is_empty(),
         "TCP other than IPv6 HBONE on the link: {stray:?}"
@@ -318,18 +303,18 @@ fn dns_proxy_answers_aaaa_for_a_dual_stack_service() {
     let lab = &cluster.lab;
     let a = lab.pod("a");
     let resolvers = [
-        SocketAddr::from((Ipv4Addr::new(10, 96, 0, 53), 53)),
+        CLUSTER_DNS,
         SocketAddr::from((Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x53), 53)),
     ];
     for server in resolvers {
-        for tcp in [false, true] {
-            let via = format!("{server} over {}", if tcp { "TCP" } else { "UDP" });
+        for transport in [Via::Udp, Via::Tcp] {
+            let via = format!("{server} over {transport:?}");
             for (t, want) in [
                 (RecordType::AAAA, IpAddr::V6(VIP6)),
                 (RecordType::A, IpAddr::V4(VIP4)),
             ] {
                 let m = a
-                    .block_on(resolve(server, tcp, SVC_HOST, t))
+                    .block_on(resolve(server, transport, SVC_HOST, t))
                     .unwrap_or_else(|e| panic!("{t} via {via}: {e:#}"));
                 assert_eq!(m.response_code(), ResponseCode::NoError, "{t} via {via}");
                 assert!(m.authoritative(), "{t} via {via}: a mesh answer");
@@ -383,61 +368,4 @@ fn host(ip: IpAddr) -> String {
         IpAddr::V4(v4) => v4.to_string(),
         IpAddr::V6(v6) => format!("[{v6}]"),
     }
-}
-
-/// One DNS query to `server` from the calling thread's namespace, over TCP or UDP.
-async fn resolve(
-    server: SocketAddr,
-    tcp: bool,
-    name: &str,
-    t: RecordType,
-) -> anyhow::Result<Message> {
-    let mut q = Message::new();
-    let id: u16 = rand::random();
-    q.set_id(id)
-        .set_message_type(MessageType::Query)
-        .set_op_code(OpCode::Query)
-        .set_recursion_desired(true);
-    q.add_query(Query::query(Name::from_ascii(format!("{name}."))?, t));
-    let raw = q.to_vec()?;
-    let answer = tokio::time::timeout(Duration::from_secs(30), async {
-        if tcp {
-            let mut s = TcpStream::connect(server).await?;
-            s.write_all(&u16::try_from(raw.len())?.to_be_bytes())
-                .await?;
-            s.write_all(&raw).await?;
-            let len = usize::from(s.read_u16().await?);
-            let mut buf = vec![0u8; len];
-            s.read_exact(&mut buf).await?;
-            anyhow::Ok(buf)
-        } else {
-            let any: SocketAddr = match server {
-                SocketAddr::V4(_) => "0.0.0.0:0".parse()?,
-                SocketAddr::V6(_) => "[::]:0".parse()?,
-            };
-            let s = UdpSocket::bind(any).await?;
-            s.send_to(&raw, server).await?;
-            let mut buf = vec![0u8; 4096];
-            let (n, from) = s.recv_from(&mut buf).await?;
-            anyhow::ensure!(from == server, "answer from {from}");
-            buf.truncate(n);
-            anyhow::Ok(buf)
-        }
-    })
-    .await??;
-    let m = Message::from_vec(&answer)?;
-    anyhow::ensure!(m.id() == id, "answer id {} for query {id}", m.id());
-    Ok(m)
-}
-
-/// The A and AAAA addresses of an answer, in order.
-fn addresses(m: &Message) -> Vec<IpAddr> {
-    m.answers()
-        .iter()
-        .filter_map(|r| match r.data() {
-            RData::A(a) => Some(IpAddr::V4(a.0)),
-            RData::AAAA(a) => Some(IpAddr::V6(a.0)),
-            _ => None,
-        })
-        .collect()
 }

@@ -12,7 +12,7 @@ use ztun::testkit::lab::{connect, peer_seen_by, Lab, PodSpec, Server};
 use ztun::testkit::mesh::MeshFile;
 use ztun::testkit::waypoint::Waypoint;
 
-use crate::support::{require_root, two_node_lab, Cluster, WAIT};
+use crate::support::{two_node_lab, Cluster, WAIT};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const SVC_PORT: u16 = 80;
@@ -255,22 +255,17 @@ fn waypoints_receive_the_traffic_of_services_and_workloads_that_name_them() {
 
 #[test]
 fn a_sandwiched_waypoint_gets_a_proxy_header_through_its_application_tunnel() {
-    require_root();
-    let lab = Lab::builder("app_tunnel")
-        .node("n1")
-        .node("n2")
-        .pod(
+    let lab = two_node_lab(
+        "app_tunnel",
+        vec![
             PodSpec::new("a", "n1")
                 .service_account("sa-a")
                 .captured(true),
-        )
-        .pod(
             PodSpec::new("wp", "n2")
                 .service_account("waypoint")
                 .captured(true),
-        )
-        .build()
-        .expect("building the namespace lab");
+        ],
+    );
     let wp_ip = lab.pod("wp").ip();
     let mesh = MeshFile::from_lab(&lab)
         .service("echo", "default", VIP, &[(SVC_PORT, TARGET)], &[])

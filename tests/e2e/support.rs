@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use ztun::testkit::lab::{Lab, PodSpec, Process};
+use ztun::testkit::lab::{bulk_echo, IpFamilies, Lab, Netns, PodSpec, Process};
 use ztun::testkit::mesh::MeshFile;
 
 /// Generous deadline for anything the tests wait on (loaded 2-core CI machines).
@@ -45,13 +45,44 @@ pub fn standard_lab(test: &str) -> Lab {
     )
 }
 
-/// Nodes n1 and n2 with `pods` (after checking for root).
+/// Nodes n1 and n2 with `pods` (after checking for root), IPv4 only.
 pub fn two_node_lab(test: &str, pods: Vec<PodSpec>) -> Lab {
+    two_node_lab_in(test, IpFamilies::V4Only, pods)
+}
+
+/// Nodes n1 and n2 in `families` with `pods` (after checking for root).
+pub fn two_node_lab_in(test: &str, families: IpFamilies, pods: Vec<PodSpec>) -> Lab {
     require_root();
+    let builder = Lab::builder(test)
+        .ip_families(families)
+        .node("n1")
+        .node("n2");
     pods.into_iter()
-        .fold(Lab::builder(test).node("n1").node("n2"), |b, p| b.pod(p))
+        .fold(builder, |b, p| b.pod(p))
         .build()
         .expect("building the namespace lab")
+}
+
+/// Whether an echo of 64 KiB from `pod` to `dst` completes within [`WAIT`] (a refused or
+/// denied connection is closed at once, so `false` comes quickly).
+pub fn reaches(lab: &Lab, pod: &str, dst: SocketAddr) -> bool {
+    lab.pod(pod)
+        .block_on(bulk_echo(dst, 64 * 1024, WAIT))
+        .is_ok()
+}
+
+/// Runs `ztun ctl args...` in `ns` (a node's namespace) and returns its output, or why it
+/// failed (its exit status and stderr).
+pub fn try_ctl(ns: &Netns, args: &[&str]) -> anyhow::Result<String> {
+    let bin = ztun::testkit::ztun_bin()?;
+    let mut full = vec!["ctl"];
+    full.extend_from_slice(args);
+    ns.exec(&bin.to_string_lossy(), &full, None)
+}
+
+/// [`try_ctl`] for a command that must succeed: its output.
+pub fn ctl(ns: &Netns, args: &[&str]) -> String {
+    try_ctl(ns, args).unwrap_or_else(|e| panic!("ztun ctl {args:?}: {e:#}"))
 }
 
 /// Fails loudly (never skips) when not root: the e2e suite needs namespaces.

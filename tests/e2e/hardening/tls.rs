@@ -2,8 +2,13 @@
 //! certificate: TLS 1.3 with AES-GCM only, no session resumption, and with
 //! `COMPLIANCE_POLICY=pqc` the X25519MLKEM768 key exchange only.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use rustls::client::{ClientSessionMemoryCache, ClientSessionStore, Resumption};
 use rustls::crypto::aws_lc_rs::{cipher_suite, default_provider, kx_group};
 use rustls::crypto::CryptoProvider;
+use rustls::pki_types::ServerName;
 use rustls::{CipherSuite, NamedGroup, ProtocolVersion};
 
 use super::client::{self, client_with};
@@ -18,21 +23,88 @@ struct Negotiated {
     resumed: bool,
 }
 
-fn handshake(
-    t: &Target,
-    config: std::sync::Arc<rustls::ClientConfig>,
-) -> anyhow::Result<Negotiated> {
+/// Handshakes with c's HBONE listener, then reads until the server's HTTP/2 SETTINGS: a TLS
+/// 1.3 server sends its session tickets after the client's Finished, before any application
+/// data, so by then the client has processed every ticket the server offered.
+fn handshake(t: &Target, config: Arc<rustls::ClientConfig>) -> anyhow::Result<Negotiated> {
     let hbone = t.hbone();
     t.cluster.lab.pod("u").block_on(async move {
         let s = client::tls(hbone, config).await?;
         let (_, conn) = s.get_ref();
-        Ok(Negotiated {
+        let n = Negotiated {
             version: conn.protocol_version(),
             suite: conn.negotiated_cipher_suite().map(|s| s.suite()),
             group: conn.negotiated_key_exchange_group().map(|g| g.name()),
             resumed: conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
-        })
+        };
+        client::raw_over(s).await?;
+        Ok(n)
     })
+}
+
+/// rustls's in-memory session store, counting the TLS 1.3 tickets the server issued.
+#[derive(Debug)]
+struct TicketCounter {
+    inner: ClientSessionMemoryCache,
+    tickets: AtomicUsize,
+}
+
+impl TicketCounter {
+    fn new() -> Arc<TicketCounter> {
+        Arc::new(TicketCounter {
+            inner: ClientSessionMemoryCache::new(64),
+            tickets: AtomicUsize::new(0),
+        })
+    }
+
+    fn tickets(&self) -> usize {
+        self.tickets.load(Ordering::SeqCst)
+    }
+}
+
+impl ClientSessionStore for TicketCounter {
+    fn set_kx_hint(&self, server_name: ServerName<'static>, group: NamedGroup) {
+        self.inner.set_kx_hint(server_name, group)
+    }
+
+    fn kx_hint(&self, server_name: &ServerName<'_>) -> Option<NamedGroup> {
+        self.inner.kx_hint(server_name)
+    }
+
+    fn set_tls12_session(
+        &self,
+        server_name: ServerName<'static>,
+        value: rustls::client::Tls12ClientSessionValue,
+    ) {
+        self.inner.set_tls12_session(server_name, value)
+    }
+
+    fn tls12_session(
+        &self,
+        server_name: &ServerName<'_>,
+    ) -> Option<rustls::client::Tls12ClientSessionValue> {
+        self.inner.tls12_session(server_name)
+    }
+
+    fn remove_tls12_session(&self, server_name: &ServerName<'static>) {
+        self.inner.remove_tls12_session(server_name)
+    }
+
+    fn insert_tls13_ticket(
+        &self,
+        server_name: ServerName<'static>,
+        value: rustls::client::Tls13ClientSessionValue,
+    ) {
+        self.tickets.fetch_add(1, Ordering::SeqCst);
+        self.inner.insert_tls13_ticket(server_name, value)
+    }
+
+    fn take_tls13_ticket(
+        &self,
+        server_name: &ServerName<'static>,
+    ) -> Option<rustls::client::Tls13ClientSessionValue> {
+        self.inner.take_tls13_ticket(server_name)
+    }
 }
 
 fn provider(f: impl FnOnce(&mut CryptoProvider)) -> CryptoProvider {
@@ -71,8 +143,13 @@ fn hbone_speaks_tls13_aes_gcm_only_and_never_resumes() {
         tls13,
     );
     handshake(&t, chacha).expect_err("ChaCha20 accepted");
-    // A client offering everything gets TLS 1.3 AES-GCM; asked to resume, it never is.
-    let full = client_with(&t.cluster, "sa-u", default_provider(), tls13);
+    // A client offering everything gets TLS 1.3 AES-GCM; asked to resume, it never is: the
+    // server issues no ticket (a stateful or stateless one would reach the client's store
+    // before the server's SETTINGS), and repeat handshakes are full ones.
+    let store = TicketCounter::new();
+    let mut full = (*client_with(&t.cluster, "sa-u", default_provider(), tls13)).clone();
+    full.resumption = Resumption::store(store.clone());
+    let full = Arc::new(full);
     for round in 0..3 {
         let n = handshake(&t, full.clone()).expect("a valid client");
         assert_eq!(n.version, Some(ProtocolVersion::TLSv1_3), "{n:?}");
@@ -84,6 +161,11 @@ fn hbone_speaks_tls13_aes_gcm_only_and_never_resumes() {
             "{n:?}"
         );
         assert!(!n.resumed, "round {round}: session resumed: {n:?}");
+        assert_eq!(
+            store.tickets(),
+            0,
+            "round {round}: the server issued tickets"
+        );
     }
     // Without a compliance policy, classic key exchanges are accepted too.
     let x25519 = client_with(
