@@ -131,7 +131,7 @@ fn a_published_crl_closes_the_revoked_peers_tunnels_and_refuses_new_handshakes()
 }
 
 /// The mesh CA the cluster's nodes mint from.
-fn ca_files(dir: &Path) -> CaFiles {
+pub(crate) fn ca_files(dir: &Path) -> CaFiles {
     let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap();
     CaFiles {
         dir: dir.to_path_buf(),
@@ -143,14 +143,14 @@ fn ca_files(dir: &Path) -> CaFiles {
 }
 
 /// Replaces the CRL file by rename, as a ConfigMap update does.
-fn publish(path: &Path, text: &str) {
+pub(crate) fn publish(path: &Path, text: &str) {
     let tmp = path.with_extension("next");
     std::fs::write(&tmp, text).unwrap();
     std::fs::rename(&tmp, path).unwrap();
 }
 
 /// The serial number of the leaf certificate `node` holds for service account `sa`.
-fn serial_in_dump(cluster: &Cluster, node: &str, sa: &str) -> Vec<u8> {
+pub(crate) fn serial_in_dump(cluster: &Cluster, node: &str, sa: &str) -> Vec<u8> {
     let id = format!("spiffe://cluster.local/ns/default/sa/{sa}");
     let deadline = std::time::Instant::now() + WAIT;
     loop {
@@ -187,7 +187,7 @@ fn serial_in_dump(cluster: &Cluster, node: &str, sa: &str) -> Vec<u8> {
 
 /// A stream from pod `from` to `dst` echoed once, held open until told to finish, then
 /// echoed again: the result says whether it survived.
-fn long_stream(
+pub(crate) fn long_stream(
     cluster: &Cluster,
     from: &str,
     dst: SocketAddr,

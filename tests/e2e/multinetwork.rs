@@ -293,3 +293,65 @@ fn policy_at_the_destination_sees_the_real_source_and_bad_gateways_fail_closed()
         "{metrics}"
     );
 }
+
+/// Double HBONE and revocation: the inner tunnel's peer is the destination, not the gateway,
+/// so a CRL revoking the destination's certificate must close an open cross-network tunnel
+/// (as it closes a single-HBONE one) and refuse new ones, while the gateway's own certificate
+/// is still valid.
+#[test]
+fn revoking_the_destination_behind_a_gateway_closes_its_double_hbone_tunnel() {
+    let lab = lab("mnet_crl");
+    let crl = lab.dir().join("crl.pem");
+    std::fs::write(&crl, "").unwrap();
+    let _server = lab.pod("c2").spawn_echo_server(8080).unwrap();
+    let crl_env = crl.to_string_lossy().into_owned();
+    // c1 unhealthy: every connection to web goes through net2's gateway to c2.
+    let base = mesh(&lab, false);
+    let cluster = Cluster::start_with(lab, base, &[("CRL_PATH", crl_env.as_str())]);
+    let gw2 = start_gateway(&cluster, &gateway_identity(), GW_PORT);
+    let lab = &cluster.lab;
+    let web = SocketAddr::from((VIP, 80));
+
+    let (stream, opened, finish) = crate::crl::long_stream(&cluster, "a", web);
+    opened
+        .recv_timeout(WAIT)
+        .expect("a's long stream to web opened");
+    let crossings = gw2.crossings();
+    assert_eq!(crossings.len(), 1, "{crossings:?}");
+    assert_eq!(
+        crossings[0].forwarded_to,
+        Some(SocketAddr::from((lab.pod("c2").ip(), 15008)))
+    );
+
+    // Revoke the certificate n4 holds for c2's service account (c1's, minted by n2, stays
+    // valid, and so does the gateway's).
+    let c2_serial = crate::crl::serial_in_dump(&cluster, "n4", "sa-c");
+    let ca = crate::crl::ca_files(&cluster.ca_dir);
+    let n1 = cluster.ztun("n1");
+    let cursor = n1.log_cursor();
+    crate::crl::publish(
+        &crl,
+        &ztun::testkit::certs::crl_pem(&ca, &[c2_serial], time::Duration::hours(1)).unwrap(),
+    );
+    let line = n1
+        .wait_for_log_after(cursor, "reason=\"cert_revoked\"", WAIT)
+        .expect("n1 closes the double-HBONE tunnel to the revoked c2");
+    assert!(
+        line.contains(&format!("dst.hbone_addr={HOST}:80")),
+        "{line}"
+    );
+    assert!(line.contains("dst.workload=\"c2\""), "{line}");
+    let _ = finish.send(());
+    let err = stream
+        .join()
+        .unwrap()
+        .expect_err("a's open stream through the gateway must be closed");
+    eprintln!("a's long stream ended: {err:#}");
+
+    // A new connection: the gateway still forwards it, the inner handshake is refused.
+    let cursor = n1.log_cursor();
+    assert!(!reaches_web(lab), "a reached the revoked c2");
+    n1.wait_for_log_after(cursor, "reason=\"cert_revoked\"", WAIT)
+        .expect("the new inner handshake is refused as revoked");
+    assert_eq!(gw2.crossings().len(), 2, "{:?}", gw2.crossings());
+}
