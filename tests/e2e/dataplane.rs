@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use ztun::testkit::mesh::MeshFile;
 
-use crate::support::{standard_lab, wait_for_line, Cluster, WAIT};
+use crate::support::{assert_field_only_in, standard_lab, wait_for_line, Cluster, WAIT};
 
 const BULK: u64 = 64 << 20;
 
@@ -234,13 +234,31 @@ fn uncaptured_clients_reach_captured_pods_through_15006() {
         .bulk_echo(SocketAddr::from((lab.pod("c").ip(), echo.port())), 8 << 20)
         .unwrap();
     assert_eq!(t.bytes, 8 << 20);
-    let line = cluster
-        .ztun("n1")
-        .wait_for_log("direction=\"inbound\"", WAIT)
+    let n1 = cluster.ztun("n1");
+    let u_ip = lab.pod("u").ip();
+    let line = wait_for_line(
+        n1,
+        0,
+        &["direction=\"inbound\"", &format!("src.addr={u_ip}:")],
+    )
+    .unwrap();
+    assert!(line.contains("dst.workload=\"a\""), "{line}");
+    // An mTLS client of the same listener's pod, for contrast: its line names its identity.
+    lab.pod("b")
+        .peer_seen_by(SocketAddr::from((lab.pod("a").ip(), recorder.port())))
         .unwrap();
-    assert!(
-        !line.contains("src.identity"),
-        "plaintext must carry no identity: {line}"
+    let b_ip = lab.pod("b").ip();
+    let mtls = wait_for_line(
+        n1,
+        0,
+        &["direction=\"inbound\"", &format!("src.addr={b_ip}:")],
+    )
+    .unwrap();
+    assert_field_only_in(
+        &mtls,
+        "src.identity",
+        "spiffe://cluster.local/ns/default/sa/sa-b",
+        &line,
     );
 }
 
@@ -249,6 +267,7 @@ fn captured_clients_reach_non_mesh_destinations_in_plain_tcp() {
     let lab = standard_lab("passthrough");
     let mesh = MeshFile::from_lab(&lab);
     let u_echo = lab.pod("u").spawn_echo_server(8080).unwrap();
+    let c_echo = lab.pod("c").spawn_echo_server(8080).unwrap();
     // An address the mesh does not know at all: a server in node n2's own namespace.
     let node_echo = lab.node("n2").netns().spawn_echo_server(7070).unwrap();
     let cluster = Cluster::start(lab, mesh);
@@ -269,14 +288,16 @@ fn captured_clients_reach_non_mesh_destinations_in_plain_tcp() {
         )
         .unwrap();
     assert_eq!(t.bytes, 1 << 20);
-    let line = cluster
-        .ztun("n1")
-        .wait_for_log("dst.workload=\"u\"", WAIT)
-        .unwrap();
-    assert!(
-        !line.contains("dst.hbone_addr"),
-        "a TCP workload must not be tunnelled: {line}"
-    );
+    let n1 = cluster.ztun("n1");
+    let line = n1.wait_for_log("dst.workload=\"u\"", WAIT).unwrap();
+    // Dialled directly: an HBONE route would log the destination's 15008 here.
+    let to_u = SocketAddr::from((lab.pod("u").ip(), u_echo.port()));
+    assert!(line.contains(&format!("dst.addr={to_u} ")), "{line}");
+    // A mesh workload, for contrast: its line names the tunnel's target.
+    let to_c = SocketAddr::from((lab.pod("c").ip(), c_echo.port()));
+    lab.pod("a").bulk_echo(to_c, 1024).unwrap();
+    let hbone = n1.wait_for_log("dst.workload=\"c\"", WAIT).unwrap();
+    assert_field_only_in(&hbone, "dst.hbone_addr", &to_c.to_string(), &line);
 }
 
 #[test]

@@ -18,7 +18,9 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use ztun::testkit::lab::{Lab, NetnsTask};
 use ztun::testkit::mesh::MeshFile;
 
-use crate::support::{standard_lab, wait_for_line, Cluster, XdsCluster, WAIT};
+use crate::support::{
+    assert_field_only_in, standard_lab, wait_for_line, Cluster, XdsCluster, WAIT,
+};
 
 /// Where the pod believes its resolver is (kube-dns); the capture rules redirect it to 15053.
 pub(crate) const CLUSTER_DNS: SocketAddr =
@@ -222,6 +224,7 @@ fn hostname_only_endpoints_are_resolved_when_traffic_goes_to_them() {
     let a = lab.pod("a");
 
     // Plain TCP to the resolved address (u, not in HBONE); twice, one A query.
+    let mut plain = Vec::new();
     for _ in 0..2 {
         let cursor = n1.log_cursor();
         let t = a
@@ -237,8 +240,12 @@ fn hostname_only_endpoints_are_resolved_when_traffic_goes_to_them() {
             ],
         )
         .unwrap();
-        assert!(!line.contains("dst.hbone_addr"), "plain TCP: {line}");
-        assert!(line.contains("ext-tcp.default.svc.cluster.local"), "{line}");
+        // u's address itself was dialled (HBONE would log its node's 15008).
+        assert!(
+            line.contains("dst.service=\"ext-tcp.default.svc.cluster.local\""),
+            "{line}"
+        );
+        plain.push(line);
     }
     assert_eq!(
         hits.count("backend-tcp.test.", RecordType::A),
@@ -272,6 +279,10 @@ fn hostname_only_endpoints_are_resolved_when_traffic_goes_to_them() {
         out.contains("dst.identity=spiffe://cluster.local/ns/default/sa/sa-c"),
         "{out}"
     );
+    // The plain TCP connections named no tunnel target, which this one does.
+    for line in &plain {
+        assert_field_only_in(&out, "dst.hbone_addr", &format!("{c_ip}:{TARGET}"), line);
+    }
     wait_for_line(
         cluster.ztun("n2"),
         cursors.1,

@@ -15,7 +15,9 @@ use ztun::testkit::mesh::MeshFile;
 use crate::dataplane::send_marker;
 use crate::dns::{addresses, resolve, Via, CLUSTER_DNS};
 use crate::ops::http;
-use crate::support::{require_root, two_node_lab_in, wait_for_line, Cluster, WAIT};
+use crate::support::{
+    assert_field_only_in, require_root, two_node_lab_in, wait_for_line, Cluster, WAIT,
+};
 
 const ECHO: u16 = 8080;
 const RECORDER: u16 = 9090;
@@ -254,12 +256,24 @@ fn plaintext_inbound_and_passthrough_over_ipv6() {
     )
     .expect("n1 logged the plaintext inbound connection");
     assert!(
-        !line.contains("src.identity"),
-        "plaintext has no identity: {line}"
-    );
-    assert!(
         line.contains(&format!("src.addr={}:", host(u.ip6().into()))),
         "{line}"
+    );
+    // c's connection to the same app, for contrast: over HBONE, its line names c's identity.
+    let cursor = n1.log_cursor();
+    let c = lab.pod("c");
+    c.peer_seen_by(to_a).unwrap();
+    let mtls = wait_for_line(
+        n1,
+        cursor,
+        &["direction=\"inbound\"", &format!("dst.addr={to_a} ")],
+    )
+    .expect("n1 logged c's inbound connection");
+    assert_field_only_in(
+        &mtls,
+        "src.identity",
+        "spiffe://cluster.local/ns/default/sa/sa-c",
+        &line,
     );
 
     let cursor = n1.log_cursor();
@@ -274,10 +288,14 @@ fn plaintext_inbound_and_passthrough_over_ipv6() {
         &["direction=\"outbound\"", &format!("dst.addr={to_node} ")],
     )
     .expect("n1 logged the passthrough connection");
-    assert!(
-        !line.contains("dst.hbone_addr"),
-        "passthrough is not tunnelled: {line}"
-    );
+    // The address itself was dialled (the wait above); a's HBONE connection to t, for
+    // contrast, names its tunnel target, which passthrough has not.
+    let cursor = n1.log_cursor();
+    let to_t = SocketAddr::from((lab.pod("t").ip6(), RECORDER));
+    a.peer_seen_by(to_t).unwrap();
+    let hbone = wait_for_line(n1, cursor, &["direction=\"outbound\""])
+        .expect("n1 logged a's HBONE connection to t");
+    assert_field_only_in(&hbone, "dst.hbone_addr", &to_t.to_string(), &line);
     assert_eq!(
         node_echo.peers().iter().map(|p| p.ip()).collect::<Vec<_>>(),
         vec![IpAddr::V6(a.ip6())],

@@ -376,3 +376,18 @@ pub fn spawn_control_plane(lab: &Lab, nth: usize, bin: &Path, args: &[&str]) -> 
         .expect("control plane started");
     p
 }
+
+/// Asserts that the access line `line` lacks the field `field` while `witness`, a line of
+/// the same ztun for a connection that has it, carries it as `field=value`. The absence alone
+/// would also hold if the field were renamed; the witness fails then.
+pub fn assert_field_only_in(witness: &str, field: &str, value: &str, line: &str) {
+    let present = format!("{field}={value}");
+    assert!(
+        witness.contains(&present),
+        "expected {present} in the witness line: {witness}"
+    );
+    assert!(
+        !line.contains(&format!("{field}=")),
+        "unexpected {field} in: {line}"
+    );
+}

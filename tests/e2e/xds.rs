@@ -13,7 +13,9 @@ use serde_json::{json, Value};
 use ztun::testkit::lab::{bulk_echo, Lab};
 use ztun::testkit::mesh::MeshFile;
 
-use crate::support::{standard_lab, wait_for_line, write_atomically, XdsCluster, WAIT};
+use crate::support::{
+    assert_field_only_in, standard_lab, wait_for_line, write_atomically, XdsCluster, WAIT,
+};
 
 /// The VIP of the service whose endpoint is `c` (for clients on n1).
 const VIP_C: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
@@ -108,10 +110,17 @@ fn mesh_file_edits_reach_both_nodes_without_restart() {
         "default/to-c.default.svc.cluster.local",
     );
     figures.push(("add services", took));
+    let cursors = cluster.cursors();
     assert!(
         reaches(lab, "a", SocketAddr::from((VIP_C, 80))),
         "a (n1) -> VIP of c"
     );
+    let via_service = wait_for_line(
+        cluster.ztun("n1"),
+        cursors[0],
+        &["direction=\"outbound\"", &format!("dst.hbone_addr={to_c}")],
+    )
+    .unwrap();
     assert!(
         reaches(lab, "c", SocketAddr::from((VIP_A, 80))),
         "c (n2) -> VIP of a"
@@ -149,9 +158,12 @@ fn mesh_file_edits_reach_both_nodes_without_restart() {
         &["direction=\"outbound\"", &format!("dst.addr={VIP_C}:80")],
     )
     .unwrap();
-    assert!(
-        !line.contains("dst.service="),
-        "no service any more: {line}"
+    // The VIP itself was dialled (a service route would log c's 15008), as no service.
+    assert_field_only_in(
+        &via_service,
+        "dst.service",
+        "\"to-c.default.svc.cluster.local\"",
+        &line,
     );
 
     // Workload removed: a -> c is no longer tunnelled (n1 treats c's IP as unknown).
@@ -165,11 +177,15 @@ fn mesh_file_edits_reach_both_nodes_without_restart() {
         &["direction=\"outbound\"", &format!("dst.addr={to_c}")],
     )
     .unwrap();
-    assert!(
-        !line.contains("dst.hbone_addr"),
-        "not HBONE after removal: {line}"
+    // c's address itself was dialled (HBONE would log c's 15008), with neither a tunnel
+    // target nor a peer identity, which the HBONE line of the start carried.
+    assert_field_only_in(&out, "dst.hbone_addr", &to_c.to_string(), &line);
+    assert_field_only_in(
+        &out,
+        "dst.identity",
+        "spiffe://cluster.local/ns/default/sa/sa-c",
+        &line,
     );
-    assert!(!line.contains("dst.identity"), "{line}");
 
     for (what, took) in figures {
         eprintln!("xDS propagation, {what}: file written -> both nodes applied in {took:?}");
@@ -235,8 +251,26 @@ fn traffic_survives_a_control_plane_outage_and_a_restart_resyncs() {
     }
     assert!(reaches(&cluster.lab, "a", SocketAddr::from((VIP_C, 80))));
     assert!(reaches(&cluster.lab, "c", SocketAddr::from((VIP_A, 80))));
-    // Both nodes resumed with what they had: nothing was NACKed.
-    for (node, p) in &cluster.ztuns {
+    // Both nodes resumed with what they had: every response applied after the restart
+    // rejected nothing, and the rejection counter stayed at zero.
+    for ((node, p), cursor) in cluster.ztuns.iter().zip(&cursors) {
+        let applied: Vec<String> = p
+            .logs()
+            .into_iter()
+            .skip(*cursor)
+            .filter(|l| l.contains("xDS response applied"))
+            .collect();
+        assert!(!applied.is_empty(), "ztun on {node} applied nothing");
+        for line in &applied {
+            assert!(line.contains(" rejected=0 "), "ztun on {node}: {line}");
+        }
+        let metrics = crate::ops::scrape(cluster.lab.node(node).netns());
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l == "ztun_xds_rejected_resources_total 0"),
+            "ztun on {node} rejected resources:\n{metrics}"
+        );
         assert!(
             !p.logs().iter().any(|l| l.contains("NACK")),
             "ztun on {node} rejected something"
