@@ -77,6 +77,19 @@ pub struct ChannelConfig {
 /// A lazily connected channel: nothing is dialled until the first request, and a broken
 /// connection is re-established (re-reading the roots) on the next one.
 pub fn channel(config: &ChannelConfig) -> Result<Channel, ChannelError> {
+    channel_pinging(config, PING_INTERVAL)
+}
+
+/// HTTP/2 PINGs every 30 s, 10 s to answer: a control plane that vanished without closing
+/// the connection (node lost, network cut) is noticed, and the client reconnects.
+const PING_INTERVAL: Duration = Duration::from_secs(30);
+const PING_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// [`channel`] sending HTTP/2 PINGs every `ping_interval`.
+fn channel_pinging(
+    config: &ChannelConfig,
+    ping_interval: Duration,
+) -> Result<Channel, ChannelError> {
     let bad = |reason: &str| ChannelError::Address {
         address: config.address.clone(),
         reason: reason.into(),
@@ -113,14 +126,12 @@ pub fn channel(config: &ChannelConfig) -> Result<Channel, ChannelError> {
     let dial: Uri = format!("http://{authority}")
         .parse()
         .map_err(|_| bad("invalid authority"))?;
-    // HTTP/2 PINGs every 30 s, 10 s to answer: a control plane that vanished without closing
-    // the connection (node lost, network cut) is noticed, and the client reconnects.
     let endpoint = Endpoint::from(dial)
         .origin(origin)
         .connect_timeout(config.connect_timeout)
         .timeout(config.request_timeout)
-        .http2_keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_timeout(Duration::from_secs(10))
+        .http2_keep_alive_interval(ping_interval)
+        .keep_alive_timeout(PING_TIMEOUT)
         .keep_alive_while_idle(true);
     let connector = Connector {
         host: host.into(),
@@ -396,5 +407,124 @@ impl ServerCertVerifier for AltNameVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.inner.supported_verify_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    const WAIT: Duration = Duration::from_secs(30);
+
+    /// An HTTP/2 frame: 9-byte head, then `payload`.
+    fn frame(kind: u8, flags: u8, payload: &[u8]) -> Vec<u8> {
+        let len = (payload.len() as u32).to_be_bytes();
+        let mut out = vec![len[1], len[2], len[3], kind, flags, 0, 0, 0, 0];
+        out.extend_from_slice(payload);
+        out
+    }
+
+    /// A bare HTTP/2 server for one connection: answers SETTINGS and PINGs, counts the PINGs,
+    /// and never answers a request, so the client's stream stays open and idle.
+    async fn ping_counter(listener: TcpListener, pings: Arc<AtomicUsize>) -> std::io::Result<()> {
+        let (mut s, _) = listener.accept().await?;
+        let mut preface = [0u8; 24];
+        s.read_exact(&mut preface).await?;
+        s.write_all(&frame(4, 0, &[])).await?;
+        loop {
+            let mut head = [0u8; 9];
+            s.read_exact(&mut head).await?;
+            let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+            let mut payload = vec![0u8; len];
+            s.read_exact(&mut payload).await?;
+            match (head[3], head[4] & 1) {
+                (4, 0) => s.write_all(&frame(4, 1, &[])).await?,
+                (6, 0) => {
+                    pings.fetch_add(1, Ordering::SeqCst);
+                    s.write_all(&frame(6, 1, &payload)).await?;
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn plaintext(port: u16) -> ChannelConfig {
+        ChannelConfig {
+            address: format!("http://127.0.0.1:{port}"),
+            roots: RootCert::System,
+            alt_hostname: None,
+            connect_timeout: WAIT,
+            request_timeout: Duration::from_secs(600),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_idle_stream_is_kept_alive_with_http2_pings() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let pings = Arc::new(AtomicUsize::new(0));
+        let server = tokio::spawn(ping_counter(listener, pings.clone()));
+        let channel = channel_pinging(&plaintext(port), Duration::from_millis(100)).unwrap();
+        // One request the server never answers: the connection carries an open, silent stream.
+        let call = tokio::spawn(async move {
+            let mut grpc = tonic::client::Grpc::new(channel);
+            grpc.ready()
+                .await
+                .map_err(|e| tonic::Status::unknown(e.to_string()))?;
+            let path = http::uri::PathAndQuery::from_static("/test.Silent/Wait");
+            grpc.unary::<(), (), _>(
+                tonic::Request::new(()),
+                path,
+                tonic_prost::ProstCodec::default(),
+            )
+            .await
+        });
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while pings.load(Ordering::SeqCst) < 3 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} PINGs on the idle connection",
+                pings.load(Ordering::SeqCst)
+            );
+            assert!(!call.is_finished(), "the request ended: {:?}", call.await);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        call.abort();
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn control_plane_sockets_have_tcp_keepalive_300s_75s_9() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mut connector = Connector {
+            host: "127.0.0.1".into(),
+            port,
+            tls: None,
+            timeout: WAIT,
+        };
+        let uri: Uri = format!("http://127.0.0.1:{port}").parse().unwrap();
+        let io = tonic::codegen::Service::call(&mut connector, uri)
+            .await
+            .unwrap();
+        let Io::Plain(tcp) = io.inner() else {
+            panic!("a TLS connection to an http:// address");
+        };
+        let socket = socket2::SockRef::from(tcp);
+        assert!(socket.keepalive().unwrap(), "SO_KEEPALIVE off");
+        assert_eq!(
+            socket.tcp_keepalive_time().unwrap(),
+            Duration::from_secs(300)
+        );
+        assert_eq!(
+            socket.tcp_keepalive_interval().unwrap(),
+            Duration::from_secs(75)
+        );
+        assert_eq!(socket.tcp_keepalive_retries().unwrap(), 9);
     }
 }
