@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context as _};
 use http::{Request, Response, StatusCode};
+use parking_lot::Mutex;
 use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::LazyConfigAcceptor;
 
 use super::lab::{Netns, NetnsTask};
 use crate::control::ca::LocalCa;
@@ -24,6 +25,18 @@ use crate::tls::peer_identity;
 /// the client's address: `Ok(address)` relays the stream there in plain TCP (503 if it cannot
 /// be dialled), `Err(status)` refuses it with that status.
 pub type RouteResult = Result<SocketAddr, StatusCode>;
+
+/// What a client's TLS ClientHello offered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    /// The SNI server name, if any.
+    pub server_name: Option<String>,
+    /// The ALPN protocols offered, in order (empty without the extension).
+    pub alpn: Vec<Vec<u8>>,
+}
+
+/// The ClientHellos a server received, in order.
+pub type Hellos = Arc<Mutex<Vec<Hello>>>;
 
 /// A minimal HBONE server for tests.
 pub struct HboneServer;
@@ -47,11 +60,38 @@ impl HboneServer {
             + Sync
             + 'static,
     {
+        HboneServer::spawn_recording(
+            name,
+            netns,
+            port,
+            ca_dir,
+            identity,
+            Hellos::default(),
+            route,
+        )
+    }
+
+    /// [`HboneServer::spawn`], recording every ClientHello in `hellos`.
+    pub fn spawn_recording<F>(
+        name: &'static str,
+        netns: &Netns,
+        port: u16,
+        ca_dir: &Path,
+        identity: &Identity,
+        hellos: Hellos,
+        route: F,
+    ) -> anyhow::Result<(SocketAddr, NetnsTask<()>)>
+    where
+        F: Fn(&Request<h2::RecvStream>, &Identity, SocketAddr) -> RouteResult
+            + Send
+            + Sync
+            + 'static,
+    {
         let ca = LocalCa::load(ca_dir, Duration::from_secs(3600)).context("loading the test CA")?;
         let cert = ca
             .mint(identity)
             .with_context(|| format!("minting the {name} certificate"))?;
-        let acceptor = TlsAcceptor::from(cert.server_config());
+        let config = cert.server_config();
         let route = Arc::new(route);
         let (bound_tx, bound_rx) = std::sync::mpsc::channel();
         let task = netns.spawn_async(async move {
@@ -68,9 +108,9 @@ impl HboneServer {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 };
-                let (acceptor, route) = (acceptor.clone(), route.clone());
+                let (config, route, hellos) = (config.clone(), route.clone(), hellos.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = serve(name, acceptor, tcp, client, route).await {
+                    if let Err(e) = serve(name, config, hellos, tcp, client, route).await {
                         eprintln!("[{name}] connection from {client}: {e:#}");
                     }
                 });
@@ -84,10 +124,12 @@ impl HboneServer {
     }
 }
 
-/// One client connection: TLS, the client's identity, then every CONNECT stream on it.
+/// One client connection: its ClientHello recorded, TLS, the client's identity, then every
+/// CONNECT stream on it.
 async fn serve<F>(
     name: &'static str,
-    acceptor: TlsAcceptor,
+    config: Arc<rustls::ServerConfig>,
+    hellos: Hellos,
     tcp: TcpStream,
     client: SocketAddr,
     route: Arc<F>,
@@ -95,7 +137,18 @@ async fn serve<F>(
 where
     F: Fn(&Request<h2::RecvStream>, &Identity, SocketAddr) -> RouteResult,
 {
-    let tls = acceptor.accept(tcp).await.context("TLS")?;
+    let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp)
+        .await
+        .context("ClientHello")?;
+    let hello = start.client_hello();
+    hellos.lock().push(Hello {
+        server_name: hello.server_name().map(str::to_string),
+        alpn: hello
+            .alpn()
+            .map(|protocols| protocols.map(<[u8]>::to_vec).collect())
+            .unwrap_or_default(),
+    });
+    let tls = start.into_stream(config).await.context("TLS")?;
     let client_identity =
         peer_identity(tls.get_ref().1.peer_certificates()).context("client identity")?;
     let mut conn = h2::server::handshake(tls).await.context("h2 handshake")?;

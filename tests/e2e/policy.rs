@@ -406,3 +406,61 @@ fn http_only_deny_rules_deny_when_enforced() {
         )
         .unwrap();
 }
+
+/// `AUTHZ_POLICY_INFO_LOGGING=true`, set on n2's ztun only: each connection's authorization
+/// decision is logged at info there (ztun's one line, `authorization decision` with the
+/// verdict, reason, policy and rule), and not on n1, where only the access log shows the
+/// connection (the decision stays at debug, below the `authz` target's info level).
+#[test]
+fn authz_policy_info_logging_logs_decisions_at_info_only_where_set() {
+    let lab = policy_lab("policy_info_log");
+    let mesh = MeshFile::from_lab(&lab).policy(policy(
+        "allow-team-a",
+        "Allow",
+        json!({"namespaces": [{"Exact": "team-a"}]}),
+    ));
+    let c_server = lab.pod("c").spawn_echo_server(8080).unwrap();
+    let a_server = lab.pod("a").spawn_echo_server(8080).unwrap();
+    let cluster = Cluster::start_each(lab, mesh, |node| {
+        if node == "n2" {
+            vec![("AUTHZ_POLICY_INFO_LOGGING", "true")]
+        } else {
+            vec![]
+        }
+    });
+    let lab = &cluster.lab;
+    let (a_ip, c_ip) = (lab.pod("a").ip(), lab.pod("c").ip());
+    // a → c: decided by n2's ztun, with the setting.
+    assert!(reaches(lab, "a", SocketAddr::from((c_ip, c_server.port()))));
+    let n2 = cluster.ztun("n2");
+    let line = n2
+        .wait_for_log("authorization decision", WAIT)
+        .expect("n2 logs the decision");
+    for field in [
+        "\tinfo\tauthz\tauthorization decision ",
+        &format!("src.addr={a_ip}"),
+        "src.identity=spiffe://cluster.local/ns/team-a/sa/sa-a",
+        &format!("dst.addr={c_ip}"),
+        &format!("dst.port={}", c_server.port()),
+        "verdict=Allow",
+        "policy=\"default/allow-team-a\"",
+    ] {
+        assert!(line.contains(field), "{field} missing: {line}");
+    }
+    n2.wait_for_log(&format!("dst.addr={c_ip}:{}", c_server.port()), WAIT)
+        .expect("n2 access-logs the connection");
+    // c → a: decided by n1's ztun, without the setting: the access log shows the connection,
+    // and no decision line precedes it.
+    assert!(reaches(lab, "c", SocketAddr::from((a_ip, a_server.port()))));
+    let n1 = cluster.ztun("n1");
+    let access = n1
+        .wait_for_log(&format!("dst.addr={a_ip}:{}", a_server.port()), WAIT)
+        .expect("n1 access-logs the connection");
+    assert!(access.contains("direction=\"inbound\""), "{access}");
+    let decisions: Vec<String> = n1
+        .logs()
+        .into_iter()
+        .filter(|l| l.contains("authorization decision"))
+        .collect();
+    assert!(decisions.is_empty(), "{decisions:#?}");
+}

@@ -106,6 +106,15 @@ impl Cluster {
 
     /// Like [`Cluster::start`] with extra environment for every ztun.
     pub fn start_with(lab: Lab, mesh: MeshFile, env: &[(&str, &str)]) -> Cluster {
+        Cluster::start_each(lab, mesh, |_| env.to_vec())
+    }
+
+    /// Like [`Cluster::start`] with extra environment per node: `env(node)`.
+    pub fn start_each<'a>(
+        lab: Lab,
+        mesh: MeshFile,
+        env: impl Fn(&str) -> Vec<(&'a str, &'a str)>,
+    ) -> Cluster {
         let ca_dir = lab.dir().join("ca");
         ztun::testkit::certs::write_ca_dir(&ca_dir).expect("writing CA");
         let mesh_path = lab.dir().join("mesh.yaml");
@@ -123,7 +132,7 @@ impl Cluster {
             .map(|n| n.name().to_string())
             .collect();
         for node in nodes {
-            let p = cluster.spawn(&node, env);
+            let p = cluster.spawn(&node, &env(&node));
             cluster.ztuns.push((node, p));
         }
         for (node, _) in &cluster.ztuns {

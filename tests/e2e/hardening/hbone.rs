@@ -473,3 +473,72 @@ fn forwarded_and_baggage_from_a_peer_never_change_the_source() {
         );
     }
 }
+
+/// The 200 answering a CONNECT carries `baggage` describing the destination workload, in
+/// ztunnel's order (cluster, namespace, workload by type, service name and version, region,
+/// zone; `ENABLE_RESPONSE_BAGGAGE`, on by default); a refusal carries none. Read from the raw
+/// HEADERS frames, HPACK-decoded by the test.
+#[test]
+fn the_200_carries_baggage_describing_the_destination() {
+    let t = Target::start_mesh("hard_baggage", &[], |m| {
+        m.edit_workload("c", |w| {
+            for (k, v) in [
+                ("workloadName", serde_json::json!("echo-c")),
+                ("workloadType", serde_json::json!("StatefulSet")),
+                ("canonicalName", serde_json::json!("echo")),
+                ("canonicalRevision", serde_json::json!("v1")),
+                (
+                    "locality",
+                    serde_json::json!({"region": "r1", "zone": "z1"}),
+                ),
+            ] {
+                w.insert(k.into(), v);
+            }
+        })
+    });
+    let config = client::client_config(&t.cluster, "sa-u");
+    // Nothing listens on c:1: ztun cannot dial it and refuses the stream.
+    let (hbone, echo, closed) = (t.hbone(), t.authority(t.echo.port()), t.authority(1));
+    let heads = t
+        .cluster
+        .lab
+        .pod("u")
+        .block_on(async move {
+            let (mut w, mut r) = client::raw(hbone, config).await?;
+            w.frame(kind::HEADERS, END_HEADERS, 1, &client::connect_block(&echo))
+                .await?;
+            w.frame(
+                kind::HEADERS,
+                END_HEADERS,
+                3,
+                &client::connect_block(&closed),
+            )
+            .await?;
+            let mut heads = std::collections::BTreeMap::new();
+            while heads.len() < 2 {
+                let f = r.next().await?.context("closed before both answers")?;
+                if f.kind == kind::HEADERS {
+                    heads.insert(f.stream, f);
+                }
+            }
+            anyhow::Ok(heads)
+        })
+        .expect("both streams answered");
+    let baggage = |stream: u32| -> Vec<String> {
+        heads[&stream]
+            .headers
+            .iter()
+            .filter(|(n, _)| n == "baggage")
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+            .collect()
+    };
+    assert_eq!(heads[&1].status(), Some(200), "{:?}", heads[&1]);
+    assert_eq!(
+        baggage(1),
+        ["k8s.cluster.name=Kubernetes,k8s.namespace.name=default,\
+          k8s.statefulset.name=echo-c,service.name=echo,service.version=v1,\
+          cloud.region=r1,cloud.availability_zone=z1"]
+    );
+    assert_ne!(heads[&3].status(), Some(200), "{:?}", heads[&3]);
+    assert_eq!(baggage(3), Vec::<String>::new(), "{:?}", heads[&3]);
+}

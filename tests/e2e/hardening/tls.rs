@@ -1,6 +1,7 @@
 //! What HBONE's TLS accepts on 15008, from a client in pod `u` holding a valid mesh
 //! certificate: TLS 1.3 with AES-GCM only, no session resumption, and with
-//! `COMPLIANCE_POLICY=pqc` the X25519MLKEM768 key exchange only.
+//! `COMPLIANCE_POLICY=pqc` the X25519MLKEM768 key exchange only; ALPN `h2` only, and ztun's
+//! own HBONE client offers `h2` without SNI.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -11,8 +12,11 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::ServerName;
 use rustls::{CipherSuite, NamedGroup, ProtocolVersion};
 
+use ztun::identity::Identity;
+use ztun::testkit::hbone_server::{HboneServer, Hello, Hellos};
+
 use super::client::{self, client_with};
-use super::Target;
+use super::{Target, HBONE};
 
 /// What a handshake negotiated, or why it failed.
 #[derive(Debug)]
@@ -21,6 +25,7 @@ struct Negotiated {
     suite: Option<CipherSuite>,
     group: Option<NamedGroup>,
     resumed: bool,
+    alpn: Option<Vec<u8>>,
 }
 
 /// Handshakes with c's HBONE listener, then reads until the server's HTTP/2 SETTINGS: a TLS
@@ -36,6 +41,7 @@ fn handshake(t: &Target, config: Arc<rustls::ClientConfig>) -> anyhow::Result<Ne
             suite: conn.negotiated_cipher_suite().map(|s| s.suite()),
             group: conn.negotiated_key_exchange_group().map(|g| g.name()),
             resumed: conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
+            alpn: conn.alpn_protocol().map(<[u8]>::to_vec),
         };
         client::raw_over(s).await?;
         Ok(n)
@@ -206,4 +212,62 @@ fn pqc_compliance_accepts_only_the_mlkem_hybrid() {
     lab.pod("a")
         .bulk_echo(dst, 64 * 1024)
         .expect("a → c under pqc");
+}
+
+/// ALPN is `h2` both ways, and ztun's client sends no SNI (as ztunnel: server and client
+/// configured with `h2` only, SNI disabled). On 15008, a client offering only `http/1.1` is
+/// refused with a `no_application_protocol` alert and one offering `h2` gets it. Pod `u` is
+/// made an HBONE workload served by a test HBONE server that records the ClientHellos: the
+/// ones n1's ztun sends for a → u offer exactly `h2` and no server name.
+#[test]
+fn hbone_alpn_is_h2_only_and_ztuns_client_sends_no_sni() {
+    let t = Target::start_mesh("hard_alpn", &[], |m| {
+        m.edit_workload("u", |w| {
+            w.insert("protocol".into(), serde_json::json!("HBONE"));
+        })
+    });
+    let mut http11 = (*client::client_config(&t.cluster, "sa-u")).clone();
+    http11.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let err = handshake(&t, Arc::new(http11)).expect_err("http/1.1 accepted");
+    assert!(
+        format!("{err:#}").contains("NoApplicationProtocol"),
+        "{err:#}"
+    );
+    let n = handshake(&t, client::client_config(&t.cluster, "sa-u")).expect("h2");
+    assert_eq!(n.alpn.as_deref(), Some(&b"h2"[..]), "{n:?}");
+
+    let lab = &t.cluster.lab;
+    let u_echo = lab.pod("u").spawn_echo_server(8080).expect("echo in u");
+    let u_id: Identity = "spiffe://cluster.local/ns/default/sa/sa-u"
+        .parse()
+        .expect("identity");
+    let hellos = Hellos::default();
+    let (_, _server) = HboneServer::spawn_recording(
+        "hello-recorder",
+        lab.pod("u").netns(),
+        HBONE,
+        &t.cluster.ca_dir,
+        &u_id,
+        hellos.clone(),
+        |req, _, _| {
+            req.uri()
+                .authority()
+                .and_then(|a| a.as_str().parse().ok())
+                .ok_or(http::StatusCode::BAD_REQUEST)
+        },
+    )
+    .expect("HBONE server in u");
+    let dst = std::net::SocketAddr::from((lab.pod("u").ip(), u_echo.port()));
+    lab.pod("a").bulk_echo(dst, 1024).expect("a → u over HBONE");
+    let hellos = hellos.lock().clone();
+    assert!(!hellos.is_empty(), "ztun never dialled u's HBONE port");
+    for h in hellos {
+        assert_eq!(
+            h,
+            Hello {
+                server_name: None,
+                alpn: vec![b"h2".to_vec()],
+            }
+        );
+    }
 }
