@@ -356,7 +356,11 @@ fn connection(
         }
     }
     log.dst.describe(server);
-    log.service = Some("server.shop.svc.cluster.local".into());
+    log.service = Some(ztun::ops::access::ServiceRef {
+        hostname: "server.shop.svc.cluster.local".into(),
+        namespace: "shop".into(),
+        name: "server".into(),
+    });
     if tunnel {
         log.hbone_target = log.dst.addr.map(ztun::ops::access::HboneTarget::Addr);
         log.dst.identity = server.identity();
@@ -552,26 +556,44 @@ mod running {
 
     use super::*;
 
-    /// Series a running, idle ztun exports (xDS client configured, CRLs checked).
+    /// Series a running, idle ztun exports (xDS client configured but its server absent,
+    /// CRLs checked).
     const IDLE_SERIES: &[(&str, &[&str])] = &[
         ("istio_build", &["component", "tag"]),
-        // ztunnel "XDS Connections" and "XDS Pushes" (by url).
+        // ztunnel "XDS Connections": once the first connection attempt failed.
         ("istio_xds_connection_terminations_total", &["reason"]),
-        ("istio_xds_message_total", &["url"]),
         // ztun's own xDS counters, exported next to Istio's.
         ("ztun_xds_rejected_resources_total", &[]),
         ("ztun_xds_unknown_enum_values_total", &[]),
         ("workload_manager_active_proxy_count", &[]),
         ("workload_manager_pending_proxy_count", &[]),
-        ("istio_tcp_sockets_open", &["reporter"]),
         ("process_open_fds", &[]),
         ("process_max_fds", &[]),
         ("tokio_num_workers", &[]),
         ("tokio_global_queue_depth", &[]),
         ("tokio_num_alive_tasks", &[]),
         ("tokio_worker_park_count_total", &["worker"]),
-        // The CRL integration test sums these by reporter.
-        ("istio_crl_policy_rejections_total", &["reporter"]),
+    ];
+
+    /// Families ztunnel does not write at all until they have a series (prometheus-client
+    /// skips an empty family, HELP and TYPE included): no message arrived, no socket was
+    /// accepted, no connection, no DNS query, no revoked peer.
+    const ABSENT_WHEN_IDLE: &[&str] = &[
+        "istio_xds_message",
+        "istio_xds_message_bytes",
+        "istio_tcp_sockets_open",
+        "istio_tcp_connections_opened",
+        "istio_tcp_connections_closed",
+        "istio_tcp_connections_failed",
+        "istio_tcp_received_bytes",
+        "istio_tcp_sent_bytes",
+        "istio_on_demand_dns",
+        "istio_dns_requests",
+        "istio_dns_upstream_requests",
+        "istio_dns_upstream_failures",
+        "istio_dns_upstream_request_duration_seconds",
+        "istio_crl_policy_rejections",
+        "istio_crl_untracked_connections",
     ];
 
     /// Fails loudly (never skips) when not root: the lab needs network namespaces.
@@ -637,14 +659,34 @@ mod running {
             .expect("spawning ztun");
         ztun.wait_for_log("operational endpoints up", Duration::from_secs(60))
             .expect("ztun serves :15020");
-        let text = get(
-            lab.node("n1").netns(),
-            SocketAddr::from(([127, 0, 0, 1], 15020)),
-            "/metrics",
-        )
-        .expect("scraping :15020/metrics");
+        // The first failed connection to the absent xDS server is counted; wait for it.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let text = loop {
+            let text = get(
+                lab.node("n1").netns(),
+                SocketAddr::from(([127, 0, 0, 1], 15020)),
+                "/metrics",
+            )
+            .expect("scraping :15020/metrics");
+            if text.contains("istio_xds_connection_terminations_total{")
+                || std::time::Instant::now() > deadline
+            {
+                break text;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
         let exp = Exposition::parse(&text);
         let mut problems = exp.missing(IDLE_SERIES);
+        for family in ABSENT_WHEN_IDLE {
+            let declared = exp.families.contains_key(*family);
+            let sampled = exp
+                .samples
+                .iter()
+                .any(|s| exp.family_of(&s.name) == Some(*family));
+            if declared || sampled {
+                problems.push(format!("{family} written before its first series"));
+            }
+        }
         problems.extend(stats_exist_problems(&exp));
         if !exp.has(
             "istio_build",

@@ -406,7 +406,7 @@ pub struct ProxyConfig {
     /// telemetry. Default true.
     pub enable_response_baggage: bool,
     /// `ISTIO_META_DNS_CAPTURE`, else `DNS_CAPTURE` in ProxyConfig `proxyMetadata`: run the
-    /// DNS proxy. On when unset, empty or `true` (any case), off for any other value.
+    /// DNS proxy. On when unset or `true` (any case), off for any other value, empty included.
     pub dns_capture: bool,
     /// `LOCALHOST_APP_TUNNEL`: deliver PROXY-protocol application tunnels over loopback
     /// (`127.0.0.1:<port>`) rather than to the pod IP. Default true.

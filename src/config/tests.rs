@@ -789,13 +789,17 @@ fn on_demand_xds_needs_the_dns_proxy_off() {
 }
 
 #[test]
-fn dns_capture_is_on_unless_set_to_something_else() {
+fn dns_capture_is_on_when_unset_or_true_and_off_otherwise() {
+    // ztunnel: `proxy_metadata.get("DNS_CAPTURE").is_none_or(|v| lowercase(v) == "true")`.
+    assert!(config(&[]).proxy.dns_capture);
     for (value, want) in [
         ("true", true),
         ("TRUE", true),
-        ("", true),
+        ("True", true),
+        ("", false),
         ("false", false),
         ("yes", false),
+        ("1", false),
     ] {
         assert_eq!(
             config(&[("ISTIO_META_DNS_CAPTURE", value)])
@@ -1170,6 +1174,9 @@ defaultConfig:
 #[test]
 fn dns_settings_come_from_proxy_metadata_too() {
     let off = config(&[("PROXY_CONFIG", "proxyMetadata: {DNS_CAPTURE: 'false'}")]);
+    assert!(!off.proxy.dns_capture);
+    // Empty is not `true`: off, as in ztunnel.
+    let off = config(&[("PROXY_CONFIG", "proxyMetadata: {DNS_CAPTURE: ''}")]);
     assert!(!off.proxy.dns_capture);
     let off = from(&mesh_env(
         "defaultConfig:\n  proxyMetadata:\n    ISTIO_META_DNS_CAPTURE: false\n",

@@ -153,11 +153,10 @@ impl EncodeLabelSet for MaybeLocality {
     }
 }
 
-/// One connection's traffic series, fetched when it opens. Bytes are named as Istio does,
+/// One connection's byte series, fetched when it opens. Bytes are named as Istio does,
 /// from the reporting proxy's downstream view: "received" is what the client sent.
 #[derive(Debug, Clone)]
 pub struct Series {
-    closed: Counter,
     received: Counter,
     sent: Counter,
 }
@@ -166,7 +165,6 @@ impl Series {
     /// Counters that belong to no family.
     pub fn detached() -> Self {
         Series {
-            closed: Counter::default(),
             received: Counter::default(),
             sent: Counter::default(),
         }
@@ -266,7 +264,31 @@ struct BuildLabels {
     tag: String,
 }
 
+/// The families exported only in some setups, as ztunnel registers them: `workload_manager_*`
+/// in shared mode only, the `istio_dns_*` families only when the DNS proxy runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exports {
+    /// `workload_manager_*` (shared mode).
+    pub workload_manager: bool,
+    /// `istio_dns_*` (`DNS_CAPTURE` not off).
+    pub dns: bool,
+}
+
+impl Default for Exports {
+    /// ztunnel's defaults: shared mode, DNS proxy on.
+    fn default() -> Self {
+        Exports {
+            workload_manager: true,
+            dns: true,
+        }
+    }
+}
+
 /// All of ztun's metrics.
+///
+/// Like ztunnel's (prometheus-client families), a family shows its `# HELP`/`# TYPE` lines
+/// from the start but a series only once something was counted in it: nothing is written
+/// at 0 ahead of use.
 pub struct Metrics {
     registry: Registry,
     /// Connections opened.
@@ -280,8 +302,9 @@ pub struct Metrics {
     /// Bytes sent to the downstream side.
     pub sent_bytes: Family<TrafficLabels, Counter>,
     /// Accepted downstream sockets open now: outbound (15001) as `source`, inbound (15008
-    /// TLS connections, 15006) as `destination`.
-    sockets_open: [Gauge; 2],
+    /// TLS connections, 15006) as `destination`. Each series is created by its first socket.
+    sockets_open_family: Family<ReporterLabels, Gauge>,
+    sockets_open: [std::sync::OnceLock<Gauge>; 2],
     /// Pod proxies running.
     pub active_proxies: Gauge,
     /// Pod proxies failed to start and awaiting retry.
@@ -307,16 +330,20 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// A registry with every metric registered; `istio_version` tags `istio_build`.
-    pub fn new(istio_version: &str) -> Self {
+    /// A registry with every metric registered (the optional ones as `exports` says);
+    /// `istio_version` tags `istio_build`.
+    pub fn new(istio_version: &str, exports: Exports) -> Self {
         let mut registry = Registry::default();
+        // Families not exported are registered here, never encoded: their handles still
+        // work for the code that counts into them.
+        let mut unexported = Registry::default();
         let connections_opened = Family::default();
         let connections_closed = Family::default();
         let connections_failed = Family::default();
         let received_bytes = Family::default();
         let sent_bytes = Family::default();
         let on_demand_dns: Family<OnDemandDnsLabels, Counter> = Family::default();
-        let mut sockets_open: [Gauge; 2] = Default::default();
+        let sockets_open_family: Family<ReporterLabels, Gauge> = Family::default();
         {
             let istio = registry.sub_registry_with_prefix("istio");
             istio.register(
@@ -344,16 +371,10 @@ impl Metrics {
                 "Bytes sent to the downstream peer",
                 sent_bytes.clone(),
             );
-            let sockets_open_family: Family<ReporterLabels, Gauge> = Family::default();
-            for reporter in [Reporter::Source, Reporter::Destination] {
-                sockets_open[reporter as usize] = sockets_open_family
-                    .get_or_create(&ReporterLabels { reporter })
-                    .clone();
-            }
             istio.register(
                 "tcp_sockets_open",
                 "Accepted downstream sockets currently open (unstable)",
-                sockets_open_family,
+                sockets_open_family.clone(),
             );
             istio.register(
                 "on_demand_dns",
@@ -374,7 +395,12 @@ impl Metrics {
         let proxies_started = Counter::default();
         let proxies_stopped = Counter::default();
         {
-            let wm = registry.sub_registry_with_prefix("workload_manager");
+            let wm = if exports.workload_manager {
+                &mut registry
+            } else {
+                &mut unexported
+            }
+            .sub_registry_with_prefix("workload_manager");
             wm.register(
                 "active_proxy_count",
                 "Pod proxies running (unstable)",
@@ -420,7 +446,11 @@ impl Metrics {
             "Connections denied by authorization policy",
             policy_denials.clone(),
         );
-        let dns = super::dns_metrics::DnsMetrics::register(&mut registry);
+        let dns = super::dns_metrics::DnsMetrics::register(if exports.dns {
+            &mut registry
+        } else {
+            &mut unexported
+        });
         Metrics {
             registry,
             connections_opened,
@@ -428,7 +458,8 @@ impl Metrics {
             connections_failed,
             received_bytes,
             sent_bytes,
-            sockets_open,
+            sockets_open_family,
+            sockets_open: Default::default(),
             active_proxies,
             pending_proxies,
             proxies_started,
@@ -452,16 +483,22 @@ impl Metrics {
 
     /// Counts an accepted downstream socket open until the returned guard drops.
     pub fn socket_opened(&self, reporter: Reporter) -> SocketOpen {
-        self.sockets_open[reporter as usize].inc();
-        SocketOpen(self.sockets_open[reporter as usize].clone())
+        let gauge = self.sockets_open[reporter as usize].get_or_init(|| {
+            self.sockets_open_family
+                .get_or_create(&ReporterLabels { reporter })
+                .clone()
+        });
+        gauge.inc();
+        SocketOpen(gauge.clone())
     }
 
-    /// Counts a connection opened under `labels` (response flag `-`) and fetches the series
-    /// it counts into while it runs, so that counting costs an atomic add, not a lookup.
+    /// Counts a connection opened under `labels` (response flag `-`) and fetches the byte
+    /// series it counts into while it runs, so that counting costs an atomic add, not a
+    /// lookup. As in ztunnel, the byte series exist (at 0) from here, the closed one only
+    /// once the connection closes.
     pub fn open(&self, labels: &TrafficLabels) -> Series {
         self.connections_opened.get_or_create(labels).inc();
         let series = Series {
-            closed: self.connections_closed.get_or_create(labels).clone(),
             received: self.received_bytes.get_or_create(labels).clone(),
             sent: self.sent_bytes.get_or_create(labels).clone(),
         };
@@ -469,15 +506,13 @@ impl Metrics {
         series
     }
 
-    /// Counts the connection of `series` closed. A failed one is counted under `failed`, its
-    /// labels with the failure's response flag, in the closed and the failed series.
-    pub fn close(&self, series: &Series, failed: Option<&TrafficLabels>) {
-        let Some(labels) = failed else {
-            series.closed.inc();
-            return;
-        };
+    /// Counts a connection closed under `labels` (a failed one's carry the failure's
+    /// response flag), and, when `failed`, in the failed series too.
+    pub fn close(&self, labels: &TrafficLabels, failed: bool) {
         self.connections_closed.get_or_create(labels).inc();
-        self.connections_failed.get_or_create(labels).inc();
+        if failed {
+            self.connections_failed.get_or_create(labels).inc();
+        }
         self.remember(labels);
     }
 
@@ -642,5 +677,151 @@ impl ProcessStats {
                 "tokio_worker_park_unpark_count_total{{worker=\"{w}\"}} {n}"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scrape(m: &Metrics) -> String {
+        m.encode(&ProcessStats::default(), "")
+    }
+
+    /// Whether `text` declares `family` (`# HELP` and `# TYPE`).
+    fn declares(text: &str, family: &str) -> bool {
+        text.contains(&format!("# HELP {family} ")) && text.contains(&format!("# TYPE {family} "))
+    }
+
+    /// Sample lines of `family` (its name, then `{`, `_` or a space).
+    fn samples<'a>(text: &'a str, family: &'a str) -> Vec<&'a str> {
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter(|l| {
+                l.strip_prefix(family)
+                    .is_some_and(|r| r.starts_with(['{', ' ']) || r.starts_with("_total"))
+            })
+            .collect()
+    }
+
+    /// A fresh start, as ztunnel's /metrics shows it: prometheus-client writes nothing at
+    /// all (not even HELP/TYPE) for a label family with no series, and plain gauges and
+    /// counters (the workload manager's) at 0.
+    #[test]
+    fn a_fresh_start_writes_no_family_before_its_first_series() {
+        let m = Metrics::new("1.0", Exports::default());
+        let text = scrape(&m);
+        for family in [
+            "istio_tcp_connections_opened",
+            "istio_tcp_connections_closed",
+            "istio_tcp_connections_failed",
+            "istio_tcp_received_bytes",
+            "istio_tcp_sent_bytes",
+            "istio_tcp_sockets_open",
+            "istio_on_demand_dns",
+            "istio_dns_requests",
+            "istio_dns_upstream_requests",
+            "istio_dns_upstream_failures",
+            "istio_dns_upstream_request_duration_seconds",
+        ] {
+            assert!(!text.contains(family), "{family} written:\n{text}");
+        }
+        for plain in [
+            "workload_manager_active_proxy_count",
+            "workload_manager_pending_proxy_count",
+            "workload_manager_proxies_started",
+            "workload_manager_proxies_stopped",
+        ] {
+            assert!(declares(&text, plain), "{plain}:\n{text}");
+            assert_eq!(samples(&text, plain).len(), 1, "{plain}:\n{text}");
+        }
+    }
+
+    /// A socket series appears with the first socket of its side and then stays.
+    #[test]
+    fn a_socket_series_appears_with_its_first_socket() {
+        let m = Metrics::new("1.0", Exports::default());
+        drop(m.socket_opened(Reporter::Destination));
+        let text = scrape(&m);
+        assert_eq!(
+            samples(&text, "istio_tcp_sockets_open"),
+            ["istio_tcp_sockets_open{reporter=\"destination\"} 0"]
+        );
+    }
+
+    /// A connection's closed series appears when it closes, not when it opens; its byte
+    /// series from the open (ztunnel fetches those for the relay).
+    #[test]
+    fn the_closed_series_appears_at_close() {
+        let m = Metrics::new("1.0", Exports::default());
+        let labels = TrafficLabels {
+            reporter: Reporter::Source,
+            source_workload: unknown(),
+            source_canonical_service: unknown(),
+            source_canonical_revision: unknown(),
+            source_workload_namespace: unknown(),
+            source_principal: unknown(),
+            source_app: unknown(),
+            source_version: unknown(),
+            source_cluster: unknown(),
+            destination_service: unknown(),
+            destination_service_namespace: unknown(),
+            destination_service_name: unknown(),
+            destination_workload: unknown(),
+            destination_canonical_service: unknown(),
+            destination_canonical_revision: unknown(),
+            destination_workload_namespace: unknown(),
+            destination_principal: unknown(),
+            destination_app: unknown(),
+            destination_version: unknown(),
+            destination_cluster: unknown(),
+            request_protocol: "tcp",
+            response_flags: "-",
+            connection_security_policy: "unknown",
+            locality: MaybeLocality(None),
+        };
+        let _series = m.open(&labels);
+        let text = scrape(&m);
+        assert_eq!(samples(&text, "istio_tcp_connections_opened").len(), 1);
+        assert_eq!(samples(&text, "istio_tcp_sent_bytes").len(), 1);
+        assert_eq!(samples(&text, "istio_tcp_connections_closed").len(), 0);
+        m.close(&labels, false);
+        let text = scrape(&m);
+        assert_eq!(samples(&text, "istio_tcp_connections_closed").len(), 1);
+        assert_eq!(samples(&text, "istio_tcp_connections_failed").len(), 0);
+    }
+
+    /// ztunnel registers `workload_manager_*` in shared mode only and the DNS families only
+    /// with its DNS proxy on.
+    #[test]
+    fn optional_families_follow_the_mode_and_the_dns_proxy() {
+        let dns_labels = super::super::dns_metrics::DnsLabels {
+            request_query_type: "a",
+            request_protocol: "udp",
+            source_canonical_service: unknown(),
+            source_canonical_revision: unknown(),
+        };
+        let dedicated = Metrics::new(
+            "1.0",
+            Exports {
+                workload_manager: false,
+                dns: true,
+            },
+        );
+        dedicated.dns.requests.get_or_create(&dns_labels).inc();
+        let dedicated = scrape(&dedicated);
+        assert!(!dedicated.contains("workload_manager"), "{dedicated}");
+        assert!(declares(&dedicated, "istio_dns_requests"), "{dedicated}");
+        let no_dns = Metrics::new(
+            "1.0",
+            Exports {
+                workload_manager: true,
+                dns: false,
+            },
+        );
+        no_dns.dns.requests.get_or_create(&dns_labels).inc();
+        let no_dns = scrape(&no_dns);
+        assert!(!no_dns.contains("istio_dns_"), "{no_dns}");
+        assert!(no_dns.contains("workload_manager_active_proxy_count 0"));
     }
 }
