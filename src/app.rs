@@ -502,7 +502,7 @@ async fn serve_ops(
     process: &drain::Trigger,
     tasks: &mut Tasks,
 ) -> anyhow::Result<()> {
-    use crate::ops::http::{serve, text};
+    use crate::ops::http::serve;
     let bind = |addr: std::net::SocketAddr| async move {
         tokio::net::TcpListener::bind(addr)
             .await
@@ -532,19 +532,21 @@ async fn serve_ops(
     let metrics: crate::ops::http::Handler = Arc::new(move |req| {
         let data = data.clone();
         Box::pin(async move {
+            use crate::ops::exposition::{content_type, respond, PLAIN_TEXT};
+            // Content type and compression negotiated as ztunnel's stats server does.
             match req.path.as_str() {
                 "/metrics" | "/stats/prometheus" => {
                     let stats = crate::ops::metrics::ProcessStats::read(Some(&data));
-                    let mut r = text(http::StatusCode::OK, crate::ops::telemetry().encode(&stats));
-                    r.headers_mut().insert(
-                        http::header::CONTENT_TYPE,
-                        http::HeaderValue::from_static(
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        ),
-                    );
-                    r
+                    let body = crate::ops::telemetry().encode(&stats);
+                    let kind = content_type(&req.headers);
+                    respond(&req.headers, http::StatusCode::OK, kind, body.into())
                 }
-                _ => text(http::StatusCode::NOT_FOUND, "not found\n"),
+                _ => respond(
+                    &req.headers,
+                    http::StatusCode::NOT_FOUND,
+                    PLAIN_TEXT,
+                    "not found\n".into(),
+                ),
             }
         })
     });

@@ -605,30 +605,42 @@ mod running {
         assert!(root, "this test needs root (a network namespace lab)");
     }
 
-    /// `GET path` on `addr` from inside `ns`; the body.
-    fn get(ns: &ztun::testkit::lab::Netns, addr: SocketAddr, path: &str) -> anyhow::Result<String> {
+    /// `GET path` on `addr` from inside `ns` with `headers`; the status line and headers
+    /// (lowercased) and the raw body. Refuses a chunked body.
+    fn get_raw(
+        ns: &ztun::testkit::lab::Netns,
+        addr: SocketAddr,
+        path: &str,
+        headers: &str,
+    ) -> anyhow::Result<(String, Vec<u8>)> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-        let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        let req =
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Connection: close\r\n\r\n");
         ns.block_on(async move {
             let wait = Duration::from_secs(30);
             let mut s = ztun::testkit::lab::connect(addr, wait).await?;
             s.write_all(req.as_bytes()).await?;
             let mut raw = Vec::new();
             tokio::time::timeout(wait, s.read_to_end(&mut raw)).await??;
-            let text = String::from_utf8(raw)?;
-            let (head, body) = text
-                .split_once("\r\n\r\n")
-                .ok_or_else(|| anyhow::anyhow!("no HTTP head in {text:?}"))?;
-            anyhow::ensure!(head.starts_with("HTTP/1.1 200"), "{head}");
+            let split = raw
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .ok_or_else(|| anyhow::anyhow!("no HTTP head in {raw:?}"))?;
+            let head = String::from_utf8(raw[..split].to_vec())?.to_ascii_lowercase();
+            anyhow::ensure!(head.starts_with("http/1.1 200"), "{head}");
             anyhow::ensure!(
-                !head
-                    .to_ascii_lowercase()
-                    .contains("transfer-encoding: chunked"),
+                !head.contains("transfer-encoding: chunked"),
                 "chunked body: {head}"
             );
-            Ok(body.to_string())
+            Ok((head, raw[split + 4..].to_vec()))
         })
+    }
+
+    /// `GET path` on `addr` from inside `ns`; the body.
+    fn get(ns: &ztun::testkit::lab::Netns, addr: SocketAddr, path: &str) -> anyhow::Result<String> {
+        let (_, body) = get_raw(ns, addr, path, "")?;
+        Ok(String::from_utf8(body)?)
     }
 
     #[test]
@@ -695,5 +707,34 @@ mod running {
             problems.push("istio_build is not tagged with ISTIO_META_ISTIO_VERSION".into());
         }
         assert!(problems.is_empty(), "{problems:#?}\n{text}");
+
+        // What Prometheus sends: OpenMetrics asked for (plain text otherwise), gzip accepted.
+        let stats = SocketAddr::from(([127, 0, 0, 1], 15020));
+        let (head, _) =
+            get_raw(lab.node("n1").netns(), stats, "/metrics", "").expect("plain scrape");
+        assert!(
+            head.contains("content-type: text/plain; charset=utf-8"),
+            "{head}"
+        );
+        assert!(!head.contains("content-encoding"), "{head}");
+        let prometheus = "Accept: application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.5,text/plain;version=0.0.4;q=0.2,*/*;q=0.1\r\nAccept-Encoding: gzip\r\n";
+        let (head, gz) = get_raw(
+            lab.node("n1").netns(),
+            stats,
+            "/stats/prometheus",
+            prometheus,
+        )
+        .expect("gzip scrape");
+        assert!(
+            head.contains("content-type: application/openmetrics-text;charset=utf-8;version=1.0.0"),
+            "{head}"
+        );
+        assert!(head.contains("content-encoding: gzip"), "{head}");
+        assert!(head.contains("vary: accept-encoding"), "{head}");
+        let mut plain = String::new();
+        std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&gz[..]), &mut plain)
+            .expect("a gzip body");
+        assert!(plain.ends_with("# EOF\n"), "{plain}");
+        assert!(Exposition::parse(&plain).has("istio_build", &[("tag", "1.99.0")]));
     }
 }

@@ -7,6 +7,7 @@
 pub mod access;
 pub mod admin;
 pub mod dns_metrics;
+pub mod exposition;
 pub mod http;
 pub mod logging;
 pub mod metrics;
