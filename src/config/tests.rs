@@ -958,15 +958,14 @@ fn from(env: &MapEnv) -> Result<Config, ConfigError> {
 }
 
 #[test]
-fn orig_src_off_delivers_from_the_pod_address() {
-    let client: IpAddr = "10.1.2.3".parse().unwrap();
+fn enable_orig_src_is_read_as_a_tristate() {
     for (vars, want) in [
-        (&[][..], Some(client)),
-        (&[("ENABLE_ORIG_SRC", "true")][..], Some(client)),
-        (&[("ENABLE_ORIG_SRC", "false")][..], None),
-        (&[("ENABLE_ORIG_SRC", "0")][..], None),
+        (&[][..], None),
+        (&[("ENABLE_ORIG_SRC", "true")][..], Some(true)),
+        (&[("ENABLE_ORIG_SRC", "false")][..], Some(false)),
+        (&[("ENABLE_ORIG_SRC", "0")][..], Some(false)),
     ] {
-        assert_eq!(config(vars).proxy.upstream_source(client), want, "{vars:?}");
+        assert_eq!(config(vars).proxy.enable_orig_src, want, "{vars:?}");
     }
 }
 

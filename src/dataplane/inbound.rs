@@ -445,7 +445,7 @@ async fn connect_upstream(
             .connect(SocketAddr::new(lo, target.upstream.port()), None)
             .await;
     }
-    let source = proxy.cfg.proxy.upstream_source(info.peer.ip());
+    let source = proxy.upstream_source(info.peer.ip());
     proxy.sockets.connect(target.upstream, source).await
 }
 
