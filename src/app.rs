@@ -61,7 +61,13 @@ async fn run_control(config: Arc<Config>, data: Handle, log: LogHandle) -> anyho
         .get("ISTIO_VERSION")
         .map(String::as_str)
         .unwrap_or("unknown");
-    let telemetry = crate::ops::init(istio_version);
+    let telemetry = crate::ops::init(
+        istio_version,
+        crate::ops::metrics::Exports {
+            workload_manager: config.proxy_mode == ProxyMode::Shared,
+            dns: config.proxy.dns_capture,
+        },
+    );
     let readiness = Readiness::new().with_fd_liveness(config.proxy.fd_exhaustion_liveness);
     let pods = WorkloadStates::default();
     let (writer, reader) = state::new();
@@ -345,10 +351,20 @@ fn cert_families(s: &crate::control::ca::CertSummary, out: &mut String) {
     }
 }
 
+/// The xDS families. As with ztunnel's (prometheus-client skips a family with no series), a
+/// family is written only once it has a series, and a series only once counted: a
+/// termination reason once it happened, a type's message and byte series once a message of
+/// that type arrived (bytes possibly 0).
 fn xds_families(m: &xds::XdsMetrics, out: &mut String) {
     use std::fmt::Write;
-    let _ = writeln!(out, "# HELP istio_xds_connection_terminations xDS stream terminations (unstable).\n# TYPE istio_xds_connection_terminations counter");
-    for r in xds::TerminationReason::ALL {
+    let ended: Vec<_> = xds::TerminationReason::ALL
+        .into_iter()
+        .filter(|&r| m.terminations_total(r) > 0)
+        .collect();
+    if !ended.is_empty() {
+        let _ = writeln!(out, "# HELP istio_xds_connection_terminations xDS stream terminations (unstable).\n# TYPE istio_xds_connection_terminations counter");
+    }
+    for r in ended {
         let _ = writeln!(
             out,
             "istio_xds_connection_terminations_total{{reason=\"{}\"}} {}",
@@ -356,11 +372,17 @@ fn xds_families(m: &xds::XdsMetrics, out: &mut String) {
             m.terminations_total(r)
         );
     }
-    let _ = writeln!(
-        out,
-        "# HELP istio_xds_message xDS messages received (unstable).\n# TYPE istio_xds_message counter"
-    );
-    for t in xds::ResourceType::ALL {
+    let received: Vec<_> = xds::ResourceType::ALL
+        .into_iter()
+        .filter(|&t| m.message_total(t) > 0)
+        .collect();
+    if !received.is_empty() {
+        let _ = writeln!(
+            out,
+            "# HELP istio_xds_message xDS messages received (unstable).\n# TYPE istio_xds_message counter"
+        );
+    }
+    for &t in &received {
         let _ = writeln!(
             out,
             "istio_xds_message_total{{url=\"{}\"}} {}",
@@ -368,8 +390,10 @@ fn xds_families(m: &xds::XdsMetrics, out: &mut String) {
             m.message_total(t)
         );
     }
-    let _ = writeln!(out, "# HELP istio_xds_message_bytes xDS message bytes received (unstable).\n# TYPE istio_xds_message_bytes counter");
-    for t in xds::ResourceType::ALL {
+    if !received.is_empty() {
+        let _ = writeln!(out, "# HELP istio_xds_message_bytes xDS resource payload bytes received (unstable).\n# TYPE istio_xds_message_bytes counter\n# UNIT istio_xds_message_bytes bytes");
+    }
+    for &t in &received {
         let _ = writeln!(
             out,
             "istio_xds_message_bytes_total{{url=\"{}\"}} {}",
@@ -478,7 +502,7 @@ async fn serve_ops(
     process: &drain::Trigger,
     tasks: &mut Tasks,
 ) -> anyhow::Result<()> {
-    use crate::ops::http::{serve, text};
+    use crate::ops::http::serve;
     let bind = |addr: std::net::SocketAddr| async move {
         tokio::net::TcpListener::bind(addr)
             .await
@@ -508,19 +532,21 @@ async fn serve_ops(
     let metrics: crate::ops::http::Handler = Arc::new(move |req| {
         let data = data.clone();
         Box::pin(async move {
+            use crate::ops::exposition::{content_type, respond, PLAIN_TEXT};
+            // Content type and compression negotiated as ztunnel's stats server does.
             match req.path.as_str() {
                 "/metrics" | "/stats/prometheus" => {
                     let stats = crate::ops::metrics::ProcessStats::read(Some(&data));
-                    let mut r = text(http::StatusCode::OK, crate::ops::telemetry().encode(&stats));
-                    r.headers_mut().insert(
-                        http::header::CONTENT_TYPE,
-                        http::HeaderValue::from_static(
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        ),
-                    );
-                    r
+                    let body = crate::ops::telemetry().encode(&stats);
+                    let kind = content_type(&req.headers);
+                    respond(&req.headers, http::StatusCode::OK, kind, body.into())
                 }
-                _ => text(http::StatusCode::NOT_FOUND, "not found\n"),
+                _ => respond(
+                    &req.headers,
+                    http::StatusCode::NOT_FOUND,
+                    PLAIN_TEXT,
+                    "not found\n".into(),
+                ),
             }
         })
     });
@@ -687,7 +713,7 @@ mod tests {
     /// A background task that dies is counted and keeps the process unready from then on.
     #[tokio::test]
     async fn a_dead_task_fails_readiness_and_is_counted() {
-        let telemetry = crate::ops::init("test");
+        let telemetry = crate::ops::init("test", Default::default());
         let readiness = Readiness::new();
         let mut tasks = Tasks::new();
         tasks.spawn("doomed", async { panic!("lost the stream") });
@@ -699,5 +725,21 @@ mod tests {
             scrape.contains("ztun_task_exits_total{task=\"doomed\",exit=\"panicked\"} 1"),
             "{scrape}"
         );
+    }
+
+    /// ztunnel's xDS and CRL families (prometheus-client families) on a fresh start: not
+    /// written at all; a family appears with its first series. The bytes family carries
+    /// its UNIT.
+    #[test]
+    fn xds_and_crl_families_appear_with_their_first_series() {
+        let mut out = String::new();
+        let m = xds::XdsMetrics::default();
+        xds_families(&m, &mut out);
+        let crl = tempfile::NamedTempFile::new().expect("temp file");
+        let revocation = Revocation::load(crl.path()).expect("empty CRL file");
+        revocation.encode_metrics(&mut out);
+        Revocation::disabled().encode_metrics(&mut out);
+        assert!(!out.contains("istio_"), "{out}");
+        assert!(out.contains("ztun_xds_rejected_resources_total 0"), "{out}");
     }
 }

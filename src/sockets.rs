@@ -18,6 +18,18 @@ use crate::sys::Netns;
 /// Listen backlog for pod listeners.
 const BACKLOG: i32 = 128;
 
+/// Whether a listener asks for `IP_TRANSPARENT` (which needs `CAP_NET_ADMIN` or
+/// `CAP_NET_RAW`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transparency {
+    /// Not asked for.
+    Off,
+    /// Asked for; a refusal leaves the listener plain.
+    BestEffort,
+    /// Asked for; a refusal fails the listener.
+    Required,
+}
+
 /// Creates sockets for one proxy instance.
 #[derive(Clone)]
 pub struct Sockets {
@@ -76,11 +88,26 @@ impl Sockets {
         addr: SocketAddr,
         transparent: bool,
     ) -> io::Result<std::net::TcpListener> {
-        self.in_ns(|| match self.bind_listener(addr, transparent) {
+        let transparency = if transparent {
+            Transparency::BestEffort
+        } else {
+            Transparency::Off
+        };
+        self.capture_listener(addr, transparency).map(|(l, _)| l)
+    }
+
+    /// Like [`Sockets::std_listener`], with `transparency`; also says whether the listener
+    /// is transparent.
+    pub fn capture_listener(
+        &self,
+        addr: SocketAddr,
+        transparency: Transparency,
+    ) -> io::Result<(std::net::TcpListener, bool)> {
+        self.in_ns(|| match self.bind_listener(addr, transparency) {
             Err(e) if addr.is_ipv6() && addr.ip().is_unspecified() && is_no_ipv6(&e) => self
                 .bind_listener(
                     SocketAddr::new(IpAddr::from([0, 0, 0, 0]), addr.port()),
-                    transparent,
+                    transparency,
                 ),
             other => other,
         })
@@ -89,8 +116,8 @@ impl Sockets {
     fn bind_listener(
         &self,
         addr: SocketAddr,
-        transparent: bool,
-    ) -> io::Result<std::net::TcpListener> {
+        transparency: Transparency,
+    ) -> io::Result<(std::net::TcpListener, bool)> {
         let s = Socket::new(
             Domain::for_address(addr),
             Type::STREAM.nonblocking(),
@@ -110,16 +137,17 @@ impl Sockets {
         if addr.is_ipv6() {
             s.set_only_v6(false)?;
         }
-        if transparent {
-            // Best effort: without CAP_NET_ADMIN only REDIRECT captures work.
-            let _ = s.set_ip_transparent_v4(true);
-            if addr.is_ipv6() {
-                let _ = s.set_ip_transparent_v6(true);
+        let transparent = match transparency {
+            Transparency::Off => false,
+            Transparency::BestEffort => set_transparent(&s, addr).is_ok(),
+            Transparency::Required => {
+                set_transparent(&s, addr)?;
+                true
             }
-        }
+        };
         s.bind(&addr.into())?;
         s.listen(BACKLOG)?;
-        Ok(s.into())
+        Ok((s.into(), transparent))
     }
 
     /// A UDP socket bound to `addr` (port 0 for an ephemeral one), marked, with SO_REUSEPORT
@@ -222,9 +250,50 @@ pub fn is_no_ipv6(e: &io::Error) -> bool {
     )
 }
 
+/// Sets `IP_TRANSPARENT` (and `IPV6_TRANSPARENT` on an IPv6 socket).
+fn set_transparent(s: &Socket, addr: SocketAddr) -> io::Result<()> {
+    s.set_ip_transparent_v4(true)?;
+    if addr.is_ipv6() {
+        s.set_ip_transparent_v6(true)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Without CAP_NET_ADMIN and CAP_NET_RAW (dropped for one thread) a best-effort listener
+    /// comes up plain and says so, a required one fails; with them, both are transparent.
+    #[test]
+    fn transparency_without_the_capability() {
+        let keepalive = Keepalive {
+            enabled: false,
+            time: Duration::from_secs(60),
+            interval: Duration::from_secs(10),
+            retries: 1,
+            user_timeout_enabled: false,
+        };
+        let sockets = Sockets::new(None, None, false, keepalive, Duration::from_secs(5));
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let transparent = |t| sockets.capture_listener(any, t).map(|(_, on)| on);
+        assert!(transparent(Transparency::BestEffort).unwrap());
+        assert!(transparent(Transparency::Required).unwrap());
+        assert!(!transparent(Transparency::Off).unwrap());
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    use crate::sys::caps::{drop_effective, CAP_NET_ADMIN, CAP_NET_RAW};
+                    drop_effective(&[CAP_NET_ADMIN, CAP_NET_RAW]).unwrap();
+                    assert!(!transparent(Transparency::BestEffort).unwrap());
+                    let err = transparent(Transparency::Required).unwrap_err();
+                    assert_eq!(err.raw_os_error(), Some(libc::EPERM), "{err}");
+                    assert!(!transparent(Transparency::Off).unwrap());
+                })
+                .join()
+                .unwrap();
+        });
+    }
 
     /// The listener's options reach every accepted socket: ztun sets them once per listener.
     #[test]

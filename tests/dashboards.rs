@@ -356,7 +356,11 @@ fn connection(
         }
     }
     log.dst.describe(server);
-    log.service = Some("server.shop.svc.cluster.local".into());
+    log.service = Some(ztun::ops::access::ServiceRef {
+        hostname: "server.shop.svc.cluster.local".into(),
+        namespace: "shop".into(),
+        name: "server".into(),
+    });
     if tunnel {
         log.hbone_target = log.dst.addr.map(ztun::ops::access::HboneTarget::Addr);
         log.dst.identity = server.identity();
@@ -552,26 +556,44 @@ mod running {
 
     use super::*;
 
-    /// Series a running, idle ztun exports (xDS client configured, CRLs checked).
+    /// Series a running, idle ztun exports (xDS client configured but its server absent,
+    /// CRLs checked).
     const IDLE_SERIES: &[(&str, &[&str])] = &[
         ("istio_build", &["component", "tag"]),
-        // ztunnel "XDS Connections" and "XDS Pushes" (by url).
+        // ztunnel "XDS Connections": once the first connection attempt failed.
         ("istio_xds_connection_terminations_total", &["reason"]),
-        ("istio_xds_message_total", &["url"]),
         // ztun's own xDS counters, exported next to Istio's.
         ("ztun_xds_rejected_resources_total", &[]),
         ("ztun_xds_unknown_enum_values_total", &[]),
         ("workload_manager_active_proxy_count", &[]),
         ("workload_manager_pending_proxy_count", &[]),
-        ("istio_tcp_sockets_open", &["reporter"]),
         ("process_open_fds", &[]),
         ("process_max_fds", &[]),
         ("tokio_num_workers", &[]),
         ("tokio_global_queue_depth", &[]),
         ("tokio_num_alive_tasks", &[]),
         ("tokio_worker_park_count_total", &["worker"]),
-        // The CRL integration test sums these by reporter.
-        ("istio_crl_policy_rejections_total", &["reporter"]),
+    ];
+
+    /// Families ztunnel does not write at all until they have a series (prometheus-client
+    /// skips an empty family, HELP and TYPE included): no message arrived, no socket was
+    /// accepted, no connection, no DNS query, no revoked peer.
+    const ABSENT_WHEN_IDLE: &[&str] = &[
+        "istio_xds_message",
+        "istio_xds_message_bytes",
+        "istio_tcp_sockets_open",
+        "istio_tcp_connections_opened",
+        "istio_tcp_connections_closed",
+        "istio_tcp_connections_failed",
+        "istio_tcp_received_bytes",
+        "istio_tcp_sent_bytes",
+        "istio_on_demand_dns",
+        "istio_dns_requests",
+        "istio_dns_upstream_requests",
+        "istio_dns_upstream_failures",
+        "istio_dns_upstream_request_duration_seconds",
+        "istio_crl_policy_rejections",
+        "istio_crl_untracked_connections",
     ];
 
     /// Fails loudly (never skips) when not root: the lab needs network namespaces.
@@ -583,30 +605,42 @@ mod running {
         assert!(root, "this test needs root (a network namespace lab)");
     }
 
-    /// `GET path` on `addr` from inside `ns`; the body.
-    fn get(ns: &ztun::testkit::lab::Netns, addr: SocketAddr, path: &str) -> anyhow::Result<String> {
+    /// `GET path` on `addr` from inside `ns` with `headers`; the status line and headers
+    /// (lowercased) and the raw body. Refuses a chunked body.
+    fn get_raw(
+        ns: &ztun::testkit::lab::Netns,
+        addr: SocketAddr,
+        path: &str,
+        headers: &str,
+    ) -> anyhow::Result<(String, Vec<u8>)> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-        let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        let req =
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Connection: close\r\n\r\n");
         ns.block_on(async move {
             let wait = Duration::from_secs(30);
             let mut s = ztun::testkit::lab::connect(addr, wait).await?;
             s.write_all(req.as_bytes()).await?;
             let mut raw = Vec::new();
             tokio::time::timeout(wait, s.read_to_end(&mut raw)).await??;
-            let text = String::from_utf8(raw)?;
-            let (head, body) = text
-                .split_once("\r\n\r\n")
-                .ok_or_else(|| anyhow::anyhow!("no HTTP head in {text:?}"))?;
-            anyhow::ensure!(head.starts_with("HTTP/1.1 200"), "{head}");
+            let split = raw
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .ok_or_else(|| anyhow::anyhow!("no HTTP head in {raw:?}"))?;
+            let head = String::from_utf8(raw[..split].to_vec())?.to_ascii_lowercase();
+            anyhow::ensure!(head.starts_with("http/1.1 200"), "{head}");
             anyhow::ensure!(
-                !head
-                    .to_ascii_lowercase()
-                    .contains("transfer-encoding: chunked"),
+                !head.contains("transfer-encoding: chunked"),
                 "chunked body: {head}"
             );
-            Ok(body.to_string())
+            Ok((head, raw[split + 4..].to_vec()))
         })
+    }
+
+    /// `GET path` on `addr` from inside `ns`; the body.
+    fn get(ns: &ztun::testkit::lab::Netns, addr: SocketAddr, path: &str) -> anyhow::Result<String> {
+        let (_, body) = get_raw(ns, addr, path, "")?;
+        Ok(String::from_utf8(body)?)
     }
 
     #[test]
@@ -637,14 +671,34 @@ mod running {
             .expect("spawning ztun");
         ztun.wait_for_log("operational endpoints up", Duration::from_secs(60))
             .expect("ztun serves :15020");
-        let text = get(
-            lab.node("n1").netns(),
-            SocketAddr::from(([127, 0, 0, 1], 15020)),
-            "/metrics",
-        )
-        .expect("scraping :15020/metrics");
+        // The first failed connection to the absent xDS server is counted; wait for it.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let text = loop {
+            let text = get(
+                lab.node("n1").netns(),
+                SocketAddr::from(([127, 0, 0, 1], 15020)),
+                "/metrics",
+            )
+            .expect("scraping :15020/metrics");
+            if text.contains("istio_xds_connection_terminations_total{")
+                || std::time::Instant::now() > deadline
+            {
+                break text;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
         let exp = Exposition::parse(&text);
         let mut problems = exp.missing(IDLE_SERIES);
+        for family in ABSENT_WHEN_IDLE {
+            let declared = exp.families.contains_key(*family);
+            let sampled = exp
+                .samples
+                .iter()
+                .any(|s| exp.family_of(&s.name) == Some(*family));
+            if declared || sampled {
+                problems.push(format!("{family} written before its first series"));
+            }
+        }
         problems.extend(stats_exist_problems(&exp));
         if !exp.has(
             "istio_build",
@@ -653,5 +707,34 @@ mod running {
             problems.push("istio_build is not tagged with ISTIO_META_ISTIO_VERSION".into());
         }
         assert!(problems.is_empty(), "{problems:#?}\n{text}");
+
+        // What Prometheus sends: OpenMetrics asked for (plain text otherwise), gzip accepted.
+        let stats = SocketAddr::from(([127, 0, 0, 1], 15020));
+        let (head, _) =
+            get_raw(lab.node("n1").netns(), stats, "/metrics", "").expect("plain scrape");
+        assert!(
+            head.contains("content-type: text/plain; charset=utf-8"),
+            "{head}"
+        );
+        assert!(!head.contains("content-encoding"), "{head}");
+        let prometheus = "Accept: application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.5,text/plain;version=0.0.4;q=0.2,*/*;q=0.1\r\nAccept-Encoding: gzip\r\n";
+        let (head, gz) = get_raw(
+            lab.node("n1").netns(),
+            stats,
+            "/stats/prometheus",
+            prometheus,
+        )
+        .expect("gzip scrape");
+        assert!(
+            head.contains("content-type: application/openmetrics-text;charset=utf-8;version=1.0.0"),
+            "{head}"
+        );
+        assert!(head.contains("content-encoding: gzip"), "{head}");
+        assert!(head.contains("vary: accept-encoding"), "{head}");
+        let mut plain = String::new();
+        std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&gz[..]), &mut plain)
+            .expect("a gzip body");
+        assert!(plain.ends_with("# EOF\n"), "{plain}");
+        assert!(Exposition::parse(&plain).has("istio_build", &[("tag", "1.99.0")]));
     }
 }

@@ -744,9 +744,9 @@ fn proxy_config(
         },
         enable_response_baggage: env.bool(ENABLE_RESPONSE_BAGGAGE, true)?,
         // The merged metadata: `ISTIO_META_DNS_CAPTURE`, else proxyMetadata `DNS_CAPTURE`.
+        // As ztunnel: unset is on, set is on only for `true` in any case (empty is off).
         dns_capture: metadata
             .get(DNS_CAPTURE_KEY)
-            .filter(|v| !v.is_empty())
             .is_none_or(|v| v.eq_ignore_ascii_case("true")),
         localhost_app_tunnel: env.bool(LOCALHOST_APP_TUNNEL, true)?,
     })

@@ -351,10 +351,10 @@ pub struct ProxyConfig {
     /// `IPV6_ENABLED`: bind dual-stack `[::]` listeners and answer AAAA; false binds IPv4 only.
     /// Default true.
     pub ipv6_enabled: bool,
-    /// `ENABLE_ORIG_SRC`: force (`Some(true)`) or forbid (`Some(false)`) source-IP spoofing
-    /// toward applications; `None` (default) uses it when the kernel allows. With
-    /// `Some(false)`, inbound connections reach the app from the pod's own address (see
-    /// [`ProxyConfig::upstream_source`]).
+    /// `ENABLE_ORIG_SRC`: force (`Some(true)`: a pod whose listeners cannot be transparent
+    /// does not start) or forbid (`Some(false)`) source-IP spoofing toward applications;
+    /// `None` (default) uses it when the kernel allows (`CAP_NET_ADMIN` or `CAP_NET_RAW`).
+    /// Without it, inbound connections reach the app from the pod's own address.
     pub enable_orig_src: Option<bool>,
     /// `POOL_MAX_STREAMS_PER_CONNECTION`: CONNECT streams an HBONE pool connection carries before
     /// the pool opens another; default 100, at least 1.
@@ -406,21 +406,11 @@ pub struct ProxyConfig {
     /// telemetry. Default true.
     pub enable_response_baggage: bool,
     /// `ISTIO_META_DNS_CAPTURE`, else `DNS_CAPTURE` in ProxyConfig `proxyMetadata`: run the
-    /// DNS proxy. On when unset, empty or `true` (any case), off for any other value.
+    /// DNS proxy. On when unset or `true` (any case), off for any other value, empty included.
     pub dns_capture: bool,
     /// `LOCALHOST_APP_TUNNEL`: deliver PROXY-protocol application tunnels over loopback
     /// (`127.0.0.1:<port>`) rather than to the pod IP. Default true.
     pub localhost_app_tunnel: bool,
-}
-
-impl ProxyConfig {
-    /// The source address to connect from when delivering a connection from `client` to an
-    /// application in the pod: the client's own (a transparent bind, so the app sees the real
-    /// client) unless `ENABLE_ORIG_SRC=false`, where `None` lets the kernel choose the pod's
-    /// own address.
-    pub fn upstream_source(&self, client: IpAddr) -> Option<IpAddr> {
-        (self.enable_orig_src != Some(false)).then_some(client)
-    }
 }
 
 /// Where a pod's DNS proxy listens.

@@ -789,13 +789,17 @@ fn on_demand_xds_needs_the_dns_proxy_off() {
 }
 
 #[test]
-fn dns_capture_is_on_unless_set_to_something_else() {
+fn dns_capture_is_on_when_unset_or_true_and_off_otherwise() {
+    // ztunnel: `proxy_metadata.get("DNS_CAPTURE").is_none_or(|v| lowercase(v) == "true")`.
+    assert!(config(&[]).proxy.dns_capture);
     for (value, want) in [
         ("true", true),
         ("TRUE", true),
-        ("", true),
+        ("True", true),
+        ("", false),
         ("false", false),
         ("yes", false),
+        ("1", false),
     ] {
         assert_eq!(
             config(&[("ISTIO_META_DNS_CAPTURE", value)])
@@ -954,15 +958,14 @@ fn from(env: &MapEnv) -> Result<Config, ConfigError> {
 }
 
 #[test]
-fn orig_src_off_delivers_from_the_pod_address() {
-    let client: IpAddr = "10.1.2.3".parse().unwrap();
+fn enable_orig_src_is_read_as_a_tristate() {
     for (vars, want) in [
-        (&[][..], Some(client)),
-        (&[("ENABLE_ORIG_SRC", "true")][..], Some(client)),
-        (&[("ENABLE_ORIG_SRC", "false")][..], None),
-        (&[("ENABLE_ORIG_SRC", "0")][..], None),
+        (&[][..], None),
+        (&[("ENABLE_ORIG_SRC", "true")][..], Some(true)),
+        (&[("ENABLE_ORIG_SRC", "false")][..], Some(false)),
+        (&[("ENABLE_ORIG_SRC", "0")][..], Some(false)),
     ] {
-        assert_eq!(config(vars).proxy.upstream_source(client), want, "{vars:?}");
+        assert_eq!(config(vars).proxy.enable_orig_src, want, "{vars:?}");
     }
 }
 
@@ -1170,6 +1173,9 @@ defaultConfig:
 #[test]
 fn dns_settings_come_from_proxy_metadata_too() {
     let off = config(&[("PROXY_CONFIG", "proxyMetadata: {DNS_CAPTURE: 'false'}")]);
+    assert!(!off.proxy.dns_capture);
+    // Empty is not `true`: off, as in ztunnel.
+    let off = config(&[("PROXY_CONFIG", "proxyMetadata: {DNS_CAPTURE: ''}")]);
     assert!(!off.proxy.dns_capture);
     let off = from(&mesh_env(
         "defaultConfig:\n  proxyMetadata:\n    ISTIO_META_DNS_CAPTURE: false\n",

@@ -28,7 +28,7 @@ use super::{proxy_protocol, route, Error, Proxy};
 use crate::authz::Conn;
 use crate::drain::DrainMode;
 use crate::identity::Identity;
-use crate::ops::access::{AccessLog, Direction, HboneTarget};
+use crate::ops::access::{AccessLog, Direction, HboneTarget, ServiceRef};
 use crate::state::model::AppTunnelProtocol;
 use crate::state::Snapshot;
 use crate::tls::crl::{Side, Tracked};
@@ -315,7 +315,7 @@ async fn open(
         Authority::Host { .. } => target.tunnel.map_or(target.upstream, |t| t.target),
     }));
     log.dst.addr = Some(target.upstream);
-    log.service = target.service.as_ref().map(|s| s.hostname.clone());
+    log.service = target.service.as_deref().map(ServiceRef::from);
 
     // Registered before the check, so a concurrent policy change cannot slip between the two.
     let conn = Conn {
@@ -445,7 +445,7 @@ async fn connect_upstream(
             .connect(SocketAddr::new(lo, target.upstream.port()), None)
             .await;
     }
-    let source = proxy.cfg.proxy.upstream_source(info.peer.ip());
+    let source = proxy.upstream_source(info.peer.ip());
     proxy.sockets.connect(target.upstream, source).await
 }
 

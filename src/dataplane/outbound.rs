@@ -19,7 +19,7 @@ use super::hbone::stream::relay_early;
 use super::proxy::Drains;
 use super::route::{self, PendingHost, RefuseReason, Route};
 use super::{Error, Proxy, ResolveError};
-use crate::ops::access::{AccessLog, Direction, HboneTarget, Meter};
+use crate::ops::access::{AccessLog, Direction, HboneTarget, Meter, ServiceRef};
 use crate::ops::metrics::OnDemandDnsLabels;
 use crate::state::canonical_ip;
 use crate::state::model::Workload;
@@ -214,7 +214,7 @@ async fn prepare(
                 if let Some(w) = &workload {
                     log.dst.describe(w);
                 }
-                log.service = service.map(|s| s.hostname.clone());
+                log.service = service.as_deref().map(ServiceRef::from);
                 let upstream = proxy
                     .sockets
                     .connect(target, None)
@@ -234,7 +234,7 @@ async fn prepare(
                 log.dst.addr = Some(gateway);
                 log.hbone_target = Some(HboneTarget::Authority(authority.clone()));
                 log.dst.describe(&workload);
-                log.service = Some(service.hostname.clone());
+                log.service = Some(ServiceRef::from(&*service));
                 let cert = proxy.local_cert(&src).await?;
                 let key = PoolKey {
                     src_identity: cert.identity().clone(),
@@ -310,7 +310,7 @@ async fn prepare(
                 log.dst.addr = Some(hbone_dst);
                 log.hbone_target = Some(HboneTarget::Addr(authority));
                 log.dst.describe(&workload);
-                log.service = service.as_ref().map(|s| s.hostname.clone());
+                log.service = service.as_deref().map(ServiceRef::from);
                 let cert = proxy.local_cert(&src).await?;
                 let key = PoolKey {
                     src_identity: cert.identity().clone(),
@@ -396,7 +396,7 @@ async fn resolve_host(
     log: &mut AccessLog,
 ) -> Result<Route, Error> {
     log.dst.describe(&pending.workload);
-    log.service = Some(pending.service.hostname.clone());
+    log.service = Some(ServiceRef::from(&*pending.service));
     let hostname = pending.hostname().clone();
     crate::ops::telemetry()
         .metrics

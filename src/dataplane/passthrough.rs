@@ -47,7 +47,7 @@ pub async fn serve(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, _drain: 
         // Dropping the socket closes the client's connection.
         return log.complete(Some(&Error::Denied(denial)));
     }
-    let source = proxy.cfg.proxy.upstream_source(peer.ip());
+    let source = proxy.upstream_source(peer.ip());
     let upstream = match proxy.sockets.connect(dst, source).await {
         Ok(s) => s,
         Err(e) => return log.complete(Some(&Error::ConnectUpstream(Arc::new(e)))),

@@ -16,7 +16,7 @@ use super::Error;
 use crate::config::Config;
 use crate::drain::{self, DrainMode};
 use crate::ops::metrics::Reporter;
-use crate::sockets::Sockets;
+use crate::sockets::{Sockets, Transparency};
 use crate::state::model::Workload;
 use crate::state::Reader;
 use crate::tls::{CertSource, WorkloadCert};
@@ -55,6 +55,9 @@ pub struct Proxy {
     /// Resolves hostname-only endpoints (shared by every pod: it resolves from ztun's own
     /// namespace, not the pod's).
     pub(crate) resolver: Arc<dyn super::ResolveHost>,
+    /// Whether inbound connections reach the app from the client's own address: set by
+    /// [`Proxy::start`] from what the inbound listeners got (see [`transparency`]).
+    original_source: AtomicBool,
 }
 
 impl Proxy {
@@ -96,7 +99,18 @@ impl Proxy {
             connections,
             on_demand,
             resolver,
+            original_source: AtomicBool::new(false),
         })
+    }
+
+    /// The source address to connect from when delivering a connection from `client` to
+    /// the app: the client's own (a transparent bind, so the app sees the real client) when
+    /// the inbound listeners are transparent, else `None`: the kernel picks the pod's own
+    /// address.
+    pub(crate) fn upstream_source(&self, client: IpAddr) -> Option<IpAddr> {
+        self.original_source
+            .load(Ordering::Relaxed)
+            .then_some(client)
     }
 
     /// The pod's workload from the mesh state, waiting a bounded time for it to arrive. Its
@@ -177,20 +191,24 @@ impl Proxy {
         } else {
             IpAddr::from([0, 0, 0, 0])
         };
-        let transparent = self.cfg.proxy.enable_orig_src.unwrap_or(true);
+        let transparency = transparency(self.cfg.proxy.enable_orig_src);
         let p = &self.cfg.proxy;
         if self.cfg.inpod.port_reuse {
             self.sockets.enable_listener_migration();
         }
-        let outbound = self
-            .sockets
-            .std_listener(SocketAddr::new(any, p.outbound_port), transparent)?;
-        let plaintext = self
-            .sockets
-            .std_listener(SocketAddr::new(any, p.inbound_plaintext_port), transparent)?;
-        let hbone = self
-            .sockets
-            .std_listener(SocketAddr::new(any, p.inbound_hbone_port), transparent)?;
+        let listen = |port| {
+            self.sockets
+                .capture_listener(SocketAddr::new(any, port), transparency)
+        };
+        let (outbound, _) = listen(p.outbound_port)?;
+        let (plaintext, plaintext_transparent) = listen(p.inbound_plaintext_port)?;
+        let (hbone, hbone_transparent) = listen(p.inbound_hbone_port)?;
+        let original_source = plaintext_transparent && hbone_transparent;
+        if transparency == Transparency::BestEffort && !original_source {
+            tracing::info!(pod = %self.pod.name, "no CAP_NET_ADMIN: connections reach the app from the pod's own address");
+        }
+        self.original_source
+            .store(original_source, Ordering::Relaxed);
         let (trigger, pod) = drain::channel();
         let (drains, feed) = drain::merge(pod, process.watch());
         data.spawn(feed);
@@ -343,6 +361,18 @@ fn refuse_over_limit(
 /// Accepts until drained; each connection runs in its own task until done or drained
 /// immediately. Every task holds a clone of the drains, which is what lets the process wait
 /// for its connections on shutdown, and a slot of the pod's connection budget.
+/// What the capture listeners ask of `IP_TRANSPARENT` under `ENABLE_ORIG_SRC`, as ztunnel
+/// decides: `true` requires it (a pod whose listeners cannot have it does not start),
+/// `false` never asks, unset tries and falls back to delivering from the pod's own
+/// address when the kernel refuses (no `CAP_NET_ADMIN` or `CAP_NET_RAW`).
+pub(crate) fn transparency(enable_orig_src: Option<bool>) -> Transparency {
+    match enable_orig_src {
+        Some(true) => Transparency::Required,
+        Some(false) => Transparency::Off,
+        None => Transparency::BestEffort,
+    }
+}
+
 async fn serve<F, Fut>(
     listener: std::net::TcpListener,
     mut drains: Drains,
@@ -407,4 +437,17 @@ async fn serve<F, Fut>(
     let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
     drop(listener);
     tracing::debug!(port, "listener closed");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// ztunnel's `maybe_set_transparent`: `true` requires, `false` skips, unset tries.
+    #[test]
+    fn enable_orig_src_picks_ztunnels_listener_transparency() {
+        assert_eq!(transparency(Some(true)), Transparency::Required);
+        assert_eq!(transparency(Some(false)), Transparency::Off);
+        assert_eq!(transparency(None), Transparency::BestEffort);
+    }
 }

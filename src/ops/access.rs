@@ -100,6 +100,30 @@ fn non_empty(s: &Arc<str>) -> Option<Arc<str>> {
     (!s.is_empty()).then(|| s.clone())
 }
 
+/// The destination service as telemetry names it: its hostname, and the namespace and name
+/// of the Service (or ServiceEntry) resource itself, never parsed out of the hostname (a
+/// ServiceEntry's hostname `api.example.com` belongs to, say, `shop/se-api`). Shares the
+/// strings of the mesh state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceRef {
+    /// The hostname (`destination_service`, the access log's `dst.service`).
+    pub hostname: Arc<str>,
+    /// The resource's namespace (`destination_service_namespace`).
+    pub namespace: Arc<str>,
+    /// The resource's name (`destination_service_name`).
+    pub name: Arc<str>,
+}
+
+impl From<&crate::state::model::Service> for ServiceRef {
+    fn from(s: &crate::state::model::Service) -> Self {
+        ServiceRef {
+            hostname: s.hostname.clone(),
+            namespace: s.namespace.clone(),
+            name: s.name.clone(),
+        }
+    }
+}
+
 /// A workload named by namespace and name; shown as `namespace/name`. Shares the strings of
 /// the mesh state (no allocation per connection).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -183,8 +207,8 @@ pub struct AccessLog {
     pub dst: Peer,
     /// The CONNECT `:authority`, for tunnelled connections.
     pub hbone_target: Option<HboneTarget>,
-    /// Destination service hostname.
-    pub service: Option<Arc<str>>,
+    /// Destination service.
+    pub service: Option<ServiceRef>,
     started: Instant,
     /// Live-table id once established.
     live: Option<u64>,
@@ -358,6 +382,17 @@ impl AccessLog {
                 destination_zone,
             }
         });
+        let service_part = |f: fn(&ServiceRef) -> &Arc<str>| {
+            or_unknown(&self.service.as_ref().and_then(|s| non_empty(f(s))))
+        };
+        // ztunnel's `destination_principal` is the destination workload's identity whenever
+        // the mesh state knows that workload, plain TCP included; else the proven one.
+        let dst_principal = self
+            .dst
+            .described
+            .as_ref()
+            .and_then(|w| w.identity())
+            .or_else(|| self.dst.identity.clone());
         let src_name = self.src.canonical_name();
         let src_revision = self.src.canonical_revision();
         let dst_name = self.dst.canonical_name();
@@ -379,22 +414,14 @@ impl AccessLog {
             source_app: or_unknown(&src_name),
             source_version: or_unknown(&src_revision),
             source_cluster: or_unknown(&self.src.cluster()),
-            destination_service: or_unknown(&self.service),
-            destination_service_namespace: if self.service.is_some() {
-                or_unknown(&self.dst.namespace)
-            } else {
-                unknown()
-            },
-            destination_service_name: self
-                .service
-                .as_ref()
-                .and_then(|s| s.split('.').next().map(Arc::from))
-                .unwrap_or_else(unknown),
+            destination_service: service_part(|s| &s.hostname),
+            destination_service_namespace: service_part(|s| &s.namespace),
+            destination_service_name: service_part(|s| &s.name),
             destination_workload: or_unknown(&self.dst.workload_label()),
             destination_canonical_service: or_unknown(&dst_name),
             destination_canonical_revision: or_unknown(&dst_revision),
             destination_workload_namespace: or_unknown(&self.dst.namespace),
-            destination_principal: id(&self.dst.identity),
+            destination_principal: id(&dst_principal),
             destination_app: or_unknown(&dst_name),
             destination_version: or_unknown(&dst_revision),
             destination_cluster: or_unknown(&self.dst.cluster()),
@@ -417,8 +444,7 @@ impl AccessLog {
         let meter = self.meter();
         let (sent, recv) = meter.totals();
         let flag = error.map(|e| e.response_flag());
-        let failed = flag.map(|f| self.labels(Some(f)));
-        telemetry.metrics.close(&meter.0.series, failed.as_ref());
+        telemetry.metrics.close(&self.labels(flag), flag.is_some());
         if let Some(e) = error {
             let labels = super::metrics::FailureLabels {
                 direction: self.direction.as_str(),
@@ -443,7 +469,7 @@ impl AccessLog {
                 src.identity = src_id,
                 dst.addr = dst_addr,
                 dst.hbone_addr = hbone_addr,
-                dst.service = self.service.as_deref(),
+                dst.service = self.service.as_ref().map(|s| &*s.hostname),
                 dst.workload = self.dst.workload.as_deref(),
                 dst.namespace = self.dst.namespace.as_deref(),
                 dst.identity = dst_id,
@@ -464,7 +490,7 @@ impl AccessLog {
                 src.identity = src_id,
                 dst.addr = dst_addr,
                 dst.hbone_addr = hbone_addr,
-                dst.service = self.service.as_deref(),
+                dst.service = self.service.as_ref().map(|s| &*s.hostname),
                 dst.workload = self.dst.workload.as_deref(),
                 dst.namespace = self.dst.namespace.as_deref(),
                 dst.identity = dst_id,
@@ -507,5 +533,95 @@ impl Drop for AccessLog {
         if !self.completed {
             self.complete(Some(&"connection closed by drain"));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MESH: &str = r#"
+workloads:
+- uid: cluster1//Pod/shop/client-1
+  name: client-1
+  namespace: shop
+  serviceAccount: client
+  workloadIps: [10.0.1.5]
+  workloadName: client
+- uid: cluster1//Pod/shop/api-1
+  name: api-1
+  namespace: shop
+  serviceAccount: api
+  workloadIps: [10.0.2.7]
+  workloadName: api
+  protocol: TCP
+services:
+- name: se-api
+  namespace: shop
+  hostname: api.example.com
+  vips: [/10.9.0.1]
+  ports: {80: 8080}
+"#;
+
+    fn mesh() -> crate::control::local::LocalConfig {
+        crate::control::local::parse(MESH).expect("test mesh")
+    }
+
+    fn workload(name: &str) -> Arc<crate::state::model::Workload> {
+        let w = mesh().workloads.into_iter().find(|w| &*w.name == name);
+        Arc::new(w.expect("workload in the mesh"))
+    }
+
+    /// Outbound plain TCP from client-1 to api-1 behind the ServiceEntry `shop/se-api`
+    /// (`api.example.com`), as the outbound proxy records it: no proven identity.
+    fn outbound_tcp(dst_known: bool) -> AccessLog {
+        let mut log = AccessLog::new(Direction::Outbound);
+        log.completed = true;
+        let client = workload("client-1");
+        log.src.describe(&client);
+        log.src.identity = client.identity();
+        log.dst.addr = Some(SocketAddr::from(([10, 0, 2, 7], 8080)));
+        if dst_known {
+            log.dst.describe(&workload("api-1"));
+            let services = mesh().services;
+            log.service = services.first().map(ServiceRef::from);
+        }
+        log
+    }
+
+    /// ztunnel takes `destination_service_namespace`/`_name` from the Service resource, not
+    /// from the hostname; `destination_service` stays the hostname.
+    #[test]
+    fn service_labels_name_the_service_resource_not_its_hostname() {
+        let labels = outbound_tcp(true).labels(None);
+        assert_eq!(&*labels.destination_service, "api.example.com");
+        assert_eq!(&*labels.destination_service_namespace, "shop");
+        assert_eq!(&*labels.destination_service_name, "se-api");
+        let none = outbound_tcp(false).labels(None);
+        assert_eq!(
+            (
+                &*none.destination_service,
+                &*none.destination_service_namespace,
+                &*none.destination_service_name
+            ),
+            ("unknown", "unknown", "unknown")
+        );
+    }
+
+    /// ztunnel reports the destination workload's identity as `destination_principal`
+    /// whenever the mesh state knows that workload, outbound plain TCP included (its
+    /// `with_destination`); `unknown` for a destination it does not know (passthrough). The
+    /// source proves nothing over plain TCP: `source_principal` stays `unknown`.
+    #[test]
+    fn outbound_plain_tcp_names_a_known_destinations_identity() {
+        let known = outbound_tcp(true).labels(None);
+        assert_eq!(
+            &*known.destination_principal,
+            "spiffe://cluster.local/ns/shop/sa/api"
+        );
+        assert_eq!(&*known.source_principal, "unknown");
+        assert_eq!(known.connection_security_policy, "unknown");
+        let passthrough = outbound_tcp(false).labels(None);
+        assert_eq!(&*passthrough.destination_principal, "unknown");
     }
 }

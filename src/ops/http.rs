@@ -27,6 +27,8 @@ pub struct Req {
     pub path: String,
     /// The raw query string (without `?`).
     pub query: String,
+    /// The request headers.
+    pub headers: http::HeaderMap,
     /// The body (at most 64 KiB).
     pub body: Bytes,
     /// The client.
@@ -107,6 +109,7 @@ pub async fn serve(
                         method: parts.method,
                         path: parts.uri.path().to_string(),
                         query: parts.uri.query().unwrap_or_default().to_string(),
+                        headers: parts.headers,
                         body,
                         peer,
                     };

@@ -153,11 +153,10 @@ impl EncodeLabelSet for MaybeLocality {
     }
 }
 
-/// One connection's traffic series, fetched when it opens. Bytes are named as Istio does,
+/// One connection's byte series, fetched when it opens. Bytes are named as Istio does,
 /// from the reporting proxy's downstream view: "received" is what the client sent.
 #[derive(Debug, Clone)]
 pub struct Series {
-    closed: Counter,
     received: Counter,
     sent: Counter,
 }
@@ -166,7 +165,6 @@ impl Series {
     /// Counters that belong to no family.
     pub fn detached() -> Self {
         Series {
-            closed: Counter::default(),
             received: Counter::default(),
             sent: Counter::default(),
         }
@@ -266,7 +264,31 @@ struct BuildLabels {
     tag: String,
 }
 
+/// The families exported only in some setups, as ztunnel registers them: `workload_manager_*`
+/// in shared mode only, the `istio_dns_*` families only when the DNS proxy runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exports {
+    /// `workload_manager_*` (shared mode).
+    pub workload_manager: bool,
+    /// `istio_dns_*` (`DNS_CAPTURE` not off).
+    pub dns: bool,
+}
+
+impl Default for Exports {
+    /// ztunnel's defaults: shared mode, DNS proxy on.
+    fn default() -> Self {
+        Exports {
+            workload_manager: true,
+            dns: true,
+        }
+    }
+}
+
 /// All of ztun's metrics.
+///
+/// As with ztunnel's, a series exists only once something was counted in it, and a label
+/// family with no series is not written at all (prometheus-client skips it, HELP and TYPE
+/// included): nothing at 0 ahead of use. Plain gauges and counters are always written.
 pub struct Metrics {
     registry: Registry,
     /// Connections opened.
@@ -280,8 +302,9 @@ pub struct Metrics {
     /// Bytes sent to the downstream side.
     pub sent_bytes: Family<TrafficLabels, Counter>,
     /// Accepted downstream sockets open now: outbound (15001) as `source`, inbound (15008
-    /// TLS connections, 15006) as `destination`.
-    sockets_open: [Gauge; 2],
+    /// TLS connections, 15006) as `destination`. Each series is created by its first socket.
+    sockets_open_family: Family<ReporterLabels, Gauge>,
+    sockets_open: [std::sync::OnceLock<Gauge>; 2],
     /// Pod proxies running.
     pub active_proxies: Gauge,
     /// Pod proxies failed to start and awaiting retry.
@@ -307,16 +330,20 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// A registry with every metric registered; `istio_version` tags `istio_build`.
-    pub fn new(istio_version: &str) -> Self {
+    /// A registry with every metric registered (the optional ones as `exports` says);
+    /// `istio_version` tags `istio_build`.
+    pub fn new(istio_version: &str, exports: Exports) -> Self {
         let mut registry = Registry::default();
+        // Families not exported are registered here, never encoded: their handles still
+        // work for the code that counts into them.
+        let mut unexported = Registry::default();
         let connections_opened = Family::default();
         let connections_closed = Family::default();
         let connections_failed = Family::default();
         let received_bytes = Family::default();
         let sent_bytes = Family::default();
         let on_demand_dns: Family<OnDemandDnsLabels, Counter> = Family::default();
-        let mut sockets_open: [Gauge; 2] = Default::default();
+        let sockets_open_family: Family<ReporterLabels, Gauge> = Family::default();
         {
             let istio = registry.sub_registry_with_prefix("istio");
             istio.register(
@@ -344,16 +371,10 @@ impl Metrics {
                 "Bytes sent to the downstream peer",
                 sent_bytes.clone(),
             );
-            let sockets_open_family: Family<ReporterLabels, Gauge> = Family::default();
-            for reporter in [Reporter::Source, Reporter::Destination] {
-                sockets_open[reporter as usize] = sockets_open_family
-                    .get_or_create(&ReporterLabels { reporter })
-                    .clone();
-            }
             istio.register(
                 "tcp_sockets_open",
                 "Accepted downstream sockets currently open (unstable)",
-                sockets_open_family,
+                sockets_open_family.clone(),
             );
             istio.register(
                 "on_demand_dns",
@@ -374,7 +395,12 @@ impl Metrics {
         let proxies_started = Counter::default();
         let proxies_stopped = Counter::default();
         {
-            let wm = registry.sub_registry_with_prefix("workload_manager");
+            let wm = if exports.workload_manager {
+                &mut registry
+            } else {
+                &mut unexported
+            }
+            .sub_registry_with_prefix("workload_manager");
             wm.register(
                 "active_proxy_count",
                 "Pod proxies running (unstable)",
@@ -420,7 +446,11 @@ impl Metrics {
             "Connections denied by authorization policy",
             policy_denials.clone(),
         );
-        let dns = super::dns_metrics::DnsMetrics::register(&mut registry);
+        let dns = super::dns_metrics::DnsMetrics::register(if exports.dns {
+            &mut registry
+        } else {
+            &mut unexported
+        });
         Metrics {
             registry,
             connections_opened,
@@ -428,7 +458,8 @@ impl Metrics {
             connections_failed,
             received_bytes,
             sent_bytes,
-            sockets_open,
+            sockets_open_family,
+            sockets_open: Default::default(),
             active_proxies,
             pending_proxies,
             proxies_started,
@@ -452,16 +483,22 @@ impl Metrics {
 
     /// Counts an accepted downstream socket open until the returned guard drops.
     pub fn socket_opened(&self, reporter: Reporter) -> SocketOpen {
-        self.sockets_open[reporter as usize].inc();
-        SocketOpen(self.sockets_open[reporter as usize].clone())
+        let gauge = self.sockets_open[reporter as usize].get_or_init(|| {
+            self.sockets_open_family
+                .get_or_create(&ReporterLabels { reporter })
+                .clone()
+        });
+        gauge.inc();
+        SocketOpen(gauge.clone())
     }
 
-    /// Counts a connection opened under `labels` (response flag `-`) and fetches the series
-    /// it counts into while it runs, so that counting costs an atomic add, not a lookup.
+    /// Counts a connection opened under `labels` (response flag `-`) and fetches the byte
+    /// series it counts into while it runs, so that counting costs an atomic add, not a
+    /// lookup. As in ztunnel, the byte series exist (at 0) from here, the closed one only
+    /// once the connection closes.
     pub fn open(&self, labels: &TrafficLabels) -> Series {
         self.connections_opened.get_or_create(labels).inc();
         let series = Series {
-            closed: self.connections_closed.get_or_create(labels).clone(),
             received: self.received_bytes.get_or_create(labels).clone(),
             sent: self.sent_bytes.get_or_create(labels).clone(),
         };
@@ -469,15 +506,13 @@ impl Metrics {
         series
     }
 
-    /// Counts the connection of `series` closed. A failed one is counted under `failed`, its
-    /// labels with the failure's response flag, in the closed and the failed series.
-    pub fn close(&self, series: &Series, failed: Option<&TrafficLabels>) {
-        let Some(labels) = failed else {
-            series.closed.inc();
-            return;
-        };
+    /// Counts a connection closed under `labels` (a failed one's carry the failure's
+    /// response flag), and, when `failed`, in the failed series too.
+    pub fn close(&self, labels: &TrafficLabels, failed: bool) {
         self.connections_closed.get_or_create(labels).inc();
-        self.connections_failed.get_or_create(labels).inc();
+        if failed {
+            self.connections_failed.get_or_create(labels).inc();
+        }
         self.remember(labels);
     }
 
@@ -644,3 +679,6 @@ impl ProcessStats {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

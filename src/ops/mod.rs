@@ -7,6 +7,7 @@
 pub mod access;
 pub mod admin;
 pub mod dns_metrics;
+pub mod exposition;
 pub mod http;
 pub mod logging;
 pub mod metrics;
@@ -50,20 +51,21 @@ fn now_ms() -> u64 {
 
 static TELEMETRY: OnceLock<Telemetry> = OnceLock::new();
 
-/// Initialises telemetry with the Istio version tag; later calls keep the first value.
-pub fn init(istio_version: &str) -> &'static Telemetry {
-    TELEMETRY.get_or_init(|| Telemetry::new(istio_version))
+/// Initialises telemetry with the Istio version tag and the optional families exported;
+/// later calls keep the first values.
+pub fn init(istio_version: &str, exports: metrics::Exports) -> &'static Telemetry {
+    TELEMETRY.get_or_init(|| Telemetry::new(istio_version, exports))
 }
 
 /// The process telemetry.
 pub fn telemetry() -> &'static Telemetry {
-    TELEMETRY.get_or_init(|| Telemetry::new("unknown"))
+    TELEMETRY.get_or_init(|| Telemetry::new("unknown", metrics::Exports::default()))
 }
 
 impl Telemetry {
-    fn new(istio_version: &str) -> Self {
+    fn new(istio_version: &str, exports: metrics::Exports) -> Self {
         Telemetry {
-            metrics: Metrics::new(istio_version),
+            metrics: Metrics::new(istio_version, exports),
             collectors: Mutex::new(Vec::new()),
             connections: Mutex::new(BTreeMap::new()),
             next_id: AtomicU64::new(1),

@@ -115,6 +115,7 @@ mod tests {
             method: http::Method::GET,
             path: path.into(),
             query: String::new(),
+            headers: http::HeaderMap::new(),
             body: bytes::Bytes::new(),
             peer: "127.0.0.1:1".parse().unwrap(),
         };

@@ -5,6 +5,8 @@
 //! Nothing here knows about workloads or policy.
 #![allow(unsafe_code)]
 
+#[cfg(any(test, feature = "testing"))]
+pub mod caps;
 pub mod netns;
 pub mod socket;
 

@@ -431,23 +431,44 @@ impl Revocation {
         })
     }
 
-    /// Prometheus text for the CRL metrics (nothing when disabled).
+    /// Prometheus text for the CRL metrics (nothing when disabled). Istio's families are
+    /// written as ztunnel's prometheus-client ones: a family only once it has a series, a
+    /// series once counted. So `istio_crl_policy_rejections_total{reporter}` appears with a
+    /// side's first rejection, and `istio_crl_untracked_connections_total` never: every
+    /// connection is tracked here (the chain is kept as presented, nothing to parse or fetch
+    /// that could fail).
     pub fn encode_metrics(&self, out: &mut String) {
         use std::fmt::Write;
         let Some(inner) = &self.inner else {
             return;
         };
-        let r = |s: Side| inner.rejections[s.index()].load(Ordering::Relaxed);
-        // No `istio_crl_untracked_connections_total`: every connection is tracked here (the
-        // chain is kept as presented, nothing to parse or fetch that could fail), and
-        // ztunnel shows that family only once it counts one.
+        let rejections: Vec<(&str, u64)> =
+            [(Side::Client, "source"), (Side::Server, "destination")]
+                .into_iter()
+                .map(|(side, reporter)| {
+                    (
+                        reporter,
+                        inner.rejections[side.index()].load(Ordering::Relaxed),
+                    )
+                })
+                .filter(|&(_, n)| n > 0)
+                .collect();
+        if !rejections.is_empty() {
+            let _ = writeln!(
+                out,
+                "# HELP istio_crl_policy_rejections Handshakes refused and connections closed because a peer certificate is revoked (unstable).\n\
+                 # TYPE istio_crl_policy_rejections counter"
+            );
+        }
+        for (reporter, n) in rejections {
+            let _ = writeln!(
+                out,
+                "istio_crl_policy_rejections_total{{reporter=\"{reporter}\"}} {n}"
+            );
+        }
         let _ = write!(
             out,
-            "# HELP istio_crl_policy_rejections Handshakes refused and connections closed because a peer certificate is revoked (unstable).\n\
-             # TYPE istio_crl_policy_rejections counter\n\
-             istio_crl_policy_rejections_total{{reporter=\"source\"}} {}\n\
-             istio_crl_policy_rejections_total{{reporter=\"destination\"}} {}\n\
-             # HELP ztun_crl_reloads CRL file reloads.\n\
+            "# HELP ztun_crl_reloads CRL file reloads.\n\
              # TYPE ztun_crl_reloads counter\n\
              ztun_crl_reloads_total{{result=\"ok\"}} {}\n\
              ztun_crl_reloads_total{{result=\"error\"}} {}\n\
@@ -457,8 +478,6 @@ impl Revocation {
              # HELP ztun_crl_tracked_connections HBONE connections re-checked on every CRL reload.\n\
              # TYPE ztun_crl_tracked_connections gauge\n\
              ztun_crl_tracked_connections {}\n",
-            r(Side::Client),
-            r(Side::Server),
             inner.reloads_ok.load(Ordering::Relaxed),
             inner.reloads_failed.load(Ordering::Relaxed),
             inner.current.load().parsed.len(),

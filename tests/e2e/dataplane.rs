@@ -587,6 +587,88 @@ fn dedicated_mode_serves_one_workload_from_its_own_namespace() {
     );
 }
 
+/// `ENABLE_ORIG_SRC` unset, and neither CAP_NET_ADMIN nor CAP_NET_RAW (what IP_TRANSPARENT
+/// needs): as ztunnel, the inbound listeners come up plain and connections reach the app
+/// from the pod's own address, instead of failing to bind the client's.
+#[test]
+fn without_the_capability_delivery_falls_back_to_the_pod_address() {
+    use ztun::testkit::lab::PodSpec;
+    crate::support::require_root();
+    // c is served by a dedicated-mode ztun in its own namespace (no packet mark there, so it
+    // needs neither capability otherwise), started with both dropped from its bounding set.
+    let setpriv = std::path::Path::new("/usr/bin/setpriv");
+    assert!(setpriv.exists(), "this test needs setpriv (util-linux)");
+    let lab = crate::support::two_node_lab(
+        "no_cap_net_admin",
+        vec![
+            PodSpec::new("a", "n1")
+                .service_account("sa-a")
+                .captured(true),
+            PodSpec::new("c", "n2")
+                .service_account("sa-c")
+                .captured(true)
+                .enrolled(false),
+        ],
+    );
+    let mesh = MeshFile::from_lab(&lab);
+    let recorder = lab.pod("c").spawn_peer_recorder(9090).unwrap();
+    let ca = lab.dir().join("ca");
+    ztun::testkit::certs::write_ca_dir(&ca).unwrap();
+    let mesh_path = lab.dir().join("mesh.yaml");
+    mesh.write(&mesh_path).unwrap();
+    let (m, c) = (
+        mesh_path.to_string_lossy().into_owned(),
+        ca.to_string_lossy().into_owned(),
+    );
+    let common = [
+        ("LOCAL_XDS_PATH", m.as_str()),
+        ("LOCAL_CA_DIR", c.as_str()),
+        ("XDS_ADDRESS", ""),
+        ("RUST_LOG", "info,ztun=debug"),
+    ];
+    let _n1 = lab.spawn_ztun("n1", &common).unwrap();
+    lab.cni("n1").wait_connected(WAIT).unwrap();
+    let bin = ztun::testkit::ztun_bin().unwrap();
+    let bin = bin.to_string_lossy().into_owned();
+    let mut env = common.to_vec();
+    env.extend([
+        ("PROXY_MODE", "dedicated"),
+        ("PROXY_WORKLOAD_INFO", "default/c/sa-c"),
+        ("NODE_NAME", "n2"),
+    ]);
+    let dedicated = lab
+        .spawn_in(
+            lab.pod("c").netns(),
+            "c-no-cap",
+            setpriv,
+            &[
+                "--bounding-set=-net_admin,-net_raw",
+                "--inh-caps=-net_admin,-net_raw",
+                "--",
+                &bin,
+                "proxy",
+                "ztunnel",
+            ],
+            &env,
+            lab.dir(),
+        )
+        .unwrap();
+    dedicated
+        .wait_for_log("connections reach the app from the pod's own address", WAIT)
+        .unwrap();
+    dedicated.wait_for_log("ztun ready", WAIT).unwrap();
+    let dst = SocketAddr::from((lab.pod("c").ip(), recorder.port()));
+    let seen = lab.pod("a").peer_seen_by(dst).unwrap();
+    assert_eq!(seen.ip(), lab.pod("c").ip());
+    // Through the tunnel: c's ztun logged a's connection with a's identity.
+    let line = dedicated.wait_for_log("src.workload=\"a\"", WAIT).unwrap();
+    assert!(line.contains("direction=\"inbound\""), "{line}");
+    assert!(
+        line.contains("src.identity=spiffe://cluster.local/ns/default/sa/sa-a"),
+        "{line}"
+    );
+}
+
 #[test]
 fn a_pod_whose_proxy_cannot_start_is_pending_until_a_retry_succeeds() {
     use ztun::testkit::lab::PodSpec;

@@ -162,7 +162,14 @@ impl Applier {
             nonce: String::new(),
         };
         if let Some(kind) = kind {
-            self.metrics.record_message(kind, response.encoded_len());
+            // As ztunnel: the resources' payload bytes, not the whole encoded response.
+            let payload: usize = response
+                .resources
+                .iter()
+                .filter_map(|r| r.resource.as_ref())
+                .map(|any| any.value.len())
+                .sum();
+            self.metrics.record_message(kind, payload);
             let mut builder = self.writer.builder();
             let mut changed = false;
             for name in &response.removed_resources {

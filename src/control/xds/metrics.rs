@@ -65,7 +65,8 @@ impl XdsMetrics {
         self.messages[kind.index()].load(Relaxed)
     }
 
-    /// `istio_xds_message_bytes_total{url}`: encoded bytes of those responses.
+    /// `istio_xds_message_bytes_total{url}`: payload bytes of the resources in those responses
+    /// (each resource's `Any` value, as ztunnel counts them).
     pub fn message_bytes_total(&self, kind: ResourceType) -> u64 {
         self.message_bytes[kind.index()].load(Relaxed)
     }

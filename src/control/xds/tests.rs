@@ -131,15 +131,18 @@ async fn acks_every_response_and_syncs_after_the_first_of_both_types() {
     initial(&mut conn).await;
     assert!(!*c.synced.borrow());
 
-    conn.send(response(
-        ADDRESS_TYPE,
-        "n1",
-        vec![
-            workload("w1", [10, 0, 0, 1], "v1"),
-            service("svc", [10, 96, 0, 1], "v1"),
-        ],
-        &[],
-    ));
+    let resources = vec![
+        workload("w1", [10, 0, 0, 1], "v1"),
+        service("svc", [10, 96, 0, 1], "v1"),
+    ];
+    // ztunnel's istio_xds_message_bytes: the resources' payload (`Any` value) bytes.
+    let payload: usize = resources
+        .iter()
+        .map(|r| r.resource.as_ref().map_or(0, |a| a.value.len()))
+        .sum();
+    let first = response(ADDRESS_TYPE, "n1", resources, &[]);
+    assert!(prost::Message::encoded_len(&first) > payload);
+    conn.send(first);
     let ack = conn.recv().await;
     assert_eq!(ack.type_url, ADDRESS_TYPE);
     assert_eq!(ack.response_nonce, "n1");
@@ -168,7 +171,14 @@ async fn acks_every_response_and_syncs_after_the_first_of_both_types() {
         .unwrap();
     assert_eq!(c.metrics.message_total(ResourceType::Address), 1);
     assert_eq!(c.metrics.message_total(ResourceType::Authorization), 1);
-    assert!(c.metrics.message_bytes_total(ResourceType::Address) > 0);
+    assert_eq!(
+        c.metrics.message_bytes_total(ResourceType::Address),
+        payload as u64
+    );
+    assert_eq!(
+        c.metrics.message_bytes_total(ResourceType::Authorization),
+        0
+    );
 }
 
 #[tokio::test]
