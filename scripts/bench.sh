@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
 # Side-by-side benchmark on the two-node namespace cluster: every figure through two ztuns
-# (one data-plane worker thread each) against direct TCP between pods of the same run.
-# Prints a table and writes JSON to target/bench/. Needs root. Extra arguments go to
-# `ztun-lab bench` (e.g. --runs 5 --seconds 10 --idle 10000).
+# (one data-plane worker thread each) against direct TCP between pods of the same run and a
+# floor (two plain relays plus AES-GCM), at RUST_LOG=warn and at the shipped info (access log
+# on). With `--ztunnel PATH` (a ztunnel binary you supply) every tunnelled figure is also
+# measured through two ztunnels in the same run, alternating with ztun, same settings, and
+# the table shows ztun / ztunnel. Prints the table and writes JSON to target/bench/. Needs
+# root. Other arguments go to `ztun-lab bench` (e.g. --runs 5 --seconds 10 --idle 1000,10000
+# --levels warn --only throughput,connections). Leftovers of a killed run: `ztun-lab cleanup`,
+# only when no other lab (tests) runs on the machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,11 +15,20 @@ if [ "$(id -u)" -ne 0 ]; then
   echo "scripts/bench.sh: needs root (network namespaces); rerun as root" >&2
   exit 1
 fi
+args=("$@")
+for ((i = 0; i < ${#args[@]}; i++)); do
+  if [ "${args[$i]}" = "--ztunnel" ]; then
+    z="${args[$((i + 1))]:-}"
+    if [ ! -x "$z" ]; then
+      echo "scripts/bench.sh: --ztunnel needs an executable ztunnel binary, got '$z'" >&2
+      exit 1
+    fi
+  fi
+done
 bash scripts/install-deps.sh
 cargo build --release --features testing --bins
 target_dir="${CARGO_TARGET_DIR:-target}"
-"$target_dir/release/ztun-lab" cleanup >/dev/null
 mkdir -p "$target_dir/bench"
 out="$target_dir/bench/bench-$(date -u +%Y%m%dT%H%M%SZ).json"
-echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r)"
-"$target_dir/release/ztun-lab" bench --ztun "$target_dir/release/ztun" --out "$out" "$@" 2>"$target_dir/bench/processes.log"
+echo "machine: $(nproc) cores ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r)"
+"$target_dir/release/ztun-lab" bench --ztun "$target_dir/release/ztun" --out "$out" "${args[@]}" 2>"$target_dir/bench/processes.log"

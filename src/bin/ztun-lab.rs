@@ -23,13 +23,18 @@ const COMMANDS: &[Command] = &[
     },
     Command {
         name: "bench",
-        usage: "bench [--ztun PATH] [--runs N] [--seconds S] [--idle N[,N...]] [--concurrency N] [--only throughput,connections,isolation,memory] [--out FILE]  direct TCP vs through ztun, as ratios",
+        usage: "bench [--ztun PATH] [--ztunnel PATH] [--levels warn,info] [--runs N] [--seconds S] [--requests N] [--idle N[,N...]] [--concurrency N] [--only floor,throughput,connections,isolation,memory] [--out FILE]  direct TCP, the floor, ztun and (given) ztunnel side by side",
         run: bench,
     },
     Command {
         name: "echo-server",
         usage: "echo-server --port P   a TCP echo server in the current namespace until killed (the bench's idle-connection peer)",
         run: echo_server,
+    },
+    Command {
+        name: "relay",
+        usage: "relay --listen IP:PORT --to IP:PORT   a plain TCP relay (no TLS) until killed (the bench's floor)",
+        run: relay,
     },
     Command {
         name: "demo",
@@ -120,6 +125,17 @@ fn echo_server(args: &[String]) -> anyhow::Result<()> {
         .block_on(lab::echo_server(port))
 }
 
+fn relay(args: &[String]) -> anyhow::Result<()> {
+    let (listen, to) = match args {
+        [l, listen, t, to] if l == "--listen" && t == "--to" => (
+            listen.parse().context("--listen")?,
+            to.parse().context("--to")?,
+        ),
+        _ => bail!("usage: relay --listen IP:PORT --to IP:PORT"),
+    };
+    ztun::testkit::bench::relay(listen, to)
+}
+
 fn bench(args: &[String]) -> anyhow::Result<()> {
     let mut opts = ztun::testkit::bench::Options::default();
     let mut bin = None;
@@ -129,6 +145,10 @@ fn bench(args: &[String]) -> anyhow::Result<()> {
         let mut value = || rest.next().with_context(|| format!("{arg} needs a value"));
         match arg.as_str() {
             "--ztun" => bin = Some(std::fs::canonicalize(value()?).context("--ztun")?),
+            "--ztunnel" => {
+                opts.ztunnel = Some(std::fs::canonicalize(value()?).context("--ztunnel")?)
+            }
+            "--levels" => opts.log_levels = value()?.split(',').map(str::to_string).collect(),
             "--runs" => opts.runs = value()?.parse().context("--runs")?,
             "--seconds" => opts.seconds = value()?.parse().context("--seconds")?,
             "--idle" => {
