@@ -6,6 +6,8 @@
 #       fuzz/corpus/<target>/ (starting from fuzz/seeds/<target>/); failing inputs land in
 #       fuzz/artifacts/<target>/ (both git-ignored). Once fixed, check a failing input in under
 #       fuzz/regressions/<target>/ so tests/fuzz_regressions.rs replays it forever.
+#   scripts/fuzz.sh --coverage [cpu-seconds-per-target] [target...]
+#       The coverage table of fuzz/README.md (default 600 CPU seconds per target).
 #   scripts/fuzz.sh --check
 #       What scripts/test.sh runs: every target, seed 1, FUZZ_CHECK_RUNS inputs (default
 #       100000), from a temp copy of the committed seeds: deterministic, and nothing is written
@@ -56,6 +58,57 @@ if [ "${1:-}" = "--check" ]; then
   fi
   rm -rf "$tmp"
   echo "fuzz: every target clean ($((SECONDS - start_all)) s of runs)"
+  exit 0
+fi
+
+if [ "${1:-}" = "--coverage" ]; then
+  # The coverage table in fuzz/README.md: each target from a temp copy of its committed seeds,
+  # seed 1, for a budget of CPU seconds (not wall-clock seconds, so that runs on a busy machine
+  # are comparable), at idle priority (SCHED_IDLE) so other work is not slowed, JOBS targets at
+  # a time. The per-input timeout is off: at idle priority an input may wait on the scheduler.
+  # Prints one line per target: cov, ft, corpus, executions, exec/s (per CPU second).
+  cpu_budget="${2:-600}"
+  shift 2 || shift $#
+  jobs="${FUZZ_JOBS:-2}"
+  cargo fuzz build "${flags[@]}"
+  mapfile -t targets < <(if [ $# -gt 0 ]; then printf '%s\n' "$@"; else cargo fuzz list; fi)
+  tmp="$(mktemp -d)"
+  tick="$(getconf CLK_TCK)"
+  cover() {
+    local t="$1" dir="$tmp/$1"
+    mkdir -p "$dir/corpus"
+    cp fuzz/seeds/"$t"/* "$dir/corpus/"
+    (cd "$dir" && exec chrt -i 0 "$bin_dir/$t" -seed=1 -timeout=0 -print_final_stats=1 \
+      -artifact_prefix="$dir/" corpus >log 2>&1) &
+    local pid=$! cpu=0
+    while kill -0 "$pid" 2>/dev/null; do
+      # utime + stime of the fuzzer (fields 14 and 15 of /proc/PID/stat), in clock ticks.
+      cpu=$(awk -v t="$tick" '{ print int(($14 + $15) / t) }' "/proc/$pid/stat" 2>/dev/null || echo 0)
+      if [ "$cpu" -ge "$cpu_budget" ]; then
+        kill -INT "$pid" 2>/dev/null || true
+        break
+      fi
+      sleep 5
+    done
+    wait "$pid" || true
+    if grep -q 'ERROR: libFuzzer\|panicked at' "$dir/log"; then
+      echo "$t: FAILED, input and log in $dir/"
+      return
+    fi
+    local last execs rate
+    last="$(grep -E '(NEW|REDUCE|pulse|INITED).*cov:' "$dir/log" | tail -1)"
+    execs="$(sed -n 's/^stat::number_of_executed_units: //p' "$dir/log")"
+    execs="${execs:-0}"
+    rate=$((execs / (cpu_budget > 0 ? cpu_budget : 1)))
+    echo "$t: $(grep -o 'cov: [0-9]*' <<<"$last") $(grep -o 'ft: [0-9]*' <<<"$last")" \
+      "$(grep -o 'corp: [0-9]*/[0-9a-zA-Z]*' <<<"$last") execs: $execs exec/cpu-s: $rate"
+  }
+  for t in "${targets[@]}"; do
+    while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n || true; done
+    cover "$t" &
+  done
+  wait
+  rm -rf "$tmp"
   exit 0
 fi
 
