@@ -150,7 +150,10 @@ fn a_published_crl_closes_the_revoked_peers_tunnels_and_refuses_new_handshakes()
 fn until_counted(mut attempt: impl FnMut() -> bool, what: &str) {
     let deadline = std::time::Instant::now() + WAIT;
     while !attempt() {
-        assert!(std::time::Instant::now() < deadline, "never counted: {what}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never counted: {what}"
+        );
     }
 }
 
