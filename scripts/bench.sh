@@ -2,7 +2,8 @@
 # Side-by-side benchmark on the two-node namespace cluster: every figure through two ztuns
 # (one data-plane worker thread each) against direct TCP between pods of the same run.
 # Prints a table and writes JSON to target/bench/. Needs root. Extra arguments go to
-# `ztun-lab bench` (e.g. --runs 5 --seconds 10 --idle 10000).
+# `ztun-lab bench` (e.g. --runs 5 --seconds 10 --idle 10000). `scripts/bench.sh --state
+# [--ztunnel PATH] [--workloads N] [--runs N]`: the state-at-scale figures instead (below).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,9 +11,21 @@ if [ "$(id -u)" -ne 0 ]; then
   echo "scripts/bench.sh: needs root (network namespaces); rerun as root" >&2
   exit 1
 fi
+target_dir="${CARGO_TARGET_DIR:-target}"
+if [ "${1:-}" = "--state" ]; then
+  # State at scale: one dedicated tunnel in its own lab namespace fed a generated mesh over
+  # xDS and from a file; with `--ztunnel PATH`, ztunnel measured the same way in the same run.
+  # Extra arguments go to `ztun-lab state-bench` (--workloads N --runs N --ztunnel PATH).
+  # Touches no other lab's namespaces.
+  shift
+  cargo build --release --features testing --bins
+  mkdir -p "$target_dir/bench"
+  out="$target_dir/bench/state-$(date -u +%Y%m%dT%H%M%SZ).json"
+  echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r)"
+  exec "$target_dir/release/ztun-lab" state-bench --ztun "$target_dir/release/ztun" --out "$out" "$@"
+fi
 bash scripts/install-deps.sh
 cargo build --release --features testing --bins
-target_dir="${CARGO_TARGET_DIR:-target}"
 "$target_dir/release/ztun-lab" cleanup >/dev/null
 mkdir -p "$target_dir/bench"
 out="$target_dir/bench/bench-$(date -u +%Y%m%dT%H%M%SZ).json"

@@ -5,6 +5,7 @@
 //! Nothing here knows about workloads or policy.
 #![allow(unsafe_code)]
 
+pub mod alloc;
 pub mod netns;
 pub mod socket;
 
