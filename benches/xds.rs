@@ -19,7 +19,7 @@ use ztun::control::xds::proto::{DeltaDiscoveryResponse, Resource};
 use ztun::control::xds::{Applier, XdsMetrics, ADDRESS_TYPE};
 use ztun::controlplane::encode;
 use ztun::state::model::{
-    HealthStatus, Locality, NetworkAddress, NetworkMode, Service, TunnelProtocol, Workload,
+    HealthStatus, Locality, NetworkAddress, NetworkMode, Service, TunnelProtocol, VecMap, Workload,
 };
 use ztun::sys::alloc::CountingAlloc;
 
@@ -176,7 +176,7 @@ fn workload(i: u32, generation: u32) -> Workload {
         workload_name: format!("app-{svc}").into(),
         native_tunnel: false,
         application_tunnel: None,
-        services: BTreeMap::from([(service_key(svc).into(), BTreeMap::from([(80, 8080)]))]),
+        services: VecMap::from([(service_key(svc).into(), BTreeMap::from([(80, 8080)]))]),
         authorization_policies: Vec::new(),
         status: HealthStatus::Healthy,
         cluster_id: "Kubernetes".into(),

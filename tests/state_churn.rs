@@ -12,7 +12,7 @@ use prost::Message;
 use ztun::control::xds::proto::{DeltaDiscoveryResponse, Resource};
 use ztun::control::xds::{Applier, XdsMetrics, ADDRESS_TYPE};
 use ztun::controlplane::encode;
-use ztun::state::model::{NetworkAddress, Service, TunnelProtocol, Workload};
+use ztun::state::model::{NetworkAddress, Service, TunnelProtocol, VecMap, Workload};
 use ztun::sys::alloc::CountingAlloc;
 
 #[global_allocator]
@@ -37,7 +37,7 @@ fn workload(i: u32, ns: &str, revision: &str) -> Workload {
         canonical_revision: revision.into(),
         workload_name: format!("app-{svc}").into(),
         cluster_id: "Kubernetes".into(),
-        services: BTreeMap::from([(
+        services: VecMap::from([(
             format!("{ns}/svc-{svc}.{ns}.svc.cluster.local").into(),
             BTreeMap::from([(80, 8080)]),
         )]),

@@ -13,6 +13,7 @@ mod intern;
 pub mod model;
 mod shards;
 mod snapshot;
+mod vecmap;
 
 use std::sync::Arc;
 

@@ -73,7 +73,8 @@ struct Sample {
 
 /// Runs the benchmark with `ztun` (and `opts.ztunnel`); prints a table, returns the JSON.
 pub fn run(ztun: &Path, opts: &Options) -> anyhow::Result<Value> {
-    let mut lab = Lab::builder("state").build()?;
+    // One node satisfies the lab builder; the tunnel runs in a namespace of its own.
+    let mut lab = Lab::builder("state").node("n1").build()?;
     let netns = lab.add_netns("t")?;
     let dir = lab.dir().to_path_buf();
     let mesh = dir.join("mesh.yaml");
