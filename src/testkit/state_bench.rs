@@ -1,5 +1,5 @@
 //! The state-at-scale benchmark behind `scripts/bench.sh --state`: one tunnel in its own
-//! namespace (`PROXY_MODE=dedicated`) is handed a generated mesh of W workloads and W/5
+//! namespace (`PROXY_MODE=dedicated`, certificates from the control plane's CA) is handed a generated mesh of W workloads and W/5
 //! services (each service backed by 5 workloads, over 100 nodes and 50 namespaces), over
 //! delta xDS from `ztun control-plane` (started in the same namespace) and then from a local
 //! file (`LOCAL_XDS_PATH`). Figures: time from spawn to the first 200 of
@@ -23,6 +23,7 @@ const PER_SERVICE: u32 = 5;
 const NODES: u32 = 100;
 const NAMESPACES: u32 = 50;
 const CONTROL_PLANE: &str = "127.0.0.1:15012";
+const TOKEN: &str = "state-bench-token";
 
 /// Knobs of one run.
 #[derive(Debug, Clone)]
@@ -88,6 +89,10 @@ pub fn run(ztun: &Path, opts: &Options) -> anyhow::Result<Value> {
         std::fs::metadata(&mesh)?.len() as f64 / (1 << 20) as f64
     );
     let ca = dir.join("ca");
+    // The tunnels get their certificates from the control plane's CA (ztunnel's fake CA
+    // exists only in its test builds), authenticated by a static token bound to node-0.
+    let tokens = dir.join("tokens");
+    std::fs::write(&tokens, format!("{TOKEN} node-0\n"))?;
     let cp = lab.spawn_in(
         &netns,
         "control-plane",
@@ -100,6 +105,8 @@ pub fn run(ztun: &Path, opts: &Options) -> anyhow::Result<Value> {
             &ca.to_string_lossy(),
             "--listen",
             CONTROL_PLANE,
+            "--tokens",
+            &tokens.to_string_lossy(),
         ],
         &[("RUST_LOG", "warn")],
         &dir,
@@ -125,7 +132,9 @@ pub fn run(ztun: &Path, opts: &Options) -> anyhow::Result<Value> {
                 let mut env = vec![
                     ("PROXY_MODE", "dedicated"),
                     ("PROXY_WORKLOAD_INFO", "ns-0/app-0-0/app-0"),
-                    ("FAKE_CA", "true"),
+                    ("CA_ADDRESS", &xds),
+                    ("CA_ROOT_CA", &root),
+                    ("AUTH_TOKEN", TOKEN),
                     ("NODE_NAME", "node-0"),
                     ("POD_NAME", "app-0-0"),
                     ("POD_NAMESPACE", "ns-0"),
