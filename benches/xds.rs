@@ -1,9 +1,12 @@
-//! xDS at scale: 10 000 workloads and 5 000 services through the client path (decode the
-//! response → validate and translate every resource → publish one snapshot), an incremental
-//! update on top of that state, and the data-path lookup cost with that state.
+//! xDS state at scale, through the client path (decode the response → validate and translate
+//! every resource → publish one snapshot): a mesh of W workloads and W/5 services (each
+//! service backed by 5 workloads; 100 nodes, 50 namespaces), then a 100-workload delta on top
+//! of it, then the data-path lookups on that state.
 //!
-//! Run: `cargo bench --bench xds` (release build). Prints time, peak RSS (`VmHWM`, reset
-//! before each phase through `/proc/self/clear_refs`) and nanoseconds per lookup.
+//! Run: `cargo bench --bench xds` (release build): 50 000 + 10 000, then 200 000 + 40 000.
+//! `cargo bench --bench xds -- 50000` runs one size. Memory is counted by this binary's
+//! allocator (bytes live in the heap), so figures are exact and repeatable; peak RSS
+//! (`VmHWM`, reset through `/proc/self/clear_refs`) is printed beside them.
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
@@ -13,152 +16,167 @@ use std::time::{Duration, Instant};
 
 use prost::Message;
 use ztun::control::xds::proto::{DeltaDiscoveryResponse, Resource};
-use ztun::control::xds::{translate, Applier, XdsMetrics, ADDRESS_TYPE};
+use ztun::control::xds::{Applier, XdsMetrics, ADDRESS_TYPE};
 use ztun::controlplane::encode;
 use ztun::state::model::{
-    HealthStatus, Locality, NetworkAddress, NetworkMode, Service, TunnelProtocol, Workload,
+    HealthStatus, Locality, NetworkAddress, NetworkMode, Service, TunnelProtocol, VecMap, Workload,
 };
+use ztun::sys::alloc::CountingAlloc;
 
-const WORKLOADS: u32 = 10_000;
-const SERVICES: u32 = 5_000;
+#[global_allocator]
+static ALLOC: CountingAlloc = CountingAlloc;
+
+const PER_SERVICE: u32 = 5;
+const NODES: u32 = 100;
+const NAMESPACES: u32 = 50;
 const UPDATE: u32 = 100;
+const UPDATES: u32 = 20;
 const LOOKUPS: u32 = 1_000_000;
 
 fn main() {
-    let rss_start = status_kib("VmRSS");
-    let full = response(
-        (0..WORKLOADS).map(|i| address(&workload(i, 0))),
-        (0..SERVICES).map(|i| address_service(&service(i))),
-        "1",
-    );
-    let bytes = full.encode_to_vec();
-    drop(full);
-    println!(
-        "xds bench: {WORKLOADS} workloads + {SERVICES} services, response {:.1} MiB encoded",
-        bytes.len() as f64 / (1 << 20) as f64
-    );
-
-    // Where the time goes: decoding the response, then each resource, then translating.
-    let started = Instant::now();
-    let decoded = DeltaDiscoveryResponse::decode(bytes.as_slice()).expect("valid response");
-    let decode_outer = started.elapsed();
-    let started = Instant::now();
-    let mut translated = Vec::with_capacity(decoded.resources.len());
-    for r in decoded.resources {
-        let any = r.resource.expect("payload");
-        let msg = ztun::control::xds::proto::istio::workload::Address::decode(any.value.as_slice())
-            .expect("valid address");
-        translated.push(translate::translate_address(msg).expect("valid"));
+    let sizes: Vec<u32> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let sizes = if sizes.is_empty() {
+        vec![50_000, 200_000]
+    } else {
+        sizes
+    };
+    for workloads in sizes {
+        run(workloads);
     }
-    let decode_translate = started.elapsed();
-    drop(translated);
+}
+
+fn run(workloads: u32) {
+    let services = workloads / PER_SERVICE;
+    let full = response(
+        (0..workloads).map(|i| address(&workload(i, 0))),
+        (0..services).map(|i| address_service(&service(i))),
+        "1",
+    )
+    .encode_to_vec();
+    println!(
+        "\nxds bench: {workloads} workloads + {services} services ({NODES} nodes, {NAMESPACES} namespaces), response {:.1} MiB encoded",
+        full.len() as f64 / (1 << 20) as f64
+    );
 
     let (writer, reader) = ztun::state::new();
     let mut applier = Applier::new(writer, Arc::new(XdsMetrics::default()));
 
-    // Full state of the world in one response, as a first connection receives it.
-    reset_peak();
-    let before = status_kib("VmRSS");
+    // The state of the world in one response, as a first connection receives it.
+    let base = CountingAlloc::live();
+    CountingAlloc::reset_peak();
+    reset_peak_rss();
     let started = Instant::now();
-    let decoded = DeltaDiscoveryResponse::decode(bytes.as_slice()).expect("valid response");
+    let decoded = DeltaDiscoveryResponse::decode(full.as_slice()).expect("valid response");
     let applied = applier.apply(decoded);
     let took = started.elapsed();
     assert!(applied.is_ack(), "{:?}", applied.nack_message());
-    let peak = status_kib("VmHWM");
-    let after = status_kib("VmRSS");
-    drop(bytes);
+    let peak = CountingAlloc::peak() - base;
+    let encoded = full.len();
+    drop(full);
+    let state = CountingAlloc::live() - base;
     println!(
-        "apply full:   {:>8.1} ms  ({:.2} µs/resource), peak RSS {} MiB, RSS {} -> {} MiB (process start {} MiB)",
+        "apply full:   {:>8.1} ms  ({:.2} µs/resource); state {:.1} MiB ({} B/workload incl. its share of services); peak while applying {:.1} MiB (incl. the {:.1} MiB response); VmHWM {} MiB",
         ms(took),
-        took.as_secs_f64() * 1e6 / f64::from(WORKLOADS + SERVICES),
-        peak / 1024,
-        before / 1024,
-        after / 1024,
-        rss_start / 1024,
-    );
-    println!(
-        "  of which:   {:>8.1} ms decoding the response, {:.1} ms decoding + validating resources, the rest building the snapshot",
-        ms(decode_outer),
-        ms(decode_translate)
+        took.as_secs_f64() * 1e6 / f64::from(workloads + services),
+        mib(state),
+        state / workloads as usize,
+        mib(peak),
+        mib(encoded),
+        status_kib("VmHWM") / 1024,
     );
 
-    // An incremental push: 100 workloads change (e.g. a rollout), one response.
-    let update = response(
-        (0..UPDATE).map(|i| address(&workload(i, 1))),
-        std::iter::empty(),
-        "2",
-    )
-    .encode_to_vec();
-    reset_peak();
-    let started = Instant::now();
-    let applied = applier.apply(DeltaDiscoveryResponse::decode(update.as_slice()).unwrap());
-    let took = started.elapsed();
-    assert!(applied.is_ack());
+    // Incremental pushes: 100 workloads change (e.g. a rollout), one response each.
+    let mut times = Vec::new();
+    let mut peak_ratio: f64 = 0.0;
+    for u in 0..UPDATES {
+        let update = response(
+            (0..UPDATE).map(|i| address(&workload(i * (workloads / UPDATE) + u, u + 1))),
+            std::iter::empty(),
+            "2",
+        )
+        .encode_to_vec();
+        let steady = CountingAlloc::live();
+        CountingAlloc::reset_peak();
+        let started = Instant::now();
+        let applied = applier.apply(DeltaDiscoveryResponse::decode(update.as_slice()).unwrap());
+        times.push(started.elapsed());
+        assert!(applied.is_ack());
+        assert_eq!(applied.updated, UPDATE as usize);
+        let ratio = (CountingAlloc::peak() - base) as f64 / (steady - base) as f64;
+        peak_ratio = peak_ratio.max(ratio);
+    }
+    times.sort();
     println!(
-        "apply update: {:>8.1} ms  ({UPDATE} workloads on top of {} resources), peak RSS {} MiB",
-        ms(took),
-        WORKLOADS + SERVICES,
-        status_kib("VmHWM") / 1024
+        "apply delta:  {:>8.3} ms median, {:.3} ms max of {UPDATES} ({UPDATE} workloads on top of {} resources); peak heap while applying {:.3}x steady",
+        ms(times[times.len() / 2]),
+        ms(times[times.len() - 1]),
+        workloads + services,
+        peak_ratio,
     );
 
     // Data path: lookups a connection does on the snapshot.
     let snap = reader.load_full();
-    assert_eq!(snap.workloads().count(), WORKLOADS as usize);
+    assert_eq!(snap.workloads().count(), workloads as usize);
     let started = Instant::now();
     let mut found = 0u32;
     for i in 0..LOOKUPS {
-        found += u32::from(
-            snap.workload_by_ip("", workload_ip(i % WORKLOADS))
-                .is_some(),
-        );
+        found +=
+            u32::from(black_box(snap.workload_by_ip("", workload_ip(i % workloads))).is_some());
     }
     let per_ip = started.elapsed();
     assert_eq!(found, LOOKUPS);
     let started = Instant::now();
     let mut found = 0usize;
     for i in 0..LOOKUPS {
-        found += black_box(snap.services_by_vip("", service_vip(i % SERVICES))).len();
+        found += black_box(snap.services_by_vip("", service_vip(i % services))).len();
     }
     let per_vip = started.elapsed();
     assert_eq!(found, LOOKUPS as usize);
+    let keys: Vec<String> = (0..services).map(service_key).collect();
     let started = Instant::now();
     let mut found = 0usize;
     for i in 0..LOOKUPS {
-        let key = format_key(i % SERVICES);
-        found += black_box(snap.endpoints(&key)).len();
+        found += black_box(snap.endpoints(&keys[(i % services) as usize])).len();
     }
     let per_endpoints = started.elapsed();
-    assert_eq!(found, 2 * LOOKUPS as usize);
+    assert_eq!(found, PER_SERVICE as usize * LOOKUPS as usize);
     println!(
-        "lookups:      workload_by_ip {:.0} ns, services_by_vip {:.0} ns, endpoints {:.0} ns (incl. key format)",
+        "lookups:      workload_by_ip {:.0} ns, services_by_vip {:.0} ns, endpoints {:.0} ns",
         ns_per(per_ip),
         ns_per(per_vip),
         ns_per(per_endpoints)
     );
+    drop(snap);
+    drop((reader, applier));
 }
 
+/// Workload `i`: pod of service `i / 5`, in that service's namespace, on node `i % 100`.
 fn workload(i: u32, generation: u32) -> Workload {
-    let svc = i % SERVICES;
+    let svc = i / PER_SERVICE;
+    let ns = format!("ns-{}", svc % NAMESPACES);
     Workload {
-        uid: format!("Kubernetes//Pod/ns-{}/pod-{i}", i % 50).into(),
-        name: format!("pod-{i}").into(),
-        namespace: format!("ns-{}", i % 50).into(),
+        uid: format!("Kubernetes//Pod/{ns}/app-{svc}-{i}").into(),
+        name: format!("app-{svc}-{i}").into(),
+        namespace: ns.into(),
         workload_ips: vec![workload_ip(i)],
         hostname: "".into(),
         network: "".into(),
         protocol: TunnelProtocol::Hbone,
         trust_domain: "cluster.local".into(),
-        service_account: format!("sa-{}", i % 200).into(),
+        service_account: format!("app-{svc}").into(),
         waypoint: None,
         network_gateway: None,
-        node: format!("node-{}", i % 100).into(),
+        node: format!("node-{}", i % NODES).into(),
         canonical_name: format!("app-{svc}").into(),
         canonical_revision: format!("v{generation}").into(),
         workload_type: "deployment".into(),
         workload_name: format!("app-{svc}").into(),
         native_tunnel: false,
         application_tunnel: None,
-        services: BTreeMap::from([(format_key(svc).into(), BTreeMap::from([(80, 8080)]))]),
+        services: VecMap::from([(service_key(svc).into(), BTreeMap::from([(80, 8080)]))]),
         authorization_policies: Vec::new(),
         status: HealthStatus::Healthy,
         cluster_id: "Kubernetes".into(),
@@ -170,31 +188,31 @@ fn workload(i: u32, generation: u32) -> Workload {
 
 fn service(i: u32) -> Service {
     Service {
-        name: format!("svc-{i}").into(),
-        namespace: format!("ns-{}", i % 50).into(),
+        name: format!("app-{i}").into(),
+        namespace: format!("ns-{}", i % NAMESPACES).into(),
         hostname: hostname(i).into(),
         vips: vec![NetworkAddress {
             network: "".into(),
             address: service_vip(i),
         }],
         cidr_vips: Vec::new(),
-        ports: BTreeMap::from([(80, 8080), (443, 8443)]),
+        ports: BTreeMap::from([(80, 8080)]),
         subject_alt_names: Vec::new(),
         waypoint: None,
         weighted_waypoints: Vec::new(),
         load_balancer: None,
         ip_families: Default::default(),
-        canonical: false,
+        canonical: true,
         visibility: Default::default(),
     }
 }
 
 fn hostname(i: u32) -> String {
-    format!("svc-{i}.ns-{}.svc.cluster.local", i % 50)
+    format!("app-{i}.ns-{}.svc.cluster.local", i % NAMESPACES)
 }
 
-fn format_key(i: u32) -> String {
-    format!("ns-{}/{}", i % 50, hostname(i))
+fn service_key(i: u32) -> String {
+    format!("ns-{}/{}", i % NAMESPACES, hostname(i))
 }
 
 fn workload_ip(i: u32) -> IpAddr {
@@ -202,7 +220,7 @@ fn workload_ip(i: u32) -> IpAddr {
 }
 
 fn service_vip(i: u32) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::from(0x0a60_0000 + i + 1))
+    IpAddr::V4(Ipv4Addr::from(0xac10_0000 + i + 1))
 }
 
 fn address(w: &Workload) -> Resource {
@@ -251,12 +269,16 @@ fn status_kib(field: &str) -> u64 {
 }
 
 /// Resets the peak RSS (`VmHWM`) to the current RSS.
-fn reset_peak() {
+fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
+}
+
+fn mib(bytes: usize) -> f64 {
+    bytes as f64 / (1 << 20) as f64
 }
 
 fn ns_per(d: Duration) -> f64 {

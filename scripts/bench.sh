@@ -8,6 +8,8 @@
 # root. Other arguments go to `ztun-lab bench` (e.g. --runs 5 --seconds 10 --idle 1000,10000
 # --levels warn --only throughput,connections). Leftovers of a killed run: `ztun-lab cleanup`,
 # only when no other lab (tests) runs on the machine.
+# `scripts/bench.sh --state [--ztunnel PATH] [--workloads N] [--runs N]`: the state-at-scale
+# figures instead (below).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,9 +27,21 @@ for ((i = 0; i < ${#args[@]}; i++)); do
     fi
   fi
 done
+target_dir="${CARGO_TARGET_DIR:-target}"
+if [ "${1:-}" = "--state" ]; then
+  # State at scale: one dedicated tunnel in its own lab namespace fed a generated mesh over
+  # xDS and from a file; with `--ztunnel PATH`, ztunnel measured the same way in the same run.
+  # Extra arguments go to `ztun-lab state-bench` (--workloads N --runs N --ztunnel PATH).
+  # Touches no other lab's namespaces.
+  shift
+  cargo build --release --features testing --bins
+  mkdir -p "$target_dir/bench"
+  out="$target_dir/bench/state-$(date -u +%Y%m%dT%H%M%SZ).json"
+  echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r)"
+  exec "$target_dir/release/ztun-lab" state-bench --ztun "$target_dir/release/ztun" --out "$out" "$@"
+fi
 bash scripts/install-deps.sh
 cargo build --release --features testing --bins
-target_dir="${CARGO_TARGET_DIR:-target}"
 mkdir -p "$target_dir/bench"
 out="$target_dir/bench/bench-$(date -u +%Y%m%dT%H%M%SZ).json"
 echo "machine: $(nproc) cores ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r)"

@@ -234,6 +234,7 @@ fn load_local_config(config: &Config, writer: &Writer) -> anyhow::Result<()> {
     local.services.into_iter().for_each(|x| b.insert_service(x));
     local.policies.into_iter().for_each(|x| b.insert_policy(x));
     writer.publish(b);
+    crate::sys::alloc::release_free_memory();
     tracing::info!(
         workloads = w,
         services = s,

@@ -1,7 +1,6 @@
 //! Table tests of the authorization semantics (compat.md §1.10, §2.2).
 
 use crate::state::model::PolicyScope;
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use super::*;
@@ -31,7 +30,7 @@ pub(crate) fn workload(ns: &str, name: &str, sa: &str, ip: [u8; 4]) -> Workload 
         workload_name: name.into(),
         native_tunnel: false,
         application_tunnel: None,
-        services: BTreeMap::new(),
+        services: Default::default(),
         authorization_policies: Vec::new(),
         status: HealthStatus::Healthy,
         cluster_id: "Kubernetes".into(),

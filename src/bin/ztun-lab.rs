@@ -27,6 +27,11 @@ const COMMANDS: &[Command] = &[
         run: bench,
     },
     Command {
+        name: "state-bench",
+        usage: "state-bench [--ztun PATH] [--ztunnel PATH] [--workloads N] [--runs N] [--out FILE]  one dedicated tunnel fed a generated mesh over xDS and from a file: time to ready, RSS",
+        run: state_bench,
+    },
+    Command {
         name: "echo-server",
         usage: "echo-server --port P   a TCP echo server in the current namespace until killed (the bench's idle-connection peer)",
         run: echo_server,
@@ -134,6 +139,43 @@ fn relay(args: &[String]) -> anyhow::Result<()> {
         _ => bail!("usage: relay --listen IP:PORT --to IP:PORT"),
     };
     ztun::testkit::bench::relay(listen, to)
+}
+
+fn state_bench(args: &[String]) -> anyhow::Result<()> {
+    let mut opts = ztun::testkit::state_bench::Options {
+        workloads: 50_000,
+        runs: 3,
+        ztunnel: None,
+    };
+    let mut bin = None;
+    let mut out = None;
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        let mut value = || rest.next().with_context(|| format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--ztun" => bin = Some(std::fs::canonicalize(value()?).context("--ztun")?),
+            "--ztunnel" => {
+                opts.ztunnel = Some(std::fs::canonicalize(value()?).context("--ztunnel")?)
+            }
+            "--workloads" => opts.workloads = value()?.parse().context("--workloads")?,
+            "--runs" => opts.runs = value()?.parse().context("--runs")?,
+            "--out" => out = Some(std::path::PathBuf::from(value()?)),
+            other => bail!("unexpected argument {other:?}"),
+        }
+    }
+    if opts.runs == 0 || opts.workloads < 5 {
+        bail!("--runs must be at least 1 and --workloads at least 5");
+    }
+    let bin = match bin {
+        Some(b) => b,
+        None => ztun::testkit::ztun_bin()?,
+    };
+    let report = ztun::testkit::state_bench::run(&bin, &opts)?;
+    if let Some(out) = out {
+        std::fs::write(&out, serde_json::to_string_pretty(&report)?)?;
+        println!("wrote {}", out.display());
+    }
+    Ok(())
 }
 
 fn bench(args: &[String]) -> anyhow::Result<()> {

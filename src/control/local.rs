@@ -293,7 +293,7 @@ fn workload(index: usize, w: YamlWorkload) -> Result<Workload, LocalConfigError>
             // Port 0 means "the target port", as in the xDS resource.
             port: t.port.filter(|port| *port != 0),
         }),
-        services,
+        services: services.into_iter().collect(),
         authorization_policies: w
             .authorization_policies
             .into_iter()

@@ -129,6 +129,7 @@ pub fn publish(writer: &Writer, config: LocalConfig) {
         .for_each(|x| b.insert_service(x));
     config.policies.into_iter().for_each(|x| b.insert_policy(x));
     let snap = writer.publish(b);
+    crate::sys::alloc::release_free_memory();
     tracing::info!(
         generation = snap.generation(),
         workloads = w,

@@ -1,6 +1,5 @@
 //! Unit tests: name expansion, hostname matching, address filtering and packet handling.
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
@@ -41,7 +40,7 @@ fn workload(ns: &str, name: &str, ips: &[&str], services: &[&str]) -> Workload {
         services: services
             .iter()
             .map(|s| (Strng::from(*s), PortMap::new()))
-            .collect::<BTreeMap<_, _>>(),
+            .collect(),
         authorization_policies: Vec::new(),
         status: HealthStatus::Healthy,
         cluster_id: "Kubernetes".into(),

@@ -1,20 +1,26 @@
 //! The shared state between the control side (writer) and the data plane (readers).
 //!
-//! The control side builds a complete [`Snapshot`] off to the side and publishes it with one
+//! The control side builds the next [`Snapshot`] off to the side and publishes it with one
 //! atomic pointer swap per update (one generation per xDS response or local file load), so a
-//! reader always sees a consistent mesh. Readers decide synchronously over a snapshot; they
+//! reader always sees a consistent mesh. A generation shares everything its update did not
+//! touch with the previous one (see `shards`), and the mesh's repeated strings are held once
+//! (see `intern`). Readers decide synchronously over a snapshot; they
 //! never hold a loaded guard across `.await` (use [`Reader::load_full`] for that).
 //!
 //! Allowed imports: `identity`, `state::model`. Never `control/` or generated proto code.
 
+mod intern;
 pub mod model;
+mod shards;
 mod snapshot;
+mod vecmap;
 
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
+pub use intern::{len as interned_strings, purge_now as purge_interned};
 pub use snapshot::{canonical_ip, Snapshot, SnapshotBuilder};
 
 /// Creates an empty store, returning its single writer and a reader factory.
@@ -82,6 +88,7 @@ impl Writer {
         let snap = Arc::new(builder.build(generation));
         self.shared.current.store(snap.clone());
         self.shared.changed.send_replace(generation);
+        intern::purge();
         snap
     }
 

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+pub use super::vecmap::VecMap;
 use crate::identity::Identity;
 
 /// Shared immutable string.
@@ -163,8 +164,8 @@ pub struct Workload {
     pub application_tunnel: Option<ApplicationTunnel>,
     /// Service memberships: `namespace/hostname` → port map. Serialized as ztunnel does, as
     /// the list of keys (the port maps show in each service's `endpoints`).
-    #[serde(serialize_with = "keys", skip_serializing_if = "BTreeMap::is_empty")]
-    pub services: BTreeMap<Strng, PortMap>,
+    #[serde(serialize_with = "keys", skip_serializing_if = "VecMap::is_empty")]
+    pub services: VecMap<Strng, PortMap>,
     /// WORKLOAD_SELECTOR policies (`namespace/name`) that apply to it.
     pub authorization_policies: Vec<Strng>,
     /// Health.
@@ -500,7 +501,7 @@ impl IpFamilies {
 }
 
 /// Serializes a map as the list of its keys.
-fn keys<S: serde::Serializer, V>(map: &BTreeMap<Strng, V>, s: S) -> Result<S::Ok, S::Error> {
+fn keys<S: serde::Serializer, V>(map: &VecMap<Strng, V>, s: S) -> Result<S::Ok, S::Error> {
     s.collect_seq(map.keys())
 }
 

@@ -1,28 +1,105 @@
-//! An immutable, indexed generation of the mesh, and the builder that makes one.
+//! An immutable, indexed generation of the mesh, and the builder that makes the next one.
+//!
+//! Every map and index is a [`ShardMap`]: a new generation shares all the shards its delta
+//! does not touch with the previous one, and the builder keeps the indexes up to date as it
+//! applies each insert or removal. A delta of `n` resources costs O(n), not O(mesh), and the
+//! generation readers hold is never modified.
 
+use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use super::model::{NetworkAddress, NetworkMode, Policy, Service, Strng, Workload};
+use super::intern::{self, Interner};
+use super::model::{
+    GatewayAddress, GatewayDestination, NetworkAddress, NetworkMode, Policy, PolicyScope, Service,
+    Strng, Workload,
+};
+use super::shards::ShardMap;
 
 /// One consistent generation of workloads, services and policies, with lookup indexes.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Snapshot {
     generation: u64,
-    workloads: HashMap<Strng, Arc<Workload>>,
-    workloads_by_ip: HashMap<NetworkAddress, Arc<Workload>>,
-    services: HashMap<Strng, Arc<Service>>,
-    services_by_vip: HashMap<NetworkAddress, Vec<Arc<Service>>>,
-    /// GLOBAL policies, then NAMESPACE policies by namespace (each sorted by key).
-    global_policies: Vec<Arc<Policy>>,
-    namespace_policies: HashMap<Strng, Vec<Arc<Policy>>>,
+    workloads: ShardMap<Strng, Arc<Workload>>,
+    /// (network, IP) → the workloads on it, the preferred one first.
+    workloads_by_ip: ShardMap<NetworkAddress, List<Workload>>,
+    services: ShardMap<Strng, Arc<Service>>,
+    /// (network, VIP) → services, sorted by (namespace, hostname).
+    services_by_vip: ShardMap<NetworkAddress, List<Service>>,
     /// (namespace, name) → workloads with that pod name (sorted by uid).
-    /// Nested by namespace so two `&str` look it up without allocating a key.
-    pods: HashMap<Strng, HashMap<Strng, Vec<Arc<Workload>>>>,
+    pods: ShardMap<(Strng, Strng), List<Workload>>,
     /// Service key → workloads that list the service (sorted by uid).
-    endpoints: HashMap<Strng, Vec<Arc<Workload>>>,
-    policies: HashMap<Strng, Arc<Policy>>,
+    endpoints: ShardMap<Strng, List<Workload>>,
+    policies: Arc<Policies>,
+}
+
+/// The policies and their scope indexes (few: rebuilt whole when one changes).
+#[derive(Debug, Default, Clone)]
+struct Policies {
+    by_key: HashMap<Strng, Arc<Policy>>,
+    /// GLOBAL policies, then NAMESPACE policies by namespace (each sorted by key).
+    global: Vec<Arc<Policy>>,
+    namespace: HashMap<Strng, Vec<Arc<Policy>>>,
+}
+
+/// An index value: one item (no allocation beyond the entry) or several, shared.
+#[derive(Debug)]
+enum List<T> {
+    One(Arc<T>),
+    Many(Arc<[Arc<T>]>),
+}
+
+impl<T> Clone for List<T> {
+    fn clone(&self) -> Self {
+        match self {
+            List::One(x) => List::One(x.clone()),
+            List::Many(x) => List::Many(x.clone()),
+        }
+    }
+}
+
+impl<T> List<T> {
+    fn as_slice(&self) -> &[Arc<T>] {
+        match self {
+            List::One(x) => std::slice::from_ref(x),
+            List::Many(x) => x,
+        }
+    }
+
+    /// `list` with `item` added in `order` (unchanged if `item` is already there).
+    fn with(list: Option<&Self>, item: &Arc<T>, order: impl Fn(&T, &T) -> Ordering) -> Self {
+        let Some(list) = list else {
+            return List::One(item.clone());
+        };
+        let items = list.as_slice();
+        if items.iter().any(|x| Arc::ptr_eq(x, item)) {
+            return list.clone();
+        }
+        let at = items.partition_point(|x| order(x, item) == Ordering::Less);
+        let mut v = Vec::with_capacity(items.len() + 1);
+        v.extend_from_slice(&items[..at]);
+        v.push(item.clone());
+        v.extend_from_slice(&items[at..]);
+        List::Many(v.into())
+    }
+
+    /// `list` without `item`; `None` when nothing is left.
+    fn without(list: Option<&Self>, item: &Arc<T>) -> Option<Self> {
+        let items = list?.as_slice();
+        let mut rest = items.iter().filter(|x| !Arc::ptr_eq(x, item));
+        match (rest.next(), rest.next()) {
+            (None, _) => None,
+            (Some(one), None) => Some(List::One(one.clone())),
+            _ => Some(List::Many(
+                items
+                    .iter()
+                    .filter(|x| !Arc::ptr_eq(x, item))
+                    .cloned()
+                    .collect(),
+            )),
+        }
+    }
 }
 
 impl Snapshot {
@@ -33,11 +110,12 @@ impl Snapshot {
 
     /// The workload owning `ip` on `network`. Host-network workloads are never returned.
     pub fn workload_by_ip(&self, network: &str, ip: IpAddr) -> Option<&Arc<Workload>> {
-        let key = NetworkAddress {
-            network: network.into(),
-            address: canonical_ip(ip),
-        };
-        self.workloads_by_ip.get(&key)
+        let ip = canonical_ip(ip);
+        let m = &self.workloads_by_ip;
+        m.find(m.hash(&(network, ip)), |k| {
+            k.address == ip && &*k.network == network
+        })
+        .and_then(|l| l.as_slice().first())
     }
 
     /// The workload with this uid.
@@ -53,20 +131,25 @@ impl Snapshot {
         name: &str,
         node: Option<&str>,
     ) -> Option<&Arc<Workload>> {
-        let list = self.pods.get(namespace)?.get(name)?;
+        let m = &self.pods;
+        let list = m
+            .find(m.hash(&(namespace, name)), |(ns, n)| {
+                &**n == name && &**ns == namespace
+            })?
+            .as_slice();
         node.and_then(|n| list.iter().find(|w| &*w.node == n))
             .or_else(|| list.first())
     }
+
     /// Services reachable at `vip` on `network` (several may share a VIP).
     pub fn services_by_vip(&self, network: &str, vip: IpAddr) -> &[Arc<Service>] {
-        let key = NetworkAddress {
-            network: network.into(),
-            address: canonical_ip(vip),
-        };
-        self.services_by_vip
-            .get(&key)
-            .map(Vec::as_slice)
-            .unwrap_or_default()
+        let vip = canonical_ip(vip);
+        let m = &self.services_by_vip;
+        m.find(m.hash(&(network, vip)), |k| {
+            k.address == vip && &*k.network == network
+        })
+        .map(List::as_slice)
+        .unwrap_or_default()
     }
 
     /// The service with key `namespace/hostname`.
@@ -78,13 +161,13 @@ impl Snapshot {
     pub fn endpoints(&self, service_key: &str) -> &[Arc<Workload>] {
         self.endpoints
             .get(service_key)
-            .map(Vec::as_slice)
+            .map(List::as_slice)
             .unwrap_or_default()
     }
 
     /// The policy with key `namespace/name`.
     pub fn policy(&self, key: &str) -> Option<&Arc<Policy>> {
-        self.policies.get(key)
+        self.policies.by_key.get(key)
     }
 
     /// All workloads, in no particular order.
@@ -97,6 +180,16 @@ impl Snapshot {
         self.services.values()
     }
 
+    /// Number of workloads.
+    pub fn workload_count(&self) -> usize {
+        self.workloads.len()
+    }
+
+    /// Number of services.
+    pub fn service_count(&self) -> usize {
+        self.services.len()
+    }
+
     /// The GLOBAL policies and the NAMESPACE policies of `namespace`: what applies to every
     /// workload of that namespace before its own WORKLOAD_SELECTOR list. No scan: this runs on
     /// every inbound connection.
@@ -105,16 +198,30 @@ impl Snapshot {
         namespace: &str,
     ) -> impl Iterator<Item = &'a Arc<Policy>> + 'a {
         let ns = self
-            .namespace_policies
+            .policies
+            .namespace
             .get(namespace)
             .map(Vec::as_slice)
             .unwrap_or_default();
-        self.global_policies.iter().chain(ns.iter())
+        self.policies.global.iter().chain(ns.iter())
     }
 
     /// All policies, in no particular order.
     pub fn policies(&self) -> impl Iterator<Item = &Arc<Policy>> {
-        self.policies.values()
+        self.policies.by_key.values()
+    }
+
+    /// Sizes of the indexes (entries), for tests and benchmarks that check an update keeps
+    /// them consistent and that removals leave nothing behind.
+    pub fn index_sizes(&self) -> [usize; 6] {
+        [
+            self.workloads.len(),
+            self.workloads_by_ip.len(),
+            self.services.len(),
+            self.services_by_vip.len(),
+            self.pods.len(),
+            self.endpoints.len(),
+        ]
     }
 }
 
@@ -126,53 +233,83 @@ pub fn canonical_ip(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// Accumulates resources, then builds the indexes of a [`Snapshot`] in one pass.
+/// The next generation: starts as a copy of one (sharing all its data) and keeps every index
+/// up to date as resources are inserted and removed.
 #[derive(Debug, Default, Clone)]
 pub struct SnapshotBuilder {
-    workloads: HashMap<Strng, Arc<Workload>>,
-    services: HashMap<Strng, Arc<Service>>,
-    policies: HashMap<Strng, Arc<Policy>>,
+    next: Snapshot,
+    policies_changed: bool,
 }
 
 impl SnapshotBuilder {
-    /// Starts from the contents of `snap`.
+    /// Starts from the contents of `snap` (shares them: O(1) in the mesh size).
     pub fn from_snapshot(snap: &Snapshot) -> Self {
         SnapshotBuilder {
-            workloads: snap.workloads.clone(),
-            services: snap.services.clone(),
-            policies: snap.policies.clone(),
+            next: snap.clone(),
+            policies_changed: false,
         }
     }
 
     /// Removes every resource.
     pub fn clear(&mut self) {
-        self.workloads.clear();
-        self.services.clear();
-        self.policies.clear();
+        self.next = Snapshot::default();
+        self.policies_changed = true;
     }
 
     /// Adds or replaces a workload (by uid).
-    pub fn insert_workload(&mut self, w: Workload) {
-        self.workloads.insert(w.uid.clone(), Arc::new(w));
+    pub fn insert_workload(&mut self, mut w: Workload) {
+        intern::with(|i| intern_workload(i, &mut w));
+        let old = match self.next.workloads.get(&*w.uid) {
+            // Resent unchanged: nothing to do (and readers keep the same value).
+            Some(old) if **old == w => return,
+            old => old.cloned(),
+        };
+        if let Some(old) = old {
+            self.unindex_workload(&old);
+        }
+        let w = Arc::new(w);
+        self.next.workloads.insert(w.uid.clone(), w.clone());
+        self.index_workload(&w);
     }
 
     /// Adds or replaces a service (by `namespace/hostname`).
-    pub fn insert_service(&mut self, s: Service) {
-        self.services.insert(s.key().into(), Arc::new(s));
+    pub fn insert_service(&mut self, mut s: Service) {
+        let mut key: Strng = s.key().into();
+        intern::with(|i| {
+            intern_service(i, &mut s);
+            i.intern(&mut key);
+        });
+        let old = match self.next.services.get(&key) {
+            Some(old) if **old == s => return,
+            old => old.cloned(),
+        };
+        if let Some(old) = old {
+            self.unindex_service(&old);
+        }
+        let s = Arc::new(s);
+        self.next.services.insert(key, s.clone());
+        self.index_service(&s);
     }
 
     /// Adds or replaces a policy (by `namespace/name`).
     pub fn insert_policy(&mut self, p: Policy) {
-        self.policies.insert(p.key().into(), Arc::new(p));
+        Arc::make_mut(&mut self.next.policies)
+            .by_key
+            .insert(p.key().into(), Arc::new(p));
+        self.policies_changed = true;
     }
 
     /// Logs, once per new or changed policy compared with `previous`, the policies with rules
     /// that can never match at L4: Istio accepts such policies and says so only in the
     /// policy's status, which node operators rarely see.
     pub(super) fn warn_unmatchable(&self, previous: &Snapshot) {
-        for (key, p) in &self.policies {
+        if !self.policies_changed {
+            return;
+        }
+        for (key, p) in &self.next.policies.by_key {
             let unchanged = previous
                 .policies
+                .by_key
                 .get(key)
                 .is_some_and(|old| Arc::ptr_eq(old, p) || **old == **p);
             if unchanged {
@@ -194,111 +331,211 @@ impl SnapshotBuilder {
     /// Removes an address resource by name: a workload uid, else a service key. Returns
     /// whether anything was removed.
     pub fn remove_address(&mut self, name: &str) -> bool {
-        self.workloads.remove(name).is_some() || self.services.remove(name).is_some()
+        if let Some(w) = self.next.workloads.remove(name) {
+            self.unindex_workload(&w);
+            return true;
+        }
+        if let Some(s) = self.next.services.remove(name) {
+            self.unindex_service(&s);
+            return true;
+        }
+        false
     }
 
     /// Removes a policy by key. Returns whether it existed.
     pub fn remove_policy(&mut self, key: &str) -> bool {
-        self.policies.remove(key).is_some()
+        if !self.next.policies.by_key.contains_key(key) {
+            return false;
+        }
+        Arc::make_mut(&mut self.next.policies).by_key.remove(key);
+        self.policies_changed = true;
+        true
     }
 
-    /// Builds the indexes and freezes the generation.
-    pub fn build(self, generation: u64) -> Snapshot {
-        let mut workloads_by_ip: HashMap<NetworkAddress, Arc<Workload>> = HashMap::new();
-        for w in self.workloads.values() {
-            if w.network_mode == NetworkMode::HostNetwork {
-                continue;
+    /// Freezes the generation (the policy scope lists are rebuilt if a policy changed).
+    pub fn build(mut self, generation: u64) -> Snapshot {
+        if self.policies_changed {
+            let policies = Arc::make_mut(&mut self.next.policies);
+            policies.global.clear();
+            policies.namespace.clear();
+            for p in policies.by_key.values() {
+                match p.scope {
+                    PolicyScope::Global => policies.global.push(p.clone()),
+                    PolicyScope::Namespace => policies
+                        .namespace
+                        .entry(p.namespace.clone())
+                        .or_default()
+                        .push(p.clone()),
+                    PolicyScope::WorkloadSelector => {}
+                }
             }
+            let by_key = |a: &Arc<Policy>, b: &Arc<Policy>| {
+                (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name))
+            };
+            policies.global.sort_by(by_key);
+            for list in policies.namespace.values_mut() {
+                list.sort_by(by_key);
+            }
+        }
+        self.next.generation = generation;
+        self.next
+    }
+
+    fn index_workload(&mut self, w: &Arc<Workload>) {
+        let next = &mut self.next;
+        if w.network_mode != NetworkMode::HostNetwork {
             for ip in &w.workload_ips {
                 let key = NetworkAddress {
                     network: w.network.clone(),
                     address: canonical_ip(*ip),
                 };
-                match workloads_by_ip.get(&key) {
-                    // Several workloads on one IP: prefer pods, then HBONE ones, then a stable
-                    // order by uid so every node resolves the conflict the same way.
-                    Some(existing) if !prefer(w, existing) => {}
-                    _ => {
-                        workloads_by_ip.insert(key, w.clone());
-                    }
-                }
+                // Several workloads on one IP: prefer pods, then HBONE ones, then a stable
+                // order by uid so every node resolves the conflict the same way.
+                next.workloads_by_ip
+                    .update(key, |l| Some(List::with(l, w, preference)));
             }
         }
-        let mut pods: HashMap<Strng, HashMap<Strng, Vec<Arc<Workload>>>> = HashMap::new();
-        let mut endpoints: HashMap<Strng, Vec<Arc<Workload>>> = HashMap::new();
-        for w in self.workloads.values() {
-            pods.entry(w.namespace.clone())
-                .or_default()
-                .entry(w.name.clone())
-                .or_default()
-                .push(w.clone());
-            for key in w.services.keys() {
-                endpoints.entry(key.clone()).or_default().push(w.clone());
-            }
+        next.pods
+            .update((w.namespace.clone(), w.name.clone()), |l| {
+                Some(List::with(l, w, by_uid))
+            });
+        for key in w.services.keys() {
+            next.endpoints
+                .update(key.clone(), |l| Some(List::with(l, w, by_uid)));
         }
-        for list in endpoints
-            .values_mut()
-            .chain(pods.values_mut().flat_map(HashMap::values_mut))
-        {
-            list.sort_by(|a, b| a.uid.cmp(&b.uid));
-        }
-        let mut services_by_vip: HashMap<NetworkAddress, Vec<Arc<Service>>> = HashMap::new();
-        for s in self.services.values() {
-            for vip in &s.vips {
+    }
+
+    fn unindex_workload(&mut self, w: &Arc<Workload>) {
+        let next = &mut self.next;
+        if w.network_mode != NetworkMode::HostNetwork {
+            for ip in &w.workload_ips {
                 let key = NetworkAddress {
-                    network: vip.network.clone(),
-                    address: canonical_ip(vip.address),
+                    network: w.network.clone(),
+                    address: canonical_ip(*ip),
                 };
-                services_by_vip.entry(key).or_default().push(s.clone());
+                next.workloads_by_ip.update(key, |l| List::without(l, w));
             }
         }
-        for list in services_by_vip.values_mut() {
-            list.sort_by(|a, b| (&a.namespace, &a.hostname).cmp(&(&b.namespace, &b.hostname)));
+        next.pods
+            .update((w.namespace.clone(), w.name.clone()), |l| {
+                List::without(l, w)
+            });
+        for key in w.services.keys() {
+            next.endpoints.update(key.clone(), |l| List::without(l, w));
         }
-        let mut global_policies = Vec::new();
-        let mut namespace_policies: HashMap<Strng, Vec<Arc<Policy>>> = HashMap::new();
-        for p in self.policies.values() {
-            match p.scope {
-                super::model::PolicyScope::Global => global_policies.push(p.clone()),
-                super::model::PolicyScope::Namespace => namespace_policies
-                    .entry(p.namespace.clone())
-                    .or_default()
-                    .push(p.clone()),
-                super::model::PolicyScope::WorkloadSelector => {}
-            }
+    }
+
+    fn index_service(&mut self, s: &Arc<Service>) {
+        for vip in &s.vips {
+            let key = NetworkAddress {
+                network: vip.network.clone(),
+                address: canonical_ip(vip.address),
+            };
+            self.next
+                .services_by_vip
+                .update(key, |l| Some(List::with(l, s, by_service_key)));
         }
-        let by_key = |a: &Arc<Policy>, b: &Arc<Policy>| {
-            (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name))
-        };
-        global_policies.sort_by(by_key);
-        for list in namespace_policies.values_mut() {
-            list.sort_by(by_key);
-        }
-        Snapshot {
-            generation,
-            global_policies,
-            namespace_policies,
-            workloads: self.workloads,
-            workloads_by_ip,
-            services: self.services,
-            services_by_vip,
-            pods,
-            endpoints,
-            policies: self.policies,
+    }
+
+    fn unindex_service(&mut self, s: &Arc<Service>) {
+        for vip in &s.vips {
+            let key = NetworkAddress {
+                network: vip.network.clone(),
+                address: canonical_ip(vip.address),
+            };
+            self.next
+                .services_by_vip
+                .update(key, |l| List::without(l, s));
         }
     }
 }
 
-fn prefer(candidate: &Workload, existing: &Workload) -> bool {
+fn by_uid(a: &Workload, b: &Workload) -> Ordering {
+    a.uid.cmp(&b.uid)
+}
+
+fn by_service_key(a: &Service, b: &Service) -> Ordering {
+    (&a.namespace, &a.hostname).cmp(&(&b.namespace, &b.hostname))
+}
+
+/// The preferred owner of an IP sorts first: pods, then HBONE workloads, then by uid.
+fn preference(a: &Workload, b: &Workload) -> Ordering {
     let rank = |w: &Workload| {
         (
             w.uid.contains("//Pod/"),
             w.protocol == super::model::TunnelProtocol::Hbone,
         )
     };
-    match rank(candidate).cmp(&rank(existing)) {
-        std::cmp::Ordering::Greater => true,
-        std::cmp::Ordering::Less => false,
-        std::cmp::Ordering::Equal => candidate.uid < existing.uid,
+    rank(b).cmp(&rank(a)).then_with(|| a.uid.cmp(&b.uid))
+}
+
+fn intern_gateway(i: &mut Interner, g: &mut Option<GatewayAddress>) {
+    match g.as_mut().map(|g| &mut g.destination) {
+        Some(GatewayDestination::Address(a)) => i.intern(&mut a.network),
+        Some(GatewayDestination::Hostname(h)) => {
+            i.intern(&mut h.namespace);
+            i.intern(&mut h.hostname);
+        }
+        None => {}
+    }
+}
+
+/// Replaces the workload's repeated strings by their shared copies (all but uid and name).
+fn intern_workload(i: &mut Interner, w: &mut Workload) {
+    for s in [
+        &mut w.namespace,
+        &mut w.hostname,
+        &mut w.network,
+        &mut w.trust_domain,
+        &mut w.service_account,
+        &mut w.node,
+        &mut w.canonical_name,
+        &mut w.canonical_revision,
+        &mut w.workload_type,
+        &mut w.workload_name,
+        &mut w.cluster_id,
+        &mut w.locality.region,
+        &mut w.locality.zone,
+        &mut w.locality.subzone,
+    ] {
+        i.intern(s);
+    }
+    intern_gateway(i, &mut w.waypoint);
+    intern_gateway(i, &mut w.network_gateway);
+    for p in &mut w.authorization_policies {
+        i.intern(p);
+    }
+    if !w.services.is_empty() {
+        w.services = std::mem::take(&mut w.services)
+            .into_iter()
+            .map(|(mut k, v)| {
+                i.intern(&mut k);
+                (k, v)
+            })
+            .collect();
+    }
+}
+
+/// Replaces the service's repeated strings by their shared copies.
+fn intern_service(i: &mut Interner, s: &mut Service) {
+    i.intern(&mut s.namespace);
+    for v in &mut s.vips {
+        i.intern(&mut v.network);
+    }
+    for v in &mut s.cidr_vips {
+        i.intern(&mut v.network);
+    }
+    for san in &mut s.subject_alt_names {
+        i.intern(san);
+    }
+    intern_gateway(i, &mut s.waypoint);
+    for w in &mut s.weighted_waypoints {
+        match &mut w.destination.destination {
+            GatewayDestination::Address(a) => i.intern(&mut a.network),
+            GatewayDestination::Hostname(h) => {
+                i.intern(&mut h.namespace);
+                i.intern(&mut h.hostname);
+            }
+        }
     }
 }

@@ -5,6 +5,7 @@
 //! Nothing here knows about workloads or policy.
 #![allow(unsafe_code)]
 
+pub mod alloc;
 #[cfg(any(test, feature = "testing"))]
 pub mod caps;
 pub mod netns;

@@ -12,6 +12,7 @@ pub mod hbone_server;
 pub mod istioctl;
 pub mod lab;
 pub mod mesh;
+pub mod state_bench;
 pub mod waypoint;
 
 use std::path::PathBuf;

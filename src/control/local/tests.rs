@@ -1,10 +1,9 @@
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use super::*;
 use crate::state::model::{
     AppTunnelProtocol, HealthPolicy, HealthStatus, LoadBalancerMode, LoadBalancerScope,
-    NetworkMode, PolicyAction, PolicyScope, PortMap, TunnelProtocol, Visibility,
+    NetworkMode, PolicyAction, PolicyScope, PortMap, TunnelProtocol, VecMap, Visibility,
 };
 
 mod errors;
@@ -148,7 +147,7 @@ fn example_file_converts_field_by_field() {
             workload_name: "".into(),
             native_tunnel: false,
             application_tunnel: None,
-            services: BTreeMap::from([
+            services: VecMap::from([
                 ("default/example.com".into(), ports(&[(80, 8080)])),
                 ("default/example2.com".into(), ports(&[(80, 8080)])),
             ]),
@@ -201,7 +200,7 @@ fn example_file_converts_field_by_field() {
                 protocol: AppTunnelProtocol::Proxy,
                 port: Some(15088)
             }),
-            services: BTreeMap::from([("default/example.com".into(), ports(&[(80, 8080)]))]),
+            services: VecMap::from([("default/example.com".into(), ports(&[(80, 8080)]))]),
             authorization_policies: vec!["default/allow-some".into()],
             status: HealthStatus::Unhealthy,
             cluster_id: "cluster1".into(),
@@ -587,7 +586,7 @@ services:
     let config = parse(yaml).unwrap();
     assert_eq!(
         config.workloads[0].services,
-        BTreeMap::from([("ns/s.ns.svc.cluster.local".into(), ports(&[(80, 9090)]))])
+        VecMap::from([("ns/s.ns.svc.cluster.local".into(), ports(&[(80, 9090)]))])
     );
 
     let unknown = yaml.replace("{workloadUid: u1,", "{workloadUid: u2,");

@@ -317,7 +317,7 @@ fn workload(ctx: &mut Ctx, w: wl::Workload) -> Result<Workload, TranslateError> 
         workload_name: w.workload_name.into(),
         native_tunnel: w.native_tunnel,
         application_tunnel,
-        services,
+        services: services.into_iter().collect(),
         authorization_policies: w
             .authorization_policies
             .into_iter()

@@ -1,0 +1,65 @@
+//! One copy of each repeated string of the mesh: namespaces, service accounts, nodes, trust
+//! domains, networks, service keys… are shared by every workload that names them instead of
+//! being allocated once per workload.
+//!
+//! Strings nobody else holds any more are dropped by [`purge`], which the writer runs after a
+//! publish once enough new strings came in since the last purge (amortized O(1) per string).
+
+use std::collections::HashSet;
+use std::sync::{Arc, LazyLock};
+
+use parking_lot::Mutex;
+
+use super::model::Strng;
+
+/// The interned strings.
+#[derive(Default)]
+pub(super) struct Interner {
+    set: HashSet<Strng>,
+    added_since_purge: usize,
+}
+
+static INTERNER: LazyLock<Mutex<Interner>> = LazyLock::new(Default::default);
+
+impl Interner {
+    /// The shared copy of `s` (`s` itself when it is new).
+    pub(super) fn intern(&mut self, s: &mut Strng) {
+        if let Some(shared) = self.set.get(&**s) {
+            if !Arc::ptr_eq(shared, s) {
+                *s = shared.clone();
+            }
+            return;
+        }
+        self.set.insert(s.clone());
+        self.added_since_purge += 1;
+    }
+
+    fn purge(&mut self, force: bool) {
+        if !force && self.added_since_purge * 2 < self.set.len().max(1024) {
+            return;
+        }
+        self.set.retain(|s| Arc::strong_count(s) > 1);
+        self.set.shrink_to_fit();
+        self.added_since_purge = 0;
+    }
+}
+
+/// Runs `f` with the interner locked (once for all the strings of one resource).
+pub(super) fn with<R>(f: impl FnOnce(&mut Interner) -> R) -> R {
+    f(&mut INTERNER.lock())
+}
+
+/// Drops the strings only the interner holds, when enough were added since the last purge.
+pub(super) fn purge() {
+    INTERNER.lock().purge(false);
+}
+
+/// Drops every string only the interner holds, now.
+pub fn purge_now() {
+    INTERNER.lock().purge(true);
+}
+
+/// Number of strings interned.
+pub fn len() -> usize {
+    INTERNER.lock().set.len()
+}

@@ -1,0 +1,184 @@
+//! A hash map split into a fixed number of shards, each behind its own `Arc`: cloning the map
+//! (one new generation) copies the shard pointers only, and a change copies the one shard it
+//! touches when an older generation still shares it. An update of `n` entries therefore costs
+//! O(n × shard size), not O(map size), and the generations readers hold never change.
+//!
+//! One hash per lookup: the top bits of the key's hash choose the shard and the same hash
+//! probes the shard's table.
+
+use std::borrow::Borrow;
+use std::hash::{BuildHasher, Hash};
+use std::sync::Arc;
+
+use hashbrown::hash_table::Entry;
+use hashbrown::{DefaultHashBuilder, HashTable};
+
+/// log2 of the shard count. 1 024 shards: 50 000 entries are ~50 per shard.
+const SHARD_BITS: u32 = 10;
+const SHARDS: usize = 1 << SHARD_BITS;
+
+type Shard<K, V> = Arc<HashTable<(K, V)>>;
+
+/// See the module documentation.
+#[derive(Clone)]
+pub(super) struct ShardMap<K, V> {
+    hasher: DefaultHashBuilder,
+    shards: Box<[Shard<K, V>]>,
+    /// The empty table every empty shard points to.
+    empty: Shard<K, V>,
+    len: usize,
+}
+
+impl<K, V> Default for ShardMap<K, V> {
+    fn default() -> Self {
+        // Every shard starts as the same empty table: an empty map costs one allocation.
+        let empty: Shard<K, V> = Arc::new(HashTable::new());
+        ShardMap {
+            hasher: DefaultHashBuilder::default(),
+            shards: (0..SHARDS).map(|_| empty.clone()).collect(),
+            empty,
+            len: 0,
+        }
+    }
+}
+
+impl<K: std::fmt::Debug, V: std::fmt::Debug> std::fmt::Debug for ShardMap<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+fn shard_of(hash: u64) -> usize {
+    (hash >> (64 - SHARD_BITS)) as usize
+}
+
+impl<K, V> ShardMap<K, V> {
+    /// Number of entries.
+    pub(super) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The hash this map gives a key, or anything that hashes like a key (a `&str` for an
+    /// `Arc<str>`, a tuple of the fields of a struct key with a derived `Hash`).
+    pub(super) fn hash<Q: Hash + ?Sized>(&self, q: &Q) -> u64 {
+        self.hasher.hash_one(q)
+    }
+
+    /// The value of the entry with this hash whose key satisfies `eq`.
+    pub(super) fn find(&self, hash: u64, eq: impl FnMut(&K) -> bool) -> Option<&V> {
+        let mut eq = eq;
+        self.shards[shard_of(hash)]
+            .find(hash, |(k, _)| eq(k))
+            .map(|(_, v)| v)
+    }
+
+    /// The value under `key`.
+    pub(super) fn get<Q>(&self, key: &Q) -> Option<&V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.find(self.hash(key), |k| k.borrow() == key)
+    }
+
+    /// Every entry, in no particular order.
+    pub(super) fn iter(&self) -> impl Iterator<Item = (&K, &V)> + '_ {
+        self.shards
+            .iter()
+            .flat_map(|s| s.iter().map(|(k, v)| (k, v)))
+    }
+
+    /// Every value, in no particular order.
+    pub(super) fn values(&self) -> impl Iterator<Item = &V> + '_ {
+        self.iter().map(|(_, v)| v)
+    }
+}
+
+impl<K: Hash + Eq + Clone, V: Clone> ShardMap<K, V> {
+    /// Inserts or replaces; returns the previous value.
+    pub(super) fn insert(&mut self, key: K, value: V) -> Option<V> {
+        let hash = self.hash(&key);
+        let hasher = &self.hasher;
+        let shard = Arc::make_mut(&mut self.shards[shard_of(hash)]);
+        match shard.entry(hash, |(k, _)| *k == key, |(k, _)| hasher.hash_one(k)) {
+            Entry::Occupied(mut e) => Some(std::mem::replace(&mut e.get_mut().1, value)),
+            Entry::Vacant(e) => {
+                e.insert((key, value));
+                self.len += 1;
+                None
+            }
+        }
+    }
+
+    /// Removes the entry under `key`; returns its value.
+    pub(super) fn remove<Q>(&mut self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let hash = self.hash(key);
+        let index = shard_of(hash);
+        // Only copy a shared shard when the key is there.
+        self.shards[index].find(hash, |(k, _)| k.borrow() == key)?;
+        let shard = Arc::make_mut(&mut self.shards[index]);
+        let (_, value) = shard
+            .find_entry(hash, |(k, _)| k.borrow() == key)
+            .ok()?
+            .remove()
+            .0;
+        self.len -= 1;
+        // Give back what a burst of entries grew the shard to, so churn returns to baseline
+        // (a no-op when the table is already the smallest that holds its entries; else it
+        // costs O(shard), as the copy of a shared shard does).
+        shard.shrink_to_fit(|(k, _)| self.hasher.hash_one(k));
+        if shard.is_empty() {
+            self.shards[index] = self.empty.clone();
+        }
+        Some(value)
+    }
+
+    /// Replaces the value under `key` by `f(current)`: `None` in or out means absent.
+    pub(super) fn update(&mut self, key: K, f: impl FnOnce(Option<&V>) -> Option<V>) {
+        let new = f(self.get(&key));
+        match new {
+            Some(v) => {
+                self.insert(key, v);
+            }
+            None => {
+                self.remove(&key);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_shards_copy_on_write_keeps_older_generations() {
+        let mut a: ShardMap<Arc<str>, u32> = ShardMap::default();
+        for i in 0..5000 {
+            a.insert(format!("k{i}").into(), i);
+        }
+        let b = a.clone();
+        a.insert("k1".into(), 100);
+        assert_eq!(a.remove("k2"), Some(2));
+        assert_eq!(a.remove("k2"), None);
+        assert_eq!((a.get("k1"), b.get("k1")), (Some(&100), Some(&1)));
+        assert_eq!((a.get("k2"), b.get("k2")), (None, Some(&2)));
+        assert_eq!((a.len(), b.len()), (4999, 5000));
+        assert_eq!(a.iter().count(), 4999);
+        // Shards the change did not touch are still shared.
+        let shared = a
+            .shards
+            .iter()
+            .zip(b.shards.iter())
+            .filter(|(x, y)| Arc::ptr_eq(x, y))
+            .count();
+        assert_eq!(
+            shared,
+            SHARDS - 2 + usize::from(shard_of(a.hash("k1")) == shard_of(a.hash("k2")))
+        );
+    }
+}

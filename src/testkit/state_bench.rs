@@ -1,0 +1,291 @@
+//! The state-at-scale benchmark behind `scripts/bench.sh --state`: one tunnel in its own
+//! namespace (`PROXY_MODE=dedicated`, certificates from the control plane's CA) is handed a generated mesh of W workloads and W/5
+//! services (each service backed by 5 workloads, over 100 nodes and 50 namespaces), over
+//! delta xDS from `ztun control-plane` (started in the same namespace) and then from a local
+//! file (`LOCAL_XDS_PATH`). Figures: time from spawn to the first 200 of
+//! `/healthz/ready` (polled every 5 ms), and the tunnel's RSS at that moment and once settled
+//! (2 s later). Given a ztunnel binary, each run starts ztun then ztunnel, alternating, with
+//! the same environment and mesh.
+
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use serde_json::{json, Value};
+
+use super::lab::{Lab, Netns, Process};
+
+const READY_DEADLINE: Duration = Duration::from_secs(300);
+const SETTLE: Duration = Duration::from_secs(2);
+const PER_SERVICE: u32 = 5;
+const NODES: u32 = 100;
+const NAMESPACES: u32 = 50;
+const CONTROL_PLANE: &str = "127.0.0.1:15012";
+const TOKEN: &str = "state-bench-token";
+
+/// Knobs of one run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Workloads in the mesh (services: one per 5 workloads).
+    pub workloads: u32,
+    /// Repetitions per tunnel and path (the median is reported).
+    pub runs: usize,
+    /// ztunnel to compare with, if any.
+    pub ztunnel: Option<PathBuf>,
+}
+
+/// Writes the mesh in the local YAML format both tunnels read (and `ztun control-plane`).
+pub fn write_mesh(path: &Path, workloads: u32) -> anyhow::Result<()> {
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    writeln!(out, "workloads:")?;
+    for i in 0..workloads {
+        let svc = i / PER_SERVICE;
+        let ns = svc % NAMESPACES;
+        let ip = std::net::Ipv4Addr::from(0x0a00_0000 + i + 1);
+        writeln!(
+            out,
+            "- uid: Kubernetes//Pod/ns-{ns}/app-{svc}-{i}\n  name: app-{svc}-{i}\n  namespace: ns-{ns}\n  serviceAccount: app-{svc}\n  workloadIps: [\"{ip}\"]\n  protocol: HBONE\n  node: node-{node}\n  canonicalName: app-{svc}\n  canonicalRevision: v1\n  workloadName: app-{svc}\n  workloadType: deployment\n  services:\n    ns-{ns}/app-{svc}.ns-{ns}.svc.cluster.local:\n      80: 8080",
+            node = i % NODES,
+        )?;
+    }
+    writeln!(out, "services:")?;
+    for svc in 0..workloads / PER_SERVICE {
+        let ns = svc % NAMESPACES;
+        let vip = std::net::Ipv4Addr::from(0xac10_0000 + svc + 1);
+        writeln!(
+            out,
+            "- name: app-{svc}\n  namespace: ns-{ns}\n  hostname: app-{svc}.ns-{ns}.svc.cluster.local\n  vips: [\"/{vip}\"]\n  ports:\n    80: 8080",
+        )?;
+    }
+    writeln!(out, "policies: []")?;
+    out.flush()?;
+    Ok(())
+}
+
+/// One measurement of one tunnel.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    ready: Duration,
+    rss_ready: u64,
+    rss_settled: u64,
+}
+
+/// Runs the benchmark with `ztun` (and `opts.ztunnel`); prints a table, returns the JSON.
+pub fn run(ztun: &Path, opts: &Options) -> anyhow::Result<Value> {
+    // One node satisfies the lab builder; the tunnel runs in a namespace of its own.
+    let mut lab = Lab::builder("state").node("n1").build()?;
+    let netns = lab.add_netns("t")?;
+    let dir = lab.dir().to_path_buf();
+    let mesh = dir.join("mesh.yaml");
+    let started = Instant::now();
+    write_mesh(&mesh, opts.workloads)?;
+    eprintln!(
+        "state bench: mesh of {} workloads + {} services written in {:.1} s ({:.1} MiB)",
+        opts.workloads,
+        opts.workloads / PER_SERVICE,
+        started.elapsed().as_secs_f64(),
+        std::fs::metadata(&mesh)?.len() as f64 / (1 << 20) as f64
+    );
+    let ca = dir.join("ca");
+    // The tunnels get their certificates from the control plane's CA (ztunnel's fake CA
+    // exists only in its test builds), authenticated by a static token bound to node-0.
+    let tokens = dir.join("tokens");
+    std::fs::write(&tokens, format!("{TOKEN} node-0\n"))?;
+    let cp = lab.spawn_in(
+        &netns,
+        "control-plane",
+        ztun,
+        &[
+            "control-plane",
+            "--config",
+            &mesh.to_string_lossy(),
+            "--ca-dir",
+            &ca.to_string_lossy(),
+            "--listen",
+            CONTROL_PLANE,
+            "--tokens",
+            &tokens.to_string_lossy(),
+        ],
+        &[("RUST_LOG", "warn")],
+        &dir,
+    )?;
+    wait_listening(&netns, CONTROL_PLANE.parse()?, &cp)?;
+    let root = ca.join("root-cert.pem").to_string_lossy().into_owned();
+    let mesh = mesh.to_string_lossy().into_owned();
+
+    let mut tunnels: Vec<(&str, PathBuf)> = vec![("ztun", ztun.to_path_buf())];
+    if let Some(z) = &opts.ztunnel {
+        tunnels.push(("ztunnel", z.clone()));
+    }
+    let paths = [
+        "delta xDS from ztun control-plane",
+        "local file (LOCAL_XDS_PATH)",
+    ];
+    // samples[path][tunnel]
+    let mut samples: Vec<Vec<Vec<Sample>>> = vec![vec![Vec::new(); tunnels.len()]; paths.len()];
+    for run in 0..opts.runs {
+        for (p, path) in paths.iter().enumerate() {
+            for (t, (name, bin)) in tunnels.iter().enumerate() {
+                let xds = format!("https://{CONTROL_PLANE}");
+                let mut env = vec![
+                    ("PROXY_MODE", "dedicated"),
+                    ("PROXY_WORKLOAD_INFO", "ns-0/app-0-0/app-0"),
+                    ("CA_ADDRESS", &xds),
+                    ("CA_ROOT_CA", &root),
+                    ("AUTH_TOKEN", TOKEN),
+                    ("NODE_NAME", "node-0"),
+                    ("POD_NAME", "app-0-0"),
+                    ("POD_NAMESPACE", "ns-0"),
+                    ("ISTIO_META_CLUSTER_ID", "Kubernetes"),
+                    ("RUST_LOG", "warn"),
+                ];
+                if p == 0 {
+                    env.push(("XDS_ADDRESS", &xds));
+                    env.push(("XDS_ROOT_CA", &root));
+                } else {
+                    env.push(("XDS_ADDRESS", ""));
+                    env.push(("LOCAL_XDS_PATH", &mesh));
+                }
+                let s = measure(&lab, &netns, name, bin, &env, &dir)
+                    .with_context(|| format!("{name}, {path}, run {}", run + 1))?;
+                eprintln!(
+                    "  run {} {name:8} {path}: ready {:.0} ms, RSS {:.1} MB at ready, {:.1} MB settled",
+                    run + 1,
+                    s.ready.as_secs_f64() * 1e3,
+                    s.rss_ready as f64 / 1e6,
+                    s.rss_settled as f64 / 1e6
+                );
+                samples[p][t].push(s);
+            }
+        }
+    }
+    drop(cp);
+
+    let median = |v: &[Sample], f: fn(&Sample) -> f64| {
+        let mut x: Vec<f64> = v.iter().map(f).collect();
+        x.sort_by(|a, b| a.total_cmp(b));
+        x[x.len() / 2]
+    };
+    let mut rows = Vec::new();
+    println!(
+        "\nstate: {} workloads + {} services, {NODES} nodes, {NAMESPACES} namespaces; median of {} runs",
+        opts.workloads,
+        opts.workloads / PER_SERVICE,
+        opts.runs
+    );
+    println!(
+        "{:<36} {:>8} {:>14} {:>12} {:>16}",
+        "path", "tunnel", "ready (ms)", "RSS ready", "RSS settled"
+    );
+    for (p, path) in paths.iter().enumerate() {
+        for (t, (name, _)) in tunnels.iter().enumerate() {
+            let v = &samples[p][t];
+            let ready = median(v, |s| s.ready.as_secs_f64() * 1e3);
+            let rss_ready = median(v, |s| s.rss_ready as f64 / 1e6);
+            let rss_settled = median(v, |s| s.rss_settled as f64 / 1e6);
+            let (lo, hi) = v.iter().fold((f64::MAX, 0f64), |(lo, hi), s| {
+                let ms = s.ready.as_secs_f64() * 1e3;
+                (lo.min(ms), hi.max(ms))
+            });
+            println!(
+                "{path:<36} {name:>8} {ready:>6.0} ({lo:.0}-{hi:.0}) {rss_ready:>9.1} MB {rss_settled:>13.1} MB"
+            );
+            rows.push(json!({
+                "path": path, "tunnel": name, "ready_ms": ready, "ready_ms_min": lo,
+                "ready_ms_max": hi, "rss_ready_mb": rss_ready, "rss_settled_mb": rss_settled,
+            }));
+        }
+    }
+    Ok(json!({
+        "workloads": opts.workloads,
+        "services": opts.workloads / PER_SERVICE,
+        "runs": opts.runs,
+        "rows": rows,
+    }))
+}
+
+/// Starts one tunnel, waits for readiness, samples RSS, stops it.
+fn measure(
+    lab: &Lab,
+    netns: &Netns,
+    label: &str,
+    bin: &Path,
+    env: &[(&str, &str)],
+    dir: &Path,
+) -> anyhow::Result<Sample> {
+    let started = Instant::now();
+    let p = lab.spawn_in(netns, label, bin, &["proxy", "ztunnel"], env, dir)?;
+    let ready_at: SocketAddr = "127.0.0.1:15021".parse()?;
+    loop {
+        if let Some(status) = p.exit_status() {
+            bail!("{label} exited with {status}: {:?}", tail(&p));
+        }
+        if started.elapsed() > READY_DEADLINE {
+            bail!("{label} not ready after {READY_DEADLINE:?}: {:?}", tail(&p));
+        }
+        if netns.run(move || ready(ready_at)) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let ready = started.elapsed();
+    let rss_ready = rss(&p);
+    std::thread::sleep(SETTLE);
+    let rss_settled = rss(&p);
+    p.kill()?;
+    p.wait_exit(Duration::from_secs(30))?;
+    Ok(Sample {
+        ready,
+        rss_ready,
+        rss_settled,
+    })
+}
+
+fn tail(p: &Process) -> Vec<String> {
+    let logs = p.logs();
+    logs[logs.len().saturating_sub(5)..].to_vec()
+}
+
+/// Whether `GET /healthz/ready` answers 200.
+fn ready(addr: SocketAddr) -> bool {
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+    if s.write_all(b"GET /healthz/ready HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.1 200")
+}
+
+fn wait_listening(netns: &Netns, addr: SocketAddr, p: &Process) -> anyhow::Result<()> {
+    let started = Instant::now();
+    while !netns.run(move || TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok())
+    {
+        if let Some(status) = p.exit_status() {
+            bail!("control plane exited with {status}: {:?}", tail(p));
+        }
+        if started.elapsed() > READY_DEADLINE {
+            bail!("control plane not listening on {addr}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+fn rss(p: &Process) -> u64 {
+    std::fs::read_to_string(format!("/proc/{}/status", p.pid()))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
