@@ -17,7 +17,9 @@ pub struct MeshFile {
 }
 
 impl MeshFile {
-    /// Every pod of the lab as a workload: captured pods speak HBONE, the rest plain TCP. Its
+    /// Every pod of the lab as a workload: captured pods speak HBONE, the rest plain TCP, with
+    /// an empty `services` map (ztunnel refuses a workload without one) and trust domain
+    /// `cluster.local` (ztunnel does not default an absent one). Its
     /// `workloadIps` are all the pod's addresses (both families in a dual-stack lab); its
     /// `network` is its node's, when the lab has networks.
     pub fn from_lab(lab: &Lab) -> MeshFile {
@@ -31,6 +33,10 @@ impl MeshFile {
                 "workloadIps": p.ips().iter().map(IpAddr::to_string).collect::<Vec<_>>(),
                 "protocol": if p.captured() { "HBONE" } else { "TCP" },
                 "node": p.node(),
+                // ztunnel's local format requires the field, even empty.
+                "services": {},
+                // ztunnel takes the local file's trust domain as written (empty stays empty).
+                "trustDomain": "cluster.local",
             }));
             let network = lab.node(p.node()).network();
             if !network.is_empty() {
