@@ -537,24 +537,12 @@ fn dedicated_mode_serves_one_workload_from_its_own_namespace() {
     );
     let mesh = MeshFile::from_lab(&lab);
     let server = lab.pod("c").spawn_echo_server(8080).unwrap();
-    let ca = lab.dir().join("ca");
-    ztun::testkit::certs::write_ca_dir(&ca).unwrap();
-    let mesh_path = lab.dir().join("mesh.yaml");
-    mesh.write(&mesh_path).unwrap();
-    let (m, c) = (
-        mesh_path.to_string_lossy().into_owned(),
-        ca.to_string_lossy().into_owned(),
-    );
-    let common = [
-        ("LOCAL_XDS_PATH", m.as_str()),
-        ("LOCAL_CA_DIR", c.as_str()),
-        ("XDS_ADDRESS", ""),
-        ("RUST_LOG", "info,ztun=debug"),
-    ];
+    let local = crate::support::local_env(&lab, &mesh);
+    let common: Vec<(&str, &str)> = local.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let n2 = lab.spawn_ztun("n2", &common).unwrap();
     lab.cni("n2").wait_connected(WAIT).unwrap();
     let bin = ztun::testkit::ztun_bin().unwrap();
-    let mut env = common.to_vec();
+    let mut env = common.clone();
     env.extend([
         ("PROXY_MODE", "dedicated"),
         ("PROXY_WORKLOAD_INFO", "default/a/sa-a"),
@@ -612,25 +600,13 @@ fn without_the_capability_delivery_falls_back_to_the_pod_address() {
     );
     let mesh = MeshFile::from_lab(&lab);
     let recorder = lab.pod("c").spawn_peer_recorder(9090).unwrap();
-    let ca = lab.dir().join("ca");
-    ztun::testkit::certs::write_ca_dir(&ca).unwrap();
-    let mesh_path = lab.dir().join("mesh.yaml");
-    mesh.write(&mesh_path).unwrap();
-    let (m, c) = (
-        mesh_path.to_string_lossy().into_owned(),
-        ca.to_string_lossy().into_owned(),
-    );
-    let common = [
-        ("LOCAL_XDS_PATH", m.as_str()),
-        ("LOCAL_CA_DIR", c.as_str()),
-        ("XDS_ADDRESS", ""),
-        ("RUST_LOG", "info,ztun=debug"),
-    ];
+    let local = crate::support::local_env(&lab, &mesh);
+    let common: Vec<(&str, &str)> = local.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let _n1 = lab.spawn_ztun("n1", &common).unwrap();
     lab.cni("n1").wait_connected(WAIT).unwrap();
     let bin = ztun::testkit::ztun_bin().unwrap();
     let bin = bin.to_string_lossy().into_owned();
-    let mut env = common.to_vec();
+    let mut env = common.clone();
     env.extend([
         ("PROXY_MODE", "dedicated"),
         ("PROXY_WORKLOAD_INFO", "default/c/sa-c"),

@@ -97,6 +97,28 @@ pub fn require_root() {
     );
 }
 
+/// Writes `mesh` and a fresh CA into the lab's directory, as every ztun of a lab reads them
+/// (`LOCAL_XDS_PATH`, `LOCAL_CA_DIR`); returns (mesh file, CA directory).
+pub fn write_local_files(lab: &Lab, mesh: &MeshFile) -> (PathBuf, PathBuf) {
+    let ca_dir = lab.dir().join("ca");
+    ztun::testkit::certs::write_ca_dir(&ca_dir).expect("writing CA");
+    let mesh_path = lab.dir().join("mesh.yaml");
+    mesh.write(&mesh_path).expect("writing mesh file");
+    (mesh_path, ca_dir)
+}
+
+/// For a ztun started outside [`Cluster`]: the environment every ztun of the lab shares (the
+/// files of [`write_local_files`], no xDS, debug logs), as owned values.
+pub fn local_env(lab: &Lab, mesh: &MeshFile) -> Vec<(&'static str, String)> {
+    let (mesh_path, ca_dir) = write_local_files(lab, mesh);
+    vec![
+        ("LOCAL_XDS_PATH", mesh_path.to_string_lossy().into_owned()),
+        ("LOCAL_CA_DIR", ca_dir.to_string_lossy().into_owned()),
+        ("XDS_ADDRESS", String::new()),
+        ("RUST_LOG", "info,ztun=debug".to_owned()),
+    ]
+}
+
 impl Cluster {
     /// Starts ztun on every node of `lab` with `mesh` and a fresh shared CA, and waits until
     /// each has synced with its CNI.
@@ -115,10 +137,7 @@ impl Cluster {
         mesh: MeshFile,
         env: impl Fn(&str) -> Vec<(&'a str, &'a str)>,
     ) -> Cluster {
-        let ca_dir = lab.dir().join("ca");
-        ztun::testkit::certs::write_ca_dir(&ca_dir).expect("writing CA");
-        let mesh_path = lab.dir().join("mesh.yaml");
-        mesh.write(&mesh_path).expect("writing mesh file");
+        let (mesh_path, ca_dir) = write_local_files(&lab, &mesh);
         let mut cluster = Cluster {
             lab,
             ztuns: Vec::new(),
