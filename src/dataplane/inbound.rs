@@ -225,7 +225,7 @@ async fn serve_stream(
     req: Box<Request<h2::RecvStream>>,
     respond: SendResponse<Bytes>,
 ) {
-    let mut log = AccessLog::new(Direction::Inbound);
+    let mut log = AccessLog::new(Direction::Inbound, proxy.telemetry.clone());
     // Opening and relaying are two futures, one after the other: the relay, which an idle
     // stream sits in, does not carry the request head or the opening's state.
     let Some(Opened {

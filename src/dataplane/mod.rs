@@ -26,7 +26,7 @@ use crate::identity::Identity;
 use crate::state::model::Strng;
 use crate::tls::{FetchError, IdentityError};
 
-pub use proxy::{PodInfo, Proxy, ProxyHandle};
+pub use proxy::{PodInfo, Proxy, ProxyHandle, ProxyInputs};
 
 /// Asks the control plane for an address resource the state lacks (`XDS_ON_DEMAND`) and
 /// waits a bounded time. The key is `network/IP`, a workload uid or `namespace/hostname`;

@@ -28,7 +28,7 @@ use crate::tls::RevokedSignal;
 
 /// Serves one captured outbound connection to completion.
 pub async fn serve(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, _drain: Drains) {
-    let mut log = AccessLog::new(Direction::Outbound);
+    let mut log = AccessLog::new(Direction::Outbound, proxy.telemetry.clone());
     log.src.addr = Some(canonical(peer));
     log.src.workload = Some(proxy.pod.name.clone());
     log.src.namespace = Some(proxy.pod.namespace.clone());
@@ -398,7 +398,8 @@ async fn resolve_host(
     log.dst.describe(&pending.workload);
     log.service = Some(pending.service.hostname.clone());
     let hostname = pending.hostname().clone();
-    crate::ops::telemetry()
+    proxy
+        .telemetry
         .metrics
         .on_demand_dns
         .get_or_create(&OnDemandDnsLabels::new(src, hostname.clone()))

@@ -19,7 +19,7 @@ use crate::ops::access::{AccessLog, Direction};
 /// Serves one plaintext inbound connection.
 pub async fn serve(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, _drain: Drains) {
     let peer = canonical(peer);
-    let mut log = AccessLog::new(Direction::Inbound);
+    let mut log = AccessLog::new(Direction::Inbound, proxy.telemetry.clone());
     log.src.addr = Some(peer);
     log.dst.workload = Some(proxy.pod.name.clone());
     log.dst.namespace = Some(proxy.pod.namespace.clone());

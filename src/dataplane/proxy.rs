@@ -14,8 +14,10 @@ use super::hbone::pool::{Pool, PoolConfig};
 use super::hbone::H2Settings;
 use super::Error;
 use crate::config::Config;
+use crate::dns::metrics::DnsMetrics;
 use crate::drain::{self, DrainMode};
 use crate::ops::metrics::Reporter;
+use crate::ops::Telemetry;
 use crate::sockets::Sockets;
 use crate::state::model::Workload;
 use crate::state::Reader;
@@ -38,6 +40,26 @@ pub struct PodInfo {
     pub service_account: Arc<str>,
 }
 
+/// What every pod's proxy on the node is given: configuration, mesh state, certificates,
+/// capabilities and where to report. Built once by the composition root.
+#[derive(Clone)]
+pub struct ProxyInputs {
+    /// The process configuration.
+    pub cfg: Arc<Config>,
+    /// The mesh state.
+    pub state: Reader,
+    /// The node's workload certificates (each proxy fetches only its own pod's).
+    pub certs: Arc<dyn CertSource>,
+    /// Fetches missing addresses from the control plane (`XDS_ON_DEMAND`).
+    pub on_demand: Option<Arc<dyn super::OnDemand>>,
+    /// Resolves hostname-only endpoints.
+    pub resolver: Arc<dyn super::ResolveHost>,
+    /// Connection metrics, the live connection table, fd exhaustion.
+    pub telemetry: Arc<Telemetry>,
+    /// The DNS proxy's families.
+    pub dns_metrics: Arc<DnsMetrics>,
+}
+
 /// Everything a pod's connections need. Shared by all its connection tasks.
 pub struct Proxy {
     pub(crate) pod: PodInfo,
@@ -55,19 +77,23 @@ pub struct Proxy {
     /// Resolves hostname-only endpoints (shared by every pod: it resolves from ztun's own
     /// namespace, not the pod's).
     pub(crate) resolver: Arc<dyn super::ResolveHost>,
+    /// Where connections report (metrics, live table).
+    pub(crate) telemetry: Arc<Telemetry>,
+    dns_metrics: Arc<DnsMetrics>,
 }
 
 impl Proxy {
     /// A proxy for `pod` whose sockets come from `sockets`.
-    pub fn new(
-        pod: PodInfo,
-        cfg: Arc<Config>,
-        state: Reader,
-        certs: Arc<dyn CertSource>,
-        sockets: Sockets,
-        on_demand: Option<Arc<dyn super::OnDemand>>,
-        resolver: Arc<dyn super::ResolveHost>,
-    ) -> Arc<Self> {
+    pub fn new(pod: PodInfo, sockets: Sockets, inputs: &ProxyInputs) -> Arc<Self> {
+        let ProxyInputs {
+            cfg,
+            state,
+            certs,
+            on_demand,
+            resolver,
+            telemetry,
+            dns_metrics,
+        } = inputs.clone();
         let pool_cfg = PoolConfig {
             max_streams: cfg.proxy.pool_max_streams_per_connection,
             idle_timeout: cfg.proxy.pool_unused_release_timeout,
@@ -96,6 +122,8 @@ impl Proxy {
             connections,
             on_demand,
             resolver,
+            telemetry,
+            dns_metrics,
         })
     }
 
@@ -202,14 +230,16 @@ impl Proxy {
                 cfg: self.cfg.clone(),
                 state: self.state.clone(),
                 sockets: self.sockets.clone(),
+                metrics: self.dns_metrics.clone(),
             };
             crate::dns::start(pod, data, &drains)?;
         }
         let this = self.clone();
         let d = drains.clone();
         let slots = (self.slots.clone(), "outbound");
+        let telemetry = self.telemetry.clone();
         data.spawn(async move {
-            serve(outbound, d, slots, move |s, peer, d| {
+            serve(outbound, d, slots, telemetry, move |s, peer, d| {
                 super::outbound::serve(this.clone(), s, peer, d)
             })
             .await
@@ -217,8 +247,9 @@ impl Proxy {
         let this = self.clone();
         let d = drains.clone();
         let slots = (self.slots.clone(), "inbound");
+        let telemetry = self.telemetry.clone();
         data.spawn(async move {
-            serve(plaintext, d, slots, move |s, peer, d| {
+            serve(plaintext, d, slots, telemetry, move |s, peer, d| {
                 super::passthrough::serve(this.clone(), s, peer, d)
             })
             .await
@@ -226,8 +257,9 @@ impl Proxy {
         let this = self.clone();
         let d = drains.clone();
         let slots = (self.slots.clone(), "inbound");
+        let telemetry = self.telemetry.clone();
         data.spawn(async move {
-            serve(hbone, d, slots, move |s, peer, d| {
+            serve(hbone, d, slots, telemetry, move |s, peer, d| {
                 super::inbound::serve(this.clone(), s, peer, d)
             })
             .await
@@ -319,10 +351,11 @@ fn refuse_over_limit(
     peer: SocketAddr,
     slots: &ConnSlots,
     direction: &'static str,
+    telemetry: &Telemetry,
 ) {
     let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
     drop(stream);
-    crate::ops::telemetry()
+    telemetry
         .metrics
         .failures
         .get_or_create(&crate::ops::metrics::FailureLabels {
@@ -347,6 +380,7 @@ async fn serve<F, Fut>(
     listener: std::net::TcpListener,
     mut drains: Drains,
     (slots, direction): (Arc<ConnSlots>, &'static str),
+    telemetry: Arc<Telemetry>,
     handle: F,
 ) where
     F: Fn(TcpStream, SocketAddr, Drains) -> Fut + Clone + Send + 'static,
@@ -371,7 +405,7 @@ async fn serve<F, Fut>(
         match accepted {
             Ok((stream, peer)) => {
                 let Some(slot) = slots.take() else {
-                    refuse_over_limit(stream, peer, &slots, direction);
+                    refuse_over_limit(stream, peer, &slots, direction, &telemetry);
                     continue;
                 };
                 if slots.full.load(Ordering::Relaxed) {
@@ -382,7 +416,7 @@ async fn serve<F, Fut>(
                 // select's operand), doubling the memory of every idle connection.
                 let handle = handle.clone();
                 let mut d = drains.clone();
-                let socket = crate::ops::telemetry().metrics.socket_opened(reporter);
+                let socket = telemetry.metrics.socket_opened(reporter);
                 tokio::spawn(async move {
                     let conn = handle(stream, peer, d.clone());
                     tokio::select! {
@@ -397,7 +431,7 @@ async fn serve<F, Fut>(
                 // Out of file descriptors or similar: back off instead of spinning, and say so
                 // in metrics and readiness (the kernel queue keeps the client waiting meanwhile).
                 if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) {
-                    crate::ops::telemetry().note_fd_exhausted();
+                    telemetry.note_fd_exhausted();
                 }
                 tracing::warn!(error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;

@@ -191,6 +191,8 @@ pub struct AccessLog {
     /// Once the relay has started.
     meter: Option<Meter>,
     completed: bool,
+    /// Where the connection is counted and listed.
+    telemetry: Arc<super::Telemetry>,
 }
 
 /// The byte counts of one running connection, shared by its relay and its record. Each count
@@ -262,8 +264,8 @@ impl Meter {
 }
 
 impl AccessLog {
-    /// Starts a record now.
-    pub fn new(direction: Direction) -> Self {
+    /// Starts a record now, reporting to `telemetry`.
+    pub fn new(direction: Direction, telemetry: Arc<super::Telemetry>) -> Self {
         AccessLog {
             direction,
             src: Peer::default(),
@@ -274,6 +276,7 @@ impl AccessLog {
             live: None,
             meter: None,
             completed: false,
+            telemetry,
         }
     }
 
@@ -283,7 +286,7 @@ impl AccessLog {
         if let Some(m) = &self.meter {
             return m.clone();
         }
-        let series = super::telemetry().metrics.open(&self.labels(None));
+        let series = self.telemetry.metrics.open(&self.labels(None));
         let m = Meter::new(self.direction == Direction::Outbound, series);
         self.meter = Some(m.clone());
         m
@@ -317,7 +320,7 @@ impl AccessLog {
             dst_workload: workload(&self.dst),
             since,
         };
-        self.live = Some(super::telemetry().register(conn));
+        self.live = Some(self.telemetry.register(conn));
     }
 
     /// Whether the connection went through an HBONE tunnel.
@@ -409,7 +412,7 @@ impl AccessLog {
     /// A failure is logged at error level with its reason.
     pub fn complete(&mut self, error: Option<&dyn Failure>) {
         self.completed = true;
-        let telemetry = super::telemetry();
+        let telemetry = self.telemetry.clone();
         if let Some(id) = self.live.take() {
             telemetry.unregister(id);
         }

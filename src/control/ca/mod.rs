@@ -8,6 +8,7 @@
 pub mod client;
 pub mod local;
 pub mod manager;
+mod metrics;
 pub mod snapshot;
 
 use crate::identity::Identity;

@@ -1,8 +1,12 @@
-//! Counters of the xDS client, as plain atomics. The metrics server registers them under
-//! Istio's names: `istio_xds_connection_terminations_total{reason}`,
-//! `istio_xds_message_total{url}` and `istio_xds_message_bytes_total{url}`.
+//! Counters of the xDS client, registered by it under Istio's names:
+//! `istio_xds_connection_terminations_total{reason}`, `istio_xds_message_total{url}`,
+//! `istio_xds_message_bytes_total{url}`, and ztun's `ztun_xds_rejected_resources_total` and
+//! `ztun_xds_unknown_enum_values_total`. Every label value is a series from the start.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
 
 use super::ResourceType;
 
@@ -43,59 +47,114 @@ impl TerminationReason {
     }
 }
 
-/// Counters of one xDS client. Cheap to update from the client task; read by the metrics
-/// exporter through the getters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct UrlLabels {
+    url: &'static str,
+}
+
+/// Counters of one xDS client, each one atomic add from the client task. `Default` counts
+/// into no registry.
 #[derive(Debug, Default)]
 pub struct XdsMetrics {
-    terminations: [AtomicU64; 4],
-    messages: [AtomicU64; 2],
-    message_bytes: [AtomicU64; 2],
-    rejected_resources: AtomicU64,
-    unknown_enum_values: AtomicU64,
+    terminations: [Counter; 4],
+    messages: [Counter; 2],
+    message_bytes: [Counter; 2],
+    rejected_resources: Counter,
+    unknown_enum_values: Counter,
 }
 
 impl XdsMetrics {
+    /// The client's counters, registered in `registry`.
+    pub fn new(registry: &mut Registry) -> Self {
+        let mut m = XdsMetrics::default();
+        let terminations = Family::<ReasonLabels, Counter>::default();
+        for r in TerminationReason::ALL {
+            let labels = ReasonLabels { reason: r.as_str() };
+            m.terminations[r.index()] = terminations.get_or_create(&labels).clone();
+        }
+        let (messages, message_bytes) = (
+            Family::<UrlLabels, Counter>::default(),
+            Family::<UrlLabels, Counter>::default(),
+        );
+        for t in ResourceType::ALL {
+            let labels = UrlLabels { url: t.type_url() };
+            m.messages[t.index()] = messages.get_or_create(&labels).clone();
+            m.message_bytes[t.index()] = message_bytes.get_or_create(&labels).clone();
+        }
+        registry.register(
+            "istio_xds_connection_terminations",
+            "xDS stream terminations (unstable)",
+            terminations,
+        );
+        registry.register(
+            "istio_xds_message",
+            "xDS messages received (unstable)",
+            messages,
+        );
+        registry.register(
+            "istio_xds_message_bytes",
+            "xDS message bytes received (unstable)",
+            message_bytes,
+        );
+        registry.register(
+            "ztun_xds_rejected_resources",
+            "xDS resources rejected (NACKed) since start",
+            m.rejected_resources.clone(),
+        );
+        registry.register(
+            "ztun_xds_unknown_enum_values",
+            "xDS enum values newer than ztun's protos, read with their safe fallback",
+            m.unknown_enum_values.clone(),
+        );
+        m
+    }
+
     /// `istio_xds_connection_terminations_total{reason}`.
     pub fn terminations_total(&self, reason: TerminationReason) -> u64 {
-        self.terminations[reason.index()].load(Relaxed)
+        self.terminations[reason.index()].get()
     }
 
     /// `istio_xds_message_total{url}`: responses received of a type.
     pub fn message_total(&self, kind: ResourceType) -> u64 {
-        self.messages[kind.index()].load(Relaxed)
+        self.messages[kind.index()].get()
     }
 
     /// `istio_xds_message_bytes_total{url}`: encoded bytes of those responses.
     pub fn message_bytes_total(&self, kind: ResourceType) -> u64 {
-        self.message_bytes[kind.index()].load(Relaxed)
+        self.message_bytes[kind.index()].get()
     }
 
     /// Resources rejected (NACKed) since start.
     pub fn rejected_resources_total(&self) -> u64 {
-        self.rejected_resources.load(Relaxed)
+        self.rejected_resources.get()
     }
 
     /// Unknown enum values met in received resources since start (a newer control plane).
     pub fn unknown_enum_values_total(&self) -> u64 {
-        self.unknown_enum_values.load(Relaxed)
+        self.unknown_enum_values.get()
     }
 
-    pub(super) fn record_termination(&self, reason: TerminationReason) {
-        self.terminations[reason.index()].fetch_add(1, Relaxed);
+    pub(crate) fn record_termination(&self, reason: TerminationReason) {
+        self.terminations[reason.index()].inc();
     }
 
-    pub(super) fn record_message(&self, kind: ResourceType, bytes: usize) {
-        self.messages[kind.index()].fetch_add(1, Relaxed);
-        self.message_bytes[kind.index()].fetch_add(bytes as u64, Relaxed);
+    pub(crate) fn record_message(&self, kind: ResourceType, bytes: usize) {
+        self.messages[kind.index()].inc();
+        self.message_bytes[kind.index()].inc_by(bytes as u64);
     }
 
-    pub(super) fn record_rejected(&self, n: usize) {
-        self.rejected_resources.fetch_add(n as u64, Relaxed);
+    pub(crate) fn record_rejected(&self, n: usize) {
+        self.rejected_resources.inc_by(n as u64);
     }
 
-    pub(super) fn record_unknown_enums(&self, n: u32) {
+    pub(crate) fn record_unknown_enums(&self, n: u32) {
         if n > 0 {
-            self.unknown_enum_values.fetch_add(u64::from(n), Relaxed);
+            self.unknown_enum_values.inc_by(u64::from(n));
         }
     }
 }
