@@ -142,6 +142,57 @@ fn every_import_points_down_a_layer() {
     );
 }
 
+/// Module internals that code outside their owner must not name: the owner's public face
+/// (its re-exports) is the way in. `(path, owner directory)`.
+const INTERNALS: &[(&str, &str)] = &[
+    // The CA client's issuing, store and dump internals: what a CA shares lives in `tls::ca`.
+    ("control::ca::local", "control/"),
+    ("control::ca::snapshot", "control/"),
+    ("control::ca::manager", "control/"),
+    ("control::ca::client", "control/"),
+];
+
+/// The internals of [`INTERNALS`] `code` names as `crate::<path>`.
+fn reach_ins(code: &str) -> Vec<&'static str> {
+    INTERNALS
+        .iter()
+        .filter(|(path, _)| {
+            code.match_indices(&format!("crate::{path}")).any(|(i, m)| {
+                let next = code[i + m.len()..].chars().next();
+                !next.is_some_and(|c| c.is_alphanumeric() || c == '_')
+            })
+        })
+        .map(|(path, _)| *path)
+        .collect()
+}
+
+#[test]
+fn no_module_reaches_into_another_ones_internals() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut found = Vec::new();
+    for file in &files {
+        let rel = file.strip_prefix(&src).expect("under src");
+        let rel_s = rel.to_string_lossy().replace('\\', "/");
+        if rel_s.ends_with("/tests.rs") || rel_s.contains("/tests/") {
+            continue;
+        }
+        let text = std::fs::read_to_string(file).expect("readable file");
+        for path in reach_ins(product_code(&text)) {
+            let owner = INTERNALS.iter().find(|(p, _)| *p == path).map(|(_, o)| *o);
+            if !owner.is_some_and(|o| rel_s.starts_with(o)) {
+                found.push(format!("{rel_s} names crate::{path}"));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "reach-ins into another module's internals (docs/architecture.md):\n{}",
+        found.join("\n")
+    );
+}
+
 #[test]
 fn the_checker_sees_an_upward_import() {
     let code = "use crate::dataplane::Proxy;\nfn f() { crate::state::new(); }\n\
@@ -149,4 +200,9 @@ fn the_checker_sees_an_upward_import() {
     assert_eq!(crate_paths(product_code(code)), ["dataplane", "state"]);
     assert!(layer("dataplane") >= layer("ops"));
     assert!(crate_paths("my_crate::x").is_empty());
+    assert_eq!(
+        reach_ins("use crate::control::ca::local::backdate;\nuse crate::control::ca::LocalCa;"),
+        ["control::ca::local"]
+    );
+    assert!(reach_ins("use crate::control::ca::local_thing;").is_empty());
 }

@@ -11,6 +11,7 @@
 //! Allowed imports: `identity`, `config`. Never `control/`, `dataplane/` or generated proto
 //! code.
 
+pub mod ca;
 mod cert;
 pub mod crl;
 mod verify;
@@ -19,7 +20,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-pub use cert::{parse_pem_certs, parse_pem_key, CertError, WorkloadCert};
+pub use cert::{parse_pem_certs, parse_pem_key, pem_of, CertError, WorkloadCert};
 pub use crl::{Revocation, RevokedSignal};
 pub use verify::{peer_identity, IdentityError};
 

@@ -95,7 +95,7 @@ fn leaf_with_sans(
     eku: Vec<ExtendedKeyUsagePurpose>,
 ) -> CertificateDer<'static> {
     let ca_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
-    let ca_params = crate::control::ca::local::ca_params("t");
+    let ca_params = super::ca::ca_params("t");
     let issuer = rcgen::Issuer::new(ca_params, ca_key);
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
     let mut p = CertificateParams::default();
