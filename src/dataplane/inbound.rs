@@ -21,10 +21,9 @@ use tokio_rustls::TlsAcceptor;
 
 use super::enforce::{Registration, Revoked};
 use super::hbone::stream::relay as relay_h2;
-use super::outbound::canonical;
-use super::proxy::Drains;
 use super::route::inbound::{Authority, InboundTarget, Tunnel};
-use super::{proxy_protocol, route, Error, Proxy};
+use super::tcp::canonical;
+use super::{proxy_protocol, route, Drains, Error, Proxy};
 use crate::authz::Conn;
 use crate::drain::DrainMode;
 use crate::identity::Identity;

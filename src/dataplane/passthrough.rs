@@ -10,9 +10,8 @@ use std::sync::Arc;
 use tokio::net::TcpStream;
 
 use super::enforce::Revoked;
-use super::outbound::{canonical, original_destination, relay_tcp};
-use super::proxy::Drains;
-use super::{Error, Proxy};
+use super::tcp::{canonical, original_destination, relay_tcp};
+use super::{Drains, Error, Proxy};
 use crate::authz::Conn;
 use crate::ops::access::{AccessLog, Direction};
 

@@ -68,7 +68,7 @@ impl WorkloadCert {
         let leaf = chain
             .first()
             .ok_or_else(|| CertError::Pem("empty chain".into()))?;
-        let got = super::verify::identity_of(leaf)
+        let got = super::chain::identity_of(leaf)
             .map_err(|e| CertError::Identity(e.to_string().into()))?;
         if got != identity {
             return Err(CertError::Identity(

@@ -32,10 +32,7 @@ use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, TrustAncho
 use tokio::sync::watch;
 use webpki::{BorrowedCertRevocationList, CertRevocationList};
 
-use super::verify::{check_path, Usage};
-
-/// The signature algorithms chains and CRLs are checked with.
-pub(super) type Algs = [&'static dyn rustls::pki_types::SignatureVerificationAlgorithm];
+use super::chain::{check_path, Algs, Usage};
 
 /// Largest CRL file read (bounds memory on a bad mount).
 const MAX_FILE: u64 = 16 << 20;
@@ -384,7 +381,7 @@ impl Revocation {
                 let peer = entry
                     .chain
                     .first()
-                    .and_then(|c| super::verify::identity_of(c).ok());
+                    .and_then(|c| super::chain::identity_of(c).ok());
                 tracing::warn!(peer = ?peer.map(|p| p.to_string()), side = ?entry.side, error = %e, "peer certificate revoked, closing its connection");
                 let _ = entry.revoked.send(true);
             }

@@ -13,6 +13,7 @@
 
 pub mod ca;
 mod cert;
+mod chain;
 pub mod crl;
 mod verify;
 
@@ -21,8 +22,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 pub use cert::{parse_pem_certs, parse_pem_key, pem_of, CertError, WorkloadCert};
+pub use chain::{peer_identity, IdentityError};
 pub use crl::{Revocation, RevokedSignal};
-pub use verify::{peer_identity, IdentityError};
 
 pub use crate::config::CompliancePolicy;
 use crate::identity::Identity;

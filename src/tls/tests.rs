@@ -7,7 +7,7 @@ use std::time::Duration;
 use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, KeyPair, SanType, PKCS_ECDSA_P256_SHA256};
 use rustls::pki_types::{CertificateDer, ServerName};
 
-use super::verify::identity_of;
+use super::chain::identity_of;
 use super::*;
 use crate::control::ca::LocalCa;
 

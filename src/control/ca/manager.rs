@@ -41,6 +41,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::snapshot::CertSnapshot;
+use super::state::{rfc3339, CertState};
 use super::{unavailable, Issuer};
 use crate::identity::Identity;
 use crate::state::model::TunnelProtocol;
@@ -76,17 +77,6 @@ impl Default for StoreConfig {
             refresh_jitter: 0.05,
         }
     }
-}
-
-/// Where an identity's certificate stands.
-#[derive(Debug, Clone)]
-pub enum CertState {
-    /// Asked for; no certificate and no failure yet.
-    Initializing,
-    /// A valid certificate is held (its renewal may be failing and being retried).
-    Available(Arc<WorkloadCert>),
-    /// No usable certificate: why the last attempt failed, or that the certificate expired.
-    Unavailable(Arc<str>),
 }
 
 /// Counts of [`CertStore::summary`].
@@ -753,26 +743,6 @@ fn reason_of(e: &FetchError) -> Arc<str> {
     match e {
         FetchError::Unavailable { reason, .. } => reason.clone(),
     }
-}
-
-/// RFC 3339 UTC time with second precision.
-pub(crate) fn rfc3339(t: SystemTime) -> String {
-    let secs = match t.duration_since(SystemTime::UNIX_EPOCH) {
-        Ok(d) => d.as_secs() as i64,
-        Err(e) => -(e.duration().as_secs() as i64),
-    };
-    let Ok(dt) = time::OffsetDateTime::from_unix_timestamp(secs) else {
-        return format!("@{secs}");
-    };
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-        dt.year(),
-        u8::from(dt.month()),
-        dt.day(),
-        dt.hour(),
-        dt.minute(),
-        dt.second()
-    )
 }
 
 #[cfg(test)]

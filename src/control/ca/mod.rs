@@ -10,14 +10,16 @@ pub mod local;
 pub mod manager;
 mod metrics;
 pub mod snapshot;
+mod state;
 
 use crate::identity::Identity;
 use crate::tls::{FetchError, FetchFuture};
 
 pub use client::{CaClient, CaClientConfig, CaError};
 pub use local::{LocalCa, LocalCaError};
-pub use manager::{CertState, CertStore, CertSummary, Clock, Priority, StoreConfig};
+pub use manager::{CertStore, CertSummary, Clock, Priority, StoreConfig};
 pub use snapshot::{CertInfo, CertSnapshot};
+pub use state::CertState;
 
 /// The Istio CA protocol (`proto/citadel.proto`), generated.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]

@@ -5,7 +5,7 @@
 use base64::Engine as _;
 use rustls::pki_types::CertificateDer;
 
-use super::manager::{rfc3339, CertState};
+use super::state::{rfc3339, CertState};
 use crate::identity::Identity;
 use crate::tls::pem_of;
 
