@@ -148,7 +148,7 @@ const INTERNALS: &[(&str, &str)] = &[
     // The CA client's issuing, store and dump internals: what a CA shares lives in `tls::ca`.
     ("control::ca::local", "control/"),
     ("control::ca::snapshot", "control/"),
-    ("control::ca::manager", "control/"),
+    ("control::ca::store", "control/"),
     ("control::ca::client", "control/"),
 ];
 
