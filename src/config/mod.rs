@@ -25,9 +25,11 @@
 //! Allowed imports: `identity` (to check that the trust domain can form identities). Nothing
 //! else in the crate; every other module may import `config`.
 
+mod build;
 mod env;
 mod mesh;
 mod syntax;
+mod vars;
 
 #[cfg(test)]
 mod tests;
@@ -167,7 +169,7 @@ impl Config {
         source: &dyn Source,
         available_cpus: usize,
     ) -> Result<Config, ConfigError> {
-        env::build(source, available_cpus)
+        build::build(source, available_cpus)
     }
 
     /// Where the admin API listens: [`admin_addr`](Self::admin_addr), plus `[::1]` on the same

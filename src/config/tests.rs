@@ -3,7 +3,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::env::worker_threads;
+use super::build::worker_threads;
 use super::syntax::{format_duration, parse_duration};
 use super::*;
 
