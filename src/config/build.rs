@@ -22,7 +22,7 @@ use super::vars::{
 use super::{
     AuthToken, AuthzConfig, CaConfig, CompliancePolicy, Config, ConfigError, DnsConfig, DnsListen,
     HttpOnlyDeny, InpodConfig, Keepalive, LocalXds, LogConfig, ProxyConfig, ProxyMode, RootCert,
-    SelfIdentity,
+    SelfIdentity, XdsConfig,
 };
 
 const PROXY_MODE: &str = "PROXY_MODE";
@@ -233,6 +233,9 @@ pub(super) fn build(source: &dyn Source, available_cpus: usize) -> Result<Config
             Duration::from_secs(24 * 3600),
             Duration::from_nanos(1),
         )?,
+        headers: headers(source, CA_HEADER_PREFIX)?,
+        root_ca: root_cert(&env, CA_ROOT_CA),
+        alt_hostname: env.string(ALT_CA_HOSTNAME),
     };
 
     let proxy = proxy_config(&env, &proxy_metadata)?;
@@ -272,7 +275,13 @@ pub(super) fn build(source: &dyn Source, available_cpus: usize) -> Result<Config
         trust_domain,
         network: env.string(NETWORK).unwrap_or_default(),
         local_xds,
-        xds_address,
+        xds: XdsConfig {
+            address: xds_address,
+            on_demand: xds_on_demand,
+            headers: headers(source, XDS_HEADER_PREFIX)?,
+            root_ca: root_cert(&env, XDS_ROOT_CA),
+            alt_hostname: env.string(ALT_XDS_HOSTNAME),
+        },
         ca,
         worker_threads: worker_threads(source, available_cpus, defaults.concurrency)?,
         // ztunnel acts on `pqc` only and ignores any other value.
@@ -319,16 +328,9 @@ pub(super) fn build(source: &dyn Source, available_cpus: usize) -> Result<Config
         stats_addr: SocketAddr::new(wildcard, defaults.stats_port.unwrap_or(15020)),
         readiness_addr: SocketAddr::new(wildcard, 15021),
         termination_deadline: termination_deadline(&env)?,
-        xds_on_demand,
         proxy_args: Vec::new(),
         proxy_metadata,
         proxy_metadata_json: metadata_json(source)?,
-        xds_headers: headers(source, XDS_HEADER_PREFIX)?,
-        ca_headers: headers(source, CA_HEADER_PREFIX)?,
-        xds_root_ca: root_cert(&env, XDS_ROOT_CA),
-        ca_root_ca: root_cert(&env, CA_ROOT_CA),
-        alt_xds_hostname: env.string(ALT_XDS_HOSTNAME),
-        alt_ca_hostname: env.string(ALT_CA_HOSTNAME),
         auth_token: auth_token(&env),
     })
 }
