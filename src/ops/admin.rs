@@ -391,10 +391,10 @@ mod tests {
     use serde_json::json;
 
     use super::{percent_decode, policy_dump, service_dump, valid_level_clause};
-    use crate::authz::tests::workload;
     use crate::config::HttpOnlyDeny;
     use crate::state::model::*;
     use crate::state::SnapshotBuilder;
+    use crate::testkit::fixtures::pod as workload;
 
     /// Every shape the mesh sections can take decodes into istioctl's Go types (the schema
     /// in `testkit::istioctl`), with ztunnel's value forms.
