@@ -12,17 +12,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use prometheus_client::registry::Registry;
 use tokio::runtime::Handle;
 
 use crate::config::{Config, LocalXds, ProxyMode, Requirement};
 use crate::control::ca::{CaClient, CaClientConfig, CertStore, Issuer, LocalCa, StoreConfig};
 use crate::control::xds;
 use crate::control::zds::{self, Pod, PodStarter};
-use crate::dataplane::{OnDemand, PodInfo, Proxy, ResolveHost};
+use crate::dataplane::{OnDemand, PodInfo, Proxy, ProxyInputs, ResolveHost};
 use crate::drain::{self, DrainMode};
 use crate::ops::admin::{Admin, PodState, PodStateInfo, WorkloadStates};
 use crate::ops::logging::LogHandle;
 use crate::ops::readiness::Readiness;
+use crate::ops::Telemetry;
 use crate::sockets::Sockets;
 use crate::state::{self, Reader, Writer};
 use crate::sys::Netns;
@@ -61,26 +63,33 @@ async fn run_control(config: Arc<Config>, data: Handle, log: LogHandle) -> anyho
         .get("ISTIO_VERSION")
         .map(String::as_str)
         .unwrap_or("unknown");
-    let telemetry = crate::ops::init(
-        istio_version,
-        crate::ops::metrics::Exports {
-            workload_manager: config.proxy_mode == ProxyMode::Shared,
-            dns: config.proxy.dns_capture,
-        },
-    );
-    let readiness = Readiness::new().with_fd_liveness(config.proxy.fd_exhaustion_liveness);
+    // The one metrics registry: every component registers its own families in it before the
+    // stats server starts; nothing is registered after. Some families are exported only in
+    // some setups, as ztunnel registers them.
+    let exports = crate::ops::metrics::Exports {
+        workload_manager: config.proxy_mode == ProxyMode::Shared,
+        dns: config.proxy.dns_capture,
+    };
+    let mut registry = Registry::default();
+    let telemetry = Arc::new(Telemetry::new(&mut registry, istio_version, exports));
+    let dns_metrics = dns_metrics(&mut registry, exports);
+    crate::ops::metrics::register_process(&mut registry, Some(data.clone()));
+    let readiness =
+        Readiness::new(telemetry.clone()).with_fd_liveness(config.proxy.fd_exhaustion_liveness);
     let pods = WorkloadStates::default();
     let (writer, reader) = state::new();
-    let (policies, mode) = (reader.clone(), config.authz.http_only_deny);
-    telemetry.add_collector(Box::new(move |out| {
-        policy_families(&policies.load(), mode, out)
-    }));
+    crate::authz::metrics::register_metrics(
+        &mut registry,
+        reader.clone(),
+        config.authz.http_only_deny,
+    );
     load_local_config(&config, &writer)?;
     // Every long-lived task of the control runtime has this one owner.
     let mut tasks = Tasks::new();
-    let (xds_synced, on_demand) = start_mesh_source(&config, writer, &readiness, &mut tasks)?;
-    let revocation = revocation(&config, &mut tasks)?;
-    let (certs, cert_dump) = cert_source(&config, &reader, &revocation, &mut tasks)?;
+    let (xds_synced, on_demand) =
+        start_mesh_source(&config, writer, &readiness, &mut tasks, &mut registry)?;
+    let revocation = revocation(&config, &mut tasks, &mut registry)?;
+    let (certs, cert_dump) = cert_source(&config, &reader, &revocation, &mut tasks, &mut registry)?;
     let resolver = host_resolver(&config);
     let process = Arc::new(drain::channel().0);
     let shutdown = Arc::new(tokio::sync::Notify::new());
@@ -92,23 +101,40 @@ async fn run_control(config: Arc<Config>, data: Handle, log: LogHandle) -> anyho
         shutdown: shutdown.clone(),
         certificates: cert_dump,
         pods: pods.clone(),
+        telemetry: telemetry.clone(),
         revocation: revocation.clone(),
         static_config: static_config(&config),
     };
-    serve_ops(&config, admin, &readiness, &data, &process, &mut tasks).await?;
+    serve_ops(
+        &config,
+        admin,
+        &readiness,
+        Arc::new(registry),
+        &process,
+        &mut tasks,
+    )
+    .await?;
     // Ends once the state has no writer left (a static mesh): nothing can change then.
-    tasks.spawn_finite("metric expiry", expire_metrics(reader.clone(), telemetry));
+    tasks.spawn_finite(
+        "metric expiry",
+        expire_metrics(reader.clone(), telemetry.clone()),
+    );
+    let inputs = ProxyInputs {
+        cfg: config.clone(),
+        state: reader.clone(),
+        certs: certs.clone(),
+        on_demand: on_demand.clone(),
+        resolver: resolver.clone(),
+        telemetry: telemetry.clone(),
+        dns_metrics,
+    };
 
     // Keeps dedicated-mode listeners alive until shutdown.
     let mut _dedicated = None;
     match config.proxy_mode {
         ProxyMode::Shared => {
             let starter = Arc::new(PodProxies {
-                config: config.clone(),
-                on_demand: on_demand.clone(),
-                resolver: resolver.clone(),
-                state: reader.clone(),
-                certs: certs.clone(),
+                inputs,
                 data: data.clone(),
                 process: process.clone(),
             });
@@ -116,6 +142,7 @@ async fn run_control(config: Arc<Config>, data: Handle, log: LogHandle) -> anyho
             let observer = Arc::new(OpsObserver {
                 readiness: readiness.clone(),
                 pods: pods.clone(),
+                telemetry: telemetry.clone(),
             });
             let client = zds::Client::new(config.inpod.uds.clone(), starter, observer);
             let drain = process.watch();
@@ -139,15 +166,7 @@ async fn run_control(config: Arc<Config>, data: Handle, log: LogHandle) -> anyho
                 service_account: info.service_account.into(),
             };
             let sockets = sockets_for(&config, None);
-            let proxy = Proxy::new(
-                pod,
-                config.clone(),
-                reader.clone(),
-                certs.clone(),
-                sockets,
-                on_demand.clone(),
-                resolver.clone(),
-            );
+            let proxy = Proxy::new(pod, sockets, &inputs);
             _dedicated = Some(
                 proxy
                     .start(&data, &process)
@@ -167,7 +186,7 @@ async fn run_control(config: Arc<Config>, data: Handle, log: LogHandle) -> anyho
                 tracing::info!("shutdown requested through the admin API");
                 break;
             }
-            Some((name, exit)) = tasks.next_exit() => task_died(&readiness, name, &exit),
+            Some((name, exit)) = tasks.next_exit() => task_died(&readiness, &telemetry, name, &exit),
         }
     }
     tracing::info!(deadline = ?config.termination_deadline, "shutting down: draining connections");
@@ -187,10 +206,10 @@ async fn run_control(config: Arc<Config>, data: Handle, log: LogHandle) -> anyho
 
 /// A background task ended before shutdown: logged, counted, and readiness fails for good
 /// (the process keeps serving what it can; Kubernetes replaces it).
-fn task_died(readiness: &Readiness, name: &'static str, exit: &Exit) {
+fn task_died(readiness: &Readiness, telemetry: &Telemetry, name: &'static str, exit: &Exit) {
     let how = exit.label();
     tracing::error!(task = name, exit = ?exit, "background task ended unexpectedly; failing readiness");
-    crate::ops::telemetry().metrics.task_died(name, how);
+    telemetry.metrics.task_died(name, how);
     readiness.block(&format!("task {name} ({how})"));
 }
 
@@ -261,6 +280,7 @@ fn start_mesh_source(
     writer: Writer,
     readiness: &Readiness,
     tasks: &mut Tasks,
+    registry: &mut Registry,
 ) -> anyhow::Result<MeshSource> {
     let Some(xds) = xds::ClientConfig::from_config(config).context("xDS client")? else {
         if let Some(LocalXds::Path(path)) = &config.local_xds {
@@ -270,9 +290,8 @@ fn start_mesh_source(
         return Ok((None, None));
     };
     tracing::info!(address = %xds.address, on_demand = xds.on_demand, "connecting to the xDS control plane");
-    let client = xds::Client::new(xds, writer).context("xDS client")?;
-    let m = client.metrics();
-    crate::ops::telemetry().add_collector(Box::new(move |out| xds_families(&m, out)));
+    let metrics = Arc::new(xds::XdsMetrics::new(registry));
+    let client = xds::Client::new(xds, writer, metrics).context("xDS client")?;
     let synced = client.synced();
     let on_demand = client
         .demander()
@@ -302,120 +321,6 @@ impl OnDemand for XdsOnDemand {
     }
 }
 
-/// Policies whose rules include some that can never match at L4 (HTTP-only conditions).
-fn policy_families(
-    snap: &crate::state::Snapshot,
-    mode: crate::config::HttpOnlyDeny,
-    out: &mut String,
-) {
-    use crate::state::model::PolicyAction;
-    use std::fmt::Write;
-    let (mut allow, mut deny) = (0usize, 0usize);
-    for p in snap.policies() {
-        if !crate::authz::unmatchable_rules(p, mode).is_empty() {
-            match p.action {
-                PolicyAction::Allow => allow += 1,
-                PolicyAction::Deny => deny += 1,
-            }
-        }
-    }
-    let _ = writeln!(out, "# HELP ztun_authorization_policies_with_unmatchable_rules Authorization policies with rules that name only HTTP attributes, which never match at L4.\n# TYPE ztun_authorization_policies_with_unmatchable_rules gauge");
-    for (action, n) in [("allow", allow), ("deny", deny)] {
-        let _ = writeln!(
-            out,
-            "ztun_authorization_policies_with_unmatchable_rules{{action=\"{action}\"}} {n}"
-        );
-    }
-}
-
-/// Workload certificate gauges.
-fn cert_families(s: &crate::control::ca::CertSummary, out: &mut String) {
-    use std::fmt::Write;
-    let _ = writeln!(out, "# HELP ztun_workload_certificates Workload identities of this node by certificate state.\n# TYPE ztun_workload_certificates gauge");
-    for (state, n) in [
-        ("initializing", s.initializing),
-        ("available", s.available),
-        ("unavailable", s.unavailable),
-    ] {
-        let _ = writeln!(out, "ztun_workload_certificates{{state=\"{state}\"}} {n}");
-    }
-    if let Some(t) = s.earliest_expiry {
-        let secs = t
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let _ = writeln!(out, "# HELP ztun_workload_certificate_earliest_expiry_timestamp_seconds Earliest expiry among the workload certificates held (Unix time).\n# TYPE ztun_workload_certificate_earliest_expiry_timestamp_seconds gauge");
-        let _ = writeln!(
-            out,
-            "ztun_workload_certificate_earliest_expiry_timestamp_seconds {secs}"
-        );
-    }
-}
-
-/// The xDS families. As with ztunnel's (prometheus-client skips a family with no series), a
-/// family is written only once it has a series, and a series only once counted: a
-/// termination reason once it happened, a type's message and byte series once a message of
-/// that type arrived (bytes possibly 0).
-fn xds_families(m: &xds::XdsMetrics, out: &mut String) {
-    use std::fmt::Write;
-    let ended: Vec<_> = xds::TerminationReason::ALL
-        .into_iter()
-        .filter(|&r| m.terminations_total(r) > 0)
-        .collect();
-    if !ended.is_empty() {
-        let _ = writeln!(out, "# HELP istio_xds_connection_terminations xDS stream terminations (unstable).\n# TYPE istio_xds_connection_terminations counter");
-    }
-    for r in ended {
-        let _ = writeln!(
-            out,
-            "istio_xds_connection_terminations_total{{reason=\"{}\"}} {}",
-            r.as_str(),
-            m.terminations_total(r)
-        );
-    }
-    let received: Vec<_> = xds::ResourceType::ALL
-        .into_iter()
-        .filter(|&t| m.message_total(t) > 0)
-        .collect();
-    if !received.is_empty() {
-        let _ = writeln!(
-            out,
-            "# HELP istio_xds_message xDS messages received (unstable).\n# TYPE istio_xds_message counter"
-        );
-    }
-    for &t in &received {
-        let _ = writeln!(
-            out,
-            "istio_xds_message_total{{url=\"{}\"}} {}",
-            t.type_url(),
-            m.message_total(t)
-        );
-    }
-    if !received.is_empty() {
-        let _ = writeln!(out, "# HELP istio_xds_message_bytes xDS resource payload bytes received (unstable).\n# TYPE istio_xds_message_bytes counter\n# UNIT istio_xds_message_bytes bytes");
-    }
-    for &t in &received {
-        let _ = writeln!(
-            out,
-            "istio_xds_message_bytes_total{{url=\"{}\"}} {}",
-            t.type_url(),
-            m.message_bytes_total(t)
-        );
-    }
-    let _ = writeln!(out, "# HELP ztun_xds_rejected_resources xDS resources rejected (NACKed) since start.\n# TYPE ztun_xds_rejected_resources counter");
-    let _ = writeln!(
-        out,
-        "ztun_xds_rejected_resources_total {}",
-        m.rejected_resources_total()
-    );
-    let _ = writeln!(out, "# HELP ztun_xds_unknown_enum_values xDS enum values newer than ztun's protos, read with their safe fallback.\n# TYPE ztun_xds_unknown_enum_values counter");
-    let _ = writeln!(
-        out,
-        "ztun_xds_unknown_enum_values_total {}",
-        m.unknown_enum_values_total()
-    );
-}
-
 async fn wait_synced(mut synced: tokio::sync::watch::Receiver<bool>) {
     // An error means the client is gone: nothing will ever sync, so do not wait forever.
     let _ = synced.wait_for(|s| *s).await;
@@ -426,7 +331,11 @@ const XDS_TASK: &str = "xds client";
 
 /// CRL checking (`CRL_PATH`): the file must parse at startup, then it is polled every
 /// second; its metrics join every scrape.
-fn revocation(config: &Config, tasks: &mut Tasks) -> anyhow::Result<Revocation> {
+fn revocation(
+    config: &Config,
+    tasks: &mut Tasks,
+    registry: &mut Registry,
+) -> anyhow::Result<Revocation> {
     let Some(path) = &config.ca.crl_path else {
         return Ok(Revocation::disabled());
     };
@@ -437,8 +346,7 @@ fn revocation(config: &Config, tasks: &mut Tasks) -> anyhow::Result<Revocation> 
         "crl watcher",
         revocation.clone().watch(Duration::from_secs(1)),
     );
-    let r = revocation.clone();
-    crate::ops::telemetry().add_collector(Box::new(move |out| r.encode_metrics(out)));
+    revocation.register_metrics(registry);
     Ok(revocation)
 }
 
@@ -450,6 +358,7 @@ fn cert_source(
     state: &Reader,
     revocation: &Revocation,
     tasks: &mut Tasks,
+    registry: &mut Registry,
 ) -> anyhow::Result<(Arc<dyn CertSource>, CertDump)> {
     let ttl = config.ca.secret_ttl;
     let issuer: Arc<dyn Issuer> = if let Some(dir) = &config.ca.local_ca_dir {
@@ -477,9 +386,7 @@ fn cert_source(
                 .follow_local_workloads(state.clone(), node.clone()),
         );
     }
-    let summary = store.clone();
-    crate::ops::telemetry()
-        .add_collector(Box::new(move |out| cert_families(&summary.summary(), out)));
+    store.register_metrics(registry);
     let view = store.clone();
     let dump: CertDump =
         Arc::new(move || serde_json::to_value(view.snapshot()).unwrap_or_default());
@@ -494,12 +401,12 @@ const CNI_TASK: &str = "workload proxy manager";
 const PENDING_TASK: &str = "pending workloads";
 
 /// Binds the admin, metrics and readiness listeners (a conflict fails startup) and serves
-/// them on the control runtime; metrics scrape the data runtime's figures.
+/// them on the control runtime; the stats server encodes `registry` at each scrape.
 async fn serve_ops(
     config: &Config,
     admin: Admin,
     readiness: &Readiness,
-    data: &Handle,
+    registry: Arc<Registry>,
     process: &drain::Trigger,
     tasks: &mut Tasks,
 ) -> anyhow::Result<()> {
@@ -529,16 +436,14 @@ async fn serve_ops(
         "readiness",
         serve(ready_l, readiness.handler(), process.watch(), false),
     );
-    let data = data.clone();
     let metrics: crate::ops::http::Handler = Arc::new(move |req| {
-        let data = data.clone();
+        let registry = registry.clone();
         Box::pin(async move {
             use crate::ops::exposition::{content_type, respond, PLAIN_TEXT};
             // Content type and compression negotiated as ztunnel's stats server does.
             match req.path.as_str() {
                 "/metrics" | "/stats/prometheus" => {
-                    let stats = crate::ops::metrics::ProcessStats::read(Some(&data));
-                    let body = crate::ops::telemetry().encode(&stats);
+                    let body = crate::ops::metrics::encode(&registry);
                     let kind = content_type(&req.headers);
                     respond(&req.headers, http::StatusCode::OK, kind, body.into())
                 }
@@ -556,8 +461,23 @@ async fn serve_ops(
     Ok(())
 }
 
+/// The DNS proxy's families, registered in `registry` only when it runs (`exports.dns`), as
+/// ztunnel registers them; otherwise in a registry never encoded, where its counters still work.
+fn dns_metrics(
+    registry: &mut Registry,
+    exports: crate::ops::metrics::Exports,
+) -> Arc<crate::dns::metrics::DnsMetrics> {
+    let mut unexported = Registry::default();
+    let target = if exports.dns {
+        registry
+    } else {
+        &mut unexported
+    };
+    Arc::new(crate::dns::metrics::DnsMetrics::register(target))
+}
+
 /// Drops metric series of workloads that left the mesh, on every state change.
-async fn expire_metrics(mut state: Reader, telemetry: &'static crate::ops::Telemetry) {
+async fn expire_metrics(mut state: Reader, telemetry: Arc<Telemetry>) {
     while state.changed().await {
         let snap = state.load_full();
         let live: std::collections::HashSet<(&str, &str)> = snap
@@ -576,6 +496,7 @@ async fn expire_metrics(mut state: Reader, telemetry: &'static crate::ops::Telem
 struct OpsObserver {
     readiness: Readiness,
     pods: WorkloadStates,
+    telemetry: Arc<Telemetry>,
 }
 
 impl zds::ZdsObserver for OpsObserver {
@@ -594,7 +515,7 @@ impl zds::ZdsObserver for OpsObserver {
             service_account: pod.service_account.clone(),
         };
         self.pods.set(&pod.uid, PodState { state: "Up", info });
-        let m = &crate::ops::telemetry().metrics;
+        let m = &self.telemetry.metrics;
         m.proxies_started.inc();
         m.active_proxies.set(self.pods.up() as i64);
     }
@@ -605,15 +526,12 @@ impl zds::ZdsObserver for OpsObserver {
         } else {
             self.readiness.unblock(PENDING_TASK);
         }
-        crate::ops::telemetry()
-            .metrics
-            .pending_proxies
-            .set(count as i64);
+        self.telemetry.metrics.pending_proxies.set(count as i64);
     }
 
     fn pod_stopped(&self, pod: &Pod) {
         self.pods.remove(&pod.uid);
-        let m = &crate::ops::telemetry().metrics;
+        let m = &self.telemetry.metrics;
         m.proxies_stopped.inc();
         m.active_proxies.set(self.pods.up() as i64);
     }
@@ -650,11 +568,7 @@ fn host_resolver(config: &Config) -> Arc<dyn ResolveHost> {
 
 /// Starts a pod's proxy in its namespace (shared mode).
 struct PodProxies {
-    config: Arc<Config>,
-    on_demand: Option<Arc<dyn OnDemand>>,
-    resolver: Arc<dyn ResolveHost>,
-    state: Reader,
-    certs: Arc<dyn CertSource>,
+    inputs: ProxyInputs,
     data: Handle,
     process: Arc<drain::Trigger>,
 }
@@ -667,16 +581,8 @@ impl PodStarter for PodProxies {
             namespace: pod.namespace.as_str().into(),
             service_account: pod.service_account.as_str().into(),
         };
-        let sockets = sockets_for(&self.config, Some(netns));
-        let proxy = Proxy::new(
-            info,
-            self.config.clone(),
-            self.state.clone(),
-            self.certs.clone(),
-            sockets,
-            self.on_demand.clone(),
-            self.resolver.clone(),
-        );
+        let sockets = sockets_for(&self.inputs.cfg, Some(netns));
+        let proxy = Proxy::new(info, sockets, &self.inputs);
         let handle = proxy.start(&self.data, &self.process)?;
         Ok(Box::new(handle))
     }
@@ -714,18 +620,42 @@ mod tests {
     /// A background task that dies is counted and keeps the process unready from then on.
     #[tokio::test]
     async fn a_dead_task_fails_readiness_and_is_counted() {
-        let telemetry = crate::ops::init("test", Default::default());
-        let readiness = Readiness::new();
+        let mut registry = Registry::default();
+        let exports = crate::ops::metrics::Exports::default();
+        let telemetry = Telemetry::new(&mut registry, "test", exports);
+        let readiness = Readiness::new(Telemetry::detached());
         let mut tasks = Tasks::new();
         tasks.spawn("doomed", async { panic!("lost the stream") });
         let (name, exit) = tasks.next_exit().await.expect("an exit");
-        task_died(&readiness, name, &exit);
+        task_died(&readiness, &telemetry, name, &exit);
         assert_eq!(readiness.pending(), ["task doomed (panicked)"]);
-        let scrape = telemetry.encode(&crate::ops::metrics::ProcessStats::default());
+        let scrape = crate::ops::metrics::encode(&registry);
         assert!(
             scrape.contains("ztun_task_exits_total{task=\"doomed\",exit=\"panicked\"} 1"),
             "{scrape}"
         );
+    }
+
+    /// ztunnel registers the DNS families only with its DNS proxy on; counting works either way.
+    #[test]
+    fn dns_families_are_exported_only_with_the_dns_proxy() {
+        let labels = crate::dns::metrics::DnsLabels {
+            request_query_type: "a",
+            request_protocol: "udp",
+            source_canonical_service: "c".into(),
+            source_canonical_revision: "r".into(),
+        };
+        for on in [true, false] {
+            let mut registry = Registry::default();
+            let exports = crate::ops::metrics::Exports {
+                workload_manager: true,
+                dns: on,
+            };
+            let dns = dns_metrics(&mut registry, exports);
+            dns.requests.get_or_create(&labels).inc();
+            let scrape = crate::ops::metrics::encode(&registry);
+            assert_eq!(scrape.contains("istio_dns_requests_total"), on, "{scrape}");
+        }
     }
 
     /// ztunnel's xDS and CRL families (prometheus-client families) on a fresh start: not
@@ -733,14 +663,202 @@ mod tests {
     /// its UNIT.
     #[test]
     fn xds_and_crl_families_appear_with_their_first_series() {
-        let mut out = String::new();
-        let m = xds::XdsMetrics::default();
-        xds_families(&m, &mut out);
+        let mut registry = Registry::default();
+        let m = xds::XdsMetrics::new(&mut registry);
         let crl = tempfile::NamedTempFile::new().expect("temp file");
         let revocation = Revocation::load(crl.path()).expect("empty CRL file");
-        revocation.encode_metrics(&mut out);
-        Revocation::disabled().encode_metrics(&mut out);
+        revocation.register_metrics(&mut registry);
+        Revocation::disabled().register_metrics(&mut registry);
+        let out = crate::ops::metrics::encode(&registry);
         assert!(!out.contains("istio_"), "{out}");
         assert!(out.contains("ztun_xds_rejected_resources_total 0"), "{out}");
+        assert!(
+            out.contains("ztun_crl_reloads_total{result=\"ok\"} 0"),
+            "{out}"
+        );
+
+        m.record_message(xds::ResourceType::Address, 0);
+        m.record_termination(xds::TerminationReason::Reconnect);
+        let out = crate::ops::metrics::encode(&registry);
+        let url = xds::ResourceType::Address.type_url();
+        for line in [
+            format!("istio_xds_message_total{{url=\"{url}\"}} 1"),
+            "# UNIT istio_xds_message_bytes bytes".to_string(),
+            format!("istio_xds_message_bytes_total{{url=\"{url}\"}} 0"),
+            "istio_xds_connection_terminations_total{reason=\"Reconnect\"} 1".to_string(),
+        ] {
+            assert!(out.lines().any(|l| l == line), "no {line:?} in\n{out}");
+        }
+        let authorization = xds::ResourceType::Authorization.type_url();
+        assert!(!out.contains(authorization), "{out}");
+        assert!(!out.contains("reason=\"Error\""), "{out}");
+    }
+
+    /// Every family a component counts into reaches the one registry the stats server
+    /// encodes: each component registers its families in a registry built as `run_control`
+    /// builds it, each metric is counted once through its component's API, and the scrape
+    /// must hold exactly the expected families, each with a sample. (The one family left out,
+    /// `istio_crl_policy_rejections`, needs a revoked peer's handshake: `tls::crl`'s tests
+    /// count one and read it from a registry the same way.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_family_a_component_counts_is_exported() {
+        use crate::ops::access::{AccessLog, Direction};
+        use crate::ops::metrics::{OnDemandDnsLabels, Reporter};
+        use crate::tls::CertSource;
+
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut registry = Registry::default();
+        let exports = crate::ops::metrics::Exports::default();
+        let telemetry = Arc::new(Telemetry::new(&mut registry, "test", exports));
+        let dns = crate::dns::metrics::DnsMetrics::register(&mut registry);
+        crate::ops::metrics::register_process(&mut registry, Some(Handle::current()));
+        let (_writer, reader) = state::new();
+        crate::authz::metrics::register_metrics(
+            &mut registry,
+            reader,
+            crate::config::HttpOnlyDeny::Ignore,
+        );
+        let xds = xds::XdsMetrics::new(&mut registry);
+        let crl = dir.path().join("crl.pem");
+        std::fs::write(&crl, "").expect("CRL file");
+        let revocation = Revocation::load(&crl).expect("empty CRL");
+        revocation.register_metrics(&mut registry);
+        let ca = LocalCa::ephemeral("cluster.local", Duration::from_secs(3600)).expect("CA");
+        let store = CertStore::spawn(Arc::new(ca), StoreConfig::default());
+        store.register_metrics(&mut registry);
+
+        // The data plane: one connection that relayed bytes, one that failed.
+        let _socket = telemetry.metrics.socket_opened(Reporter::Source);
+        let mut ok = AccessLog::new(Direction::Outbound, telemetry.clone());
+        let meter = ok.meter();
+        meter.from_pod(1);
+        meter.to_pod(1);
+        ok.complete(None);
+        let mut failed = AccessLog::new(Direction::Outbound, telemetry.clone());
+        failed.complete(Some(&"refused"));
+        // One refused by policy (`ztun_policy_denials`).
+        let mut denied = AccessLog::new(Direction::Inbound, telemetry.clone());
+        let denial = crate::authz::Denial {
+            reason: crate::authz::Reason::DenyMatched,
+            policy: None,
+            rule: None,
+        };
+        denied.complete(Some(&crate::dataplane::Error::Denied(denial)));
+        let src = crate::state::model::Workload::default();
+        telemetry
+            .metrics
+            .on_demand_dns
+            .get_or_create(&OnDemandDnsLabels::new(&src, "db.example".into()))
+            .inc();
+        telemetry.note_fd_exhausted();
+        // The process: a task that died, pods the CNI handed over.
+        let readiness = Readiness::new(telemetry.clone());
+        task_died(&readiness, &telemetry, "doomed", &Exit::Returned);
+        let observer = OpsObserver {
+            readiness,
+            pods: WorkloadStates::default(),
+            telemetry: telemetry.clone(),
+        };
+        let pod = Pod {
+            uid: "u1".into(),
+            name: "p".into(),
+            namespace: "ns".into(),
+            service_account: "sa".into(),
+        };
+        zds::ZdsObserver::pod_started(&observer, &pod);
+        zds::ZdsObserver::pending(&observer, 1);
+        zds::ZdsObserver::pod_stopped(&observer, &pod);
+        // The DNS proxy.
+        let labels = crate::dns::metrics::DnsLabels {
+            request_query_type: "a",
+            request_protocol: "udp",
+            source_canonical_service: "c".into(),
+            source_canonical_revision: "r".into(),
+        };
+        dns.requests.get_or_create(&labels).inc();
+        dns.upstream_requests.get_or_create(&labels).inc();
+        dns.upstream_failures.get_or_create(&labels).inc();
+        dns.upstream_duration.get_or_create(&labels).observe(0.01);
+        // The xDS client.
+        xds.record_termination(xds::TerminationReason::Error);
+        xds.record_message(xds::ResourceType::Address, 10);
+        xds.record_rejected(1);
+        xds.record_unknown_enums(1);
+        // The certificate store: one certificate held.
+        let id: crate::identity::Identity = "spiffe://cluster.local/ns/ns/sa/sa".parse().unwrap();
+        store.fetch(&id).await.expect("certificate");
+
+        let scrape = crate::ops::metrics::encode(&registry);
+        let exported: std::collections::BTreeSet<&str> = scrape
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split(' ').next())
+            .collect();
+        let expected: std::collections::BTreeSet<&str> = [
+            "istio_build",
+            "istio_tcp_connections_opened",
+            "istio_tcp_connections_closed",
+            "istio_tcp_connections_failed",
+            "istio_tcp_received_bytes",
+            "istio_tcp_sent_bytes",
+            "istio_tcp_sockets_open",
+            "istio_on_demand_dns",
+            "workload_manager_active_proxy_count",
+            "workload_manager_pending_proxy_count",
+            "workload_manager_proxies_started",
+            "workload_manager_proxies_stopped",
+            "ztun_task_exits",
+            "ztun_accept_fd_exhausted",
+            "ztun_connection_failures",
+            "ztun_policy_denials",
+            "istio_dns_requests",
+            "istio_dns_upstream_requests",
+            "istio_dns_upstream_failures",
+            "istio_dns_upstream_request_duration_seconds",
+            "process_open_fds",
+            "process_max_fds",
+            "tokio_num_workers",
+            "tokio_num_alive_tasks",
+            "tokio_global_queue_depth",
+            "tokio_worker_total_busy_duration_seconds",
+            "tokio_worker_park_count",
+            "tokio_worker_park_unpark_count",
+            "ztun_authorization_policies_with_unmatchable_rules",
+            "istio_xds_connection_terminations",
+            "istio_xds_message",
+            "istio_xds_message_bytes",
+            "ztun_xds_rejected_resources",
+            "ztun_xds_unknown_enum_values",
+            "ztun_crl_reloads",
+            "ztun_crls",
+            "ztun_crl_tracked_connections",
+            "ztun_workload_certificates",
+            "ztun_workload_certificate_earliest_expiry_timestamp_seconds",
+        ]
+        .into();
+        assert_eq!(exported, expected, "{scrape}");
+        for family in &expected {
+            let sampled = scrape
+                .lines()
+                .any(|l| !l.starts_with('#') && l.starts_with(family));
+            assert!(sampled, "no sample of {family}\n{scrape}");
+        }
+        // Every counter counted above shows it: a counter family whose samples are all 0 was
+        // registered but not reached by its component's API. (The runtime's and the CRL
+        // reload counters count what the process did, not this test.)
+        let counters = scrape
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.strip_suffix(" counter"))
+            .filter(|f| !f.starts_with("tokio_") && *f != "ztun_crl_reloads");
+        for family in counters {
+            let counted = scrape.lines().any(|l| {
+                let Some(rest) = l.strip_prefix(family) else {
+                    return false;
+                };
+                rest.starts_with(['{', ' ', '_']) && l.rsplit(' ').next().is_some_and(|v| v != "0")
+            });
+            assert!(counted, "{family} registered but never counted\n{scrape}");
+        }
     }
 }

@@ -30,6 +30,7 @@
 //! Allowed imports: `state`, `identity`, `config`.
 
 pub mod explain;
+pub mod metrics;
 #[cfg(test)]
 pub(crate) mod tests;
 

@@ -16,12 +16,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use hickory_proto::rr::RecordType;
+use prometheus_client::registry::Registry;
 use ztun::authz::{Denial, Reason};
 use ztun::dataplane::Error;
+use ztun::dns::metrics::{query_type_label, DnsLabels, DnsMetrics};
 use ztun::dns::Transport;
 use ztun::ops::access::{AccessLog, Direction, Failure};
-use ztun::ops::dns_metrics::{query_type_label, DnsLabels};
-use ztun::ops::metrics::{OnDemandDnsLabels, ProcessStats, Reporter};
+use ztun::ops::metrics::{OnDemandDnsLabels, Reporter};
+use ztun::ops::Telemetry;
 use ztun::state::model::Workload;
 
 /// The families ztunnel treats as stable: their HELP must not say "unstable".
@@ -333,13 +335,14 @@ fn workload(mesh: &[Workload], name: &str) -> Arc<Workload> {
 
 /// One connection from `client` to `server` on `direction`'s side, failing with `error`.
 fn connection(
+    telemetry: &Arc<Telemetry>,
     direction: Direction,
     client: &Arc<Workload>,
     server: &Arc<Workload>,
     tunnel: bool,
     error: Option<Error>,
 ) {
-    let mut log = AccessLog::new(direction);
+    let mut log = AccessLog::new(direction, telemetry.clone());
     log.src.addr = Some(SocketAddr::from(([10, 0, 1, 5], 40000)));
     log.dst.addr = Some(SocketAddr::from(([10, 0, 2, 7], 8080)));
     match direction {
@@ -381,15 +384,46 @@ fn in_process_scrape() -> String {
         .workloads;
     let client = workload(&mesh, "client");
     let server = workload(&mesh, "server");
-    let telemetry = ztun::ops::telemetry();
+    // One registry with the families of the data plane, the DNS proxy and the process, as the
+    // composition root builds it.
+    let mut registry = Registry::default();
+    let exports = ztun::ops::metrics::Exports::default();
+    let telemetry = Arc::new(Telemetry::new(&mut registry, "unknown", exports));
+    let dns = DnsMetrics::register(&mut registry);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .expect("runtime");
+    ztun::ops::metrics::register_process(&mut registry, Some(runtime.handle().clone()));
     let _outbound_socket = telemetry.metrics.socket_opened(Reporter::Source);
     let _inbound_socket = telemetry.metrics.socket_opened(Reporter::Destination);
 
     // Succeeding: outbound HBONE, inbound HBONE, inbound passthrough, outbound plain TCP.
-    connection(Direction::Outbound, &client, &server, true, None);
-    connection(Direction::Inbound, &client, &server, true, None);
-    connection(Direction::Inbound, &client, &server, false, None);
-    connection(Direction::Outbound, &client, &server, false, None);
+    connection(
+        &telemetry,
+        Direction::Outbound,
+        &client,
+        &server,
+        true,
+        None,
+    );
+    connection(&telemetry, Direction::Inbound, &client, &server, true, None);
+    connection(
+        &telemetry,
+        Direction::Inbound,
+        &client,
+        &server,
+        false,
+        None,
+    );
+    connection(
+        &telemetry,
+        Direction::Outbound,
+        &client,
+        &server,
+        false,
+        None,
+    );
     // Failing, one per response flag ztunnel sets.
     let identity = client.identity().expect("client identity");
     let failures = [
@@ -408,10 +442,16 @@ fn in_process_scrape() -> String {
         Error::ConnectPeer(Arc::new(io::Error::from(io::ErrorKind::ConnectionRefused))),
     ];
     for e in failures {
-        connection(Direction::Outbound, &client, &server, true, Some(e));
+        connection(
+            &telemetry,
+            Direction::Outbound,
+            &client,
+            &server,
+            true,
+            Some(e),
+        );
     }
 
-    let dns = &telemetry.metrics.dns;
     let labels = DnsLabels {
         request_query_type: query_type_label(RecordType::AAAA),
         request_protocol: Transport::Udp.label(),
@@ -431,11 +471,7 @@ fn in_process_scrape() -> String {
         ))
         .inc();
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .build()
-        .expect("runtime");
-    telemetry.encode(&ProcessStats::read(Some(runtime.handle())))
+    ztun::ops::metrics::encode(&registry)
 }
 
 #[test]

@@ -182,7 +182,7 @@ fn check_daemonset(daemonset: &DaemonSet, image: &Image) {
 
     assert_eq!(config.proxy_mode, ProxyMode::Shared);
     assert_eq!(config.packet_mark, Some(1337));
-    assert_eq!(config.xds_address.as_deref(), Some(ISTIOD));
+    assert_eq!(config.xds.address.as_deref(), Some(ISTIOD));
     assert_eq!(config.ca.address.as_deref(), Some(ISTIOD));
     assert_eq!(config.cluster_id, "Kubernetes");
     assert_eq!(config.node_name.as_deref(), Some(NODE_NAME));
@@ -206,7 +206,7 @@ fn check_daemonset(daemonset: &DaemonSet, image: &Image) {
         other => panic!("token path {token:?} is not a mounted token: {other:?}"),
     }
     // Both control-plane connections verify istiod against the root istiod publishes.
-    for (what, root) in [("XDS", &config.xds_root_ca), ("CA", &config.ca_root_ca)] {
+    for (what, root) in [("XDS", &config.xds.root_ca), ("CA", &config.ca.root_ca)] {
         let RootCert::File(path) = root else {
             panic!("{what} root: expected a file, got {root:?}");
         };

@@ -4,41 +4,9 @@ use crate::state::model::PolicyScope;
 use std::net::IpAddr;
 
 use super::*;
-use crate::state::model::{
-    HealthStatus, Locality, NetworkMode, PolicyRule, ServiceAccountMatch, TunnelProtocol,
-};
+use crate::state::model::{PolicyRule, ServiceAccountMatch, TunnelProtocol};
 use crate::state::SnapshotBuilder;
-
-/// A mesh workload `ns/name` with service account `sa` at `ip`.
-pub(crate) fn workload(ns: &str, name: &str, sa: &str, ip: [u8; 4]) -> Workload {
-    Workload {
-        uid: format!("Kubernetes//Pod/{ns}/{name}").into(),
-        name: name.into(),
-        namespace: ns.into(),
-        workload_ips: vec![IpAddr::from(ip)],
-        hostname: "".into(),
-        network: "".into(),
-        protocol: TunnelProtocol::Hbone,
-        trust_domain: "cluster.local".into(),
-        service_account: sa.into(),
-        waypoint: None,
-        network_gateway: None,
-        node: "n1".into(),
-        canonical_name: name.into(),
-        canonical_revision: "".into(),
-        workload_type: "pod".into(),
-        workload_name: name.into(),
-        native_tunnel: false,
-        application_tunnel: None,
-        services: Default::default(),
-        authorization_policies: Vec::new(),
-        status: HealthStatus::Healthy,
-        cluster_id: "Kubernetes".into(),
-        locality: Locality::default(),
-        network_mode: NetworkMode::Standard,
-        capacity: 1,
-    }
-}
+use crate::testkit::fixtures::pod as workload;
 
 fn policy(
     ns: &str,

@@ -25,9 +25,11 @@
 //! Allowed imports: `identity` (to check that the trust domain can form identities). Nothing
 //! else in the crate; every other module may import `config`.
 
+mod build;
 mod env;
 mod mesh;
 mod syntax;
+mod vars;
 
 #[cfg(test)]
 mod tests;
@@ -72,11 +74,9 @@ pub struct Config {
     /// `LOCAL_XDS_PATH` or `LOCAL_XDS`: a static mesh description in the local YAML format,
     /// from a file or inline. Setting both is an error. Default unset.
     pub local_xds: Option<LocalXds>,
-    /// `XDS_ADDRESS`: istiod's xDS endpoint as an `http(s)://host:port` URI; `None` (set to the
-    /// empty string) disables the xDS client. Unset: ProxyConfig `discoveryAddress` if set,
-    /// else `https://istiod.istio-system.svc:15012` when `KUBERNETES_SERVICE_HOST` is set, else
-    /// `https://localhost:15012`. A value without a scheme gets `https://`.
-    pub xds_address: Option<String>,
+    /// xDS client settings (serialized flat: `xdsAddress`, `xdsOnDemand`, ...).
+    #[serde(flatten)]
+    pub xds: XdsConfig,
     /// Certificate authority client settings.
     pub ca: CaConfig,
     /// Number of data-plane worker threads, at least 1. From `ZTUNNEL_WORKER_THREADS` (`N`,
@@ -118,9 +118,6 @@ pub struct Config {
     /// margin); default 5 s.
     #[serde(serialize_with = "syntax::serialize_duration")]
     pub termination_deadline: Duration,
-    /// `XDS_ON_DEMAND`: subscribe to addresses on demand instead of receiving all of them.
-    /// Default false. Cannot be combined with the DNS proxy (see [`ProxyConfig::dns_capture`]).
-    pub xds_on_demand: bool,
     /// Command-line arguments after the program name (Helm passes `proxy ztunnel`); recorded
     /// for the config dump only. Filled in by `main`; empty from [`Config::from_source`].
     pub proxy_args: Vec<String>,
@@ -132,21 +129,6 @@ pub struct Config {
     /// Every `ISTIO_METAJSON_<K>` variable, parsed as JSON, for the xDS node metadata field
     /// `<K>` (a value that is not JSON is a startup error).
     pub proxy_metadata_json: BTreeMap<String, serde_json::Value>,
-    /// Every `XDS_HEADER_<name>` variable as lowercased `<name>` → value: extra gRPC metadata
-    /// on the xDS stream. Names are HTTP tokens, values printable ASCII.
-    pub xds_headers: BTreeMap<String, String>,
-    /// Every `CA_HEADER_<name>` variable, as for [`Config::xds_headers`], on CA requests.
-    pub ca_headers: BTreeMap<String, String>,
-    /// `XDS_ROOT_CA`: roots that verify istiod's xDS certificate. Default the file
-    /// `./var/run/secrets/istio/root-cert.pem`.
-    pub xds_root_ca: RootCert,
-    /// `CA_ROOT_CA`: roots that verify the CA's certificate; same forms and default as
-    /// [`Config::xds_root_ca`].
-    pub ca_root_ca: RootCert,
-    /// `ALT_XDS_HOSTNAME`: a name accepted in istiod's certificate in addition to the URI host.
-    pub alt_xds_hostname: Option<String>,
-    /// `ALT_CA_HOSTNAME`: a name accepted in the CA's certificate in addition to the URI host.
-    pub alt_ca_hostname: Option<String>,
     /// `AUTH_TOKEN`: the bearer token presented to istiod and the CA. Never printed.
     pub auth_token: AuthToken,
 }
@@ -167,7 +149,7 @@ impl Config {
         source: &dyn Source,
         available_cpus: usize,
     ) -> Result<Config, ConfigError> {
-        env::build(source, available_cpus)
+        build::build(source, available_cpus)
     }
 
     /// Where the admin API listens: [`admin_addr`](Self::admin_addr), plus `[::1]` on the same
@@ -267,12 +249,38 @@ pub enum LocalXds {
     Inline(String),
 }
 
+/// The xDS client's settings.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct XdsConfig {
+    /// `XDS_ADDRESS`: istiod's xDS endpoint as an `http(s)://host:port` URI; `None` (set to the
+    /// empty string) disables the xDS client. Unset: ProxyConfig `discoveryAddress` if set,
+    /// else `https://istiod.istio-system.svc:15012` when `KUBERNETES_SERVICE_HOST` is set, else
+    /// `https://localhost:15012`. A value without a scheme gets `https://`.
+    #[serde(rename = "xdsAddress")]
+    pub address: Option<String>,
+    /// `XDS_ON_DEMAND`: subscribe to addresses on demand instead of receiving all of them.
+    /// Default false. Cannot be combined with the DNS proxy (see [`ProxyConfig::dns_capture`]).
+    #[serde(rename = "xdsOnDemand")]
+    pub on_demand: bool,
+    /// Every `XDS_HEADER_<name>` variable as lowercased `<name>` → value: extra gRPC metadata
+    /// on the xDS stream. Names are HTTP tokens, values printable ASCII.
+    #[serde(rename = "xdsHeaders")]
+    pub headers: BTreeMap<String, String>,
+    /// `XDS_ROOT_CA`: roots that verify istiod's xDS certificate. Default the file
+    /// `./var/run/secrets/istio/root-cert.pem`.
+    #[serde(rename = "xdsRootCa")]
+    pub root_ca: RootCert,
+    /// `ALT_XDS_HOSTNAME`: a name accepted in istiod's certificate in addition to the URI host.
+    #[serde(rename = "altXdsHostname")]
+    pub alt_hostname: Option<String>,
+}
+
 /// Certificate authority client settings.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CaConfig {
     /// `CA_ADDRESS`: the CA endpoint, with the same defaulting, `https://` completion and
-    /// empty-disables rule as [`Config::xds_address`]. Always `None` when `fake_ca` is set.
+    /// empty-disables rule as [`XdsConfig::address`]. Always `None` when `fake_ca` is set.
     pub address: Option<String>,
     /// `FAKE_CA`: issue certificates from a built-in throwaway CA (testing only). Default false.
     pub fake_ca: bool,
@@ -287,6 +295,13 @@ pub struct CaConfig {
     /// `SECRET_TTL`: requested certificate lifetime; default 24 h, never zero.
     #[serde(serialize_with = "syntax::serialize_duration")]
     pub secret_ttl: Duration,
+    /// Every `CA_HEADER_<name>` variable, as for [`XdsConfig::headers`], on CA requests.
+    pub headers: BTreeMap<String, String>,
+    /// `CA_ROOT_CA`: roots that verify the CA's certificate; same forms and default as
+    /// [`XdsConfig::root_ca`].
+    pub root_ca: RootCert,
+    /// `ALT_CA_HOSTNAME`: a name accepted in the CA's certificate in addition to the URI host.
+    pub alt_hostname: Option<String>,
 }
 
 /// A TLS compliance policy (`COMPLIANCE_POLICY`).

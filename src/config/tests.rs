@@ -3,7 +3,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::env::worker_threads;
+use super::build::worker_threads;
 use super::syntax::{format_duration, parse_duration};
 use super::*;
 
@@ -48,7 +48,7 @@ fn empty_environment_gives_documented_defaults() {
     assert_eq!(c.trust_domain, "cluster.local");
     assert_eq!(c.network, "");
     assert_eq!(c.local_xds, None);
-    assert_eq!(c.xds_address.as_deref(), Some("https://localhost:15012"));
+    assert_eq!(c.xds.address.as_deref(), Some("https://localhost:15012"));
     assert_eq!(
         c.ca,
         CaConfig {
@@ -57,6 +57,10 @@ fn empty_environment_gives_documented_defaults() {
             local_ca_dir: None,
             crl_path: None,
             secret_ttl: secs(24 * 3600),
+            // The connection settings are checked by their own tests.
+            headers: c.ca.headers.clone(),
+            root_ca: c.ca.root_ca.clone(),
+            alt_hostname: c.ca.alt_hostname.clone(),
         }
     );
     assert_eq!(c.worker_threads, 2);
@@ -118,16 +122,16 @@ fn empty_environment_gives_documented_defaults() {
         "[::]:15021".parse::<SocketAddr>().unwrap()
     );
     assert_eq!(c.termination_deadline, secs(5));
-    assert!(!c.xds_on_demand);
+    assert!(!c.xds.on_demand);
     assert!(c.proxy_args.is_empty());
     assert!(c.proxy_metadata.is_empty());
-    assert!(c.xds_headers.is_empty());
-    assert!(c.ca_headers.is_empty());
+    assert!(c.xds.headers.is_empty());
+    assert!(c.ca.headers.is_empty());
     let default_root = RootCert::File("./var/run/secrets/istio/root-cert.pem".into());
-    assert_eq!(c.xds_root_ca, default_root);
-    assert_eq!(c.ca_root_ca, default_root);
-    assert_eq!(c.alt_xds_hostname, None);
-    assert_eq!(c.alt_ca_hostname, None);
+    assert_eq!(c.xds.root_ca, default_root);
+    assert_eq!(c.ca.root_ca, default_root);
+    assert_eq!(c.xds.alt_hostname, None);
+    assert_eq!(c.ca.alt_hostname, None);
     assert_eq!(c.auth_token, AuthToken::None);
     assert_eq!(
         c.illegal_ports(),
@@ -222,7 +226,7 @@ fn every_variable_is_read() {
         c.local_xds,
         Some(LocalXds::Path("/etc/ztun/local.yaml".into()))
     );
-    assert_eq!(c.xds_address.as_deref(), Some("http://istiod.custom:15010"));
+    assert_eq!(c.xds.address.as_deref(), Some("http://istiod.custom:15010"));
     assert_eq!(
         c.ca,
         CaConfig {
@@ -231,6 +235,10 @@ fn every_variable_is_read() {
             local_ca_dir: Some("/etc/ztun/ca".into()),
             crl_path: Some("/etc/ztun/crl.pem".into()),
             secret_ttl: secs(5400),
+            // The connection settings are checked by their own tests.
+            headers: c.ca.headers.clone(),
+            root_ca: c.ca.root_ca.clone(),
+            alt_hostname: c.ca.alt_hostname.clone(),
         }
     );
     assert_eq!(c.worker_threads, 3);
@@ -287,7 +295,7 @@ fn every_variable_is_read() {
         "0.0.0.0:15021".parse::<SocketAddr>().unwrap()
     );
     assert_eq!(c.termination_deadline, secs(45));
-    assert!(c.xds_on_demand);
+    assert!(c.xds.on_demand);
     assert_eq!(
         c.proxy_metadata,
         BTreeMap::from([
@@ -296,19 +304,19 @@ fn every_variable_is_read() {
         ])
     );
     assert_eq!(
-        c.xds_headers,
+        c.xds.headers,
         BTreeMap::from([("x_tenant".to_owned(), "blue".to_owned())])
     );
     assert_eq!(
-        c.ca_headers,
+        c.ca.headers,
         BTreeMap::from([("authorization".to_owned(), "Bearer abc".to_owned())])
     );
-    assert_eq!(c.xds_root_ca, RootCert::System);
+    assert_eq!(c.xds.root_ca, RootCert::System);
     assert!(
-        matches!(&c.ca_root_ca, RootCert::Static(pem) if pem.starts_with("-----BEGIN CERTIFICATE"))
+        matches!(&c.ca.root_ca, RootCert::Static(pem) if pem.starts_with("-----BEGIN CERTIFICATE"))
     );
-    assert_eq!(c.alt_xds_hostname.as_deref(), Some("istiod.alt"));
-    assert_eq!(c.alt_ca_hostname.as_deref(), Some("ca.alt"));
+    assert_eq!(c.xds.alt_hostname.as_deref(), Some("istiod.alt"));
+    assert_eq!(c.ca.alt_hostname.as_deref(), Some("ca.alt"));
     assert_eq!(c.auth_token, AuthToken::Static("literal-token".into()));
     assert_eq!(
         c.dns.preferred_service_namespace.as_deref(),
@@ -345,7 +353,7 @@ fn the_helm_chart_environment_is_accepted() {
     assert_eq!(c.proxy_mode, ProxyMode::Shared);
     assert_eq!(c.packet_mark, Some(1337));
     assert_eq!(
-        c.xds_address.as_deref(),
+        c.xds.address.as_deref(),
         Some("https://istiod.istio-system.svc:15012")
     );
     assert_eq!(
@@ -384,7 +392,7 @@ fn the_helm_chart_environment_is_accepted() {
         AuthToken::File("./var/run/secrets/tokens/istio-token".into())
     );
     assert_eq!(
-        c.xds_root_ca,
+        c.xds.root_ca,
         RootCert::File("./var/run/secrets/istio/root-cert.pem".into())
     );
 }
@@ -539,7 +547,7 @@ fn control_plane_addresses() {
         ),
     ];
     for (vars, want) in cases {
-        assert_eq!(config(vars).xds_address.as_deref(), *want, "{vars:?}");
+        assert_eq!(config(vars).xds.address.as_deref(), *want, "{vars:?}");
     }
     // The CA follows the same rules, and a fake CA needs no address.
     assert_eq!(config(&[("CA_ADDRESS", "")]).ca.address, None);
@@ -784,7 +792,8 @@ fn on_demand_xds_needs_the_dns_proxy_off() {
             ("XDS_ON_DEMAND", "true"),
             ("ISTIO_META_DNS_CAPTURE", "false")
         ])
-        .xds_on_demand
+        .xds
+        .on_demand
     );
 }
 
@@ -855,8 +864,8 @@ fn root_cert_forms() {
         ),
     ];
     for (value, want) in cases {
-        assert_eq!(config(&[("XDS_ROOT_CA", value)]).xds_root_ca, want);
-        assert_eq!(config(&[("CA_ROOT_CA", value)]).ca_root_ca, want);
+        assert_eq!(config(&[("XDS_ROOT_CA", value)]).xds.root_ca, want);
+        assert_eq!(config(&[("CA_ROOT_CA", value)]).ca.root_ca, want);
     }
 }
 
@@ -1035,7 +1044,7 @@ tracing: {zipkin: {address: zipkin:9411}}
 ";
     let c = config(&[("PROXY_CONFIG", yaml)]);
     assert_eq!(
-        c.xds_address.as_deref(),
+        c.xds.address.as_deref(),
         Some("https://istiod-rev1.istio-system.svc:15012")
     );
     assert_eq!(
@@ -1072,14 +1081,16 @@ tracing: {zipkin: {address: zipkin:9411}}
         ("ISTIO_META_FOO", "from-env"),
     ]);
     assert_eq!(
-        c.xds_address.as_deref(),
+        c.xds.address.as_deref(),
         Some("https://istiod.custom:15012")
     );
     assert_eq!(c.worker_threads, 2);
     assert_eq!(c.proxy_metadata["FOO"], "from-env");
     assert_eq!(c.proxy_metadata["BAR"], "yes");
     assert_eq!(
-        config(&[("PROXY_CONFIG", yaml), ("XDS_ADDRESS", "")]).xds_address,
+        config(&[("PROXY_CONFIG", yaml), ("XDS_ADDRESS", "")])
+            .xds
+            .address,
         None
     );
 
@@ -1088,7 +1099,7 @@ tracing: {zipkin: {address: zipkin:9411}}
         "PROXY_CONFIG",
         r#"{"discoveryAddress": "http://istiod:15010", "statsPort": 9090}"#,
     )]);
-    assert_eq!(c.xds_address.as_deref(), Some("http://istiod:15010"));
+    assert_eq!(c.xds.address.as_deref(), Some("http://istiod:15010"));
     assert_eq!(c.stats_addr.port(), 9090);
     assert_eq!(config(&[("PROXY_CONFIG", "")]).admin_addr.port(), 15000);
     assert_eq!(config(&[("PROXY_CONFIG", "{}")]).stats_addr.port(), 15020);
@@ -1108,7 +1119,7 @@ defaultConfig:
 ";
     let c = from(&mesh_env(mesh)).unwrap();
     assert_eq!(
-        c.xds_address.as_deref(),
+        c.xds.address.as_deref(),
         Some("https://istiod-mesh.istio-system.svc:15012")
     );
     assert_eq!(c.admin_addr.port(), 15100);
@@ -1128,7 +1139,7 @@ defaultConfig:
     );
     let c = from(&env).unwrap();
     assert_eq!(
-        c.xds_address.as_deref(),
+        c.xds.address.as_deref(),
         Some("https://istiod-mesh.istio-system.svc:15012")
     );
     assert_eq!(c.admin_addr.port(), 15100);
@@ -1158,7 +1169,7 @@ defaultConfig:
     for text in ["", "accessLogFile: /dev/stdout\n", "defaultConfig:\n"] {
         let c = from(&mesh_env(text)).unwrap();
         assert_eq!(c.admin_addr.port(), 15000, "{text:?}");
-        assert_eq!(c.xds_address.as_deref(), Some("https://localhost:15012"));
+        assert_eq!(c.xds.address.as_deref(), Some("https://localhost:15012"));
     }
     // A bare ProxyConfig in the mesh file is not read (it belongs under defaultConfig).
     assert_eq!(
@@ -1194,7 +1205,8 @@ fn dns_settings_come_from_proxy_metadata_too() {
             ("PROXY_CONFIG", "proxyMetadata: {DNS_CAPTURE: 'false'}"),
             ("XDS_ON_DEMAND", "true"),
         ])
-        .xds_on_demand
+        .xds
+        .on_demand
     );
 
     let addr = |vars: &[(&str, &str)]| config(vars).dns.listen;
@@ -1291,7 +1303,8 @@ fn unreadable_or_malformed_proxy_config_names_its_source() {
     // An empty discoveryAddress is unset.
     assert_eq!(
         config(&[("PROXY_CONFIG", "discoveryAddress: ''")])
-            .xds_address
+            .xds
+            .address
             .as_deref(),
         Some("https://localhost:15012")
     );

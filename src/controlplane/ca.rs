@@ -1,7 +1,7 @@
 //! The CA of `ztun control-plane`: `istio.v1.auth.IstioCertificateService/CreateCertificate`,
 //! served on the same TLS listener as xDS, signing with the `--ca-dir` CA.
 //!
-//! **CA directory** (`--ca-dir`): the `LOCAL_CA_DIR` layout ([`crate::control::ca::local`]):
+//! **CA directory** (`--ca-dir`): the `LOCAL_CA_DIR` layout ([`crate::control::ca::LocalCa`]):
 //! `root-cert.pem` (the trust bundle, one or more roots), `ca-key.pem` (the signing key) and
 //! optionally `cert-chain.pem` (signing intermediate first). A response is
 //! `[leaf, intermediates…, root bundle]`. The directory is re-read when one of its files
@@ -38,15 +38,15 @@ use parking_lot::Mutex;
 use rcgen::{CertificateSigningRequestParams, SanType};
 use tonic::{Request, Response, Status};
 
-use crate::control::ca::local::backdate;
 use crate::control::ca::proto::istio_certificate_service_server::{
     IstioCertificateService, IstioCertificateServiceServer,
 };
 use crate::control::ca::proto::{IstioCertificateRequest, IstioCertificateResponse};
-use crate::control::ca::snapshot::pem_of;
 use crate::control::ca::{LocalCa, LocalCaError, IMPERSONATED_IDENTITY};
 use crate::identity::Identity;
 use crate::state::Reader;
+use crate::tls::ca::backdate;
+use crate::tls::pem_of;
 
 /// Largest CSR accepted, in bytes of PEM.
 const MAX_CSR: usize = 16 * 1024;

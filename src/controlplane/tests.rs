@@ -408,7 +408,8 @@ async fn serves_ztuns_client_and_pushes_file_changes() {
     let cp = Running::start(&mesh_yaml(&[1, 2], 8080, &["p1"])).await;
     assert!(cp.root().exists(), "CA created on first start");
     let (writer, mut reader) = state::new();
-    let client = xds::Client::new(xds_client(cp.addr, &cp.root()), writer).unwrap();
+    let client =
+        xds::Client::new(xds_client(cp.addr, &cp.root()), writer, Default::default()).unwrap();
     let mut synced = client.synced();
     let task = tokio::spawn(client.run());
     tokio::time::timeout(WAIT, synced.wait_for(|s| *s))

@@ -29,7 +29,7 @@ use tracing::{debug, info};
 
 use super::ads::PeerAddr;
 use super::Error;
-use crate::control::ca::local::ca_params;
+use crate::tls::ca::ca_params;
 
 /// The CA certificate file in the CA directory.
 pub const ROOT_CERT: &str = "root-cert.pem";

@@ -300,7 +300,7 @@ mod tests {
 
     fn base() -> SnapshotBuilder {
         let mut b = SnapshotBuilder::default();
-        b.insert_workload(crate::authz::tests::workload(
+        b.insert_workload(crate::testkit::fixtures::pod(
             "ns",
             "server",
             "sa",
@@ -361,7 +361,7 @@ mod tests {
         writer.publish(base());
         let before = Fingerprint::of(&pod(), &reader.load());
         let mut b = writer.builder();
-        b.insert_workload(crate::authz::tests::workload(
+        b.insert_workload(crate::testkit::fixtures::pod(
             "other",
             "x",
             "sa",

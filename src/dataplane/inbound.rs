@@ -21,10 +21,9 @@ use tokio_rustls::TlsAcceptor;
 
 use super::enforce::{Registration, Revoked};
 use super::hbone::stream::relay as relay_h2;
-use super::outbound::canonical;
-use super::proxy::Drains;
 use super::route::inbound::{Authority, InboundTarget, Tunnel};
-use super::{proxy_protocol, route, Error, Proxy};
+use super::tcp::canonical;
+use super::{proxy_protocol, route, Drains, Error, Proxy};
 use crate::authz::Conn;
 use crate::drain::DrainMode;
 use crate::identity::Identity;
@@ -225,7 +224,7 @@ async fn serve_stream(
     req: Box<Request<h2::RecvStream>>,
     respond: SendResponse<Bytes>,
 ) {
-    let mut log = AccessLog::new(Direction::Inbound);
+    let mut log = AccessLog::new(Direction::Inbound, proxy.telemetry.clone());
     // Opening and relaying are two futures, one after the other: the relay, which an idle
     // stream sits in, does not carry the request head or the opening's state.
     let Some(Opened {

@@ -12,11 +12,13 @@
 pub mod enforce;
 pub mod hbone;
 pub mod inbound;
+pub mod listen;
 pub mod outbound;
 pub mod passthrough;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod route;
+pub mod tcp;
 
 use std::io;
 use std::net::SocketAddr;
@@ -26,7 +28,12 @@ use crate::identity::Identity;
 use crate::state::model::Strng;
 use crate::tls::{FetchError, IdentityError};
 
-pub use proxy::{PodInfo, Proxy, ProxyHandle};
+pub use listen::ProxyHandle;
+pub use proxy::{PodInfo, Proxy, ProxyInputs};
+
+/// The drain a pod's tasks obey: the more urgent of the pod's own (CNI `del`) and the
+/// process's (SIGTERM), merged into one watch ([`crate::drain::merge`]).
+pub type Drains = crate::drain::Watch;
 
 /// Asks the control plane for an address resource the state lacks (`XDS_ON_DEMAND`) and
 /// waits a bounded time. The key is `network/IP`, a workload uid or `namespace/hostname`;

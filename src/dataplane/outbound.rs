@@ -16,10 +16,10 @@ use tokio::net::TcpStream;
 
 use super::hbone::pool::{Checkout, PoolKey};
 use super::hbone::stream::relay_early;
-use super::proxy::Drains;
 use super::route::{self, PendingHost, RefuseReason, Route};
-use super::{Error, Proxy, ResolveError};
-use crate::ops::access::{AccessLog, Direction, HboneTarget, Meter, ServiceRef};
+use super::tcp::{canonical, original_destination, relay_tcp};
+use super::{Drains, Error, Proxy, ResolveError};
+use crate::ops::access::{AccessLog, Direction, HboneTarget, ServiceRef};
 use crate::ops::metrics::OnDemandDnsLabels;
 use crate::state::canonical_ip;
 use crate::state::model::Workload;
@@ -28,7 +28,7 @@ use crate::tls::RevokedSignal;
 
 /// Serves one captured outbound connection to completion.
 pub async fn serve(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, _drain: Drains) {
-    let mut log = AccessLog::new(Direction::Outbound);
+    let mut log = AccessLog::new(Direction::Outbound, proxy.telemetry.clone());
     log.src.addr = Some(canonical(peer));
     log.src.workload = Some(proxy.pod.name.clone());
     log.src.namespace = Some(proxy.pod.namespace.clone());
@@ -398,7 +398,8 @@ async fn resolve_host(
     log.dst.describe(&pending.workload);
     log.service = Some(ServiceRef::from(&*pending.service));
     let hostname = pending.hostname().clone();
-    crate::ops::telemetry()
+    proxy
+        .telemetry
         .metrics
         .on_demand_dns
         .get_or_create(&OnDemandDnsLabels::new(src, hostname.clone()))
@@ -418,36 +419,8 @@ async fn resolve_host(
         .ok_or_else(|| fail(ResolveError::NoAddress))
 }
 
-/// Bidirectional copy between the client's socket `a` and `b`, with half-close both ways.
-/// Plaintext relays count their bytes into `meter` when they end.
-pub(crate) async fn relay_tcp(
-    mut a: TcpStream,
-    mut b: TcpStream,
-    meter: &Meter,
-) -> Result<(), Error> {
-    let (sent, recv) = tokio::io::copy_bidirectional(&mut a, &mut b).await?;
-    meter.client_sent(sent);
-    meter.client_received(recv);
-    Ok(())
-}
-
-/// Where a captured connection was headed: `SO_ORIGINAL_DST` for REDIRECT captures, else the
-/// local address (TPROXY). `None` if the client connected to the listener port directly.
-pub(crate) fn original_destination(tcp: &TcpStream, listener_port: u16) -> Option<SocketAddr> {
-    let local = tcp.local_addr().ok()?;
-    let dst = crate::sys::socket::original_dst(tcp)
-        .map(canonical)
-        .unwrap_or_else(|| canonical(local));
-    (dst.port() != listener_port || dst.ip() != canonical_ip(local.ip())).then_some(dst)
-}
-
 fn local_ip(tcp: &TcpStream) -> std::net::IpAddr {
     tcp.local_addr()
         .map(|a| a.ip())
         .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]))
-}
-
-/// IPv4-mapped socket addresses as plain IPv4.
-pub(crate) fn canonical(a: SocketAddr) -> SocketAddr {
-    SocketAddr::new(canonical_ip(a.ip()), a.port())
 }

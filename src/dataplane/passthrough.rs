@@ -10,16 +10,15 @@ use std::sync::Arc;
 use tokio::net::TcpStream;
 
 use super::enforce::Revoked;
-use super::outbound::{canonical, original_destination, relay_tcp};
-use super::proxy::Drains;
-use super::{Error, Proxy};
+use super::tcp::{canonical, original_destination, relay_tcp};
+use super::{Drains, Error, Proxy};
 use crate::authz::Conn;
 use crate::ops::access::{AccessLog, Direction};
 
 /// Serves one plaintext inbound connection.
 pub async fn serve(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, _drain: Drains) {
     let peer = canonical(peer);
-    let mut log = AccessLog::new(Direction::Inbound);
+    let mut log = AccessLog::new(Direction::Inbound, proxy.telemetry.clone());
     log.src.addr = Some(peer);
     log.dst.workload = Some(proxy.pod.name.clone());
     log.dst.namespace = Some(proxy.pod.namespace.clone());

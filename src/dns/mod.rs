@@ -18,6 +18,7 @@
 
 mod forward;
 mod lookup;
+pub mod metrics;
 mod resolve;
 mod server;
 #[cfg(test)]

@@ -24,10 +24,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::forward::{self, Upstreams};
 use super::lookup::{self, Family, HostIndex, IndexCache, Lookup, Zone};
+use super::metrics::{query_type_label, DnsLabels, DnsMetrics, UNKNOWN_QUERY_TYPE};
 use super::Transport;
 use crate::config::{loopbacks, Config, DnsListen, Requirement};
 use crate::drain::Watch as Drains;
-use crate::ops::dns_metrics::{query_type_label, DnsLabels, UNKNOWN_QUERY_TYPE};
 use crate::sockets::Sockets;
 use crate::state::model::Strng;
 use crate::state::model::Workload;
@@ -66,6 +66,8 @@ pub struct PodDns {
     pub state: Reader,
     /// Sockets in the pod's namespace, with the packet mark.
     pub sockets: Sockets,
+    /// The DNS families every pod's server counts into.
+    pub metrics: Arc<DnsMetrics>,
 }
 
 /// Binds the pod's DNS listeners (on the calling thread, in the pod's namespace) and serves
@@ -79,6 +81,7 @@ pub fn start(pod: PodDns, data: &Handle, drains: &Drains) -> io::Result<()> {
         cfg,
         state,
         sockets,
+        metrics,
     } = pod;
     let upstreams = Upstreams::load_or_warn(&cfg.dns.resolv_conf);
     let server = Arc::new(DnsServer {
@@ -103,6 +106,7 @@ pub fn start(pod: PodDns, data: &Handle, drains: &Drains) -> io::Result<()> {
         forwards: Arc::new(Semaphore::new(MAX_FORWARDS)),
         tcp_connections: Arc::new(Semaphore::new(MAX_TCP_CONNECTIONS)),
         client_cache: Mutex::new(None),
+        metrics,
     });
     let addrs = match cfg.dns.listen {
         DnsListen::Addr(a) => vec![(a, Requirement::Required)],
@@ -147,6 +151,8 @@ struct DnsServer {
     /// The client workload found in the last snapshot looked at (finding it scans the
     /// workloads). Held only to compare or swap.
     client_cache: Mutex<Option<CachedClient>>,
+    /// Where queries are counted.
+    metrics: Arc<DnsMetrics>,
 }
 
 /// A snapshot (weakly held, only compared) and the client workload found in it.
@@ -302,12 +308,7 @@ impl DnsServer {
                     w.canonical_revision.clone()
                 }),
         };
-        crate::ops::telemetry()
-            .metrics
-            .dns
-            .requests
-            .get_or_create(&labels)
-            .inc();
+        self.metrics.requests.get_or_create(&labels).inc();
         if let Outcome::Reply { rcode, answers, .. } = &outcome {
             self.log(transport, query.as_ref(), "local", *rcode, *answers, None);
         }
@@ -343,7 +344,7 @@ impl DnsServer {
                 limit,
             ));
         };
-        let metrics = &crate::ops::telemetry().metrics.dns;
+        let metrics = &self.metrics;
         metrics.upstream_requests.get_or_create(labels).inc();
         // A fresh id upstream, so answers cannot be forged by guessing the client's.
         let upstream_id: u16 = rand::random();

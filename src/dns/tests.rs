@@ -8,6 +8,7 @@ use hickory_proto::rr::{Name, RData, RecordType};
 use super::*;
 use crate::state::model::*;
 use crate::state::{Snapshot, SnapshotBuilder};
+use crate::testkit::fixtures;
 
 fn zone() -> Zone {
     Zone {
@@ -18,60 +19,26 @@ fn zone() -> Zone {
 }
 
 fn workload(ns: &str, name: &str, ips: &[&str], services: &[&str]) -> Workload {
-    Workload {
-        uid: format!("c//Pod/{ns}/{name}").into(),
-        name: name.into(),
-        namespace: ns.into(),
-        workload_ips: ips.iter().map(|i| i.parse().unwrap()).collect(),
-        hostname: "".into(),
-        network: "".into(),
-        protocol: TunnelProtocol::Hbone,
-        trust_domain: "cluster.local".into(),
-        service_account: "default".into(),
-        waypoint: None,
-        network_gateway: None,
-        node: "n1".into(),
-        canonical_name: name.into(),
-        canonical_revision: "latest".into(),
-        workload_type: "pod".into(),
-        workload_name: name.into(),
-        native_tunnel: false,
-        application_tunnel: None,
-        services: services
-            .iter()
-            .map(|s| (Strng::from(*s), PortMap::new()))
-            .collect(),
-        authorization_policies: Vec::new(),
-        status: HealthStatus::Healthy,
-        cluster_id: "Kubernetes".into(),
-        locality: Locality::default(),
-        network_mode: NetworkMode::Standard,
-        capacity: 1,
+    let mut w = fixtures::workload(ns, name)
+        .uid(&format!("c//Pod/{ns}/{name}"))
+        .service_account("default")
+        .canonical_revision("latest");
+    for ip in ips {
+        w = w.ip(ip.parse::<IpAddr>().unwrap());
     }
+    for s in services {
+        w = w.member_of(s, &[]);
+    }
+    w.build()
 }
 
 fn service(ns: &str, hostname: &str, vips: &[(&str, &str)]) -> Service {
-    Service {
-        name: hostname.split('.').next().unwrap().into(),
-        namespace: ns.into(),
-        hostname: hostname.into(),
-        vips: vips
-            .iter()
-            .map(|(net, ip)| NetworkAddress {
-                network: (*net).into(),
-                address: ip.parse().unwrap(),
-            })
-            .collect(),
-        cidr_vips: Vec::new(),
-        ports: PortMap::new(),
-        subject_alt_names: Vec::new(),
-        waypoint: None,
-        weighted_waypoints: Vec::new(),
-        load_balancer: None,
-        ip_families: IpFamilies::Automatic,
-        canonical: false,
-        visibility: Visibility::Public,
+    let name = hostname.split('.').next().unwrap();
+    let mut s = fixtures::service(ns, name).hostname(hostname);
+    for (net, ip) in vips {
+        s = s.vip_on(net, ip.parse::<IpAddr>().unwrap());
     }
+    s.build()
 }
 
 /// Client `client` in `default`; services across namespaces and kinds.

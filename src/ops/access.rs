@@ -215,6 +215,8 @@ pub struct AccessLog {
     /// Once the relay has started.
     meter: Option<Meter>,
     completed: bool,
+    /// Where the connection is counted and listed.
+    telemetry: Arc<super::Telemetry>,
 }
 
 /// The byte counts of one running connection, shared by its relay and its record. Each count
@@ -286,8 +288,8 @@ impl Meter {
 }
 
 impl AccessLog {
-    /// Starts a record now.
-    pub fn new(direction: Direction) -> Self {
+    /// Starts a record now, reporting to `telemetry`.
+    pub fn new(direction: Direction, telemetry: Arc<super::Telemetry>) -> Self {
         AccessLog {
             direction,
             src: Peer::default(),
@@ -298,6 +300,7 @@ impl AccessLog {
             live: None,
             meter: None,
             completed: false,
+            telemetry,
         }
     }
 
@@ -307,7 +310,7 @@ impl AccessLog {
         if let Some(m) = &self.meter {
             return m.clone();
         }
-        let series = super::telemetry().metrics.open(&self.labels(None));
+        let series = self.telemetry.metrics.open(&self.labels(None));
         let m = Meter::new(self.direction == Direction::Outbound, series);
         self.meter = Some(m.clone());
         m
@@ -341,7 +344,7 @@ impl AccessLog {
             dst_workload: workload(&self.dst),
             since,
         };
-        self.live = Some(super::telemetry().register(conn));
+        self.live = Some(self.telemetry.register(conn));
     }
 
     /// Whether the connection went through an HBONE tunnel.
@@ -436,7 +439,7 @@ impl AccessLog {
     /// A failure is logged at error level with its reason.
     pub fn complete(&mut self, error: Option<&dyn Failure>) {
         self.completed = true;
-        let telemetry = super::telemetry();
+        let telemetry = self.telemetry.clone();
         if let Some(id) = self.live.take() {
             telemetry.unregister(id);
         }
@@ -451,6 +454,10 @@ impl AccessLog {
                 reason: e.reason(),
             };
             telemetry.metrics.failures.get_or_create(&labels).inc();
+            // Refused by authorization policy, at connect time or closed later by it.
+            if e.response_flag() == "DENY" {
+                telemetry.metrics.policy_denials.inc();
+            }
         }
         let duration = format!("{}ms", self.started.elapsed().as_millis());
         let src_addr = self.src.addr.map(tracing::field::display);
@@ -575,7 +582,7 @@ services:
     /// Outbound plain TCP from client-1 to api-1 behind the ServiceEntry `shop/se-api`
     /// (`api.example.com`), as the outbound proxy records it: no proven identity.
     fn outbound_tcp(dst_known: bool) -> AccessLog {
-        let mut log = AccessLog::new(Direction::Outbound);
+        let mut log = AccessLog::new(Direction::Outbound, crate::ops::Telemetry::detached());
         log.completed = true;
         let client = workload("client-1");
         log.src.describe(&client);
@@ -623,5 +630,32 @@ services:
         assert_eq!(known.connection_security_policy, "unknown");
         let passthrough = outbound_tcp(false).labels(None);
         assert_eq!(&*passthrough.destination_principal, "unknown");
+    }
+
+    /// A failure with a chosen response flag.
+    struct Flagged(&'static str);
+
+    impl std::fmt::Display for Flagged {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl Failure for Flagged {
+        fn response_flag(&self) -> &'static str {
+            self.0
+        }
+    }
+
+    /// `ztun_policy_denials_total` counts the connections authorization policy refused or
+    /// closed (response flag `DENY`), and no other failure.
+    #[test]
+    fn policy_denials_count_only_policy_refusals() {
+        let telemetry = crate::ops::Telemetry::detached();
+        for flag in ["DENY", "CONNECT", "DENY", "IDENTITY_ERROR"] {
+            let mut log = AccessLog::new(Direction::Inbound, telemetry.clone());
+            log.complete(Some(&Flagged(flag)));
+        }
+        assert_eq!(telemetry.metrics.policy_denials.get(), 2);
     }
 }

@@ -64,8 +64,7 @@ impl WorkloadStates {
             .count()
     }
 
-    fn dump(&self) -> Value {
-        let conns = super::telemetry().connections();
+    fn dump(&self, conns: &[super::access::LiveConnection]) -> Value {
         let pods = self.pods.lock();
         let mut out = serde_json::Map::new();
         for (uid, p) in pods.iter() {
@@ -150,6 +149,8 @@ pub struct Admin {
     pub certificates: Arc<dyn Fn() -> Value + Send + Sync>,
     /// Pods handed over by the CNI.
     pub pods: WorkloadStates,
+    /// The live connection table (`/connections`, `workloadState`).
+    pub telemetry: Arc<super::Telemetry>,
     /// The CRLs in force (`crl` in the dump).
     pub revocation: crate::tls::Revocation,
     /// The local configuration file as it parses now (`staticConfig`): empty lists without
@@ -171,9 +172,7 @@ impl Admin {
         match (req.path.as_str(), &req.method) {
             ("/", &Method::GET) => text(StatusCode::OK, INDEX),
             ("/config_dump", &Method::GET) => json(StatusCode::OK, &self.config_dump()),
-            ("/connections", &Method::GET) => {
-                json(StatusCode::OK, &super::telemetry().connections())
-            }
+            ("/connections", &Method::GET) => json(StatusCode::OK, &self.telemetry.connections()),
             ("/logging", &Method::POST) => self.logging(&req.query),
             ("/explain", &Method::GET) => self.explain(&req.query),
             ("/quitquitquit", &Method::POST) => {
@@ -285,7 +284,7 @@ impl Admin {
             },
             "config": &*self.config,
             "certificates": (self.certificates)(),
-            "workloadState": self.pods.dump(),
+            "workloadState": self.pods.dump(&self.telemetry.connections()),
             "crl": self.revocation.dump(),
         })
     }
@@ -392,10 +391,10 @@ mod tests {
     use serde_json::json;
 
     use super::{percent_decode, policy_dump, service_dump, valid_level_clause};
-    use crate::authz::tests::workload;
     use crate::config::HttpOnlyDeny;
     use crate::state::model::*;
     use crate::state::SnapshotBuilder;
+    use crate::testkit::fixtures::pod as workload;
 
     /// Every shape the mesh sections can take decodes into istioctl's Go types (the schema
     /// in `testkit::istioctl`), with ztunnel's value forms.

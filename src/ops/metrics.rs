@@ -16,10 +16,15 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelSetEncoder};
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeCounterValue, EncodeLabelSet, EncodeLabelValue, EncodeMetric,
+    LabelSetEncoder,
+};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::state::model::{Strng, Workload};
@@ -284,13 +289,13 @@ impl Default for Exports {
     }
 }
 
-/// All of ztun's metrics.
+/// The data plane's and the process's families (traffic, proxies, tasks, failures); the
+/// DNS proxy, the xDS client, the certificate store and CRL checking register their own.
 ///
 /// As with ztunnel's, a series exists only once something was counted in it, and a label
 /// family with no series is not written at all (prometheus-client skips it, HELP and TYPE
 /// included): nothing at 0 ahead of use. Plain gauges and counters are always written.
 pub struct Metrics {
-    registry: Registry,
     /// Connections opened.
     pub connections_opened: Family<TrafficLabels, Counter>,
     /// Connections closed.
@@ -321,8 +326,6 @@ pub struct Metrics {
     pub failures: Family<FailureLabels, Counter>,
     /// Connections denied by policy (all reasons).
     pub policy_denials: Counter,
-    /// The DNS proxy's series (`istio_dns_*`).
-    pub dns: super::dns_metrics::DnsMetrics,
     /// Connections whose endpoint had to be resolved by hostname.
     pub on_demand_dns: Family<OnDemandDnsLabels, Counter>,
     /// Traffic label sets seen, for expiry.
@@ -330,10 +333,9 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// A registry with every metric registered (the optional ones as `exports` says);
-    /// `istio_version` tags `istio_build`.
-    pub fn new(istio_version: &str, exports: Exports) -> Self {
-        let mut registry = Registry::default();
+    /// The families, registered in `registry` (`workload_manager_*` only when `exports` says
+    /// so); `istio_version` tags `istio_build`.
+    pub fn new(registry: &mut Registry, istio_version: &str, exports: Exports) -> Self {
         // Families not exported are registered here, never encoded: their handles still
         // work for the code that counts into them.
         let mut unexported = Registry::default();
@@ -396,7 +398,7 @@ impl Metrics {
         let proxies_stopped = Counter::default();
         {
             let wm = if exports.workload_manager {
-                &mut registry
+                &mut *registry
             } else {
                 &mut unexported
             }
@@ -446,13 +448,7 @@ impl Metrics {
             "Connections denied by authorization policy",
             policy_denials.clone(),
         );
-        let dns = super::dns_metrics::DnsMetrics::register(if exports.dns {
-            &mut registry
-        } else {
-            &mut unexported
-        });
         Metrics {
-            registry,
             connections_opened,
             connections_closed,
             connections_failed,
@@ -468,7 +464,6 @@ impl Metrics {
             fd_exhausted,
             task_exits,
             failures,
-            dns,
             on_demand_dns,
             seen: Mutex::new(HashSet::new()),
         }
@@ -545,19 +540,34 @@ impl Metrics {
             !gone
         });
     }
+}
 
-    /// The Prometheus text exposition, with process and runtime gauges appended.
-    pub fn encode(&self, stats: &ProcessStats, extra: &str) -> String {
-        let mut out = String::new();
-        if prometheus_client::encoding::text::encode_registry(&mut out, &self.registry).is_err() {
-            out.clear();
-        }
-        stats.encode(&mut out);
-        out.push_str(extra);
-        if prometheus_client::encoding::text::encode_eof(&mut out).is_err() {
-            out.push_str("# EOF\n");
-        }
-        out
+/// The Prometheus text exposition of `registry`: every family registered in it, and what its
+/// collectors read at scrape time.
+pub fn encode(registry: &Registry) -> String {
+    let mut out = String::new();
+    if prometheus_client::encoding::text::encode(&mut out, registry).is_err() {
+        out.clear();
+        out.push_str("# EOF\n");
+    }
+    out
+}
+
+/// Registers the process and runtime gauges (`process_*`, `tokio_*`), read at each scrape
+/// from `/proc` and from `runtime` (the data plane's).
+pub fn register_process(registry: &mut Registry, runtime: Option<tokio::runtime::Handle>) {
+    registry.register_collector(Box::new(ProcessCollector { runtime }));
+}
+
+/// Reads [`ProcessStats`] at each scrape.
+#[derive(Debug)]
+struct ProcessCollector {
+    runtime: Option<tokio::runtime::Handle>,
+}
+
+impl Collector for ProcessCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        ProcessStats::read(self.runtime.as_ref()).encode(&mut encoder)
     }
 }
 
@@ -615,8 +625,7 @@ impl ProcessStats {
         stats
     }
 
-    fn encode(&self, out: &mut String) {
-        use std::fmt::Write;
+    fn encode(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
         for (name, help, v) in [
             ("process_open_fds", "Open file descriptors", self.open_fds),
             ("process_max_fds", "File descriptor limit", self.max_fds),
@@ -636,48 +645,59 @@ impl ProcessStats {
                 self.global_queue_depth,
             ),
         ] {
-            let _ = write!(
-                out,
-                "# HELP {name} {help}.\n# TYPE {name} gauge\n{name} {v}\n"
-            );
+            gauge(encoder, name, &format!("{help}."), v)?;
         }
         if self.per_worker.is_empty() {
-            return;
+            return Ok(());
         }
-        let _ = write!(
-            out,
-            "# HELP tokio_worker_total_busy_duration_seconds Time each data-plane worker spent busy.\n\
-             # TYPE tokio_worker_total_busy_duration_seconds counter\n"
-        );
-        for (w, (busy, _, _)) in self.per_worker.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "tokio_worker_total_busy_duration_seconds_total{{worker=\"{w}\"}} {busy}"
-            );
-        }
-        let _ = write!(
-            out,
-            "# HELP tokio_worker_park_count Times each data-plane worker parked.\n\
-             # TYPE tokio_worker_park_count counter\n"
-        );
-        for (w, (_, parks, _)) in self.per_worker.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "tokio_worker_park_count_total{{worker=\"{w}\"}} {parks}"
-            );
-        }
-        let _ = write!(
-            out,
-            "# HELP tokio_worker_park_unpark_count Times each data-plane worker parked or unparked.\n\
-             # TYPE tokio_worker_park_unpark_count counter\n"
-        );
-        for (w, (_, _, n)) in self.per_worker.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "tokio_worker_park_unpark_count_total{{worker=\"{w}\"}} {n}"
-            );
-        }
+        let busy = self.per_worker.iter().map(|w| w.0);
+        per_worker(
+            encoder,
+            "tokio_worker_total_busy_duration_seconds",
+            "Time each data-plane worker spent busy.",
+            busy,
+        )?;
+        let parks = self.per_worker.iter().map(|w| w.1);
+        per_worker(
+            encoder,
+            "tokio_worker_park_count",
+            "Times each data-plane worker parked.",
+            parks,
+        )?;
+        let park_unparks = self.per_worker.iter().map(|w| w.2);
+        per_worker(
+            encoder,
+            "tokio_worker_park_unpark_count",
+            "Times each data-plane worker parked or unparked.",
+            park_unparks,
+        )
     }
+}
+
+/// Encodes a counter family with one series per data-plane worker (`worker` label).
+fn per_worker<N: EncodeCounterValue + std::fmt::Debug>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    values: impl Iterator<Item = N>,
+) -> std::fmt::Result {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (w, v) in values.enumerate() {
+        let worker = [("worker", w.to_string())];
+        ConstCounter::new(v).encode(family.encode_family(&worker)?)?;
+    }
+    Ok(())
+}
+
+/// Encodes one unlabelled gauge read at scrape time.
+pub fn gauge(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> std::fmt::Result {
+    let metric = ConstGauge::new(value as i64);
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
 }
 
 #[cfg(test)]

@@ -1,12 +1,11 @@
 //! Operations: access logs, metrics, the live connection table, admin API, readiness.
 //!
-//! Telemetry is process-wide (like a Prometheus default registry): the access-log record is
-//! the single place connections report to, so [`telemetry`] is a global initialised once by
-//! the app (`init`) and lazily with defaults elsewhere (unit tests).
+//! Nothing here is global: the composition root builds one metrics registry, lets each
+//! component register its own families in it, and hands each component what it counts into
+//! ([`Telemetry`] for the data plane's connections, readiness and the admin API).
 
 pub mod access;
 pub mod admin;
-pub mod dns_metrics;
 pub mod exposition;
 pub mod http;
 pub mod logging;
@@ -15,21 +14,18 @@ pub mod readiness;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
 
 use parking_lot::Mutex;
+use prometheus_client::registry::Registry;
 
 use access::LiveConnection;
 use metrics::Metrics;
 
-/// Writes extra metric families in Prometheus text format at scrape time.
-pub type Collector = Box<dyn Fn(&mut String) + Send + Sync>;
-
-/// Process-wide telemetry: metrics and the live connection table.
+/// What connections report to: their metrics, the live connection table and fd exhaustion.
+/// Built once by the composition root and shared (`Arc`) with whoever reports or reads.
 pub struct Telemetry {
-    /// Prometheus metrics.
+    /// Prometheus metrics (registered in the registry given to [`Telemetry::new`]).
     pub metrics: Metrics,
-    collectors: Mutex<Vec<Collector>>,
     connections: Mutex<BTreeMap<u64, LiveConnection>>,
     next_id: AtomicU64,
     /// When an accept last failed for lack of file descriptors (ms since the epoch; 0 = never).
@@ -37,6 +33,12 @@ pub struct Telemetry {
     /// When the current run of fd exhaustion began (ms since the epoch): a run ends when no
     /// exhaustion is seen for [`FD_EXHAUSTION_WINDOW`].
     fd_exhausted_since: AtomicU64,
+}
+
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Telemetry").finish_non_exhaustive()
+    }
 }
 
 /// How long after the last EMFILE/ENFILE readiness reports the exhaustion.
@@ -49,24 +51,12 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-static TELEMETRY: OnceLock<Telemetry> = OnceLock::new();
-
-/// Initialises telemetry with the Istio version tag and the optional families exported;
-/// later calls keep the first values.
-pub fn init(istio_version: &str, exports: metrics::Exports) -> &'static Telemetry {
-    TELEMETRY.get_or_init(|| Telemetry::new(istio_version, exports))
-}
-
-/// The process telemetry.
-pub fn telemetry() -> &'static Telemetry {
-    TELEMETRY.get_or_init(|| Telemetry::new("unknown", metrics::Exports::default()))
-}
-
 impl Telemetry {
-    fn new(istio_version: &str, exports: metrics::Exports) -> Self {
+    /// Telemetry whose metric families are registered in `registry` (the optional ones as
+    /// `exports` says); `istio_version` tags `istio_build`.
+    pub fn new(registry: &mut Registry, istio_version: &str, exports: metrics::Exports) -> Self {
         Telemetry {
-            metrics: Metrics::new(istio_version, exports),
-            collectors: Mutex::new(Vec::new()),
+            metrics: Metrics::new(registry, istio_version, exports),
             connections: Mutex::new(BTreeMap::new()),
             next_id: AtomicU64::new(1),
             fd_exhausted_at: AtomicU64::new(0),
@@ -102,18 +92,14 @@ impl Telemetry {
         at != 0 && now_ms().saturating_sub(at) < FD_EXHAUSTION_WINDOW.as_millis() as u64
     }
 
-    /// Adds families owned elsewhere (e.g. the xDS client's counters) to every scrape.
-    pub fn add_collector(&self, c: Collector) {
-        self.collectors.lock().push(c);
-    }
-
-    /// The full scrape: registry, process and runtime gauges, and the collectors.
-    pub fn encode(&self, stats: &metrics::ProcessStats) -> String {
-        let mut extra = String::new();
-        for c in self.collectors.lock().iter() {
-            c(&mut extra);
-        }
-        self.metrics.encode(stats, &extra)
+    /// Telemetry counting into a registry of its own, for tests of one component.
+    #[cfg(any(test, feature = "testing"))]
+    pub fn detached() -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Telemetry::new(
+            &mut Registry::default(),
+            "test",
+            metrics::Exports::default(),
+        ))
     }
 
     pub(crate) fn register(&self, conn: LiveConnection) -> u64 {

@@ -13,29 +13,27 @@ use http::StatusCode;
 use parking_lot::Mutex;
 
 use super::http::{text, Handler, Req};
+use super::Telemetry;
 
 /// The set of pending tasks. Cheap to clone.
 #[derive(Clone)]
 pub struct Readiness {
     // Short critical sections only.
     pending: Arc<Mutex<BTreeSet<String>>>,
+    /// Where accepts report fd exhaustion.
+    telemetry: Arc<Telemetry>,
     /// Unbroken fd exhaustion that fails liveness.
     fd_liveness: Duration,
 }
 
-impl Default for Readiness {
-    fn default() -> Self {
+impl Readiness {
+    /// An empty set (ready), failing while `telemetry` reports fd exhaustion.
+    pub fn new(telemetry: Arc<Telemetry>) -> Self {
         Readiness {
             pending: Arc::default(),
+            telemetry,
             fd_liveness: Duration::from_secs(60),
         }
-    }
-}
-
-impl Readiness {
-    /// An empty set (ready).
-    pub fn new() -> Self {
-        Readiness::default()
     }
 
     /// Fails liveness after `d` of unbroken fd exhaustion (default 60 s).
@@ -63,7 +61,7 @@ impl Readiness {
     pub fn handler(&self) -> Handler {
         let this = self.clone();
         Arc::new(move |req: Req| {
-            let exhausted = super::telemetry().fd_exhausted_for();
+            let exhausted = this.telemetry.fd_exhausted_for();
             let mut pending = this.pending();
             if exhausted.is_some() {
                 pending.push("file descriptors exhausted".to_string());
@@ -130,14 +128,16 @@ mod tests {
 
     #[test]
     fn pending_tasks_and_fd_exhaustion_make_it_unready() {
-        let r = Readiness::new();
+        let telemetry = Telemetry::detached();
+        let r = Readiness::new(telemetry.clone());
         assert_eq!(ready(&r).0, 200);
         r.block("xds client");
         let (status, body) = ready(&r);
         assert_eq!(status, 500);
         assert!(body.contains("xds client"), "{body}");
         r.unblock("xds client");
-        super::super::telemetry().note_fd_exhausted();
+        assert_eq!(ready(&r).0, 200);
+        telemetry.note_fd_exhausted();
         let (status, body) = ready(&r);
         assert_eq!(status, 500);
         assert!(body.contains("file descriptors exhausted"), "{body}");
@@ -145,13 +145,16 @@ mod tests {
 
     #[test]
     fn liveness_fails_only_after_unbroken_fd_exhaustion_for_the_grace() {
-        let generous = Readiness::new().with_fd_liveness(Duration::from_secs(3600));
+        let telemetry = Telemetry::detached();
+        let generous =
+            Readiness::new(telemetry.clone()).with_fd_liveness(Duration::from_secs(3600));
         assert_eq!(get(&generous, "/healthz/live"), (200, "live\n".into()));
-        super::super::telemetry().note_fd_exhausted();
+        assert_eq!(ready(&generous).0, 200);
+        telemetry.note_fd_exhausted();
         // Exhausted, but not for an hour: still live (readiness already fails).
         assert_eq!(get(&generous, "/healthz/live").0, 200);
         assert_eq!(ready(&generous).0, 500);
-        let strict = Readiness::new().with_fd_liveness(Duration::ZERO);
+        let strict = Readiness::new(telemetry).with_fd_liveness(Duration::ZERO);
         let (status, body) = get(&strict, "/healthz/live");
         assert_eq!(status, 503);
         assert!(body.contains("file descriptors exhausted"), "{body}");

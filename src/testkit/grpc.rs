@@ -43,7 +43,7 @@ impl Drop for TlsServer {
 /// e.g. `["localhost", "127.0.0.1"]`).
 pub async fn serve_tls(router: Router, names: &[&str]) -> anyhow::Result<TlsServer> {
     let ca_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
-    let ca_params = crate::control::ca::local::ca_params("grpc-test");
+    let ca_params = crate::tls::ca::ca_params("grpc-test");
     let ca_cert = ca_params.self_signed(&ca_key)?;
     let issuer = rcgen::Issuer::new(ca_params, ca_key);
     let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();

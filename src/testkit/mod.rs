@@ -7,6 +7,7 @@ pub mod bench;
 pub mod certs;
 pub mod demo;
 pub mod eastwest;
+pub mod fixtures;
 pub mod grpc;
 pub mod hbone_server;
 pub mod istioctl;

@@ -1,6 +1,8 @@
 //! A workload certificate with its prebuilt rustls configurations.
 
 use std::sync::Arc;
+
+use base64::Engine as _;
 use std::time::SystemTime;
 
 use rustls::pki_types::pem::PemObject;
@@ -66,7 +68,7 @@ impl WorkloadCert {
         let leaf = chain
             .first()
             .ok_or_else(|| CertError::Pem("empty chain".into()))?;
-        let got = super::verify::identity_of(leaf)
+        let got = super::chain::identity_of(leaf)
             .map_err(|e| CertError::Identity(e.to_string().into()))?;
         if got != identity {
             return Err(CertError::Identity(
@@ -239,4 +241,18 @@ pub fn parse_pem_certs(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, CertE
 /// The first private key (PKCS#8, PKCS#1 or SEC1) in a PEM document.
 pub fn parse_pem_key(pem: &[u8]) -> Result<PrivateKeyDer<'static>, CertError> {
     PrivateKeyDer::from_pem_slice(pem).map_err(|e| CertError::Key(e.to_string().into()))
+}
+
+/// PEM text of a DER certificate (64-column base64 lines).
+pub fn pem_of(der: &CertificateDer<'_>) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
+    let mut out = String::with_capacity(b64.len() + b64.len() / 64 + 64);
+    out.push_str("-----BEGIN CERTIFICATE-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        // base64 output is ASCII.
+        out.push_str(std::str::from_utf8(line).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str("-----END CERTIFICATE-----\n");
+    out
 }

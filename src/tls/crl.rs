@@ -21,15 +21,18 @@ use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, TrustAnchor, UnixTime};
 use tokio::sync::watch;
 use webpki::{BorrowedCertRevocationList, CertRevocationList};
 
-use super::verify::{check_path, Usage};
-
-/// The signature algorithms chains and CRLs are checked with.
-pub(super) type Algs = [&'static dyn rustls::pki_types::SignatureVerificationAlgorithm];
+use super::chain::{check_path, Algs, Usage};
 
 /// Largest CRL file read (bounds memory on a bad mount).
 const MAX_FILE: u64 = 16 << 20;
@@ -378,7 +381,7 @@ impl Revocation {
                 let peer = entry
                     .chain
                     .first()
-                    .and_then(|c| super::verify::identity_of(c).ok());
+                    .and_then(|c| super::chain::identity_of(c).ok());
                 tracing::warn!(peer = ?peer.map(|p| p.to_string()), side = ?entry.side, error = %e, "peer certificate revoked, closing its connection");
                 let _ = entry.revoked.send(true);
             }
@@ -431,17 +434,31 @@ impl Revocation {
         })
     }
 
-    /// Prometheus text for the CRL metrics (nothing when disabled). Istio's families are
-    /// written as ztunnel's prometheus-client ones: a family only once it has a series, a
-    /// series once counted. So `istio_crl_policy_rejections_total{reporter}` appears with a
-    /// side's first rejection, and `istio_crl_untracked_connections_total` never: every
+    /// Registers the CRL families in `registry`, read from this checker at each scrape
+    /// (nothing when checking is disabled). No `istio_crl_untracked_connections_total`: every
     /// connection is tracked here (the chain is kept as presented, nothing to parse or fetch
-    /// that could fail).
-    pub fn encode_metrics(&self, out: &mut String) {
-        use std::fmt::Write;
-        let Some(inner) = &self.inner else {
-            return;
-        };
+    /// that could fail), and ztunnel shows that family only once it counts one.
+    pub fn register_metrics(&self, registry: &mut Registry) {
+        if let Some(inner) = &self.inner {
+            registry.register_collector(Box::new(CrlMetrics(inner.clone())));
+        }
+    }
+}
+
+/// The CRL families, read at scrape time from the checker's counters and state.
+struct CrlMetrics(Arc<Inner>);
+
+impl std::fmt::Debug for CrlMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CrlMetrics").finish_non_exhaustive()
+    }
+}
+
+impl Collector for CrlMetrics {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        let inner = &self.0;
+        // As ztunnel's prometheus-client family: written once it has a series, and a
+        // side's series once that side refused a revoked peer.
         let rejections: Vec<(&str, u64)> =
             [(Side::Client, "source"), (Side::Server, "destination")]
                 .into_iter()
@@ -454,35 +471,42 @@ impl Revocation {
                 .filter(|&(_, n)| n > 0)
                 .collect();
         if !rejections.is_empty() {
-            let _ = writeln!(
-                out,
-                "# HELP istio_crl_policy_rejections Handshakes refused and connections closed because a peer certificate is revoked (unstable).\n\
-                 # TYPE istio_crl_policy_rejections counter"
-            );
+            let mut family = encoder.encode_descriptor(
+                "istio_crl_policy_rejections",
+                "Handshakes refused and connections closed because a peer certificate is revoked (unstable).",
+                None,
+                MetricType::Counter,
+            )?;
+            for (reporter, n) in rejections {
+                ConstCounter::new(n).encode(family.encode_family(&[("reporter", reporter)])?)?;
+            }
         }
-        for (reporter, n) in rejections {
-            let _ = writeln!(
-                out,
-                "istio_crl_policy_rejections_total{{reporter=\"{reporter}\"}} {n}"
-            );
+        {
+            let mut family = encoder.encode_descriptor(
+                "ztun_crl_reloads",
+                "CRL file reloads.",
+                None,
+                MetricType::Counter,
+            )?;
+            for (result, n) in [("ok", &inner.reloads_ok), ("error", &inner.reloads_failed)] {
+                let n = n.load(Ordering::Relaxed);
+                ConstCounter::new(n).encode(family.encode_family(&[("result", result)])?)?;
+            }
         }
-        let _ = write!(
-            out,
-            "# HELP ztun_crl_reloads CRL file reloads.\n\
-             # TYPE ztun_crl_reloads counter\n\
-             ztun_crl_reloads_total{{result=\"ok\"}} {}\n\
-             ztun_crl_reloads_total{{result=\"error\"}} {}\n\
-             # HELP ztun_crls CRLs in force.\n\
-             # TYPE ztun_crls gauge\n\
-             ztun_crls {}\n\
-             # HELP ztun_crl_tracked_connections HBONE connections re-checked on every CRL reload.\n\
-             # TYPE ztun_crl_tracked_connections gauge\n\
-             ztun_crl_tracked_connections {}\n",
-            inner.reloads_ok.load(Ordering::Relaxed),
-            inner.reloads_failed.load(Ordering::Relaxed),
-            inner.current.load().parsed.len(),
-            inner.tracked.lock().len(),
-        );
+        let crls = ConstGauge::new(inner.current.load().parsed.len() as i64);
+        crls.encode(encoder.encode_descriptor(
+            "ztun_crls",
+            "CRLs in force.",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        let tracked = ConstGauge::new(inner.tracked.lock().len() as i64);
+        tracked.encode(encoder.encode_descriptor(
+            "ztun_crl_tracked_connections",
+            "HBONE connections re-checked on every CRL reload.",
+            None,
+            MetricType::Gauge,
+        )?)
     }
 }
 

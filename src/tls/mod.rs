@@ -11,7 +11,9 @@
 //! Allowed imports: `identity`, `config`. Never `control/`, `dataplane/` or generated proto
 //! code.
 
+pub mod ca;
 mod cert;
+mod chain;
 pub mod crl;
 mod verify;
 
@@ -19,9 +21,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-pub use cert::{parse_pem_certs, parse_pem_key, CertError, WorkloadCert};
+pub use cert::{parse_pem_certs, parse_pem_key, pem_of, CertError, WorkloadCert};
+pub use chain::{peer_identity, IdentityError};
 pub use crl::{Revocation, RevokedSignal};
-pub use verify::{peer_identity, IdentityError};
 
 pub use crate::config::CompliancePolicy;
 use crate::identity::Identity;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, KeyPair, SanType, PKCS_ECDSA_P256_SHA256};
 use rustls::pki_types::{CertificateDer, ServerName};
 
-use super::verify::identity_of;
+use super::chain::identity_of;
 use super::*;
 use crate::control::ca::LocalCa;
 
@@ -95,7 +95,7 @@ fn leaf_with_sans(
     eku: Vec<ExtendedKeyUsagePurpose>,
 ) -> CertificateDer<'static> {
     let ca_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
-    let ca_params = crate::control::ca::local::ca_params("t");
+    let ca_params = super::ca::ca_params("t");
     let issuer = rcgen::Issuer::new(ca_params, ca_key);
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
     let mut p = CertificateParams::default();

@@ -85,14 +85,14 @@ impl CaClientConfig {
         Some(CaClientConfig {
             channel: ChannelConfig {
                 address,
-                roots: config.ca_root_ca.clone(),
-                alt_hostname: config.alt_ca_hostname.clone(),
+                roots: config.ca.root_ca.clone(),
+                alt_hostname: config.ca.alt_hostname.clone(),
                 connect_timeout: Duration::from_secs(10),
                 request_timeout: Duration::from_secs(30),
             },
             token: config.auth_token.clone(),
             cluster_id: config.cluster_id.clone(),
-            headers: config.ca_headers.clone(),
+            headers: config.ca.headers.clone(),
             ttl: config.ca.secret_ttl,
             impersonate: config.proxy_mode == ProxyMode::Shared,
             revocation: Revocation::disabled(),

@@ -15,13 +15,14 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use rcgen::{
-    CertificateParams, DistinguishedName, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
+    CertificateParams, DistinguishedName, ExtendedKeyUsagePurpose, KeyPair, KeyUsagePurpose,
     SanType, SerialNumber, PKCS_ECDSA_P256_SHA256,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 use super::{unavailable, Issuer};
 use crate::identity::Identity;
+use crate::tls::ca::{backdate, ca_params};
 use crate::tls::{parse_pem_certs, FetchFuture, Revocation, WorkloadCert};
 
 /// Why a local CA cannot be loaded or used.
@@ -227,38 +228,12 @@ impl LocalCa {
     }
 }
 
-/// How far before issuance a certificate with lifetime `ttl` starts to be valid, to tolerate
-/// clock skew between nodes: a minute, but at most a quarter of the lifetime (so the
-/// half-life of a short-lived certificate is still ahead when it is issued).
-pub fn backdate(ttl: Duration) -> Duration {
-    Duration::from_secs(60).min(ttl / 4)
-}
-
 /// Whether `cert` certifies the public key of `key`.
 fn holds_public_key(cert: &CertificateDer<'_>, key: &KeyPair) -> bool {
     use rcgen::PublicKeyData;
     x509_parser::parse_x509_certificate(cert)
         .map(|(_, c)| c.public_key().subject_public_key.data.as_ref() == key.der_bytes())
         .unwrap_or(false)
-}
-
-/// Parameters of a CA certificate for `trust_domain` (also used by tests and the lab).
-pub fn ca_params(trust_domain: &str) -> CertificateParams {
-    let mut params = CertificateParams::default();
-    let mut dn = DistinguishedName::new();
-    dn.push(rcgen::DnType::OrganizationName, trust_domain);
-    dn.push(rcgen::DnType::CommonName, format!("ztun CA {trust_domain}"));
-    params.distinguished_name = dn;
-    params.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let now = time::OffsetDateTime::now_utc();
-    params.not_before = now - time::Duration::hours(1);
-    params.not_after = now + time::Duration::days(3650);
-    params
 }
 
 impl Issuer for LocalCa {

@@ -7,16 +7,20 @@
 
 pub mod client;
 pub mod local;
-pub mod manager;
+mod metrics;
 pub mod snapshot;
+mod state;
+mod store;
+mod worker;
 
 use crate::identity::Identity;
 use crate::tls::{FetchError, FetchFuture};
 
 pub use client::{CaClient, CaClientConfig, CaError};
 pub use local::{LocalCa, LocalCaError};
-pub use manager::{CertState, CertStore, CertSummary, Clock, Priority, StoreConfig};
 pub use snapshot::{CertInfo, CertSnapshot};
+pub use state::CertState;
+pub use store::{CertStore, CertSummary, Clock, Priority, StoreConfig};
 
 /// The Istio CA protocol (`proto/citadel.proto`), generated.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]

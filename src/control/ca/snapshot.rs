@@ -5,8 +5,9 @@
 use base64::Engine as _;
 use rustls::pki_types::CertificateDer;
 
-use super::manager::{rfc3339, CertState};
+use super::state::{rfc3339, CertState};
 use crate::identity::Identity;
+use crate::tls::pem_of;
 
 /// One identity's entry in the config dump.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -96,20 +97,6 @@ impl CertInfo {
                 .unwrap_or_else(invalid),
         }
     }
-}
-
-/// PEM text of a DER certificate (64-column base64 lines).
-pub(crate) fn pem_of(der: &CertificateDer<'_>) -> String {
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
-    let mut out = String::with_capacity(b64.len() + b64.len() / 64 + 64);
-    out.push_str("-----BEGIN CERTIFICATE-----\n");
-    for line in b64.as_bytes().chunks(64) {
-        // base64 output is ASCII.
-        out.push_str(std::str::from_utf8(line).unwrap_or_default());
-        out.push('\n');
-    }
-    out.push_str("-----END CERTIFICATE-----\n");
-    out
 }
 
 fn base64_pem<S: serde::Serializer>(pem: &str, s: S) -> Result<S::Ok, S::Error> {

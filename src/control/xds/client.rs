@@ -98,18 +98,28 @@ enum Ended {
 }
 
 impl Client {
-    /// A client for `config` that applies what it receives to `writer`.
-    pub fn new(config: ClientConfig, writer: Writer) -> Result<Client, Error> {
+    /// A client for `config` that applies what it receives to `writer` and counts into
+    /// `metrics`.
+    pub fn new(
+        config: ClientConfig,
+        writer: Writer,
+        metrics: Arc<XdsMetrics>,
+    ) -> Result<Client, Error> {
         let transport = GrpcTransport::new(&config)?;
-        Ok(Client::with_transport(config, writer, Box::new(transport)))
+        Ok(Client::with_transport(
+            config,
+            writer,
+            Box::new(transport),
+            metrics,
+        ))
     }
 
     pub(crate) fn with_transport(
         config: ClientConfig,
         writer: Writer,
         transport: Box<dyn Transport>,
+        metrics: Arc<XdsMetrics>,
     ) -> Client {
-        let metrics = Arc::new(XdsMetrics::default());
         let (demand_tx, demand_rx) = mpsc::channel(DEMAND_BUFFER);
         let unsynced = ResourceType::ALL
             .into_iter()

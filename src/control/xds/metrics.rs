@@ -1,8 +1,17 @@
-//! Counters of the xDS client, as plain atomics. The metrics server registers them under
-//! Istio's names: `istio_xds_connection_terminations_total{reason}`,
-//! `istio_xds_message_total{url}` and `istio_xds_message_bytes_total{url}`.
+//! Counters of the xDS client, registered by it under Istio's names:
+//! `istio_xds_connection_terminations_total{reason}`, `istio_xds_message_total{url}`,
+//! `istio_xds_message_bytes_total{url}`, and ztun's `ztun_xds_rejected_resources_total` and
+//! `ztun_xds_unknown_enum_values_total`.
+//!
+//! As with ztunnel's (prometheus-client writes nothing for a label family with no series), a
+//! labelled family appears only once it has a series, and a series only once counted: a
+//! termination reason once it happened, a type's message and byte series once a message of
+//! that type arrived (bytes possibly 0). The two unlabelled ztun counters are always written.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::{Registry, Unit};
 
 use super::ResourceType;
 
@@ -37,66 +46,122 @@ impl TerminationReason {
             TerminationReason::Complete => "Complete",
         }
     }
-
-    fn index(self) -> usize {
-        self as usize
-    }
 }
 
-/// Counters of one xDS client. Cheap to update from the client task; read by the metrics
-/// exporter through the getters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct UrlLabels {
+    url: &'static str,
+}
+
+/// Counters of one xDS client, each one atomic add from the client task once its series
+/// exists. `Default` counts into no registry.
 #[derive(Debug, Default)]
 pub struct XdsMetrics {
-    terminations: [AtomicU64; 4],
-    messages: [AtomicU64; 2],
-    message_bytes: [AtomicU64; 2],
-    rejected_resources: AtomicU64,
-    unknown_enum_values: AtomicU64,
+    terminations: Family<ReasonLabels, Counter>,
+    messages: Family<UrlLabels, Counter>,
+    message_bytes: Family<UrlLabels, Counter>,
+    rejected_resources: Counter,
+    unknown_enum_values: Counter,
 }
 
 impl XdsMetrics {
+    /// The client's counters, registered in `registry`.
+    pub fn new(registry: &mut Registry) -> Self {
+        let m = XdsMetrics::default();
+        registry.register(
+            "istio_xds_connection_terminations",
+            "xDS stream terminations (unstable)",
+            m.terminations.clone(),
+        );
+        registry.register(
+            "istio_xds_message",
+            "xDS messages received (unstable)",
+            m.messages.clone(),
+        );
+        // With its unit: written as `istio_xds_message_bytes_total`, with a `# UNIT` line.
+        registry.register_with_unit(
+            "istio_xds_message",
+            "xDS resource payload bytes received (unstable)",
+            Unit::Bytes,
+            m.message_bytes.clone(),
+        );
+        registry.register(
+            "ztun_xds_rejected_resources",
+            "xDS resources rejected (NACKed) since start",
+            m.rejected_resources.clone(),
+        );
+        registry.register(
+            "ztun_xds_unknown_enum_values",
+            "xDS enum values newer than ztun's protos, read with their safe fallback",
+            m.unknown_enum_values.clone(),
+        );
+        m
+    }
+
     /// `istio_xds_connection_terminations_total{reason}`.
     pub fn terminations_total(&self, reason: TerminationReason) -> u64 {
-        self.terminations[reason.index()].load(Relaxed)
+        let labels = ReasonLabels {
+            reason: reason.as_str(),
+        };
+        self.terminations.get(&labels).map_or(0, |c| c.get())
     }
 
     /// `istio_xds_message_total{url}`: responses received of a type.
     pub fn message_total(&self, kind: ResourceType) -> u64 {
-        self.messages[kind.index()].load(Relaxed)
+        let labels = UrlLabels {
+            url: kind.type_url(),
+        };
+        self.messages.get(&labels).map_or(0, |c| c.get())
     }
 
     /// `istio_xds_message_bytes_total{url}`: payload bytes of the resources in those responses
     /// (each resource's `Any` value, as ztunnel counts them).
     pub fn message_bytes_total(&self, kind: ResourceType) -> u64 {
-        self.message_bytes[kind.index()].load(Relaxed)
+        let labels = UrlLabels {
+            url: kind.type_url(),
+        };
+        self.message_bytes.get(&labels).map_or(0, |c| c.get())
     }
 
     /// Resources rejected (NACKed) since start.
     pub fn rejected_resources_total(&self) -> u64 {
-        self.rejected_resources.load(Relaxed)
+        self.rejected_resources.get()
     }
 
     /// Unknown enum values met in received resources since start (a newer control plane).
     pub fn unknown_enum_values_total(&self) -> u64 {
-        self.unknown_enum_values.load(Relaxed)
+        self.unknown_enum_values.get()
     }
 
-    pub(super) fn record_termination(&self, reason: TerminationReason) {
-        self.terminations[reason.index()].fetch_add(1, Relaxed);
+    pub(crate) fn record_termination(&self, reason: TerminationReason) {
+        let labels = ReasonLabels {
+            reason: reason.as_str(),
+        };
+        self.terminations.get_or_create(&labels).inc();
     }
 
-    pub(super) fn record_message(&self, kind: ResourceType, bytes: usize) {
-        self.messages[kind.index()].fetch_add(1, Relaxed);
-        self.message_bytes[kind.index()].fetch_add(bytes as u64, Relaxed);
+    pub(crate) fn record_message(&self, kind: ResourceType, bytes: usize) {
+        let labels = UrlLabels {
+            url: kind.type_url(),
+        };
+        self.messages.get_or_create(&labels).inc();
+        self.message_bytes
+            .get_or_create(&labels)
+            .inc_by(bytes as u64);
     }
 
-    pub(super) fn record_rejected(&self, n: usize) {
-        self.rejected_resources.fetch_add(n as u64, Relaxed);
+    pub(crate) fn record_rejected(&self, n: usize) {
+        self.rejected_resources.inc_by(n as u64);
     }
 
-    pub(super) fn record_unknown_enums(&self, n: u32) {
+    pub(crate) fn record_unknown_enums(&self, n: u32) {
         if n > 0 {
-            self.unknown_enum_values.fetch_add(u64::from(n), Relaxed);
+            self.unknown_enum_values.inc_by(u64::from(n));
         }
     }
 }

@@ -108,7 +108,7 @@ impl ClientConfig {
     /// The client settings of `config`, or `None` when the xDS client is disabled
     /// (`XDS_ADDRESS=""`).
     pub fn from_config(config: &Config) -> Result<Option<ClientConfig>, Error> {
-        let Some(address) = &config.xds_address else {
+        let Some(address) = &config.xds.address else {
             return Ok(None);
         };
         let address = address
@@ -133,15 +133,15 @@ impl ClientConfig {
         node_metadata.extend(config.proxy_metadata.clone());
         Ok(Some(ClientConfig {
             address,
-            root_cert: config.xds_root_ca.clone(),
-            alt_hostname: config.alt_xds_hostname.clone(),
+            root_cert: config.xds.root_ca.clone(),
+            alt_hostname: config.xds.alt_hostname.clone(),
             auth_token: config.auth_token.clone(),
             cluster_id: config.cluster_id.clone(),
-            headers: config.xds_headers.clone(),
+            headers: config.xds.headers.clone(),
             node_id,
             node_metadata,
             node_metadata_json: config.proxy_metadata_json.clone(),
-            on_demand: config.xds_on_demand,
+            on_demand: config.xds.on_demand,
             demand_timeout: DEFAULT_DEMAND_TIMEOUT,
         }))
     }

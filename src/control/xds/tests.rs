@@ -70,7 +70,7 @@ impl Drop for Running {
 
 fn start(config: ClientConfig) -> Running {
     let (writer, reader) = state::new();
-    let client = Client::new(config, writer).expect("client");
+    let client = Client::new(config, writer, Arc::default()).expect("client");
     Running {
         reader,
         synced: client.synced(),
@@ -547,6 +547,7 @@ async fn reconnect_backoff_doubles_with_jitter_up_to_fifteen_seconds() {
         Box::new(Refusing {
             attempts: attempts.clone(),
         }),
+        Arc::default(),
     );
     let metrics = client.metrics();
     let task = tokio::spawn(client.run());

@@ -275,7 +275,7 @@ mod tests {
 
     #[test]
     fn a_source_is_described_from_its_baggage_with_its_proven_identity() {
-        let mut w = crate::authz::tests::workload("ns1", "web-7f9", "web-sa", [10, 0, 0, 1]);
+        let mut w = crate::testkit::fixtures::pod("ns1", "web-7f9", "web-sa", [10, 0, 0, 1]);
         w.workload_name = "web".into();
         w.workload_type = "deployment".into();
         w.canonical_name = "web".into();

@@ -228,9 +228,9 @@ fn is_local(snap: &Snapshot, gw: &GatewayAddress, local: &Workload, dialled: IpA
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::authz::tests::workload;
     use crate::state::model::{ApplicationTunnel, NamespacedHostname, NetworkAddress, Visibility};
     use crate::state::SnapshotBuilder;
+    use crate::testkit::fixtures::pod as workload;
 
     #[test]
     fn authorities() {

@@ -7,12 +7,12 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 
 use super::*;
-use crate::authz::tests::workload as mesh_workload;
 use crate::state::model::{
     AppTunnelProtocol, ApplicationTunnel, CidrVip, HealthPolicy, HealthStatus, Locality,
     NamespacedHostname, NetworkAddress, PortMap, WeightedWaypoint,
 };
 use crate::state::SnapshotBuilder;
+use crate::testkit::fixtures::pod as mesh_workload;
 
 const HBONE: u16 = 15008;
 
@@ -23,24 +23,10 @@ fn w(name: &str, ip: [u8; 4]) -> Workload {
 }
 
 fn svc(name: &str, vip: [u8; 4], ports: &[(u16, u16)]) -> Service {
-    Service {
-        name: name.into(),
-        namespace: "default".into(),
-        hostname: format!("{name}.default.svc.cluster.local").into(),
-        vips: vec![NetworkAddress {
-            network: "".into(),
-            address: IpAddr::from(vip),
-        }],
-        cidr_vips: Vec::new(),
-        ports: ports.iter().copied().collect(),
-        subject_alt_names: Vec::new(),
-        waypoint: None,
-        weighted_waypoints: Vec::new(),
-        load_balancer: None,
-        ip_families: IpFamilies::Automatic,
-        canonical: false,
-        visibility: Visibility::Public,
-    }
+    crate::testkit::fixtures::service("default", name)
+        .vip(vip)
+        .ports(ports)
+        .build()
 }
 
 /// Makes `w` an endpoint of `s` with the port map `ports`.

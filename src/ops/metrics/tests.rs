@@ -1,7 +1,10 @@
 use super::*;
 
-fn scrape(m: &Metrics) -> String {
-    m.encode(&ProcessStats::default(), "")
+/// The metrics, registered in a registry of their own.
+fn metrics(exports: Exports) -> (Registry, Metrics) {
+    let mut registry = Registry::default();
+    let m = Metrics::new(&mut registry, "1.0", exports);
+    (registry, m)
 }
 
 /// Whether `text` declares `family` (`# HELP` and `# TYPE`).
@@ -25,8 +28,8 @@ fn samples<'a>(text: &'a str, family: &'a str) -> Vec<&'a str> {
 /// counters (the workload manager's) at 0.
 #[test]
 fn a_fresh_start_writes_no_family_before_its_first_series() {
-    let m = Metrics::new("1.0", Exports::default());
-    let text = scrape(&m);
+    let (registry, _m) = metrics(Exports::default());
+    let text = encode(&registry);
     for family in [
         "istio_tcp_connections_opened",
         "istio_tcp_connections_closed",
@@ -35,10 +38,6 @@ fn a_fresh_start_writes_no_family_before_its_first_series() {
         "istio_tcp_sent_bytes",
         "istio_tcp_sockets_open",
         "istio_on_demand_dns",
-        "istio_dns_requests",
-        "istio_dns_upstream_requests",
-        "istio_dns_upstream_failures",
-        "istio_dns_upstream_request_duration_seconds",
     ] {
         assert!(!text.contains(family), "{family} written:\n{text}");
     }
@@ -56,9 +55,9 @@ fn a_fresh_start_writes_no_family_before_its_first_series() {
 /// A socket series appears with the first socket of its side and then stays.
 #[test]
 fn a_socket_series_appears_with_its_first_socket() {
-    let m = Metrics::new("1.0", Exports::default());
+    let (registry, m) = metrics(Exports::default());
     drop(m.socket_opened(Reporter::Destination));
-    let text = scrape(&m);
+    let text = encode(&registry);
     assert_eq!(
         samples(&text, "istio_tcp_sockets_open"),
         ["istio_tcp_sockets_open{reporter=\"destination\"} 0"]
@@ -69,7 +68,7 @@ fn a_socket_series_appears_with_its_first_socket() {
 /// series from the open (ztunnel fetches those for the relay).
 #[test]
 fn the_closed_series_appears_at_close() {
-    let m = Metrics::new("1.0", Exports::default());
+    let (registry, m) = metrics(Exports::default());
     let labels = TrafficLabels {
         reporter: Reporter::Source,
         source_workload: unknown(),
@@ -97,46 +96,31 @@ fn the_closed_series_appears_at_close() {
         locality: MaybeLocality(None),
     };
     let _series = m.open(&labels);
-    let text = scrape(&m);
+    let text = encode(&registry);
     assert_eq!(samples(&text, "istio_tcp_connections_opened").len(), 1);
     assert_eq!(samples(&text, "istio_tcp_sent_bytes").len(), 1);
     assert_eq!(samples(&text, "istio_tcp_connections_closed").len(), 0);
     m.close(&labels, false);
-    let text = scrape(&m);
+    let text = encode(&registry);
     assert_eq!(samples(&text, "istio_tcp_connections_closed").len(), 1);
     assert_eq!(samples(&text, "istio_tcp_connections_failed").len(), 0);
 }
 
-/// ztunnel registers `workload_manager_*` in shared mode only and the DNS families only
-/// with its DNS proxy on.
+/// ztunnel registers `workload_manager_*` in shared mode only (the DNS families, only with
+/// its DNS proxy on, are `app`'s choice: see its tests).
 #[test]
-fn optional_families_follow_the_mode_and_the_dns_proxy() {
-    let dns_labels = super::super::dns_metrics::DnsLabels {
-        request_query_type: "a",
-        request_protocol: "udp",
-        source_canonical_service: unknown(),
-        source_canonical_revision: unknown(),
-    };
-    let dedicated = Metrics::new(
-        "1.0",
-        Exports {
-            workload_manager: false,
-            dns: true,
-        },
-    );
-    dedicated.dns.requests.get_or_create(&dns_labels).inc();
-    let dedicated = scrape(&dedicated);
+fn workload_manager_families_follow_the_mode() {
+    let (dedicated, m) = metrics(Exports {
+        workload_manager: false,
+        dns: true,
+    });
+    m.proxies_started.inc();
+    let dedicated = encode(&dedicated);
     assert!(!dedicated.contains("workload_manager"), "{dedicated}");
-    assert!(declares(&dedicated, "istio_dns_requests"), "{dedicated}");
-    let no_dns = Metrics::new(
-        "1.0",
-        Exports {
-            workload_manager: true,
-            dns: false,
-        },
+    let (shared, _m) = metrics(Exports::default());
+    let shared = encode(&shared);
+    assert!(
+        shared.contains("workload_manager_active_proxy_count 0"),
+        "{shared}"
     );
-    no_dns.dns.requests.get_or_create(&dns_labels).inc();
-    let no_dns = scrape(&no_dns);
-    assert!(!no_dns.contains("istio_dns_"), "{no_dns}");
-    assert!(no_dns.contains("workload_manager_active_proxy_count 0"));
 }

@@ -143,8 +143,10 @@ async fn a_revoked_peer_is_refused_both_ways_and_others_are_not() {
     let dump = f.revocation.dump();
     assert_eq!(dump["rejections"]["destination"], 1, "{dump}");
     assert_eq!(dump["rejections"]["source"], 1, "{dump}");
+    let mut registry = prometheus_client::registry::Registry::default();
+    f.revocation.register_metrics(&mut registry);
     let mut metrics = String::new();
-    f.revocation.encode_metrics(&mut metrics);
+    prometheus_client::encoding::text::encode(&mut metrics, &registry).unwrap();
     assert!(
         metrics.contains("istio_crl_policy_rejections_total{reporter=\"destination\"} 1"),
         "{metrics}"

@@ -13,9 +13,9 @@ use crate::control::ca::proto::istio_certificate_service_server::{
     IstioCertificateService, IstioCertificateServiceServer,
 };
 use crate::control::ca::proto::IstioCertificateResponse;
-use crate::control::ca::snapshot::pem_of;
 use crate::control::ca::LocalCa;
 use crate::testkit::grpc::{serve_tls, TlsServer};
+use crate::tls::pem_of;
 
 type Answer = Box<dyn Fn(&IstioCertificateRequest) -> Result<Vec<String>, Status> + Send + Sync>;
 
@@ -292,11 +292,11 @@ async fn a_leaf_that_does_not_chain_to_the_bundle_is_refused() {
 async fn intermediates_sit_between_leaf_and_bundle() {
     let dir = tempfile::tempdir().unwrap();
     let root_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
-    let root_params = crate::control::ca::local::ca_params("root");
+    let root_params = crate::tls::ca::ca_params("root");
     let root = root_params.self_signed(&root_key).unwrap();
     let root_issuer = rcgen::Issuer::new(root_params, root_key);
     let int_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
-    let int = crate::control::ca::local::ca_params("intermediate")
+    let int = crate::tls::ca::ca_params("intermediate")
         .signed_by(&int_key, &root_issuer)
         .unwrap();
     std::fs::write(dir.path().join("root-cert.pem"), root.pem()).unwrap();

@@ -1,35 +1,10 @@
-//! The per-identity certificate store: fetches each workload identity's certificate from an
-//! [`Issuer`], keeps it fresh, and hands it to the data plane through [`CertSource`].
-//!
-//! Each identity is in one [`CertState`]: `Initializing` until its first certificate arrives,
-//! then `Available` while a valid certificate is held (even when its renewal is failing), or
-//! `Unavailable` when the last attempt failed and no valid certificate is left.
-//!
-//! How certificates are obtained:
-//! - On first use ([`CertSource::fetch`]): the connection waits up to
-//!   [`StoreConfig::first_fetch_wait`], then fails with the reason.
-//! - Ahead of use ([`CertStore::prefetch`]) for workloads scheduled on this node;
-//!   [`CertStore::forget`] drops an identity no local workload has any more
-//!   ([`CertStore::follow_local_workloads`] does both from the mesh state).
-//! - Renewal at half of the lifetime, ± [`StoreConfig::refresh_jitter`] of the lifetime, so
-//!   nodes started together do not renew together (at half of the remaining validity if the
-//!   half-life has already passed when the certificate arrives). A renewed certificate
-//!   replaces the old one for new handshakes only; established connections keep their `Arc`
-//!   to the old one.
-//! - Failures retry with exponential backoff (1 s, ×2, ±20 %, at most 150 s) per identity,
-//!   while a still-valid certificate keeps serving. A certificate that expires without
-//!   renewal makes its identity `Unavailable`; a received certificate that is already expired
-//!   or not yet valid counts as a failure (retried with backoff, never in a tight loop).
-//! - One background worker runs at most [`StoreConfig::max_concurrent_fetches`] requests at
-//!   once. When more are due, a connection waiting for its first certificate goes first, then
-//!   prefetches, then background renewals.
-//!
-//! Time: all scheduling uses `tokio::time`, so tests drive it with `tokio::time::pause()`.
-//! Certificate validity (wall-clock `SystemTime`) is mapped onto the tokio clock by [`Clock`].
-//!
-//! Allowed imports: `identity`, `tls`, `state` (to follow local workloads).
+//! The certificate store's background worker: the one task that schedules fetches from the
+//! [`Issuer`], renewals at half-life with jitter, retries with backoff and expiries, and
+//! publishes each identity's [`CertState`] into the slots the store's handles read. What it
+//! is configured with ([`StoreConfig`], [`Clock`]) and asked ([`Priority`]) is here too, so
+//! the store depends on the worker and never the reverse.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -40,12 +15,10 @@ use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::snapshot::CertSnapshot;
+use super::state::{rfc3339, CertState};
 use super::{unavailable, Issuer};
 use crate::identity::Identity;
-use crate::state::model::TunnelProtocol;
-use crate::state::Reader;
-use crate::tls::{CertSource, FetchError, FetchFuture, WorkloadCert};
+use crate::tls::{FetchError, WorkloadCert};
 
 /// Tunables of the certificate store. The defaults follow ztunnel's certificate manager.
 #[derive(Debug, Clone)]
@@ -78,30 +51,6 @@ impl Default for StoreConfig {
     }
 }
 
-/// Where an identity's certificate stands.
-#[derive(Debug, Clone)]
-pub enum CertState {
-    /// Asked for; no certificate and no failure yet.
-    Initializing,
-    /// A valid certificate is held (its renewal may be failing and being retried).
-    Available(Arc<WorkloadCert>),
-    /// No usable certificate: why the last attempt failed, or that the certificate expired.
-    Unavailable(Arc<str>),
-}
-
-/// Counts of [`CertStore::summary`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct CertSummary {
-    /// Asked for, nothing yet.
-    pub initializing: usize,
-    /// Holding a valid certificate.
-    pub available: usize,
-    /// Without a usable certificate.
-    pub unavailable: usize,
-    /// The earliest `not_after` among available certificates.
-    pub earliest_expiry: Option<SystemTime>,
-}
-
 /// Why an identity is wanted; when several requests are due, higher goes first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Priority {
@@ -118,8 +67,8 @@ pub enum Priority {
 /// not move already-scheduled renewals.
 #[derive(Debug, Clone, Copy)]
 pub struct Clock {
-    instant: Instant,
-    system: SystemTime,
+    pub(super) instant: Instant,
+    pub(super) system: SystemTime,
 }
 
 impl Clock {
@@ -154,244 +103,14 @@ impl Default for Clock {
     }
 }
 
-/// The certificate store. Cheap to clone; the background worker stops when the last clone
-/// is dropped.
-#[derive(Clone)]
-pub struct CertStore {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
-    config: StoreConfig,
-    clock: Clock,
-    slots: Arc<Slots>,
-    requests: mpsc::UnboundedSender<Request>,
-}
-
 /// The published state of every known identity.
 // Lock: held only to look up, insert or remove an entry and to read or replace a state;
 // never across an `.await`. Shared by the handles (readers) and the worker (writer).
-type Slots = Mutex<HashMap<Identity, watch::Sender<CertState>>>;
+pub(super) type Slots = Mutex<HashMap<Identity, watch::Sender<CertState>>>;
 
-enum Request {
+pub(super) enum Request {
     Fetch(Identity, Priority),
     Forget(Identity),
-}
-
-impl CertStore {
-    /// A store in front of `issuer`; spawns its worker on the current tokio runtime.
-    pub fn spawn(issuer: Arc<dyn Issuer>, config: StoreConfig) -> CertStore {
-        Self::spawn_with_clock(issuer, config, Clock::new())
-    }
-
-    /// Like [`CertStore::spawn`], with the clock that maps certificate times (tests share one
-    /// with their issuer).
-    pub fn spawn_with_clock(
-        issuer: Arc<dyn Issuer>,
-        config: StoreConfig,
-        clock: Clock,
-    ) -> CertStore {
-        let slots: Arc<Slots> = Arc::default();
-        let (tx, rx) = mpsc::unbounded_channel();
-        let worker = Worker {
-            issuer,
-            config: config.clone(),
-            clock,
-            slots: slots.clone(),
-            requests: rx,
-            pending: HashMap::new(),
-            in_flight: HashMap::new(),
-            tasks: JoinSet::new(),
-            backoff: HashMap::new(),
-            expiry: HashMap::new(),
-            expired: HashMap::new(),
-            next_generation: 0,
-            next_seq: 0,
-        };
-        tokio::spawn(worker.run().instrument(tracing::info_span!("certificates")));
-        CertStore {
-            inner: Arc::new(Inner {
-                config,
-                clock,
-                slots,
-                requests: tx,
-            }),
-        }
-    }
-
-    /// Starts fetching `identity`'s certificate if the store does not have it yet (a workload
-    /// with that identity is scheduled on this node).
-    pub fn prefetch(&self, identity: &Identity) {
-        let mut slots = self.inner.slots.lock();
-        if !slots.contains_key(identity) {
-            slots.insert(
-                identity.clone(),
-                watch::Sender::new(CertState::Initializing),
-            );
-            self.request(Request::Fetch(identity.clone(), Priority::Warmup));
-        }
-    }
-
-    /// Drops `identity`'s certificate and stops renewing it (no workload on this node has it
-    /// any more). Connections already using the certificate keep it; a connection waiting
-    /// for it fails.
-    pub fn forget(&self, identity: &Identity) {
-        if self.inner.slots.lock().remove(identity).is_some() {
-            self.request(Request::Forget(identity.clone()));
-        }
-    }
-
-    /// The identities the store holds.
-    pub fn identities(&self) -> Vec<Identity> {
-        self.inner.slots.lock().keys().cloned().collect()
-    }
-
-    /// The state of `identity`, if the store knows it.
-    pub fn state(&self, identity: &Identity) -> Option<CertState> {
-        let slots = self.inner.slots.lock();
-        slots.get(identity).map(|s| s.borrow().clone())
-    }
-
-    /// Identities per state (initializing, available, unavailable) and the earliest expiry
-    /// among the certificates held, for metrics: an alert on the expiry fires while a
-    /// failing renewal still has time to recover.
-    pub fn summary(&self) -> CertSummary {
-        let slots = self.inner.slots.lock();
-        let mut out = CertSummary::default();
-        for s in slots.values() {
-            match &*s.borrow() {
-                CertState::Initializing => out.initializing += 1,
-                CertState::Available(c) => {
-                    out.available += 1;
-                    let t = c.not_after();
-                    out.earliest_expiry = Some(out.earliest_expiry.map_or(t, |e| e.min(t)));
-                }
-                CertState::Unavailable(_) => out.unavailable += 1,
-            }
-        }
-        out
-    }
-
-    /// Every identity's state and public certificate material, sorted by identity (for the
-    /// admin config dump). Never contains a private key.
-    pub fn snapshot(&self) -> Vec<CertSnapshot> {
-        let states: Vec<(Identity, CertState)> = {
-            let slots = self.inner.slots.lock();
-            slots
-                .iter()
-                .map(|(id, s)| (id.clone(), s.borrow().clone()))
-                .collect()
-        };
-        let mut out: Vec<_> = states
-            .into_iter()
-            .map(|(id, state)| CertSnapshot::new(id, &state))
-            .collect();
-        out.sort_by(|a, b| a.identity.cmp(&b.identity));
-        out
-    }
-
-    /// Keeps the store in line with the mesh state: prefetches the identity of every HBONE
-    /// workload scheduled on `node`, and forgets identities no workload on `node` has any
-    /// more. Runs until the state writer is gone.
-    pub async fn follow_local_workloads(self, mut state: Reader, node: String) {
-        loop {
-            let (wanted, local) = local_identities(&state, &node);
-            for id in &wanted {
-                self.prefetch(id);
-            }
-            for id in self.identities() {
-                if !local.contains(&id) {
-                    tracing::debug!(identity = %id, "no local workload left, forgetting it");
-                    self.forget(&id);
-                }
-            }
-            if !state.changed().await {
-                return;
-            }
-        }
-    }
-
-    fn request(&self, r: Request) {
-        // The worker only stops once every handle is gone, so this cannot fail while `self`
-        // exists; if it ever did, waiters time out with a clear reason.
-        let _ = self.inner.requests.send(r);
-    }
-
-    fn expired_error(&self, cert: &WorkloadCert) -> Option<FetchError> {
-        let now = self.inner.clock.now();
-        (now >= cert.not_after()).then(|| {
-            unavailable(
-                cert.identity(),
-                format!("certificate expired at {}", rfc3339(cert.not_after())),
-            )
-        })
-    }
-}
-
-impl CertSource for CertStore {
-    fn fetch(&self, identity: &Identity) -> FetchFuture {
-        let mut rx = {
-            let mut slots = self.inner.slots.lock();
-            let tx = slots
-                .entry(identity.clone())
-                .or_insert_with(|| watch::Sender::new(CertState::Initializing));
-            let state = tx.borrow().clone();
-            match state {
-                CertState::Available(cert) => {
-                    let result = match self.expired_error(&cert) {
-                        Some(e) => Err(e),
-                        None => Ok(cert),
-                    };
-                    return Box::pin(std::future::ready(result));
-                }
-                CertState::Unavailable(reason) => {
-                    // Fail now; the pending retry keeps its backoff but moves up the queue.
-                    self.request(Request::Fetch(identity.clone(), Priority::RealTime));
-                    return Box::pin(std::future::ready(Err(unavailable(identity, reason))));
-                }
-                CertState::Initializing => tx.subscribe(),
-            }
-        };
-        self.request(Request::Fetch(identity.clone(), Priority::RealTime));
-        let wait = self.inner.config.first_fetch_wait;
-        let identity = identity.clone();
-        Box::pin(async move {
-            let settled =
-                tokio::time::timeout(wait, rx.wait_for(|s| !matches!(s, CertState::Initializing)))
-                    .await
-                    .map(|r| r.map(|state| state.clone()));
-            match settled {
-                Ok(Ok(CertState::Available(cert))) => Ok(cert),
-                Ok(Ok(CertState::Unavailable(reason))) => Err(unavailable(&identity, reason)),
-                Ok(Ok(CertState::Initializing)) => {
-                    Err(unavailable(&identity, "still initializing"))
-                }
-                Ok(Err(_)) => Err(unavailable(
-                    &identity,
-                    "identity was forgotten while waiting for its certificate",
-                )),
-                Err(_) => Err(unavailable(
-                    &identity,
-                    format!("no certificate from the CA within {wait:?}"),
-                )),
-            }
-        })
-    }
-}
-
-/// Identities of HBONE workloads on `node` (to prefetch) and of all workloads on `node`.
-fn local_identities(state: &Reader, node: &str) -> (HashSet<Identity>, HashSet<Identity>) {
-    let snap = state.load();
-    let mut hbone = HashSet::new();
-    let mut all = HashSet::new();
-    for w in snap.workloads().filter(|w| &*w.node == node) {
-        let Some(id) = w.identity() else { continue };
-        if w.protocol == TunnelProtocol::Hbone || w.native_tunnel {
-            hbone.insert(id.clone());
-        }
-        all.insert(id);
-    }
-    (hbone, all)
 }
 
 /// A fetch waiting for its time (and a free slot).
@@ -413,7 +132,7 @@ type FetchResult = (Identity, u64, Result<Arc<WorkloadCert>, FetchError>);
 
 /// Owns the schedule. Invariant: every identity in `slots` is either pending or in flight
 /// (the worker learns of new identities through `Request::Fetch`).
-struct Worker {
+pub(super) struct Worker {
     issuer: Arc<dyn Issuer>,
     config: StoreConfig,
     clock: Clock,
@@ -433,6 +152,34 @@ struct Worker {
 }
 
 impl Worker {
+    /// Starts the worker for `slots` on the current tokio runtime; it runs until every
+    /// sender of the returned channel is dropped.
+    pub(super) fn spawn(
+        issuer: Arc<dyn Issuer>,
+        config: StoreConfig,
+        clock: Clock,
+        slots: Arc<Slots>,
+    ) -> mpsc::UnboundedSender<Request> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let worker = Worker {
+            issuer,
+            config,
+            clock,
+            slots,
+            requests: rx,
+            pending: HashMap::new(),
+            in_flight: HashMap::new(),
+            tasks: JoinSet::new(),
+            backoff: HashMap::new(),
+            expiry: HashMap::new(),
+            expired: HashMap::new(),
+            next_generation: 0,
+            next_seq: 0,
+        };
+        tokio::spawn(worker.run().instrument(tracing::info_span!("certificates")));
+        tx
+    }
+
     async fn run(mut self) {
         loop {
             self.start_due_fetches();
@@ -754,26 +501,3 @@ fn reason_of(e: &FetchError) -> Arc<str> {
         FetchError::Unavailable { reason, .. } => reason.clone(),
     }
 }
-
-/// RFC 3339 UTC time with second precision.
-pub(crate) fn rfc3339(t: SystemTime) -> String {
-    let secs = match t.duration_since(SystemTime::UNIX_EPOCH) {
-        Ok(d) => d.as_secs() as i64,
-        Err(e) => -(e.duration().as_secs() as i64),
-    };
-    let Ok(dt) = time::OffsetDateTime::from_unix_timestamp(secs) else {
-        return format!("@{secs}");
-    };
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-        dt.year(),
-        u8::from(dt.month()),
-        dt.day(),
-        dt.hour(),
-        dt.minute(),
-        dt.second()
-    )
-}
-
-#[cfg(test)]
-mod tests;

@@ -1,4 +1,5 @@
-//! Istio's DNS metrics: requests, forwarded requests, their failures and duration.
+//! Istio's DNS metrics: requests, forwarded requests, their failures and duration, registered
+//! by the DNS proxy in the registry it is given.
 //!
 //! Labels are ztunnel's: the query type lowercased (`a`, `aaaa`, `srv`, ...; `unknown` for a
 //! type without a name or a query that does not parse), the protocol lowercased, and the

@@ -417,7 +417,7 @@ async fn snapshot_shows_states_and_public_material_only() {
     assert!(snap[1].cert_chain[0]
         .pem
         .starts_with("-----BEGIN CERTIFICATE-----"));
-    let expires = crate::control::ca::manager::rfc3339(good.not_after());
+    let expires = crate::control::ca::state::rfc3339(good.not_after());
     assert_eq!(snap[1].cert_chain[0].expiration_time, expires);
 
     let json = serde_json::to_string(&snap).unwrap();
