@@ -126,7 +126,6 @@ async fn run_control(config: Arc<Config>, data: Handle, log: LogHandle) -> anyho
         on_demand: on_demand.clone(),
         resolver: resolver.clone(),
         telemetry: telemetry.clone(),
-        dns_metrics,
     };
 
     // Keeps dedicated-mode listeners alive until shutdown.
@@ -135,6 +134,7 @@ async fn run_control(config: Arc<Config>, data: Handle, log: LogHandle) -> anyho
         ProxyMode::Shared => {
             let starter = Arc::new(PodProxies {
                 inputs,
+                dns_metrics,
                 data: data.clone(),
                 process: process.clone(),
             });
@@ -166,10 +166,8 @@ async fn run_control(config: Arc<Config>, data: Handle, log: LogHandle) -> anyho
                 service_account: info.service_account.into(),
             };
             let sockets = sockets_for(&config, None);
-            let proxy = Proxy::new(pod, sockets, &inputs);
             _dedicated = Some(
-                proxy
-                    .start(&data, &process)
+                start_pod(pod, sockets, &inputs, &dns_metrics, &data, &process)
                     .context("binding dedicated-mode listeners")?,
             );
         }
@@ -569,6 +567,7 @@ fn host_resolver(config: &Config) -> Arc<dyn ResolveHost> {
 /// Starts a pod's proxy in its namespace (shared mode).
 struct PodProxies {
     inputs: ProxyInputs,
+    dns_metrics: Arc<crate::dns::metrics::DnsMetrics>,
     data: Handle,
     process: Arc<drain::Trigger>,
 }
@@ -582,10 +581,45 @@ impl PodStarter for PodProxies {
             service_account: pod.service_account.as_str().into(),
         };
         let sockets = sockets_for(&self.inputs.cfg, Some(netns));
-        let proxy = Proxy::new(info, sockets, &self.inputs);
-        let handle = proxy.start(&self.data, &self.process)?;
+        let handle = start_pod(
+            info,
+            sockets,
+            &self.inputs,
+            &self.dns_metrics,
+            &self.data,
+            &self.process,
+        )?;
         Ok(Box::new(handle))
     }
+}
+
+/// Starts one pod's listeners, on the calling thread (in the pod's namespace for its
+/// sockets): the proxy's three, then, with `DNS_CAPTURE` on, its DNS proxy, given only what
+/// it needs (`dns::PodDns`) and the proxy's drain. A DNS bind failure fails the pod's start
+/// as a whole.
+fn start_pod(
+    pod: PodInfo,
+    sockets: crate::sockets::Sockets,
+    inputs: &ProxyInputs,
+    dns_metrics: &Arc<crate::dns::metrics::DnsMetrics>,
+    data: &Handle,
+    process: &drain::Trigger,
+) -> std::io::Result<crate::dataplane::ProxyHandle> {
+    let dns = crate::dns::PodDns {
+        namespace: pod.namespace.clone(),
+        name: pod.name.clone(),
+        service_account: pod.service_account.clone(),
+        cfg: inputs.cfg.clone(),
+        state: inputs.state.clone(),
+        sockets: sockets.clone(),
+        metrics: dns_metrics.clone(),
+    };
+    Proxy::new(pod, sockets, inputs).start(data, process, |drains| {
+        if inputs.cfg.proxy.dns_capture {
+            crate::dns::start(dns, data, drains)?;
+        }
+        Ok(())
+    })
 }
 
 async fn wait_for_signal() {

@@ -150,6 +150,11 @@ const INTERNALS: &[(&str, &str)] = &[
     ("control::ca::snapshot", "control/"),
     ("control::ca::store", "control/"),
     ("control::ca::client", "control/"),
+    // A pod's DNS proxy is started beside its listeners by the composition root; the data
+    // plane knows only the hostname resolver (`dns::ResolveHost`).
+    ("dns::start", "app"),
+    ("dns::PodDns", "app"),
+    ("dns::metrics", "app"),
 ];
 
 /// The internals of [`INTERNALS`] `code` names as `crate::<path>`.

@@ -21,11 +21,14 @@ impl Proxy {
     /// Binds the pod's listeners (on the calling thread, in the pod's namespace) and starts
     /// serving them on `data`. Dropping the returned handle stops the listeners and closes the
     /// pod's connections. `process` is the process-wide drain: its signal reaches every
-    /// listener and connection, and its `closed()` waits for all of them.
+    /// listener and connection, and its `closed()` waits for all of them. `also` starts what
+    /// else serves the pod under the same drain (its DNS proxy, from the composition root),
+    /// once the proxy's own listeners are bound; its error fails the start.
     pub fn start(
         self: &Arc<Self>,
         data: &Handle,
         process: &drain::Trigger,
+        also: impl FnOnce(&Drains) -> io::Result<()>,
     ) -> io::Result<ProxyHandle> {
         let any = if self.cfg.proxy.ipv6_enabled {
             IpAddr::V6(Ipv6Addr::UNSPECIFIED)
@@ -53,18 +56,7 @@ impl Proxy {
         let (trigger, pod) = drain::channel();
         let (drains, feed) = drain::merge(pod, process.watch());
         data.spawn(feed);
-        if p.dns_capture {
-            let pod = crate::dns::PodDns {
-                namespace: self.pod.namespace.clone(),
-                name: self.pod.name.clone(),
-                service_account: self.pod.service_account.clone(),
-                cfg: self.cfg.clone(),
-                state: self.state.clone(),
-                sockets: self.sockets.clone(),
-                metrics: self.dns_metrics.clone(),
-            };
-            crate::dns::start(pod, data, &drains)?;
-        }
+        also(&drains)?;
         // The pod's connection budget, shared by its three listeners.
         let budget = Arc::new(ConnSlots::new(self.cfg.proxy.max_connections_per_pod));
         let this = self.clone();

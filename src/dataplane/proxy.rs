@@ -11,7 +11,6 @@ use super::hbone::pool::{Pool, PoolConfig};
 use super::hbone::H2Settings;
 use super::Error;
 use crate::config::Config;
-use crate::dns::metrics::DnsMetrics;
 use crate::ops::Telemetry;
 use crate::sockets::Sockets;
 use crate::state::model::Workload;
@@ -51,8 +50,6 @@ pub struct ProxyInputs {
     pub resolver: Arc<dyn super::ResolveHost>,
     /// Connection metrics, the live connection table, fd exhaustion.
     pub telemetry: Arc<Telemetry>,
-    /// The DNS proxy's families.
-    pub dns_metrics: Arc<DnsMetrics>,
 }
 
 /// Everything a pod's connections need. Shared by all its connection tasks.
@@ -75,7 +72,6 @@ pub struct Proxy {
     pub(super) original_source: AtomicBool,
     /// Where connections report (metrics, live table).
     pub(crate) telemetry: Arc<Telemetry>,
-    pub(super) dns_metrics: Arc<DnsMetrics>,
 }
 
 impl Proxy {
@@ -88,7 +84,6 @@ impl Proxy {
             on_demand,
             resolver,
             telemetry,
-            dns_metrics,
         } = inputs.clone();
         let pool_cfg = PoolConfig {
             max_streams: cfg.proxy.pool_max_streams_per_connection,
@@ -118,7 +113,6 @@ impl Proxy {
             resolver,
             original_source: AtomicBool::new(false),
             telemetry,
-            dns_metrics,
         })
     }
 
