@@ -22,10 +22,20 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use crate::ops::access::Meter;
 
-/// Smallest read buffer; it grows while the flow is busy.
-const MIN_READ: usize = 16 * 1024;
-/// Largest read buffer.
-const MAX_READ: usize = 256 * 1024;
+/// Plaintext carried by one full TLS record: rustls cuts every write into records of this
+/// size, and sends what is left over as a smaller record.
+const TLS_RECORD: usize = 16 * 1024;
+/// An HTTP/2 frame's head, written before its payload.
+const FRAME_HEAD: usize = 9;
+/// Largest read, in TLS records (256 KiB); a busy flow's reads double up to it from one.
+const MAX_READ_RECORDS: usize = 16;
+
+/// How much to read for a DATA frame spanning `records` TLS records: with the frame's head
+/// the frame fills them exactly, so no frame ends in a small extra record (which the peer
+/// would open, check and copy like a full one).
+const fn read_size(records: usize) -> usize {
+    records * TLS_RECORD - FRAME_HEAD
+}
 
 /// The peer granted no flow-control window to a stream with bytes to send for this long.
 #[derive(Debug, Clone, Copy, thiserror::Error)]
@@ -101,12 +111,13 @@ async fn tcp_to_h2(
     meter: &Meter,
     stall: Option<Duration>,
 ) -> io::Result<()> {
-    let mut want = MIN_READ;
+    let mut records = 1;
     let mut buf = BytesMut::new();
     loop {
         if buf.capacity() == 0 {
             rd.readable().await?;
         }
+        let want = read_size(records);
         if buf.capacity() < want {
             buf.reserve(want);
         }
@@ -119,9 +130,9 @@ async fn tcp_to_h2(
         meter.from_pod(n as u64);
         super::fair::spend(n).await;
         let drained = n < room;
-        if !drained && want < MAX_READ {
+        if !drained && records < MAX_READ_RECORDS {
             // A full read means the flow is busy: read more per syscall next time.
-            want *= 2;
+            records *= 2;
         }
         send_all(&mut send, buf.split().freeze(), stall).await?;
         if drained {
@@ -206,5 +217,28 @@ pub fn h2_io(e: h2::Error) -> io::Error {
             .unwrap_or_else(|| io::Error::other("h2 I/O error"))
     } else {
         io::Error::other(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every read size, sent as one DATA frame, fills whole TLS records with the frame's
+    /// head, from the first read to the largest.
+    #[test]
+    fn a_chunk_and_its_frame_head_fill_whole_tls_records() {
+        let mut records = 1;
+        while records <= MAX_READ_RECORDS {
+            let frame = read_size(records) + FRAME_HEAD;
+            assert_eq!(
+                frame % TLS_RECORD,
+                0,
+                "{records} records: frame of {frame} B"
+            );
+            assert_eq!(frame / TLS_RECORD, records);
+            records *= 2;
+        }
+        assert_eq!(read_size(MAX_READ_RECORDS), 256 * 1024 - 9);
     }
 }
