@@ -20,7 +20,7 @@ pub const BYTES_PER_UNIT: usize = 2048;
 /// Charges `bytes` of I/O just done to the current task's budget (beyond the unit the I/O
 /// itself cost). Stops early when the budget runs out: the task's next budgeted operation
 /// then yields.
-fn charge(cx: &mut Context<'_>, bytes: usize) {
+pub(super) fn charge(cx: &mut Context<'_>, bytes: usize) {
     for _ in 0..bytes / BYTES_PER_UNIT {
         match coop::poll_proceed(cx) {
             Poll::Ready(progress) => progress.made_progress(),
