@@ -29,14 +29,6 @@ pub(super) fn charge(cx: &mut Context<'_>, bytes: usize) {
     }
 }
 
-/// Charges `bytes` of I/O done by an async task (see [`charge`]), yielding when the budget is
-/// spent.
-pub async fn spend(bytes: usize) {
-    for _ in 0..bytes / BYTES_PER_UNIT {
-        coop::consume_budget().await;
-    }
-}
-
 /// An I/O object whose reads and writes are charged by the byte.
 #[derive(Debug)]
 pub struct Metered<T>(pub T);
