@@ -40,6 +40,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         tracing::info!("COMPLIANCE_POLICY=pqc: TLS key exchange is X25519MLKEM768 only");
     }
     raise_fd_limit();
+    crate::sys::alloc::retain_freed_heap();
     let config = Arc::new(config);
     let data = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.worker_threads.max(1))

@@ -226,13 +226,14 @@ async fn serve_stream(
 ) {
     let mut log = AccessLog::new(Direction::Inbound, proxy.telemetry.clone());
     // Opening and relaying are two futures, one after the other: the relay, which an idle
-    // stream sits in, does not carry the request head or the opening's state.
+    // stream sits in, does not carry the request head or the opening's state. The opening is
+    // boxed for its duration only: inline, it would size this task for the stream's life.
     let Some(Opened {
         upstream,
         send,
         body,
         mut registration,
-    }) = open(proxy, info, *req, respond, &mut log).await
+    }) = Box::pin(open(proxy, info, *req, respond, &mut log)).await
     else {
         return;
     };

@@ -34,8 +34,11 @@ pub async fn serve(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, _drain: 
     log.src.namespace = Some(proxy.pod.namespace.clone());
     // Setting up and relaying are two futures, one after the other: the relay, which an idle
     // connection sits in, does not carry the setup's state (routes, keys, certificates).
-    // `Ready` is boxed so that neither this future nor the relay's keeps a copy of it inline.
-    let ready = match prepare(&proxy, tcp, peer, &mut log).await {
+    // `Ready` is boxed so that neither this future nor the relay's keeps a copy of it inline,
+    // and so is the setup future itself: inline, this task would be as large as the setup
+    // (dial, handshake, pool checkout) for as long as the connection lives, though an idle
+    // connection only ever needs the relay's state. The box lives for the setup only.
+    let ready = match Box::pin(prepare(&proxy, tcp, peer, &mut log)).await {
         Ok(ready) => ready,
         Err(e) => return log.complete(Some(&e)),
     };
@@ -423,4 +426,27 @@ fn local_ip(tcp: &TcpStream) -> std::net::IpAddr {
     tcp.local_addr()
         .map(|a| a.ip())
         .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of the future `f` returns, without calling it.
+    fn future_size<A, B, C, D, F: std::future::Future>(_: impl Fn(A, B, C, D) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// An idle connection's task holds the relay, not the setup: the setup future (dial,
+    /// handshake, pool checkout) is boxed while it runs, so the connection's future is smaller
+    /// than the setup's alone.
+    #[test]
+    fn the_connection_future_does_not_hold_the_setup() {
+        let connection = future_size(serve);
+        let setup = future_size(prepare);
+        assert!(
+            connection < setup,
+            "connection future {connection} B, setup future {setup} B"
+        );
+    }
 }

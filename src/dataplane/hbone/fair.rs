@@ -20,20 +20,12 @@ pub const BYTES_PER_UNIT: usize = 2048;
 /// Charges `bytes` of I/O just done to the current task's budget (beyond the unit the I/O
 /// itself cost). Stops early when the budget runs out: the task's next budgeted operation
 /// then yields.
-fn charge(cx: &mut Context<'_>, bytes: usize) {
+pub(super) fn charge(cx: &mut Context<'_>, bytes: usize) {
     for _ in 0..bytes / BYTES_PER_UNIT {
         match coop::poll_proceed(cx) {
             Poll::Ready(progress) => progress.made_progress(),
             Poll::Pending => break,
         }
-    }
-}
-
-/// Charges `bytes` of I/O done by an async task (see [`charge`]), yielding when the budget is
-/// spent.
-pub async fn spend(bytes: usize) {
-    for _ in 0..bytes / BYTES_PER_UNIT {
-        coop::consume_budget().await;
     }
 }
 

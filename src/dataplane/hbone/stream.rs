@@ -10,22 +10,33 @@
 //! [`Stalled`] (hardening H11): the stream is reset and the TCP side closed. The timer exists
 //! only while the window is closed; an open window costs no timer at all.
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io;
-use std::task::Poll;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use h2::{RecvStream, SendStream};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use crate::ops::access::Meter;
 
-/// Smallest read buffer; it grows while the flow is busy.
-const MIN_READ: usize = 16 * 1024;
-/// Largest read buffer.
-const MAX_READ: usize = 256 * 1024;
+/// Plaintext carried by one full TLS record: rustls cuts every write into records of this
+/// size, and sends what is left over as a smaller record.
+const TLS_RECORD: usize = 16 * 1024;
+/// An HTTP/2 frame's head, written before its payload.
+const FRAME_HEAD: usize = 9;
+/// Largest read, in TLS records (256 KiB); a busy flow's reads double up to it from one.
+const MAX_READ_RECORDS: usize = 16;
+
+/// How much to read for a DATA frame spanning `records` TLS records: with the frame's head
+/// the frame fills them exactly, so no frame ends in a small extra record (which the peer
+/// would open, check and copy like a full one).
+const fn read_size(records: usize) -> usize {
+    records * TLS_RECORD - FRAME_HEAD
+}
 
 /// The peer granted no flow-control window to a stream with bytes to send for this long.
 #[derive(Debug, Clone, Copy, thiserror::Error)]
@@ -42,9 +53,29 @@ pub async fn relay(
     meter: &Meter,
     stall: Option<Duration>,
 ) -> io::Result<()> {
-    let up = tcp_to_h2(tcp_read, send, meter, stall);
-    let down = h2_to_tcp(recv, tcp_write, meter);
-    tokio::try_join!(up, down).map(|_| ())
+    // Each half is dropped as it finishes, as `try_join!` would.
+    let mut up = Some(Up::new(tcp_read, send, stall));
+    let mut down = Some(Down::new(recv, tcp_write));
+    poll_fn(|cx| {
+        if let Some(u) = up.as_mut() {
+            if let Poll::Ready(r) = u.poll(cx, meter) {
+                up = None;
+                r?;
+            }
+        }
+        if let Some(d) = down.as_mut() {
+            if let Poll::Ready(r) = d.poll(cx, meter) {
+                down = None;
+                r?;
+            }
+        }
+        if up.is_none() && down.is_none() {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
+    })
+    .await
 }
 
 /// Like [`relay`], for a CONNECT whose response has not arrived: the client's bytes go out at
@@ -60,136 +91,210 @@ pub async fn relay_early<E: From<io::Error>>(
     meter: &Meter,
     stall: Option<Duration>,
 ) -> Result<(), E> {
-    let answered = tokio::sync::Notify::new();
-    let up = tcp_to_h2(tcp_read, send, meter, stall);
-    let down = async {
-        let recv = response.await?;
-        answered.notify_one();
-        h2_to_tcp(recv, tcp_write, meter).await.map_err(E::from)
-    };
-    tokio::pin!(up, down);
-    let mut up_done = false;
-    loop {
-        tokio::select! {
-            r = &mut down => match r {
-                Err(e) => break Err(e),
-                Ok(()) if up_done => break Ok(()),
-                Ok(()) => break (&mut up).await.map_err(E::from),
-            },
-            r = &mut up, if !up_done => match r {
-                Ok(()) => up_done = true,
-                Err(e) => {
-                    // Until the answer is in, wait for it: a refusal explains this failure.
-                    let failed = E::from(e);
-                    break tokio::select! {
-                        r = &mut down => Err(r.err().unwrap_or(failed)),
-                        _ = answered.notified() => Err(failed),
-                    };
+    let mut up = Some(Up::new(tcp_read, send, stall));
+    // Boxed and dropped once answered: an open tunnel does not keep the response's future.
+    let mut response = Some(Box::pin(response));
+    let mut tcp_write = Some(tcp_write);
+    let mut down: Option<Down> = None;
+    let mut down_done = false;
+    // The client side failed before the answer was in: the answer may explain it.
+    let mut up_failed: Option<io::Error> = None;
+    poll_fn(|cx| {
+        if let Some(r) = response.as_mut() {
+            if let Poll::Ready(answer) = r.as_mut().poll(cx) {
+                response = None;
+                let recv = answer?;
+                if let Some(wr) = tcp_write.take() {
+                    down = Some(Down::new(recv, wr));
                 }
-            },
-        }
-    }
-}
-
-/// Reads the socket into a buffer that exists only while data flows: an idle connection
-/// holds no read buffer at all (it waits for readiness without one), a busy one reuses and
-/// grows its buffer. A short read means the socket is drained (tokio then clears readiness,
-/// so waiting costs no extra syscall), which is when the buffer is let go.
-async fn tcp_to_h2(
-    mut rd: OwnedReadHalf,
-    mut send: SendStream<Bytes>,
-    meter: &Meter,
-    stall: Option<Duration>,
-) -> io::Result<()> {
-    let mut want = MIN_READ;
-    let mut buf = BytesMut::new();
-    loop {
-        if buf.capacity() == 0 {
-            rd.readable().await?;
-        }
-        if buf.capacity() < want {
-            buf.reserve(want);
-        }
-        let room = buf.capacity() - buf.len();
-        let n = rd.read_buf(&mut buf).await?;
-        if n == 0 {
-            send.send_data(Bytes::new(), true).map_err(h2_io)?;
-            return Ok(());
-        }
-        meter.from_pod(n as u64);
-        super::fair::spend(n).await;
-        let drained = n < room;
-        if !drained && want < MAX_READ {
-            // A full read means the flow is busy: read more per syscall next time.
-            want *= 2;
-        }
-        send_all(&mut send, buf.split().freeze(), stall).await?;
-        if drained {
-            buf = BytesMut::new();
-        }
-    }
-}
-
-async fn send_all(
-    send: &mut SendStream<Bytes>,
-    mut data: Bytes,
-    stall: Option<Duration>,
-) -> io::Result<()> {
-    while !data.is_empty() {
-        send.reserve_capacity(data.len());
-        let cap = match capacity(send, stall).await? {
-            Some(Ok(c)) => c,
-            Some(Err(e)) => return Err(h2_io(e)),
-            None => {
-                return Err(io::Error::new(
-                    io::ErrorKind::BrokenPipe,
-                    "stream closed by peer",
-                ))
             }
-        };
-        if cap == 0 {
-            continue;
         }
-        let chunk = data.split_to(cap.min(data.len()));
-        send.send_data(chunk, false).map_err(h2_io)?;
-    }
-    Ok(())
+        let answered = response.is_none();
+        if let Some(e) = up_failed.take() {
+            if answered {
+                return Poll::Ready(Err(E::from(e)));
+            }
+            up_failed = Some(e);
+            return Poll::Pending;
+        }
+        if let Some(u) = up.as_mut() {
+            if let Poll::Ready(r) = u.poll(cx, meter) {
+                up = None;
+                if let Err(e) = r {
+                    if answered {
+                        return Poll::Ready(Err(E::from(e)));
+                    }
+                    // The response was polled above: its answer wakes this task.
+                    up_failed = Some(e);
+                    return Poll::Pending;
+                }
+            }
+        }
+        if let Some(d) = down.as_mut() {
+            if let Poll::Ready(r) = d.poll(cx, meter) {
+                down = None;
+                down_done = true;
+                r.map_err(E::from)?;
+            }
+        }
+        if up.is_none() && down_done {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
+    })
+    .await
 }
 
-async fn h2_to_tcp(mut recv: RecvStream, mut wr: OwnedWriteHalf, meter: &Meter) -> io::Result<()> {
-    loop {
-        match recv.data().await {
-            Some(Ok(chunk)) => {
-                let n = chunk.len();
-                wr.write_all(&chunk).await?;
+/// TCP → HTTP/2, polled by the relay. Reads the socket into a buffer that exists only while
+/// data flows: an idle connection holds no read buffer at all (it waits for readiness without
+/// one), a busy one reuses and grows its buffer. A short read means the socket is drained
+/// (tokio then clears readiness, so waiting costs no extra syscall), which is when the buffer
+/// is let go. Written as a plain state machine rather than an async function so that an idle
+/// tunnel holds these fields and nothing else (no awaited sub-futures' state).
+struct Up {
+    rd: OwnedReadHalf,
+    send: SendStream<Bytes>,
+    buf: BytesMut,
+    /// Size of the next read, in TLS records (see [`read_size`]).
+    records: usize,
+    /// Read and not yet handed to h2 (waiting for flow-control capacity).
+    pending: Bytes,
+    stall: Option<Duration>,
+    /// Runs only while `pending` waits for a closed window.
+    stall_timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Up {
+    fn new(rd: OwnedReadHalf, send: SendStream<Bytes>, stall: Option<Duration>) -> Self {
+        Up {
+            rd,
+            send,
+            buf: BytesMut::new(),
+            records: 1,
+            pending: Bytes::new(),
+            stall,
+            stall_timer: None,
+        }
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>, meter: &Meter) -> Poll<io::Result<()>> {
+        loop {
+            while !self.pending.is_empty() {
+                self.send.reserve_capacity(self.pending.len());
+                match self.send.poll_capacity(cx) {
+                    // h2 answers Pending rather than zero capacity; were it ever zero, the
+                    // next poll registers the wakeup and is Pending, so this cannot spin.
+                    Poll::Ready(Some(Ok(0))) => continue,
+                    Poll::Ready(Some(Ok(cap))) => {
+                        self.stall_timer = None;
+                        let chunk = self.pending.split_to(cap.min(self.pending.len()));
+                        self.send.send_data(chunk, false).map_err(h2_io)?;
+                    }
+                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(h2_io(e))),
+                    Poll::Ready(None) => {
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::BrokenPipe,
+                            "stream closed by peer",
+                        )))
+                    }
+                    Poll::Pending => {
+                        if let Some(t) = self.stall {
+                            // Boxed: the timer is only needed while the window is closed,
+                            // so it must not grow the state every connection holds.
+                            let timer = self
+                                .stall_timer
+                                .get_or_insert_with(|| Box::pin(tokio::time::sleep(t)));
+                            if timer.as_mut().poll(cx).is_ready() {
+                                return Poll::Ready(Err(io::Error::new(
+                                    io::ErrorKind::TimedOut,
+                                    Stalled(t),
+                                )));
+                            }
+                        }
+                        return Poll::Pending;
+                    }
+                }
+            }
+            if self.buf.capacity() == 0 {
+                ready!(self.rd.as_ref().poll_read_ready(cx))?;
+            }
+            let want = read_size(self.records);
+            if self.buf.capacity() < want {
+                self.buf.reserve(want);
+            }
+            let room = self.buf.capacity() - self.buf.len();
+            let n = {
+                let read = self.rd.read_buf(&mut self.buf);
+                ready!(std::pin::pin!(read).poll(cx))?
+            };
+            if n == 0 {
+                self.send.send_data(Bytes::new(), true).map_err(h2_io)?;
+                return Poll::Ready(Ok(()));
+            }
+            meter.from_pod(n as u64);
+            super::fair::charge(cx, n);
+            let drained = n < room;
+            if !drained && self.records < MAX_READ_RECORDS {
+                // A full read means the flow is busy: read more per syscall next time.
+                self.records *= 2;
+            }
+            self.pending = self.buf.split().freeze();
+            if drained {
+                self.buf = BytesMut::new();
+            }
+        }
+    }
+}
+
+/// HTTP/2 → TCP, polled by the relay: writes each received chunk straight to the socket and
+/// releases its window once written, so a slow reader pushes back on the sender; then
+/// half-closes the socket.
+struct Down {
+    recv: RecvStream,
+    wr: OwnedWriteHalf,
+    /// Received and not yet written.
+    chunk: Bytes,
+    /// The stream ended: shut the socket's write side down.
+    ended: bool,
+}
+
+impl Down {
+    fn new(recv: RecvStream, wr: OwnedWriteHalf) -> Self {
+        Down {
+            recv,
+            wr,
+            chunk: Bytes::new(),
+            ended: false,
+        }
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>, meter: &Meter) -> Poll<io::Result<()>> {
+        loop {
+            if !self.chunk.is_empty() {
+                let n = ready!(Pin::new(&mut self.wr).poll_write(cx, &self.chunk))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                self.chunk.advance(n);
                 meter.to_pod(n as u64);
-                super::fair::spend(n).await;
-                recv.flow_control().release_capacity(n).map_err(h2_io)?;
+                super::fair::charge(cx, n);
+                self.recv
+                    .flow_control()
+                    .release_capacity(n)
+                    .map_err(h2_io)?;
+                continue;
             }
-            Some(Err(e)) if is_graceful_reset(&e) => break,
-            Some(Err(e)) => return Err(h2_io(e)),
-            None => break,
+            if self.ended {
+                return Pin::new(&mut self.wr).poll_shutdown(cx);
+            }
+            match ready!(self.recv.poll_data(cx)) {
+                Some(Ok(chunk)) => self.chunk = chunk,
+                Some(Err(e)) if is_graceful_reset(&e) => self.ended = true,
+                Some(Err(e)) => return Poll::Ready(Err(h2_io(e))),
+                None => self.ended = true,
+            }
         }
-    }
-    wr.shutdown().await
-}
-
-/// The send capacity h2 assigns: at once if the window is open, else within `stall`.
-async fn capacity(
-    send: &mut SendStream<Bytes>,
-    stall: Option<Duration>,
-) -> io::Result<Option<Result<usize, h2::Error>>> {
-    if let Poll::Ready(cap) = poll_fn(|cx| Poll::Ready(send.poll_capacity(cx))).await {
-        return Ok(cap);
-    }
-    let wait = poll_fn(|cx| send.poll_capacity(cx));
-    match stall {
-        None => Ok(wait.await),
-        // Boxed: the timer is only needed while the window is closed, so it must not grow
-        // the relay future every connection holds.
-        Some(t) => Box::pin(tokio::time::timeout(t, wait))
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, Stalled(t))),
     }
 }
 
@@ -206,5 +311,43 @@ pub fn h2_io(e: h2::Error) -> io::Error {
             .unwrap_or_else(|| io::Error::other("h2 I/O error"))
     } else {
         io::Error::other(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every read size, sent as one DATA frame, fills whole TLS records with the frame's
+    /// head, from the first read to the largest.
+    #[test]
+    fn a_chunk_and_its_frame_head_fill_whole_tls_records() {
+        let mut records = 1;
+        while records <= MAX_READ_RECORDS {
+            let frame = read_size(records) + FRAME_HEAD;
+            assert_eq!(
+                frame % TLS_RECORD,
+                0,
+                "{records} records: frame of {frame} B"
+            );
+            assert_eq!(frame / TLS_RECORD, records);
+            records *= 2;
+        }
+        assert_eq!(read_size(MAX_READ_RECORDS), 256 * 1024 - 9);
+    }
+
+    /// An idle tunnel's relay holds its two halves' fields and little else: no awaited
+    /// sub-futures (readiness and capacity waits, writes) kept in every connection's task.
+    #[test]
+    fn an_idle_relay_holds_little_more_than_its_halves() {
+        fn future_size<A, B, C, D, E, G, F: Future>(_: impl Fn(A, B, C, D, E, G) -> F) -> usize {
+            std::mem::size_of::<F>()
+        }
+        let halves = std::mem::size_of::<Up>() + std::mem::size_of::<Down>();
+        let relay = future_size(relay);
+        assert!(
+            relay <= halves + 128,
+            "relay future {relay} B, its halves {halves} B"
+        );
     }
 }
