@@ -475,19 +475,38 @@ fn dns_metrics(
     Arc::new(crate::dns::metrics::DnsMetrics::register(target))
 }
 
-/// Drops metric series of workloads that left the mesh, on every state change.
+/// Drops metric series of workloads that left the mesh, on every state change. Only the
+/// workloads the series name are looked for (none: nothing to do), so a generation costs one
+/// pass over the workloads with no set of the whole mesh built and hashed.
 async fn expire_metrics(mut state: Reader, telemetry: Arc<Telemetry>) {
     while state.changed().await {
+        let named = telemetry.metrics.series_workloads();
+        if named.is_empty() {
+            continue;
+        }
         let snap = state.load_full();
-        let live: std::collections::HashSet<(&str, &str)> = snap
-            .workloads()
-            .flat_map(|w| {
-                [&w.name, crate::ops::metrics::workload_label(w)].map(|n| (&*w.namespace, &**n))
-            })
-            .collect();
+        let mut live = hashbrown::HashSet::new();
+        for w in snap.workloads() {
+            for n in [&w.name, crate::ops::metrics::workload_label(w)] {
+                if let Some(pair) = named.get(&NamedPair(&w.namespace, n)) {
+                    live.insert(pair.clone());
+                }
+            }
+        }
         telemetry
             .metrics
-            .expire(|ns, name| live.contains(&(ns, name)));
+            .expire(|ns, name| live.contains(&NamedPair(ns, name)));
+    }
+}
+
+/// A borrowed `(namespace, workload)` to look up a set of owned pairs with (hashes as the
+/// owned tuple does).
+#[derive(Hash)]
+struct NamedPair<'a>(&'a str, &'a str);
+
+impl hashbrown::Equivalent<(Arc<str>, Arc<str>)> for NamedPair<'_> {
+    fn equivalent(&self, key: &(Arc<str>, Arc<str>)) -> bool {
+        self.0 == &*key.0 && self.1 == &*key.1
     }
 }
 

@@ -5,7 +5,7 @@
 //! `policies` lists, camelCase keys, unknown keys rejected. Parsing happens in two steps: serde
 //! reads the text into private structs that mirror the format (syntax, unknown keys, wrong
 //! types and out-of-range numbers are reported with their YAML line and column), then each
-//! entry is converted into the model, where semantic problems are reported with the entry and
+//! entry is converted into the model as soon as serde has read it, where semantic problems are reported with the entry and
 //! field (`workloads[2] (uid "x"): workloadIps[0] "10.0.0.300" is not an IP address`).
 //!
 //! Policies are converted strictly: an unparsable CIDR, a string match without a variant or a
@@ -14,15 +14,19 @@
 //! drops such entries silently, which can turn "match these" into "match everything"; ztun
 //! never widens a policy.
 //!
-//! Allowed imports: `config` (for [`LocalXds`]), `state::model`.
+//! Allowed imports: `config` (for [`LocalXds`]), `state` (its model, and sharing repeated
+//! strings with it while converting).
 
 #[cfg(test)]
 mod tests;
 mod yaml;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+
+use hashbrown::hash_map::Entry;
+use hashbrown::{HashMap, HashSet};
 
 use crate::config::LocalXds;
 use crate::state::model::{
@@ -32,7 +36,7 @@ use crate::state::model::{
 };
 
 use yaml::{
-    YamlConfig, YamlEndpoint, YamlGateway, YamlMatch, YamlPolicy, YamlService, YamlServiceAccount,
+    YamlEndpoint, YamlGateway, YamlMatch, YamlPolicy, YamlService, YamlServiceAccount,
     YamlStringMatch, YamlWorkload,
 };
 
@@ -65,10 +69,22 @@ pub struct LocalConfig {
 }
 
 /// Parses a local config document. An empty document is an empty config.
+///
+/// Each list entry is converted (and its repeated strings shared with the mesh state's) as
+/// soon as serde has read it, so the file's intermediate values never all live at once:
+/// loading a large file peaks lower and leaves the heap unfragmented.
 pub fn parse(yaml: &str) -> Result<LocalConfig, LocalConfigError> {
-    // An empty document (or one holding only comments) deserializes as `None`.
-    let doc: Option<YamlConfig> = serde_yaml_ng::from_str(yaml)?;
-    convert(doc.unwrap_or_default())
+    let mut collector = Collector::default();
+    let read = serde::de::DeserializeSeed::deserialize(
+        Document(&mut collector),
+        serde_yaml_ng::Deserializer::from_str(yaml),
+    );
+    // A conversion error stops serde through a placeholder error; report the real one.
+    if let Some(e) = collector.error.take() {
+        return Err(e);
+    }
+    read?;
+    collector.finish()
 }
 
 /// Reads and parses the local config file at `path`.
@@ -169,53 +185,233 @@ pub enum Problem {
     ConflictingPorts(String),
 }
 
-fn convert(doc: YamlConfig) -> Result<LocalConfig, LocalConfigError> {
-    let mut workloads = Vec::with_capacity(doc.workloads.len());
-    let mut uids = HashSet::new();
-    for (index, yaml) in doc.workloads.into_iter().enumerate() {
-        let workload = workload(index, yaml)?;
-        if !uids.insert(workload.uid.clone()) {
-            let at = At(format!("workloads[{index}] (uid {:?})", workload.uid));
-            return Err(at.err("uid", Problem::Duplicate(workload.uid.to_string())));
+/// The converted entries so far, in file order, with what the checks across entries need.
+#[derive(Default)]
+struct Collector {
+    workloads: Vec<Workload>,
+    /// uid → index in `workloads`.
+    uids: HashMap<Strng, usize>,
+    services: Vec<Service>,
+    service_keys: HashSet<String>,
+    /// Endpoints of services read before the workloads (attached once those are read).
+    pending_endpoints: Vec<(At, Strng, BTreeMap<String, YamlEndpoint>)>,
+    policies: Vec<Policy>,
+    policy_keys: HashSet<String>,
+    /// Which lists have been read (each may appear once).
+    seen: [bool; 3],
+    /// The first conversion error, which stopped the parse.
+    error: Option<LocalConfigError>,
+}
+
+impl Collector {
+    fn workload(&mut self, index: usize, yaml: YamlWorkload) -> Result<(), LocalConfigError> {
+        let mut workload = workload(index, yaml)?;
+        crate::state::share_workload_strings(&mut workload);
+        match self.uids.entry(workload.uid.clone()) {
+            Entry::Occupied(_) => {
+                let at = At(format!("workloads[{index}] (uid {:?})", workload.uid));
+                Err(at.err("uid", Problem::Duplicate(workload.uid.to_string())))
+            }
+            Entry::Vacant(v) => {
+                v.insert(self.workloads.len());
+                self.workloads.push(workload);
+                Ok(())
+            }
         }
-        workloads.push(workload);
     }
 
-    let mut services = Vec::with_capacity(doc.services.len());
-    let mut keys = HashSet::new();
-    for (index, mut yaml) in doc.services.into_iter().enumerate() {
+    fn service(&mut self, index: usize, mut yaml: YamlService) -> Result<(), LocalConfigError> {
         let at = At(format!(
             "services[{index}] ({}/{})",
             yaml.namespace, yaml.hostname
         ));
         let endpoints = std::mem::take(&mut yaml.endpoints);
-        let service = service(&at, yaml)?;
-        if !keys.insert(service.key()) {
+        let mut service = service(&at, yaml)?;
+        crate::state::share_service_strings(&mut service);
+        if !self.service_keys.insert(service.key()) {
             return Err(at.err("hostname", Problem::Duplicate(service.key())));
         }
-        attach_endpoints(&at, &service, endpoints, &mut workloads)?;
-        services.push(service);
+        let key = Strng::from(service.key());
+        self.services.push(service);
+        if self.seen[LIST_WORKLOADS] {
+            // The lists are read one after the other: the workloads are all known.
+            self.attach_endpoints(&at, &key, endpoints)
+        } else {
+            if !endpoints.is_empty() {
+                self.pending_endpoints.push((at, key, endpoints));
+            }
+            Ok(())
+        }
     }
 
-    let mut policies = Vec::with_capacity(doc.policies.len());
-    let mut keys = HashSet::new();
-    for (index, yaml) in doc.policies.into_iter().enumerate() {
+    fn policy(&mut self, index: usize, yaml: YamlPolicy) -> Result<(), LocalConfigError> {
         let at = At(format!(
             "policies[{index}] ({}/{})",
             yaml.namespace, yaml.name
         ));
         let policy = policy(&at, yaml)?;
-        if !keys.insert(policy.key()) {
+        if !self.policy_keys.insert(policy.key()) {
             return Err(at.err("name", Problem::Duplicate(policy.key())));
         }
-        policies.push(policy);
+        self.policies.push(policy);
+        Ok(())
     }
 
-    Ok(LocalConfig {
-        workloads,
-        services,
-        policies,
-    })
+    /// Adds a service's explicitly listed endpoints to the workloads' memberships. The map
+    /// key is informational; `workloadUid` decides. An endpoint's `status` is accepted but
+    /// the workload's own `status` governs.
+    fn attach_endpoints(
+        &mut self,
+        at: &At,
+        key: &Strng,
+        endpoints: BTreeMap<String, YamlEndpoint>,
+    ) -> Result<(), LocalConfigError> {
+        for (name, endpoint) in endpoints {
+            let field = format!("endpoints[{name:?}].workloadUid");
+            let uid = endpoint.workload_uid;
+            let Some(workload) = self
+                .uids
+                .get(uid.as_str())
+                .and_then(|i| self.workloads.get_mut(*i))
+            else {
+                return Err(at.err(field, Problem::UnknownWorkload(uid)));
+            };
+            match workload.services.get(key) {
+                Some(existing) if *existing != endpoint.port => {
+                    return Err(at.err(field, Problem::ConflictingPorts(uid)));
+                }
+                Some(_) => {}
+                None => {
+                    workload.services.insert(key.clone(), endpoint.port);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<LocalConfig, LocalConfigError> {
+        for (at, key, endpoints) in std::mem::take(&mut self.pending_endpoints) {
+            self.attach_endpoints(&at, &key, endpoints)?;
+        }
+        Ok(LocalConfig {
+            workloads: self.workloads,
+            services: self.services,
+            policies: self.policies,
+        })
+    }
+}
+
+const LIST_WORKLOADS: usize = 0;
+const LIST_SERVICES: usize = 1;
+const LIST_POLICIES: usize = 2;
+/// The document's keys, as ztunnel's format names them.
+const LISTS: [&str; 3] = ["workloads", "services", "policies"];
+
+/// The whole document: a map of the three lists, or nothing (an empty document, or one
+/// holding only comments or `null`, is an empty config).
+struct Document<'a>(&'a mut Collector);
+
+impl<'de> serde::de::DeserializeSeed<'de> for Document<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_option(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Document<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("struct YamlConfig")
+    }
+
+    fn visit_none<E: serde::de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        use serde::de::Error as _;
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            let Some(list) = LISTS.iter().position(|l| *l == key) else {
+                return Err(A::Error::unknown_field(&key, &LISTS));
+            };
+            if std::mem::replace(&mut self.0.seen[list], true) {
+                return Err(A::Error::duplicate_field(LISTS[list]));
+            }
+            map.next_value_seed(List {
+                collector: &mut *self.0,
+                list,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// One of the lists, each entry handed to the collector as soon as it is read.
+struct List<'a> {
+    collector: &'a mut Collector,
+    list: usize,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for List<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for List<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a sequence")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let c = self.collector;
+        let mut index = 0;
+        loop {
+            let converted = match self.list {
+                LIST_WORKLOADS => match seq.next_element::<YamlWorkload>()? {
+                    Some(yaml) => c.workload(index, yaml),
+                    None => break,
+                },
+                LIST_SERVICES => match seq.next_element::<YamlService>()? {
+                    Some(yaml) => c.service(index, yaml),
+                    None => break,
+                },
+                LIST_POLICIES => match seq.next_element::<YamlPolicy>()? {
+                    Some(yaml) => c.policy(index, yaml),
+                    None => break,
+                },
+                _ => break,
+            };
+            if let Err(e) = converted {
+                c.error = Some(e);
+                return Err(serde::de::Error::custom("invalid entry"));
+            }
+            index += 1;
+        }
+        if self.list == LIST_WORKLOADS {
+            for (at, key, endpoints) in std::mem::take(&mut c.pending_endpoints) {
+                if let Err(e) = c.attach_endpoints(&at, &key, endpoints) {
+                    c.error = Some(e);
+                    return Err(serde::de::Error::custom("invalid entry"));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Converts one workload.
@@ -380,35 +576,6 @@ fn service(at: &At, s: YamlService) -> Result<Service, LocalConfigError> {
         canonical: s.canonical,
         visibility: s.visibility.into(),
     })
-}
-
-/// Adds a service's explicitly listed endpoints to the workloads' memberships. The map key is
-/// informational; `workloadUid` decides. An endpoint's `status` is accepted but the
-/// workload's own `status` governs.
-fn attach_endpoints(
-    at: &At,
-    service: &Service,
-    endpoints: BTreeMap<String, YamlEndpoint>,
-    workloads: &mut [Workload],
-) -> Result<(), LocalConfigError> {
-    let key = Strng::from(service.key());
-    for (name, endpoint) in endpoints {
-        let field = format!("endpoints[{name:?}].workloadUid");
-        let uid = endpoint.workload_uid;
-        let Some(workload) = workloads.iter_mut().find(|w| *w.uid == *uid) else {
-            return Err(at.err(field, Problem::UnknownWorkload(uid)));
-        };
-        match workload.services.get(&key) {
-            Some(existing) if *existing != endpoint.port => {
-                return Err(at.err(field, Problem::ConflictingPorts(uid)));
-            }
-            Some(_) => {}
-            None => {
-                workload.services.insert(key.clone(), endpoint.port);
-            }
-        }
-    }
-    Ok(())
 }
 
 fn policy(at: &At, p: YamlPolicy) -> Result<Policy, LocalConfigError> {

@@ -2,9 +2,10 @@
 //! contents replace the mesh state, as a fresh load would.
 //!
 //! The file is polled (stat every [`POLL_INTERVAL`]; read only when its size, modification
-//! time or inode changed; published only when its bytes changed) rather than watched with
-//! inotify: polling also sees atomic replacements (write + rename), bind-mount and ConfigMap
-//! symlink swaps, and costs one `stat` per interval. A file that does not parse is logged
+//! time or inode changed; published only when its bytes changed, told by their length and a
+//! 64-bit hash: the watcher keeps no copy of a file that can be tens of megabytes) rather
+//! than watched with inotify: polling also sees atomic replacements (write + rename),
+//! bind-mount and ConfigMap symlink swaps, and costs one `stat` per interval. A file that does not parse is logged
 //! and ignored: the previous state stays, so a bad edit never widens or drops policy.
 //!
 //! Allowed imports: `control::local`, `state`.
@@ -24,7 +25,8 @@ pub struct LocalWatcher {
     path: PathBuf,
     interval: Duration,
     seen: Option<Stamp>,
-    contents: Option<Vec<u8>>,
+    /// Length and hash of the bytes last read.
+    contents: Option<(usize, u64)>,
 }
 
 /// What identifies a version of the file without reading it.
@@ -41,7 +43,7 @@ impl LocalWatcher {
     /// caller loaded them at startup), so the first change is the first reload.
     pub fn new(path: PathBuf) -> Self {
         let seen = stamp(&path);
-        let contents = std::fs::read(&path).ok();
+        let contents = std::fs::read(&path).ok().map(|b| digest(&b));
         LocalWatcher {
             path,
             interval: POLL_INTERVAL,
@@ -83,13 +85,15 @@ impl LocalWatcher {
                 return None;
             }
         };
-        if self.contents.as_deref() == Some(bytes.as_slice()) {
+        let digest = digest(&bytes);
+        if self.contents == Some(digest) {
             return None;
         }
         let parsed = std::str::from_utf8(&bytes)
             .map_err(|e| e.to_string())
             .and_then(|text| local::parse(text).map_err(|e| e.to_string()));
-        self.contents = Some(bytes);
+        drop(bytes);
+        self.contents = Some(digest);
         match parsed {
             Ok(config) => Some(config),
             Err(e) => {
@@ -98,6 +102,15 @@ impl LocalWatcher {
             }
         }
     }
+}
+
+/// What tells two versions of the file apart without keeping one: length and SipHash of the
+/// bytes (an edit colliding by chance: ~1 in 2^64).
+fn digest(bytes: &[u8]) -> (usize, u64) {
+    use std::hash::Hasher as _;
+    let mut h = std::hash::DefaultHasher::new();
+    h.write(bytes);
+    (bytes.len(), h.finish())
 }
 
 fn stamp(path: &std::path::Path) -> Option<Stamp> {

@@ -514,6 +514,24 @@ impl Metrics {
         }
     }
 
+    /// The `(namespace, workload)` pairs the current connection series name as source or
+    /// destination (`unknown` left out): what [`expire`](Self::expire) will ask about.
+    pub fn series_workloads(&self) -> hashbrown::HashSet<(Arc<str>, Arc<str>)> {
+        let seen = self.seen.lock();
+        let mut named = hashbrown::HashSet::new();
+        for l in seen.iter() {
+            for (ns, w) in [
+                (&l.source_workload_namespace, &l.source_workload),
+                (&l.destination_workload_namespace, &l.destination_workload),
+            ] {
+                if &**w != "unknown" {
+                    named.insert((ns.clone(), w.clone()));
+                }
+            }
+        }
+        named
+    }
+
     /// Drops every traffic series naming a workload for which `live(namespace, name)` is false.
     pub fn expire(&self, live: impl Fn(&str, &str) -> bool) {
         let mut seen = self.seen.lock();

@@ -5,8 +5,11 @@
 //! Strings nobody else holds any more are dropped by [`purge`], which the writer runs after a
 //! publish once enough new strings came in since the last purge (amortized O(1) per string).
 
-use std::collections::HashSet;
 use std::sync::{Arc, LazyLock};
+
+// foldhash (hashbrown's default hasher), not std's SipHash: every repeated string of every
+// resource is looked up here.
+use hashbrown::HashSet;
 
 use parking_lot::Mutex;
 

@@ -23,6 +23,20 @@ use tokio::sync::watch;
 pub use intern::{len as interned_strings, purge_now as purge_interned};
 pub use snapshot::{canonical_ip, Snapshot, SnapshotBuilder};
 
+/// Replaces the workload's repeated strings (namespace, service account, node, service keys,
+/// ...) by their shared copies, as inserting it into a builder does. A loader that decodes
+/// many workloads before inserting them calls it on each as it is decoded, so the duplicates
+/// are freed at once instead of all staying live until the insert (which leaves the heap
+/// fragmented: freed holes between the values that stay).
+pub fn share_workload_strings(w: &mut model::Workload) {
+    intern::with(|i| snapshot::intern_workload(i, w));
+}
+
+/// As [`share_workload_strings`], for a service.
+pub fn share_service_strings(s: &mut model::Service) {
+    intern::with(|i| snapshot::intern_service(i, s));
+}
+
 /// Creates an empty store, returning its single writer and a reader factory.
 pub fn new() -> (Writer, Reader) {
     let snap = Arc::new(Snapshot::default());

@@ -481,7 +481,7 @@ fn intern_gateway(i: &mut Interner, g: &mut Option<GatewayAddress>) {
 }
 
 /// Replaces the workload's repeated strings by their shared copies (all but uid and name).
-fn intern_workload(i: &mut Interner, w: &mut Workload) {
+pub(super) fn intern_workload(i: &mut Interner, w: &mut Workload) {
     for s in [
         &mut w.namespace,
         &mut w.hostname,
@@ -517,7 +517,7 @@ fn intern_workload(i: &mut Interner, w: &mut Workload) {
 }
 
 /// Replaces the service's repeated strings by their shared copies.
-fn intern_service(i: &mut Interner, s: &mut Service) {
+pub(super) fn intern_service(i: &mut Interner, s: &mut Service) {
     i.intern(&mut s.namespace);
     for v in &mut s.vips {
         i.intern(&mut v.network);

@@ -3,8 +3,9 @@
 //! services (each service backed by 5 workloads, over 100 nodes and 50 namespaces), over
 //! delta xDS from `ztun control-plane` (started in the same namespace) and then from a local
 //! file (`LOCAL_XDS_PATH`). Figures: time from spawn to the first 200 of
-//! `/healthz/ready` (polled every 5 ms), and the tunnel's RSS at that moment and once settled
-//! (2 s later). Given a ztunnel binary, each run starts ztun then ztunnel, alternating, with
+//! `/healthz/ready` (polled every 5 ms), the CPU time the tunnel used until then (user +
+//! system: less swayed by a loaded machine than the wall-clock time), and the tunnel's RSS at
+//! that moment and once settled (2 s later). Given a ztunnel binary, each run starts ztun then ztunnel, alternating, with
 //! the same environment and mesh.
 
 use std::io::{Read as _, Write as _};
@@ -68,6 +69,7 @@ pub fn write_mesh(path: &Path, workloads: u32) -> anyhow::Result<()> {
 #[derive(Debug, Clone, Copy)]
 struct Sample {
     ready: Duration,
+    cpu: Duration,
     rss_ready: u64,
     rss_settled: u64,
 }
@@ -151,9 +153,10 @@ pub fn run(ztun: &Path, opts: &Options) -> anyhow::Result<Value> {
                 let s = measure(&lab, &netns, name, bin, &env, &dir)
                     .with_context(|| format!("{name}, {path}, run {}", run + 1))?;
                 eprintln!(
-                    "  run {} {name:8} {path}: ready {:.0} ms, RSS {:.1} MB at ready, {:.1} MB settled",
+                    "  run {} {name:8} {path}: ready {:.0} ms ({:.0} ms CPU), RSS {:.1} MB at ready, {:.1} MB settled",
                     run + 1,
                     s.ready.as_secs_f64() * 1e3,
+                    s.cpu.as_secs_f64() * 1e3,
                     s.rss_ready as f64 / 1e6,
                     s.rss_settled as f64 / 1e6
                 );
@@ -176,13 +179,14 @@ pub fn run(ztun: &Path, opts: &Options) -> anyhow::Result<Value> {
         opts.runs
     );
     println!(
-        "{:<36} {:>8} {:>14} {:>12} {:>16}",
-        "path", "tunnel", "ready (ms)", "RSS ready", "RSS settled"
+        "{:<36} {:>8} {:>14} {:>9} {:>12} {:>16}",
+        "path", "tunnel", "ready (ms)", "CPU (ms)", "RSS ready", "RSS settled"
     );
     for (p, path) in paths.iter().enumerate() {
         for (t, (name, _)) in tunnels.iter().enumerate() {
             let v = &samples[p][t];
             let ready = median(v, |s| s.ready.as_secs_f64() * 1e3);
+            let cpu = median(v, |s| s.cpu.as_secs_f64() * 1e3);
             let rss_ready = median(v, |s| s.rss_ready as f64 / 1e6);
             let rss_settled = median(v, |s| s.rss_settled as f64 / 1e6);
             let (lo, hi) = v.iter().fold((f64::MAX, 0f64), |(lo, hi), s| {
@@ -190,11 +194,11 @@ pub fn run(ztun: &Path, opts: &Options) -> anyhow::Result<Value> {
                 (lo.min(ms), hi.max(ms))
             });
             println!(
-                "{path:<36} {name:>8} {ready:>6.0} ({lo:.0}-{hi:.0}) {rss_ready:>9.1} MB {rss_settled:>13.1} MB"
+                "{path:<36} {name:>8} {ready:>6.0} ({lo:.0}-{hi:.0}) {cpu:>9.0} {rss_ready:>9.1} MB {rss_settled:>13.1} MB"
             );
             rows.push(json!({
                 "path": path, "tunnel": name, "ready_ms": ready, "ready_ms_min": lo,
-                "ready_ms_max": hi, "rss_ready_mb": rss_ready, "rss_settled_mb": rss_settled,
+                "ready_ms_max": hi, "cpu_ms": cpu, "rss_ready_mb": rss_ready, "rss_settled_mb": rss_settled,
             }));
         }
     }
@@ -231,6 +235,7 @@ fn measure(
         std::thread::sleep(Duration::from_millis(5));
     }
     let ready = started.elapsed();
+    let cpu = cpu_time(&p);
     let rss_ready = rss(&p);
     std::thread::sleep(SETTLE);
     let rss_settled = rss(&p);
@@ -238,6 +243,7 @@ fn measure(
     p.wait_exit(Duration::from_secs(30))?;
     Ok(Sample {
         ready,
+        cpu,
         rss_ready,
         rss_settled,
     })
@@ -276,6 +282,21 @@ fn wait_listening(netns: &Netns, addr: SocketAddr, p: &Process) -> anyhow::Resul
         std::thread::sleep(Duration::from_millis(20));
     }
     Ok(())
+}
+
+/// User + system CPU time of the process so far (`/proc/PID/stat` fields 14 and 15, in
+/// Linux's fixed 100 Hz `USER_HZ` ticks).
+fn cpu_time(p: &Process) -> Duration {
+    let ticks = std::fs::read_to_string(format!("/proc/{}/stat", p.pid()))
+        .ok()
+        .and_then(|s| {
+            // The command name (field 2) may hold spaces: count from after its ')'.
+            let rest = &s[s.rfind(')')? + 1..];
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+        .unwrap_or(0);
+    Duration::from_millis(ticks * 10)
 }
 
 fn rss(p: &Process) -> u64 {

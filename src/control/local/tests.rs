@@ -630,3 +630,44 @@ fn load_reads_files_and_reports_missing_ones() {
     );
     assert!(err.to_string().contains("missing.yaml"), "{err}");
 }
+
+#[test]
+fn entries_share_repeated_strings_and_lists_come_in_any_order() {
+    // Services (with endpoints) before the workloads they name: attached once those are read.
+    let yaml = r#"
+services:
+- name: s
+  namespace: ns
+  hostname: s.ns.svc.cluster.local
+  ports: {80: 8080}
+  endpoints:
+    u2: {workloadUid: u2, port: {80: 9090}}
+workloads:
+- {uid: u1, name: a, namespace: ns, serviceAccount: sa, workloadIps: ["10.0.0.1"]}
+- {uid: u2, name: b, namespace: ns, serviceAccount: sa, workloadIps: ["10.0.0.2"]}
+"#;
+    let config = parse(yaml).unwrap();
+    assert!(config.workloads[0].services.is_empty());
+    assert_eq!(
+        config.workloads[1].services,
+        VecMap::from([("ns/s.ns.svc.cluster.local".into(), ports(&[(80, 9090)]))])
+    );
+    // Each entry's repeated strings are the state's shared copies as soon as it is converted.
+    let (a, b) = (&config.workloads[0], &config.workloads[1]);
+    assert!(std::sync::Arc::ptr_eq(&a.namespace, &b.namespace));
+    assert!(std::sync::Arc::ptr_eq(
+        &a.service_account,
+        &b.service_account
+    ));
+    assert!(std::sync::Arc::ptr_eq(
+        &a.namespace,
+        &config.services[0].namespace
+    ));
+    // An endpoint naming a workload the file lacks is still refused, wherever the list is.
+    let unknown = yaml.replace("{workloadUid: u2,", "{workloadUid: u3,");
+    assert_eq!(invalid(&unknown).2, Problem::UnknownWorkload("u3".into()));
+    // A list given twice is refused, not merged or replaced.
+    let twice = format!("{yaml}workloads: []\n");
+    let err = parse(&twice).unwrap_err().to_string();
+    assert!(err.contains("duplicate field `workloads`"), "{err}");
+}

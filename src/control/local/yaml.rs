@@ -22,17 +22,6 @@ fn default_hbone_port() -> u16 {
     DEFAULT_HBONE_PORT
 }
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub(super) struct YamlConfig {
-    #[serde(default)]
-    pub(super) workloads: Vec<YamlWorkload>,
-    #[serde(default)]
-    pub(super) services: Vec<YamlService>,
-    #[serde(default)]
-    pub(super) policies: Vec<YamlPolicy>,
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub(super) struct YamlWorkload {

@@ -9,7 +9,11 @@
 //! memberships, and the snapshot derives endpoints from them, so a workload that names a
 //! not-yet-known service becomes its endpoint as soon as the service arrives.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+// foldhash (hashbrown's default hasher) instead of std's SipHash: the names of a full mesh
+// are hashed on every response, and SipHash was the largest single cost of applying one.
+use hashbrown::HashMap;
 use std::sync::Arc;
 
 use prost::Message;
@@ -146,7 +150,7 @@ impl Applier {
     pub fn new(writer: Writer, metrics: Arc<XdsMetrics>) -> Applier {
         Applier {
             writer,
-            known: [HashMap::new(), HashMap::new()],
+            known: [HashMap::default(), HashMap::default()],
             metrics,
         }
     }
