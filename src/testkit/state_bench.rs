@@ -235,10 +235,10 @@ fn measure(
         std::thread::sleep(Duration::from_millis(5));
     }
     let ready = started.elapsed();
-    let cpu = cpu_time(&p);
-    let rss_ready = rss(&p);
+    let cpu = p.cpu_time();
+    let rss_ready = p.rss();
     std::thread::sleep(SETTLE);
-    let rss_settled = rss(&p);
+    let rss_settled = p.rss();
     p.kill()?;
     p.wait_exit(Duration::from_secs(30))?;
     Ok(Sample {
@@ -282,31 +282,4 @@ fn wait_listening(netns: &Netns, addr: SocketAddr, p: &Process) -> anyhow::Resul
         std::thread::sleep(Duration::from_millis(20));
     }
     Ok(())
-}
-
-/// User + system CPU time of the process so far (`/proc/PID/stat` fields 14 and 15, in
-/// Linux's fixed 100 Hz `USER_HZ` ticks).
-fn cpu_time(p: &Process) -> Duration {
-    let ticks = std::fs::read_to_string(format!("/proc/{}/stat", p.pid()))
-        .ok()
-        .and_then(|s| {
-            // The command name (field 2) may hold spaces: count from after its ')'.
-            let rest = &s[s.rfind(')')? + 1..];
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-        })
-        .unwrap_or(0);
-    Duration::from_millis(ticks * 10)
-}
-
-fn rss(p: &Process) -> u64 {
-    std::fs::read_to_string(format!("/proc/{}/status", p.pid()))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        })
-        .map(|kb| kb * 1024)
-        .unwrap_or(0)
 }

@@ -235,11 +235,14 @@ impl Side {
     }
 
     fn rss(&self) -> u64 {
-        self.tunnels.iter().map(rss).sum()
+        self.tunnels.iter().map(Process::rss).sum()
     }
 
     fn cpu_seconds(&self) -> f64 {
-        self.tunnels.iter().map(cpu_seconds).sum()
+        self.tunnels
+            .iter()
+            .map(|p| p.cpu_time().as_secs_f64())
+            .sum()
     }
 
     fn counters(&self) -> anyhow::Result<LinkCounters> {
@@ -393,7 +396,12 @@ fn floor_figures(side: &Side, opts: &Options, table: &mut Table) -> anyhow::Resu
         r.wait_for_log("relaying", WAIT)?;
     }
     let relays = [far, near];
-    let relay_cpu = || relays.iter().map(cpu_seconds).sum::<f64>();
+    let relay_cpu = || {
+        relays
+            .iter()
+            .map(|p| p.cpu_time().as_secs_f64())
+            .sum::<f64>()
+    };
     let level = "-";
     for _ in 0..opts.runs {
         let (aead_seal, aead_open) = aes_gcm_seconds_per_gb(AEAD_BYTES)?;
@@ -862,28 +870,6 @@ fn idle_established(lab: &Lab) -> anyhow::Result<usize> {
         .pod("c")
         .exec("ss", &["-Htn", "state", "established", &filter], None)?;
     Ok(out.lines().filter(|l| !l.trim().is_empty()).count())
-}
-
-fn rss(p: &Process) -> u64 {
-    std::fs::read_to_string(format!("/proc/{}/status", p.pid()))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        })
-        .map(|kb| kb * 1024)
-        .unwrap_or(0)
-}
-
-fn cpu_seconds(p: &Process) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{}/stat", p.pid())).unwrap_or_default();
-    // Fields after the command name (which may contain spaces): utime is the 12th, stime 13th.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // /proc reports in USER_HZ, which the Linux ABI fixes at 100.
-    (ticks(11) + ticks(12)) / 100.0
 }
 
 fn raise_fd_limit() {

@@ -76,6 +76,34 @@ impl Process {
         self.pid
     }
 
+    /// Its resident set size in bytes (`VmRSS`; 0 once it is gone).
+    pub fn rss(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.pid))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmRSS:"))
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            })
+            .map(|kb| kb * 1024)
+            .unwrap_or(0)
+    }
+
+    /// The user + system CPU time it used so far (`/proc/PID/stat` fields 14 and 15, in
+    /// Linux's fixed 100 Hz `USER_HZ` ticks; zero once it is gone).
+    pub fn cpu_time(&self) -> std::time::Duration {
+        let ticks = std::fs::read_to_string(format!("/proc/{}/stat", self.pid))
+            .ok()
+            .and_then(|s| {
+                // The command name (field 2) may hold spaces: count from after its ')'.
+                let rest = &s[s.rfind(')')? + 1..];
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+            })
+            .unwrap_or(0);
+        std::time::Duration::from_millis(ticks * 10)
+    }
+
     /// All output lines so far (stdout and stderr interleaved in arrival order).
     pub fn logs(&self) -> Vec<String> {
         self.logs.state.lock().lines.clone()
