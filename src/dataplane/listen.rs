@@ -59,36 +59,15 @@ impl Proxy {
         also(&drains)?;
         // The pod's connection budget, shared by its three listeners.
         let budget = Arc::new(ConnSlots::new(self.cfg.proxy.max_connections_per_pod));
-        let this = self.clone();
-        let d = drains.clone();
-        let slots = (budget.clone(), "outbound");
-        let telemetry = self.telemetry.clone();
-        data.spawn(async move {
-            serve(outbound, d, slots, telemetry, move |s, peer, d| {
-                super::outbound::serve(this.clone(), s, peer, d)
-            })
-            .await
-        });
-        let this = self.clone();
-        let d = drains.clone();
-        let slots = (budget.clone(), "inbound");
-        let telemetry = self.telemetry.clone();
-        data.spawn(async move {
-            serve(plaintext, d, slots, telemetry, move |s, peer, d| {
-                super::passthrough::serve(this.clone(), s, peer, d)
-            })
-            .await
-        });
-        let this = self.clone();
-        let d = drains.clone();
-        let slots = (budget.clone(), "inbound");
-        let telemetry = self.telemetry.clone();
-        data.spawn(async move {
-            serve(hbone, d, slots, telemetry, move |s, peer, d| {
-                super::inbound::serve(this.clone(), s, peer, d)
-            })
-            .await
-        });
+        let serving = Serving {
+            proxy: self,
+            data,
+            drains: &drains,
+            budget: &budget,
+        };
+        serving.spawn(outbound, "outbound", super::outbound::serve);
+        serving.spawn(plaintext, "inbound", super::passthrough::serve);
+        serving.spawn(hbone, "inbound", super::inbound::serve);
         // Late enforcement: closes open inbound connections a policy change denies. It stops
         // when draining starts (it must not hold the drain open); connections still finishing
         // then are bounded by the termination deadline.
@@ -101,6 +80,36 @@ impl Proxy {
             }
         });
         Ok(ProxyHandle { trigger })
+    }
+}
+
+/// What a pod's three listeners share while they are started: each is served on `data`
+/// under the pod's drain and connection budget, reporting to the proxy's telemetry.
+struct Serving<'a> {
+    proxy: &'a Arc<Proxy>,
+    data: &'a Handle,
+    drains: &'a Drains,
+    budget: &'a Arc<ConnSlots>,
+}
+
+impl Serving<'_> {
+    /// Serves `listener`, each accepted connection by `handle` (`direction` labels its
+    /// refusals over the budget).
+    fn spawn<H, Fut>(&self, listener: std::net::TcpListener, direction: &'static str, handle: H)
+    where
+        H: Fn(Arc<Proxy>, TcpStream, SocketAddr, Drains) -> Fut + Copy + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let proxy = self.proxy.clone();
+        let slots = (self.budget.clone(), direction);
+        let telemetry = self.proxy.telemetry.clone();
+        self.data.spawn(serve(
+            listener,
+            self.drains.clone(),
+            slots,
+            telemetry,
+            move |s, peer, d| handle(proxy.clone(), s, peer, d),
+        ));
     }
 }
 
