@@ -53,9 +53,28 @@ struct ReasonLabels {
     reason: &'static str,
 }
 
+impl From<TerminationReason> for ReasonLabels {
+    fn from(r: TerminationReason) -> Self {
+        ReasonLabels { reason: r.as_str() }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct UrlLabels {
     url: &'static str,
+}
+
+impl From<ResourceType> for UrlLabels {
+    fn from(kind: ResourceType) -> Self {
+        UrlLabels {
+            url: kind.type_url(),
+        }
+    }
+}
+
+/// A series' count, 0 while it does not exist.
+fn count<L: Clone + Eq + std::hash::Hash>(family: &Family<L, Counter>, labels: L) -> u64 {
+    family.get(&labels).map_or(0, |c| c.get())
 }
 
 /// Counters of one xDS client, each one atomic add from the client task once its series
@@ -105,27 +124,18 @@ impl XdsMetrics {
 
     /// `istio_xds_connection_terminations_total{reason}`.
     pub fn terminations_total(&self, reason: TerminationReason) -> u64 {
-        let labels = ReasonLabels {
-            reason: reason.as_str(),
-        };
-        self.terminations.get(&labels).map_or(0, |c| c.get())
+        count(&self.terminations, reason.into())
     }
 
     /// `istio_xds_message_total{url}`: responses received of a type.
     pub fn message_total(&self, kind: ResourceType) -> u64 {
-        let labels = UrlLabels {
-            url: kind.type_url(),
-        };
-        self.messages.get(&labels).map_or(0, |c| c.get())
+        count(&self.messages, kind.into())
     }
 
     /// `istio_xds_message_bytes_total{url}`: payload bytes of the resources in those responses
     /// (each resource's `Any` value, as ztunnel counts them).
     pub fn message_bytes_total(&self, kind: ResourceType) -> u64 {
-        let labels = UrlLabels {
-            url: kind.type_url(),
-        };
-        self.message_bytes.get(&labels).map_or(0, |c| c.get())
+        count(&self.message_bytes, kind.into())
     }
 
     /// Resources rejected (NACKed) since start.
@@ -139,16 +149,11 @@ impl XdsMetrics {
     }
 
     pub(crate) fn record_termination(&self, reason: TerminationReason) {
-        let labels = ReasonLabels {
-            reason: reason.as_str(),
-        };
-        self.terminations.get_or_create(&labels).inc();
+        self.terminations.get_or_create(&reason.into()).inc();
     }
 
     pub(crate) fn record_message(&self, kind: ResourceType, bytes: usize) {
-        let labels = UrlLabels {
-            url: kind.type_url(),
-        };
+        let labels = UrlLabels::from(kind);
         self.messages.get_or_create(&labels).inc();
         self.message_bytes
             .get_or_create(&labels)
