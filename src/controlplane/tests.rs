@@ -542,6 +542,60 @@ async fn pushes_only_changes_and_honours_initial_versions_across_restarts() {
     cp.stop().await;
 }
 
+/// An on-demand client (ztun's and ztunnel's `XDS_ON_DEMAND`: subscribe to the wildcard and
+/// unsubscribe from it in one request, then ask by `network/IP` or by name) receives, over the
+/// wire, exactly what it named: nothing of the mesh at the start, and of a change that touches
+/// every workload only the ones it named.
+#[tokio::test]
+async fn on_demand_clients_receive_only_the_resources_they_name() {
+    let ids: Vec<u8> = (1..=50).collect();
+    let cp = Running::start(&mesh_yaml(&ids, 8080, &["p1"])).await;
+    let nothing = DeltaDiscoveryRequest {
+        type_url: ADDRESS_TYPE.into(),
+        resource_names_subscribe: vec!["*".into()],
+        resource_names_unsubscribe: vec!["*".into()],
+        ..Default::default()
+    };
+    let mut raw = Raw::connect(cp.addr, &cp.root(), vec![nothing]).await;
+    let first = raw.recv().await;
+    assert_eq!(first.type_url, ADDRESS_TYPE);
+    assert_eq!(
+        resource_names(&first),
+        Vec::<String>::new(),
+        "subscribed to nothing"
+    );
+    assert!(first.removed_resources.is_empty());
+    raw.ack(&first).await;
+
+    // By alias, as on a connection to an unknown IP, and by name, as for a pod's own workload.
+    raw.tx
+        .send(DeltaDiscoveryRequest {
+            type_url: ADDRESS_TYPE.into(),
+            resource_names_subscribe: vec!["/10.0.0.7".into(), "w9".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let asked = raw.recv().await;
+    assert_eq!(resource_names(&asked), ["w7", "w9"]);
+    raw.ack(&asked).await;
+
+    // Every workload changes (a new target port) and one is added: only the named two come.
+    let more: Vec<u8> = (1..=51).collect();
+    cp.write_mesh(&mesh_yaml(&more, 9090, &["p1"]));
+    let push = raw.recv().await;
+    assert_eq!(resource_names(&push), ["w7", "w9"]);
+    assert!(push.removed_resources.is_empty());
+    raw.ack(&push).await;
+    cp.stop().await;
+}
+
+fn resource_names(r: &DeltaDiscoveryResponse) -> Vec<String> {
+    let mut n: Vec<String> = r.resources.iter().map(|r| r.name.clone()).collect();
+    n.sort();
+    n
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundreds_of_clients_each_get_the_mesh_and_every_change() {
     const CLIENTS: usize = 200;
