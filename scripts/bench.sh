@@ -9,7 +9,8 @@
 # --levels warn --only throughput,connections). Leftovers of a killed run: `ztun-lab cleanup`,
 # only when no other lab (tests) runs on the machine.
 # `scripts/bench.sh --state [--ztunnel PATH] [--workloads N] [--runs N]`: the state-at-scale
-# figures instead (below).
+# figures instead (below); `scripts/bench.sh --control-plane [--workloads N] [--nodes N]`: the
+# control plane serving that mesh to N nodes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,6 +40,17 @@ if [ "${1:-}" = "--state" ]; then
   out="$target_dir/bench/state-$(date -u +%Y%m%dT%H%M%SZ).json"
   echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r)"
   exec "$target_dir/release/ztun-lab" state-bench --ztun "$target_dir/release/ztun" --out "$out" "$@"
+fi
+if [ "${1:-}" = "--control-plane" ]; then
+  # `ztun control-plane` serving the state bench's mesh to N in-process delta-ADS clients
+  # (default 50 000 workloads, 100 nodes): its RSS and CPU, the initial push, one change.
+  # Extra arguments go to `ztun-lab control-plane-bench` (--workloads N --nodes N --changes N).
+  shift
+  cargo build --release --features testing --bins
+  mkdir -p "$target_dir/bench"
+  out="$target_dir/bench/control-plane-$(date -u +%Y%m%dT%H%M%SZ).json"
+  echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r)"
+  exec "$target_dir/release/ztun-lab" control-plane-bench --ztun "$target_dir/release/ztun" --out "$out" "$@"
 fi
 bash scripts/install-deps.sh
 cargo build --release --features testing --bins

@@ -32,6 +32,11 @@ const COMMANDS: &[Command] = &[
         run: state_bench,
     },
     Command {
+        name: "control-plane-bench",
+        usage: "control-plane-bench [--ztun PATH] [--workloads N] [--nodes N] [--changes N] [--out FILE]  ztun control-plane serving a generated mesh to N in-process delta-ADS clients: RSS, CPU, initial push and change times",
+        run: control_plane_bench,
+    },
+    Command {
         name: "echo-server",
         usage: "echo-server --port P   a TCP echo server in the current namespace until killed (the bench's idle-connection peer)",
         run: echo_server,
@@ -171,6 +176,41 @@ fn state_bench(args: &[String]) -> anyhow::Result<()> {
         None => ztun::testkit::ztun_bin()?,
     };
     let report = ztun::testkit::state_bench::run(&bin, &opts)?;
+    if let Some(out) = out {
+        std::fs::write(&out, serde_json::to_string_pretty(&report)?)?;
+        println!("wrote {}", out.display());
+    }
+    Ok(())
+}
+
+fn control_plane_bench(args: &[String]) -> anyhow::Result<()> {
+    let mut opts = ztun::testkit::control_plane_bench::Options {
+        workloads: 50_000,
+        nodes: 100,
+        changes: 6,
+    };
+    let mut bin = None;
+    let mut out = None;
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        let mut value = || rest.next().with_context(|| format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--ztun" => bin = Some(std::fs::canonicalize(value()?).context("--ztun")?),
+            "--workloads" => opts.workloads = value()?.parse().context("--workloads")?,
+            "--nodes" => opts.nodes = value()?.parse().context("--nodes")?,
+            "--changes" => opts.changes = value()?.parse().context("--changes")?,
+            "--out" => out = Some(std::path::PathBuf::from(value()?)),
+            other => bail!("unexpected argument {other:?}"),
+        }
+    }
+    if opts.nodes == 0 || opts.workloads < 5 || opts.changes > 200 {
+        bail!("--nodes must be at least 1, --workloads at least 5, --changes at most 200");
+    }
+    let bin = match bin {
+        Some(b) => b,
+        None => ztun::testkit::ztun_bin()?,
+    };
+    let report = ztun::testkit::control_plane_bench::run(&bin, &opts)?;
     if let Some(out) = out {
         std::fs::write(&out, serde_json::to_string_pretty(&report)?)?;
         println!("wrote {}", out.display());

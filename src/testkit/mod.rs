@@ -5,6 +5,7 @@
 
 pub mod bench;
 pub mod certs;
+pub mod control_plane_bench;
 pub mod demo;
 pub mod eastwest;
 pub mod fixtures;

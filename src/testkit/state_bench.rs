@@ -249,7 +249,7 @@ fn measure(
     })
 }
 
-fn tail(p: &Process) -> Vec<String> {
+pub(super) fn tail(p: &Process) -> Vec<String> {
     let logs = p.logs();
     logs[logs.len().saturating_sub(5)..].to_vec()
 }
@@ -269,7 +269,7 @@ fn ready(addr: SocketAddr) -> bool {
     s.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.1 200")
 }
 
-fn wait_listening(netns: &Netns, addr: SocketAddr, p: &Process) -> anyhow::Result<()> {
+pub(super) fn wait_listening(netns: &Netns, addr: SocketAddr, p: &Process) -> anyhow::Result<()> {
     let started = Instant::now();
     while !netns.run(move || TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok())
     {

@@ -25,9 +25,14 @@ mod transport;
 mod tests;
 
 use std::collections::BTreeMap;
+use std::pin::Pin;
 use std::time::Duration;
 
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
+
 use crate::config::{AuthToken, Config, RootCert};
+use proto::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
 
 pub use apply::{Applied, Applier, RejectReason, Rejection};
 pub use client::{Client, Demander};
@@ -40,6 +45,22 @@ pub const AUTHORIZATION_TYPE: &str = "type.googleapis.com/istio.security.Authori
 
 /// How long [`Demander::demand`] waits for the control plane to answer, by default.
 pub const DEFAULT_DEMAND_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The responses of a stream opened with [`open_stream`].
+pub type Responses =
+    Pin<Box<dyn Stream<Item = Result<DeltaDiscoveryResponse, tonic::Status>> + Send>>;
+
+/// Opens one ADS stream the way [`Client`] does (TLS verified against the configured roots,
+/// bearer token, `clusterid`, `XDS_HEADER_*`; each response read into a buffer of its own)
+/// and leaves both directions to the caller: nothing is applied to any state. For load
+/// generators that speak the protocol themselves (`ztun-lab control-plane-bench`).
+pub async fn open_stream(
+    config: &ClientConfig,
+    requests: ReceiverStream<DeltaDiscoveryRequest>,
+) -> Result<Responses, Error> {
+    use transport::Transport as _;
+    transport::GrpcTransport::new(config)?.open(requests).await
+}
 
 /// The two resource types ztun consumes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
