@@ -590,6 +590,28 @@ async fn on_demand_clients_receive_only_the_resources_they_name() {
     cp.stop().await;
 }
 
+/// A new wildcard subscriber's first push is a full scan, run under one of a few scan
+/// permits: more clients than there are permits, one after another, each get the whole mesh,
+/// and every permit is back afterwards (a permit kept would leave the next client waiting
+/// forever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_scans_give_their_scan_permit_back() {
+    let cp = Running::start(&mesh_yaml(&[1, 2, 3], 8080, &[])).await;
+    let permits = cp.ads.scans.available_permits();
+    assert!(permits >= 1);
+    for _ in 0..permits + 2 {
+        let first = vec![wildcard(ADDRESS_TYPE, BTreeMap::new())];
+        let mut raw = Raw::connect(cp.addr, &cp.root(), first).await;
+        let r = raw.recv().await;
+        assert_eq!(
+            resource_names(&r),
+            ["default/svc.example", "w1", "w2", "w3"]
+        );
+    }
+    assert_eq!(cp.ads.scans.available_permits(), permits);
+    cp.stop().await;
+}
+
 fn resource_names(r: &DeltaDiscoveryResponse) -> Vec<String> {
     let mut n: Vec<String> = r.resources.iter().map(|r| r.name.clone()).collect();
     n.sort();
