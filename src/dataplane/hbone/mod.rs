@@ -17,7 +17,9 @@ use crate::config::ProxyConfig;
 /// What TLS runs on: the TCP socket, metered (see [`fair`]), behind a read buffer. rustls
 /// pulls ciphertext 4 KiB at a time; the buffer turns that into one syscall per 32 KiB (about
 /// two full TLS records) during bulk transfer, at the cost of 32 KiB per HBONE connection
-/// (pooled, so per pod pair, not per tunnelled connection).
+/// (pooled, so per pod pair, not per tunnelled connection) and one copy of the ciphertext.
+/// No buffer (twice the reads), 16 KiB and 64 KiB (more of rustls's own copying) each lost
+/// or tied against 32 KiB: docs/performance.md, "Fewer copies per byte".
 pub type Transport = tokio::io::BufReader<fair::Metered<tokio::net::TcpStream>>;
 
 /// Read-buffer size of [`Transport`].
