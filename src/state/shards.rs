@@ -98,6 +98,11 @@ impl<K: Hash + Eq + Clone, V: Clone> ShardMap<K, V> {
     /// Inserts or replaces; returns the previous value.
     pub(super) fn insert(&mut self, key: K, value: V) -> Option<V> {
         let hash = self.hash(&key);
+        self.insert_hashed(hash, key, value)
+    }
+
+    /// [`insert`](Self::insert) with the key's hash already computed.
+    fn insert_hashed(&mut self, hash: u64, key: K, value: V) -> Option<V> {
         let hasher = &self.hasher;
         let shard = Arc::make_mut(&mut self.shards[shard_of(hash)]);
         match shard.entry(hash, |(k, _)| *k == key, |(k, _)| hasher.hash_one(k)) {
@@ -116,7 +121,15 @@ impl<K: Hash + Eq + Clone, V: Clone> ShardMap<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let hash = self.hash(key);
+        self.remove_hashed(self.hash(key), key)
+    }
+
+    /// [`remove`](Self::remove) with the key's hash already computed.
+    fn remove_hashed<Q>(&mut self, hash: u64, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let index = shard_of(hash);
         // Only copy a shared shard when the key is there.
         self.shards[index].find(hash, |(k, _)| k.borrow() == key)?;
@@ -138,14 +151,16 @@ impl<K: Hash + Eq + Clone, V: Clone> ShardMap<K, V> {
     }
 
     /// Replaces the value under `key` by `f(current)`: `None` in or out means absent.
+    /// The key is hashed once for the lookup and the change.
     pub(super) fn update(&mut self, key: K, f: impl FnOnce(Option<&V>) -> Option<V>) {
-        let new = f(self.get(&key));
+        let hash = self.hash(&key);
+        let new = f(self.find(hash, |k| *k == key));
         match new {
             Some(v) => {
-                self.insert(key, v);
+                self.insert_hashed(hash, key, v);
             }
             None => {
-                self.remove(&key);
+                self.remove_hashed(hash, &key);
             }
         }
     }

@@ -24,7 +24,7 @@ use super::proto::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource, Stat
 use super::translate::{self, AddressResource, TranslateError};
 use super::ResourceType;
 use crate::state::model::Strng;
-use crate::state::{SnapshotBuilder, Writer};
+use crate::state::{SharedStrings, SnapshotBuilder, Writer};
 
 /// Resources in one response from which the heap's free pages are handed back afterwards
 /// (a first push of a large mesh leaves tens of MB of decoded messages freed but resident).
@@ -261,7 +261,10 @@ impl Applier {
         let translated = match kind {
             ResourceType::Address => {
                 let msg = wl::Address::decode(any.value.as_slice())?;
-                translate::translate_address(msg).map(|t| (Item::Address(t.value), t.unknown_enums))
+                // Locked for this one resource; released before the insert (which locks it).
+                let mut strings = SharedStrings::lock();
+                translate::translate_shared_address(msg, &mut strings)
+                    .map(|t| (Item::Address(t.value), t.unknown_enums))
             }
             ResourceType::Authorization => {
                 let msg = sec::Authorization::decode(any.value.as_slice())?;
@@ -290,12 +293,12 @@ impl Applier {
         let key = match item {
             Item::Address(AddressResource::Workload(w)) => {
                 let key = StateKey::Workload(w.uid.clone());
-                builder.insert_workload(w);
+                builder.insert_shared_workload(w);
                 key
             }
             Item::Address(AddressResource::Service(s)) => {
                 let key = StateKey::Service(s.key().into());
-                builder.insert_service(s);
+                builder.insert_shared_service(s);
                 key
             }
             Item::Policy(p) => {
