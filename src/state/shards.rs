@@ -17,6 +17,10 @@ use hashbrown::{DefaultHashBuilder, HashTable};
 const SHARD_BITS: u32 = 10;
 const SHARDS: usize = 1 << SHARD_BITS;
 
+/// Average entries per shard from which a bulk load sizes the shard tables up front (16 384
+/// entries in all): below it, the few doublings cost little and many shards stay small.
+const BULK_PER_SHARD: usize = 16;
+
 type Shard<K, V> = Arc<HashTable<(K, V)>>;
 
 /// See the module documentation.
@@ -115,6 +119,25 @@ impl<K: Hash + Eq + Clone, V: Clone> ShardMap<K, V> {
         }
     }
 
+    /// Makes room for about `additional` entries spread over the shards, for a bulk load into
+    /// an empty map: each shard's table is sized once instead of doubling its way up (every
+    /// doubling rehashes the keys it holds). Only for loads of at least [`BULK_PER_SHARD`]
+    /// entries per shard on average, and only for 3/4 of that average: the shards' counts
+    /// vary around it, and a table reserved larger than its entries need would stay so
+    /// (memory) until a removal shrinks it. Does nothing to a map that holds entries: its
+    /// shards may be shared with older generations, and a delta touches few of them.
+    pub(super) fn reserve_empty(&mut self, additional: usize) {
+        let mean = additional / SHARDS;
+        if self.len != 0 || mean < BULK_PER_SHARD {
+            return;
+        }
+        let per_shard = mean * 3 / 4;
+        let hasher = &self.hasher;
+        for shard in self.shards.iter_mut() {
+            Arc::make_mut(shard).reserve(per_shard, |(k, _)| hasher.hash_one(k));
+        }
+    }
+
     /// Removes the entry under `key`; returns its value.
     pub(super) fn remove<Q>(&mut self, key: &Q) -> Option<V>
     where
@@ -195,5 +218,34 @@ mod tests {
             shared,
             SHARDS - 2 + usize::from(shard_of(a.hash("k1")) == shard_of(a.hash("k2")))
         );
+        // Reserving room in a map that holds entries copies no shard.
+        let c = a.clone();
+        a.reserve_empty(100_000);
+        assert!(a
+            .shards
+            .iter()
+            .zip(c.shards.iter())
+            .all(|(x, y)| Arc::ptr_eq(x, y)));
+    }
+
+    #[test]
+    fn state_shards_reserved_for_a_bulk_load_hold_it_all() {
+        let mut a: ShardMap<Arc<str>, u32> = ShardMap::default();
+        a.reserve_empty(50_000);
+        // Every shard was sized: none is the shared empty table any more.
+        assert!(a
+            .shards
+            .iter()
+            .all(|s| s.capacity() >= 50_000 / SHARDS * 3 / 4));
+        // A small load is left to grow the tables as it goes.
+        let mut small: ShardMap<Arc<str>, u32> = ShardMap::default();
+        small.reserve_empty(2_000);
+        assert!(small.shards.iter().all(|s| Arc::ptr_eq(s, &small.empty)));
+        for i in 0..50_000 {
+            a.insert(format!("k{i}").into(), i);
+        }
+        assert_eq!(a.len(), 50_000);
+        assert_eq!(a.iter().count(), 50_000);
+        assert!((0..50_000).all(|i| a.get(format!("k{i}").as_str()) == Some(&i)));
     }
 }

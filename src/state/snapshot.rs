@@ -256,6 +256,19 @@ impl SnapshotBuilder {
         self.policies_changed = true;
     }
 
+    /// Sizes the indexes of an empty builder (the first response of a stream, a cleared
+    /// state) for about `workloads` workloads and `services` services, so that their tables
+    /// are allocated once rather than grown step by step. No effect on a non-empty builder.
+    pub fn reserve(&mut self, workloads: usize, services: usize) {
+        let next = &mut self.next;
+        next.workloads.reserve_empty(workloads);
+        next.workloads_by_ip.reserve_empty(workloads);
+        next.pods.reserve_empty(workloads);
+        next.services.reserve_empty(services);
+        next.services_by_vip.reserve_empty(services);
+        next.endpoints.reserve_empty(services);
+    }
+
     /// Adds or replaces a workload (by uid).
     pub fn insert_workload(&mut self, mut w: Workload) {
         intern::with(|i| intern_workload(i, &mut w));
