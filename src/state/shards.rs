@@ -52,9 +52,16 @@ impl<K: std::fmt::Debug, V: std::fmt::Debug> std::fmt::Debug for ShardMap<K, V> 
     }
 }
 
+/// The shard of a hash: the bits just below the top 7. hashbrown takes a table slot's tag
+/// from the top 7 bits and the probe start from the low ones; a shard chosen by the top bits
+/// would give every entry of a shard the same tag, so that every probe compared the key of
+/// every occupied slot of its group (up to 16) instead of about one.
 fn shard_of(hash: u64) -> usize {
-    (hash >> (64 - SHARD_BITS)) as usize
+    (hash >> (64 - TAG_BITS - SHARD_BITS)) as usize & (SHARDS - 1)
 }
+
+/// The hash bits hashbrown keeps in each slot's tag (the top ones).
+const TAG_BITS: u32 = 7;
 
 impl<K, V> ShardMap<K, V> {
     /// Number of entries.
@@ -226,6 +233,26 @@ mod tests {
             .iter()
             .zip(c.shards.iter())
             .all(|(x, y)| Arc::ptr_eq(x, y)));
+    }
+
+    /// The entries of one shard keep distinct table tags (a probe then compares about one
+    /// key, not every key of its group).
+    #[test]
+    fn state_shards_entries_of_a_shard_have_distinct_tags() {
+        let mut a: ShardMap<Arc<str>, u32> = ShardMap::default();
+        for i in 0..50_000 {
+            a.insert(format!("k{i}").into(), i);
+        }
+        let tag = |k: &Arc<str>| a.hash(k) >> (64 - TAG_BITS);
+        for shard in a.shards.iter() {
+            let tags: std::collections::HashSet<u64> = shard.iter().map(|(k, _)| tag(k)).collect();
+            assert!(
+                tags.len() * 2 > shard.len().min(64),
+                "{} entries share {} tags",
+                shard.len(),
+                tags.len()
+            );
+        }
     }
 
     #[test]
