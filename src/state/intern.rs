@@ -37,6 +37,18 @@ impl Interner {
         self.added_since_purge += 1;
     }
 
+    /// The shared copy of `s`, allocated only when `s` is new: a decoder that shares its
+    /// strings as it builds a value never allocates the repeated ones at all.
+    pub(super) fn share(&mut self, s: &str) -> Strng {
+        if let Some(shared) = self.set.get(s) {
+            return shared.clone();
+        }
+        let shared: Strng = s.into();
+        self.set.insert(shared.clone());
+        self.added_since_purge += 1;
+        shared
+    }
+
     fn purge(&mut self, force: bool) {
         if !force && self.added_since_purge * 2 < self.set.len().max(1024) {
             return;
@@ -50,6 +62,11 @@ impl Interner {
 /// Runs `f` with the interner locked (once for all the strings of one resource).
 pub(super) fn with<R>(f: impl FnOnce(&mut Interner) -> R) -> R {
     f(&mut INTERNER.lock())
+}
+
+/// The interner, locked until the guard is dropped.
+pub(super) fn lock() -> parking_lot::MutexGuard<'static, Interner> {
+    INTERNER.lock()
 }
 
 /// Drops the strings only the interner holds, when enough were added since the last purge.

@@ -37,6 +37,26 @@ pub fn share_service_strings(s: &mut model::Service) {
     intern::with(|i| snapshot::intern_service(i, s));
 }
 
+/// The table of the mesh's shared strings, locked for as long as this value lives: a decoder
+/// takes it for one resource and builds the resource's repeated strings (namespace, service
+/// account, node, service keys, ...) with [`SharedStrings::share`], so that a string the
+/// mesh already holds is never allocated again. The value is then inserted with
+/// [`SnapshotBuilder::insert_shared_workload`] / [`SnapshotBuilder::insert_shared_service`]
+/// (after this is dropped: inserting locks the table too).
+pub struct SharedStrings(parking_lot::MutexGuard<'static, intern::Interner>);
+
+impl SharedStrings {
+    /// Locks the table.
+    pub fn lock() -> SharedStrings {
+        SharedStrings(intern::lock())
+    }
+
+    /// The shared copy of `s` (a new one if the mesh does not hold `s` yet).
+    pub fn share(&mut self, s: &str) -> model::Strng {
+        self.0.share(s)
+    }
+}
+
 /// Creates an empty store, returning its single writer and a reader factory.
 pub fn new() -> (Writer, Reader) {
     let snap = Arc::new(Snapshot::default());

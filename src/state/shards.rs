@@ -17,6 +17,10 @@ use hashbrown::{DefaultHashBuilder, HashTable};
 const SHARD_BITS: u32 = 10;
 const SHARDS: usize = 1 << SHARD_BITS;
 
+/// Average entries per shard from which a bulk load sizes the shard tables up front (16 384
+/// entries in all): below it, the few doublings cost little and many shards stay small.
+const BULK_PER_SHARD: usize = 16;
+
 type Shard<K, V> = Arc<HashTable<(K, V)>>;
 
 /// See the module documentation.
@@ -48,9 +52,16 @@ impl<K: std::fmt::Debug, V: std::fmt::Debug> std::fmt::Debug for ShardMap<K, V> 
     }
 }
 
+/// The shard of a hash: the bits just below the top 7. hashbrown takes a table slot's tag
+/// from the top 7 bits and the probe start from the low ones; a shard chosen by the top bits
+/// would give every entry of a shard the same tag, so that every probe compared the key of
+/// every occupied slot of its group (up to 16) instead of about one.
 fn shard_of(hash: u64) -> usize {
-    (hash >> (64 - SHARD_BITS)) as usize
+    (hash >> (64 - TAG_BITS - SHARD_BITS)) as usize & (SHARDS - 1)
 }
+
+/// The hash bits hashbrown keeps in each slot's tag (the top ones).
+const TAG_BITS: u32 = 7;
 
 impl<K, V> ShardMap<K, V> {
     /// Number of entries.
@@ -98,6 +109,11 @@ impl<K: Hash + Eq + Clone, V: Clone> ShardMap<K, V> {
     /// Inserts or replaces; returns the previous value.
     pub(super) fn insert(&mut self, key: K, value: V) -> Option<V> {
         let hash = self.hash(&key);
+        self.insert_hashed(hash, key, value)
+    }
+
+    /// [`insert`](Self::insert) with the key's hash already computed.
+    fn insert_hashed(&mut self, hash: u64, key: K, value: V) -> Option<V> {
         let hasher = &self.hasher;
         let shard = Arc::make_mut(&mut self.shards[shard_of(hash)]);
         match shard.entry(hash, |(k, _)| *k == key, |(k, _)| hasher.hash_one(k)) {
@@ -110,13 +126,40 @@ impl<K: Hash + Eq + Clone, V: Clone> ShardMap<K, V> {
         }
     }
 
+    /// Makes room for about `additional` entries spread over the shards, for a bulk load into
+    /// an empty map: each shard's table is sized once instead of doubling its way up (every
+    /// doubling rehashes the keys it holds). Only for loads of at least [`BULK_PER_SHARD`]
+    /// entries per shard on average, and only for 3/4 of that average: the shards' counts
+    /// vary around it, and a table reserved larger than its entries need would stay so
+    /// (memory) until a removal shrinks it. Does nothing to a map that holds entries: its
+    /// shards may be shared with older generations, and a delta touches few of them.
+    pub(super) fn reserve_empty(&mut self, additional: usize) {
+        let mean = additional / SHARDS;
+        if self.len != 0 || mean < BULK_PER_SHARD {
+            return;
+        }
+        let per_shard = mean * 3 / 4;
+        let hasher = &self.hasher;
+        for shard in self.shards.iter_mut() {
+            Arc::make_mut(shard).reserve(per_shard, |(k, _)| hasher.hash_one(k));
+        }
+    }
+
     /// Removes the entry under `key`; returns its value.
     pub(super) fn remove<Q>(&mut self, key: &Q) -> Option<V>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let hash = self.hash(key);
+        self.remove_hashed(self.hash(key), key)
+    }
+
+    /// [`remove`](Self::remove) with the key's hash already computed.
+    fn remove_hashed<Q>(&mut self, hash: u64, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let index = shard_of(hash);
         // Only copy a shared shard when the key is there.
         self.shards[index].find(hash, |(k, _)| k.borrow() == key)?;
@@ -138,14 +181,16 @@ impl<K: Hash + Eq + Clone, V: Clone> ShardMap<K, V> {
     }
 
     /// Replaces the value under `key` by `f(current)`: `None` in or out means absent.
+    /// The key is hashed once for the lookup and the change.
     pub(super) fn update(&mut self, key: K, f: impl FnOnce(Option<&V>) -> Option<V>) {
-        let new = f(self.get(&key));
+        let hash = self.hash(&key);
+        let new = f(self.find(hash, |k| *k == key));
         match new {
             Some(v) => {
-                self.insert(key, v);
+                self.insert_hashed(hash, key, v);
             }
             None => {
-                self.remove(&key);
+                self.remove_hashed(hash, &key);
             }
         }
     }
@@ -180,5 +225,54 @@ mod tests {
             shared,
             SHARDS - 2 + usize::from(shard_of(a.hash("k1")) == shard_of(a.hash("k2")))
         );
+        // Reserving room in a map that holds entries copies no shard.
+        let c = a.clone();
+        a.reserve_empty(100_000);
+        assert!(a
+            .shards
+            .iter()
+            .zip(c.shards.iter())
+            .all(|(x, y)| Arc::ptr_eq(x, y)));
+    }
+
+    /// The entries of one shard keep distinct table tags (a probe then compares about one
+    /// key, not every key of its group).
+    #[test]
+    fn state_shards_entries_of_a_shard_have_distinct_tags() {
+        let mut a: ShardMap<Arc<str>, u32> = ShardMap::default();
+        for i in 0..50_000 {
+            a.insert(format!("k{i}").into(), i);
+        }
+        let tag = |k: &Arc<str>| a.hash(k) >> (64 - TAG_BITS);
+        for shard in a.shards.iter() {
+            let tags: std::collections::HashSet<u64> = shard.iter().map(|(k, _)| tag(k)).collect();
+            assert!(
+                tags.len() * 2 > shard.len().min(64),
+                "{} entries share {} tags",
+                shard.len(),
+                tags.len()
+            );
+        }
+    }
+
+    #[test]
+    fn state_shards_reserved_for_a_bulk_load_hold_it_all() {
+        let mut a: ShardMap<Arc<str>, u32> = ShardMap::default();
+        a.reserve_empty(50_000);
+        // Every shard was sized: none is the shared empty table any more.
+        assert!(a
+            .shards
+            .iter()
+            .all(|s| s.capacity() >= 50_000 / SHARDS * 3 / 4));
+        // A small load is left to grow the tables as it goes.
+        let mut small: ShardMap<Arc<str>, u32> = ShardMap::default();
+        small.reserve_empty(2_000);
+        assert!(small.shards.iter().all(|s| Arc::ptr_eq(s, &small.empty)));
+        for i in 0..50_000 {
+            a.insert(format!("k{i}").into(), i);
+        }
+        assert_eq!(a.len(), 50_000);
+        assert_eq!(a.iter().count(), 50_000);
+        assert!((0..50_000).all(|i| a.get(format!("k{i}").as_str()) == Some(&i)));
     }
 }

@@ -256,9 +256,30 @@ impl SnapshotBuilder {
         self.policies_changed = true;
     }
 
+    /// Sizes the indexes of an empty builder (the first response of a stream, a cleared
+    /// state) for about `workloads` workloads and `services` services, so that their tables
+    /// are allocated once rather than grown step by step. No effect on a non-empty builder.
+    pub fn reserve(&mut self, workloads: usize, services: usize) {
+        let next = &mut self.next;
+        next.workloads.reserve_empty(workloads);
+        next.workloads_by_ip.reserve_empty(workloads);
+        next.pods.reserve_empty(workloads);
+        next.services.reserve_empty(services);
+        next.services_by_vip.reserve_empty(services);
+        next.endpoints.reserve_empty(services);
+    }
+
     /// Adds or replaces a workload (by uid).
     pub fn insert_workload(&mut self, mut w: Workload) {
         intern::with(|i| intern_workload(i, &mut w));
+        self.insert_shared_workload(w);
+    }
+
+    /// As [`insert_workload`](Self::insert_workload), for a workload whose repeated strings
+    /// already are the mesh's shared copies (built with [`super::SharedStrings`]): they are
+    /// not looked up again. (A string that is not shared only costs memory, never a wrong
+    /// answer.)
+    pub fn insert_shared_workload(&mut self, w: Workload) {
         let old = match self.next.workloads.get(&*w.uid) {
             // Resent unchanged: nothing to do (and readers keep the same value).
             Some(old) if **old == w => return,
@@ -274,11 +295,15 @@ impl SnapshotBuilder {
 
     /// Adds or replaces a service (by `namespace/hostname`).
     pub fn insert_service(&mut self, mut s: Service) {
+        intern::with(|i| intern_service(i, &mut s));
+        self.insert_shared_service(s);
+    }
+
+    /// As [`insert_service`](Self::insert_service), for a service whose repeated strings
+    /// already are the mesh's shared copies (built with [`super::SharedStrings`]).
+    pub fn insert_shared_service(&mut self, s: Service) {
         let mut key: Strng = s.key().into();
-        intern::with(|i| {
-            intern_service(i, &mut s);
-            i.intern(&mut key);
-        });
+        intern::with(|i| i.intern(&mut key));
         let old = match self.next.services.get(&key) {
             Some(old) if **old == s => return,
             old => old.cloned(),

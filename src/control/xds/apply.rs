@@ -24,7 +24,7 @@ use super::proto::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource, Stat
 use super::translate::{self, AddressResource, TranslateError};
 use super::ResourceType;
 use crate::state::model::Strng;
-use crate::state::{SnapshotBuilder, Writer};
+use crate::state::{SharedStrings, SnapshotBuilder, Writer};
 
 /// Resources in one response from which the heap's free pages are handed back afterwards
 /// (a first push of a large mesh leaves tens of MB of decoded messages freed but resident).
@@ -179,6 +179,16 @@ impl Applier {
                 .sum();
             self.metrics.record_message(kind, payload);
             let mut builder = self.writer.builder();
+            if kind == ResourceType::Address {
+                let (workloads, services) = address_kinds(&response.resources);
+                builder.reserve(workloads, services);
+            }
+            // The first push sized once instead of doubling (and rehashing every name) on the
+            // way. Not for a delta: most of its names may already be known.
+            let known = &mut self.known[kind.index()];
+            if known.is_empty() {
+                known.reserve(response.resources.len());
+            }
             let mut changed = false;
             for name in &response.removed_resources {
                 changed |= self.remove(kind, &mut builder, name);
@@ -261,7 +271,10 @@ impl Applier {
         let translated = match kind {
             ResourceType::Address => {
                 let msg = wl::Address::decode(any.value.as_slice())?;
-                translate::translate_address(msg).map(|t| (Item::Address(t.value), t.unknown_enums))
+                // Locked for this one resource; released before the insert (which locks it).
+                let mut strings = SharedStrings::lock();
+                translate::translate_shared_address(msg, &mut strings)
+                    .map(|t| (Item::Address(t.value), t.unknown_enums))
             }
             ResourceType::Authorization => {
                 let msg = sec::Authorization::decode(any.value.as_slice())?;
@@ -290,12 +303,12 @@ impl Applier {
         let key = match item {
             Item::Address(AddressResource::Workload(w)) => {
                 let key = StateKey::Workload(w.uid.clone());
-                builder.insert_workload(w);
+                builder.insert_shared_workload(w);
                 key
             }
             Item::Address(AddressResource::Service(s)) => {
                 let key = StateKey::Service(s.key().into());
-                builder.insert_service(s);
+                builder.insert_shared_service(s);
                 key
             }
             Item::Policy(p) => {
@@ -341,11 +354,60 @@ impl Applier {
     }
 }
 
+/// How many of `resources` are workloads and how many services, told from the first byte of
+/// each payload (the tag of `Address.workload`, field 1, or `Address.service`, field 2, both
+/// length-delimited) without decoding them. Only sizes tables: a payload that turns out
+/// otherwise is decoded (or rejected) as usual.
+fn address_kinds(resources: &[Resource]) -> (usize, usize) {
+    const WORKLOAD_TAG: u8 = 1 << 3 | 2;
+    const SERVICE_TAG: u8 = 2 << 3 | 2;
+    let mut kinds = (0, 0);
+    for r in resources {
+        match r.resource.as_ref().and_then(|any| any.value.first()) {
+            Some(&WORKLOAD_TAG) => kinds.0 += 1,
+            Some(&SERVICE_TAG) => kinds.1 += 1,
+            _ => {}
+        }
+    }
+    kinds
+}
+
 fn remove_key(builder: &mut SnapshotBuilder, key: &StateKey) -> bool {
     match key {
         // `remove_address` tries workload uids first, then service keys.
         StateKey::Workload(uid) => builder.remove_address(uid),
         StateKey::Service(k) => builder.remove_address(k),
         StateKey::Policy(k) => builder.remove_policy(k),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message as _;
+
+    use super::*;
+
+    #[test]
+    fn address_kinds_are_told_from_the_payloads_first_byte() {
+        let resource = |value: Vec<u8>| Resource {
+            resource: Some(prost_types::Any {
+                type_url: String::new(),
+                value,
+            }),
+            ..Default::default()
+        };
+        let address = |t| wl::Address { r#type: Some(t) }.encode_to_vec();
+        let workload = wl::Workload {
+            uid: "c//Pod/ns/a".into(),
+            ..Default::default()
+        };
+        let resources = vec![
+            resource(address(wl::address::Type::Workload(workload.clone()))),
+            resource(address(wl::address::Type::Service(wl::Service::default()))),
+            resource(address(wl::address::Type::Workload(workload))),
+            resource(b"not an address".to_vec()),
+            Resource::default(),
+        ];
+        assert_eq!(address_kinds(&resources), (2, 1));
     }
 }

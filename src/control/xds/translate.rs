@@ -47,6 +47,7 @@ use crate::state::model::{
     PolicyAction, PolicyMatch, PolicyScope, PortMap, Service, ServiceAccountMatch, StringMatch,
     Strng, TunnelProtocol, Visibility, WeightedWaypoint, Workload,
 };
+use crate::state::SharedStrings;
 
 /// Trust domain of a workload that does not name one.
 pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
@@ -131,7 +132,31 @@ pub struct Translated<T> {
 pub fn translate_address(
     a: wl::Address,
 ) -> Result<Translated<AddressResource>, (TranslateError, u32)> {
-    let mut ctx = Ctx::default();
+    address(Ctx::default(), a)
+}
+
+/// As [`translate_address`], building the resource's repeated strings (namespace, service
+/// account, node, service keys, ...) as the mesh's shared copies: a string the mesh already
+/// holds is not allocated again, and the result can be inserted with
+/// [`SnapshotBuilder::insert_shared_workload`](crate::state::SnapshotBuilder::insert_shared_workload)
+/// / `insert_shared_service` (drop `strings` first).
+pub fn translate_shared_address(
+    a: wl::Address,
+    strings: &mut SharedStrings,
+) -> Result<Translated<AddressResource>, (TranslateError, u32)> {
+    address(
+        Ctx {
+            unknown_enums: 0,
+            strings: Some(strings),
+        },
+        a,
+    )
+}
+
+fn address(
+    mut ctx: Ctx<'_>,
+    a: wl::Address,
+) -> Result<Translated<AddressResource>, (TranslateError, u32)> {
     let value = match a.r#type {
         Some(wl::address::Type::Workload(w)) => {
             workload(&mut ctx, w).map(AddressResource::Workload)
@@ -183,13 +208,35 @@ impl TryFrom<sec::Authorization> for Policy {
     }
 }
 
-/// Counts unknown enum values met during one translation.
+/// Counts unknown enum values met during one translation, and shares repeated strings when
+/// given the table.
 #[derive(Default)]
-struct Ctx {
+struct Ctx<'a> {
     unknown_enums: u32,
+    strings: Option<&'a mut SharedStrings>,
 }
 
-impl Ctx {
+impl Ctx<'_> {
+    /// A repeated string: the shared copy when translating with the table, else its own.
+    fn share(&mut self, s: String) -> Strng {
+        self.share_str(&s)
+    }
+
+    fn share_str(&mut self, s: &str) -> Strng {
+        match &mut self.strings {
+            Some(t) => t.share(s),
+            None => s.into(),
+        }
+    }
+
+    /// As [`share`](Self::share), with `default` for an empty value.
+    fn share_or(&mut self, s: String, default: &str) -> Strng {
+        match s.is_empty() {
+            true => self.share_str(default),
+            false => self.share(s),
+        }
+    }
+
     /// Records an unknown enum value and returns the safe default.
     fn unknown<T>(&mut self, safe: T) -> T {
         self.unknown_enums += 1;
@@ -217,14 +264,7 @@ fn invalid(field: impl Into<String>, problem: Problem) -> TranslateError {
     }
 }
 
-fn or_default(value: String, default: &str) -> Strng {
-    match value.is_empty() {
-        true => default.into(),
-        false => value.into(),
-    }
-}
-
-fn workload(ctx: &mut Ctx, w: wl::Workload) -> Result<Workload, TranslateError> {
+fn workload(ctx: &mut Ctx<'_>, w: wl::Workload) -> Result<Workload, TranslateError> {
     if w.uid.is_empty() {
         return Err(invalid("uid", Problem::Empty));
     }
@@ -279,7 +319,7 @@ fn workload(ctx: &mut Ctx, w: wl::Workload) -> Result<Workload, TranslateError> 
                     ));
                 }
             };
-            let port = port("application_tunnel.port", t.port)?;
+            let port = port(|| "application_tunnel.port".into(), t.port)?;
             Ok(ApplicationTunnel {
                 protocol,
                 port: (port != 0).then_some(port),
@@ -292,54 +332,61 @@ fn workload(ctx: &mut Ctx, w: wl::Workload) -> Result<Workload, TranslateError> 
         if split_namespaced(&key).is_none() {
             return Err(invalid(field(), Problem::NotNamespaced(key)));
         }
-        let ports = port_map(&field(), &list.ports)?;
-        services.insert(Strng::from(key), ports);
+        let ports = port_map(field, &list.ports)?;
+        services.insert(ctx.share(key), ports);
     }
     Ok(Workload {
         uid: w.uid.into(),
         name: w.name.into(),
-        namespace: w.namespace.into(),
+        namespace: ctx.share(w.namespace),
         workload_ips,
-        hostname: w.hostname.into(),
-        network: w.network.into(),
+        hostname: ctx.share(w.hostname),
+        network: ctx.share(w.network),
         protocol,
-        trust_domain: or_default(w.trust_domain, DEFAULT_TRUST_DOMAIN),
-        service_account: or_default(w.service_account, DEFAULT_SERVICE_ACCOUNT),
-        waypoint: w.waypoint.map(|g| gateway("waypoint", g)).transpose()?,
+        trust_domain: ctx.share_or(w.trust_domain, DEFAULT_TRUST_DOMAIN),
+        service_account: ctx.share_or(w.service_account, DEFAULT_SERVICE_ACCOUNT),
+        waypoint: w
+            .waypoint
+            .map(|g| gateway(ctx, "waypoint", g))
+            .transpose()?,
         network_gateway: w
             .network_gateway
-            .map(|g| gateway("network_gateway", g))
+            .map(|g| gateway(ctx, "network_gateway", g))
             .transpose()?,
-        node: w.node.into(),
-        canonical_name: w.canonical_name.into(),
-        canonical_revision: w.canonical_revision.into(),
-        workload_type: workload_type.into(),
-        workload_name: w.workload_name.into(),
+        node: ctx.share(w.node),
+        canonical_name: ctx.share(w.canonical_name),
+        canonical_revision: ctx.share(w.canonical_revision),
+        workload_type: ctx.share_str(workload_type),
+        workload_name: ctx.share(w.workload_name),
         native_tunnel: w.native_tunnel,
         application_tunnel,
         services: services.into_iter().collect(),
         authorization_policies: w
             .authorization_policies
             .into_iter()
-            .map(Strng::from)
+            .map(|p| ctx.share(p))
             .collect(),
         status,
-        cluster_id: or_default(w.cluster_id, DEFAULT_CLUSTER_ID),
-        locality: w
-            .locality
-            .map(|l| Locality {
-                region: l.region.into(),
-                zone: l.zone.into(),
-                subzone: l.subzone.into(),
-            })
-            .unwrap_or_default(),
+        cluster_id: ctx.share_or(w.cluster_id, DEFAULT_CLUSTER_ID),
+        locality: match w.locality {
+            Some(l) => Locality {
+                region: ctx.share(l.region),
+                zone: ctx.share(l.zone),
+                subzone: ctx.share(l.subzone),
+            },
+            None => Locality {
+                region: ctx.share_str(""),
+                zone: ctx.share_str(""),
+                subzone: ctx.share_str(""),
+            },
+        },
         network_mode,
         // Weight 0 would make the endpoint unreachable by load balancing; treat it as unset.
         capacity: w.capacity.filter(|c| *c > 0).unwrap_or(1),
     })
 }
 
-fn service(ctx: &mut Ctx, s: wl::Service) -> Result<Service, TranslateError> {
+fn service(ctx: &mut Ctx<'_>, s: wl::Service) -> Result<Service, TranslateError> {
     if s.namespace.is_empty() {
         return Err(invalid("namespace", Problem::Empty));
     }
@@ -360,7 +407,7 @@ fn service(ctx: &mut Ctx, s: wl::Service) -> Result<Service, TranslateError> {
             Some(len) => {
                 let net = ip_net(&a.address, len).map_err(|p| invalid(field(), p))?;
                 cidr_vips.push(CidrVip {
-                    network: a.network.into(),
+                    network: ctx.share(a.network),
                     address: net.address,
                     prefix_len: net.prefix_len,
                 });
@@ -368,11 +415,11 @@ fn service(ctx: &mut Ctx, s: wl::Service) -> Result<Service, TranslateError> {
             }
         }
         vips.push(NetworkAddress {
-            network: a.network.into(),
+            network: ctx.share(a.network),
             address: ip(&a.address).map_err(|p| invalid(field(), p))?,
         });
     }
-    let ports = port_map("ports", &s.ports)?;
+    let ports = port_map(|| "ports".into(), &s.ports)?;
     let load_balancer = s
         .load_balancing
         .map(|lb| load_balancer(ctx, lb))
@@ -398,7 +445,7 @@ fn service(ctx: &mut Ctx, s: wl::Service) -> Result<Service, TranslateError> {
             let destination = w
                 .destination
                 .ok_or_else(|| invalid(field.clone(), Problem::NoDestination))
-                .and_then(|g| gateway(&field, g))?;
+                .and_then(|g| gateway(ctx, &field, g))?;
             Ok(WeightedWaypoint {
                 destination,
                 weight: w.weight,
@@ -407,13 +454,20 @@ fn service(ctx: &mut Ctx, s: wl::Service) -> Result<Service, TranslateError> {
         .collect::<Result<Vec<_>, TranslateError>>()?;
     Ok(Service {
         name: s.name.into(),
-        namespace: s.namespace.into(),
+        namespace: ctx.share(s.namespace),
         hostname: s.hostname.into(),
         vips,
         cidr_vips,
         ports,
-        subject_alt_names: s.subject_alt_names.into_iter().map(Strng::from).collect(),
-        waypoint: s.waypoint.map(|g| gateway("waypoint", g)).transpose()?,
+        subject_alt_names: s
+            .subject_alt_names
+            .into_iter()
+            .map(|san| ctx.share(san))
+            .collect(),
+        waypoint: s
+            .waypoint
+            .map(|g| gateway(ctx, "waypoint", g))
+            .transpose()?,
         weighted_waypoints,
         load_balancer,
         ip_families,
@@ -422,7 +476,7 @@ fn service(ctx: &mut Ctx, s: wl::Service) -> Result<Service, TranslateError> {
     })
 }
 
-fn load_balancer(ctx: &mut Ctx, lb: wl::LoadBalancing) -> Result<LoadBalancer, TranslateError> {
+fn load_balancer(ctx: &mut Ctx<'_>, lb: wl::LoadBalancing) -> Result<LoadBalancer, TranslateError> {
     use wl::load_balancing::{HealthPolicy as H, Mode as M, Scope as S};
     let mut routing_preferences = Vec::with_capacity(lb.routing_preference.len());
     for (i, raw) in lb.routing_preference.iter().enumerate() {
@@ -468,7 +522,7 @@ fn load_balancer(ctx: &mut Ctx, lb: wl::LoadBalancing) -> Result<LoadBalancer, T
     })
 }
 
-fn policy(ctx: &mut Ctx, p: sec::Authorization) -> Result<Policy, TranslateError> {
+fn policy(ctx: &mut Ctx<'_>, p: sec::Authorization) -> Result<Policy, TranslateError> {
     if p.name.is_empty() {
         return Err(invalid("name", Problem::Empty));
     }
@@ -551,7 +605,7 @@ fn policy_match(field: &str, m: sec::Match) -> Result<PolicyMatch, TranslateErro
     let ports = |name: &str, list: Vec<u32>| {
         list.into_iter()
             .enumerate()
-            .map(|(i, p)| port(&format!("{field}.{name}[{i}]"), p))
+            .map(|(i, p)| port(|| format!("{field}.{name}[{i}]"), p))
             .collect::<Result<Vec<_>, _>>()
     };
     let converted = PolicyMatch {
@@ -573,11 +627,15 @@ fn policy_match(field: &str, m: sec::Match) -> Result<PolicyMatch, TranslateErro
     Ok(converted)
 }
 
-fn gateway(field: &str, g: wl::GatewayAddress) -> Result<GatewayAddress, TranslateError> {
+fn gateway(
+    ctx: &mut Ctx<'_>,
+    field: &str,
+    g: wl::GatewayAddress,
+) -> Result<GatewayAddress, TranslateError> {
     use wl::gateway_address::Destination;
     let destination = match g.destination {
         Some(Destination::Address(a)) => GatewayDestination::Address(NetworkAddress {
-            network: a.network.into(),
+            network: ctx.share(a.network),
             address: ip(&a.address).map_err(|p| invalid(format!("{field}.address"), p))?,
         }),
         Some(Destination::Hostname(h)) => {
@@ -585,33 +643,36 @@ fn gateway(field: &str, g: wl::GatewayAddress) -> Result<GatewayAddress, Transla
                 return Err(invalid(format!("{field}.hostname"), Problem::Empty));
             }
             GatewayDestination::Hostname(NamespacedHostname {
-                namespace: h.namespace.into(),
-                hostname: h.hostname.into(),
+                namespace: ctx.share(h.namespace),
+                hostname: ctx.share(h.hostname),
             })
         }
         None => return Err(invalid(field, Problem::NoDestination)),
     };
     Ok(GatewayAddress {
         destination,
-        hbone_mtls_port: port(&format!("{field}.hbone_mtls_port"), g.hbone_mtls_port)?,
+        hbone_mtls_port: port(|| format!("{field}.hbone_mtls_port"), g.hbone_mtls_port)?,
     })
 }
 
-fn port_map(field: &str, ports: &[wl::Port]) -> Result<PortMap, TranslateError> {
+/// The field paths are formatted only for an error: this runs for every port of every
+/// workload of a full push.
+fn port_map(field: impl Fn() -> String, ports: &[wl::Port]) -> Result<PortMap, TranslateError> {
     ports
         .iter()
         .enumerate()
         .map(|(i, p)| {
             Ok((
-                port(&format!("{field}[{i}].service_port"), p.service_port)?,
-                port(&format!("{field}[{i}].target_port"), p.target_port)?,
+                port(|| format!("{}[{i}].service_port", field()), p.service_port)?,
+                port(|| format!("{}[{i}].target_port", field()), p.target_port)?,
             ))
         })
         .collect()
 }
 
-fn port(field: &str, value: u32) -> Result<u16, TranslateError> {
-    u16::try_from(value).map_err(|_| invalid(field, Problem::PortOutOfRange(value)))
+/// A port number; `field` names it in the error.
+fn port(field: impl FnOnce() -> String, value: u32) -> Result<u16, TranslateError> {
+    u16::try_from(value).map_err(|_| invalid(field(), Problem::PortOutOfRange(value)))
 }
 
 /// A 4- or 16-byte address; IPv4-mapped IPv6 becomes IPv4.

@@ -537,6 +537,17 @@ policies:
         let back = translate_address(encode::service(s)).unwrap();
         assert_eq!(back.value, AddressResource::Service(s.clone()));
     }
+    // The path the xDS client takes gives the same values, its repeated strings shared.
+    for w in &local.workloads {
+        let mut strings = crate::state::SharedStrings::lock();
+        let back = translate_shared_address(encode::workload(w), &mut strings).unwrap();
+        assert_eq!(back.value, AddressResource::Workload(w.clone()));
+    }
+    for s in &local.services {
+        let mut strings = crate::state::SharedStrings::lock();
+        let back = translate_shared_address(encode::service(s), &mut strings).unwrap();
+        assert_eq!(back.value, AddressResource::Service(s.clone()));
+    }
     for p in &local.policies {
         let back = translate_policy(encode::policy(p)).unwrap();
         assert_eq!(back.value, p.clone());
@@ -559,5 +570,49 @@ fn empty_match_groups_are_accepted_as_empty() {
         assert_eq!(p.rules.len(), 1);
         assert!(p.rules[0][0][0].is_empty(), "{p:?}");
         assert_eq!(p.unmatchable_rules().collect::<Vec<_>>(), vec![0]);
+    }
+}
+
+/// Translated for the xDS client, a resource's repeated strings are the mesh's shared copies
+/// (the snapshot then inserts it without looking them up again): two workloads of one
+/// namespace, service account and service hold one copy of each.
+#[test]
+fn shared_translation_shares_the_repeated_strings() {
+    let pair = |uid: &str| {
+        let mut w = workload();
+        w.uid = uid.into();
+        w.service_account = "sa-shared-translation".into();
+        w.node = "node-shared-translation".into();
+        w.services.insert(
+            "ns/svc-shared-translation.ns.svc.cluster.local".into(),
+            wl::PortList::default(),
+        );
+        let mut strings = crate::state::SharedStrings::lock();
+        let t = translate_shared_address(
+            wl::Address {
+                r#type: Some(wl::address::Type::Workload(w)),
+            },
+            &mut strings,
+        )
+        .unwrap();
+        match t.value {
+            AddressResource::Workload(w) => w,
+            other => panic!("not a workload: {other:?}"),
+        }
+    };
+    let (a, b) = (pair("c//Pod/ns/shared-a"), pair("c//Pod/ns/shared-b"));
+    for (x, y) in [
+        (&a.namespace, &b.namespace),
+        (&a.service_account, &b.service_account),
+        (&a.node, &b.node),
+        (&a.trust_domain, &b.trust_domain),
+        (&a.cluster_id, &b.cluster_id),
+        (&a.locality.zone, &b.locality.zone),
+        (
+            a.services.keys().next().unwrap(),
+            b.services.keys().next().unwrap(),
+        ),
+    ] {
+        assert!(std::sync::Arc::ptr_eq(x, y), "{x:?} is not shared");
     }
 }
