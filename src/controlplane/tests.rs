@@ -612,6 +612,42 @@ async fn full_scans_give_their_scan_permit_back() {
     cp.stop().await;
 }
 
+/// A wildcard client that leaves while its first full scan waits for a permit is let go: its
+/// stream ends (no scan is queued for nobody, and a shutdown does not wait behind it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_while_waiting_for_a_scan_permit_is_let_go() {
+    let cp = Running::start(&mesh_yaml(&[1, 2, 3], 8080, &[])).await;
+    let permits = cp.ads.scans.available_permits();
+    // Every permit busy, as with other clients' scans in progress.
+    let busy = cp
+        .ads
+        .scans
+        .clone()
+        .acquire_many_owned(permits as u32)
+        .await
+        .unwrap();
+    let first = vec![wildcard(ADDRESS_TYPE, BTreeMap::new())];
+    let raw = Raw::connect(cp.addr, &cp.root(), first).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while cp.ads.clients() != 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stream never opened"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(raw);
+    while cp.ads.clients() != 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the session of a client that left still waits for a scan permit"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(busy);
+    cp.stop().await;
+}
+
 fn resource_names(r: &DeltaDiscoveryResponse) -> Vec<String> {
     let mut n: Vec<String> = r.resources.iter().map(|r| r.name.clone()).collect();
     n.sort();
