@@ -383,20 +383,25 @@ impl Session {
                     known = sub.sent.len(),
                     "subscription opened"
                 );
-                (
-                    push_rescanning(sub, kind, &mesh, Vec::new(), &self.scans).await,
-                    true,
-                )
+                let gone = left(&self.tx, &mut self.stopping);
+                let Some(push) =
+                    push_rescanning(sub, kind, &mesh, Vec::new(), &self.scans, gone).await
+                else {
+                    return false;
+                };
+                (push, true)
             }
             Some(sub) => {
                 let added = sub.change(&req);
                 if added.is_empty() {
                     return true;
                 }
-                (
-                    push_rescanning(sub, kind, &mesh, added, &self.scans).await,
-                    false,
-                )
+                let gone = left(&self.tx, &mut self.stopping);
+                let Some(push) = push_rescanning(sub, kind, &mesh, added, &self.scans, gone).await
+                else {
+                    return false;
+                };
+                (push, false)
             }
         };
         // A new subscription is always answered, even with nothing, so the client knows it
@@ -422,7 +427,13 @@ impl Session {
             };
             let push = match mesh.delta(kind).filter(|_| in_step) {
                 Some(since) => sub.push(kind, mesh, Some(since), &[]),
-                None => push_rescanning(sub, kind, mesh, Vec::new(), &self.scans).await,
+                None => {
+                    let gone = left(&self.tx, &mut self.stopping);
+                    match push_rescanning(sub, kind, mesh, Vec::new(), &self.scans, gone).await {
+                        Some(push) => push,
+                        None => return false,
+                    }
+                }
             };
             if (!push.resources.is_empty() || !push.removed.is_empty())
                 && !self.send(kind, mesh, push).await
@@ -475,13 +486,20 @@ async fn push_rescanning(
     mesh: &Arc<MeshResources>,
     forced: Vec<String>,
     scans: &Arc<Semaphore>,
-) -> Push {
+    gone: impl std::future::Future<Output = ()>,
+) -> Option<Push> {
     if !sub.wildcard {
-        return sub.push(kind, mesh, None, &forced);
+        return Some(sub.push(kind, mesh, None, &forced));
     }
-    let Ok(permit) = scans.clone().acquire_owned().await else {
+    // A client that leaves (or a server that stops) while waiting for a permit is let go:
+    // its scan would be for nobody, and every client queued behind it would wait for it.
+    let permit = tokio::select! {
+        permit = scans.clone().acquire_owned() => permit,
+        () = gone => return None,
+    };
+    let Ok(permit) = permit else {
         // Closed: never happens (the semaphore is never closed).
-        return sub.push(kind, mesh, None, &forced);
+        return Some(sub.push(kind, mesh, None, &forced));
     };
     let mut owned = std::mem::take(sub);
     let mesh = mesh.clone();
@@ -493,11 +511,22 @@ async fn push_rescanning(
     match scan.await {
         Ok((owned, push)) => {
             *sub = owned;
-            push
+            Some(push)
         }
         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
         // Cancelled: the runtime is shutting down, and the stream with it.
-        Err(_) => Push::default(),
+        Err(_) => None,
+    }
+}
+
+/// Completes when the client is gone (its response stream dropped) or the server stops.
+async fn left(
+    tx: &mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    stopping: &mut watch::Receiver<bool>,
+) {
+    tokio::select! {
+        () = tx.closed() => {}
+        () = stopped(stopping) => {}
     }
 }
 
