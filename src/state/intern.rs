@@ -79,6 +79,12 @@ pub fn purge_now() {
     INTERNER.lock().purge(true);
 }
 
+/// Whether `s` is interned.
+#[cfg(test)]
+pub(super) fn contains(s: &str) -> bool {
+    INTERNER.lock().set.contains(s)
+}
+
 /// Number of strings interned.
 pub fn len() -> usize {
     INTERNER.lock().set.len()

@@ -57,6 +57,19 @@ impl SharedStrings {
     }
 }
 
+/// Drops the shared strings nothing holds any more, when enough came in since the last time
+/// (amortized: a few at a time cost nothing). For strings shared by resources that were then
+/// rejected, with nothing published to run it.
+pub fn release_unused_strings() {
+    intern::purge();
+}
+
+/// Whether `s` is held by the shared string table (tests).
+#[cfg(test)]
+pub(crate) fn is_shared_string(s: &str) -> bool {
+    intern::contains(s)
+}
+
 /// Creates an empty store, returning its single writer and a reader factory.
 pub fn new() -> (Writer, Reader) {
     let snap = Arc::new(Snapshot::default());

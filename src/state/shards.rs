@@ -3,8 +3,9 @@
 //! touches when an older generation still shares it. An update of `n` entries therefore costs
 //! O(n × shard size), not O(map size), and the generations readers hold never change.
 //!
-//! One hash per lookup: the top bits of the key's hash choose the shard and the same hash
-//! probes the shard's table.
+//! One hash per lookup: the key's hash chooses the shard from bits that neither hashbrown's
+//! bucket index (low bits) nor its 7-bit tag (top bits) uses, and the same hash probes the
+//! shard's table.
 
 use std::borrow::Borrow;
 use std::hash::{BuildHasher, Hash};
@@ -143,6 +144,28 @@ impl<K: Hash + Eq + Clone, V: Clone> ShardMap<K, V> {
         for shard in self.shards.iter_mut() {
             Arc::make_mut(shard).reserve(per_shard, |(k, _)| hasher.hash_one(k));
         }
+    }
+
+    /// Gives back what [`reserve_empty`](Self::reserve_empty) set aside beyond the entries
+    /// held (a bulk load whose count was taken before its entries were checked): each shard
+    /// shrinks to the smallest table holding its entries. O(map); only for a load that
+    /// mostly failed.
+    pub(super) fn shrink_to_fit(&mut self) {
+        let hasher = &self.hasher;
+        for shard in self.shards.iter_mut() {
+            if shard.is_empty() {
+                *shard = self.empty.clone();
+            } else if let Some(table) = Arc::get_mut(shard) {
+                // A shard an older generation shares was not reserved: left as it is.
+                table.shrink_to_fit(|(k, _)| hasher.hash_one(k));
+            }
+        }
+    }
+
+    /// Buckets allocated over all shards (tests: what a reservation holds).
+    #[cfg(test)]
+    pub(super) fn capacity(&self) -> usize {
+        self.shards.iter().map(|s| s.capacity()).sum()
     }
 
     /// Removes the entry under `key`; returns its value.

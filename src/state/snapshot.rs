@@ -103,6 +103,12 @@ impl<T> List<T> {
 }
 
 impl Snapshot {
+    /// Buckets allocated by the workload and service tables (tests: what a reservation holds).
+    #[cfg(test)]
+    pub(crate) fn table_buckets(&self) -> usize {
+        self.workloads.capacity() + self.services.capacity()
+    }
+
     /// Monotonic generation number (0 = nothing received yet).
     pub fn generation(&self) -> u64 {
         self.generation
@@ -267,6 +273,18 @@ impl SnapshotBuilder {
         next.services.reserve_empty(services);
         next.services_by_vip.reserve_empty(services);
         next.endpoints.reserve_empty(services);
+    }
+
+    /// Gives back what [`reserve`](Self::reserve) set aside beyond the entries the builder
+    /// holds: for a bulk load most of whose resources were rejected after being counted.
+    pub fn shrink_reserved(&mut self) {
+        let next = &mut self.next;
+        next.workloads.shrink_to_fit();
+        next.workloads_by_ip.shrink_to_fit();
+        next.pods.shrink_to_fit();
+        next.services.shrink_to_fit();
+        next.services_by_vip.shrink_to_fit();
+        next.endpoints.shrink_to_fit();
     }
 
     /// Adds or replaces a workload (by uid).

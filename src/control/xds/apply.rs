@@ -179,10 +179,11 @@ impl Applier {
                 .sum();
             self.metrics.record_message(kind, payload);
             let mut builder = self.writer.builder();
-            if kind == ResourceType::Address {
+            let reserved = kind == ResourceType::Address && {
                 let (workloads, services) = address_kinds(&response.resources);
                 builder.reserve(workloads, services);
-            }
+                true
+            };
             // The first push sized once instead of doubling (and rehashing every name) on the
             // way. Not for a delta: most of its names may already be known.
             let known = &mut self.known[kind.index()];
@@ -216,7 +217,17 @@ impl Applier {
                 // Give back what a burst of resources grew the cache to.
                 known.shrink_to_fit();
             }
-            if changed {
+            if reserved && applied.rejected.len() > applied.updated {
+                // Counted before checking: most of what the tables were sized for was
+                // rejected; they are not published that large.
+                builder.shrink_reserved();
+            }
+            if !changed && !applied.rejected.is_empty() {
+                // Rejected resources shared their strings as they were translated; nobody
+                // holds them now (dropped amortized, as after a publish).
+                drop(builder);
+                crate::state::release_unused_strings();
+            } else if changed {
                 self.writer.publish(builder);
                 if applied.updated + applied.removed >= TRIM_AFTER {
                     crate::sys::alloc::release_free_memory();
@@ -386,6 +397,97 @@ mod tests {
     use prost::Message as _;
 
     use super::*;
+
+    fn applier() -> (Applier, crate::state::Reader) {
+        let (writer, reader) = crate::state::new();
+        let mut registry = prometheus_client::registry::Registry::default();
+        let metrics = Arc::new(XdsMetrics::new(&mut registry));
+        (Applier::new(writer, metrics), reader)
+    }
+
+    fn workload_resource(w: wl::Workload) -> Resource {
+        let name = w.uid.clone();
+        let value = wl::Address {
+            r#type: Some(wl::address::Type::Workload(w)),
+        }
+        .encode_to_vec();
+        Resource {
+            name,
+            version: "1".into(),
+            resource: Some(prost_types::Any {
+                type_url: super::super::ADDRESS_TYPE.into(),
+                value,
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// A workload whose namespace and service account are shared while it is translated,
+    /// then rejected for its waypoint (no destination).
+    fn rejected_workload(i: usize, tag: &str) -> Resource {
+        workload_resource(wl::Workload {
+            uid: format!("c//Pod/{tag}-ns-{i}/p"),
+            name: "p".into(),
+            namespace: format!("{tag}-ns-{i}"),
+            service_account: format!("{tag}-sa-{i}"),
+            waypoint: Some(wl::GatewayAddress::default()),
+            ..Default::default()
+        })
+    }
+
+    fn address_response(resources: Vec<Resource>) -> DeltaDiscoveryResponse {
+        DeltaDiscoveryResponse {
+            type_url: super::super::ADDRESS_TYPE.into(),
+            nonce: "n1".into(),
+            resources,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn rejected_resources_leave_no_shared_strings_behind() {
+        let (mut applier, _reader) = applier();
+        let n = 2_000;
+        let resources = (0..n).map(|i| rejected_workload(i, "refused")).collect();
+        let applied = applier.apply(address_response(resources));
+        assert_eq!(applied.rejected.len(), n);
+        assert!(applied.rejected[0].reason.to_string().contains("waypoint"));
+        let kept: Vec<usize> = (0..n)
+            .filter(|i| {
+                crate::state::is_shared_string(&format!("refused-ns-{i}"))
+                    || crate::state::is_shared_string(&format!("refused-sa-{i}"))
+            })
+            .collect();
+        assert!(
+            kept.is_empty(),
+            "{} of {n} rejected workloads' strings still shared",
+            kept.len()
+        );
+    }
+
+    #[test]
+    fn a_first_response_mostly_rejected_is_not_published_at_its_counted_size() {
+        let (mut applier, reader) = applier();
+        let n = 40_000;
+        let mut resources: Vec<Resource> =
+            (0..n).map(|i| rejected_workload(i, "oversized")).collect();
+        resources.push(workload_resource(wl::Workload {
+            uid: "c//Pod/ns/good".into(),
+            name: "good".into(),
+            namespace: "ns".into(),
+            ..Default::default()
+        }));
+        let applied = applier.apply(address_response(resources));
+        assert_eq!((applied.updated, applied.rejected.len()), (1, n));
+        let snap = reader.load_full();
+        assert!(snap.workload_by_uid("c//Pod/ns/good").is_some());
+        // One workload: the smallest tables, far below the 30 000 slots reserved for 40 000.
+        assert!(
+            snap.table_buckets() < 4_096,
+            "published tables hold {} buckets for one workload",
+            snap.table_buckets()
+        );
+    }
 
     #[test]
     fn address_kinds_are_told_from_the_payloads_first_byte() {
