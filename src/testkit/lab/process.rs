@@ -78,11 +78,21 @@ impl Process {
 
     /// Its resident set size in bytes (`VmRSS`; 0 once it is gone).
     pub fn rss(&self) -> u64 {
+        self.status_bytes("VmRSS:")
+    }
+
+    /// The highest resident set size it reached so far, in bytes (`VmHWM`; 0 once it is gone).
+    pub fn peak_rss(&self) -> u64 {
+        self.status_bytes("VmHWM:")
+    }
+
+    /// A kB field of `/proc/PID/status`, in bytes.
+    fn status_bytes(&self, field: &str) -> u64 {
         std::fs::read_to_string(format!("/proc/{}/status", self.pid))
             .ok()
             .and_then(|s| {
                 s.lines()
-                    .find(|l| l.starts_with("VmRSS:"))
+                    .find(|l| l.starts_with(field))
                     .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
             })
             .map(|kb| kb * 1024)
