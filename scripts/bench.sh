@@ -32,7 +32,8 @@ target_dir="${CARGO_TARGET_DIR:-target}"
 if [ "${1:-}" = "--state" ]; then
   # State at scale: one dedicated tunnel in its own lab namespace fed a generated mesh over
   # xDS and from a file; with `--ztunnel PATH`, ztunnel measured the same way in the same run.
-  # Extra arguments go to `ztun-lab state-bench` (--workloads N --runs N --ztunnel PATH).
+  # Extra arguments go to `ztun-lab state-bench` (--workloads N --runs N --ztunnel PATH
+  # --baseline PATH (another ztun build, same run) --only xds|file).
   # Touches no other lab's namespaces.
   shift
   cargo build --release --features testing --bins

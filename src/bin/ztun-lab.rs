@@ -28,7 +28,7 @@ const COMMANDS: &[Command] = &[
     },
     Command {
         name: "state-bench",
-        usage: "state-bench [--ztun PATH] [--ztunnel PATH] [--workloads N] [--runs N] [--out FILE]  one dedicated tunnel fed a generated mesh over xDS and from a file: time to ready, RSS",
+        usage: "state-bench [--ztun PATH] [--ztunnel PATH] [--baseline PATH] [--only xds|file] [--workloads N] [--runs N] [--out FILE]  one dedicated tunnel fed a generated mesh over xDS and from a file: time to ready, RSS, peak",
         run: state_bench,
     },
     Command {
@@ -151,6 +151,8 @@ fn state_bench(args: &[String]) -> anyhow::Result<()> {
         workloads: 50_000,
         runs: 3,
         ztunnel: None,
+        baseline: None,
+        paths: ztun::testkit::state_bench::Paths::Both,
     };
     let mut bin = None;
     let mut out = None;
@@ -161,6 +163,17 @@ fn state_bench(args: &[String]) -> anyhow::Result<()> {
             "--ztun" => bin = Some(std::fs::canonicalize(value()?).context("--ztun")?),
             "--ztunnel" => {
                 opts.ztunnel = Some(std::fs::canonicalize(value()?).context("--ztunnel")?)
+            }
+            "--baseline" => {
+                opts.baseline = Some(std::fs::canonicalize(value()?).context("--baseline")?)
+            }
+            "--only" => {
+                use ztun::testkit::state_bench::Paths;
+                opts.paths = match value()?.as_str() {
+                    "xds" => Paths::Xds,
+                    "file" => Paths::File,
+                    other => bail!("--only takes xds or file, not {other:?}"),
+                }
             }
             "--workloads" => opts.workloads = value()?.parse().context("--workloads")?,
             "--runs" => opts.runs = value()?.parse().context("--runs")?,

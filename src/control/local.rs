@@ -17,6 +17,7 @@
 //! Allowed imports: `config` (for [`LocalXds`]), `state` (its model, and sharing repeated
 //! strings with it while converting).
 
+mod block;
 #[cfg(test)]
 mod tests;
 mod yaml;
@@ -72,8 +73,31 @@ pub struct LocalConfig {
 ///
 /// Each list entry is converted (and its repeated strings shared with the mesh state's) as
 /// soon as serde has read it, so the file's intermediate values never all live at once:
-/// loading a large file peaks lower and leaves the heap unfragmented.
+/// loading a large file peaks lower and leaves the heap unfragmented. A document in the plain
+/// block style of generated files is read straight from the text ([`block`]); any other
+/// (anchors and aliases, merge keys, tags, multi-line scalars, ...) or an invalid one is read
+/// by the full YAML loader, which also gives every error message.
 pub fn parse(yaml: &str) -> Result<LocalConfig, LocalConfigError> {
+    match parse_block(yaml) {
+        Some(config) => Ok(config),
+        None => parse_loaded(yaml),
+    }
+}
+
+/// The document read by the streaming block reader, or `None` where it declines the text or
+/// finds any error (the full loader then reads the text again and reports it).
+pub(crate) fn parse_block(yaml: &str) -> Option<LocalConfig> {
+    let mut collector = Collector::default();
+    block::read(yaml, Document(&mut collector)).ok()?;
+    if collector.error.is_some() {
+        return None;
+    }
+    collector.finish().ok()
+}
+
+/// The document read by the full YAML loader (libyaml's events for the whole document, then
+/// serde over them): every YAML feature, and the error messages with line and column.
+pub(crate) fn parse_loaded(yaml: &str) -> Result<LocalConfig, LocalConfigError> {
     let mut collector = Collector::default();
     let read = serde::de::DeserializeSeed::deserialize(
         Document(&mut collector),

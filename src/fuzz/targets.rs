@@ -120,10 +120,18 @@ pub fn zds(input: &[u8]) {
 
 // --- Local YAML and mesh config -------------------------------------------------------------
 
-/// The local config file (`LOCAL_XDS_PATH`).
+/// The local config file (`LOCAL_XDS_PATH`): both readers never panic, and whatever the
+/// streaming block reader accepts, the full YAML loader reads to the same config.
 pub fn local_yaml(input: &[u8]) {
     if let Ok(s) = std::str::from_utf8(input) {
-        let _ = crate::control::local::parse(s);
+        let full = crate::control::local::parse_loaded(s);
+        if let Some(block) = crate::control::local::parse_block(s) {
+            assert_eq!(
+                Some(&block),
+                full.as_ref().ok(),
+                "the block reader and the full loader disagree"
+            );
+        }
     }
 }
 

@@ -5,8 +5,9 @@
 //! file (`LOCAL_XDS_PATH`). Figures: time from spawn to the first 200 of
 //! `/healthz/ready` (polled every 5 ms), the CPU time the tunnel used until then (user +
 //! system: less swayed by a loaded machine than the wall-clock time), and the tunnel's RSS at
-//! that moment and once settled (2 s later). Given a ztunnel binary, each run starts ztun then ztunnel, alternating, with
-//! the same environment and mesh.
+//! that moment, its peak (`VmHWM`) until then, and its RSS once settled (2 s later). Given a
+//! ztunnel binary (and another ztun build as a baseline), each run starts them one after the
+//! other, alternating, with the same environment and mesh.
 
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
@@ -25,6 +26,8 @@ const NODES: u32 = 100;
 const NAMESPACES: u32 = 50;
 const CONTROL_PLANE: &str = "127.0.0.1:15012";
 const TOKEN: &str = "state-bench-token";
+const XDS_PATH: &str = "delta xDS from ztun control-plane";
+const FILE_PATH: &str = "local file (LOCAL_XDS_PATH)";
 
 /// Knobs of one run.
 #[derive(Debug, Clone)]
@@ -35,6 +38,21 @@ pub struct Options {
     pub runs: usize,
     /// ztunnel to compare with, if any.
     pub ztunnel: Option<PathBuf>,
+    /// Another ztun build measured the same way (before/after comparisons), if any.
+    pub baseline: Option<PathBuf>,
+    /// Which paths to measure.
+    pub paths: Paths,
+}
+
+/// The mesh sources a run measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Paths {
+    /// Delta xDS from `ztun control-plane`, then the local file.
+    Both,
+    /// Delta xDS only.
+    Xds,
+    /// The local file only.
+    File,
 }
 
 /// Writes the mesh in the local YAML format both tunnels read (and `ztun control-plane`).
@@ -71,6 +89,7 @@ struct Sample {
     ready: Duration,
     cpu: Duration,
     rss_ready: u64,
+    peak: u64,
     rss_settled: u64,
 }
 
@@ -118,13 +137,17 @@ pub fn run(ztun: &Path, opts: &Options) -> anyhow::Result<Value> {
     let mesh = mesh.to_string_lossy().into_owned();
 
     let mut tunnels: Vec<(&str, PathBuf)> = vec![("ztun", ztun.to_path_buf())];
+    if let Some(b) = &opts.baseline {
+        tunnels.push(("baseline", b.clone()));
+    }
     if let Some(z) = &opts.ztunnel {
         tunnels.push(("ztunnel", z.clone()));
     }
-    let paths = [
-        "delta xDS from ztun control-plane",
-        "local file (LOCAL_XDS_PATH)",
-    ];
+    let paths: &[&str] = match opts.paths {
+        Paths::Both => &[XDS_PATH, FILE_PATH],
+        Paths::Xds => &[XDS_PATH],
+        Paths::File => &[FILE_PATH],
+    };
     // samples[path][tunnel]
     let mut samples: Vec<Vec<Vec<Sample>>> = vec![vec![Vec::new(); tunnels.len()]; paths.len()];
     for run in 0..opts.runs {
@@ -143,7 +166,7 @@ pub fn run(ztun: &Path, opts: &Options) -> anyhow::Result<Value> {
                     ("ISTIO_META_CLUSTER_ID", "Kubernetes"),
                     ("RUST_LOG", "warn"),
                 ];
-                if p == 0 {
+                if *path == XDS_PATH {
                     env.push(("XDS_ADDRESS", &xds));
                     env.push(("XDS_ROOT_CA", &root));
                 } else {
@@ -153,11 +176,12 @@ pub fn run(ztun: &Path, opts: &Options) -> anyhow::Result<Value> {
                 let s = measure(&lab, &netns, name, bin, &env, &dir)
                     .with_context(|| format!("{name}, {path}, run {}", run + 1))?;
                 eprintln!(
-                    "  run {} {name:8} {path}: ready {:.0} ms ({:.0} ms CPU), RSS {:.1} MB at ready, {:.1} MB settled",
+                    "  run {} {name:8} {path}: ready {:.0} ms ({:.0} ms CPU), RSS {:.1} MB at ready (peak {:.1} MB), {:.1} MB settled",
                     run + 1,
                     s.ready.as_secs_f64() * 1e3,
                     s.cpu.as_secs_f64() * 1e3,
                     s.rss_ready as f64 / 1e6,
+                    s.peak as f64 / 1e6,
                     s.rss_settled as f64 / 1e6
                 );
                 samples[p][t].push(s);
@@ -179,8 +203,8 @@ pub fn run(ztun: &Path, opts: &Options) -> anyhow::Result<Value> {
         opts.runs
     );
     println!(
-        "{:<36} {:>8} {:>14} {:>9} {:>12} {:>16}",
-        "path", "tunnel", "ready (ms)", "CPU (ms)", "RSS ready", "RSS settled"
+        "{:<36} {:>8} {:>14} {:>9} {:>12} {:>12} {:>16}",
+        "path", "tunnel", "ready (ms)", "CPU (ms)", "RSS ready", "peak", "RSS settled"
     );
     for (p, path) in paths.iter().enumerate() {
         for (t, (name, _)) in tunnels.iter().enumerate() {
@@ -188,17 +212,19 @@ pub fn run(ztun: &Path, opts: &Options) -> anyhow::Result<Value> {
             let ready = median(v, |s| s.ready.as_secs_f64() * 1e3);
             let cpu = median(v, |s| s.cpu.as_secs_f64() * 1e3);
             let rss_ready = median(v, |s| s.rss_ready as f64 / 1e6);
+            let peak = median(v, |s| s.peak as f64 / 1e6);
             let rss_settled = median(v, |s| s.rss_settled as f64 / 1e6);
             let (lo, hi) = v.iter().fold((f64::MAX, 0f64), |(lo, hi), s| {
                 let ms = s.ready.as_secs_f64() * 1e3;
                 (lo.min(ms), hi.max(ms))
             });
             println!(
-                "{path:<36} {name:>8} {ready:>6.0} ({lo:.0}-{hi:.0}) {cpu:>9.0} {rss_ready:>9.1} MB {rss_settled:>13.1} MB"
+                "{path:<36} {name:>8} {ready:>6.0} ({lo:.0}-{hi:.0}) {cpu:>9.0} {rss_ready:>9.1} MB {peak:>9.1} MB {rss_settled:>13.1} MB"
             );
             rows.push(json!({
                 "path": path, "tunnel": name, "ready_ms": ready, "ready_ms_min": lo,
-                "ready_ms_max": hi, "cpu_ms": cpu, "rss_ready_mb": rss_ready, "rss_settled_mb": rss_settled,
+                "ready_ms_max": hi, "cpu_ms": cpu, "rss_ready_mb": rss_ready, "peak_mb": peak,
+                "rss_settled_mb": rss_settled,
             }));
         }
     }
@@ -237,6 +263,7 @@ fn measure(
     let ready = started.elapsed();
     let cpu = p.cpu_time();
     let rss_ready = p.rss();
+    let peak = p.peak_rss();
     std::thread::sleep(SETTLE);
     let rss_settled = p.rss();
     p.kill()?;
@@ -245,6 +272,7 @@ fn measure(
         ready,
         cpu,
         rss_ready,
+        peak,
         rss_settled,
     })
 }

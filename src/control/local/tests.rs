@@ -6,6 +6,7 @@ use crate::state::model::{
     NetworkMode, PolicyAction, PolicyScope, PortMap, TunnelProtocol, VecMap, Visibility,
 };
 
+mod block;
 mod errors;
 
 /// Modeled on ztunnel's `examples/localhost.yaml`: two local workloads (HBONE and TCP) in two
