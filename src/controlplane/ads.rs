@@ -1,5 +1,8 @@
 //! The delta ADS server: one task per stream, pushing only what each client lacks.
 //!
+//! A stream opens only for a caller with a bearer token of the `--tokens` file
+//! ([`super::auth`]); anyone else gets `UNAUTHENTICATED` and no resource.
+//!
 //! Per stream and type the session tracks the subscription (wildcard, or explicit names for
 //! on-demand clients) and what the client has (`name → version`, seeded from
 //! `initial_resource_versions`). A response goes out when a subscription starts (even if
@@ -18,6 +21,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
+use super::auth::Tokens;
 use super::store::MeshResources;
 use crate::control::xds::proto::{
     AggregatedDiscoveryService, DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
@@ -33,6 +37,7 @@ const WILDCARD: &str = "*";
 #[derive(Clone)]
 pub struct Ads {
     mesh: watch::Receiver<Arc<MeshResources>>,
+    auth: XdsAuth,
     clients: Arc<AtomicUsize>,
     /// Turns true when the server shuts down: every stream ends (clients reconnect).
     stopping: watch::Sender<bool>,
@@ -40,15 +45,26 @@ pub struct Ads {
     pub(crate) scans: Arc<Semaphore>,
 }
 
+/// Who may open a stream.
+#[derive(Clone)]
+pub enum XdsAuth {
+    /// Callers whose bearer token is in the tokens file (the CA's; with no file, nobody).
+    Tokens(Arc<Tokens>),
+    /// Anyone who completes the TLS handshake receives the whole mesh
+    /// (`--dangerous-unauthenticated-xds`).
+    DangerousUnauthenticated,
+}
+
 /// The remote address of a connection, put in request extensions by the TLS acceptor.
 #[derive(Debug, Clone, Copy)]
 pub struct PeerAddr(pub SocketAddr);
 
 impl Ads {
-    /// Serves the generations published on `mesh`.
-    pub fn new(mesh: watch::Receiver<Arc<MeshResources>>) -> Ads {
+    /// Serves the generations published on `mesh` to the callers `auth` lets in.
+    pub fn new(mesh: watch::Receiver<Arc<MeshResources>>, auth: XdsAuth) -> Ads {
         Ads {
             mesh,
+            auth,
             clients: Arc::new(AtomicUsize::new(0)),
             stopping: watch::channel(false).0,
             scans: Arc::new(Semaphore::new(scan_permits())),
@@ -79,9 +95,21 @@ impl AggregatedDiscoveryService for Ads {
             .extensions()
             .get::<PeerAddr>()
             .map_or_else(|| "unknown".to_owned(), |p| p.0.to_string());
+        // Before anything is sent: an unauthenticated caller gets a status, not a stream.
+        let authenticated = match &self.auth {
+            XdsAuth::Tokens(tokens) => match tokens.authenticate_request(request.metadata()) {
+                Ok(node) => Some(node),
+                Err(refusal) => {
+                    warn!(peer, reason = %refusal, "xDS stream refused");
+                    return Err(refusal.status());
+                }
+            },
+            XdsAuth::DangerousUnauthenticated => None,
+        };
         let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
         let session = Session {
             peer,
+            authenticated,
             node: String::new(),
             mesh: self.mesh.clone(),
             tx,
@@ -105,6 +133,8 @@ impl AggregatedDiscoveryService for Ads {
 /// One client's stream.
 struct Session {
     peer: String,
+    /// The node whose bearer token opened the stream (`None` without authentication).
+    authenticated: Option<Arc<str>>,
     /// The node id the client sent (empty until its first request).
     node: String,
     mesh: watch::Receiver<Arc<MeshResources>>,
@@ -331,7 +361,12 @@ impl Session {
         if let Some(node) = &req.node {
             if self.node.is_empty() {
                 self.node = node.id.clone();
-                info!(peer = self.peer, node = self.node, "xDS client connected");
+                info!(
+                    peer = self.peer,
+                    node = self.node,
+                    token_node = self.authenticated.as_deref(),
+                    "xDS client connected"
+                );
             }
         }
         let Some(kind) = ResourceType::from_type_url(&req.type_url) else {

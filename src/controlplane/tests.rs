@@ -21,6 +21,8 @@ use crate::control::xds::{self, ResourceType, ADDRESS_TYPE, AUTHORIZATION_TYPE};
 use crate::state;
 
 const WAIT: Duration = Duration::from_secs(20);
+/// The token of node `n1` in the control plane's tokens file.
+const TOKEN: &str = "t0k3n-n1";
 
 /// A mesh file with workloads `w<i>` for `ids`, one service and the given policies.
 fn mesh_yaml(ids: &[u8], port: u16, policies: &[&str]) -> String {
@@ -69,6 +71,10 @@ fn args_parse_with_defaults_and_repeated_sans() {
     assert_eq!(a.ca_dir, PathBuf::from("/ca"));
     assert_eq!(a.listen, DEFAULT_LISTEN);
     assert_eq!(a.sans, ["cp.example", "10.0.0.5"]);
+    assert!(
+        !a.dangerous_unauthenticated_xds,
+        "xDS authenticates by default"
+    );
     assert_eq!(
         a.serving_sans(),
         [
@@ -94,12 +100,31 @@ fn args_parse_with_defaults_and_repeated_sans() {
         a.serving_sans(),
         ["istiod.istio-system.svc", "localhost", "172.30.0.1"]
     );
+    let a = Args::parse(
+        [
+            "--config",
+            "m",
+            "--ca-dir",
+            "c",
+            "--dangerous-unauthenticated-xds",
+        ]
+        .map(String::from),
+    )
+    .unwrap();
+    assert!(a.dangerous_unauthenticated_xds);
     for bad in [
         vec!["--ca-dir", "c"],
         vec!["--config", "m"],
         vec!["--config", "m", "--ca-dir", "c", "--listen", "nope"],
         vec!["--config", "m", "--ca-dir", "c", "--bogus"],
         vec!["--config"],
+        vec![
+            "--config",
+            "m",
+            "--ca-dir",
+            "c",
+            "--dangerous-unauthenticated-xds=no",
+        ],
     ] {
         assert!(
             Args::parse(bad.iter().map(|s| s.to_string())).is_err(),
@@ -283,12 +308,24 @@ impl Running {
     }
 
     async fn start_in(dir: tempfile::TempDir) -> Running {
+        std::fs::write(dir.path().join("tokens"), format!("{TOKEN} n1\n")).unwrap();
+        Running::start_with(dir, Some("tokens"), false).await
+    }
+
+    /// Starts with the tokens file `tokens` (relative to the directory) or none, and
+    /// optionally without xDS authentication.
+    async fn start_with(
+        dir: tempfile::TempDir,
+        tokens: Option<&str>,
+        dangerous_unauthenticated_xds: bool,
+    ) -> Running {
         let args = Args {
             config: dir.path().join("mesh.yaml"),
             listen: "127.0.0.1:0".parse().unwrap(),
             ca_dir: dir.path().join("ca"),
             sans: vec![],
-            tokens: None,
+            tokens: tokens.map(|t| dir.path().join(t)),
+            dangerous_unauthenticated_xds,
             max_cert_ttl: super::ca::CaServerConfig::DEFAULT_MAX_TTL,
         };
         let cp = ControlPlane::start(&args)
@@ -334,11 +371,24 @@ struct Raw {
 }
 
 impl Raw {
+    /// Opens a stream with the known token.
     async fn connect(
         addr: std::net::SocketAddr,
         root: &Path,
         first: Vec<DeltaDiscoveryRequest>,
     ) -> Raw {
+        Raw::open(addr, root, Some(TOKEN), first)
+            .await
+            .expect("stream opens")
+    }
+
+    /// Opens a stream sending `authorization: Bearer <token>` if `token`.
+    async fn open(
+        addr: std::net::SocketAddr,
+        root: &Path,
+        token: Option<&str>,
+        first: Vec<DeltaDiscoveryRequest>,
+    ) -> Result<Raw, tonic::Status> {
         let channel = grpc::channel(&ChannelConfig {
             address: format!("https://localhost:{}", addr.port()),
             roots: RootCert::File(root.to_owned()),
@@ -351,12 +401,16 @@ impl Raw {
         for r in first {
             tx.send(r).await.unwrap();
         }
+        let mut request = tonic::Request::new(ReceiverStream::new(rx));
+        if let Some(token) = token {
+            let bearer = format!("Bearer {token}").parse().unwrap();
+            request.metadata_mut().insert("authorization", bearer);
+        }
         let rx = AggregatedDiscoveryServiceClient::new(channel)
-            .delta_aggregated_resources(ReceiverStream::new(rx))
-            .await
-            .expect("stream opens")
+            .delta_aggregated_resources(request)
+            .await?
             .into_inner();
-        Raw { tx, rx }
+        Ok(Raw { tx, rx })
     }
 
     async fn recv(&mut self) -> DeltaDiscoveryResponse {
@@ -392,7 +446,7 @@ fn xds_client(addr: std::net::SocketAddr, root: &Path) -> xds::ClientConfig {
             .unwrap(),
         root_cert: RootCert::File(root.to_owned()),
         alt_hostname: None,
-        auth_token: AuthToken::None,
+        auth_token: AuthToken::Static(TOKEN.into()),
         cluster_id: "Kubernetes".into(),
         headers: Default::default(),
         node_id: "ztunnel~10.0.0.1~z.ns~ns.svc.cluster.local".into(),
@@ -587,6 +641,73 @@ async fn on_demand_clients_receive_only_the_resources_they_name() {
     assert_eq!(resource_names(&push), ["w7", "w9"]);
     assert!(push.removed_resources.is_empty());
     raw.ack(&push).await;
+    cp.stop().await;
+}
+
+/// Delta ADS authenticates like the CA: over the wire, a stream without a token or with one
+/// the tokens file does not hold gets `UNAUTHENTICATED` and no resource (the session never
+/// starts); the file's token gets the mesh; a token added to the file works without a
+/// restart (the same reloading source as the CA's).
+#[tokio::test]
+async fn xds_streams_without_a_known_token_are_refused_before_any_resource() {
+    let cp = Running::start(&mesh_yaml(&[1, 2], 8080, &["p1"])).await;
+    let first = || vec![wildcard(ADDRESS_TYPE, BTreeMap::new())];
+    for (token, message) in [
+        (None, "missing bearer token"),
+        (Some(""), "missing bearer token"),
+        (Some("not-a-token"), "unknown bearer token"),
+    ] {
+        let refused = Raw::open(cp.addr, &cp.root(), token, first()).await;
+        let status = refused
+            .err()
+            .unwrap_or_else(|| panic!("{token:?} was served"));
+        assert_eq!(status.code(), tonic::Code::Unauthenticated, "{token:?}");
+        assert_eq!(status.message(), message, "{token:?}");
+    }
+    assert_eq!(cp.ads.clients(), 0, "no session started");
+
+    let mut raw = Raw::connect(cp.addr, &cp.root(), first()).await;
+    let r = raw.recv().await;
+    assert_eq!(resource_names(&r), ["default/svc.example", "w1", "w2"]);
+
+    // A new token: write + rename, as with the mesh file.
+    let tmp = cp.dir.path().join("tokens.tmp");
+    std::fs::write(&tmp, format!("{TOKEN} n1\nt0k3n-n2 n2\n")).unwrap();
+    std::fs::rename(&tmp, cp.dir.path().join("tokens")).unwrap();
+    let mut raw2 = Raw::open(cp.addr, &cp.root(), Some("t0k3n-n2"), first())
+        .await
+        .expect("a token added to the file is accepted");
+    assert_eq!(resource_names(&raw2.recv().await).len(), 3);
+    cp.stop().await;
+}
+
+/// Without a tokens file nobody authenticates: xDS refuses every stream, whatever token it
+/// carries, as the CA refuses every request — unless `--dangerous-unauthenticated-xds`, which
+/// serves a stream without any token.
+#[tokio::test]
+async fn without_a_tokens_file_xds_refuses_everyone_unless_opted_out() {
+    let yaml = mesh_yaml(&[1], 8080, &[]);
+    let first = || vec![wildcard(ADDRESS_TYPE, BTreeMap::new())];
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("mesh.yaml"), &yaml).unwrap();
+    let cp = Running::start_with(dir, None, false).await;
+    for token in [None, Some(TOKEN)] {
+        let status = Raw::open(cp.addr, &cp.root(), token, first())
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{token:?} was served without a tokens file"));
+        assert_eq!(status.code(), tonic::Code::Unauthenticated, "{token:?}");
+    }
+    let dir = cp.stop().await;
+
+    let cp = Running::start_with(dir, None, true).await;
+    let mut raw = Raw::open(cp.addr, &cp.root(), None, first())
+        .await
+        .expect("opted out: served without a token");
+    assert_eq!(
+        resource_names(&raw.recv().await),
+        ["default/svc.example", "w1"]
+    );
     cp.stop().await;
 }
 
