@@ -13,7 +13,6 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use tonic::metadata::MetadataMap;
 use tonic::Status;
 
 use super::reload::Reloading;
@@ -88,9 +87,13 @@ impl Tokens {
     /// [`Tokens::authenticate`] with a request's `authorization` header.
     pub fn authenticate_request(
         &self,
-        metadata: &MetadataMap,
+        headers: &http::HeaderMap,
     ) -> Result<Arc<str>, Unauthenticated> {
-        self.authenticate(metadata.get("authorization").and_then(|v| v.to_str().ok()))
+        self.authenticate(
+            headers
+                .get(http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok()),
+        )
     }
 }
 

@@ -9,6 +9,10 @@
 //!   `namespace/hostname`, policies by `namespace/name`) and versioned by a hash of their
 //!   encoding, so reconnecting clients that send `initial_resource_versions` receive only
 //!   the difference, even across a control-plane restart.
+//! - Each generation encodes every resource once; all clients' responses are framed from
+//!   those shared bytes and written in bounded chunks ([`wire`]), and a synced wildcard
+//!   client is tracked as "has this generation", so a connected node costs the control plane
+//!   little beyond its connection.
 //! - TLS with a serving certificate issued at startup from the CA in `--ca-dir` (created
 //!   there on first start), for `istiod.istio-system.svc`, `localhost`, the listen IP and
 //!   every `--san`.
@@ -21,7 +25,8 @@
 //!   certificates signed by the `--ca-dir` CA for callers holding a `--tokens` token, limited
 //!   to the identities the mesh file schedules on the caller's node.
 //!
-//! Adding another service to the same port: add it in [`services`].
+//! Adding another service to the same port: add it in [`services`] (ADS is served by
+//! [`wire::AdsServer`], not tonic's generated server).
 //!
 //! Allowed imports: `control::local`, `control::ca`, `control::xds` (wire types and resource
 //! types), `state::model`, `tls` (PEM parsing).
@@ -33,6 +38,7 @@ pub mod encode;
 mod reload;
 pub mod store;
 pub mod tls;
+pub mod wire;
 
 #[cfg(test)]
 mod tests;
@@ -48,7 +54,6 @@ use tonic::transport::Server;
 use tracing::{info, warn};
 
 use crate::control::local::LocalConfigError;
-use crate::control::xds::proto::AggregatedDiscoveryServiceServer;
 
 pub use ads::{Ads, XdsAuth};
 pub use store::{MeshResources, MeshWatcher};
@@ -313,9 +318,7 @@ impl ControlPlane {
 /// (`istio.v1.auth.IstioCertificateService`).
 pub fn services(ads: &Ads, ca: &ca::CaService) -> Routes {
     let mut routes = RoutesBuilder::default();
-    routes.add_service(
-        AggregatedDiscoveryServiceServer::new(ads.clone()).max_decoding_message_size(MAX_REQUEST),
-    );
+    routes.add_service(wire::AdsServer::new(ads.clone(), MAX_REQUEST));
     routes.add_service(ca.clone().into_server());
     routes.routes()
 }

@@ -3,8 +3,10 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
+use prost::Message as _;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
@@ -15,7 +17,7 @@ use crate::config::{AuthToken, RootCert};
 use crate::control::grpc::{self, ChannelConfig};
 use crate::control::local;
 use crate::control::xds::proto::{
-    AggregatedDiscoveryServiceClient, DeltaDiscoveryRequest, DeltaDiscoveryResponse,
+    AggregatedDiscoveryServiceClient, DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
 };
 use crate::control::xds::{self, ResourceType, ADDRESS_TYPE, AUTHORIZATION_TYPE};
 use crate::state;
@@ -210,15 +212,77 @@ fn request(
     }
 }
 
+/// The resources of a push, decoded.
+fn sent(push: &ads::Push) -> Vec<Resource> {
+    push.resources
+        .iter()
+        .map(|r| Resource::decode(r.as_ref()).expect("an encoded Resource"))
+        .collect()
+}
+
 fn sent_names(push: &ads::Push) -> Vec<String> {
-    let mut n: Vec<String> = push.resources.iter().map(|r| r.name.clone()).collect();
+    let mut n: Vec<String> = sent(push).into_iter().map(|r| r.name).collect();
     n.sort();
     n
 }
 
+/// A response framed by hand from shared encodings decodes to the message prost would have
+/// sent (resources in order, an added alias, removals, scalar fields), whether its resources
+/// fit a chunk or one is larger than a chunk.
+#[test]
+fn hand_framed_responses_decode_to_the_same_message() {
+    let resource = |name: &str, size: usize| Resource {
+        name: name.into(),
+        version: format!("v-{name}"),
+        resource: Some(prost_types::Any {
+            type_url: ADDRESS_TYPE.into(),
+            value: vec![7; size],
+        }),
+        aliases: Vec::new(),
+        ttl: None,
+    };
+    let mut expected = DeltaDiscoveryResponse {
+        system_version_info: "3".into(),
+        type_url: ADDRESS_TYPE.into(),
+        nonce: "12".into(),
+        removed_resources: vec!["gone".into(), "w9".into()],
+        resources: (0..2000).map(|i| resource(&format!("w{i}"), 300)).collect(),
+    };
+    expected
+        .resources
+        .insert(5, resource("big", 3 * wire::CHUNK));
+    let mut encoded: Vec<bytes::Bytes> = expected
+        .resources
+        .iter()
+        .map(|r| r.encode_to_vec().into())
+        .collect();
+    encoded[1] = wire::with_alias(&encoded[1], "/10.0.0.1");
+    expected.resources[1].aliases.push("/10.0.0.1".into());
+    let response = wire::Response::new(
+        "3",
+        ADDRESS_TYPE,
+        "12",
+        &expected.removed_resources,
+        encoded,
+    )
+    .unwrap();
+    assert_eq!(response.decode(), expected);
+    // Nothing but the response's own fields.
+    let empty = wire::Response::new("1", AUTHORIZATION_TYPE, "1", &[], Vec::new()).unwrap();
+    assert_eq!(
+        empty.decode(),
+        DeltaDiscoveryResponse {
+            system_version_info: "1".into(),
+            type_url: AUTHORIZATION_TYPE.into(),
+            nonce: "1".into(),
+            ..Default::default()
+        }
+    );
+}
+
 #[test]
 fn a_reconnecting_client_receives_only_the_difference() {
-    let m = mesh(&[1, 2, 3], 8080, &[]);
+    let m = Arc::new(mesh(&[1, 2, 3], 8080, &[]));
     let v = |n: &str| m.get(ResourceType::Address, n).unwrap().version.to_string();
     // The client has w1 current, w2 outdated, and w9 which no longer exists.
     let initial = [
@@ -232,6 +296,8 @@ fn a_reconnecting_client_receives_only_the_difference() {
     let push = sub.push(ResourceType::Address, &m, None, &[]);
     assert_eq!(sent_names(&push), ["default/svc.example", "w2", "w3"]);
     assert_eq!(push.removed, ["w9"]);
+    // In sync: what the client has is the generation itself, not a map per client.
+    assert!(sub.sent.is_empty() && sub.in_sync.is_some());
     // Nothing more to send until the mesh changes.
     assert_eq!(
         sub.push(ResourceType::Address, &m, None, &[]),
@@ -239,9 +305,10 @@ fn a_reconnecting_client_receives_only_the_difference() {
     );
 
     // The incremental path (the mesh's own delta) agrees with a full scan.
-    let next = m
-        .next(&local::parse(&mesh_yaml(&[1, 3, 4], 9090, &[])).unwrap())
-        .unwrap();
+    let next = Arc::new(
+        m.next(&local::parse(&mesh_yaml(&[1, 3, 4], 9090, &[])).unwrap())
+            .unwrap(),
+    );
     let mut full = Subscription::open(&request(&[], &[], &[]));
     full.push(ResourceType::Address, &m, None, &[]);
     let incremental_push = sub.push(
@@ -257,9 +324,33 @@ fn a_reconnecting_client_receives_only_the_difference() {
     assert_eq!(full_push.removed, ["w2"]);
 }
 
+/// A wildcard subscription that is cancelled keeps track of what the client has: a
+/// resource it received under the wildcard and that is later removed is reported removed.
+#[test]
+fn a_cancelled_wildcard_still_reports_removals_of_what_the_client_has() {
+    let m = Arc::new(mesh(&[1, 2], 8080, &[]));
+    let mut sub = Subscription::open(&request(&[], &[], &[]));
+    let push = sub.push(ResourceType::Address, &m, None, &[]);
+    assert_eq!(sent_names(&push), ["default/svc.example", "w1", "w2"]);
+    sub.change(&request(&[], &["*"], &[]));
+    assert!(!sub.wildcard);
+    let next = Arc::new(
+        m.next(&local::parse(&mesh_yaml(&[1], 8080, &[])).unwrap())
+            .unwrap(),
+    );
+    let push = sub.push(
+        ResourceType::Address,
+        &next,
+        next.delta(ResourceType::Address),
+        &[],
+    );
+    assert!(push.resources.is_empty());
+    assert_eq!(push.removed, ["w2"]);
+}
+
 #[test]
 fn on_demand_subscriptions_resolve_keys_and_report_missing_ones() {
-    let m = mesh(&[1, 2], 8080, &[]);
+    let m = Arc::new(mesh(&[1, 2], 8080, &[]));
     // "Subscribe to nothing".
     let mut sub = Subscription::open(&request(&["*"], &["*"], &[]));
     assert!(!sub.wildcard);
@@ -271,16 +362,17 @@ fn on_demand_subscriptions_resolve_keys_and_report_missing_ones() {
     let added = sub.change(&request(&["/10.0.0.2"], &[], &[]));
     let push = sub.push(ResourceType::Address, &m, None, &added);
     assert_eq!(sent_names(&push), ["w2"]);
-    assert_eq!(push.resources[0].aliases, ["/10.0.0.2"]);
+    assert_eq!(sent(&push)[0].aliases, ["/10.0.0.2"]);
     // By name, and a key that does not exist (answered by a removal).
     let added = sub.change(&request(&["w1", "/10.0.0.77"], &[], &[]));
     let push = sub.push(ResourceType::Address, &m, None, &added);
     assert_eq!(sent_names(&push), ["w1"]);
     assert_eq!(push.removed, ["/10.0.0.77"]);
     // When a subscribed resource disappears, the client is told.
-    let next = m
-        .next(&local::parse(&mesh_yaml(&[1], 8080, &[])).unwrap())
-        .unwrap();
+    let next = Arc::new(
+        m.next(&local::parse(&mesh_yaml(&[1], 8080, &[])).unwrap())
+            .unwrap(),
+    );
     let push = sub.push(
         ResourceType::Address,
         &next,
