@@ -1,27 +1,32 @@
 //! The delta ADS server: one task per stream, pushing only what each client lacks.
 //!
+//! A stream opens only for a caller with a bearer token of the `--tokens` file
+//! ([`super::auth`]); anyone else gets `UNAUTHENTICATED` and no resource.
+//!
 //! Per stream and type the session tracks the subscription (wildcard, or explicit names for
 //! on-demand clients) and what the client has (`name → version`, seeded from
-//! `initial_resource_versions`). A response goes out when a subscription starts (even if
+//! `initial_resource_versions`; once a wildcard subscription is pushed, simply "this
+//! generation", shared with every other client). A response goes out when a subscription starts (even if
 //! empty, so clients can tell they are synced), when a client subscribes to more names, and
 //! when the mesh changes; it carries exactly the resources whose version differs and the
 //! removals of names the client has that no longer exist. NACKs are logged; the server does
-//! not resend (a fixed resource arrives with the next change).
+//! not resend (a fixed resource arrives with the next change). Responses are framed from the
+//! generation's shared encodings and written in chunks ([`super::wire`]).
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use tokio::sync::{mpsc, watch, Semaphore};
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Status, Streaming};
 use tracing::{debug, info, warn};
 
+use super::auth::Tokens;
 use super::store::MeshResources;
-use crate::control::xds::proto::{
-    AggregatedDiscoveryService, DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
-};
+use super::wire::{self, Response, ResponseBody};
+use crate::control::xds::proto::DeltaDiscoveryRequest;
 use crate::control::xds::ResourceType;
 
 /// Responses buffered per stream before the session waits for the client to read.
@@ -33,6 +38,7 @@ const WILDCARD: &str = "*";
 #[derive(Clone)]
 pub struct Ads {
     mesh: watch::Receiver<Arc<MeshResources>>,
+    auth: XdsAuth,
     clients: Arc<AtomicUsize>,
     /// Turns true when the server shuts down: every stream ends (clients reconnect).
     stopping: watch::Sender<bool>,
@@ -40,15 +46,26 @@ pub struct Ads {
     pub(crate) scans: Arc<Semaphore>,
 }
 
+/// Who may open a stream.
+#[derive(Clone)]
+pub enum XdsAuth {
+    /// Callers whose bearer token is in the tokens file (the CA's; with no file, nobody).
+    Tokens(Arc<Tokens>),
+    /// Anyone who completes the TLS handshake receives the whole mesh
+    /// (`--dangerous-unauthenticated-xds`).
+    DangerousUnauthenticated,
+}
+
 /// The remote address of a connection, put in request extensions by the TLS acceptor.
 #[derive(Debug, Clone, Copy)]
 pub struct PeerAddr(pub SocketAddr);
 
 impl Ads {
-    /// Serves the generations published on `mesh`.
-    pub fn new(mesh: watch::Receiver<Arc<MeshResources>>) -> Ads {
+    /// Serves the generations published on `mesh` to the callers `auth` lets in.
+    pub fn new(mesh: watch::Receiver<Arc<MeshResources>>, auth: XdsAuth) -> Ads {
         Ads {
             mesh,
+            auth,
             clients: Arc::new(AtomicUsize::new(0)),
             stopping: watch::channel(false).0,
             scans: Arc::new(Semaphore::new(scan_permits())),
@@ -65,23 +82,31 @@ impl Ads {
     pub fn clients(&self) -> usize {
         self.clients.load(Ordering::Relaxed)
     }
-}
 
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for Ads {
-    type DeltaAggregatedResourcesStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
-
-    async fn delta_aggregated_resources(
+    /// Opens a `DeltaAggregatedResources` stream from a caller with these request headers:
+    /// the body of its response, or why it is refused (nothing else is sent then).
+    pub fn open(
         &self,
-        request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        let peer = request
-            .extensions()
-            .get::<PeerAddr>()
-            .map_or_else(|| "unknown".to_owned(), |p| p.0.to_string());
+        headers: &http::HeaderMap,
+        peer: Option<PeerAddr>,
+        requests: Streaming<DeltaDiscoveryRequest>,
+    ) -> Result<ResponseBody, Status> {
+        let peer = peer.map_or_else(|| "unknown".to_owned(), |p| p.0.to_string());
+        // Before anything is sent: an unauthenticated caller gets a status, not a stream.
+        let authenticated = match &self.auth {
+            XdsAuth::Tokens(tokens) => match tokens.authenticate_request(headers) {
+                Ok(node) => Some(node),
+                Err(refusal) => {
+                    warn!(peer, reason = %refusal, "xDS stream refused");
+                    return Err(refusal.status());
+                }
+            },
+            XdsAuth::DangerousUnauthenticated => None,
+        };
         let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
         let session = Session {
             peer,
+            authenticated,
             node: String::new(),
             mesh: self.mesh.clone(),
             tx,
@@ -92,23 +117,24 @@ impl AggregatedDiscoveryService for Ads {
             scans: self.scans.clone(),
         };
         let clients = self.clients.clone();
-        let requests = request.into_inner();
         tokio::spawn(async move {
             clients.fetch_add(1, Ordering::Relaxed);
             session.run(requests, &clients).await;
             clients.fetch_sub(1, Ordering::Relaxed);
         });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(ResponseBody::new(rx))
     }
 }
 
 /// One client's stream.
 struct Session {
     peer: String,
+    /// The node whose bearer token opened the stream (`None` without authentication).
+    authenticated: Option<Arc<str>>,
     /// The node id the client sent (empty until its first request).
     node: String,
     mesh: watch::Receiver<Arc<MeshResources>>,
-    tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    tx: mpsc::Sender<Result<Response, Status>>,
     subscriptions: [Option<Subscription>; 2],
     nonce: u64,
     /// The mesh generation the subscriptions were last brought up to date with.
@@ -124,8 +150,13 @@ pub(crate) struct Subscription {
     pub(crate) wildcard: bool,
     /// Explicitly requested names or aliases (on-demand clients).
     pub(crate) names: HashSet<String>,
-    /// What the client has: resource name → version.
-    pub(crate) sent: HashMap<String, Arc<str>>,
+    /// What the client has: resource name → version, unless `in_sync`. Names and versions of
+    /// resources in the mesh are the generation's own (shared, not copied per client).
+    pub(crate) sent: HashMap<Arc<str>, Arc<str>>,
+    /// A wildcard subscription after a push: the client has exactly this generation's
+    /// resources of the type, and `sent` is empty. A synced client costs no memory per
+    /// resource (the generation is shared with every other client and the server).
+    pub(crate) in_sync: Option<Arc<MeshResources>>,
     /// Requested aliases answered with a resource (their removal is reported when they
     /// stop resolving).
     pub(crate) aliases: HashSet<String>,
@@ -134,7 +165,8 @@ pub(crate) struct Subscription {
 /// The resources and removals one response carries.
 #[derive(Debug, Default, PartialEq)]
 pub(crate) struct Push {
-    pub(crate) resources: Vec<Resource>,
+    /// Encoded `Resource` messages (the mesh's shared bytes, or a copy with an alias added).
+    pub(crate) resources: Vec<Bytes>,
     pub(crate) removed: Vec<String>,
 }
 
@@ -152,7 +184,7 @@ impl Subscription {
         sub.sent = req
             .initial_resource_versions
             .iter()
-            .map(|(k, v)| (k.clone(), Arc::from(v.as_str())))
+            .map(|(k, v)| (Arc::from(k.as_str()), Arc::from(v.as_str())))
             .collect();
         if !sub.wildcard {
             sub.names
@@ -190,36 +222,23 @@ impl Subscription {
     pub(crate) fn push(
         &mut self,
         kind: ResourceType,
-        mesh: &MeshResources,
+        mesh: &Arc<MeshResources>,
         since: Option<&super::store::Delta>,
         forced: &[String],
     ) -> Push {
         let mut push = Push::default();
-        let mut wanted: HashSet<Arc<str>> = HashSet::new();
         if self.wildcard {
-            match since {
-                Some(delta) => {
-                    for name in delta.updated.iter().chain(&delta.removed) {
-                        self.sync_one(kind, mesh, name, None, false, &mut push);
-                    }
-                }
-                None => {
-                    for name in mesh.resources(kind).keys() {
-                        self.sync_one(kind, mesh, name, None, false, &mut push);
-                    }
-                    let gone: Vec<String> = self
-                        .sent
-                        .keys()
-                        .filter(|n| mesh.get(kind, n).is_none())
-                        .cloned()
-                        .collect();
-                    for name in gone {
-                        self.sync_one(kind, mesh, &name, None, false, &mut push);
-                    }
-                }
-            }
-            wanted.extend(mesh.resources(kind).keys().cloned());
+            self.push_wildcard(kind, mesh, since, &mut push);
+        } else if let Some(had) = self.in_sync.take() {
+            // The wildcard was cancelled: what the client has is tracked by name again.
+            self.sent = had
+                .resources(kind)
+                .iter()
+                .map(|(name, e)| (name.clone(), e.version.clone()))
+                .collect();
         }
+        // Names already answered in this push (two keys may resolve to one resource).
+        let mut answered: HashSet<Arc<str>> = HashSet::new();
         // Explicit names (aliases resolve to the resource they name).
         let names: Vec<String> = self.names.iter().cloned().collect();
         for key in names {
@@ -229,17 +248,18 @@ impl Subscription {
                     let alias = (*name != *key).then_some(key.as_str());
                     if alias.is_some() {
                         // What the client has is recorded under the resource's own name.
-                        self.sent.remove(&key);
+                        self.sent.remove(key.as_str());
                         self.aliases.insert(key.clone());
                     }
-                    if !wanted.contains(&name) || force {
+                    // A wildcard subscription has every resource already.
+                    if !(self.wildcard || answered.contains(&name)) || force {
                         self.sync_one(kind, mesh, &name, alias, force, &mut push);
                     }
-                    wanted.insert(name);
+                    answered.insert(name);
                 }
                 None => {
                     // Tell the client the key does not exist (once, or when asked again).
-                    let had = self.sent.remove(&key).is_some() | self.aliases.remove(&key);
+                    let had = self.sent.remove(key.as_str()).is_some() | self.aliases.remove(&key);
                     if force || had {
                         push.removed.push(key);
                     }
@@ -248,7 +268,7 @@ impl Subscription {
         }
         // Removed resources an explicit name used to resolve to.
         if !self.wildcard {
-            let gone: Vec<String> = self
+            let gone: Vec<Arc<str>> = self
                 .sent
                 .keys()
                 .filter(|n| mesh.resolve(kind, n).is_none())
@@ -256,7 +276,7 @@ impl Subscription {
                 .collect();
             for name in gone {
                 self.sent.remove(&name);
-                push.removed.push(name);
+                push.removed.push(name.to_string());
             }
         }
         push.removed.sort();
@@ -264,8 +284,67 @@ impl Subscription {
         push
     }
 
+    /// The wildcard part of [`Subscription::push`]: every resource whose version differs from
+    /// what the client has, and the removal of what it has that is gone (with `since`, of the
+    /// changed names only). Afterwards the client has exactly `mesh`.
+    fn push_wildcard(
+        &mut self,
+        kind: ResourceType,
+        mesh: &Arc<MeshResources>,
+        since: Option<&super::store::Delta>,
+        push: &mut Push,
+    ) {
+        let before = self.in_sync.take();
+        let sent = std::mem::take(&mut self.sent);
+        let have = |name: &str| -> Option<&Arc<str>> {
+            match &before {
+                Some(had) => had.get(kind, name).map(|e| &e.version),
+                None => sent.get(name),
+            }
+        };
+        let check = |name: &str, push: &mut Push| match mesh.get(kind, name) {
+            Some(entry) => {
+                if have(name) != Some(&entry.version) {
+                    push.resources.push(entry.encoded.clone());
+                }
+            }
+            None => {
+                if have(name).is_some() {
+                    push.removed.push(name.to_owned());
+                }
+            }
+        };
+        // The mesh's delta is only valid if the client had the previous generation.
+        let in_step = before
+            .as_ref()
+            .is_some_and(|had| had.generation() + 1 == mesh.generation());
+        match since.filter(|_| in_step) {
+            Some(delta) => {
+                for name in delta.updated.iter().chain(&delta.removed) {
+                    check(name, push);
+                }
+            }
+            None => {
+                for name in mesh.resources(kind).keys() {
+                    check(name, push);
+                }
+                let had: Box<dyn Iterator<Item = &Arc<str>>> = match &before {
+                    Some(had) => Box::new(had.resources(kind).keys()),
+                    None => Box::new(sent.keys()),
+                };
+                for name in had {
+                    if mesh.get(kind, name).is_none() {
+                        push.removed.push(name.to_string());
+                    }
+                }
+            }
+        }
+        self.in_sync = Some(mesh.clone());
+    }
+
     /// Adds `name` to the push if the client lacks its current version (or `force`), or its
-    /// removal if it no longer exists and the client has it.
+    /// removal if it no longer exists and the client has it. (With `in_sync`, the client
+    /// already has every resource of the mesh: nothing to record.)
     fn sync_one(
         &mut self,
         kind: ResourceType,
@@ -275,15 +354,17 @@ impl Subscription {
         force: bool,
         push: &mut Push,
     ) {
-        match mesh.get(kind, name) {
-            Some(entry) => {
-                if force || self.sent.get(name) != Some(&entry.version) {
-                    self.sent.insert(name.to_owned(), entry.version.clone());
-                    let mut resource = Resource::clone(&entry.resource);
-                    if let Some(alias) = alias {
-                        resource.aliases.push(alias.to_owned());
+        let tracked = self.in_sync.is_none();
+        match mesh.get_named(kind, name) {
+            Some((name, entry)) => {
+                if force || (tracked && self.sent.get(name) != Some(&entry.version)) {
+                    if tracked {
+                        self.sent.insert(name.clone(), entry.version.clone());
                     }
-                    push.resources.push(resource);
+                    push.resources.push(match alias {
+                        Some(alias) => wire::with_alias(&entry.encoded, alias),
+                        None => entry.encoded.clone(),
+                    });
                 }
             }
             None => {
@@ -331,7 +412,12 @@ impl Session {
         if let Some(node) = &req.node {
             if self.node.is_empty() {
                 self.node = node.id.clone();
-                info!(peer = self.peer, node = self.node, "xDS client connected");
+                info!(
+                    peer = self.peer,
+                    node = self.node,
+                    token_node = self.authenticated.as_deref(),
+                    "xDS client connected"
+                );
             }
         }
         let Some(kind) = ResourceType::from_type_url(&req.type_url) else {
@@ -446,23 +532,25 @@ impl Session {
 
     async fn send(&mut self, kind: ResourceType, mesh: &MeshResources, push: Push) -> bool {
         self.nonce += 1;
-        let response = DeltaDiscoveryResponse {
-            system_version_info: mesh.generation().to_string(),
-            type_url: kind.type_url().to_owned(),
-            nonce: self.nonce.to_string(),
-            removed_resources: push.removed,
-            resources: push.resources,
-        };
         debug!(
             peer = self.peer,
             node = self.node,
             ?kind,
-            nonce = response.nonce,
-            resources = response.resources.len(),
-            removed = response.removed_resources.len(),
+            nonce = self.nonce,
+            resources = push.resources.len(),
+            removed = push.removed.len(),
             "xDS push"
         );
-        self.tx.send(Ok(response)).await.is_ok()
+        let response = Response::new(
+            &mesh.generation().to_string(),
+            kind.type_url(),
+            &self.nonce.to_string(),
+            &push.removed,
+            push.resources,
+        );
+        // A response too large for gRPC ends the stream with that status.
+        let failed = response.is_err();
+        self.tx.send(response).await.is_ok() && !failed
     }
 }
 
@@ -473,8 +561,9 @@ fn scan_permits() -> usize {
 }
 
 /// [`Subscription::push`] without the mesh's own delta: for a wildcard subscription a scan of
-/// every resource, cloning each one the client lacks (all 60 000 for a new client of a
-/// 50 000-workload mesh, ~0.2 s of CPU). Such scans run on the blocking pool, a few at a time
+/// every resource, taking each one the client lacks (all 60 000 for a new client of a
+/// 50 000-workload mesh; a reference to the shared encoding each, but still a pass over the
+/// whole mesh). Such scans run on the blocking pool, a few at a time
 /// (`scans`): run on the runtime, a hundred clients subscribing at once kept its workers busy
 /// for seconds, the connections' tasks went unpolled, HTTP/2 keepalive answers were not read
 /// in time and clients were dropped in the middle of their first response; run on the
@@ -521,7 +610,7 @@ async fn push_rescanning(
 
 /// Completes when the client is gone (its response stream dropped) or the server stops.
 async fn left(
-    tx: &mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    tx: &mpsc::Sender<Result<Response, Status>>,
     stopping: &mut watch::Receiver<bool>,
 ) {
     tokio::select! {

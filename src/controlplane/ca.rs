@@ -19,7 +19,8 @@
 //! 3f9c2b7e0d5a4e1f8a6b9c0d1e2f3a4b  worker-1
 //! 7a1e5d9c3b8f4a2e6d0c9b8a7f6e5d4c  worker-2
 //! ```
-//! Re-read when it changes. Without a tokens file every request is refused.
+//! Re-read when it changes. Without a tokens file every request is refused. The same tokens
+//! authenticate delta ADS clients ([`super::auth`]).
 //!
 //! **Authorization** (like istiod's node-restricted impersonation): the caller's bearer token
 //! names its node; the requested identity is the CSR's single URI SAN, which must equal the
@@ -29,15 +30,16 @@
 //! → `PERMISSION_DENIED`; malformed request → `INVALID_ARGUMENT`. The granted lifetime is the
 //! requested one capped at `--max-cert-ttl` (24 h by default; a request of 0 gets the cap).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use parking_lot::Mutex;
 use rcgen::{CertificateSigningRequestParams, SanType};
 use tonic::{Request, Response, Status};
 
+use super::auth::{Tokens, Unauthenticated};
+use super::reload::Reloading;
 use crate::control::ca::proto::istio_certificate_service_server::{
     IstioCertificateService, IstioCertificateServiceServer,
 };
@@ -140,6 +142,15 @@ pub enum Refusal {
     },
 }
 
+impl From<Unauthenticated> for Refusal {
+    fn from(u: Unauthenticated) -> Refusal {
+        match u {
+            Unauthenticated::NoToken => Refusal::NoToken,
+            Unauthenticated::UnknownToken => Refusal::UnknownToken,
+        }
+    }
+}
+
 impl Refusal {
     fn status(&self) -> Status {
         let code = match self {
@@ -220,11 +231,8 @@ struct Inner {
     config: CaServerConfig,
     schedule: Box<dyn Schedule>,
     ca: Reloading<LocalCa>,
-    tokens: Option<Reloading<Tokens>>,
+    tokens: Arc<Tokens>,
 }
-
-/// Token → node.
-type Tokens = HashMap<String, Arc<str>>;
 
 impl CaService {
     /// Loads the CA and the tokens (both must be usable at start) and authorizes against
@@ -243,32 +251,28 @@ impl CaService {
             LocalCa::load(&dir, ttl)?,
             Box::new(move || LocalCa::load(&dir, ttl).map_err(|e| e.to_string())),
         );
-        let tokens = match &config.tokens {
-            None => {
-                tracing::warn!("no --tokens file: every certificate request will be refused");
-                None
-            }
-            Some(path) => {
-                let initial = read_tokens(path).map_err(|reason| CaServerError::Tokens {
-                    path: path.display().to_string(),
-                    reason,
-                })?;
-                let p = path.clone();
-                Some(Reloading::new(
-                    vec![path.clone()],
-                    initial,
-                    Box::new(move || read_tokens(&p)),
-                ))
-            }
-        };
+        let tokens =
+            Tokens::load(config.tokens.as_deref()).map_err(|reason| CaServerError::Tokens {
+                path: config
+                    .tokens
+                    .as_deref()
+                    .map_or_else(String::new, |p| p.display().to_string()),
+                reason,
+            })?;
         Ok(CaService {
             inner: Arc::new(Inner {
                 config,
                 schedule: Box::new(schedule),
                 ca,
-                tokens,
+                tokens: Arc::new(tokens),
             }),
         })
+    }
+
+    /// The bearer tokens this CA authenticates with (reloaded as the file changes), to share
+    /// with the other services of the port.
+    pub fn tokens(&self) -> Arc<Tokens> {
+        self.inner.tokens.clone()
     }
 
     /// The tonic service to add to the control plane's server.
@@ -282,18 +286,7 @@ impl CaService {
         bearer: Option<&str>,
         req: &IstioCertificateRequest,
     ) -> Result<(Arc<str>, Identity, CertificateSigningRequestParams), Refusal> {
-        let token = bearer
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or(Refusal::NoToken)?;
-        let tokens = self
-            .inner
-            .tokens
-            .as_ref()
-            .ok_or(Refusal::UnknownToken)?
-            .get();
-        let node = tokens.get(token).cloned().ok_or(Refusal::UnknownToken)?;
+        let node = self.inner.tokens.authenticate(bearer)?;
         let (identity, csr) = parse_csr(&req.csr)?;
         if let Some(meta) = &req.metadata {
             if let Some(value) = meta.fields.get(IMPERSONATED_IDENTITY) {
@@ -380,84 +373,6 @@ fn parse_csr(pem: &str) -> Result<(Identity, CertificateSigningRequestParams), R
         other => return Err(Refusal::San(format!("found {} SANs", other.len()).into())),
     };
     Ok((identity, csr))
-}
-
-/// `<token> <node>` lines; see the module doc.
-fn read_tokens(path: &Path) -> Result<Tokens, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
-    let mut tokens = Tokens::new();
-    for (n, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let mut parts = line.split_whitespace();
-        let (Some(token), Some(node), None) = (parts.next(), parts.next(), parts.next()) else {
-            return Err(format!("line {}: expected `<token> <node>`", n + 1));
-        };
-        if tokens.insert(token.to_string(), node.into()).is_some() {
-            return Err(format!("line {}: duplicate token", n + 1));
-        }
-    }
-    Ok(tokens)
-}
-
-/// A value loaded from files and reloaded when one of them changes (size, mtime or inode).
-struct Reloading<T> {
-    files: Vec<PathBuf>,
-    load: Box<dyn Fn() -> Result<T, String> + Send + Sync>,
-    // Lock: held to compare fingerprints and swap the value; reloading (small files) happens
-    // under it so concurrent requests do not all reload.
-    current: Mutex<(Vec<Option<Stamp>>, Arc<T>)>,
-}
-
-type Stamp = (SystemTime, u64, u64);
-
-impl<T> Reloading<T> {
-    fn new(
-        files: Vec<PathBuf>,
-        initial: T,
-        load: Box<dyn Fn() -> Result<T, String> + Send + Sync>,
-    ) -> Reloading<T> {
-        Reloading {
-            current: Mutex::new((stamps(&files), Arc::new(initial))),
-            files,
-            load,
-        }
-    }
-
-    /// The current value, reloaded first if a file changed; a failed reload keeps the old
-    /// value until the files change again.
-    fn get(&self) -> Arc<T> {
-        let now = stamps(&self.files);
-        let mut current = self.current.lock();
-        if current.0 != now {
-            match (self.load)() {
-                Ok(v) => {
-                    tracing::info!(files = ?self.files, "reloaded");
-                    current.1 = Arc::new(v);
-                }
-                Err(e) => tracing::error!(
-                    files = ?self.files,
-                    error = %e,
-                    "reload failed; keeping the previous content"
-                ),
-            }
-            current.0 = now;
-        }
-        current.1.clone()
-    }
-}
-
-fn stamps(files: &[PathBuf]) -> Vec<Option<Stamp>> {
-    use std::os::unix::fs::MetadataExt;
-    files
-        .iter()
-        .map(|f| {
-            let m = std::fs::metadata(f).ok()?;
-            Some((m.modified().ok()?, m.len(), m.ino()))
-        })
-        .collect()
 }
 
 #[cfg(test)]

@@ -9,24 +9,36 @@
 //!   `namespace/hostname`, policies by `namespace/name`) and versioned by a hash of their
 //!   encoding, so reconnecting clients that send `initial_resource_versions` receive only
 //!   the difference, even across a control-plane restart.
+//! - Each generation encodes every resource once; all clients' responses are framed from
+//!   those shared bytes and written in bounded chunks ([`wire`]), and a synced wildcard
+//!   client is tracked as "has this generation", so a connected node costs the control plane
+//!   little beyond its connection.
 //! - TLS with a serving certificate issued at startup from the CA in `--ca-dir` (created
 //!   there on first start), for `istiod.istio-system.svc`, `localhost`, the listen IP and
 //!   every `--san`.
 //!
+//! - Every caller authenticates with a bearer token of the `--tokens` file ([`auth`]), as
+//!   istiod authenticates its xDS clients: a stream without a known token gets
+//!   `UNAUTHENTICATED` before any resource. Without a tokens file nobody is served unless
+//!   `--dangerous-unauthenticated-xds` opts xDS out of authentication.
 //! - The same port serves the CA (`istio.v1.auth.IstioCertificateService`, [`ca`]): workload
 //!   certificates signed by the `--ca-dir` CA for callers holding a `--tokens` token, limited
 //!   to the identities the mesh file schedules on the caller's node.
 //!
-//! Adding another service to the same port: add it in [`services`].
+//! Adding another service to the same port: add it in [`services`] (ADS is served by
+//! [`wire::AdsServer`], not tonic's generated server).
 //!
 //! Allowed imports: `control::local`, `control::ca`, `control::xds` (wire types and resource
 //! types), `state::model`, `tls` (PEM parsing).
 
 pub mod ads;
+pub mod auth;
 pub mod ca;
 pub mod encode;
+mod reload;
 pub mod store;
 pub mod tls;
+pub mod wire;
 
 #[cfg(test)]
 mod tests;
@@ -39,12 +51,11 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tonic::service::{Routes, RoutesBuilder};
 use tonic::transport::Server;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::control::local::LocalConfigError;
-use crate::control::xds::proto::AggregatedDiscoveryServiceServer;
 
-pub use ads::Ads;
+pub use ads::{Ads, XdsAuth};
 pub use store::{MeshResources, MeshWatcher};
 pub use tls::Ca;
 
@@ -67,9 +78,12 @@ pub struct Args {
     pub ca_dir: PathBuf,
     /// `--san`: extra names (DNS or IP) for the serving certificate.
     pub sans: Vec<String>,
-    /// `--tokens`: bearer token → node for the CA (see [`ca`]); without it the CA refuses
-    /// every request.
+    /// `--tokens`: bearer token → node, authenticating CA and xDS callers (see [`auth`]);
+    /// without it both refuse every request (xDS unless `dangerous_unauthenticated_xds`).
     pub tokens: Option<PathBuf>,
+    /// `--dangerous-unauthenticated-xds`: serve the whole mesh over xDS to anyone who
+    /// completes the TLS handshake, token or not. Off by default.
+    pub dangerous_unauthenticated_xds: bool,
     /// `--max-cert-ttl`: longest workload certificate lifetime the CA grants; default 24 h.
     pub max_cert_ttl: Duration,
 }
@@ -78,14 +92,19 @@ pub struct Args {
 pub const USAGE: &str = "\
 Usage: ztun control-plane --config <mesh.yaml> --ca-dir <dir> [--listen <addr:port>] [--san <name>]...
                          [--tokens <file>] [--max-cert-ttl <duration>]
+                         [--dangerous-unauthenticated-xds]
 
   --config <file>      mesh file (ztunnel's local YAML format), watched for changes
   --ca-dir <dir>       mesh CA: root-cert.pem + ca-key.pem (created if absent)
   --listen <addr:port> where to serve delta xDS over TLS (default 0.0.0.0:15012)
   --san <name>         extra DNS name or IP for the serving certificate (repeatable)
-  --tokens <file>      CA callers: one `<token> <node>` per line; a node may only get
-                       certificates of workloads scheduled on it (no file: CA refuses all)
+  --tokens <file>      who may call: one `<token> <node>` per line, sent as
+                       `authorization: Bearer <token>`; xDS serves the mesh to any known
+                       token, the CA signs only for workloads scheduled on the token's node
+                       (no file: both refuse every caller)
   --max-cert-ttl <d>   longest certificate lifetime granted (e.g. 12h; default 24h)
+  --dangerous-unauthenticated-xds
+                       serve xDS without a token to anyone completing the TLS handshake
 ";
 
 impl Args {
@@ -96,6 +115,7 @@ impl Args {
         let mut ca_dir = None;
         let mut sans = Vec::new();
         let mut tokens = None;
+        let mut dangerous_unauthenticated_xds = false;
         let mut max_cert_ttl = ca::CaServerConfig::DEFAULT_MAX_TTL;
         let mut args = args.into_iter();
         while let Some(arg) = args.next() {
@@ -110,6 +130,9 @@ impl Args {
                     .ok_or_else(|| Error::Usage(format!("{flag} needs a value")))
             };
             match flag.as_str() {
+                "--dangerous-unauthenticated-xds" if inline.is_none() => {
+                    dangerous_unauthenticated_xds = true;
+                }
                 "--config" => config = Some(PathBuf::from(value()?)),
                 "--ca-dir" => ca_dir = Some(PathBuf::from(value()?)),
                 "--san" => sans.push(value()?),
@@ -135,6 +158,7 @@ impl Args {
             ca_dir: ca_dir.ok_or_else(|| Error::Usage("--ca-dir is required".into()))?,
             sans,
             tokens,
+            dangerous_unauthenticated_xds,
             max_cert_ttl,
         })
     }
@@ -218,6 +242,24 @@ impl ControlPlane {
             },
             ca::MeshFileSchedule::load(&args.config)?,
         )?;
+        let xds_auth = if args.dangerous_unauthenticated_xds {
+            warn!(
+                "--dangerous-unauthenticated-xds: anyone reaching the port receives the whole mesh"
+            );
+            XdsAuth::DangerousUnauthenticated
+        } else {
+            XdsAuth::Tokens(ca_service.tokens())
+        };
+        if !ca_service.tokens().configured() {
+            warn!(
+                xds = if args.dangerous_unauthenticated_xds {
+                    "served to anyone"
+                } else {
+                    "refused"
+                },
+                "no --tokens file: every certificate request will be refused"
+            );
+        }
         let sans = args.serving_sans();
         let (chain, key) = ca.serving_cert(&sans)?;
         let tls = Arc::new(tls::server_config(chain, key)?);
@@ -230,7 +272,7 @@ impl ControlPlane {
         info!(listen = %args.listen, ?sans, ca_dir = %args.ca_dir.display(), "control plane listening");
         Ok(ControlPlane {
             watcher,
-            ads: Ads::new(mesh),
+            ads: Ads::new(mesh, xds_auth),
             ca: ca_service,
             listener,
             tls,
@@ -276,9 +318,7 @@ impl ControlPlane {
 /// (`istio.v1.auth.IstioCertificateService`).
 pub fn services(ads: &Ads, ca: &ca::CaService) -> Routes {
     let mut routes = RoutesBuilder::default();
-    routes.add_service(
-        AggregatedDiscoveryServiceServer::new(ads.clone()).max_decoding_message_size(MAX_REQUEST),
-    );
+    routes.add_service(wire::AdsServer::new(ads.clone(), MAX_REQUEST));
     routes.add_service(ca.clone().into_server());
     routes.routes()
 }

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use prost::Message;
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -30,8 +31,9 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
 pub struct Entry {
     /// Hash of the encoded resource.
     pub version: Arc<str>,
-    /// The resource as sent (name, version, payload; no aliases).
-    pub resource: Arc<Resource>,
+    /// The `Resource` message as sent (name, version, payload; no aliases), encoded once per
+    /// generation: every client's response shares these bytes.
+    pub encoded: Bytes,
 }
 
 /// What changed between two generations for one type.
@@ -105,6 +107,12 @@ impl MeshResources {
     /// The resource of `kind` with this name.
     pub fn get(&self, kind: ResourceType, name: &str) -> Option<&Entry> {
         self.by_type[kind as usize].get(name)
+    }
+
+    /// The resource of `kind` with this name, and the generation's own copy of the name (to
+    /// share rather than copy it).
+    pub fn get_named(&self, kind: ResourceType, name: &str) -> Option<(&Arc<str>, &Entry)> {
+        self.by_type[kind as usize].get_key_value(name)
     }
 
     /// The name a key refers to: the name itself, or (for addresses) the resource whose
@@ -202,7 +210,7 @@ fn entry(kind: ResourceType, name: &str, bytes: Vec<u8>) -> Entry {
     };
     Entry {
         version,
-        resource: Arc::new(resource),
+        encoded: resource.encode_to_vec().into(),
     }
 }
 

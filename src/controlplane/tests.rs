@@ -3,8 +3,10 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
+use prost::Message as _;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
@@ -15,12 +17,14 @@ use crate::config::{AuthToken, RootCert};
 use crate::control::grpc::{self, ChannelConfig};
 use crate::control::local;
 use crate::control::xds::proto::{
-    AggregatedDiscoveryServiceClient, DeltaDiscoveryRequest, DeltaDiscoveryResponse,
+    AggregatedDiscoveryServiceClient, DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
 };
 use crate::control::xds::{self, ResourceType, ADDRESS_TYPE, AUTHORIZATION_TYPE};
 use crate::state;
 
 const WAIT: Duration = Duration::from_secs(20);
+/// The token of node `n1` in the control plane's tokens file.
+const TOKEN: &str = "t0k3n-n1";
 
 /// A mesh file with workloads `w<i>` for `ids`, one service and the given policies.
 fn mesh_yaml(ids: &[u8], port: u16, policies: &[&str]) -> String {
@@ -69,6 +73,10 @@ fn args_parse_with_defaults_and_repeated_sans() {
     assert_eq!(a.ca_dir, PathBuf::from("/ca"));
     assert_eq!(a.listen, DEFAULT_LISTEN);
     assert_eq!(a.sans, ["cp.example", "10.0.0.5"]);
+    assert!(
+        !a.dangerous_unauthenticated_xds,
+        "xDS authenticates by default"
+    );
     assert_eq!(
         a.serving_sans(),
         [
@@ -94,12 +102,31 @@ fn args_parse_with_defaults_and_repeated_sans() {
         a.serving_sans(),
         ["istiod.istio-system.svc", "localhost", "172.30.0.1"]
     );
+    let a = Args::parse(
+        [
+            "--config",
+            "m",
+            "--ca-dir",
+            "c",
+            "--dangerous-unauthenticated-xds",
+        ]
+        .map(String::from),
+    )
+    .unwrap();
+    assert!(a.dangerous_unauthenticated_xds);
     for bad in [
         vec!["--ca-dir", "c"],
         vec!["--config", "m"],
         vec!["--config", "m", "--ca-dir", "c", "--listen", "nope"],
         vec!["--config", "m", "--ca-dir", "c", "--bogus"],
         vec!["--config"],
+        vec![
+            "--config",
+            "m",
+            "--ca-dir",
+            "c",
+            "--dangerous-unauthenticated-xds=no",
+        ],
     ] {
         assert!(
             Args::parse(bad.iter().map(|s| s.to_string())).is_err(),
@@ -185,15 +212,77 @@ fn request(
     }
 }
 
+/// The resources of a push, decoded.
+fn sent(push: &ads::Push) -> Vec<Resource> {
+    push.resources
+        .iter()
+        .map(|r| Resource::decode(r.as_ref()).expect("an encoded Resource"))
+        .collect()
+}
+
 fn sent_names(push: &ads::Push) -> Vec<String> {
-    let mut n: Vec<String> = push.resources.iter().map(|r| r.name.clone()).collect();
+    let mut n: Vec<String> = sent(push).into_iter().map(|r| r.name).collect();
     n.sort();
     n
 }
 
+/// A response framed by hand from shared encodings decodes to the message prost would have
+/// sent (resources in order, an added alias, removals, scalar fields), whether its resources
+/// fit a chunk or one is larger than a chunk.
+#[test]
+fn hand_framed_responses_decode_to_the_same_message() {
+    let resource = |name: &str, size: usize| Resource {
+        name: name.into(),
+        version: format!("v-{name}"),
+        resource: Some(prost_types::Any {
+            type_url: ADDRESS_TYPE.into(),
+            value: vec![7; size],
+        }),
+        aliases: Vec::new(),
+        ttl: None,
+    };
+    let mut expected = DeltaDiscoveryResponse {
+        system_version_info: "3".into(),
+        type_url: ADDRESS_TYPE.into(),
+        nonce: "12".into(),
+        removed_resources: vec!["gone".into(), "w9".into()],
+        resources: (0..2000).map(|i| resource(&format!("w{i}"), 300)).collect(),
+    };
+    expected
+        .resources
+        .insert(5, resource("big", 3 * wire::CHUNK));
+    let mut encoded: Vec<bytes::Bytes> = expected
+        .resources
+        .iter()
+        .map(|r| r.encode_to_vec().into())
+        .collect();
+    encoded[1] = wire::with_alias(&encoded[1], "/10.0.0.1");
+    expected.resources[1].aliases.push("/10.0.0.1".into());
+    let response = wire::Response::new(
+        "3",
+        ADDRESS_TYPE,
+        "12",
+        &expected.removed_resources,
+        encoded,
+    )
+    .unwrap();
+    assert_eq!(response.decode(), expected);
+    // Nothing but the response's own fields.
+    let empty = wire::Response::new("1", AUTHORIZATION_TYPE, "1", &[], Vec::new()).unwrap();
+    assert_eq!(
+        empty.decode(),
+        DeltaDiscoveryResponse {
+            system_version_info: "1".into(),
+            type_url: AUTHORIZATION_TYPE.into(),
+            nonce: "1".into(),
+            ..Default::default()
+        }
+    );
+}
+
 #[test]
 fn a_reconnecting_client_receives_only_the_difference() {
-    let m = mesh(&[1, 2, 3], 8080, &[]);
+    let m = Arc::new(mesh(&[1, 2, 3], 8080, &[]));
     let v = |n: &str| m.get(ResourceType::Address, n).unwrap().version.to_string();
     // The client has w1 current, w2 outdated, and w9 which no longer exists.
     let initial = [
@@ -207,6 +296,8 @@ fn a_reconnecting_client_receives_only_the_difference() {
     let push = sub.push(ResourceType::Address, &m, None, &[]);
     assert_eq!(sent_names(&push), ["default/svc.example", "w2", "w3"]);
     assert_eq!(push.removed, ["w9"]);
+    // In sync: what the client has is the generation itself, not a map per client.
+    assert!(sub.sent.is_empty() && sub.in_sync.is_some());
     // Nothing more to send until the mesh changes.
     assert_eq!(
         sub.push(ResourceType::Address, &m, None, &[]),
@@ -214,9 +305,10 @@ fn a_reconnecting_client_receives_only_the_difference() {
     );
 
     // The incremental path (the mesh's own delta) agrees with a full scan.
-    let next = m
-        .next(&local::parse(&mesh_yaml(&[1, 3, 4], 9090, &[])).unwrap())
-        .unwrap();
+    let next = Arc::new(
+        m.next(&local::parse(&mesh_yaml(&[1, 3, 4], 9090, &[])).unwrap())
+            .unwrap(),
+    );
     let mut full = Subscription::open(&request(&[], &[], &[]));
     full.push(ResourceType::Address, &m, None, &[]);
     let incremental_push = sub.push(
@@ -232,9 +324,33 @@ fn a_reconnecting_client_receives_only_the_difference() {
     assert_eq!(full_push.removed, ["w2"]);
 }
 
+/// A wildcard subscription that is cancelled keeps track of what the client has: a
+/// resource it received under the wildcard and that is later removed is reported removed.
+#[test]
+fn a_cancelled_wildcard_still_reports_removals_of_what_the_client_has() {
+    let m = Arc::new(mesh(&[1, 2], 8080, &[]));
+    let mut sub = Subscription::open(&request(&[], &[], &[]));
+    let push = sub.push(ResourceType::Address, &m, None, &[]);
+    assert_eq!(sent_names(&push), ["default/svc.example", "w1", "w2"]);
+    sub.change(&request(&[], &["*"], &[]));
+    assert!(!sub.wildcard);
+    let next = Arc::new(
+        m.next(&local::parse(&mesh_yaml(&[1], 8080, &[])).unwrap())
+            .unwrap(),
+    );
+    let push = sub.push(
+        ResourceType::Address,
+        &next,
+        next.delta(ResourceType::Address),
+        &[],
+    );
+    assert!(push.resources.is_empty());
+    assert_eq!(push.removed, ["w2"]);
+}
+
 #[test]
 fn on_demand_subscriptions_resolve_keys_and_report_missing_ones() {
-    let m = mesh(&[1, 2], 8080, &[]);
+    let m = Arc::new(mesh(&[1, 2], 8080, &[]));
     // "Subscribe to nothing".
     let mut sub = Subscription::open(&request(&["*"], &["*"], &[]));
     assert!(!sub.wildcard);
@@ -246,16 +362,17 @@ fn on_demand_subscriptions_resolve_keys_and_report_missing_ones() {
     let added = sub.change(&request(&["/10.0.0.2"], &[], &[]));
     let push = sub.push(ResourceType::Address, &m, None, &added);
     assert_eq!(sent_names(&push), ["w2"]);
-    assert_eq!(push.resources[0].aliases, ["/10.0.0.2"]);
+    assert_eq!(sent(&push)[0].aliases, ["/10.0.0.2"]);
     // By name, and a key that does not exist (answered by a removal).
     let added = sub.change(&request(&["w1", "/10.0.0.77"], &[], &[]));
     let push = sub.push(ResourceType::Address, &m, None, &added);
     assert_eq!(sent_names(&push), ["w1"]);
     assert_eq!(push.removed, ["/10.0.0.77"]);
     // When a subscribed resource disappears, the client is told.
-    let next = m
-        .next(&local::parse(&mesh_yaml(&[1], 8080, &[])).unwrap())
-        .unwrap();
+    let next = Arc::new(
+        m.next(&local::parse(&mesh_yaml(&[1], 8080, &[])).unwrap())
+            .unwrap(),
+    );
     let push = sub.push(
         ResourceType::Address,
         &next,
@@ -283,12 +400,24 @@ impl Running {
     }
 
     async fn start_in(dir: tempfile::TempDir) -> Running {
+        std::fs::write(dir.path().join("tokens"), format!("{TOKEN} n1\n")).unwrap();
+        Running::start_with(dir, Some("tokens"), false).await
+    }
+
+    /// Starts with the tokens file `tokens` (relative to the directory) or none, and
+    /// optionally without xDS authentication.
+    async fn start_with(
+        dir: tempfile::TempDir,
+        tokens: Option<&str>,
+        dangerous_unauthenticated_xds: bool,
+    ) -> Running {
         let args = Args {
             config: dir.path().join("mesh.yaml"),
             listen: "127.0.0.1:0".parse().unwrap(),
             ca_dir: dir.path().join("ca"),
             sans: vec![],
-            tokens: None,
+            tokens: tokens.map(|t| dir.path().join(t)),
+            dangerous_unauthenticated_xds,
             max_cert_ttl: super::ca::CaServerConfig::DEFAULT_MAX_TTL,
         };
         let cp = ControlPlane::start(&args)
@@ -334,11 +463,24 @@ struct Raw {
 }
 
 impl Raw {
+    /// Opens a stream with the known token.
     async fn connect(
         addr: std::net::SocketAddr,
         root: &Path,
         first: Vec<DeltaDiscoveryRequest>,
     ) -> Raw {
+        Raw::open(addr, root, Some(TOKEN), first)
+            .await
+            .expect("stream opens")
+    }
+
+    /// Opens a stream sending `authorization: Bearer <token>` if `token`.
+    async fn open(
+        addr: std::net::SocketAddr,
+        root: &Path,
+        token: Option<&str>,
+        first: Vec<DeltaDiscoveryRequest>,
+    ) -> Result<Raw, tonic::Status> {
         let channel = grpc::channel(&ChannelConfig {
             address: format!("https://localhost:{}", addr.port()),
             roots: RootCert::File(root.to_owned()),
@@ -351,12 +493,16 @@ impl Raw {
         for r in first {
             tx.send(r).await.unwrap();
         }
+        let mut request = tonic::Request::new(ReceiverStream::new(rx));
+        if let Some(token) = token {
+            let bearer = format!("Bearer {token}").parse().unwrap();
+            request.metadata_mut().insert("authorization", bearer);
+        }
         let rx = AggregatedDiscoveryServiceClient::new(channel)
-            .delta_aggregated_resources(ReceiverStream::new(rx))
-            .await
-            .expect("stream opens")
+            .delta_aggregated_resources(request)
+            .await?
             .into_inner();
-        Raw { tx, rx }
+        Ok(Raw { tx, rx })
     }
 
     async fn recv(&mut self) -> DeltaDiscoveryResponse {
@@ -392,7 +538,7 @@ fn xds_client(addr: std::net::SocketAddr, root: &Path) -> xds::ClientConfig {
             .unwrap(),
         root_cert: RootCert::File(root.to_owned()),
         alt_hostname: None,
-        auth_token: AuthToken::None,
+        auth_token: AuthToken::Static(TOKEN.into()),
         cluster_id: "Kubernetes".into(),
         headers: Default::default(),
         node_id: "ztunnel~10.0.0.1~z.ns~ns.svc.cluster.local".into(),
@@ -587,6 +733,73 @@ async fn on_demand_clients_receive_only_the_resources_they_name() {
     assert_eq!(resource_names(&push), ["w7", "w9"]);
     assert!(push.removed_resources.is_empty());
     raw.ack(&push).await;
+    cp.stop().await;
+}
+
+/// Delta ADS authenticates like the CA: over the wire, a stream without a token or with one
+/// the tokens file does not hold gets `UNAUTHENTICATED` and no resource (the session never
+/// starts); the file's token gets the mesh; a token added to the file works without a
+/// restart (the same reloading source as the CA's).
+#[tokio::test]
+async fn xds_streams_without_a_known_token_are_refused_before_any_resource() {
+    let cp = Running::start(&mesh_yaml(&[1, 2], 8080, &["p1"])).await;
+    let first = || vec![wildcard(ADDRESS_TYPE, BTreeMap::new())];
+    for (token, message) in [
+        (None, "missing bearer token"),
+        (Some(""), "missing bearer token"),
+        (Some("not-a-token"), "unknown bearer token"),
+    ] {
+        let refused = Raw::open(cp.addr, &cp.root(), token, first()).await;
+        let status = refused
+            .err()
+            .unwrap_or_else(|| panic!("{token:?} was served"));
+        assert_eq!(status.code(), tonic::Code::Unauthenticated, "{token:?}");
+        assert_eq!(status.message(), message, "{token:?}");
+    }
+    assert_eq!(cp.ads.clients(), 0, "no session started");
+
+    let mut raw = Raw::connect(cp.addr, &cp.root(), first()).await;
+    let r = raw.recv().await;
+    assert_eq!(resource_names(&r), ["default/svc.example", "w1", "w2"]);
+
+    // A new token: write + rename, as with the mesh file.
+    let tmp = cp.dir.path().join("tokens.tmp");
+    std::fs::write(&tmp, format!("{TOKEN} n1\nt0k3n-n2 n2\n")).unwrap();
+    std::fs::rename(&tmp, cp.dir.path().join("tokens")).unwrap();
+    let mut raw2 = Raw::open(cp.addr, &cp.root(), Some("t0k3n-n2"), first())
+        .await
+        .expect("a token added to the file is accepted");
+    assert_eq!(resource_names(&raw2.recv().await).len(), 3);
+    cp.stop().await;
+}
+
+/// Without a tokens file nobody authenticates: xDS refuses every stream, whatever token it
+/// carries, as the CA refuses every request — unless `--dangerous-unauthenticated-xds`, which
+/// serves a stream without any token.
+#[tokio::test]
+async fn without_a_tokens_file_xds_refuses_everyone_unless_opted_out() {
+    let yaml = mesh_yaml(&[1], 8080, &[]);
+    let first = || vec![wildcard(ADDRESS_TYPE, BTreeMap::new())];
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("mesh.yaml"), &yaml).unwrap();
+    let cp = Running::start_with(dir, None, false).await;
+    for token in [None, Some(TOKEN)] {
+        let status = Raw::open(cp.addr, &cp.root(), token, first())
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{token:?} was served without a tokens file"));
+        assert_eq!(status.code(), tonic::Code::Unauthenticated, "{token:?}");
+    }
+    let dir = cp.stop().await;
+
+    let cp = Running::start_with(dir, None, true).await;
+    let mut raw = Raw::open(cp.addr, &cp.root(), None, first())
+        .await
+        .expect("opted out: served without a token");
+    assert_eq!(
+        resource_names(&raw.recv().await),
+        ["default/svc.example", "w1"]
+    );
     cp.stop().await;
 }
 

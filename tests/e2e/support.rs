@@ -219,6 +219,9 @@ pub fn wait_for_nth_log(p: &Process, needle: &str, n: usize) {
     }
 }
 
+/// The control plane's tokens file in an [`XdsCluster`]: one bearer token per node.
+const XDS_TOKENS: &str = "xds-token-of-n1 n1\nxds-token-of-n2 n2\n";
+
 /// A lab whose ztuns get the mesh from `ztun control-plane` (no `LOCAL_XDS_PATH`).
 pub struct XdsCluster {
     /// The namespaces, pods and test CNIs.
@@ -248,6 +251,8 @@ impl XdsCluster {
         ztun::testkit::certs::write_ca_dir(&ca_dir).expect("writing CA");
         let mesh_path = lab.dir().join("mesh.yaml");
         write_atomically(&mesh_path, mesh);
+        // xDS authenticates every node by its bearer token.
+        write_atomically(&lab.dir().join("tokens"), XDS_TOKENS);
         let mut cluster = XdsCluster {
             lab,
             mesh_path,
@@ -265,10 +270,12 @@ impl XdsCluster {
             .into_owned();
         let ca = cluster.ca_dir.to_string_lossy().into_owned();
         for node in ["n1", "n2"] {
+            let token = format!("xds-token-of-{node}");
             let mut env = vec![
                 ("XDS_ADDRESS", address.as_str()),
                 ("XDS_ROOT_CA", root.as_str()),
                 ("LOCAL_CA_DIR", ca.as_str()),
+                ("AUTH_TOKEN", token.as_str()),
             ];
             env.extend_from_slice(extra);
             let p = cluster.lab.spawn_ztun(node, &env).expect("spawning ztun");
@@ -295,6 +302,7 @@ impl XdsCluster {
     pub fn start_control_plane(&mut self) {
         let bin = ztun::testkit::ztun_bin().expect("ztun binary");
         let listen = self.xds_addr().to_string();
+        let tokens = self.lab.dir().join("tokens");
         let args = [
             "control-plane",
             "--config",
@@ -303,6 +311,8 @@ impl XdsCluster {
             path_str(&self.ca_dir),
             "--listen",
             &listen,
+            "--tokens",
+            path_str(&tokens),
         ];
         self.restarts += 1;
         self.control_plane = Some(spawn_control_plane(&self.lab, self.restarts, &bin, &args));

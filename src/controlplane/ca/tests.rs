@@ -282,7 +282,7 @@ fn tokens_file_format() {
     let path = dir.path().join("t");
     let parse = |text: &str| {
         std::fs::write(&path, text).unwrap();
-        read_tokens(&path)
+        crate::controlplane::auth::read_tokens(&path)
     };
     let ok = parse(TOKENS).unwrap();
     assert_eq!(ok.len(), 2);
