@@ -205,13 +205,18 @@ impl Subscription {
                 added.push(name.clone());
             }
         }
+        let mut dropped: HashSet<&str> = HashSet::new();
         for name in &req.resource_names_unsubscribe {
             if name == WILDCARD {
                 self.wildcard = false;
             } else {
                 self.names.remove(name);
-                added.retain(|n| n != name);
+                dropped.insert(name);
             }
+        }
+        // One pass, not one per unsubscribed name: a request may name millions.
+        if !dropped.is_empty() {
+            added.retain(|n| !dropped.contains(n.as_str()));
         }
         added
     }
@@ -241,8 +246,9 @@ impl Subscription {
         let mut answered: HashSet<Arc<str>> = HashSet::new();
         // Explicit names (aliases resolve to the resource they name).
         let names: Vec<String> = self.names.iter().cloned().collect();
+        let forced: HashSet<&str> = forced.iter().map(String::as_str).collect();
         for key in names {
-            let force = forced.contains(&key);
+            let force = forced.contains(key.as_str());
             match mesh.resolve(kind, &key) {
                 Some(name) => {
                     let alias = (*name != *key).then_some(key.as_str());
@@ -609,10 +615,7 @@ async fn push_rescanning(
 }
 
 /// Completes when the client is gone (its response stream dropped) or the server stops.
-async fn left(
-    tx: &mpsc::Sender<Result<Response, Status>>,
-    stopping: &mut watch::Receiver<bool>,
-) {
+async fn left(tx: &mpsc::Sender<Result<Response, Status>>, stopping: &mut watch::Receiver<bool>) {
     tokio::select! {
         () = tx.closed() => {}
         () = stopped(stopping) => {}

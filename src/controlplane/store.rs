@@ -258,6 +258,8 @@ impl MeshWatcher {
         let config = local::load(path)?;
         let mesh = MeshResources::new(&config);
         log_loaded(&config, mesh.generation());
+        drop(config);
+        crate::state::release_unused_strings();
         let (tx, rx) = watch::channel(Arc::new(mesh));
         let watcher = MeshWatcher {
             path: path.to_owned(),
@@ -284,6 +286,14 @@ impl MeshWatcher {
             return;
         }
         self.stamp = stamp;
+        self.reload();
+        // Reading the file shared its strings with the process's string table; those of a
+        // replaced (or rejected) mesh nobody holds any more are dropped (amortized), else the
+        // table would grow with every reload whose strings changed.
+        crate::state::release_unused_strings();
+    }
+
+    fn reload(&mut self) {
         let config = match local::load(&self.path) {
             Ok(c) => c,
             Err(e) => {
@@ -331,5 +341,58 @@ fn log_changes(mesh: &MeshResources) {
             removed_names = ?first(&d.removed),
             "mesh changed"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mesh(tag: &str, n: usize) -> String {
+        let mut y = String::from("workloads:\n");
+        for i in 0..n {
+            y.push_str(&format!(
+                "- {{uid: {tag}-{i}, name: w{i}, namespace: {tag}-ns-{i}, serviceAccount: {tag}-sa-{i}, workloadIps: [\"10.1.{}.{}\"]}}\n",
+                i / 250,
+                i % 250 + 1
+            ));
+        }
+        y
+    }
+
+    fn write(path: &Path, text: &str) {
+        let tmp = path.with_extension("new");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, path).unwrap();
+    }
+
+    #[test]
+    fn loads_leave_no_strings_of_the_file_in_the_string_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mesh.yaml");
+        let n = 1_000;
+        write(&path, &mesh("first", n));
+        let (mut watcher, rx) = MeshWatcher::start(&path).unwrap();
+        assert!(
+            !crate::state::is_shared_string("first-ns-7"),
+            "kept after the first load"
+        );
+        write(&path, &mesh("second", n));
+        watcher.check();
+        assert!(rx.borrow().generation() > 1, "the new mesh was not loaded");
+        // The control plane keeps encoded resources, not the file's strings: after a load
+        // (the first, or a reload) none of them stays in the string table.
+        for tag in ["first", "second"] {
+            let kept = (0..n)
+                .filter(|i| {
+                    crate::state::is_shared_string(&format!("{tag}-ns-{i}"))
+                        || crate::state::is_shared_string(&format!("{tag}-sa-{i}"))
+                })
+                .count();
+            assert_eq!(
+                kept, 0,
+                "{kept} of {n} {tag} strings still in the string table"
+            );
+        }
     }
 }
