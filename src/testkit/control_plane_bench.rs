@@ -80,6 +80,7 @@ pub fn run(ztun: &Path, opts: &Options) -> anyhow::Result<Value> {
     let netns = lab.add_netns("cp")?;
     let dir = lab.dir().to_path_buf();
     let mesh = dir.join("mesh.yaml");
+    let load_start = super::lab::loadavg();
     let started = Instant::now();
     write_mesh(&mesh, opts.workloads)?;
     eprintln!(
@@ -169,7 +170,11 @@ pub fn run(ztun: &Path, opts: &Options) -> anyhow::Result<Value> {
             json!({"what": c.what, "first_ms": ms(c.first), "all_ms": ms(c.last), "cpu_ms": ms(c.cpu)})
         })
         .collect();
+    let load_end = super::lab::loadavg();
+    println!("  load average at start: {load_start}; at end: {load_end}");
     Ok(json!({
+        "loadavg_start": load_start,
+        "loadavg_end": load_end,
         "workloads": opts.workloads,
         "services": opts.workloads / PER_SERVICE,
         "nodes": opts.nodes,

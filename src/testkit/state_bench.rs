@@ -100,6 +100,7 @@ pub fn run(ztun: &Path, opts: &Options) -> anyhow::Result<Value> {
     let netns = lab.add_netns("t")?;
     let dir = lab.dir().to_path_buf();
     let mesh = dir.join("mesh.yaml");
+    let load_start = super::lab::loadavg();
     let started = Instant::now();
     write_mesh(&mesh, opts.workloads)?;
     eprintln!(
@@ -228,7 +229,11 @@ pub fn run(ztun: &Path, opts: &Options) -> anyhow::Result<Value> {
             }));
         }
     }
+    let load_end = super::lab::loadavg();
+    println!("  load average at start: {load_start}; at end: {load_end}");
     Ok(json!({
+        "loadavg_start": load_start,
+        "loadavg_end": load_end,
         "workloads": opts.workloads,
         "services": opts.workloads / PER_SERVICE,
         "runs": opts.runs,

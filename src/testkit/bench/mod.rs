@@ -304,12 +304,7 @@ fn install_accounting(lab: &Lab) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .trim()
-        .to_string()
-}
+use super::lab::loadavg;
 
 /// Runs the benchmark: ztun's binary at `ztun` (also the control plane), ztunnel's if given.
 /// Prints the table and returns the JSON.

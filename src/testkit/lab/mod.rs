@@ -76,3 +76,11 @@ pub fn cleanup_stale(prefix: &str) -> anyhow::Result<Vec<String>> {
     }
     Ok(removed)
 }
+
+/// The machine's load averages (`/proc/loadavg`), recorded beside every benchmark figure.
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
