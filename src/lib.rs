@@ -22,6 +22,11 @@ pub mod ops;
 pub mod sockets;
 pub mod state;
 pub mod sys;
+
+/// Unit tests count the heap (e.g. what an idle connection's relay holds).
+#[cfg(test)]
+#[global_allocator]
+static ALLOC: sys::alloc::CountingAlloc = sys::alloc::CountingAlloc;
 pub mod tasks;
 #[cfg(any(test, feature = "testing"))]
 pub mod testkit;

@@ -23,7 +23,7 @@ use super::enforce::{Registration, Revoked};
 use super::hbone::stream::relay as relay_h2;
 use super::route::inbound::{Authority, InboundTarget, Tunnel};
 use super::tcp::canonical;
-use super::{proxy_protocol, route, Drains, Error, Proxy};
+use super::{proxy_protocol, route, unbox, Drains, Error, Proxy};
 use crate::authz::Conn;
 use crate::drain::DrainMode;
 use crate::identity::Identity;
@@ -228,12 +228,14 @@ async fn serve_stream(
     // Opening and relaying are two futures, one after the other: the relay, which an idle
     // stream sits in, does not carry the request head or the opening's state. The opening is
     // boxed for its duration only: inline, it would size this task for the stream's life.
+    // The request head leaves its box before (`unbox`): the emptied box would otherwise stay
+    // allocated, as a parameter's, for as long as the stream lives.
     let Some(Opened {
         upstream,
         send,
         body,
         mut registration,
-    }) = Box::pin(open(proxy, info, *req, respond, &mut log)).await
+    }) = Box::pin(open(proxy, info, unbox(req), respond, &mut log)).await
     else {
         return;
     };

@@ -35,6 +35,14 @@ pub use proxy::{PodInfo, Proxy, ProxyInputs};
 /// process's (SIGTERM), merged into one watch ([`crate::drain::merge`]).
 pub type Drains = crate::drain::Watch;
 
+/// The value in `boxed`, its box freed now. Moving out of a box in place (`*boxed` in a
+/// `match` or a call) leaves the emptied box allocated until the box's binding goes out of
+/// scope, which for a parameter of a connection's future is the connection's whole life.
+#[allow(clippy::boxed_local)] // Taking the box is the point: it is freed on return.
+pub(crate) fn unbox<T>(boxed: Box<T>) -> T {
+    *boxed
+}
+
 /// Asks the control plane for an address resource the state lacks (`XDS_ON_DEMAND`) and
 /// waits a bounded time. The key is `network/IP`, a workload uid or `namespace/hostname`;
 /// `true` once an answer (added or removed) is in the state.

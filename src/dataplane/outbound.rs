@@ -7,6 +7,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use h2::client::ResponseFuture;
@@ -18,7 +19,7 @@ use super::hbone::pool::{Checkout, PoolKey};
 use super::hbone::stream::relay_early;
 use super::route::{self, PendingHost, RefuseReason, Route};
 use super::tcp::{canonical, original_destination, relay_tcp};
-use super::{Drains, Error, Proxy, ResolveError};
+use super::{unbox, Drains, Error, Proxy, ResolveError};
 use crate::ops::access::{AccessLog, Direction, HboneTarget, ServiceRef};
 use crate::ops::metrics::OnDemandDnsLabels;
 use crate::state::canonical_ip;
@@ -42,7 +43,7 @@ pub async fn serve(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, _drain: 
         Ok(ready) => ready,
         Err(e) => return log.complete(Some(&e)),
     };
-    match relay(&proxy, ready, &mut log).await {
+    match relay(proxy.cfg.proxy.stream_stall_timeout, ready, &mut log).await {
         Ok(()) => log.complete(None),
         Err(e) => log.complete(Some(&e)),
     }
@@ -82,8 +83,15 @@ impl Drop for AbortOnDrop {
     }
 }
 
-async fn relay(proxy: &Proxy, ready: Box<Ready>, log: &mut AccessLog) -> Result<(), Error> {
-    match *ready {
+/// Relays a connection set up by `prepare`. `ready`'s box is freed as the relay starts
+/// ([`unbox`]): its parts move into the relay, and an emptied box would stay allocated for as
+/// long as the connection lives.
+async fn relay(
+    stall: Option<Duration>,
+    ready: Box<Ready>,
+    log: &mut AccessLog,
+) -> Result<(), Error> {
+    match unbox(ready) {
         Ready::Tcp { tcp, upstream } => relay_tcp(tcp, upstream, &log.meter()).await,
         Ready::DoubleHbone {
             tcp,
@@ -96,7 +104,7 @@ async fn relay(proxy: &Proxy, ready: Box<Ready>, log: &mut AccessLog) -> Result<
             // Boxed: the rare double-HBONE relay must not grow every connection's future.
             Box::pin(async move {
                 let res = tokio::select! {
-                    r = relay_hbone(proxy, tcp, &outer, response, send, log) => r,
+                    r = relay_hbone(stall, tcp, &outer, response, send, log) => r,
                     _ = inner_revoked.revoked() => Err(Error::CertRevoked),
                 };
                 drop(inner);
@@ -111,7 +119,7 @@ async fn relay(proxy: &Proxy, ready: Box<Ready>, log: &mut AccessLog) -> Result<
             response,
             send,
         } => {
-            let res = relay_hbone(proxy, tcp, &checkout, response, send, log).await;
+            let res = relay_hbone(stall, tcp, &checkout, response, send, log).await;
             drop(checkout);
             res
         }
@@ -121,7 +129,7 @@ async fn relay(proxy: &Proxy, ready: Box<Ready>, log: &mut AccessLog) -> Result<
 /// Relays the client's socket over an HBONE stream whose CONNECT answer is pending, until
 /// done or the (outer) tunnel's peer is revoked.
 async fn relay_hbone(
-    proxy: &Proxy,
+    stall: Option<Duration>,
     tcp: TcpStream,
     checkout: &Checkout,
     response: ResponseFuture,
@@ -139,7 +147,6 @@ async fn relay_hbone(
     };
     let (rd, wr) = tcp.into_split();
     let mut revoked = checkout.revoked();
-    let stall = proxy.cfg.proxy.stream_stall_timeout;
     tokio::select! {
         r = relay_early(rd, wr, send, response, &meter, stall) => r,
         _ = revoked.revoked() => Err(Error::CertRevoked),
@@ -199,7 +206,7 @@ async fn prepare(
             }
             Route::Refuse(reason) => {
                 // Refused, not hung: the client sees a reset rather than an orderly close.
-                let _ = socket2::SockRef::from(&tcp).set_linger(Some(std::time::Duration::ZERO));
+                let _ = socket2::SockRef::from(&tcp).set_linger(Some(Duration::ZERO));
                 Err(match reason {
                     RefuseReason::NoHealthyUpstream | RefuseReason::UnknownServicePort => {
                         Error::NoHealthyUpstream(dst)
@@ -430,11 +437,59 @@ fn local_ip(tcp: &TcpStream) -> std::net::IpAddr {
 
 #[cfg(test)]
 mod tests {
+    use std::pin::Pin;
+
     use super::*;
+    use crate::ops::access::Direction;
 
     /// The size of the future `f` returns, without calling it.
     fn future_size<A, B, C, D, F: std::future::Future>(_: impl Fn(A, B, C, D) -> F) -> usize {
         std::mem::size_of::<F>()
+    }
+
+    /// Two connected loopback sockets.
+    async fn socket_pair() -> (TcpStream, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let (connected, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        (connected.expect("connect"), accepted.expect("accept").0)
+    }
+
+    /// Heap the calling thread holds after polling `f` once, itself included.
+    async fn held_after_first_poll<F: std::future::Future>(f: F) -> (isize, Pin<Box<F>>) {
+        use crate::sys::alloc::CountingAlloc;
+        let before = CountingAlloc::thread_net();
+        let mut f = Box::pin(f);
+        std::future::poll_fn(|cx| {
+            let _ = f.as_mut().poll(cx);
+            std::task::Poll::Ready(())
+        })
+        .await;
+        (CountingAlloc::thread_net() - before, f)
+    }
+
+    /// A relay frees the box its setup handed over as it starts: an idle connection holds no
+    /// more heap than the plain relay inside it (here the plain-TCP one), the box's size less.
+    #[tokio::test]
+    async fn an_idle_relay_frees_the_setups_box() {
+        let mut log = AccessLog::new(Direction::Outbound, crate::ops::Telemetry::detached());
+        let meter = log.meter();
+        let ((tcp, _client), (upstream, _app)) = tokio::join!(socket_pair(), socket_pair());
+        let ((a, _c2), (b, _a2)) = tokio::join!(socket_pair(), socket_pair());
+        let ready = Box::new(Ready::Tcp { tcp, upstream });
+        let (plain, plain_future) = held_after_first_poll(relay_tcp(a, b, &meter)).await;
+        let (held, relay_future) = held_after_first_poll(relay(None, ready, &mut log)).await;
+        let plain_state = plain - std::mem::size_of_val(&*plain_future) as isize;
+        let held_state = held - std::mem::size_of_val(&*relay_future) as isize;
+        assert_eq!(
+            held_state,
+            plain_state - std::mem::size_of::<Ready>() as isize,
+            "an idle relay holds {held_state} B of heap besides its future, a plain one {plain_state} B"
+        );
+        drop(relay_future);
+        log.complete(None);
     }
 
     /// An idle connection's task holds the relay, not the setup: the setup future (dial,

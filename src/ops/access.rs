@@ -13,7 +13,7 @@ use std::fmt::Display;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use super::metrics::{
     unknown, workload_label, LocalityLabels, MaybeLocality, Reporter, Series, TrafficLabels,
@@ -197,8 +197,29 @@ pub struct LiveConnection {
 }
 
 /// A connection's log record.
+///
+/// Who and what the connection is ([`ConnectionInfo`], reached through `Deref`) is filled in
+/// during setup and read at close; it lives in one heap allocation that the live table
+/// shares once the connection is established, so an idle connection's task holds a pointer
+/// to it, not the record, and its live-table entry is a pointer too (not a copy).
 #[derive(Debug)]
 pub struct AccessLog {
+    /// Changed through `DerefMut`, which copies it if the live table already shares it: set
+    /// the fields before [`AccessLog::established`] for the admin API to show them.
+    info: Arc<ConnectionInfo>,
+    started: Instant,
+    /// Live-table id once established.
+    live: Option<u64>,
+    /// Once the relay has started.
+    meter: Option<Meter>,
+    completed: bool,
+    /// Where the connection is counted and listed.
+    telemetry: Arc<super::Telemetry>,
+}
+
+/// Who and what a connection is, as its access log and the live table report it.
+#[derive(Debug, Clone)]
+pub struct ConnectionInfo {
     /// Direction.
     pub direction: Direction,
     /// The client side.
@@ -209,14 +230,45 @@ pub struct AccessLog {
     pub hbone_target: Option<HboneTarget>,
     /// Destination service.
     pub service: Option<ServiceRef>,
-    started: Instant,
-    /// Live-table id once established.
-    live: Option<u64>,
-    /// Once the relay has started.
-    meter: Option<Meter>,
-    completed: bool,
-    /// Where the connection is counted and listed.
-    telemetry: Arc<super::Telemetry>,
+}
+
+impl ConnectionInfo {
+    /// The admin API's view of this connection, established at `since` (seconds since the
+    /// epoch).
+    pub(crate) fn live(&self, since: u64) -> LiveConnection {
+        let workload = |p: &Peer| match (&p.namespace, &p.workload) {
+            (Some(ns), Some(w)) => Some(WorkloadRef {
+                namespace: ns.clone(),
+                name: w.clone(),
+            }),
+            _ => None,
+        };
+        LiveConnection {
+            direction: self.direction.as_str(),
+            src: self.src.addr,
+            src_identity: self.src.identity.clone(),
+            src_workload: workload(&self.src),
+            dst: self.dst.addr,
+            hbone_target: self.hbone_target.clone(),
+            dst_identity: self.dst.identity.clone(),
+            dst_workload: workload(&self.dst),
+            since,
+        }
+    }
+}
+
+impl std::ops::Deref for AccessLog {
+    type Target = ConnectionInfo;
+
+    fn deref(&self) -> &ConnectionInfo {
+        &self.info
+    }
+}
+
+impl std::ops::DerefMut for AccessLog {
+    fn deref_mut(&mut self) -> &mut ConnectionInfo {
+        Arc::make_mut(&mut self.info)
+    }
 }
 
 /// The byte counts of one running connection, shared by its relay and its record. Each count
@@ -291,11 +343,13 @@ impl AccessLog {
     /// Starts a record now, reporting to `telemetry`.
     pub fn new(direction: Direction, telemetry: Arc<super::Telemetry>) -> Self {
         AccessLog {
-            direction,
-            src: Peer::default(),
-            dst: Peer::default(),
-            hbone_target: None,
-            service: None,
+            info: Arc::new(ConnectionInfo {
+                direction,
+                src: Peer::default(),
+                dst: Peer::default(),
+                hbone_target: None,
+                service: None,
+            }),
             started: Instant::now(),
             live: None,
             meter: None,
@@ -317,34 +371,12 @@ impl AccessLog {
     }
 
     /// Marks the connection established: it appears in the admin API's live table until it
-    /// completes.
+    /// completes, as its record says now (the table shares the record).
     pub fn established(&mut self) {
         if self.live.is_some() {
             return;
         }
-        let workload = |p: &Peer| match (&p.namespace, &p.workload) {
-            (Some(ns), Some(w)) => Some(WorkloadRef {
-                namespace: ns.clone(),
-                name: w.clone(),
-            }),
-            _ => None,
-        };
-        let since = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let conn = LiveConnection {
-            direction: self.direction.as_str(),
-            src: self.src.addr,
-            src_identity: self.src.identity.clone(),
-            src_workload: workload(&self.src),
-            dst: self.dst.addr,
-            hbone_target: self.hbone_target.clone(),
-            dst_identity: self.dst.identity.clone(),
-            dst_workload: workload(&self.dst),
-            since,
-        };
-        self.live = Some(self.telemetry.register(conn));
+        self.live = Some(self.telemetry.register(self.info.clone()));
     }
 
     /// Whether the connection went through an HBONE tunnel.
@@ -630,6 +662,19 @@ services:
         assert_eq!(known.connection_security_policy, "unknown");
         let passthrough = outbound_tcp(false).labels(None);
         assert_eq!(&*passthrough.destination_principal, "unknown");
+    }
+
+    /// The record an idle connection's task carries inline is a pointer to who and what the
+    /// connection is plus its close-time state, not the description itself (which the live
+    /// table shares): a few words, where the description alone is hundreds of bytes.
+    #[test]
+    fn the_record_keeps_the_description_out_of_line() {
+        let record = std::mem::size_of::<AccessLog>();
+        assert!(record <= 64, "access-log record {record} B");
+        assert!(
+            std::mem::size_of::<ConnectionInfo>() > 4 * record,
+            "the description is small enough to keep inline"
+        );
     }
 
     /// A failure with a chosen response flag.

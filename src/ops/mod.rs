@@ -14,11 +14,12 @@ pub mod readiness;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 use prometheus_client::registry::Registry;
 
-use access::LiveConnection;
+use access::{ConnectionInfo, LiveConnection};
 use metrics::Metrics;
 
 /// What connections report to: their metrics, the live connection table and fd exhaustion.
@@ -26,7 +27,10 @@ use metrics::Metrics;
 pub struct Telemetry {
     /// Prometheus metrics (registered in the registry given to [`Telemetry::new`]).
     pub metrics: Metrics,
-    connections: Mutex<BTreeMap<u64, LiveConnection>>,
+    /// The live connection table, by id (ids grow, so the order is the connections' age).
+    /// An entry shares its connection's record ([`Live`]); the lock is held to insert, remove
+    /// or clone out the entries, never across I/O.
+    connections: Mutex<BTreeMap<u64, Live>>,
     next_id: AtomicU64,
     /// When an accept last failed for lack of file descriptors (ms since the epoch; 0 = never).
     fd_exhausted_at: AtomicU64,
@@ -102,9 +106,10 @@ impl Telemetry {
         ))
     }
 
-    pub(crate) fn register(&self, conn: LiveConnection) -> u64 {
+    pub(crate) fn register(&self, info: Arc<ConnectionInfo>) -> u64 {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.connections.lock().insert(id, conn);
+        let since = now_ms() / 1000;
+        self.connections.lock().insert(id, Live { since, info });
         id
     }
 
@@ -114,6 +119,49 @@ impl Telemetry {
 
     /// The established connections right now.
     pub fn connections(&self) -> Vec<LiveConnection> {
-        self.connections.lock().values().cloned().collect()
+        let live: Vec<Live> = self.connections.lock().values().cloned().collect();
+        live.iter().map(|l| l.info.live(l.since)).collect()
+    }
+}
+
+/// A live-table entry: two words. The table's nodes are kept partly empty (a B-tree's), so
+/// what an entry holds inline is paid about twice per idle connection; the record itself is
+/// the connection's own, shared, not copied.
+#[derive(Clone)]
+struct Live {
+    /// When the connection was established (seconds since the epoch).
+    since: u64,
+    info: Arc<ConnectionInfo>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use access::{AccessLog, Direction};
+
+    /// The live table shares each established connection's record (one allocation per
+    /// connection, not a copy in the table), and its entries are two words.
+    #[test]
+    fn the_live_table_shares_the_connections_record() {
+        assert!(
+            std::mem::size_of::<Live>() <= 2 * std::mem::size_of::<usize>(),
+            "live-table entry {} B",
+            std::mem::size_of::<Live>()
+        );
+        let telemetry = Telemetry::detached();
+        let mut log = AccessLog::new(Direction::Inbound, telemetry.clone());
+        log.src.addr = Some(std::net::SocketAddr::from(([10, 0, 0, 1], 4000)));
+        log.established();
+        let shared = {
+            let table = telemetry.connections.lock();
+            let live = table.values().next().expect("registered");
+            std::ptr::eq(Arc::as_ptr(&live.info), &*log as &ConnectionInfo)
+        };
+        assert!(shared, "the table holds a copy of the record");
+        let listed = telemetry.connections();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].src, log.src.addr);
+        log.complete(None);
+        assert!(telemetry.connections().is_empty());
     }
 }

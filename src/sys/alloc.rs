@@ -3,14 +3,21 @@
 //! where RSS would depend on the allocator's caching), and returning freed heap to the system.
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 /// The system allocator, counting. Install with `#[global_allocator]` in a test or bench
-/// binary; ztun itself does not use it.
+/// binary (the library's unit tests have it); ztun itself does not use it.
 pub struct CountingAlloc;
 
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// Bytes this thread allocated minus bytes it freed. Const-initialized and without a
+    /// destructor, so the allocator can use it without allocating.
+    static THREAD_NET: Cell<isize> = const { Cell::new(0) };
+}
 
 impl CountingAlloc {
     /// Bytes allocated and not freed.
@@ -23,6 +30,12 @@ impl CountingAlloc {
         PEAK.load(Relaxed)
     }
 
+    /// Bytes the calling thread allocated minus bytes it freed, so far: what a test running
+    /// on one thread (a current-thread runtime) holds, whatever other threads do meanwhile.
+    pub fn thread_net() -> isize {
+        THREAD_NET.try_with(Cell::get).unwrap_or(0)
+    }
+
     /// Starts a new peak at the current live bytes.
     pub fn reset_peak() {
         PEAK.store(LIVE.load(Relaxed), Relaxed);
@@ -31,6 +44,17 @@ impl CountingAlloc {
     fn added(size: usize) {
         let live = LIVE.fetch_add(size, Relaxed) + size;
         PEAK.fetch_max(live, Relaxed);
+        Self::thread_add(size as isize);
+    }
+
+    fn removed(size: usize) {
+        LIVE.fetch_sub(size, Relaxed);
+        Self::thread_add(-(size as isize));
+    }
+
+    fn thread_add(n: isize) {
+        // Fails only while the thread's locals are torn down: that block goes uncounted.
+        let _ = THREAD_NET.try_with(|t| t.set(t.get() + n));
     }
 }
 
@@ -58,14 +82,14 @@ unsafe impl GlobalAlloc for CountingAlloc {
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         // SAFETY: forwarded as received (see the impl).
         unsafe { System.dealloc(ptr, layout) };
-        LIVE.fetch_sub(layout.size(), Relaxed);
+        Self::removed(layout.size());
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         // SAFETY: forwarded as received (see the impl).
         let p = unsafe { System.realloc(ptr, layout, new_size) };
         if !p.is_null() {
-            LIVE.fetch_sub(layout.size(), Relaxed);
+            Self::removed(layout.size());
             Self::added(new_size);
         }
         p

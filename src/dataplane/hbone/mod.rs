@@ -3,6 +3,7 @@
 //! `client` dials and multiplexes (with `pool`), `dataplane::inbound` terminates, `stream` moves bytes
 //! between a TCP socket and an HTTP/2 stream with flow control.
 
+pub mod buffered;
 pub mod client;
 pub mod fair;
 pub mod pool;
@@ -17,17 +18,19 @@ use crate::config::ProxyConfig;
 /// What TLS runs on: the TCP socket, metered (see [`fair`]), behind a read buffer. rustls
 /// pulls ciphertext 4 KiB at a time; the buffer turns that into one syscall per 32 KiB (about
 /// two full TLS records) during bulk transfer, at the cost of 32 KiB per HBONE connection
-/// (pooled, so per pod pair, not per tunnelled connection) and one copy of the ciphertext.
+/// while bytes wait in it and one copy of the ciphertext.
 /// No buffer (twice the reads), 16 KiB and 64 KiB (more of rustls's own copying) each lost
-/// or tied against 32 KiB: docs/performance.md, "Fewer copies per byte".
-pub type Transport = tokio::io::BufReader<fair::Metered<tokio::net::TcpStream>>;
+/// or tied against 32 KiB: docs/performance.md, "Fewer copies per byte". The buffer exists
+/// only while it holds bytes ([`buffered::Buffered`]): a pooled connection whose streams are
+/// idle holds none.
+pub type Transport = buffered::Buffered<fair::Metered<tokio::net::TcpStream>>;
 
 /// Read-buffer size of [`Transport`].
 pub const TRANSPORT_READ_BUFFER: usize = 32 * 1024;
 
 /// Wraps an HBONE socket for TLS.
 pub fn transport(tcp: tokio::net::TcpStream) -> Transport {
-    tokio::io::BufReader::with_capacity(TRANSPORT_READ_BUFFER, fair::Metered(tcp))
+    buffered::Buffered::new(TRANSPORT_READ_BUFFER, fair::Metered(tcp))
 }
 
 /// HTTP/2 settings shared by both sides, from configuration.
