@@ -26,7 +26,7 @@
 //!   to the identities the mesh file schedules on the caller's node.
 //!
 //! Adding another service to the same port: add it in [`services`] (ADS is served by
-//! [`wire::AdsServer`], not tonic's generated server).
+//! [`service::AdsServer`], not tonic's generated server).
 //!
 //! Allowed imports: `control::local`, `control::ca`, `control::xds` (wire types and resource
 //! types), `state::model`, `tls` (PEM parsing).
@@ -36,6 +36,7 @@ pub mod auth;
 pub mod ca;
 pub mod encode;
 mod reload;
+mod service;
 pub mod store;
 pub mod tls;
 pub mod wire;
@@ -318,7 +319,7 @@ impl ControlPlane {
 /// (`istio.v1.auth.IstioCertificateService`).
 pub fn services(ads: &Ads, ca: &ca::CaService) -> Routes {
     let mut routes = RoutesBuilder::default();
-    routes.add_service(wire::AdsServer::new(ads.clone(), MAX_REQUEST));
+    routes.add_service(service::AdsServer::new(ads.clone(), MAX_REQUEST));
     routes.add_service(ca.clone().into_server());
     routes.routes()
 }

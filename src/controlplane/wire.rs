@@ -15,8 +15,6 @@
 //! stream like tonic's (`content-type: application/grpc`, length-prefixed uncompressed
 //! messages, `grpc-status` in the trailers; a refused stream is a trailers-only response).
 
-use std::convert::Infallible;
-use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
@@ -24,19 +22,11 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http_body::Frame;
 use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
 use tokio::sync::mpsc;
-use tonic::codec::{Codec, Streaming};
-use tonic::server::NamedService;
 use tonic::Status;
-
-use super::ads::{Ads, PeerAddr};
-use crate::control::xds::proto::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
 
 /// Largest chunk of response body handed to HTTP/2 at once (a resource larger than this is
 /// handed over alone, without a copy).
 pub const CHUNK: usize = 64 * 1024;
-/// The gRPC method served; every other path of the service is `UNIMPLEMENTED`.
-const DELTA_PATH: &str =
-    "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
 
 /// `DeltaDiscoveryResponse` field numbers (envoy's `discovery.proto`).
 mod field {
@@ -101,7 +91,7 @@ impl Response {
 
     /// Decodes the response (tests).
     #[cfg(test)]
-    pub fn decode(&self) -> DeltaDiscoveryResponse {
+    pub fn decode(&self) -> crate::control::xds::proto::DeltaDiscoveryResponse {
         use prost::Message as _;
         let mut all = Vec::new();
         let mut writer = Writer::new(self.clone());
@@ -110,7 +100,8 @@ impl Response {
         }
         let len = u32::from_be_bytes(all[1..5].try_into().unwrap()) as usize;
         assert_eq!(all.len(), 5 + len, "gRPC length prefix");
-        DeltaDiscoveryResponse::decode(&all[5..]).expect("a valid response")
+        crate::control::xds::proto::DeltaDiscoveryResponse::decode(&all[5..])
+            .expect("a valid response")
     }
 }
 
@@ -240,60 +231,5 @@ impl http_body::Body for ResponseBody {
 
     fn is_end_stream(&self) -> bool {
         self.ended && self.writing.is_none()
-    }
-}
-
-/// The `AggregatedDiscoveryService` route of the control plane's server.
-#[derive(Clone)]
-pub struct AdsServer {
-    ads: Ads,
-    max_request: usize,
-}
-
-impl AdsServer {
-    /// Serves `ads`, refusing requests larger than `max_request` bytes.
-    pub fn new(ads: Ads, max_request: usize) -> AdsServer {
-        AdsServer { ads, max_request }
-    }
-}
-
-impl NamedService for AdsServer {
-    const NAME: &'static str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
-}
-
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-
-impl tonic::codegen::Service<http::Request<tonic::body::Body>> for AdsServer {
-    type Response = http::Response<tonic::body::Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<Result<Self::Response, Infallible>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
-        if request.uri().path() != DELTA_PATH {
-            return Box::pin(async { Ok(Status::unimplemented("").into_http()) });
-        }
-        let peer = request.extensions().get::<PeerAddr>().copied();
-        let (parts, body) = request.into_parts();
-        let mut codec =
-            tonic_prost::ProstCodec::<DeltaDiscoveryResponse, DeltaDiscoveryRequest>::default();
-        let requests = Streaming::new_request(codec.decoder(), body, None, Some(self.max_request));
-        let opened = self.ads.open(&parts.headers, peer, requests);
-        Box::pin(async move {
-            Ok(match opened {
-                Ok(body) => {
-                    let mut response = http::Response::new(tonic::body::Body::new(body));
-                    response.headers_mut().insert(
-                        http::header::CONTENT_TYPE,
-                        http::HeaderValue::from_static("application/grpc"),
-                    );
-                    response
-                }
-                Err(status) => status.into_http(),
-            })
-        })
     }
 }
