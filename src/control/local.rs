@@ -496,11 +496,11 @@ fn workload(index: usize, w: YamlWorkload) -> Result<Workload, LocalConfigError>
         service_account: or_default(w.service_account, DEFAULT_SERVICE_ACCOUNT).into(),
         waypoint: w
             .waypoint
-            .map(|g| gateway(&at, "waypoint", g))
+            .map(|g| gateway(&at, "waypoint", g).map(Box::new))
             .transpose()?,
         network_gateway: w
             .network_gateway
-            .map(|g| gateway(&at, "networkGateway", g))
+            .map(|g| gateway(&at, "networkGateway", g).map(Box::new))
             .transpose()?,
         node: w.node.into(),
         canonical_name: w.canonical_name.into(),

@@ -418,8 +418,8 @@ mod tests {
         let mut w = workload("ns", "server", "sa", [10, 0, 0, 1]);
         w.services
             .insert("ns/svc.ns.svc.cluster.local".into(), [(80, 8080)].into());
-        w.waypoint = Some(gw_host.clone());
-        w.network_gateway = Some(gw_address.clone());
+        w.waypoint = Some(gw_host.clone().into());
+        w.network_gateway = Some(gw_address.clone().into());
         w.application_tunnel = Some(ApplicationTunnel {
             protocol: AppTunnelProtocol::Proxy,
             port: Some(15088),

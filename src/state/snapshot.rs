@@ -512,8 +512,8 @@ fn preference(a: &Workload, b: &Workload) -> Ordering {
     rank(b).cmp(&rank(a)).then_with(|| a.uid.cmp(&b.uid))
 }
 
-fn intern_gateway(i: &mut Interner, g: &mut Option<GatewayAddress>) {
-    match g.as_mut().map(|g| &mut g.destination) {
+fn intern_gateway(i: &mut Interner, g: Option<&mut GatewayAddress>) {
+    match g.map(|g| &mut g.destination) {
         Some(GatewayDestination::Address(a)) => i.intern(&mut a.network),
         Some(GatewayDestination::Hostname(h)) => {
             i.intern(&mut h.namespace);
@@ -543,8 +543,8 @@ pub(super) fn intern_workload(i: &mut Interner, w: &mut Workload) {
     ] {
         i.intern(s);
     }
-    intern_gateway(i, &mut w.waypoint);
-    intern_gateway(i, &mut w.network_gateway);
+    intern_gateway(i, w.waypoint.as_deref_mut());
+    intern_gateway(i, w.network_gateway.as_deref_mut());
     for p in &mut w.authorization_policies {
         i.intern(p);
     }
@@ -571,7 +571,7 @@ pub(super) fn intern_service(i: &mut Interner, s: &mut Service) {
     for san in &mut s.subject_alt_names {
         i.intern(san);
     }
-    intern_gateway(i, &mut s.waypoint);
+    intern_gateway(i, s.waypoint.as_mut());
     for w in &mut s.weighted_waypoints {
         match &mut w.destination.destination {
             GatewayDestination::Address(a) => i.intern(&mut a.network),

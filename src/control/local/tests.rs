@@ -177,20 +177,20 @@ fn example_file_converts_field_by_field() {
             protocol: TunnelProtocol::Tcp,
             trust_domain: "example.org".into(),
             service_account: "tcp-sa".into(),
-            waypoint: Some(GatewayAddress {
+            waypoint: Some(Box::new(GatewayAddress {
                 destination: GatewayDestination::Hostname(NamespacedHostname {
                     namespace: "default".into(),
                     hostname: "waypoint.default.svc.cluster.local".into(),
                 }),
                 hbone_mtls_port: 15008,
-            }),
-            network_gateway: Some(GatewayAddress {
+            })),
+            network_gateway: Some(Box::new(GatewayAddress {
                 destination: GatewayDestination::Address(NetworkAddress {
                     network: "remote".into(),
                     address: ip("10.9.0.1"),
                 }),
                 hbone_mtls_port: 15009,
-            }),
+            })),
             node: "local".into(),
             canonical_name: "local-tcp".into(),
             canonical_revision: "v2".into(),

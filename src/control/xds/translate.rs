@@ -347,11 +347,11 @@ fn workload(ctx: &mut Ctx<'_>, w: wl::Workload) -> Result<Workload, TranslateErr
         service_account: ctx.share_or(w.service_account, DEFAULT_SERVICE_ACCOUNT),
         waypoint: w
             .waypoint
-            .map(|g| gateway(ctx, "waypoint", g))
+            .map(|g| gateway(ctx, "waypoint", g).map(Box::new))
             .transpose()?,
         network_gateway: w
             .network_gateway
-            .map(|g| gateway(ctx, "network_gateway", g))
+            .map(|g| gateway(ctx, "network_gateway", g).map(Box::new))
             .transpose()?,
         node: ctx.share(w.node),
         canonical_name: ctx.share(w.canonical_name),

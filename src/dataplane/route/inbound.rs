@@ -186,7 +186,7 @@ fn names_as_waypoint(
     dialled: IpAddr,
 ) -> bool {
     let gateways: Vec<&GatewayAddress> = match snap.workload_by_ip(network, target) {
-        Some(w) => w.waypoint.iter().collect(),
+        Some(w) => w.waypoint.as_deref().into_iter().collect(),
         None => snap
             .services_by_vip(network, target)
             .iter()
@@ -420,13 +420,13 @@ mod tests {
     fn sandwiched_waypoints_accept_their_targets() {
         let wp = workload("app", "wp", "wp", [10, 0, 2, 11]);
         let mut target = workload("app", "target", "t", [10, 0, 2, 12]);
-        target.waypoint = Some(GatewayAddress {
+        target.waypoint = Some(Box::new(GatewayAddress {
             destination: GatewayDestination::Address(NetworkAddress {
                 network: "".into(),
                 address: [10, 0, 2, 11].into(),
             }),
             hbone_mtls_port: 15008,
-        });
+        }));
         let mut svc = service("app", "web", [10, 96, 0, 1], &[(80, 8080)]);
         let wp_svc = service("app", "waypoint", [10, 96, 0, 100], &[(15008, 15008)]);
         svc.waypoint = Some(GatewayAddress {

@@ -734,7 +734,7 @@ fn weighted_waypoints() {
 #[test]
 fn workload_waypoints() {
     let mut server = w("server", [10, 0, 2, 11]);
-    server.waypoint = Some(gw_host("default", "waypoint.default.svc.cluster.local"));
+    server.waypoint = Some(gw_host("default", "waypoint.default.svc.cluster.local").into());
     let s = svc("web", [10, 96, 0, 1], &[(80, 8080)]);
     let snap = with_waypoint(World::new())
         .service(s.clone())
@@ -770,7 +770,7 @@ fn waypoint_service_ports_and_app_tunnels() {
     });
     let plain = member(w("wp-plain", [10, 0, 3, 12]), &wp_svc, &[]);
     let mut server = w("server", [10, 0, 2, 11]);
-    server.waypoint = Some(gw_host("default", "waypoint.default.svc.cluster.local"));
+    server.waypoint = Some(gw_host("default", "waypoint.default.svc.cluster.local").into());
     let snap = World::new()
         .service(wp_svc)
         .with(tunnelled)
@@ -837,9 +837,11 @@ mod multi_network {
     fn remote(name: &str, ip: [u8; 4], gw: Option<GatewayDestination>) -> Workload {
         let mut r = w(name, ip);
         r.network = "net2".into();
-        r.network_gateway = gw.map(|destination| GatewayAddress {
-            destination,
-            hbone_mtls_port: 15443,
+        r.network_gateway = gw.map(|destination| {
+            Box::new(GatewayAddress {
+                destination,
+                hbone_mtls_port: 15443,
+            })
         });
         r
     }
