@@ -520,21 +520,28 @@ fn level_figures(
     // 3. New connections per second.
     let figure = format!("connections/s ({} concurrent)", opts.concurrency);
     for i in 0..opts.runs * usize::from(opts.wants("connections")) {
+        // Each run dials a port of its own: the clients reuse TIME_WAIT ports
+        // (`tcp_tw_reuse`) and a run leaves tens of thousands of 4-tuples in TIME_WAIT for
+        // 60 s, which no later run's connections can then meet.
+        let port = CONN_RATE_PORT + u16::try_from(i).unwrap_or(0);
+        let _direct_server = base.lab.pod("y").spawn_echo_server(port)?;
+        let direct = SocketAddr::new(base.direct.ip(), port);
         let d = base.checked(PathKind::Plain, "direct connection rate", || {
-            let (rate, count) = base.lab.pod("x").block_on(conn_rate(
-                base.direct,
-                opts.concurrency,
-                opts.seconds,
-            ))?;
+            let (rate, count) =
+                base.lab
+                    .pod("x")
+                    .block_on(conn_rate(direct, opts.concurrency, opts.seconds))?;
             Ok((rate, count * 64))
         })?;
         table.add(level, &figure, Through::Direct, d);
         for s in order(sides.len(), i).into_iter().map(|k| &sides[k]) {
+            let _server = s.lab.pod("c").spawn_echo_server(port)?;
+            let tunnel = SocketAddr::new(s.tunnel.ip(), port);
             let t = s.checked(PathKind::Hbone, "tunnelled connection rate", || {
                 let (rate, count) =
                     s.lab
                         .pod("a")
-                        .block_on(conn_rate(s.tunnel, opts.concurrency, opts.seconds))?;
+                        .block_on(conn_rate(tunnel, opts.concurrency, opts.seconds))?;
                 Ok((rate, count * 64))
             })?;
             table.add(level, &figure, s.kind.through(), t);
@@ -857,6 +864,9 @@ async fn hold_connections(dst: SocketAddr, n: usize) -> anyhow::Result<()> {
 
 /// Port of the idle connections' echo server in pod c.
 const IDLE_PORT: u16 = 7001;
+
+/// First port of the connection-rate runs' echo servers (one port per run).
+const CONN_RATE_PORT: u16 = 7100;
 
 /// Established TCP connections to the idle echo server, seen in the destination app's namespace.
 fn idle_established(lab: &Lab) -> anyhow::Result<usize> {
