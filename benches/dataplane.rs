@@ -13,6 +13,9 @@ use ztun::control::ca::LocalCa;
 use ztun::identity::Identity;
 
 fn main() {
+    // The allocator settings ztun's process runs with (`app` sets them first thing): without
+    // them the relay's per-read buffer measures glibc handing heap back and faulting it in.
+    ztun::sys::alloc::retain_freed_heap();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
