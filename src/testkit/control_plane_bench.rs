@@ -26,15 +26,13 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt as _;
 
-use super::lab::{Lab, Process};
-use super::state_bench::{tail, wait_listening, write_mesh};
+use super::lab::Process;
+use super::state_bench::{tail, MeshControlPlane, CONTROL_PLANE, PER_SERVICE};
 use crate::config::{AuthToken, RootCert};
 use crate::control::xds::proto::{DeltaDiscoveryRequest, Node};
 use crate::control::xds::{self, ClientConfig, ResourceType};
 
-const CONTROL_PLANE: &str = "127.0.0.1:15012";
 /// Per service in the generated mesh (as the state bench writes it).
-const PER_SERVICE: u32 = 5;
 /// How long the idle control plane is left before its RSS is read, and the synced one.
 const SETTLE: Duration = Duration::from_secs(2);
 /// Deadline for every client to hold the mesh, and for every change to reach them all.
@@ -76,47 +74,26 @@ struct Change {
 /// Runs the benchmark against `ztun control-plane` from `ztun`; prints a table, returns the
 /// JSON.
 pub fn run(ztun: &Path, opts: &Options) -> anyhow::Result<Value> {
-    let mut lab = Lab::builder("cpbench").node("n1").build()?;
-    let netns = lab.add_netns("cp")?;
-    let dir = lab.dir().to_path_buf();
-    let mesh = dir.join("mesh.yaml");
-    let load_start = super::lab::loadavg();
-    let started = Instant::now();
-    write_mesh(&mesh, opts.workloads)?;
-    eprintln!(
-        "control-plane bench: mesh of {} workloads + {} services written in {:.1} s ({:.1} MiB)",
-        opts.workloads,
-        opts.workloads / PER_SERVICE,
-        started.elapsed().as_secs_f64(),
-        std::fs::metadata(&mesh)?.len() as f64 / (1 << 20) as f64
-    );
-    let ca = dir.join("ca");
-    let tokens = dir.join("tokens");
     let lines: String = (0..opts.nodes)
         .map(|n| format!("{} node-{n}\n", token(n)))
         .collect();
-    std::fs::write(&tokens, lines)?;
-    let spawned = Instant::now();
-    let cp = lab.spawn_in(
-        &netns,
-        "control-plane",
+    // `_lab` keeps the lab (its namespace and processes) until the bench ends.
+    let MeshControlPlane {
+        lab: _lab,
+        netns,
+        mesh,
+        ca,
+        cp,
+        load_start,
+        listening,
+        ..
+    } = MeshControlPlane::start(
         ztun,
-        &[
-            "control-plane",
-            "--config",
-            &mesh.to_string_lossy(),
-            "--ca-dir",
-            &ca.to_string_lossy(),
-            "--listen",
-            CONTROL_PLANE,
-            "--tokens",
-            &tokens.to_string_lossy(),
-        ],
-        &[("RUST_LOG", "warn")],
-        &dir,
+        "cpbench",
+        "control-plane bench",
+        opts.workloads,
+        &lines,
     )?;
-    wait_listening(&netns, CONTROL_PLANE.parse()?, &cp)?;
-    let listening = spawned.elapsed();
     let load_cpu = cp.cpu_time();
     std::thread::sleep(SETTLE);
     let rss_idle = cp.rss();

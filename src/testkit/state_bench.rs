@@ -21,10 +21,10 @@ use super::lab::{Lab, Netns, Process};
 
 const READY_DEADLINE: Duration = Duration::from_secs(300);
 const SETTLE: Duration = Duration::from_secs(2);
-const PER_SERVICE: u32 = 5;
+pub(super) const PER_SERVICE: u32 = 5;
 const NODES: u32 = 100;
 const NAMESPACES: u32 = 50;
-const CONTROL_PLANE: &str = "127.0.0.1:15012";
+pub(super) const CONTROL_PLANE: &str = "127.0.0.1:15012";
 const TOKEN: &str = "state-bench-token";
 const XDS_PATH: &str = "delta xDS from ztun control-plane";
 const FILE_PATH: &str = "local file (LOCAL_XDS_PATH)";
@@ -95,45 +95,24 @@ struct Sample {
 
 /// Runs the benchmark with `ztun` (and `opts.ztunnel`); prints a table, returns the JSON.
 pub fn run(ztun: &Path, opts: &Options) -> anyhow::Result<Value> {
-    // One node satisfies the lab builder; the tunnel runs in a namespace of its own.
-    let mut lab = Lab::builder("state").node("n1").build()?;
-    let netns = lab.add_netns("t")?;
-    let dir = lab.dir().to_path_buf();
-    let mesh = dir.join("mesh.yaml");
-    let load_start = super::lab::loadavg();
-    let started = Instant::now();
-    write_mesh(&mesh, opts.workloads)?;
-    eprintln!(
-        "state bench: mesh of {} workloads + {} services written in {:.1} s ({:.1} MiB)",
-        opts.workloads,
-        opts.workloads / PER_SERVICE,
-        started.elapsed().as_secs_f64(),
-        std::fs::metadata(&mesh)?.len() as f64 / (1 << 20) as f64
-    );
-    let ca = dir.join("ca");
     // The tunnels get their certificates from the control plane's CA (ztunnel's fake CA
     // exists only in its test builds), authenticated by a static token bound to node-0.
-    let tokens = dir.join("tokens");
-    std::fs::write(&tokens, format!("{TOKEN} node-0\n"))?;
-    let cp = lab.spawn_in(
-        &netns,
-        "control-plane",
+    let MeshControlPlane {
+        lab,
+        netns,
+        dir,
+        mesh,
+        ca,
+        cp,
+        load_start,
+        ..
+    } = MeshControlPlane::start(
         ztun,
-        &[
-            "control-plane",
-            "--config",
-            &mesh.to_string_lossy(),
-            "--ca-dir",
-            &ca.to_string_lossy(),
-            "--listen",
-            CONTROL_PLANE,
-            "--tokens",
-            &tokens.to_string_lossy(),
-        ],
-        &[("RUST_LOG", "warn")],
-        &dir,
+        "state",
+        "state bench",
+        opts.workloads,
+        &format!("{TOKEN} node-0\n"),
     )?;
-    wait_listening(&netns, CONTROL_PLANE.parse()?, &cp)?;
     let root = ca.join("root-cert.pem").to_string_lossy().into_owned();
     let mesh = mesh.to_string_lossy().into_owned();
 
@@ -300,6 +279,82 @@ fn ready(addr: SocketAddr) -> bool {
     }
     let mut head = [0u8; 12];
     s.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.1 200")
+}
+
+/// A lab namespace of its own running `ztun control-plane` on a generated mesh of W workloads
+/// (and W/5 services): what the state bench and the control-plane bench both start from.
+pub(super) struct MeshControlPlane {
+    pub(super) lab: Lab,
+    pub(super) netns: Netns,
+    pub(super) dir: PathBuf,
+    pub(super) mesh: PathBuf,
+    pub(super) ca: PathBuf,
+    pub(super) cp: Process,
+    /// `/proc/loadavg` before anything was started.
+    pub(super) load_start: String,
+    /// From the control plane's spawn until it accepted connections (its mesh loaded).
+    pub(super) listening: Duration,
+}
+
+impl MeshControlPlane {
+    /// Builds lab `name`, writes the mesh and the `tokens` file, starts the control plane on
+    /// [`CONTROL_PLANE`] and waits until it listens. `bench` names the bench in its messages.
+    pub(super) fn start(
+        ztun: &Path,
+        name: &str,
+        bench: &str,
+        workloads: u32,
+        tokens: &str,
+    ) -> anyhow::Result<MeshControlPlane> {
+        // One node satisfies the lab builder; everything runs in a namespace of its own.
+        let mut lab = Lab::builder(name).node("n1").build()?;
+        let netns = lab.add_netns("cp")?;
+        let dir = lab.dir().to_path_buf();
+        let mesh = dir.join("mesh.yaml");
+        let load_start = super::lab::loadavg();
+        let started = Instant::now();
+        write_mesh(&mesh, workloads)?;
+        eprintln!(
+            "{bench}: mesh of {} workloads + {} services written in {:.1} s ({:.1} MiB)",
+            workloads,
+            workloads / PER_SERVICE,
+            started.elapsed().as_secs_f64(),
+            std::fs::metadata(&mesh)?.len() as f64 / (1 << 20) as f64
+        );
+        let ca = dir.join("ca");
+        let tokens_file = dir.join("tokens");
+        std::fs::write(&tokens_file, tokens)?;
+        let spawned = Instant::now();
+        let cp = lab.spawn_in(
+            &netns,
+            "control-plane",
+            ztun,
+            &[
+                "control-plane",
+                "--config",
+                &mesh.to_string_lossy(),
+                "--ca-dir",
+                &ca.to_string_lossy(),
+                "--listen",
+                CONTROL_PLANE,
+                "--tokens",
+                &tokens_file.to_string_lossy(),
+            ],
+            &[("RUST_LOG", "warn")],
+            &dir,
+        )?;
+        wait_listening(&netns, CONTROL_PLANE.parse()?, &cp)?;
+        Ok(MeshControlPlane {
+            listening: spawned.elapsed(),
+            lab,
+            netns,
+            dir,
+            mesh,
+            ca,
+            cp,
+            load_start,
+        })
+    }
 }
 
 pub(super) fn wait_listening(netns: &Netns, addr: SocketAddr, p: &Process) -> anyhow::Result<()> {
