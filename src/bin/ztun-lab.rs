@@ -117,10 +117,7 @@ fn demo(args: &[String]) -> anyhow::Result<()> {
             other => bail!("unexpected argument {other:?}"),
         }
     }
-    let bin = match bin {
-        Some(b) => b,
-        None => ztun::testkit::ztun_bin()?,
-    };
+    let bin = ztun_or_built(bin)?;
     ztun::testkit::demo::run(&bin, source)
 }
 
@@ -184,15 +181,9 @@ fn state_bench(args: &[String]) -> anyhow::Result<()> {
     if opts.runs == 0 || opts.workloads < 5 {
         bail!("--runs must be at least 1 and --workloads at least 5");
     }
-    let bin = match bin {
-        Some(b) => b,
-        None => ztun::testkit::ztun_bin()?,
-    };
+    let bin = ztun_or_built(bin)?;
     let report = ztun::testkit::state_bench::run(&bin, &opts)?;
-    if let Some(out) = out {
-        std::fs::write(&out, serde_json::to_string_pretty(&report)?)?;
-        println!("wrote {}", out.display());
-    }
+    write_report(out, &report)?;
     Ok(())
 }
 
@@ -219,15 +210,9 @@ fn control_plane_bench(args: &[String]) -> anyhow::Result<()> {
     if opts.nodes == 0 || opts.workloads < 5 || opts.changes > 200 {
         bail!("--nodes must be at least 1, --workloads at least 5, --changes at most 200");
     }
-    let bin = match bin {
-        Some(b) => b,
-        None => ztun::testkit::ztun_bin()?,
-    };
+    let bin = ztun_or_built(bin)?;
     let report = ztun::testkit::control_plane_bench::run(&bin, &opts)?;
-    if let Some(out) = out {
-        std::fs::write(&out, serde_json::to_string_pretty(&report)?)?;
-        println!("wrote {}", out.display());
-    }
+    write_report(out, &report)?;
     Ok(())
 }
 
@@ -262,13 +247,24 @@ fn bench(args: &[String]) -> anyhow::Result<()> {
             other => bail!("unexpected argument {other:?}"),
         }
     }
-    let bin = match bin {
-        Some(b) => b,
-        None => ztun::testkit::ztun_bin()?,
-    };
+    let bin = ztun_or_built(bin)?;
     let report = ztun::testkit::bench::run(&bin, &opts)?;
+    write_report(out, &report)?;
+    Ok(())
+}
+
+/// The ztun binary given with `--ztun`, else the one this build made.
+fn ztun_or_built(bin: Option<std::path::PathBuf>) -> anyhow::Result<std::path::PathBuf> {
+    match bin {
+        Some(b) => Ok(b),
+        None => ztun::testkit::ztun_bin(),
+    }
+}
+
+/// Writes a bench's JSON report to `--out`, when given.
+fn write_report(out: Option<std::path::PathBuf>, report: &serde_json::Value) -> anyhow::Result<()> {
     if let Some(out) = out {
-        std::fs::write(&out, serde_json::to_string_pretty(&report)?)?;
+        std::fs::write(&out, serde_json::to_string_pretty(report)?)?;
         println!("wrote {}", out.display());
     }
     Ok(())
