@@ -334,16 +334,7 @@ fn a_cancelled_wildcard_still_reports_removals_of_what_the_client_has() {
     assert_eq!(sent_names(&push), ["default/svc.example", "w1", "w2"]);
     sub.change(&request(&[], &["*"], &[]));
     assert!(!sub.wildcard);
-    let next = Arc::new(
-        m.next(&local::parse(&mesh_yaml(&[1], 8080, &[])).unwrap())
-            .unwrap(),
-    );
-    let push = sub.push(
-        ResourceType::Address,
-        &next,
-        next.delta(ResourceType::Address),
-        &[],
-    );
+    let push = push_change(&mut sub, &m, &[1]);
     assert!(push.resources.is_empty());
     assert_eq!(push.removed, ["w2"]);
 }
@@ -369,16 +360,7 @@ fn on_demand_subscriptions_resolve_keys_and_report_missing_ones() {
     assert_eq!(sent_names(&push), ["w1"]);
     assert_eq!(push.removed, ["/10.0.0.77"]);
     // When a subscribed resource disappears, the client is told.
-    let next = Arc::new(
-        m.next(&local::parse(&mesh_yaml(&[1], 8080, &[])).unwrap())
-            .unwrap(),
-    );
-    let push = sub.push(
-        ResourceType::Address,
-        &next,
-        next.delta(ResourceType::Address),
-        &[],
-    );
+    let push = push_change(&mut sub, &m, &[1]);
     assert!(push.resources.is_empty(), "w1 unchanged");
     assert_eq!(push.removed, ["/10.0.0.2", "w2"]);
 }
@@ -914,4 +896,19 @@ async fn hundreds_of_clients_each_get_the_mesh_and_every_change() {
         started.elapsed()
     );
     cp.stop().await;
+}
+
+/// Moves the mesh `m` to one with workloads `ids` and returns `sub`'s push of that change
+/// (the Address type, from the mesh's own delta).
+fn push_change(sub: &mut Subscription, m: &MeshResources, ids: &[u8]) -> ads::Push {
+    let next = Arc::new(
+        m.next(&local::parse(&mesh_yaml(ids, 8080, &[])).unwrap())
+            .unwrap(),
+    );
+    sub.push(
+        ResourceType::Address,
+        &next,
+        next.delta(ResourceType::Address),
+        &[],
+    )
 }
