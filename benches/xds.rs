@@ -1,7 +1,8 @@
 //! xDS state at scale, through the client path (decode the response → validate and translate
 //! every resource → publish one snapshot): a mesh of W workloads and W/5 services (each
 //! service backed by 5 workloads; 100 nodes, 50 namespaces), then a 100-workload delta on top
-//! of it, then the data-path lookups on that state.
+//! of it, then the data-path lookups on that state; last, a first push of W/5 workloads that
+//! are all endpoints of one service.
 //!
 //! Run: `cargo bench --bench xds` (release build): 50 000 + 10 000, then 200 000 + 40 000.
 //! `cargo bench --bench xds -- 50000` runs one size. Memory is counted by this binary's
@@ -151,6 +152,36 @@ fn run(workloads: u32) {
     );
     drop(snap);
     drop((reader, applier));
+    wide_service(workloads / 5);
+}
+
+/// One service with `n` endpoints (a large deployment), in a first push: each endpoint list
+/// is built once, not copied for every endpoint added to it.
+fn wide_service(n: u32) {
+    let mut s = service(0);
+    s.hostname = "wide.ns-0.svc.cluster.local".into();
+    let key = s.key();
+    let full = response(
+        (0..n).map(|i| {
+            let mut w = workload(i, 0);
+            w.services = VecMap::from([(key.as_str().into(), BTreeMap::from([(80, 8080)]))]);
+            address(&w)
+        }),
+        std::iter::once(address_service(&s)),
+        "1",
+    )
+    .encode_to_vec();
+    let (writer, reader) = ztun::state::new();
+    let mut applier = Applier::new(writer, Arc::new(XdsMetrics::default()));
+    let started = Instant::now();
+    let applied = applier.apply(DeltaDiscoveryResponse::decode(full.as_slice()).unwrap());
+    let took = started.elapsed();
+    assert!(applied.is_ack());
+    assert_eq!(reader.load().endpoints(&key).len(), n as usize);
+    println!(
+        "apply wide:   {:>8.1} ms  (one service of {n} endpoints, in a first push)",
+        ms(took)
+    );
 }
 
 /// Workload `i`: pod of service `i / 5`, in that service's namespace, on node `i % 100`.

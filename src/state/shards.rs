@@ -203,6 +203,65 @@ impl<K: Hash + Eq + Clone, V: Clone> ShardMap<K, V> {
         Some(value)
     }
 
+    /// Fills an empty map from `entries`: the items of each key become its value through
+    /// `combine`, which is handed them (in no particular order) and may drain them. The
+    /// entries are first put in shard order, so each shard's table is sized exactly and built
+    /// in one go while it is in cache; inserted one at a time in arrival order, a bulk load
+    /// misses the cache on nearly every shard and table it touches. Entries of a map that
+    /// already holds some are inserted as they come (a key's existing value is replaced).
+    pub(super) fn load_grouped<I>(
+        &mut self,
+        entries: Vec<(K, I)>,
+        mut combine: impl FnMut(&mut Vec<I>) -> V,
+    ) {
+        let mut hashed: Vec<(u64, K, I)> = entries
+            .into_iter()
+            .map(|(k, i)| (self.hash(&k), k, i))
+            .collect();
+        hashed.sort_unstable_by_key(|(h, _, _)| (shard_of(*h), *h));
+        if self.len == 0 {
+            // One table allocation per shard, for its distinct keys (keys that differ with
+            // the same hash are counted once: the table then grows for them, correctly).
+            let mut start = 0;
+            while start < hashed.len() {
+                let shard = shard_of(hashed[start].0);
+                let mut end = start;
+                let mut keys = 0;
+                while end < hashed.len() && shard_of(hashed[end].0) == shard {
+                    keys += usize::from(end == start || hashed[end].0 != hashed[end - 1].0);
+                    end += 1;
+                }
+                let hasher = &self.hasher;
+                Arc::make_mut(&mut self.shards[shard]).reserve(keys, |(k, _)| hasher.hash_one(k));
+                start = end;
+            }
+        }
+        // Runs of one hash, split by key (several only on a 64-bit hash collision).
+        let mut run: Vec<(K, I)> = Vec::new();
+        let mut items: Vec<I> = Vec::new();
+        let mut rest = hashed.into_iter().peekable();
+        while let Some((hash, key, item)) = rest.next() {
+            run.push((key, item));
+            if rest.peek().is_some_and(|(next, _, _)| *next == hash) {
+                continue;
+            }
+            while let Some((key, item)) = run.pop() {
+                items.push(item);
+                let mut i = 0;
+                while i < run.len() {
+                    if run[i].0 == key {
+                        items.push(run.swap_remove(i).1);
+                    } else {
+                        i += 1;
+                    }
+                }
+                let value = combine(&mut items);
+                items.clear();
+                self.insert_hashed(hash, key, value);
+            }
+        }
+    }
+
     /// Replaces the value under `key` by `f(current)`: `None` in or out means absent.
     /// The key is hashed once for the lookup and the change.
     pub(super) fn update(&mut self, key: K, f: impl FnOnce(Option<&V>) -> Option<V>) {

@@ -240,11 +240,34 @@ pub fn canonical_ip(ip: IpAddr) -> IpAddr {
 }
 
 /// The next generation: starts as a copy of one (sharing all its data) and keeps every index
-/// up to date as resources are inserted and removed.
+/// up to date as resources are inserted and removed. A bulk load into an empty builder (see
+/// [`reserve`](Self::reserve)) builds the lookup indexes once, when the generation is built.
 #[derive(Debug, Default, Clone)]
 pub struct SnapshotBuilder {
     next: Snapshot,
     policies_changed: bool,
+    /// Set for a bulk load: what the lookup indexes are built from (they stay empty until then).
+    bulk: Option<Box<Bulk>>,
+}
+
+/// The workloads and services of a bulk load, in arrival order, to index once they are all in.
+#[derive(Debug, Default, Clone)]
+struct Bulk {
+    workloads: Vec<Arc<Workload>>,
+    services: Vec<Arc<Service>>,
+    /// Those of them replaced or removed since, by address (each is kept alive by the lists
+    /// above until the indexes are built, so no address is reused meanwhile).
+    gone: std::collections::HashSet<usize>,
+}
+
+impl Bulk {
+    fn is_live<T>(&self, x: &Arc<T>) -> bool {
+        self.gone.is_empty() || !self.gone.contains(&(Arc::as_ptr(x) as usize))
+    }
+
+    fn forget<T>(&mut self, x: &Arc<T>) {
+        self.gone.insert(Arc::as_ptr(x) as usize);
+    }
 }
 
 impl SnapshotBuilder {
@@ -253,6 +276,7 @@ impl SnapshotBuilder {
         SnapshotBuilder {
             next: snap.clone(),
             policies_changed: false,
+            bulk: None,
         }
     }
 
@@ -260,19 +284,29 @@ impl SnapshotBuilder {
     pub fn clear(&mut self) {
         self.next = Snapshot::default();
         self.policies_changed = true;
+        self.bulk = None;
     }
 
-    /// Sizes the indexes of an empty builder (the first response of a stream, a cleared
-    /// state) for about `workloads` workloads and `services` services, so that their tables
-    /// are allocated once rather than grown step by step. No effect on a non-empty builder.
+    /// Prepares an empty builder (the first response of a stream, a cleared state) for a bulk
+    /// load of about `workloads` workloads and `services` services: the workload and service
+    /// tables are sized once rather than grown step by step, and the lookup indexes are built
+    /// when the generation is (in [`build`](Self::build)), from everything inserted by then,
+    /// instead of being updated per insert. No effect on a non-empty builder: a delta
+    /// touches few entries, and those indexes are shared with older generations.
     pub fn reserve(&mut self, workloads: usize, services: usize) {
         let next = &mut self.next;
+        if next.workloads.len() != 0 || next.services.len() != 0 {
+            return;
+        }
         next.workloads.reserve_empty(workloads);
-        next.workloads_by_ip.reserve_empty(workloads);
-        next.pods.reserve_empty(workloads);
         next.services.reserve_empty(services);
-        next.services_by_vip.reserve_empty(services);
-        next.endpoints.reserve_empty(services);
+        self.bulk.get_or_insert_with(|| {
+            Box::new(Bulk {
+                workloads: Vec::with_capacity(workloads),
+                services: Vec::with_capacity(services),
+                gone: Default::default(),
+            })
+        });
     }
 
     /// Gives back what [`reserve`](Self::reserve) set aside beyond the entries the builder
@@ -285,6 +319,10 @@ impl SnapshotBuilder {
         next.services.shrink_to_fit();
         next.services_by_vip.shrink_to_fit();
         next.endpoints.shrink_to_fit();
+        if let Some(bulk) = &mut self.bulk {
+            bulk.workloads.shrink_to_fit();
+            bulk.services.shrink_to_fit();
+        }
     }
 
     /// Adds or replaces a workload (by uid).
@@ -420,11 +458,72 @@ impl SnapshotBuilder {
                 list.sort_by(by_key);
             }
         }
+        if let Some(bulk) = self.bulk.take() {
+            self.index_bulk(*bulk);
+        }
         self.next.generation = generation;
         self.next
     }
 
+    /// Builds the lookup indexes of a bulk load from its live workloads and services, each
+    /// index in one pass ([`ShardMap::load_grouped`]). A list comes out as the per-insert
+    /// updates would have made it: the same order, each item once.
+    fn index_bulk(&mut self, bulk: Bulk) {
+        fn list<T>(items: &mut Vec<Arc<T>>, order: fn(&T, &T) -> Ordering) -> List<T> {
+            if items.len() == 1 {
+                return List::One(items.pop().expect("one item"));
+            }
+            items.sort_by(|a, b| order(a, b));
+            // A workload listing one IP twice is on that IP once.
+            items.dedup_by(|a, b| Arc::ptr_eq(a, b));
+            match items.len() {
+                1 => List::One(items.pop().expect("one item")),
+                _ => List::Many(items.drain(..).collect()),
+            }
+        }
+        let workloads = bulk.workloads.iter().filter(|w| bulk.is_live(w));
+        let mut by_ip = Vec::with_capacity(bulk.workloads.len());
+        let mut pods = Vec::with_capacity(bulk.workloads.len());
+        let mut endpoints = Vec::with_capacity(bulk.workloads.len());
+        for w in workloads {
+            if w.network_mode != NetworkMode::HostNetwork {
+                for ip in &w.workload_ips {
+                    let key = NetworkAddress {
+                        network: w.network.clone(),
+                        address: canonical_ip(*ip),
+                    };
+                    by_ip.push((key, w.clone()));
+                }
+            }
+            pods.push(((w.namespace.clone(), w.name.clone()), w.clone()));
+            for key in w.services.keys() {
+                endpoints.push((key.clone(), w.clone()));
+            }
+        }
+        let next = &mut self.next;
+        next.workloads_by_ip
+            .load_grouped(by_ip, |l| list(l, preference));
+        next.pods.load_grouped(pods, |l| list(l, by_uid));
+        next.endpoints.load_grouped(endpoints, |l| list(l, by_uid));
+        let mut by_vip = Vec::with_capacity(bulk.services.len());
+        for s in bulk.services.iter().filter(|s| bulk.is_live(s)) {
+            for vip in &s.vips {
+                let key = NetworkAddress {
+                    network: vip.network.clone(),
+                    address: canonical_ip(vip.address),
+                };
+                by_vip.push((key, s.clone()));
+            }
+        }
+        next.services_by_vip
+            .load_grouped(by_vip, |l| list(l, by_service_key));
+    }
+
     fn index_workload(&mut self, w: &Arc<Workload>) {
+        if let Some(bulk) = &mut self.bulk {
+            bulk.workloads.push(w.clone());
+            return;
+        }
         let next = &mut self.next;
         if w.network_mode != NetworkMode::HostNetwork {
             for ip in &w.workload_ips {
@@ -449,6 +548,10 @@ impl SnapshotBuilder {
     }
 
     fn unindex_workload(&mut self, w: &Arc<Workload>) {
+        if let Some(bulk) = &mut self.bulk {
+            bulk.forget(w);
+            return;
+        }
         let next = &mut self.next;
         if w.network_mode != NetworkMode::HostNetwork {
             for ip in &w.workload_ips {
@@ -469,6 +572,10 @@ impl SnapshotBuilder {
     }
 
     fn index_service(&mut self, s: &Arc<Service>) {
+        if let Some(bulk) = &mut self.bulk {
+            bulk.services.push(s.clone());
+            return;
+        }
         for vip in &s.vips {
             let key = NetworkAddress {
                 network: vip.network.clone(),
@@ -481,6 +588,10 @@ impl SnapshotBuilder {
     }
 
     fn unindex_service(&mut self, s: &Arc<Service>) {
+        if let Some(bulk) = &mut self.bulk {
+            bulk.forget(s);
+            return;
+        }
         for vip in &s.vips {
             let key = NetworkAddress {
                 network: vip.network.clone(),
@@ -580,5 +691,202 @@ pub(super) fn intern_service(i: &mut Interner, s: &mut Service) {
                 i.intern(&mut h.hostname);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use super::super::model::{TunnelProtocol, VecMap};
+    use super::*;
+
+    /// A small deterministic generator (xorshift64*).
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) % n
+        }
+    }
+
+    /// IPs from a small pool, so that workloads share them; now and then an IPv4-mapped
+    /// IPv6 form of one, or the same IP twice.
+    fn ips(r: &mut Rng) -> Vec<IpAddr> {
+        let mut v = Vec::new();
+        for _ in 0..r.below(3) {
+            let ip = Ipv4Addr::new(10, 0, 0, r.below(40) as u8);
+            v.push(match r.below(6) {
+                0 => IpAddr::V6(ip.to_ipv6_mapped()),
+                1 => IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, r.below(9) as u16)),
+                _ => IpAddr::V4(ip),
+            });
+            if r.below(8) == 0 {
+                v.push(v[v.len() - 1]);
+            }
+        }
+        v
+    }
+
+    fn workload(r: &mut Rng) -> Workload {
+        let i = r.below(300);
+        let kind = if r.below(4) == 0 {
+            "WorkloadEntry"
+        } else {
+            "Pod"
+        };
+        let services: VecMap<Strng, BTreeMap<u16, u16>> = (0..r.below(3))
+            .map(|_| {
+                let s = r.below(12);
+                (
+                    format!("ns/svc-{s}.ns.svc").into(),
+                    BTreeMap::from([(80, 8080)]),
+                )
+            })
+            .collect();
+        Workload {
+            uid: format!("c//{kind}/ns-{}/w-{i}", i % 4).into(),
+            // Pod names repeat across uids (the same pod seen through two clusters).
+            name: format!("w-{}", i % 150).into(),
+            namespace: format!("ns-{}", i % 4).into(),
+            network: ["", "net-b"][r.below(2) as usize].into(),
+            workload_ips: ips(r),
+            protocol: [TunnelProtocol::Tcp, TunnelProtocol::Hbone][r.below(2) as usize],
+            network_mode: if r.below(10) == 0 {
+                NetworkMode::HostNetwork
+            } else {
+                NetworkMode::Standard
+            },
+            node: format!("node-{}", r.below(3)).into(),
+            services,
+            ..Default::default()
+        }
+    }
+
+    fn service(r: &mut Rng) -> Service {
+        let i = r.below(40);
+        let vips = (0..r.below(3))
+            .map(|_| NetworkAddress {
+                network: ["", "net-b"][r.below(2) as usize].into(),
+                address: IpAddr::V4(Ipv4Addr::new(172, 16, 0, r.below(10) as u8)),
+            })
+            .collect();
+        Service {
+            name: format!("svc-{i}").into(),
+            namespace: format!("ns-{}", i % 3).into(),
+            hostname: format!("svc-{i}.ns-{}.svc", i % 3).into(),
+            vips,
+            cidr_vips: Vec::new(),
+            ports: BTreeMap::from([(80, r.below(3) as u16 + 8080)]),
+            subject_alt_names: Vec::new(),
+            waypoint: None,
+            weighted_waypoints: Vec::new(),
+            load_balancer: None,
+            ip_families: Default::default(),
+            canonical: r.below(2) == 0,
+            visibility: Default::default(),
+        }
+    }
+
+    /// Every index, as sorted text lines: key → the uids or service keys of its list, in
+    /// the list's order.
+    fn dump(s: &Snapshot) -> Vec<String> {
+        let mut lines = Vec::new();
+        for (k, w) in s.workloads.iter() {
+            lines.push(format!("workload {k} → {}", w.uid));
+        }
+        for (k, l) in s.workloads_by_ip.iter() {
+            let uids: Vec<&str> = l.as_slice().iter().map(|w| &*w.uid).collect();
+            lines.push(format!("ip {}/{} → {uids:?}", k.network, k.address));
+        }
+        for (k, v) in s.services.iter() {
+            lines.push(format!("service {k} → {}", v.key()));
+        }
+        for (k, l) in s.services_by_vip.iter() {
+            let keys: Vec<String> = l.as_slice().iter().map(|s| s.key()).collect();
+            lines.push(format!("vip {}/{} → {keys:?}", k.network, k.address));
+        }
+        for ((ns, name), l) in s.pods.iter() {
+            let uids: Vec<&str> = l.as_slice().iter().map(|w| &*w.uid).collect();
+            lines.push(format!("pod {ns}/{name} → {uids:?}"));
+        }
+        for (k, l) in s.endpoints.iter() {
+            let uids: Vec<&str> = l.as_slice().iter().map(|w| &*w.uid).collect();
+            lines.push(format!("endpoints {k} → {uids:?}"));
+        }
+        lines.sort();
+        lines
+    }
+
+    /// The same inserts, replacements (changed or resent unchanged) and removals, applied to
+    /// an empty builder prepared for a bulk load and to one kept up to date per change, give
+    /// the same generation: every index, every list in the same order, each item once.
+    #[test]
+    fn a_bulk_load_indexes_as_per_insert_updates_do() {
+        for seed in 1..=20u64 {
+            let mut r = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            let mut bulk = SnapshotBuilder::default();
+            bulk.reserve(200, 40);
+            assert!(bulk.bulk.is_some());
+            let mut each = SnapshotBuilder::default();
+            for _ in 0..600 {
+                match r.below(10) {
+                    0..=5 => {
+                        let w = workload(&mut r);
+                        bulk.insert_workload(w.clone());
+                        each.insert_workload(w);
+                    }
+                    6..=7 => {
+                        let s = service(&mut r);
+                        bulk.insert_service(s.clone());
+                        each.insert_service(s);
+                    }
+                    _ => {
+                        let name = match r.below(2) {
+                            0 => {
+                                let i = r.below(300);
+                                format!("c//Pod/ns-{}/w-{i}", i % 4)
+                            }
+                            _ => {
+                                let i = r.below(40);
+                                format!("ns-{}/svc-{i}.ns-{}.svc", i % 3, i % 3)
+                            }
+                        };
+                        assert_eq!(bulk.remove_address(&name), each.remove_address(&name));
+                    }
+                }
+            }
+            // Nothing was indexed per insert.
+            assert_eq!(bulk.next.index_sizes()[1], 0, "seed {seed}");
+            let (bulk, each) = (bulk.build(1), each.build(1));
+            let (b, e) = (dump(&bulk), dump(&each));
+            let first = b.iter().zip(&e).position(|(x, y)| x != y);
+            assert!(
+                b == e,
+                "seed {seed}: {} vs {} lines, first difference: {:?} vs {:?}",
+                b.len(),
+                e.len(),
+                first.map(|i| &b[i]),
+                first.map(|i| &e[i])
+            );
+            assert!(bulk.index_sizes().iter().all(|n| *n > 0), "seed {seed}");
+        }
+    }
+
+    #[test]
+    fn a_builder_holding_entries_is_not_bulk_loaded() {
+        let mut r = Rng(7);
+        let mut b = SnapshotBuilder::default();
+        b.insert_workload(workload(&mut r));
+        b.reserve(100_000, 20_000);
+        assert!(b.bulk.is_none());
+        // A cleared builder is empty again.
+        b.clear();
+        b.reserve(100_000, 20_000);
+        assert!(b.bulk.is_some());
     }
 }
