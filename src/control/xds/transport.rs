@@ -18,7 +18,7 @@ use tokio_stream::Stream;
 use tonic::metadata::MetadataMap;
 
 use super::proto::{
-    AggregatedDiscoveryServiceClient, DeltaDiscoveryRequest, DeltaDiscoveryResponse,
+    AggregatedDiscoveryServiceClient, DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
 };
 use super::{ClientConfig, Error};
 use crate::config::AuthToken;
@@ -153,20 +153,41 @@ impl tonic::codegen::Service<http::Request<tonic::body::Body>> for Tap {
 /// A response buffer above this is not kept once its message is decoded.
 const KEEP_BUFFER: usize = 64 << 10;
 
-/// The gRPC messages of the ADS response body, each decoded from a buffer sized for it that
-/// is freed once it is decoded. tonic's decoder keeps one buffer for the stream's life,
-/// grown to its largest message: after a full mesh's first response (17 MB at 50 000
-/// workloads) those megabytes would stay resident for as long as the stream lasts. Same
-/// errors as tonic's: a body error becomes its status, the trailers' `grpc-status` ends the
-/// stream (an error unless OK), and a body ending without one is an error mapped from the
-/// HTTP status as gRPC maps it.
+/// The gRPC messages of the ADS response body. A message's resources are decoded as each one
+/// arrives, while the rest of the message is still on its way (a full mesh's first response
+/// is tens of MB: decoding it after the last byte would add the whole transfer to the time to
+/// ready); its other fields are kept encoded and decoded once it is complete. The buffer holds
+/// only what is not decoded yet, so a large message never sits whole in memory next to its
+/// decoded form, and a buffer grown for a large field is not kept once it is decoded (tonic's
+/// decoder keeps one buffer for the stream's life, grown to its largest message). Same errors
+/// as tonic's: a body error becomes its status, the trailers' `grpc-status` ends the stream (an
+/// error unless OK), and a body ending without one is an error mapped from the HTTP status as
+/// gRPC maps it.
 pub(crate) struct Messages<B> {
     body: B,
     status: http::StatusCode,
     buf: BytesMut,
     max: usize,
     done: bool,
+    /// The message being read, once its gRPC header has been.
+    current: Option<Partial>,
 }
+
+/// A message being read: the resources decoded so far and its other fields as encoded.
+#[derive(Default)]
+struct Partial {
+    /// Bytes of the message not read yet.
+    remaining: usize,
+    resources: Vec<Resource>,
+    /// Every field but the resources decoded so far, as encoded.
+    rest: Vec<u8>,
+    /// Set at a field that cannot be delimited without decoding it (a group): from there on,
+    /// the message's bytes are kept as they are and decoded at its end.
+    whole: bool,
+}
+
+/// `DeltaDiscoveryResponse.resources`: field 2, length-delimited.
+const RESOURCES_KEY: u64 = 2 << 3 | 2;
 
 impl<B> Messages<B> {
     pub(crate) fn new(body: B, status: http::StatusCode, max: usize) -> Messages<B> {
@@ -176,41 +197,148 @@ impl<B> Messages<B> {
             buf: BytesMut::new(),
             max,
             done: false,
+            current: None,
         }
     }
 
-    /// The next complete message in the buffer, if there is one.
+    /// The next message, once the buffer completes it; decodes what has arrived meanwhile.
     fn decode(&mut self) -> Result<Option<DeltaDiscoveryResponse>, tonic::Status> {
         const HEADER: usize = 5;
-        if self.buf.len() < HEADER {
-            return Ok(None);
+        if self.current.is_none() {
+            if self.buf.len() < HEADER {
+                return Ok(None);
+            }
+            if self.buf[0] != 0 {
+                return Err(tonic::Status::internal(
+                    "protocol error: compressed ADS message, but no compression was negotiated",
+                ));
+            }
+            let len =
+                u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
+            if len > self.max {
+                return Err(tonic::Status::out_of_range(format!(
+                    "Error, decoded message length too large: found {len} bytes, the limit is: {} bytes",
+                    self.max
+                )));
+            }
+            self.buf.advance(HEADER);
+            self.current = Some(Partial {
+                remaining: len,
+                ..Default::default()
+            });
         }
-        if self.buf[0] != 0 {
-            return Err(tonic::Status::internal(
-                "protocol error: compressed ADS message, but no compression was negotiated",
-            ));
+        let partial = self.current.as_mut().expect("set above");
+        while partial.remaining > 0 {
+            let here = &self.buf[..self.buf.len().min(partial.remaining)];
+            if partial.whole {
+                partial.rest.extend_from_slice(here);
+                let n = here.len();
+                partial.remaining -= n;
+                self.buf.advance(n);
+                if partial.remaining > 0 {
+                    return Ok(None);
+                }
+                break;
+            }
+            let field = field_at(here).map_err(malformed)?;
+            match field {
+                Field::Complete { len, body_at } => {
+                    if len > partial.remaining {
+                        return Err(malformed("a field runs past the end of the message"));
+                    }
+                    if self.buf.len() < len {
+                        // Room for the whole field at once, instead of doubling as frames come.
+                        self.buf.reserve(len - self.buf.len());
+                        return Ok(None);
+                    }
+                    let bytes = &self.buf[..len];
+                    match body_at {
+                        Some(at) => partial.resources.push(
+                            <Resource as prost::Message>::decode(&bytes[at..])
+                                .map_err(decode_error)?,
+                        ),
+                        None => partial.rest.extend_from_slice(bytes),
+                    }
+                    partial.remaining -= len;
+                    self.buf.advance(len);
+                }
+                Field::Group => partial.whole = true,
+                Field::Incomplete if here.len() < partial.remaining => return Ok(None),
+                Field::Incomplete => return Err(malformed("the message ends inside a field")),
+            }
         }
-        let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
-        if len > self.max {
-            return Err(tonic::Status::out_of_range(format!(
-                "Error, decoded message length too large: found {len} bytes, the limit is: {} bytes",
-                self.max
-            )));
-        }
-        if self.buf.len() < HEADER + len {
-            // Room for the whole message at once, instead of doubling as frames arrive.
-            self.buf.reserve(HEADER + len - self.buf.len());
-            return Ok(None);
-        }
-        let message =
-            <DeltaDiscoveryResponse as prost::Message>::decode(&self.buf[HEADER..HEADER + len])
-                .map_err(|e| tonic::Status::internal(e.to_string()))?;
-        self.buf.advance(HEADER + len);
+        let mut done = self.current.take().expect("set above");
+        let mut message = <DeltaDiscoveryResponse as prost::Message>::decode(done.rest.as_slice())
+            .map_err(decode_error)?;
+        done.resources.append(&mut message.resources);
+        message.resources = done.resources;
         if self.buf.capacity() > KEEP_BUFFER {
             // What follows this message (usually nothing) moves to a buffer of its size.
             self.buf = BytesMut::from(&self.buf[..]);
         }
         Ok(Some(message))
+    }
+}
+
+fn decode_error(e: prost::DecodeError) -> tonic::Status {
+    tonic::Status::internal(e.to_string())
+}
+
+/// A message whose fields cannot be delimited, said as prost says a decode error.
+fn malformed(why: &str) -> tonic::Status {
+    tonic::Status::internal(format!("failed to decode Protobuf message: {why}"))
+}
+
+/// The protobuf field at the start of a message's bytes.
+enum Field {
+    /// `len` bytes in all; `body_at` is where a resource's own bytes start, for a resource.
+    Complete { len: usize, body_at: Option<usize> },
+    /// The bytes end before the field's length is known.
+    Incomplete,
+    /// A group: delimited only by decoding it.
+    Group,
+}
+
+fn field_at(b: &[u8]) -> Result<Field, &'static str> {
+    let Some((key, key_len)) = varint(b)? else {
+        return Ok(Field::Incomplete);
+    };
+    let len = match key & 7 {
+        0 => match varint(&b[key_len..])? {
+            Some((_, n)) => key_len + n,
+            None => return Ok(Field::Incomplete),
+        },
+        1 => key_len + 8,
+        5 => key_len + 4,
+        2 => match varint(&b[key_len..])? {
+            Some((body, n)) => {
+                let len = usize::try_from(body)
+                    .ok()
+                    .and_then(|body| (key_len + n).checked_add(body))
+                    .ok_or("field length overflows")?;
+                let body_at = (key == RESOURCES_KEY).then_some(key_len + n);
+                return Ok(Field::Complete { len, body_at });
+            }
+            None => return Ok(Field::Incomplete),
+        },
+        3 | 4 => return Ok(Field::Group),
+        _ => return Err("invalid wire type"),
+    };
+    Ok(Field::Complete { len, body_at: None })
+}
+
+/// The varint at the start of `b` and its length; `None` when `b` ends inside it.
+fn varint(b: &[u8]) -> Result<Option<(u64, usize)>, &'static str> {
+    let mut value = 0u64;
+    for (i, byte) in b.iter().take(10).enumerate() {
+        value |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Ok(Some((value, i + 1)));
+        }
+    }
+    match b.len() {
+        n if n >= 10 => Err("invalid varint"),
+        _ => Ok(None),
     }
 }
 
@@ -372,6 +500,134 @@ mod tests {
         assert_eq!(messages.buf.len(), 3);
         assert_eq!(messages.next().await.unwrap().unwrap().nonce, "small");
         assert!(messages.next().await.is_none());
+        assert!(messages.next().await.is_none());
+    }
+
+    fn key(field: u64, wire: u64, out: &mut Vec<u8>) {
+        prost::encoding::encode_varint(field << 3 | wire, out);
+    }
+
+    /// A response whose resources are interleaved with its other fields and with fields this
+    /// client does not know (varint, fixed64, fixed32, and from `group` on, a group), as a
+    /// server may send them; and the message prost decodes from it whole.
+    fn unusual_response(resources: usize, group: bool) -> (Vec<u8>, DeltaDiscoveryResponse) {
+        let resource = |i: usize| Resource {
+            name: format!("r{i}"),
+            version: format!("v{i}"),
+            resource: Some(prost_types::Any {
+                type_url: "t".into(),
+                value: vec![i as u8; i % 40],
+            }),
+            ..Default::default()
+        };
+        let mut b = Vec::new();
+        for i in 0..resources {
+            match i % 5 {
+                0 => {
+                    key(99, 0, &mut b);
+                    prost::encoding::encode_varint(1 << 40 | i as u64, &mut b);
+                }
+                1 => {
+                    key(98, 1, &mut b);
+                    b.extend_from_slice(&(i as u64).to_le_bytes());
+                }
+                2 => {
+                    key(97, 5, &mut b);
+                    b.extend_from_slice(&(i as u32).to_le_bytes());
+                }
+                3 => DeltaDiscoveryResponse {
+                    nonce: format!("n{i}"),
+                    removed_resources: vec![format!("gone-{i}")],
+                    ..Default::default()
+                }
+                .encode(&mut b)
+                .unwrap(),
+                _ => {}
+            }
+            if group && i == resources / 2 {
+                key(96, 3, &mut b);
+                key(1, 0, &mut b);
+                b.push(7);
+                key(96, 4, &mut b);
+            }
+            DeltaDiscoveryResponse {
+                resources: vec![resource(i)],
+                ..Default::default()
+            }
+            .encode(&mut b)
+            .unwrap();
+        }
+        DeltaDiscoveryResponse {
+            type_url: "type.example/T".into(),
+            system_version_info: "sv".into(),
+            ..Default::default()
+        }
+        .encode(&mut b)
+        .unwrap();
+        let whole = DeltaDiscoveryResponse::decode(b.as_slice()).unwrap();
+        assert_eq!(whole.resources.len(), resources);
+        let mut out = vec![0];
+        out.extend_from_slice(&(b.len() as u32).to_be_bytes());
+        out.extend_from_slice(&b);
+        (out, whole)
+    }
+
+    #[tokio::test]
+    async fn a_message_read_field_by_field_decodes_as_it_does_whole() {
+        for group in [false, true] {
+            let (wire, whole) = unusual_response(60, group);
+            // Every frame size from one byte up: each field is cut at every point.
+            for size in 1..=41 {
+                let frames = wire
+                    .chunks(size)
+                    .map(|c| Frame::data(Bytes::copy_from_slice(c)))
+                    .chain([trailers("0")])
+                    .collect();
+                let mut messages = Messages::new(body(frames), http::StatusCode::OK, MAX_MESSAGE);
+                let got = messages.next().await.unwrap().unwrap();
+                assert_eq!(got, whole, "frames of {size} bytes, group {group}");
+                assert!(messages.next().await.is_none());
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn resources_are_decoded_while_the_rest_of_the_message_is_on_its_way() {
+        let (wire, whole) = unusual_response(2_000, false);
+        let half = wire.len() / 2;
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(1 << 12);
+        let body = StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        let mut messages = Messages::new(body, http::StatusCode::OK, MAX_MESSAGE);
+        for c in wire[..half].chunks(1 << 10) {
+            tx.send(Ok(Frame::data(Bytes::copy_from_slice(c))))
+                .await
+                .unwrap();
+        }
+        // Half the message is in: nothing to return yet, but its first resources are
+        // decoded and their bytes are no longer held.
+        // One poll reads every frame already there, then waits for more.
+        let polled =
+            std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut messages).poll_next(cx))).await;
+        assert!(polled.is_pending(), "a message returned before its end");
+        let partial = messages.current.as_ref().expect("a message is being read");
+        assert!(
+            partial.resources.len() > 900,
+            "{} of 2 000 resources decoded at half the message",
+            partial.resources.len()
+        );
+        assert!(
+            messages.buf.len() < 1 << 10,
+            "{} bytes held",
+            messages.buf.len()
+        );
+        for c in wire[half..].chunks(1 << 10) {
+            tx.send(Ok(Frame::data(Bytes::copy_from_slice(c))))
+                .await
+                .unwrap();
+        }
+        tx.send(Ok(trailers("0"))).await.unwrap();
+        drop(tx);
+        assert_eq!(messages.next().await.unwrap().unwrap(), whole);
         assert!(messages.next().await.is_none());
     }
 
