@@ -8,6 +8,7 @@ pub mod access;
 pub mod admin;
 pub mod exposition;
 pub mod http;
+pub mod log_output;
 pub mod logging;
 pub mod metrics;
 pub mod readiness;

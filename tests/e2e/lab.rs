@@ -461,6 +461,47 @@ fn capture_records_traffic_on_the_node_link() {
     assert!(pcap.contains(b"172.30.0.1:"));
 }
 
+/// The connection-rate benchmark's destination pods keep no TIME_WAIT sockets, so a tunnel
+/// whose connections to the app close first does not carry them from one run to the next.
+#[test]
+fn bench_destination_pods_keep_no_time_wait() {
+    let lab = Lab::builder("bench_destination_pods_keep_no_time_wait")
+        .node("n1")
+        .pod(PodSpec::new("x", "n1"))
+        .pod(PodSpec::new("c", "n1"))
+        .build()
+        .unwrap();
+    ztun::testkit::bench::tune_for_short_connections(&lab, &["x"], &["c"]).unwrap();
+    let c = lab.pod("c");
+    // The recorder in c answers and closes first, as a tunnel's connection to its app does.
+    let server = c.spawn_peer_recorder(7100).unwrap();
+    const CONNECTIONS: usize = 20;
+    for _ in 0..CONNECTIONS {
+        lab.pod("x")
+            .peer_seen_by(addr(c.ip(), server.port()))
+            .unwrap();
+    }
+    let in_state = |states: &[&str]| {
+        let mut args = vec!["-Htan"];
+        for s in states {
+            args.extend(["state", s]);
+        }
+        let out = c.exec("ss", &args, None).unwrap();
+        out.lines().filter(|l| !l.trim().is_empty()).count()
+    };
+    // Every connection's close completes (x's FIN reaches c) before TIME_WAIT is counted.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while in_state(&["fin-wait-1", "fin-wait-2", "closing"]) > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "c's connections never finished closing"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(server.peers().len(), CONNECTIONS);
+    assert_eq!(in_state(&["time-wait"]), 0, "c kept TIME_WAIT sockets");
+}
+
 #[test]
 fn drop_removes_everything_even_on_panic() {
     let mut prefix = String::new();

@@ -168,13 +168,7 @@ impl Side {
         control_plane
             .wait_for_log("control plane listening", WAIT)
             .context("control plane did not start")?;
-        // Clients close first and keep TIME_WAIT (and so does the tunnel's connection to the
-        // app, which mirrors the client's close): without reuse, tens of thousands of short
-        // connections exhaust the ephemeral ports and the connection-rate figure measures that.
-        for client in ["a", "x", "c", "y"] {
-            lab.pod(client)
-                .exec("sysctl", &["-qw", "net.ipv4.tcp_tw_reuse=1"], None)?;
-        }
+        tune_for_short_connections(&lab, &["a", "x"], &["c", "y"])?;
         install_accounting(&lab)?;
         let echo_c = lab.pod("c").spawn_echo_server(7000)?;
         let echo_y = lab.pod("y").spawn_echo_server(7000)?;
@@ -287,6 +281,40 @@ impl Side {
         })?;
         Ok(value)
     }
+}
+
+/// Sets the sysctls that keep tens of thousands of short connections (the connection-rate
+/// figure) from measuring port bookkeeping instead of the tunnels, the same for every tunnel
+/// and every run:
+///
+/// - `clients` reuse their TIME_WAIT ports (`tcp_tw_reuse`): clients close first and keep
+///   TIME_WAIT; without reuse they run out of ephemeral ports.
+/// - `destinations` keep no TIME_WAIT sockets (`tcp_max_tw_buckets` 0). A tunnel's connection
+///   to the app mirrors the client's close, so it closes first, and its TIME_WAIT sockets stay
+///   in the app's namespace for 60 s, bound to the client's address. A tunnel that binds that
+///   address with port 0 before connecting (ztunnel does; ztun defers the port to the connect,
+///   `IP_BIND_ADDRESS_NO_PORT`, where `tcp_tw_reuse` applies) makes the kernel search the
+///   ephemeral range for a port no socket of that address holds: once the earlier runs' ~14 000
+///   TIME_WAIT sockets fill the half of the range `bind` tries first, every connect scans it
+///   (`inet_csk_get_port`, 85 % of that tunnel's CPU) and its rate falls from thousands to
+///   ~200 connections/s in whichever run gets there. Restarting the tunnels would not help:
+///   the sockets belong to the namespace, not to a process.
+pub fn tune_for_short_connections(
+    lab: &Lab,
+    clients: &[&str],
+    destinations: &[&str],
+) -> anyhow::Result<()> {
+    for pod in clients {
+        lab.pod(pod)
+            .set_sysctls(&[("net/ipv4/tcp_tw_reuse", "1")])?;
+    }
+    for pod in destinations {
+        lab.pod(pod).set_sysctls(&[
+            ("net/ipv4/tcp_tw_reuse", "1"),
+            ("net/ipv4/tcp_max_tw_buckets", "0"),
+        ])?;
+    }
+    Ok(())
 }
 
 /// An accounting chain in n1's FORWARD chain counting the inter-node link's packets: to and
