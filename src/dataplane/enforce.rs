@@ -12,7 +12,10 @@
 //! loading after it) sees the registration and re-evaluates it.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
@@ -68,7 +71,8 @@ struct Entry {
 pub struct Registration {
     id: u64,
     inner: Arc<Mutex<Registry>>,
-    revoked: oneshot::Receiver<Denial>,
+    /// `None` once it has answered.
+    revoked: Option<oneshot::Receiver<Denial>>,
 }
 
 /// A connection closed because a policy change denied it.
@@ -101,7 +105,7 @@ impl Connections {
         Registration {
             id,
             inner: self.inner.clone(),
-            revoked: rx,
+            revoked: Some(rx),
         }
     }
 
@@ -195,10 +199,23 @@ impl Connections {
 impl Registration {
     /// Resolves when a policy change denies the connection. Never resolves otherwise.
     pub async fn revoked(&mut self) -> Revoked {
-        match (&mut self.revoked).await {
-            Ok(denial) => Revoked(denial),
+        std::future::poll_fn(|cx| self.poll_revoked(cx)).await
+    }
+
+    /// [`Registration::revoked`] as a poll, for a connection that waits for its relay and its
+    /// revocation in one future of its own: ready once a policy change denies the connection,
+    /// pending otherwise.
+    pub fn poll_revoked(&mut self, cx: &mut Context<'_>) -> Poll<Revoked> {
+        let Some(rx) = self.revoked.as_mut() else {
+            return Poll::Pending;
+        };
+        let denied = ready!(Pin::new(rx).poll(cx));
+        // A receiver that answered must not be polled again.
+        self.revoked = None;
+        match denied {
+            Ok(denial) => Poll::Ready(Revoked(denial)),
             // The registry is gone with its pod; the pod's drain ends the connection.
-            Err(_) => std::future::pending().await,
+            Err(_) => Poll::Pending,
         }
     }
 }
@@ -353,6 +370,22 @@ mod tests {
                 .expect("revoked");
         assert_eq!(denial.reason, Reason::UnknownWorkload);
         task.abort();
+    }
+
+    /// A connection polls its registration together with its relay, again after every wake:
+    /// once the registry is gone (the pod with it), the registration stays pending however
+    /// often it is polled.
+    #[test]
+    fn a_registration_outliving_its_registry_stays_pending() {
+        let conns = Connections::new(pod(), AuthzConfig::default());
+        let mut reg = conns.register(conn([10, 0, 0, 2], "any"));
+        // The registry's sender goes with its entry.
+        conns.inner.lock().entries.clear();
+        drop(conns);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        for _ in 0..3 {
+            assert!(reg.poll_revoked(&mut cx).is_pending());
+        }
     }
 
     #[test]
