@@ -418,10 +418,21 @@ impl Connect {
         let value = |v: String| {
             HeaderValue::try_from(v).map_err(|_| Error::BadRequest("cannot build CONNECT"))
         };
+        // The client's address and the trace are this connection's alone: indexed, each
+        // would take a place in the HPACK tables of both ends of the pooled connection (up
+        // to 4 KiB of entries each, plus the buffers behind them) that no later request
+        // reuses. h2 sends a sensitive value as a literal that is never indexed. The baggage,
+        // the same for every connection of the pod, stays indexed.
+        let unique = |v: String| {
+            value(v).map(|mut v| {
+                v.set_sensitive(true);
+                v
+            })
+        };
         Ok(Connect {
             authority,
-            forwarded: value(forwarded)?,
-            traceparent: value(super::hbone::traceparent())?,
+            forwarded: unique(forwarded)?,
+            traceparent: unique(super::hbone::traceparent())?,
             baggage: value(super::hbone::baggage(src))?,
         })
     }
@@ -588,6 +599,27 @@ mod tests {
         assert!(
             connection <= bound,
             "connection future {connection} B, relay {relay} B + record + {started_with} B"
+        );
+    }
+
+    /// A CONNECT's per-connection headers are never indexed, so they take no place in the
+    /// HPACK tables a pooled connection keeps at both ends; the pod's baggage is indexed.
+    #[test]
+    fn per_connection_connect_headers_stay_out_of_the_hpack_tables() {
+        let src = crate::testkit::fixtures::pod("ns", "a", "sa", [10, 0, 0, 1]);
+        let client = SocketAddr::from(([10, 0, 0, 1], 40_000));
+        let connect =
+            Connect::new("10.0.0.2:80".into(), client, Some("b.ns.svc"), &src).expect("CONNECT");
+        let req = connect.request(None).expect("request");
+        for unique in ["forwarded", "traceparent"] {
+            assert!(
+                req.headers()[unique].is_sensitive(),
+                "{unique} would be indexed"
+            );
+        }
+        assert!(
+            !req.headers()["baggage"].is_sensitive(),
+            "baggage not indexed"
         );
     }
 
