@@ -176,7 +176,7 @@ async fn hbone(
                     let (rd, wr) = up.into_split();
                     let meter = ztun::ops::access::Meter::detached();
                     let body = req.into_body();
-                    let _ = ztun::dataplane::hbone::stream::relay(rd, wr, send, body, &meter, None)
+                    let _ = ztun::dataplane::hbone::stream::relay(rd, wr, send, body, meter, None)
                         .await;
                 }
             });

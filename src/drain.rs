@@ -92,7 +92,16 @@ impl Watch {
     /// Resolves only when draining becomes `Immediate` (or the trigger is dropped); a graceful
     /// drain lets the caller's work run to completion.
     pub async fn immediate(&mut self) {
-        let _ = self.rx.wait_for(|m| *m == Some(DrainMode::Immediate)).await;
+        // A loop over `changed` rather than `wait_for`, whose future is larger: every
+        // connection's task holds this one for its whole life.
+        loop {
+            if *self.rx.borrow_and_update() == Some(DrainMode::Immediate) {
+                return;
+            }
+            if self.rx.changed().await.is_err() {
+                return;
+            }
+        }
     }
 
     /// Whether draining has started.
@@ -115,6 +124,33 @@ mod tests {
     use std::time::Duration;
 
     const WAIT: Duration = Duration::from_secs(10);
+
+    /// Every connection's task holds an `immediate` wait for its whole life: it is one wait
+    /// for a change, the watch's borrow and its state, not a larger `wait_for`.
+    #[test]
+    fn the_immediate_wait_is_one_change_wait() {
+        let (_trigger, mut watch) = channel();
+        let change = std::mem::size_of_val(&watch.rx.changed());
+        let immediate = std::mem::size_of_val(&watch.immediate());
+        assert!(
+            immediate <= change + 3 * 8,
+            "immediate wait {immediate} B, a change wait {change} B"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_graceful_drain_is_not_immediate() {
+        let (trigger, mut watch) = channel();
+        trigger.start(DrainMode::Graceful);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), watch.immediate())
+                .await
+                .is_err(),
+            "a graceful drain ended the wait"
+        );
+        trigger.start(DrainMode::Immediate);
+        tokio::time::timeout(WAIT, watch.immediate()).await.unwrap();
+    }
 
     #[tokio::test]
     async fn a_merged_watch_follows_the_more_urgent_drain_and_holds_both_open() {

@@ -1,10 +1,13 @@
 //! A pod's listeners: binding them in the pod's namespace, the accept loops, the pod's
 //! connection budget, and the handle that keeps them running.
 
+use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -13,7 +16,7 @@ use tokio::runtime::Handle;
 use super::proxy::Proxy;
 use super::Drains;
 use crate::drain::{self, DrainMode};
-use crate::ops::metrics::Reporter;
+use crate::ops::metrics::{Reporter, SocketOpen};
 use crate::ops::Telemetry;
 use crate::sockets::Transparency;
 
@@ -174,6 +177,51 @@ impl Drop for Slot {
     }
 }
 
+pin_project_lite::pin_project! {
+    /// One connection's task: the connection, until it ends or the drain turns immediate,
+    /// with its slot of the pod's budget and its socket gauge. A struct polled in place, not
+    /// an `async` block: a block that builds the connection's future keeps the socket and
+    /// address it handed over for as long as the connection lives (an `async` block's
+    /// captures keep their places), and one that `select!`s a future built outside stores
+    /// that future twice (as the capture and as the `select!`'s operand).
+    struct Connection<C, D> {
+        #[pin]
+        conn: C,
+        #[pin]
+        drained: D,
+        slot: Slot,
+        socket: SocketOpen,
+    }
+}
+
+impl<C: Future<Output = ()>, D: Future<Output = ()>> Future for Connection<C, D> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.project();
+        if this.conn.poll(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        // Dropping the task (on return) drops the connection, then frees the slot.
+        this.drained.poll(cx)
+    }
+}
+
+/// The task serving `conn` under `drain`, holding `slot` and `socket` until it ends.
+fn connection_task<C: Future<Output = ()>>(
+    conn: C,
+    mut drain: Drains,
+    slot: Slot,
+    socket: SocketOpen,
+) -> Connection<C, impl Future<Output = ()>> {
+    Connection {
+        conn,
+        drained: async move { drain.immediate().await },
+        slot,
+        socket,
+    }
+}
+
 /// Refuses a connection over the pod's limit: reset at once (nothing was read), counted as
 /// `ztun_connection_failures_total{reason="pod_connection_limit"}`, logged once per episode.
 fn refuse_over_limit(
@@ -253,21 +301,9 @@ async fn serve<F, Fut>(
                 if slots.full.load(Ordering::Relaxed) {
                     slots.full.store(false, Ordering::Relaxed);
                 }
-                // The connection future is created inside the task: a future captured from
-                // outside would be stored twice in the task (as the capture and as the
-                // select's operand), doubling the memory of every idle connection.
-                let handle = handle.clone();
-                let mut d = drains.clone();
                 let socket = telemetry.metrics.socket_opened(reporter);
-                tokio::spawn(async move {
-                    let conn = handle(stream, peer, d.clone());
-                    tokio::select! {
-                        _ = conn => {}
-                        _ = d.immediate() => {}
-                    }
-                    drop(slot);
-                    drop(socket);
-                });
+                let conn = handle(stream, peer, drains.clone());
+                tokio::spawn(connection_task(conn, drains.clone(), slot, socket));
             }
             Err(e) => {
                 // Out of file descriptors or similar: back off instead of spinning, and say so
@@ -288,6 +324,41 @@ async fn serve<F, Fut>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A connection's task is its connection's future, its drain wait and its two guards:
+    /// nothing it handed the connection, no second copy of the connection's future. An
+    /// immediate drain ends it and frees the connection's slot.
+    #[tokio::test]
+    async fn a_connection_task_is_its_connection_and_its_drain_wait() {
+        use std::mem::size_of_val;
+        let slots = Arc::new(ConnSlots::new(0));
+        let telemetry = Telemetry::detached();
+        let (trigger, mut drain) = drain::channel();
+        let state = [7u8; 256];
+        let conn = async move {
+            std::future::pending::<()>().await;
+            std::hint::black_box(state);
+        };
+        let conn_size = size_of_val(&conn);
+        let drained = size_of_val(&drain.immediate()) + std::mem::size_of::<Drains>() + 8;
+        let slot = slots.take().expect("a slot");
+        let socket = telemetry.metrics.socket_opened(Reporter::Source);
+        let guards = std::mem::size_of::<Slot>() + std::mem::size_of::<SocketOpen>();
+        let task = connection_task(conn, drain, slot, socket);
+        let size = size_of_val(&task);
+        // Each field padded to the task's 8-byte alignment.
+        assert!(
+            size <= conn_size.next_multiple_of(8) + drained + guards,
+            "connection task {size} B, its connection {conn_size} B, drain wait {drained} B"
+        );
+        let running = tokio::spawn(task);
+        trigger.start(DrainMode::Immediate);
+        tokio::time::timeout(Duration::from_secs(10), running)
+            .await
+            .expect("an immediate drain ends the task")
+            .expect("the task ran");
+        assert_eq!(slots.open.load(Ordering::Acquire), 0, "slot freed");
+    }
 
     /// ztunnel's `maybe_set_transparent`: `true` requires, `false` skips, unset tries.
     #[test]

@@ -5,8 +5,11 @@
 //!
 //! The source is always the pod this listener belongs to: never looked up by IP.
 
+use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,7 +18,7 @@ use h2::SendStream;
 use http::{HeaderValue, Method, Request, StatusCode};
 use tokio::net::TcpStream;
 
-use super::hbone::pool::{Checkout, PoolKey};
+use super::hbone::pool::{PoolKey, StreamSlot};
 use super::hbone::stream::relay_early;
 use super::route::{self, PendingHost, RefuseReason, Route};
 use super::tcp::{canonical, original_destination, relay_tcp};
@@ -27,8 +30,20 @@ use crate::state::model::Workload;
 use crate::tls::crl::Tracked;
 use crate::tls::RevokedSignal;
 
-/// Serves one captured outbound connection to completion.
-pub async fn serve(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, _drain: Drains) {
+/// Serves one captured outbound connection to completion. The drain is not needed here (the
+/// connection's task obeys it): it is dropped at once rather than kept in the connection's
+/// future, as an `async fn`'s argument would be.
+pub fn serve(
+    proxy: Arc<Proxy>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    drain: Drains,
+) -> impl Future<Output = ()> + Send {
+    drop(drain);
+    serve_connection(proxy, tcp, peer)
+}
+
+async fn serve_connection(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr) {
     let mut log = AccessLog::new(Direction::Outbound, proxy.telemetry.clone());
     log.src.addr = Some(canonical(peer));
     log.src.workload = Some(proxy.pod.name.clone());
@@ -56,7 +71,7 @@ enum Ready {
     /// An HBONE stream whose CONNECT is sent and whose answer is pending.
     Hbone {
         tcp: TcpStream,
-        checkout: Checkout,
+        slot: StreamSlot,
         response: ResponseFuture,
         send: SendStream<Bytes>,
     },
@@ -64,7 +79,7 @@ enum Ready {
     /// connection (driven by `inner`) inside a pooled outer stream to the gateway.
     DoubleHbone {
         tcp: TcpStream,
-        outer: Checkout,
+        outer: StreamSlot,
         inner: AbortOnDrop,
         /// Fires when a CRL reload revokes the destination (the inner tunnel's peer).
         inner_revoked: RevokedSignal,
@@ -85,58 +100,82 @@ impl Drop for AbortOnDrop {
 
 /// Relays a connection set up by `prepare`. `ready`'s box is freed as the relay starts
 /// ([`unbox`]): its parts move into the relay, and an emptied box would stay allocated for as
-/// long as the connection lives.
-async fn relay(
+/// long as the connection lives. A plain function returning the relay's future, not an
+/// `async fn`: awaited inside a `match` on `Ready`, a relay would keep the emptied `Ready`
+/// (the `match`'s operand) in the connection's future for as long as it runs.
+fn relay(
     stall: Option<Duration>,
     ready: Box<Ready>,
     log: &mut AccessLog,
-) -> Result<(), Error> {
+) -> Relaying<'_, impl Future<Output = Result<(), Error>> + Send + Unpin + '_> {
     match unbox(ready) {
-        Ready::Tcp { tcp, upstream } => relay_tcp(tcp, upstream, &log.meter()).await,
+        Ready::Hbone {
+            tcp,
+            slot,
+            response,
+            send,
+        } => Relaying::Pooled(relay_hbone(stall, tcp, slot, response, send, log)),
+        // Boxed: inline, plain TCP's copy state would size every connection's future, the
+        // tunnelled ones' too.
+        Ready::Tcp { tcp, upstream } => Relaying::Other(Box::pin(async move {
+            relay_tcp(tcp, upstream, &log.meter()).await
+        })),
+        // Boxed: the rare double-HBONE relay must not grow every connection's future.
         Ready::DoubleHbone {
             tcp,
             outer,
             inner,
-            mut inner_revoked,
+            inner_revoked,
             response,
             send,
-        } => {
-            // Boxed: the rare double-HBONE relay must not grow every connection's future.
-            Box::pin(async move {
-                let res = tokio::select! {
-                    r = relay_hbone(stall, tcp, &outer, response, send, log) => r,
-                    _ = inner_revoked.revoked() => Err(Error::CertRevoked),
-                };
-                drop(inner);
-                drop(outer);
-                res
+        } => Relaying::Other(Box::pin(async move {
+            let mut inner_revoked = inner_revoked.into_wait();
+            let mut relay = relay_hbone(stall, tcp, outer, response, send, log);
+            let res = poll_fn(|cx| {
+                if inner_revoked.poll(cx).is_ready() {
+                    return Poll::Ready(Err(Error::CertRevoked));
+                }
+                Pin::new(&mut relay).poll(cx)
             })
-            .await
-        }
-        Ready::Hbone {
-            tcp,
-            checkout,
-            response,
-            send,
-        } => {
-            let res = relay_hbone(stall, tcp, &checkout, response, send, log).await;
-            drop(checkout);
+            .await;
+            drop(relay);
+            drop(inner);
             res
+        })),
+    }
+}
+
+/// A connection's relay: a pooled tunnel's inline, the others' boxed.
+enum Relaying<'a, P> {
+    Pooled(P),
+    Other(Pin<Box<dyn Future<Output = Result<(), Error>> + Send + 'a>>),
+}
+
+impl<P: Future<Output = Result<(), Error>> + Unpin> Future for Relaying<'_, P> {
+    type Output = Result<(), Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Relaying::Pooled(relay) => Pin::new(relay).poll(cx),
+            Relaying::Other(relay) => relay.as_mut().poll(cx),
         }
     }
 }
 
 /// Relays the client's socket over an HBONE stream whose CONNECT answer is pending, until
-/// done or the (outer) tunnel's peer is revoked.
-async fn relay_hbone(
+/// done or the (outer) tunnel's peer is revoked; the stream's slot is freed as it ends. A
+/// plain function returning a [`poll_fn`] that owns the relay, the slot and the revocation
+/// wait: an `async fn` would also keep a slot for each argument in the connection's future.
+fn relay_hbone<'a>(
     stall: Option<Duration>,
     tcp: TcpStream,
-    checkout: &Checkout,
+    slot: StreamSlot,
     response: ResponseFuture,
     send: SendStream<Bytes>,
-    log: &mut AccessLog,
-) -> Result<(), Error> {
+    log: &'a mut AccessLog,
+) -> impl Future<Output = Result<(), Error>> + Send + Unpin + 'a {
     let meter = log.meter();
+    let mut revoked = slot.revoked().into_wait();
     let response = async move {
         let resp = response.await.map_err(|e| Error::H2(Arc::new(e)))?;
         if resp.status() != StatusCode::OK {
@@ -146,11 +185,15 @@ async fn relay_hbone(
         Ok(resp.into_body())
     };
     let (rd, wr) = tcp.into_split();
-    let mut revoked = checkout.revoked();
-    tokio::select! {
-        r = relay_early(rd, wr, send, response, &meter, stall) => r,
-        _ = revoked.revoked() => Err(Error::CertRevoked),
-    }
+    let mut relay = relay_early(rd, wr, send, response, meter, stall);
+    poll_fn(move |cx| {
+        // Held for the relay's life: dropped with this future, freeing the stream's slot.
+        let _slot = &slot;
+        if revoked.poll(cx).is_ready() {
+            return Poll::Ready(Err(Error::CertRevoked));
+        }
+        Pin::new(&mut relay).poll(cx)
+    })
 }
 
 async fn prepare(
@@ -302,7 +345,7 @@ async fn prepare(
                     .map_err(|e| Error::H2(Arc::new(e)))?;
                 Ok(Box::new(Ready::DoubleHbone {
                     tcp,
-                    outer,
+                    outer: outer.into_slot(),
                     inner,
                     inner_revoked,
                     response,
@@ -340,7 +383,7 @@ async fn prepare(
                     .map_err(|e| Error::H2(Arc::new(e)))?;
                 Ok(Box::new(Ready::Hbone {
                     tcp,
-                    checkout,
+                    slot: checkout.into_slot(),
                     response,
                     send,
                 }))
@@ -375,10 +418,21 @@ impl Connect {
         let value = |v: String| {
             HeaderValue::try_from(v).map_err(|_| Error::BadRequest("cannot build CONNECT"))
         };
+        // The client's address and the trace are this connection's alone: indexed, each
+        // would take a place in the HPACK tables of both ends of the pooled connection (up
+        // to 4 KiB of entries each, plus the buffers behind them) that no later request
+        // reuses. h2 sends a sensitive value as a literal that is never indexed. The baggage,
+        // the same for every connection of the pod, stays indexed.
+        let unique = |v: String| {
+            value(v).map(|mut v| {
+                v.set_sensitive(true);
+                v
+            })
+        };
         Ok(Connect {
             authority,
-            forwarded: value(forwarded)?,
-            traceparent: value(super::hbone::traceparent())?,
+            forwarded: unique(forwarded)?,
+            traceparent: unique(super::hbone::traceparent())?,
             baggage: value(super::hbone::baggage(src))?,
         })
     }
@@ -471,7 +525,8 @@ mod tests {
     }
 
     /// A relay frees the box its setup handed over as it starts: an idle connection holds no
-    /// more heap than the plain relay inside it (here the plain-TCP one), the box's size less.
+    /// more heap than the plain relay inside it (here the plain-TCP one, which is boxed), the
+    /// box's size less.
     #[tokio::test]
     async fn an_idle_relay_frees_the_setups_box() {
         let mut log = AccessLog::new(Direction::Outbound, crate::ops::Telemetry::detached());
@@ -480,9 +535,18 @@ mod tests {
         let ((a, _c2), (b, _a2)) = tokio::join!(socket_pair(), socket_pair());
         let ready = Box::new(Ready::Tcp { tcp, upstream });
         let (plain, plain_future) = held_after_first_poll(relay_tcp(a, b, &meter)).await;
-        let (held, relay_future) = held_after_first_poll(relay(None, ready, &mut log)).await;
+        // The relay starts (and unboxes `ready`) when called, before its first poll.
+        let called = crate::sys::alloc::CountingAlloc::thread_net();
+        let relaying = relay(None, ready, &mut log);
+        let called = crate::sys::alloc::CountingAlloc::thread_net() - called;
+        let (held, relay_future) = held_after_first_poll(relaying).await;
+        let held = called + held;
         let plain_state = plain - std::mem::size_of_val(&*plain_future) as isize;
-        let held_state = held - std::mem::size_of_val(&*relay_future) as isize;
+        let boxed = match &*relay_future {
+            Relaying::Other(plain) => std::mem::size_of_val(&**plain),
+            Relaying::Pooled(_) => unreachable!("a plain-TCP Ready relays plain TCP"),
+        };
+        let held_state = held - (std::mem::size_of_val(&*relay_future) + boxed) as isize;
         assert_eq!(
             held_state,
             plain_state - std::mem::size_of::<Ready>() as isize,
@@ -490,6 +554,73 @@ mod tests {
         );
         drop(relay_future);
         log.complete(None);
+    }
+
+    /// The size of the future `f` returns, without calling it.
+    fn future_size3<A, B, C, F: std::future::Future>(_: impl Fn(A, B, C) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// The size of the future `f` returns, without calling it.
+    fn future_size6<A, B, C, D, E, G, F: std::future::Future>(
+        _: impl Fn(A, B, C, D, E, G) -> F,
+    ) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// An idle tunnel's connection future is its relay, its record and the three values it was
+    /// started with: no drain (the task obeys it), no emptied `Ready`, no pool handle, no copy
+    /// of the relay's arguments, no awaited revocation futures beside the relay.
+    #[test]
+    fn an_idle_tunnel_holds_its_relay_and_little_else() {
+        use std::mem::size_of;
+        // The pooled relay: the early relay (its response boxed, so any response type sizes
+        // it alike), the stream's slot and the revocation wait, and nothing else.
+        let early = future_size6(
+            |a, b, c, d: std::future::Ready<Result<h2::RecvStream, Error>>, e, g| {
+                relay_early(a, b, c, d, e, g)
+            },
+        );
+        let pooled = future_size6(relay_hbone);
+        let slot_and_wait = size_of::<StreamSlot>() + size_of::<crate::tls::RevokedWait>();
+        assert!(
+            pooled <= early + slot_and_wait,
+            "pooled relay {pooled} B, early relay {early} B, slot and revocation wait {slot_and_wait} B"
+        );
+        // Dispatching on `Ready` adds nothing once the relay runs.
+        let relay = future_size3(relay);
+        assert!(relay <= pooled, "relay {relay} B, pooled relay {pooled} B");
+        // The connection: the relay, the record, and what it was started with (the pod's
+        // proxy, the socket and the client's address), plus the future's own state tag.
+        let started_with =
+            size_of::<Arc<Proxy>>() + size_of::<TcpStream>() + size_of::<SocketAddr>();
+        let connection = future_size(serve);
+        let bound = relay + size_of::<AccessLog>() + started_with + 16;
+        assert!(
+            connection <= bound,
+            "connection future {connection} B, relay {relay} B + record + {started_with} B"
+        );
+    }
+
+    /// A CONNECT's per-connection headers are never indexed, so they take no place in the
+    /// HPACK tables a pooled connection keeps at both ends; the pod's baggage is indexed.
+    #[test]
+    fn per_connection_connect_headers_stay_out_of_the_hpack_tables() {
+        let src = crate::testkit::fixtures::pod("ns", "a", "sa", [10, 0, 0, 1]);
+        let client = SocketAddr::from(([10, 0, 0, 1], 40_000));
+        let connect =
+            Connect::new("10.0.0.2:80".into(), client, Some("b.ns.svc"), &src).expect("CONNECT");
+        let req = connect.request(None).expect("request");
+        for unique in ["forwarded", "traceparent"] {
+            assert!(
+                req.headers()[unique].is_sensitive(),
+                "{unique} would be indexed"
+            );
+        }
+        assert!(
+            !req.headers()["baggage"].is_sensitive(),
+            "baggage not indexed"
+        );
     }
 
     /// An idle connection's task holds the relay, not the setup: the setup future (dial,

@@ -179,7 +179,7 @@ where
             };
             let (rd, wr) = upstream.into_split();
             let meter = crate::ops::access::Meter::detached();
-            let _ = relay(rd, wr, send, req.into_body(), &meter, None).await;
+            let _ = relay(rd, wr, send, req.into_body(), meter, None).await;
         });
     }
     Ok(())

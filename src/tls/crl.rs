@@ -14,9 +14,12 @@
 //! With `CRL_PATH` unset, [`Revocation`] is disabled and costs nothing per connection.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -577,6 +580,35 @@ impl RevokedSignal {
             }
         }
         std::future::pending().await
+    }
+
+    /// The wait for this signal as a value a relay polls in place ([`RevokedWait::poll`]),
+    /// instead of an awaited future that borrows the signal. An untracked connection's wait is
+    /// one empty word pair; a tracked one's state is boxed, as [`RevokedSignal::revoked`]'s is.
+    pub fn into_wait(self) -> RevokedWait {
+        RevokedWait(self.0.map(|mut rx| {
+            let wait: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(async move {
+                if rx.wait_for(|r| *r).await.is_err() {
+                    // The tracker is gone without revoking: never fires.
+                    std::future::pending::<()>().await;
+                }
+            });
+            wait
+        }))
+    }
+}
+
+/// A [`RevokedSignal`] being waited for; see [`RevokedSignal::into_wait`].
+pub struct RevokedWait(Option<Pin<Box<dyn Future<Output = ()> + Send>>>);
+
+impl RevokedWait {
+    /// Ready once the connection's peer is revoked; pending forever for an untracked
+    /// connection.
+    pub fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        match &mut self.0 {
+            Some(wait) => wait.as_mut().poll(cx),
+            None => Poll::Pending,
+        }
     }
 }
 

@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 pub use cert::{parse_pem_certs, parse_pem_key, pem_of, CertError, WorkloadCert};
 pub use chain::{peer_identity, IdentityError};
-pub use crl::{Revocation, RevokedSignal};
+pub use crl::{Revocation, RevokedSignal, RevokedWait};
 
 pub use crate::config::CompliancePolicy;
 use crate::identity::Identity;

@@ -103,6 +103,24 @@ impl Checkout {
     pub fn revoked(&self) -> RevokedSignal {
         self.slot.conn.revoked.clone()
     }
+
+    /// The stream slot alone, for a stream already opened: the connection's handle is let go,
+    /// so an open tunnel does not keep it (a tunnel opens one stream, and the handle would
+    /// also keep a stream h2 held as pending open).
+    pub fn into_slot(self) -> StreamSlot {
+        StreamSlot(self.slot)
+    }
+}
+
+/// The stream slot of an opened tunnel on a pooled connection. Dropping it frees the slot.
+#[must_use = "dropping the slot frees it at once"]
+pub struct StreamSlot(Slot);
+
+impl StreamSlot {
+    /// Completes when a CRL reload revokes the connection's peer (which closes it).
+    pub fn revoked(&self) -> RevokedSignal {
+        self.0.conn.revoked.clone()
+    }
 }
 
 impl Pool {

@@ -45,26 +45,30 @@ pub struct Stalled(pub Duration);
 
 /// Relays until both directions are finished, counting bytes into `meter`. A send window
 /// closed for `stall` fails the relay with [`Stalled`] (`None`: wait forever).
-pub async fn relay(
+///
+/// The returned future is the two halves and nothing else: a plain function returning a
+/// [`poll_fn`] that owns them, not an `async fn`, whose future would also keep a slot for each
+/// argument next to the halves built from it for as long as the relay runs.
+pub fn relay(
     tcp_read: OwnedReadHalf,
     tcp_write: OwnedWriteHalf,
     send: SendStream<Bytes>,
     recv: RecvStream,
-    meter: &Meter,
+    meter: Meter,
     stall: Option<Duration>,
-) -> io::Result<()> {
+) -> impl Future<Output = io::Result<()>> + Send + Unpin {
     // Each half is dropped as it finishes, as `try_join!` would.
     let mut up = Some(Up::new(tcp_read, send, stall));
     let mut down = Some(Down::new(recv, tcp_write));
-    poll_fn(|cx| {
+    poll_fn(move |cx| {
         if let Some(u) = up.as_mut() {
-            if let Poll::Ready(r) = u.poll(cx, meter) {
+            if let Poll::Ready(r) = u.poll(cx, &meter) {
                 up = None;
                 r?;
             }
         }
         if let Some(d) = down.as_mut() {
-            if let Poll::Ready(r) = d.poll(cx, meter) {
+            if let Poll::Ready(r) = d.poll(cx, &meter) {
                 down = None;
                 r?;
             }
@@ -75,22 +79,22 @@ pub async fn relay(
             Poll::Pending
         }
     })
-    .await
 }
 
 /// Like [`relay`], for a CONNECT whose response has not arrived: the client's bytes go out at
 /// once, so the first request rides with the CONNECT instead of a round trip later (the peer
 /// forwards nothing before it has authorized the tunnel and answered 200, and drops it all on
 /// a refusal); the peer's bytes flow once `response` gives the stream. The response's error
-/// (say a 401) is reported in preference to a send failure it caused.
-pub async fn relay_early<E: From<io::Error>>(
+/// (say a 401) is reported in preference to a send failure it caused. Like [`relay`]'s, the
+/// returned future holds the relay's state only, not a copy of the arguments besides.
+pub fn relay_early<'a, E: From<io::Error>>(
     tcp_read: OwnedReadHalf,
     tcp_write: OwnedWriteHalf,
     send: SendStream<Bytes>,
-    response: impl std::future::Future<Output = Result<RecvStream, E>>,
-    meter: &Meter,
+    response: impl Future<Output = Result<RecvStream, E>> + Send + 'a,
+    meter: Meter,
     stall: Option<Duration>,
-) -> Result<(), E> {
+) -> impl Future<Output = Result<(), E>> + Send + Unpin + 'a {
     let mut up = Some(Up::new(tcp_read, send, stall));
     // Boxed and dropped once answered: an open tunnel does not keep the response's future.
     let mut response = Some(Box::pin(response));
@@ -99,7 +103,7 @@ pub async fn relay_early<E: From<io::Error>>(
     let mut down_done = false;
     // The client side failed before the answer was in: the answer may explain it.
     let mut up_failed: Option<io::Error> = None;
-    poll_fn(|cx| {
+    poll_fn(move |cx| {
         if let Some(r) = response.as_mut() {
             if let Poll::Ready(answer) = r.as_mut().poll(cx) {
                 response = None;
@@ -118,7 +122,7 @@ pub async fn relay_early<E: From<io::Error>>(
             return Poll::Pending;
         }
         if let Some(u) = up.as_mut() {
-            if let Poll::Ready(r) = u.poll(cx, meter) {
+            if let Poll::Ready(r) = u.poll(cx, &meter) {
                 up = None;
                 if let Err(e) = r {
                     if answered {
@@ -131,7 +135,7 @@ pub async fn relay_early<E: From<io::Error>>(
             }
         }
         if let Some(d) = down.as_mut() {
-            if let Poll::Ready(r) = d.poll(cx, meter) {
+            if let Poll::Ready(r) = d.poll(cx, &meter) {
                 down = None;
                 down_done = true;
                 r.map_err(E::from)?;
@@ -143,7 +147,6 @@ pub async fn relay_early<E: From<io::Error>>(
             Poll::Pending
         }
     })
-    .await
 }
 
 /// TCP → HTTP/2, polled by the relay. Reads the socket into a buffer that exists only while
@@ -336,18 +339,36 @@ mod tests {
         assert_eq!(read_size(MAX_READ_RECORDS), 256 * 1024 - 9);
     }
 
-    /// An idle tunnel's relay holds its two halves' fields and little else: no awaited
-    /// sub-futures (readiness and capacity waits, writes) kept in every connection's task.
+    /// An idle tunnel's relay holds its two halves' fields, its meter and nothing else: no
+    /// awaited sub-futures (readiness and capacity waits, writes) and no second copy of the
+    /// arguments the halves were built from, both kept in every connection's task otherwise.
     #[test]
-    fn an_idle_relay_holds_little_more_than_its_halves() {
+    fn an_idle_relay_holds_its_halves_and_nothing_else() {
         fn future_size<A, B, C, D, E, G, F: Future>(_: impl Fn(A, B, C, D, E, G) -> F) -> usize {
             std::mem::size_of::<F>()
         }
         let halves = std::mem::size_of::<Up>() + std::mem::size_of::<Down>();
+        let meter = std::mem::size_of::<Meter>();
         let relay = future_size(relay);
         assert!(
-            relay <= halves + 128,
-            "relay future {relay} B, its halves {halves} B"
+            relay <= halves + meter,
+            "relay future {relay} B, its halves {halves} B and meter {meter} B"
+        );
+        // The early relay also keeps the write half and the boxed response until answered,
+        // and the client side's error while the answer is pending.
+        let early = future_size(
+            |a, b, c, d: std::future::Ready<io::Result<RecvStream>>, e, g| {
+                relay_early(a, b, c, d, e, g)
+            },
+        );
+        let waiting = std::mem::size_of::<OwnedWriteHalf>()
+            + std::mem::size_of::<Box<()>>()
+            + std::mem::size_of::<io::Error>()
+            + 8;
+        assert!(
+            early <= halves + meter + waiting,
+            "early relay future {early} B, its halves {halves} B, meter {meter} B and \
+             {waiting} B of answer-pending state"
         );
     }
 }

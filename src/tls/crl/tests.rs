@@ -214,6 +214,9 @@ async fn a_reload_signals_the_tracked_connections_it_revokes() {
         .unwrap()
         .expect("tracked");
     let mut stream_of_a = of_a.signal();
+    // The wait a relay polls in place, one for each connection.
+    let mut wait_of_a = of_a.signal().into_wait();
+    let mut wait_of_b = of_b.signal().into_wait();
     assert_eq!(f.revocation.dump()["trackedConnections"], 2);
 
     f.publish(&f.revoking(&[&a]));
@@ -224,11 +227,29 @@ async fn a_reload_signals_the_tracked_connections_it_revokes() {
     tokio::time::timeout(Duration::from_secs(10), stream_of_a.revoked())
         .await
         .expect("and so are its streams");
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        std::future::poll_fn(|cx| wait_of_a.poll(cx)),
+    )
+    .await
+    .expect("and so is a polled wait");
     assert!(
         tokio::time::timeout(Duration::from_millis(50), of_b.revoked())
             .await
             .is_err(),
         "b is not revoked"
+    );
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    assert!(
+        wait_of_b.poll(&mut cx).is_pending(),
+        "b's wait is not fired"
+    );
+    assert!(
+        crate::tls::RevokedSignal::never()
+            .into_wait()
+            .poll(&mut cx)
+            .is_pending(),
+        "an untracked connection's wait never fires"
     );
     assert_eq!(f.revocation.dump()["rejections"]["destination"], 1);
     drop(of_a);
