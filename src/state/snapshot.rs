@@ -261,10 +261,6 @@ struct Bulk {
 }
 
 impl Bulk {
-    fn is_live<T>(&self, x: &Arc<T>) -> bool {
-        self.gone.is_empty() || !self.gone.contains(&(Arc::as_ptr(x) as usize))
-    }
-
     fn forget<T>(&mut self, x: &Arc<T>) {
         self.gone.insert(Arc::as_ptr(x) as usize);
     }
@@ -481,11 +477,23 @@ impl SnapshotBuilder {
                 _ => List::Many(items.drain(..).collect()),
             }
         }
-        let workloads = bulk.workloads.iter().filter(|w| bulk.is_live(w));
-        let mut by_ip = Vec::with_capacity(bulk.workloads.len());
-        let mut pods = Vec::with_capacity(bulk.workloads.len());
-        let mut endpoints = Vec::with_capacity(bulk.workloads.len());
+        let live_workloads = bulk.workloads.len();
+        let mut by_ip = Vec::with_capacity(live_workloads);
+        let mut pods = Vec::with_capacity(live_workloads);
+        let mut endpoints = Vec::with_capacity(live_workloads);
+        let mut by_vip = Vec::with_capacity(bulk.services.len());
+        // Each Arc moves into its last index entry: no reference count is taken and given
+        // back for the bulk list itself (a cold cache line per workload).
+        let Bulk {
+            workloads,
+            services,
+            gone,
+        } = bulk;
+        let live = |addr: usize| gone.is_empty() || !gone.contains(&addr);
         for w in workloads {
+            if !live(Arc::as_ptr(&w) as usize) {
+                continue;
+            }
             if w.network_mode != NetworkMode::HostNetwork {
                 for ip in &w.workload_ips {
                     let key = NetworkAddress {
@@ -495,18 +503,15 @@ impl SnapshotBuilder {
                     by_ip.push((key, w.clone()));
                 }
             }
-            pods.push(((w.namespace.clone(), w.name.clone()), w.clone()));
             for key in w.services.keys() {
                 endpoints.push((key.clone(), w.clone()));
             }
+            pods.push(((w.namespace.clone(), w.name.clone()), w));
         }
-        let next = &mut self.next;
-        next.workloads_by_ip
-            .load_grouped(by_ip, |l| list(l, preference));
-        next.pods.load_grouped(pods, |l| list(l, by_uid));
-        next.endpoints.load_grouped(endpoints, |l| list(l, by_uid));
-        let mut by_vip = Vec::with_capacity(bulk.services.len());
-        for s in bulk.services.iter().filter(|s| bulk.is_live(s)) {
+        for s in services {
+            if !live(Arc::as_ptr(&s) as usize) {
+                continue;
+            }
             for vip in &s.vips {
                 let key = NetworkAddress {
                     network: vip.network.clone(),
@@ -515,6 +520,11 @@ impl SnapshotBuilder {
                 by_vip.push((key, s.clone()));
             }
         }
+        let next = &mut self.next;
+        next.workloads_by_ip
+            .load_grouped(by_ip, |l| list(l, preference));
+        next.pods.load_grouped(pods, |l| list(l, by_uid));
+        next.endpoints.load_grouped(endpoints, |l| list(l, by_uid));
         next.services_by_vip
             .load_grouped(by_vip, |l| list(l, by_service_key));
     }
