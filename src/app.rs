@@ -52,10 +52,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("building the control runtime")?;
-    let output = log.clone();
     let res = control.block_on(run_control(config, data.handle().clone(), log));
     data.shutdown_timeout(Duration::from_secs(1));
-    output.flush();
     res
 }
 

@@ -80,16 +80,11 @@ fn run_control_plane(args: Vec<String>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let log = match ztun::ops::logging::init(&log) {
-        Ok(handle) => handle,
-        Err(e) => {
-            eprintln!("ztun control-plane: {e:#}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let res = controlplane::run(args);
-    log.flush();
-    match res {
+    if let Err(e) = ztun::ops::logging::init(&log) {
+        eprintln!("ztun control-plane: {e:#}");
+        return ExitCode::FAILURE;
+    }
+    match controlplane::run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ztun control-plane: {e}");

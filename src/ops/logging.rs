@@ -8,7 +8,6 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{reload, EnvFilter, Registry};
 
-use super::log_output::LogOutput;
 use crate::config::LogConfig;
 
 /// Changes the active log filter.
@@ -18,7 +17,6 @@ pub struct LogHandle {
     default: Arc<str>,
     // The directives currently applied (for display and appending).
     current: Arc<Mutex<String>>,
-    output: LogOutput,
 }
 
 impl LogHandle {
@@ -31,12 +29,6 @@ impl LogHandle {
     pub fn append(&self, directives: &str) -> Result<String, String> {
         let next = format!("{},{}", self.current(), directives);
         self.set(&next)
-    }
-
-    /// Waits until every line logged so far has been written to stdout (before the process
-    /// exits).
-    pub fn flush(&self) {
-        self.output.flush();
     }
 
     /// Restores the startup filter.
@@ -59,12 +51,8 @@ pub fn init(cfg: &LogConfig) -> anyhow::Result<LogHandle> {
     let filter = EnvFilter::try_new(&cfg.filter)
         .map_err(|e| anyhow::anyhow!("RUST_LOG {:?}: {e}", cfg.filter))?;
     let (filter, handle) = reload::Layer::new(filter);
-    // Lines leave through a writer thread: logging (an access-log line per connection) costs
-    // the data plane no write syscall, and lines logged together share one.
-    let output = LogOutput::spawn(std::io::stdout())
-        .map_err(|e| anyhow::anyhow!("starting the log writer thread: {e}"))?;
     let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(output.clone())
+        .with_writer(std::io::stdout)
         .with_ansi(false);
     let res = if cfg.json {
         tracing_subscriber::registry()
@@ -82,7 +70,6 @@ pub fn init(cfg: &LogConfig) -> anyhow::Result<LogHandle> {
         handle,
         default: cfg.filter.as_str().into(),
         current: Arc::new(Mutex::new(cfg.filter.clone())),
-        output,
     })
 }
 

@@ -8,7 +8,6 @@ pub mod access;
 pub mod admin;
 pub mod exposition;
 pub mod http;
-pub mod log_output;
 pub mod logging;
 pub mod metrics;
 pub mod readiness;
