@@ -39,6 +39,8 @@ pub struct Applier {
     writer: Writer,
     known: [HashMap<Strng, Known>; 2],
     metrics: Arc<XdsMetrics>,
+    /// At most this many names go into [`Applied::answered`].
+    answered_limit: usize,
 }
 
 /// An accepted (or demanded) resource.
@@ -75,7 +77,8 @@ pub struct Applied {
     /// Resources rejected, in response order.
     pub rejected: Vec<Rejection>,
     /// Every name and alias the response mentioned (added, updated or removed): what
-    /// on-demand waiters are woken by.
+    /// on-demand waiters are woken by. Only the first ones when the applier was told so
+    /// ([`Applier::limit_answered`]).
     pub answered: Vec<String>,
 }
 
@@ -152,7 +155,16 @@ impl Applier {
             writer,
             known: [HashMap::default(), HashMap::default()],
             metrics,
+            answered_limit: usize::MAX,
         }
+    }
+
+    /// Lists at most `limit` names in each [`Applied::answered`] from now on (`usize::MAX`,
+    /// the default, lists them all). A client with nobody waiting for names needs only a few
+    /// for its log, and a first push of a large mesh would otherwise copy every name once
+    /// more.
+    pub fn limit_answered(&mut self, limit: usize) {
+        self.answered_limit = limit;
     }
 
     /// Applies one response: decodes and validates every resource, applies removals and the
@@ -194,11 +206,15 @@ impl Applier {
             for name in &response.removed_resources {
                 changed |= self.remove(kind, &mut builder, name);
                 applied.removed += 1;
-                applied.answered.push(name.clone());
+                if applied.answered.len() < self.answered_limit {
+                    applied.answered.push(name.clone());
+                }
             }
             for resource in response.resources {
-                applied.answered.push(resource.name.clone());
-                applied.answered.extend(resource.aliases.iter().cloned());
+                if applied.answered.len() < self.answered_limit {
+                    applied.answered.push(resource.name.clone());
+                    applied.answered.extend(resource.aliases.iter().cloned());
+                }
                 match self.decode(kind, &response.type_url, &resource) {
                     Ok(item) => {
                         self.insert(kind, &mut builder, resource, item);
@@ -487,6 +503,37 @@ mod tests {
             "published tables hold {} buckets for one workload",
             snap.table_buckets()
         );
+    }
+
+    #[test]
+    fn answered_names_are_all_listed_unless_limited() {
+        let resources = |n: usize| {
+            (0..n)
+                .map(|i| {
+                    workload_resource(wl::Workload {
+                        uid: format!("c//Pod/ns/p-{i}"),
+                        name: format!("p-{i}"),
+                        namespace: "ns".into(),
+                        ..Default::default()
+                    })
+                })
+                .collect::<Vec<_>>()
+        };
+        let (mut applier, reader) = applier();
+        let all = applier.apply(address_response(resources(50)));
+        assert_eq!(all.answered.len(), 50);
+        applier.limit_answered(3);
+        let mut response = address_response(resources(100));
+        response.removed_resources = vec!["c//Pod/ns/p-0".into()];
+        let few = applier.apply(response);
+        assert_eq!(
+            few.answered,
+            ["c//Pod/ns/p-0", "c//Pod/ns/p-0", "c//Pod/ns/p-1"],
+            "the first names, in response order"
+        );
+        // Only the list is shorter: everything was applied.
+        assert_eq!((few.updated, few.removed), (100, 1));
+        assert_eq!(reader.load().workload_count(), 100);
     }
 
     #[test]

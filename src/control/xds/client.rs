@@ -271,13 +271,20 @@ impl Client {
 
     /// Applies a response and returns its ACK/NACK.
     fn handle(&mut self, response: DeltaDiscoveryResponse) -> DeltaDiscoveryRequest {
+        // Every name only while someone waits for one; else the few the log shows.
+        self.applier.limit_answered(match self.waiters.is_empty() {
+            true => LOGGED_NAMES,
+            false => usize::MAX,
+        });
         let applied = self.applier.apply(response);
         log_applied(&applied);
-        for name in &applied.answered {
-            if let Some(waiters) = self.waiters.remove(name) {
-                waiters.into_iter().for_each(|w| {
-                    let _ = w.send(());
-                });
+        if !self.waiters.is_empty() {
+            for name in &applied.answered {
+                if let Some(waiters) = self.waiters.remove(name) {
+                    waiters.into_iter().for_each(|w| {
+                        let _ = w.send(());
+                    });
+                }
             }
         }
         if applied.is_ack() {
