@@ -331,8 +331,11 @@ impl Subscription {
                 }
             }
             None => {
-                for name in mesh.resources(kind).keys() {
-                    check(name, push);
+                // Each entry as the scan meets it: no lookup of a name in the map it came from.
+                for (name, entry) in mesh.resources(kind) {
+                    if have(name) != Some(&entry.version) {
+                        push.resources.push(entry.encoded.clone());
+                    }
                 }
                 let had: Box<dyn Iterator<Item = &Arc<str>>> = match &before {
                     Some(had) => Box::new(had.resources(kind).keys()),
