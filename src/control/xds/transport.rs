@@ -382,7 +382,9 @@ where
                 Some(status) => Some(status),
                 None => Some(missing_status(self.status)),
             };
-            if status.is_none() && !self.buf.is_empty() {
+            // A message cut short: bytes of it left over, or fields of it already decoded
+            // (cut at a field's end, the buffer is empty).
+            if status.is_none() && (!self.buf.is_empty() || self.current.is_some()) {
                 return Poll::Ready(Some(Err(tonic::Status::internal(
                     "Unexpected EOF decoding stream.",
                 ))));
@@ -653,6 +655,23 @@ mod tests {
         )
         .await;
         assert_eq!(truncated.code(), tonic::Code::Internal);
+        // Cut right after a whole resource: nothing is left in the buffer, the message is
+        // still incomplete.
+        let (wire, _) = unusual_response(3, false);
+        let first = wire
+            .iter()
+            .enumerate()
+            .skip(5)
+            .find_map(|(at, b)| (u64::from(*b) == RESOURCES_KEY).then_some(at))
+            .expect("a resource field");
+        let resource_len = usize::from(wire[first + 1]) + 2;
+        let cut = wire[..first + resource_len].to_vec();
+        let cut_at_a_field = error(
+            vec![Frame::data(Bytes::from(cut)), trailers("0")],
+            http::StatusCode::OK,
+        )
+        .await;
+        assert_eq!(cut_at_a_field.code(), tonic::Code::Internal);
         // Over the size limit, or compressed without negotiation: refused by the header.
         let mut messages = Messages::new(
             body(vec![Frame::data(Bytes::from(framed("x", 100)))]),
