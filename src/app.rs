@@ -78,7 +78,8 @@ async fn run_control(config: Arc<Config>, data: Handle, log: LogHandle) -> anyho
     let readiness =
         Readiness::new(telemetry.clone()).with_fd_liveness(config.proxy.fd_exhaustion_liveness);
     let pods = WorkloadStates::default();
-    let (writer, reader) = state::new();
+    // The node's own workloads are listed apart: following them costs no pass over the mesh.
+    let (writer, reader) = state::new_for_node(config.node_name.as_deref());
     crate::authz::metrics::register_metrics(
         &mut registry,
         reader.clone(),

@@ -72,7 +72,13 @@ pub(crate) fn is_shared_string(s: &str) -> bool {
 
 /// Creates an empty store, returning its single writer and a reader factory.
 pub fn new() -> (Writer, Reader) {
-    let snap = Arc::new(Snapshot::default());
+    new_for_node(None)
+}
+
+/// As [`new`], for a store that keeps the workloads of `node` listed apart
+/// ([`Snapshot::local_workloads`]).
+pub fn new_for_node(node: Option<&str>) -> (Writer, Reader) {
+    let snap = Arc::new(Snapshot::for_node(node));
     let (tx, rx) = watch::channel(0u64);
     let shared = Arc::new(Shared {
         current: ArcSwap::new(snap),

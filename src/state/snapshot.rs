@@ -32,6 +32,10 @@ pub struct Snapshot {
     /// Service key → workloads that list the service (sorted by uid).
     endpoints: ShardMap<Strng, List<Workload>>,
     policies: Arc<Policies>,
+    /// The node this state is kept for, if it was told, and its workloads (sorted by uid):
+    /// what follows the local workloads reads them without a pass over the mesh.
+    local_node: Option<Strng>,
+    local: Option<List<Workload>>,
 }
 
 /// The policies and their scope indexes (few: rebuilt whole when one changes).
@@ -107,6 +111,30 @@ impl Snapshot {
     #[cfg(test)]
     pub(crate) fn table_buckets(&self) -> usize {
         self.workloads.capacity() + self.services.capacity()
+    }
+
+    /// An empty state that keeps the workloads scheduled on `node` listed apart
+    /// ([`local_workloads`](Self::local_workloads)).
+    pub fn for_node(node: Option<&str>) -> Snapshot {
+        Snapshot {
+            local_node: node.map(Strng::from),
+            ..Snapshot::default()
+        }
+    }
+
+    /// The node whose workloads [`local_workloads`](Self::local_workloads) lists, if any.
+    pub fn local_node(&self) -> Option<&str> {
+        self.local_node.as_deref()
+    }
+
+    /// The workloads scheduled on [`local_node`](Self::local_node), sorted by uid (none when
+    /// no node was given).
+    pub fn local_workloads(&self) -> &[Arc<Workload>] {
+        self.local.as_ref().map(List::as_slice).unwrap_or_default()
+    }
+
+    fn is_local(&self, w: &Workload) -> bool {
+        self.local_node.as_deref().is_some_and(|n| *w.node == *n)
     }
 
     /// Monotonic generation number (0 = nothing received yet).
@@ -278,7 +306,7 @@ impl SnapshotBuilder {
 
     /// Removes every resource.
     pub fn clear(&mut self) {
-        self.next = Snapshot::default();
+        self.next = Snapshot::for_node(self.next.local_node.as_deref());
         self.policies_changed = true;
         self.bulk = None;
     }
@@ -482,6 +510,7 @@ impl SnapshotBuilder {
         let mut pods = Vec::with_capacity(live_workloads);
         let mut endpoints = Vec::with_capacity(live_workloads);
         let mut by_vip = Vec::with_capacity(bulk.services.len());
+        let mut local = Vec::new();
         // Each Arc moves into its last index entry: no reference count is taken and given
         // back for the bulk list itself (a cold cache line per workload).
         let Bulk {
@@ -506,6 +535,9 @@ impl SnapshotBuilder {
             for key in w.services.keys() {
                 endpoints.push((key.clone(), w.clone()));
             }
+            if self.next.is_local(&w) {
+                local.push(w.clone());
+            }
             pods.push(((w.namespace.clone(), w.name.clone()), w));
         }
         for s in services {
@@ -521,6 +553,7 @@ impl SnapshotBuilder {
             }
         }
         let next = &mut self.next;
+        next.local = (!local.is_empty()).then(|| list(&mut local, by_uid));
         next.workloads_by_ip
             .load_grouped(by_ip, |l| list(l, preference));
         next.pods.load_grouped(pods, |l| list(l, by_uid));
@@ -555,6 +588,9 @@ impl SnapshotBuilder {
             next.endpoints
                 .update(key.clone(), |l| Some(List::with(l, w, by_uid)));
         }
+        if next.is_local(w) {
+            next.local = Some(List::with(next.local.as_ref(), w, by_uid));
+        }
     }
 
     fn unindex_workload(&mut self, w: &Arc<Workload>) {
@@ -578,6 +614,9 @@ impl SnapshotBuilder {
             });
         for key in w.services.keys() {
             next.endpoints.update(key.clone(), |l| List::without(l, w));
+        }
+        if next.is_local(w) {
+            next.local = List::without(next.local.as_ref(), w);
         }
     }
 
@@ -828,6 +867,8 @@ mod tests {
             let uids: Vec<&str> = l.as_slice().iter().map(|w| &*w.uid).collect();
             lines.push(format!("endpoints {k} → {uids:?}"));
         }
+        let uids: Vec<&str> = s.local_workloads().iter().map(|w| &*w.uid).collect();
+        lines.push(format!("local {:?} → {uids:?}", s.local_node()));
         lines.sort();
         lines
     }
@@ -839,10 +880,12 @@ mod tests {
     fn a_bulk_load_indexes_as_per_insert_updates_do() {
         for seed in 1..=20u64 {
             let mut r = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
-            let mut bulk = SnapshotBuilder::default();
+            // The node's own list is kept too (the generator spreads workloads over node-0..2).
+            let empty = Snapshot::for_node(Some("node-1"));
+            let mut bulk = SnapshotBuilder::from_snapshot(&empty);
             bulk.reserve(200, 40);
             assert!(bulk.bulk.is_some());
-            let mut each = SnapshotBuilder::default();
+            let mut each = SnapshotBuilder::from_snapshot(&empty);
             for _ in 0..600 {
                 match r.below(10) {
                     0..=5 => {
@@ -884,6 +927,16 @@ mod tests {
                 first.map(|i| &e[i])
             );
             assert!(bulk.index_sizes().iter().all(|n| *n > 0), "seed {seed}");
+            // The node's list is exactly its workloads, by uid, in both ways of building.
+            let mut on_node: Vec<&str> = each
+                .workloads()
+                .filter(|w| &*w.node == "node-1")
+                .map(|w| &*w.uid)
+                .collect();
+            on_node.sort();
+            let listed: Vec<&str> = each.local_workloads().iter().map(|w| &*w.uid).collect();
+            assert_eq!(listed, on_node, "seed {seed}");
+            assert!(!listed.is_empty(), "seed {seed}");
         }
     }
 

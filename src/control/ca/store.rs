@@ -41,7 +41,7 @@ pub use super::worker::{Clock, Priority, StoreConfig};
 use super::worker::{Request, Slots, Worker};
 use super::{unavailable, Issuer};
 use crate::identity::Identity;
-use crate::state::model::TunnelProtocol;
+use crate::state::model::{TunnelProtocol, Workload};
 use crate::state::Reader;
 use crate::tls::{CertSource, FetchError, FetchFuture, WorkloadCert};
 
@@ -262,7 +262,13 @@ fn local_identities(state: &Reader, node: &str) -> (HashSet<Identity>, HashSet<I
     let snap = state.load();
     let mut hbone = HashSet::new();
     let mut all = HashSet::new();
-    for w in snap.workloads().filter(|w| &*w.node == node) {
+    // The state's own list of this node's workloads when it keeps one (no pass over the mesh
+    // on every change), else a scan.
+    let on_node: Box<dyn Iterator<Item = &Arc<Workload>>> = match snap.local_node() {
+        Some(n) if n == node => Box::new(snap.local_workloads().iter()),
+        _ => Box::new(snap.workloads().filter(|w| &*w.node == node)),
+    };
+    for w in on_node {
         let Some(id) = w.identity() else { continue };
         if w.protocol == TunnelProtocol::Hbone || w.native_tunnel {
             hbone.insert(id.clone());

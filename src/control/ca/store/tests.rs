@@ -439,9 +439,20 @@ async fn snapshot_shows_states_and_public_material_only() {
 
 #[tokio::test(start_paused = true)]
 async fn follows_the_hbone_workloads_of_this_node() {
+    follows_the_hbone_workloads_of(crate::state::new()).await;
+}
+
+/// The same, from a state that lists the node's workloads apart (as ztun keeps it).
+#[tokio::test(start_paused = true)]
+async fn follows_the_hbone_workloads_of_this_node_from_its_own_list() {
+    follows_the_hbone_workloads_of(crate::state::new_for_node(Some("n1"))).await;
+}
+
+async fn follows_the_hbone_workloads_of(
+    (writer, reader): (crate::state::Writer, crate::state::Reader),
+) {
     let issuer = FakeIssuer::new(Clock::new(), Duration::ZERO);
     let store = store(&issuer);
-    let (writer, reader) = crate::state::new();
     let publish = |yaml: &str| {
         let local = crate::control::local::parse(yaml).unwrap();
         let mut b = writer.builder();
