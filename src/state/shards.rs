@@ -207,34 +207,25 @@ impl<K: Hash + Eq + Clone, V: Clone> ShardMap<K, V> {
     /// `combine`, which is handed them (in no particular order) and may drain them. The
     /// entries are first put in shard order, so each shard's table is sized exactly and built
     /// in one go while it is in cache; inserted one at a time in arrival order, a bulk load
-    /// misses the cache on nearly every shard and table it touches. Entries of a map that
-    /// already holds some are inserted as they come (a key's existing value is replaced).
+    /// misses the cache on nearly every shard and table it touches.
     pub(super) fn load_grouped<I>(
         &mut self,
         entries: Vec<(K, I)>,
         mut combine: impl FnMut(&mut Vec<I>) -> V,
     ) {
+        debug_assert_eq!(self.len, 0, "a bulk load fills an empty map");
         let mut hashed: Vec<(u64, K, I)> = entries
             .into_iter()
             .map(|(k, i)| (self.hash(&k), k, i))
             .collect();
         hashed.sort_unstable_by_key(|(h, _, _)| (shard_of(*h), *h));
-        if self.len == 0 {
-            // One table allocation per shard, for its distinct keys (keys that differ with
-            // the same hash are counted once: the table then grows for them, correctly).
-            let mut start = 0;
-            while start < hashed.len() {
-                let shard = shard_of(hashed[start].0);
-                let mut end = start;
-                let mut keys = 0;
-                while end < hashed.len() && shard_of(hashed[end].0) == shard {
-                    keys += usize::from(end == start || hashed[end].0 != hashed[end - 1].0);
-                    end += 1;
-                }
-                let hasher = &self.hasher;
-                Arc::make_mut(&mut self.shards[shard]).reserve(keys, |(k, _)| hasher.hash_one(k));
-                start = end;
-            }
+        // One table allocation per shard, for its distinct keys (keys that differ with the
+        // same hash are counted once: the table then grows for them, correctly).
+        let hasher = &self.hasher;
+        for run in hashed.chunk_by(|a, b| shard_of(a.0) == shard_of(b.0)) {
+            let keys = run.chunk_by(|a, b| a.0 == b.0).count();
+            Arc::make_mut(&mut self.shards[shard_of(run[0].0)])
+                .reserve(keys, |(k, _)| hasher.hash_one(k));
         }
         // Runs of one hash, split by key (several only on a 64-bit hash collision).
         let mut run: Vec<(K, I)> = Vec::new();
