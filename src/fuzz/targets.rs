@@ -54,9 +54,22 @@ pub fn find(name: &str) -> Option<Body> {
 // --- xDS ------------------------------------------------------------------------------------
 
 /// An xDS `istio.workload.Address` resource: decode + translate, as the xDS client does per
-/// resource; a translated workload's IPs and identity must be well-formed when accepted.
+/// resource; a translated workload's IPs and identity must be well-formed when accepted. The
+/// client decodes into the message of the resource before: from any message before it, that
+/// gives what a fresh decode gives.
 pub fn xds_address(input: &[u8]) {
-    let Ok(a) = wl::Address::decode(input) else {
+    let fresh = wl::Address::decode(input);
+    for mut before in decoded_before() {
+        let reused = crate::control::xds::decode_reusing(&mut before, input);
+        match &fresh {
+            Ok(a) => {
+                assert!(reused.is_ok(), "{reused:?}");
+                assert_eq!(&before, a);
+            }
+            Err(_) => assert!(reused.is_err()),
+        }
+    }
+    let Ok(a) = fresh else {
         return;
     };
     if let Ok(t) = translate_address(a) {
@@ -67,6 +80,51 @@ pub fn xds_address(input: &[u8]) {
             }
         }
     }
+}
+
+/// Messages a resource may be decoded into: none, a workload and a service with every kind of
+/// field set.
+fn decoded_before() -> [wl::Address; 3] {
+    use wl::address::Type;
+    let workload = wl::Workload {
+        uid: "cluster1//Pod/ns/before".into(),
+        name: "before".into(),
+        namespace: "ns".into(),
+        addresses: vec![vec![10, 0, 0, 1]],
+        service_account: "sa".into(),
+        node: "node".into(),
+        tunnel_protocol: 1,
+        services: [("ns/svc.ns.svc".to_string(), wl::PortList::default())].into(),
+        authorization_policies: vec!["ns/p".into()],
+        locality: Some(wl::Locality {
+            region: "r".into(),
+            zone: "z".into(),
+            subzone: "s".into(),
+        }),
+        capacity: Some(3),
+        ..Default::default()
+    };
+    let service = wl::Service {
+        name: "svc".into(),
+        namespace: "ns".into(),
+        hostname: "svc.ns.svc".into(),
+        subject_alt_names: vec!["spiffe://td/ns/ns/sa/sa".into()],
+        ports: vec![wl::Port {
+            service_port: 80,
+            target_port: 8080,
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    [
+        wl::Address::default(),
+        wl::Address {
+            r#type: Some(Type::Workload(workload)),
+        },
+        wl::Address {
+            r#type: Some(Type::Service(service)),
+        },
+    ]
 }
 
 /// An xDS `istio.security.Authorization` resource: decode + translate.

@@ -41,6 +41,9 @@ pub struct Applier {
     metrics: Arc<XdsMetrics>,
     /// At most this many names go into [`Applied::answered`].
     answered_limit: usize,
+    /// The last address resource decoded: the next one is decoded into it, reusing its
+    /// strings' buffers ([`decode_reusing`]).
+    scratch: wl::Address,
 }
 
 /// An accepted (or demanded) resource.
@@ -156,6 +159,7 @@ impl Applier {
             known: [HashMap::default(), HashMap::default()],
             metrics,
             answered_limit: usize::MAX,
+            scratch: wl::Address::default(),
         }
     }
 
@@ -283,7 +287,7 @@ impl Applier {
     }
 
     fn decode(
-        &self,
+        &mut self,
         kind: ResourceType,
         type_url: &str,
         resource: &Resource,
@@ -297,11 +301,16 @@ impl Applier {
         }
         let translated = match kind {
             ResourceType::Address => {
-                let msg = wl::Address::decode(any.value.as_slice())?;
+                decode_reusing(&mut self.scratch, &any.value)?;
                 // Locked for this one resource; released before the insert (which locks it).
                 let mut strings = SharedStrings::lock();
-                translate::translate_shared_address(msg, &mut strings)
-                    .map(|t| (Item::Address(t.value), t.unknown_enums))
+                let translated = translate::translate_shared_address(&self.scratch, &mut strings)
+                    .map(|t| (Item::Address(t.value), t.unknown_enums));
+                if any.value.len() > SCRATCH_KEPT {
+                    // Not kept as large as an outsized resource made it.
+                    self.scratch = wl::Address::default();
+                }
+                translated
             }
             ResourceType::Authorization => {
                 let msg = sec::Authorization::decode(any.value.as_slice())?;
@@ -397,6 +406,50 @@ fn address_kinds(resources: &[Resource]) -> (usize, usize) {
         }
     }
     kinds
+}
+
+/// The largest resource whose buffers [`Applier::scratch`] keeps for the next one.
+const SCRATCH_KEPT: usize = 16 * 1024;
+
+/// Decodes `bytes` into `msg` as `wl::Address::decode` would, but into the buffers of the
+/// resource `msg` held: a first push of 50 000 workloads would otherwise allocate (and free)
+/// each of a workload's dozen strings once more before they are shared.
+pub(crate) fn decode_reusing(
+    msg: &mut wl::Address,
+    bytes: &[u8],
+) -> Result<(), prost::DecodeError> {
+    use wl::address::Type;
+    // Cleared, a variant's fields keep their capacity, and prost merges a field of the same
+    // variant into the value already there: the same as merging into a new default one.
+    match &mut msg.r#type {
+        Some(Type::Workload(w)) => w.clear(),
+        Some(Type::Service(s)) => s.clear(),
+        None => {}
+    }
+    if !names_a_type(bytes) {
+        // Nothing to merge into the variant: a fresh decode has none.
+        msg.r#type = None;
+    }
+    // A merge that fails halfway leaves a partial message: the next call clears it.
+    msg.merge(bytes)
+}
+
+/// Whether the encoded `Address` has a `workload` (1) or `service` (2) field at its top
+/// level. A malformed message answers either way: its merge fails regardless.
+fn names_a_type(mut bytes: &[u8]) -> bool {
+    use prost::encoding::{decode_key, skip_field, DecodeContext};
+    while !bytes.is_empty() {
+        let Ok((tag, wire_type)) = decode_key(&mut bytes) else {
+            return false;
+        };
+        if tag == 1 || tag == 2 {
+            return true;
+        }
+        if skip_field(wire_type, tag, &mut bytes, DecodeContext::default()).is_err() {
+            return false;
+        }
+    }
+    false
 }
 
 fn remove_key(builder: &mut SnapshotBuilder, key: &StateKey) -> bool {
@@ -558,5 +611,129 @@ mod tests {
             Resource::default(),
         ];
         assert_eq!(address_kinds(&resources), (2, 1));
+    }
+
+    /// Each resource is decoded into the message of the one before (`decode_reusing`); the
+    /// result must be what a fresh decode gives, whatever came before: a larger workload, a
+    /// service, nothing, a message that failed halfway.
+    #[test]
+    fn a_resource_decoded_into_the_one_before_is_what_a_fresh_decode_gives() {
+        use wl::address::Type;
+        let field = |n: u8, body: Vec<u8>| {
+            let mut out = vec![n << 3 | 2, body.len() as u8];
+            out.extend(body);
+            out
+        };
+        let big = wl::Workload {
+            uid: "c//Pod/ns/big".into(),
+            name: "big".into(),
+            namespace: "ns".into(),
+            node: "node-1".into(),
+            workload_name: "big-deploy".into(),
+            addresses: vec![vec![10, 0, 0, 1], vec![10, 0, 0, 2]],
+            services: [("ns/a.ns.svc".to_string(), wl::PortList::default())].into(),
+            authorization_policies: vec!["ns/p".into()],
+            locality: Some(wl::Locality {
+                region: "r".into(),
+                ..Default::default()
+            }),
+            capacity: Some(2),
+            ..Default::default()
+        };
+        let small = wl::Workload {
+            uid: "c//Pod/ns/small".into(),
+            ..Default::default()
+        };
+        let service = wl::Service {
+            name: "a".into(),
+            namespace: "ns".into(),
+            hostname: "a.ns.svc".into(),
+            ..Default::default()
+        };
+        let enc = |t: Type| wl::Address { r#type: Some(t) }.encode_to_vec();
+        let big_b = enc(Type::Workload(big.clone()));
+        let small_b = enc(Type::Workload(small.clone()));
+        let service_b = enc(Type::Service(service.clone()));
+        let inner = |t: Type| match t {
+            Type::Workload(w) => w.encode_to_vec(),
+            Type::Service(s) => s.encode_to_vec(),
+        };
+        let sequence: Vec<Vec<u8>> = vec![
+            big_b.clone(),
+            small_b.clone(),
+            big_b.clone(),
+            service_b.clone(),
+            small_b.clone(),
+            Vec::new(),
+            big_b.clone(),
+            // Only an unknown field: no type.
+            // (field 99, varint: key 792 as a varint, then the value 1)
+            vec![0x98, 0x06, 1],
+            big_b.clone(),
+            // A workload field then a service field: the service wins; and the other way.
+            [
+                field(1, inner(Type::Workload(small.clone()))),
+                field(2, inner(Type::Service(service.clone()))),
+            ]
+            .concat(),
+            [
+                field(2, inner(Type::Service(service.clone()))),
+                field(1, inner(Type::Workload(small.clone()))),
+            ]
+            .concat(),
+            // The same variant twice: the second merges into the first.
+            [
+                field(1, inner(Type::Workload(small.clone()))),
+                field(
+                    1,
+                    wl::Workload {
+                        name: "n".into(),
+                        ..Default::default()
+                    }
+                    .encode_to_vec(),
+                ),
+            ]
+            .concat(),
+            // Cut short after a valid workload's start, then a good one.
+            big_b[..big_b.len() - 3].to_vec(),
+            small_b.clone(),
+            big_b[..big_b.len() - 3].to_vec(),
+            Vec::new(),
+        ];
+        let mut scratch = wl::Address::default();
+        let mut check = |bytes: &[u8], what: &str| {
+            let reused = decode_reusing(&mut scratch, bytes);
+            match wl::Address::decode(bytes) {
+                Ok(fresh) => {
+                    assert!(reused.is_ok(), "{what}: {reused:?}");
+                    assert_eq!(scratch, fresh, "{what}");
+                }
+                Err(_) => assert!(reused.is_err(), "{what}"),
+            }
+        };
+        for (i, bytes) in sequence.iter().enumerate() {
+            check(bytes, &format!("case {i}"));
+        }
+        // Mutated copies (a byte changed, or cut), each after one of the valid messages.
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            state.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        };
+        let valid = [&big_b, &small_b, &service_b];
+        for round in 0..3000 {
+            let before = valid[(next() % 3) as usize];
+            check(before, "valid");
+            let mut bytes = valid[(next() % 3) as usize].clone();
+            let at = (next() as usize) % bytes.len();
+            match next() % 3 {
+                0 => bytes[at] = next() as u8,
+                1 => bytes.truncate(at),
+                _ => bytes.insert(at, next() as u8),
+            }
+            check(&bytes, &format!("mutation {round}: {bytes:?}"));
+        }
     }
 }

@@ -132,16 +132,17 @@ pub struct Translated<T> {
 pub fn translate_address(
     a: wl::Address,
 ) -> Result<Translated<AddressResource>, (TranslateError, u32)> {
-    address(Ctx::default(), a)
+    address(Ctx::default(), &a)
 }
 
 /// As [`translate_address`], building the resource's repeated strings (namespace, service
 /// account, node, service keys, ...) as the mesh's shared copies: a string the mesh already
 /// holds is not allocated again, and the result can be inserted with
 /// [`SnapshotBuilder::insert_shared_workload`](crate::state::SnapshotBuilder::insert_shared_workload)
-/// / `insert_shared_service` (drop `strings` first).
+/// / `insert_shared_service` (drop `strings` first). Borrows the message: a decoder can reuse
+/// it (and its strings' buffers) for the next resource.
 pub fn translate_shared_address(
-    a: wl::Address,
+    a: &wl::Address,
     strings: &mut SharedStrings,
 ) -> Result<Translated<AddressResource>, (TranslateError, u32)> {
     address(
@@ -155,9 +156,9 @@ pub fn translate_shared_address(
 
 fn address(
     mut ctx: Ctx<'_>,
-    a: wl::Address,
+    a: &wl::Address,
 ) -> Result<Translated<AddressResource>, (TranslateError, u32)> {
-    let value = match a.r#type {
+    let value = match &a.r#type {
         Some(wl::address::Type::Workload(w)) => {
             workload(&mut ctx, w).map(AddressResource::Workload)
         }
@@ -180,7 +181,7 @@ impl TryFrom<wl::Workload> for Workload {
     type Error = TranslateError;
 
     fn try_from(w: wl::Workload) -> Result<Self, Self::Error> {
-        workload(&mut Ctx::default(), w)
+        workload(&mut Ctx::default(), &w)
     }
 }
 
@@ -188,7 +189,7 @@ impl TryFrom<wl::Service> for Service {
     type Error = TranslateError;
 
     fn try_from(s: wl::Service) -> Result<Self, Self::Error> {
-        service(&mut Ctx::default(), s)
+        service(&mut Ctx::default(), &s)
     }
 }
 
@@ -218,11 +219,7 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     /// A repeated string: the shared copy when translating with the table, else its own.
-    fn share(&mut self, s: String) -> Strng {
-        self.share_str(&s)
-    }
-
-    fn share_str(&mut self, s: &str) -> Strng {
+    fn share(&mut self, s: &str) -> Strng {
         match &mut self.strings {
             Some(t) => t.share(s),
             None => s.into(),
@@ -230,11 +227,8 @@ impl Ctx<'_> {
     }
 
     /// As [`share`](Self::share), with `default` for an empty value.
-    fn share_or(&mut self, s: String, default: &str) -> Strng {
-        match s.is_empty() {
-            true => self.share_str(default),
-            false => self.share(s),
-        }
+    fn share_or(&mut self, s: &str, default: &str) -> Strng {
+        self.share(if s.is_empty() { default } else { s })
     }
 
     /// Records an unknown enum value and returns the safe default.
@@ -264,7 +258,7 @@ fn invalid(field: impl Into<String>, problem: Problem) -> TranslateError {
     }
 }
 
-fn workload(ctx: &mut Ctx<'_>, w: wl::Workload) -> Result<Workload, TranslateError> {
+fn workload(ctx: &mut Ctx<'_>, w: &wl::Workload) -> Result<Workload, TranslateError> {
     if w.uid.is_empty() {
         return Err(invalid("uid", Problem::Empty));
     }
@@ -307,6 +301,7 @@ fn workload(ctx: &mut Ctx<'_>, w: wl::Workload) -> Result<Workload, TranslateErr
     };
     let application_tunnel = w
         .application_tunnel
+        .as_ref()
         .map(|t| {
             let protocol = match wl::application_tunnel::Protocol::try_from(t.protocol) {
                 Ok(wl::application_tunnel::Protocol::None) => AppTunnelProtocol::None,
@@ -327,57 +322,59 @@ fn workload(ctx: &mut Ctx<'_>, w: wl::Workload) -> Result<Workload, TranslateErr
         })
         .transpose()?;
     let mut services = BTreeMap::new();
-    for (key, list) in w.services {
+    for (key, list) in &w.services {
         let field = || format!("services[{key:?}]");
-        if split_namespaced(&key).is_none() {
-            return Err(invalid(field(), Problem::NotNamespaced(key)));
+        if split_namespaced(key).is_none() {
+            return Err(invalid(field(), Problem::NotNamespaced(key.clone())));
         }
         let ports = port_map(field, &list.ports)?;
         services.insert(ctx.share(key), ports);
     }
     Ok(Workload {
-        uid: w.uid.into(),
-        name: w.name.into(),
-        namespace: ctx.share(w.namespace),
+        uid: w.uid.as_str().into(),
+        name: w.name.as_str().into(),
+        namespace: ctx.share(&w.namespace),
         workload_ips,
-        hostname: ctx.share(w.hostname),
-        network: ctx.share(w.network),
+        hostname: ctx.share(&w.hostname),
+        network: ctx.share(&w.network),
         protocol,
-        trust_domain: ctx.share_or(w.trust_domain, DEFAULT_TRUST_DOMAIN),
-        service_account: ctx.share_or(w.service_account, DEFAULT_SERVICE_ACCOUNT),
+        trust_domain: ctx.share_or(&w.trust_domain, DEFAULT_TRUST_DOMAIN),
+        service_account: ctx.share_or(&w.service_account, DEFAULT_SERVICE_ACCOUNT),
         waypoint: w
             .waypoint
+            .as_ref()
             .map(|g| gateway(ctx, "waypoint", g).map(Box::new))
             .transpose()?,
         network_gateway: w
             .network_gateway
+            .as_ref()
             .map(|g| gateway(ctx, "network_gateway", g).map(Box::new))
             .transpose()?,
-        node: ctx.share(w.node),
-        canonical_name: ctx.share(w.canonical_name),
-        canonical_revision: ctx.share(w.canonical_revision),
-        workload_type: ctx.share_str(workload_type),
-        workload_name: ctx.share(w.workload_name),
+        node: ctx.share(&w.node),
+        canonical_name: ctx.share(&w.canonical_name),
+        canonical_revision: ctx.share(&w.canonical_revision),
+        workload_type: ctx.share(workload_type),
+        workload_name: ctx.share(&w.workload_name),
         native_tunnel: w.native_tunnel,
         application_tunnel,
         services: services.into_iter().collect(),
         authorization_policies: w
             .authorization_policies
-            .into_iter()
+            .iter()
             .map(|p| ctx.share(p))
             .collect(),
         status,
-        cluster_id: ctx.share_or(w.cluster_id, DEFAULT_CLUSTER_ID),
-        locality: match w.locality {
+        cluster_id: ctx.share_or(&w.cluster_id, DEFAULT_CLUSTER_ID),
+        locality: match &w.locality {
             Some(l) => Locality {
-                region: ctx.share(l.region),
-                zone: ctx.share(l.zone),
-                subzone: ctx.share(l.subzone),
+                region: ctx.share(&l.region),
+                zone: ctx.share(&l.zone),
+                subzone: ctx.share(&l.subzone),
             },
             None => Locality {
-                region: ctx.share_str(""),
-                zone: ctx.share_str(""),
-                subzone: ctx.share_str(""),
+                region: ctx.share(""),
+                zone: ctx.share(""),
+                subzone: ctx.share(""),
             },
         },
         network_mode,
@@ -386,7 +383,7 @@ fn workload(ctx: &mut Ctx<'_>, w: wl::Workload) -> Result<Workload, TranslateErr
     })
 }
 
-fn service(ctx: &mut Ctx<'_>, s: wl::Service) -> Result<Service, TranslateError> {
+fn service(ctx: &mut Ctx<'_>, s: &wl::Service) -> Result<Service, TranslateError> {
     if s.namespace.is_empty() {
         return Err(invalid("namespace", Problem::Empty));
     }
@@ -395,7 +392,7 @@ fn service(ctx: &mut Ctx<'_>, s: wl::Service) -> Result<Service, TranslateError>
     }
     let mut vips = Vec::new();
     let mut cidr_vips = Vec::new();
-    for (i, a) in s.addresses.into_iter().enumerate() {
+    for (i, a) in s.addresses.iter().enumerate() {
         let field = || format!("addresses[{i}]");
         let max = raw_ip(&a.address)
             .map(bits)
@@ -407,7 +404,7 @@ fn service(ctx: &mut Ctx<'_>, s: wl::Service) -> Result<Service, TranslateError>
             Some(len) => {
                 let net = ip_net(&a.address, len).map_err(|p| invalid(field(), p))?;
                 cidr_vips.push(CidrVip {
-                    network: ctx.share(a.network),
+                    network: ctx.share(&a.network),
                     address: net.address,
                     prefix_len: net.prefix_len,
                 });
@@ -415,13 +412,14 @@ fn service(ctx: &mut Ctx<'_>, s: wl::Service) -> Result<Service, TranslateError>
             }
         }
         vips.push(NetworkAddress {
-            network: ctx.share(a.network),
+            network: ctx.share(&a.network),
             address: ip(&a.address).map_err(|p| invalid(field(), p))?,
         });
     }
     let ports = port_map(|| "ports".into(), &s.ports)?;
     let load_balancer = s
         .load_balancing
+        .as_ref()
         .map(|lb| load_balancer(ctx, lb))
         .transpose()?;
     let ip_families = match wl::IpFamilies::try_from(s.ip_families) {
@@ -438,12 +436,13 @@ fn service(ctx: &mut Ctx<'_>, s: wl::Service) -> Result<Service, TranslateError>
     };
     let weighted_waypoints = s
         .weighted_waypoints
-        .into_iter()
+        .iter()
         .enumerate()
         .map(|(i, w)| {
             let field = format!("weighted_waypoints[{i}].destination");
             let destination = w
                 .destination
+                .as_ref()
                 .ok_or_else(|| invalid(field.clone(), Problem::NoDestination))
                 .and_then(|g| gateway(ctx, &field, g))?;
             Ok(WeightedWaypoint {
@@ -453,19 +452,20 @@ fn service(ctx: &mut Ctx<'_>, s: wl::Service) -> Result<Service, TranslateError>
         })
         .collect::<Result<Vec<_>, TranslateError>>()?;
     Ok(Service {
-        name: s.name.into(),
-        namespace: ctx.share(s.namespace),
-        hostname: s.hostname.into(),
+        name: s.name.as_str().into(),
+        namespace: ctx.share(&s.namespace),
+        hostname: s.hostname.as_str().into(),
         vips,
         cidr_vips,
         ports,
         subject_alt_names: s
             .subject_alt_names
-            .into_iter()
+            .iter()
             .map(|san| ctx.share(san))
             .collect(),
         waypoint: s
             .waypoint
+            .as_ref()
             .map(|g| gateway(ctx, "waypoint", g))
             .transpose()?,
         weighted_waypoints,
@@ -476,7 +476,10 @@ fn service(ctx: &mut Ctx<'_>, s: wl::Service) -> Result<Service, TranslateError>
     })
 }
 
-fn load_balancer(ctx: &mut Ctx<'_>, lb: wl::LoadBalancing) -> Result<LoadBalancer, TranslateError> {
+fn load_balancer(
+    ctx: &mut Ctx<'_>,
+    lb: &wl::LoadBalancing,
+) -> Result<LoadBalancer, TranslateError> {
     use wl::load_balancing::{HealthPolicy as H, Mode as M, Scope as S};
     let mut routing_preferences = Vec::with_capacity(lb.routing_preference.len());
     for (i, raw) in lb.routing_preference.iter().enumerate() {
@@ -630,12 +633,12 @@ fn policy_match(field: &str, m: sec::Match) -> Result<PolicyMatch, TranslateErro
 fn gateway(
     ctx: &mut Ctx<'_>,
     field: &str,
-    g: wl::GatewayAddress,
+    g: &wl::GatewayAddress,
 ) -> Result<GatewayAddress, TranslateError> {
     use wl::gateway_address::Destination;
-    let destination = match g.destination {
+    let destination = match &g.destination {
         Some(Destination::Address(a)) => GatewayDestination::Address(NetworkAddress {
-            network: ctx.share(a.network),
+            network: ctx.share(&a.network),
             address: ip(&a.address).map_err(|p| invalid(format!("{field}.address"), p))?,
         }),
         Some(Destination::Hostname(h)) => {
@@ -643,8 +646,8 @@ fn gateway(
                 return Err(invalid(format!("{field}.hostname"), Problem::Empty));
             }
             GatewayDestination::Hostname(NamespacedHostname {
-                namespace: ctx.share(h.namespace),
-                hostname: ctx.share(h.hostname),
+                namespace: ctx.share(&h.namespace),
+                hostname: ctx.share(&h.hostname),
             })
         }
         None => return Err(invalid(field, Problem::NoDestination)),

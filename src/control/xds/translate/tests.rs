@@ -540,12 +540,12 @@ policies:
     // The path the xDS client takes gives the same values, its repeated strings shared.
     for w in &local.workloads {
         let mut strings = crate::state::SharedStrings::lock();
-        let back = translate_shared_address(encode::workload(w), &mut strings).unwrap();
+        let back = translate_shared_address(&encode::workload(w), &mut strings).unwrap();
         assert_eq!(back.value, AddressResource::Workload(w.clone()));
     }
     for s in &local.services {
         let mut strings = crate::state::SharedStrings::lock();
-        let back = translate_shared_address(encode::service(s), &mut strings).unwrap();
+        let back = translate_shared_address(&encode::service(s), &mut strings).unwrap();
         assert_eq!(back.value, AddressResource::Service(s.clone()));
     }
     for p in &local.policies {
@@ -589,7 +589,7 @@ fn shared_translation_shares_the_repeated_strings() {
         );
         let mut strings = crate::state::SharedStrings::lock();
         let t = translate_shared_address(
-            wl::Address {
+            &wl::Address {
                 r#type: Some(wl::address::Type::Workload(w)),
             },
             &mut strings,
