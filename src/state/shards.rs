@@ -214,23 +214,44 @@ impl<K: Hash + Eq + Clone, V: Clone> ShardMap<K, V> {
         mut combine: impl FnMut(&mut Vec<I>) -> V,
     ) {
         debug_assert_eq!(self.len, 0, "a bulk load fills an empty map");
-        let mut hashed: Vec<(u64, K, I)> = entries
+        let hashed: Vec<(u64, K, I)> = entries
             .into_iter()
             .map(|(k, i)| (self.hash(&k), k, i))
             .collect();
-        hashed.sort_unstable_by_key(|(h, _, _)| (shard_of(*h), *h));
+        // Placed by shard (count, then move each entry once), not sorted: a comparison sort
+        // moved every entry some log2(n) times. Each shard's few entries are then sorted by
+        // hash while in cache. Every slot is filled: `hash_of` never sees a `None`.
+        let mut next = vec![0usize; SHARDS];
+        for (hash, _, _) in &hashed {
+            next[shard_of(*hash)] += 1;
+        }
+        let mut start = 0;
+        for slot in next.iter_mut() {
+            (*slot, start) = (start, start + *slot);
+        }
+        let mut placed: Vec<Option<(u64, K, I)>> = (0..hashed.len()).map(|_| None).collect();
+        for entry in hashed {
+            let slot = &mut next[shard_of(entry.0)];
+            placed[*slot] = Some(entry);
+            *slot += 1;
+        }
+        let hash_of = |e: &Option<(u64, K, I)>| e.as_ref().map_or(0, |e| e.0);
+        let same_shard = |a: &_, b: &_| shard_of(hash_of(a)) == shard_of(hash_of(b));
+        for run in placed.chunk_by_mut(same_shard) {
+            run.sort_unstable_by_key(hash_of);
+        }
         // One table allocation per shard, for its distinct keys (keys that differ with the
         // same hash are counted once: the table then grows for them, correctly).
         let hasher = &self.hasher;
-        for run in hashed.chunk_by(|a, b| shard_of(a.0) == shard_of(b.0)) {
-            let keys = run.chunk_by(|a, b| a.0 == b.0).count();
-            Arc::make_mut(&mut self.shards[shard_of(run[0].0)])
+        for run in placed.chunk_by(same_shard) {
+            let keys = run.chunk_by(|a, b| hash_of(a) == hash_of(b)).count();
+            Arc::make_mut(&mut self.shards[shard_of(hash_of(&run[0]))])
                 .reserve(keys, |(k, _)| hasher.hash_one(k));
         }
         // Runs of one hash, split by key (several only on a 64-bit hash collision).
         let mut run: Vec<(K, I)> = Vec::new();
         let mut items: Vec<I> = Vec::new();
-        let mut rest = hashed.into_iter().peekable();
+        let mut rest = placed.into_iter().flatten().peekable();
         while let Some((hash, key, item)) = rest.next() {
             run.push((key, item));
             if rest.peek().is_some_and(|(next, _, _)| *next == hash) {

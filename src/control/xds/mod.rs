@@ -34,6 +34,7 @@ use tokio_stream::Stream;
 use crate::config::{AuthToken, Config, RootCert};
 use proto::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
 
+#[cfg(any(test, feature = "testing"))]
 pub(crate) use apply::decode_reusing;
 pub use apply::{Applied, Applier, RejectReason, Rejection};
 pub use client::{Client, Demander};
