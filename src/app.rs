@@ -476,16 +476,17 @@ fn dns_metrics(
     Arc::new(crate::dns::metrics::DnsMetrics::register(target))
 }
 
-/// Drops metric series of workloads that left the mesh, on every state change. Only the
-/// workloads the series name are looked for (none: nothing to do), so a generation costs one
-/// pass over the workloads with no set of the whole mesh built and hashed.
+/// Drops metric series of workloads that left the mesh. A generation in which no workload
+/// left and no series appeared costs nothing ([`ExpiryCheck`]); otherwise one pass over the
+/// workloads looks up only the names the series hold, with no set of the whole mesh built.
 async fn expire_metrics(mut state: Reader, telemetry: Arc<Telemetry>) {
+    let mut check = ExpiryCheck::default();
     while state.changed().await {
         let named = telemetry.metrics.series_workloads();
-        if named.is_empty() {
+        let snap = state.load_full();
+        if !check.due(&snap, &named) {
             continue;
         }
-        let snap = state.load_full();
         let mut live = hashbrown::HashSet::new();
         for w in snap.workloads() {
             for n in [&w.name, crate::ops::metrics::workload_label(w)] {
@@ -497,6 +498,32 @@ async fn expire_metrics(mut state: Reader, telemetry: Arc<Telemetry>) {
         telemetry
             .metrics
             .expire(|ns, name| live.contains(&NamedPair(ns, name)));
+        check.passed(&snap, live);
+    }
+}
+
+type NamedPairs = hashbrown::HashSet<(Arc<str>, Arc<str>)>;
+
+/// Whether a generation needs a pass over the workloads for expired series: only if a
+/// workload left since the last pass ([`state::Snapshot::departures`]), or the series name a
+/// workload that pass did not find alive (a series recorded afterwards, by a connection that
+/// outlived its workload). Otherwise every name the series hold was alive then and still is.
+#[derive(Default)]
+struct ExpiryCheck {
+    departures: Option<u64>,
+    alive: NamedPairs,
+}
+
+impl ExpiryCheck {
+    fn due(&self, snap: &state::Snapshot, named: &NamedPairs) -> bool {
+        !named.is_empty()
+            && (self.departures != Some(snap.departures()) || !named.is_subset(&self.alive))
+    }
+
+    /// After a pass over `snap`: `alive` are the named pairs it found.
+    fn passed(&mut self, snap: &state::Snapshot, alive: NamedPairs) {
+        self.departures = Some(snap.departures());
+        self.alive = alive;
     }
 }
 

@@ -247,3 +247,64 @@ async fn every_family_a_component_counts_is_exported() {
         assert!(counted, "{family} registered but never counted\n{scrape}");
     }
 }
+
+/// Metric series expiry passes over the workloads only after a workload left the mesh, or
+/// when a series names a workload the last pass did not find alive; not for a generation that
+/// only adds or updates workloads.
+#[test]
+fn metric_expiry_passes_over_the_mesh_only_when_a_workload_left_or_a_series_is_new() {
+    use crate::testkit::fixtures::{pod, workload};
+    let (writer, _reader) = state::new();
+    let mut b = writer.builder();
+    b.insert_workload(pod("ns", "a", "sa", [10, 0, 0, 1]));
+    b.insert_workload(pod("ns", "b", "sa", [10, 0, 0, 2]));
+    let snap = writer.publish(b);
+    let pairs = |names: &[&str]| -> NamedPairs {
+        names
+            .iter()
+            .map(|n| (Arc::<str>::from("ns"), Arc::<str>::from(*n)))
+            .collect()
+    };
+    let mut check = ExpiryCheck::default();
+    assert!(
+        !check.due(&snap, &pairs(&[])),
+        "no series, nothing to expire"
+    );
+    assert!(check.due(&snap, &pairs(&["a", "b"])), "the first pass");
+    check.passed(&snap, pairs(&["a", "b"]));
+    assert!(!check.due(&snap, &pairs(&["a", "b"])));
+    assert!(!check.due(&snap, &pairs(&["a"])), "fewer series");
+
+    // A workload added, one updated under the same names: nobody left.
+    let mut b = writer.builder();
+    b.insert_workload(pod("ns", "c", "sa", [10, 0, 0, 3]));
+    b.insert_workload(pod("ns", "a", "other-sa", [10, 0, 0, 9]));
+    let snap = writer.publish(b);
+    assert!(!check.due(&snap, &pairs(&["a", "b"])));
+    // A series naming c, recorded after the pass.
+    assert!(check.due(&snap, &pairs(&["a", "b", "c"])));
+    check.passed(&snap, pairs(&["a", "b", "c"]));
+
+    // a renamed (same uid, another workload name): a left.
+    let mut b = writer.builder();
+    let mut renamed = workload("ns", "a").ip([10, 0, 0, 9]).build();
+    renamed.workload_name = "a-deploy".into();
+    b.insert_workload(renamed);
+    let snap = writer.publish(b);
+    assert!(check.due(&snap, &pairs(&["a", "b", "c"])));
+    check.passed(&snap, pairs(&["a", "b", "c"]));
+
+    // b removed.
+    let mut b = writer.builder();
+    assert!(b.remove_address("Kubernetes//Pod/ns/b"));
+    let snap = writer.publish(b);
+    assert!(check.due(&snap, &pairs(&["a", "b", "c"])));
+    check.passed(&snap, pairs(&["a", "c"]));
+    assert!(!check.due(&snap, &pairs(&["a", "c"])));
+
+    // Everything cleared (a reload of the whole mesh).
+    let mut b = writer.builder();
+    b.clear();
+    let snap = writer.publish(b);
+    assert!(check.due(&snap, &pairs(&["a", "c"])));
+}

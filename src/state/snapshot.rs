@@ -36,6 +36,8 @@ pub struct Snapshot {
     /// what follows the local workloads reads them without a pass over the mesh.
     local_node: Option<Strng>,
     local: Option<List<Workload>>,
+    /// Counts the workloads that left (removed, or replaced under another name).
+    departures: u64,
 }
 
 /// The policies and their scope indexes (few: rebuilt whole when one changes).
@@ -140,6 +142,14 @@ impl Snapshot {
     /// Monotonic generation number (0 = nothing received yet).
     pub fn generation(&self) -> u64 {
         self.generation
+    }
+
+    /// A count that moves whenever a workload leaves the mesh: removed, or replaced by one
+    /// with another namespace, name or workload name. What keeps something per workload name
+    /// (metric series) need only look for the names that left when it moved, not on every
+    /// generation.
+    pub fn departures(&self) -> u64 {
+        self.departures
     }
 
     /// The workload owning `ip` on `network`. Host-network workloads are never returned.
@@ -306,7 +316,9 @@ impl SnapshotBuilder {
 
     /// Removes every resource.
     pub fn clear(&mut self) {
+        let departures = self.next.departures + 1;
         self.next = Snapshot::for_node(self.next.local_node.as_deref());
+        self.next.departures = departures;
         self.policies_changed = true;
         self.bulk = None;
     }
@@ -366,6 +378,11 @@ impl SnapshotBuilder {
             old => old.cloned(),
         };
         if let Some(old) = old {
+            if (&old.namespace, &old.name, &old.workload_name)
+                != (&w.namespace, &w.name, &w.workload_name)
+            {
+                self.next.departures += 1;
+            }
             self.unindex_workload(&old);
         }
         let w = Arc::new(w);
@@ -437,6 +454,7 @@ impl SnapshotBuilder {
     /// whether anything was removed.
     pub fn remove_address(&mut self, name: &str) -> bool {
         if let Some(w) = self.next.workloads.remove(name) {
+            self.next.departures += 1;
             self.unindex_workload(&w);
             return true;
         }
