@@ -18,7 +18,7 @@ use self::server::{
     WAIT,
 };
 use super::proto::istio::workload as wl;
-use super::proto::DeltaDiscoveryRequest;
+use super::proto::{DeltaDiscoveryRequest, Resource};
 use super::transport::{OpenFuture, RequestStream, Transport};
 use super::*;
 use crate::config::{MapEnv, RootCert};
@@ -575,4 +575,62 @@ async fn reconnect_backoff_doubles_with_jitter_up_to_fifteen_seconds() {
         metrics.terminations_total(TerminationReason::ConnectionError) as usize,
         times.len()
     );
+}
+
+/// A response spanning many DATA frames, its resources decoded while the rest arrives: a bad
+/// resource, one of another type and one with no payload among thousands are NACKed by name
+/// exactly as in a small response, and the rest applies in one generation.
+#[tokio::test]
+async fn a_response_of_many_frames_applies_and_nacks_as_a_small_one_does() {
+    let mut ads = TestAds::start(&["127.0.0.1"]).await;
+    let c = start(client_config(&ads, &[]));
+    let mut conn = ads.accept().await;
+    initial(&mut conn).await;
+
+    const N: usize = 3_000;
+    let mut resources: Vec<Resource> = (0..N)
+        .map(|i| {
+            let ip = [10, 1, (i >> 8) as u8, i as u8];
+            workload(&format!("w-{i}"), ip, "v1")
+        })
+        .collect();
+    let mut short_ip = workload_proto("bad-ip", [10, 0, 0, 2]);
+    short_ip.addresses = vec![vec![10, 0, 0]];
+    resources.insert(
+        1_000,
+        address_resource("bad-ip", "v1", wl::address::Type::Workload(short_ip)),
+    );
+    resources.insert(2_000, policy("a-policy", vec![10, 0, 0, 0], 8, "v1"));
+    resources.insert(
+        2_500,
+        Resource {
+            name: "empty".into(),
+            version: "v1".into(),
+            ..Default::default()
+        },
+    );
+    let generation = c.reader.load().generation();
+    let sent = response(ADDRESS_TYPE, "1", resources, &[]);
+    let size = prost::Message::encoded_len(&sent);
+    assert!(size > 8 * 16_384, "{size} bytes");
+    conn.send(sent);
+    let nack = conn.recv().await;
+    assert_eq!(nack.response_nonce, "1");
+    let msg = nack.error_detail.expect("NACK").message;
+    let parts: Vec<&str> = msg.split("; ").collect();
+    assert_eq!(parts.len(), 3, "{msg}");
+    assert!(
+        parts[0].starts_with("bad-ip: addresses[0]: is 3 bytes long"),
+        "{msg}"
+    );
+    assert_eq!(
+        parts[1],
+        format!("default/a-policy: payload type {AUTHORIZATION_TYPE:?} does not match the response type")
+    );
+    assert_eq!(parts[2], "empty: resource has no payload");
+    let snap = c.reader.load_full();
+    assert_eq!(snap.workload_count(), N);
+    assert_eq!(snap.generation(), generation + 1, "one generation");
+    assert!(snap.policy("default/a-policy").is_none());
+    assert_eq!(c.metrics.rejected_resources_total(), 3);
 }
