@@ -307,4 +307,16 @@ fn metric_expiry_passes_over_the_mesh_only_when_a_workload_left_or_a_series_is_n
     b.clear();
     let snap = writer.publish(b);
     assert!(check.due(&snap, &pairs(&["a", "c"])));
+    check.passed(&snap, pairs(&[]));
+
+    // A builder not started from the current state (it holds none of its workloads).
+    let mut b = writer.builder();
+    b.insert_workload(pod("ns", "a", "sa", [10, 0, 0, 1]));
+    let snap = writer.publish(b);
+    assert!(check.due(&snap, &pairs(&["a"])), "a series naming a");
+    check.passed(&snap, pairs(&["a"]));
+    let before = snap.departures();
+    let snap = writer.publish(state::SnapshotBuilder::default());
+    assert!(snap.departures() > before);
+    assert!(check.due(&snap, &pairs(&["a"])));
 }

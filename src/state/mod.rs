@@ -133,9 +133,10 @@ pub struct Writer {
 
 impl Writer {
     /// Publishes a new generation built by `builder`.
-    pub fn publish(&self, builder: SnapshotBuilder) -> Arc<Snapshot> {
+    pub fn publish(&self, mut builder: SnapshotBuilder) -> Arc<Snapshot> {
         let previous = self.shared.current.load();
         builder.warn_unmatchable(&previous);
+        builder.succeed(&previous);
         let generation = previous.generation() + 1;
         drop(previous);
         let snap = Arc::new(builder.build(generation));

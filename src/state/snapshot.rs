@@ -316,9 +316,9 @@ impl SnapshotBuilder {
 
     /// Removes every resource.
     pub fn clear(&mut self) {
-        let departures = self.next.departures + 1;
+        let (generation, departures) = (self.next.generation, self.next.departures + 1);
         self.next = Snapshot::for_node(self.next.local_node.as_deref());
-        self.next.departures = departures;
+        (self.next.generation, self.next.departures) = (generation, departures);
         self.policies_changed = true;
         self.bulk = None;
     }
@@ -419,6 +419,15 @@ impl SnapshotBuilder {
             .by_key
             .insert(p.key().into(), Arc::new(p));
         self.policies_changed = true;
+    }
+
+    /// Makes the departure count of the generation being built follow `previous`'s, the one it
+    /// replaces. A builder not started from `previous` (a default one, or one from an older
+    /// generation) may have left out any of its workloads: counted as a departure.
+    pub(super) fn succeed(&mut self, previous: &Snapshot) {
+        if self.next.generation != previous.generation {
+            self.next.departures = self.next.departures.max(previous.departures) + 1;
+        }
     }
 
     /// Logs, once per new or changed policy compared with `previous`, the policies with rules

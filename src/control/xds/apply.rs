@@ -301,16 +301,18 @@ impl Applier {
         }
         let translated = match kind {
             ResourceType::Address => {
-                decode_reusing(&mut self.scratch, &any.value)?;
-                // Locked for this one resource; released before the insert (which locks it).
-                let mut strings = SharedStrings::lock();
-                let translated = translate::translate_shared_address(&self.scratch, &mut strings)
-                    .map(|t| (Item::Address(t.value), t.unknown_enums));
+                let decoded = decode_reusing(&mut self.scratch, &any.value);
+                let translated = decoded.map(|()| {
+                    // Locked for this one resource; released before the insert (which locks
+                    // it).
+                    let mut strings = SharedStrings::lock();
+                    translate::translate_shared_address(&self.scratch, &mut strings)
+                });
                 if any.value.len() > SCRATCH_KEPT {
-                    // Not kept as large as an outsized resource made it.
+                    // Not kept as large as an outsized resource made it, decoded or not.
                     self.scratch = wl::Address::default();
                 }
-                translated
+                translated?.map(|t| (Item::Address(t.value), t.unknown_enums))
             }
             ResourceType::Authorization => {
                 let msg = sec::Authorization::decode(any.value.as_slice())?;
@@ -408,8 +410,11 @@ fn address_kinds(resources: &[Resource]) -> (usize, usize) {
     kinds
 }
 
-/// The largest resource whose buffers [`Applier::scratch`] keeps for the next one.
-const SCRATCH_KEPT: usize = 16 * 1024;
+/// The largest encoded resource whose buffers [`Applier::scratch`] keeps for the next one
+/// (a workload is typically a few hundred bytes). Decoded, a payload can take a few times its
+/// encoded size (an empty list element is 2 bytes on the wire and 24 in a `Vec<String>`), so
+/// what is kept stays within a small multiple of this.
+const SCRATCH_KEPT: usize = 4 * 1024;
 
 /// Decodes `bytes` into `msg` as `wl::Address::decode` would, but into the buffers of the
 /// resource `msg` held: a first push of 50 000 workloads would otherwise allocate (and free)
@@ -465,6 +470,7 @@ fn remove_key(builder: &mut SnapshotBuilder, key: &StateKey) -> bool {
 mod tests {
     use prost::Message as _;
 
+    use super::super::ADDRESS_TYPE as ADDRESS;
     use super::*;
 
     fn applier() -> (Applier, crate::state::Reader) {
@@ -611,6 +617,53 @@ mod tests {
             Resource::default(),
         ];
         assert_eq!(address_kinds(&resources), (2, 1));
+    }
+
+    /// The scratch message keeps no buffer an outsized resource grew, whether that resource
+    /// decoded or failed halfway (a megabyte uid, then a field cut short).
+    #[test]
+    fn an_outsized_resource_leaves_no_buffers_behind_decoded_or_not() {
+        let big = wl::Workload {
+            uid: "u".repeat(1 << 20),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        // `name` (field 2) announcing 5 bytes with 1 left: fails after the uid is read.
+        let broken = [big.clone(), vec![2 << 3 | 2, 5, b'x']].concat();
+        let small = wl::Workload {
+            uid: "small".into(),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let (mut applier, _reader) = applier();
+        // Each after a small workload, which leaves the scratch holding a workload to merge
+        // into.
+        for (inner, accepted) in [
+            (small.clone(), true),
+            (broken, false),
+            (small, true),
+            (big, true),
+        ] {
+            let mut value = vec![1 << 3 | 2];
+            prost::encoding::encode_varint(inner.len() as u64, &mut value);
+            value.extend(inner);
+            let applied = applier.apply(address_response(vec![Resource {
+                name: "big".into(),
+                resource: Some(prost_types::Any {
+                    type_url: ADDRESS.into(),
+                    value,
+                }),
+                ..Default::default()
+            }]));
+            assert_eq!(applied.is_ack(), accepted, "{:?}", applied.nack_message());
+            if let Some(wl::address::Type::Workload(w)) = &applier.scratch.r#type {
+                assert!(
+                    w.uid.capacity() <= SCRATCH_KEPT,
+                    "{} B kept (accepted: {accepted})",
+                    w.uid.capacity()
+                );
+            }
+        }
     }
 
     /// Each resource is decoded into the message of the one before (`decode_reusing`); the

@@ -631,6 +631,12 @@ async fn a_response_of_many_frames_applies_and_nacks_as_a_small_one_does() {
     let snap = c.reader.load_full();
     assert_eq!(snap.workload_count(), N);
     assert_eq!(snap.generation(), generation + 1, "one generation");
+    // Each decoded into the buffers of the one before: nothing carried over.
+    for i in [0, 999, 1_000, 2_999] {
+        let w = snap.workload_by_uid(&format!("w-{i}")).expect("applied");
+        let ip = IpAddr::from([10, 1, (i >> 8) as u8, i as u8]);
+        assert_eq!(w.workload_ips, [ip], "w-{i}");
+    }
     assert!(snap.policy("default/a-policy").is_none());
     assert_eq!(c.metrics.rejected_resources_total(), 3);
 }
