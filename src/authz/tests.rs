@@ -429,14 +429,8 @@ fn explain_reports_the_deciding_policy_and_the_trace() {
 /// ports. mTLS always passes.
 #[test]
 fn converted_peer_authentication_matches_a_reference_evaluator() {
-    // xorshift64*: deterministic, no dependency.
-    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-    let mut next = move || {
-        seed ^= seed >> 12;
-        seed ^= seed << 25;
-        seed ^= seed >> 27;
-        seed.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    };
+    let mut rng = crate::testkit::rng::Xorshift::new(0x9e37_79b9_7f4a_7c15);
+    let mut next = move || rng.next_u64();
     let ports: Vec<u16> = (8000..8012).collect();
     for case in 0..400 {
         let strict_workload = next() % 2 == 0;

@@ -778,17 +778,7 @@ mod tests {
     use super::super::model::{TunnelProtocol, VecMap};
     use super::*;
 
-    /// A small deterministic generator (xorshift64*).
-    struct Rng(u64);
-
-    impl Rng {
-        fn below(&mut self, n: u64) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) % n
-        }
-    }
+    use crate::testkit::rng::Xorshift as Rng;
 
     /// IPs from a small pool, so that workloads share them; now and then an IPv4-mapped
     /// IPv6 form of one, or the same IP twice.
@@ -906,7 +896,7 @@ mod tests {
     #[test]
     fn a_bulk_load_indexes_as_per_insert_updates_do() {
         for seed in 1..=20u64 {
-            let mut r = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            let mut r = Rng::new(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
             // The node's own list is kept too (the generator spreads workloads over node-0..2).
             let empty = Snapshot::for_node(Some("node-1"));
             let mut bulk = SnapshotBuilder::from_snapshot(&empty);
@@ -969,7 +959,7 @@ mod tests {
 
     #[test]
     fn a_builder_holding_entries_is_not_bulk_loaded() {
-        let mut r = Rng(7);
+        let mut r = Rng::new(7);
         let mut b = SnapshotBuilder::default();
         b.insert_workload(workload(&mut r));
         b.reserve(100_000, 20_000);

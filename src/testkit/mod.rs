@@ -14,6 +14,7 @@ pub mod hbone_server;
 pub mod istioctl;
 pub mod lab;
 pub mod mesh;
+pub mod rng;
 pub mod state_bench;
 pub mod waypoint;
 

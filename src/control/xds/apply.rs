@@ -768,13 +768,8 @@ mod tests {
             check(bytes, &format!("case {i}"));
         }
         // Mutated copies (a byte changed, or cut), each after one of the valid messages.
-        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
-        let mut next = move || {
-            state ^= state >> 12;
-            state ^= state << 25;
-            state ^= state >> 27;
-            state.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        };
+        let mut rng = crate::testkit::rng::Xorshift::new(0x9e37_79b9_7f4a_7c15);
+        let mut next = move || rng.next_u64();
         let valid = [&big_b, &small_b, &service_b];
         for round in 0..3000 {
             let before = valid[(next() % 3) as usize];

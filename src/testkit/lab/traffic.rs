@@ -18,6 +18,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::netns::{Netns, NetnsTask};
+use crate::testkit::rng::Xorshift;
 
 /// Deadline of the synchronous client helpers on [`Netns`].
 pub const TRAFFIC_DEADLINE: Duration = Duration::from_secs(60);
@@ -312,10 +313,10 @@ async fn serve(listener: TcpListener, kind: ServerKind, peers: Arc<Mutex<Vec<Soc
     }
 }
 
-/// A deterministic pseudo-random byte stream (xorshift64*), produced 8 bytes at a time so
+/// A deterministic pseudo-random byte stream ([`Xorshift`]), produced 8 bytes at a time so
 /// that generating it is cheap even in unoptimised test builds.
 struct Pattern {
-    state: u64,
+    rng: Xorshift,
     word: [u8; 8],
     used: usize,
 }
@@ -323,7 +324,7 @@ struct Pattern {
 impl Pattern {
     fn new(seed: u64) -> Pattern {
         Pattern {
-            state: seed | 1,
+            rng: Xorshift::new(seed | 1),
             word: [0; 8],
             used: 8,
         }
@@ -334,10 +335,7 @@ impl Pattern {
         let mut at = 0;
         while at < out.len() {
             if self.used == 8 {
-                self.state ^= self.state >> 12;
-                self.state ^= self.state << 25;
-                self.state ^= self.state >> 27;
-                self.word = self.state.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes();
+                self.word = self.rng.next_u64().to_le_bytes();
                 self.used = 0;
             }
             let n = (8 - self.used).min(out.len() - at);
