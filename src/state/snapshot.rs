@@ -550,34 +550,20 @@ impl SnapshotBuilder {
             if !live(Arc::as_ptr(&w) as usize) {
                 continue;
             }
-            if w.network_mode != NetworkMode::HostNetwork {
-                for ip in &w.workload_ips {
-                    let key = NetworkAddress {
-                        network: w.network.clone(),
-                        address: canonical_ip(*ip),
-                    };
-                    by_ip.push((key, w.clone()));
-                }
-            }
+            by_ip.extend(ip_keys(&w).map(|key| (key, w.clone())));
             for key in w.services.keys() {
                 endpoints.push((key.clone(), w.clone()));
             }
             if self.next.is_local(&w) {
                 local.push(w.clone());
             }
-            pods.push(((w.namespace.clone(), w.name.clone()), w));
+            pods.push((pod_key(&w), w));
         }
         for s in services {
             if !live(Arc::as_ptr(&s) as usize) {
                 continue;
             }
-            for vip in &s.vips {
-                let key = NetworkAddress {
-                    network: vip.network.clone(),
-                    address: canonical_ip(vip.address),
-                };
-                by_vip.push((key, s.clone()));
-            }
+            by_vip.extend(vip_keys(&s).map(|key| (key, s.clone())));
         }
         let next = &mut self.next;
         next.local = (!local.is_empty()).then(|| list(&mut local, by_uid));
@@ -595,22 +581,14 @@ impl SnapshotBuilder {
             return;
         }
         let next = &mut self.next;
-        if w.network_mode != NetworkMode::HostNetwork {
-            for ip in &w.workload_ips {
-                let key = NetworkAddress {
-                    network: w.network.clone(),
-                    address: canonical_ip(*ip),
-                };
-                // Several workloads on one IP: prefer pods, then HBONE ones, then a stable
-                // order by uid so every node resolves the conflict the same way.
-                next.workloads_by_ip
-                    .update(key, |l| Some(List::with(l, w, preference)));
-            }
+        for key in ip_keys(w) {
+            // Several workloads on one IP: prefer pods, then HBONE ones, then a stable order
+            // by uid so every node resolves the conflict the same way.
+            next.workloads_by_ip
+                .update(key, |l| Some(List::with(l, w, preference)));
         }
         next.pods
-            .update((w.namespace.clone(), w.name.clone()), |l| {
-                Some(List::with(l, w, by_uid))
-            });
+            .update(pod_key(w), |l| Some(List::with(l, w, by_uid)));
         for key in w.services.keys() {
             next.endpoints
                 .update(key.clone(), |l| Some(List::with(l, w, by_uid)));
@@ -626,19 +604,10 @@ impl SnapshotBuilder {
             return;
         }
         let next = &mut self.next;
-        if w.network_mode != NetworkMode::HostNetwork {
-            for ip in &w.workload_ips {
-                let key = NetworkAddress {
-                    network: w.network.clone(),
-                    address: canonical_ip(*ip),
-                };
-                next.workloads_by_ip.update(key, |l| List::without(l, w));
-            }
+        for key in ip_keys(w) {
+            next.workloads_by_ip.update(key, |l| List::without(l, w));
         }
-        next.pods
-            .update((w.namespace.clone(), w.name.clone()), |l| {
-                List::without(l, w)
-            });
+        next.pods.update(pod_key(w), |l| List::without(l, w));
         for key in w.services.keys() {
             next.endpoints.update(key.clone(), |l| List::without(l, w));
         }
@@ -652,11 +621,7 @@ impl SnapshotBuilder {
             bulk.services.push(s.clone());
             return;
         }
-        for vip in &s.vips {
-            let key = NetworkAddress {
-                network: vip.network.clone(),
-                address: canonical_ip(vip.address),
-            };
+        for key in vip_keys(s) {
             self.next
                 .services_by_vip
                 .update(key, |l| Some(List::with(l, s, by_service_key)));
@@ -668,16 +633,37 @@ impl SnapshotBuilder {
             bulk.forget(s);
             return;
         }
-        for vip in &s.vips {
-            let key = NetworkAddress {
-                network: vip.network.clone(),
-                address: canonical_ip(vip.address),
-            };
+        for key in vip_keys(s) {
             self.next
                 .services_by_vip
                 .update(key, |l| List::without(l, s));
         }
     }
+}
+
+/// The `workloads_by_ip` keys of `w`: none for a host-network workload, which owns no IP.
+fn ip_keys(w: &Workload) -> impl Iterator<Item = NetworkAddress> + '_ {
+    let ips = match w.network_mode {
+        NetworkMode::HostNetwork => &[][..],
+        _ => &w.workload_ips[..],
+    };
+    ips.iter().map(|ip| NetworkAddress {
+        network: w.network.clone(),
+        address: canonical_ip(*ip),
+    })
+}
+
+/// The `services_by_vip` keys of `s`.
+fn vip_keys(s: &Service) -> impl Iterator<Item = NetworkAddress> + '_ {
+    s.vips.iter().map(|vip| NetworkAddress {
+        network: vip.network.clone(),
+        address: canonical_ip(vip.address),
+    })
+}
+
+/// The `pods` key of `w`: (namespace, name).
+fn pod_key(w: &Workload) -> (Strng, Strng) {
+    (w.namespace.clone(), w.name.clone())
 }
 
 fn by_uid(a: &Workload, b: &Workload) -> Ordering {
