@@ -571,20 +571,14 @@ impl RevokedSignal {
 
     /// Completes when the connection's peer is revoked; pending forever otherwise.
     pub async fn revoked(&mut self) {
-        if let Some(rx) = &mut self.0 {
-            // Boxed: only tracked connections pay for the wait's state, so the futures of
-            // connections without CRL checking stay small.
-            let fired = Box::pin(rx.wait_for(|r| *r)).await.is_ok();
-            if fired {
-                return;
-            }
-        }
-        std::future::pending().await
+        let mut wait = self.clone().into_wait();
+        std::future::poll_fn(|cx| wait.poll(cx)).await
     }
 
     /// The wait for this signal as a value a relay polls in place ([`RevokedWait::poll`]),
     /// instead of an awaited future that borrows the signal. An untracked connection's wait is
-    /// one empty word pair; a tracked one's state is boxed, as [`RevokedSignal::revoked`]'s is.
+    /// one empty word pair; only a tracked one's state is boxed, so the futures of connections
+    /// without CRL checking stay small.
     pub fn into_wait(self) -> RevokedWait {
         RevokedWait(self.0.map(|mut rx| {
             let wait: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(async move {
