@@ -181,6 +181,23 @@ async fn acks_every_response_and_syncs_after_the_first_of_both_types() {
     );
 }
 
+/// A workload `bad-ip` whose address is 3 bytes long, and the start of its NACK reason.
+fn short_ip_workload() -> Resource {
+    let mut w = workload_proto("bad-ip", [10, 0, 0, 2]);
+    w.addresses = vec![vec![10, 0, 0]];
+    address_resource("bad-ip", "v1", wl::address::Type::Workload(w))
+}
+const SHORT_IP_REASON: &str = "bad-ip: addresses[0]: is 3 bytes long";
+
+/// The NACK of the response `nonce`, whole and split into its per-resource reasons.
+async fn nack_parts(conn: &mut Conn, nonce: &str) -> (String, Vec<String>) {
+    let nack = conn.recv().await;
+    assert_eq!(nack.response_nonce, nonce);
+    let msg = nack.error_detail.expect("NACK").message;
+    let parts = msg.split("; ").map(str::to_owned).collect();
+    (msg, parts)
+}
+
 #[tokio::test]
 async fn a_bad_resource_is_nacked_by_name_and_the_rest_applies() {
     let mut ads = TestAds::start(&["127.0.0.1"]).await;
@@ -188,8 +205,6 @@ async fn a_bad_resource_is_nacked_by_name_and_the_rest_applies() {
     let mut conn = ads.accept().await;
     initial(&mut conn).await;
 
-    let mut short_ip = workload_proto("bad-ip", [10, 0, 0, 2]);
-    short_ip.addresses = vec![vec![10, 0, 0]];
     let mut legacy = workload_proto("legacy", [10, 0, 0, 3]);
     legacy.tunnel_protocol = wl::TunnelProtocol::LegacyIstioMtls as i32;
     conn.send(response(
@@ -197,21 +212,15 @@ async fn a_bad_resource_is_nacked_by_name_and_the_rest_applies() {
         "1",
         vec![
             workload("good", [10, 0, 0, 1], "v1"),
-            address_resource("bad-ip", "v1", wl::address::Type::Workload(short_ip)),
+            short_ip_workload(),
             resource(ADDRESS_TYPE, "garbage", "v1", vec![0xff, 0xff, 0xff]),
             address_resource("legacy", "v1", wl::address::Type::Workload(legacy)),
         ],
         &[],
     ));
-    let nack = conn.recv().await;
-    assert_eq!(nack.response_nonce, "1");
-    let msg = nack.error_detail.expect("NACK").message;
-    let parts: Vec<&str> = msg.split("; ").collect();
+    let (msg, parts) = nack_parts(&mut conn, "1").await;
     assert_eq!(parts.len(), 3, "{msg}");
-    assert!(
-        parts[0].starts_with("bad-ip: addresses[0]: is 3 bytes long"),
-        "{msg}"
-    );
+    assert!(parts[0].starts_with(SHORT_IP_REASON), "{msg}");
     assert!(parts[1].starts_with("garbage: decode: "), "{msg}");
     assert_eq!(
         parts[2],
@@ -594,12 +603,7 @@ async fn a_response_of_many_frames_applies_and_nacks_as_a_small_one_does() {
             workload(&format!("w-{i}"), ip, "v1")
         })
         .collect();
-    let mut short_ip = workload_proto("bad-ip", [10, 0, 0, 2]);
-    short_ip.addresses = vec![vec![10, 0, 0]];
-    resources.insert(
-        1_000,
-        address_resource("bad-ip", "v1", wl::address::Type::Workload(short_ip)),
-    );
+    resources.insert(1_000, short_ip_workload());
     resources.insert(2_000, policy("a-policy", vec![10, 0, 0, 0], 8, "v1"));
     resources.insert(
         2_500,
@@ -614,15 +618,9 @@ async fn a_response_of_many_frames_applies_and_nacks_as_a_small_one_does() {
     let size = prost::Message::encoded_len(&sent);
     assert!(size > 8 * 16_384, "{size} bytes");
     conn.send(sent);
-    let nack = conn.recv().await;
-    assert_eq!(nack.response_nonce, "1");
-    let msg = nack.error_detail.expect("NACK").message;
-    let parts: Vec<&str> = msg.split("; ").collect();
+    let (msg, parts) = nack_parts(&mut conn, "1").await;
     assert_eq!(parts.len(), 3, "{msg}");
-    assert!(
-        parts[0].starts_with("bad-ip: addresses[0]: is 3 bytes long"),
-        "{msg}"
-    );
+    assert!(parts[0].starts_with(SHORT_IP_REASON), "{msg}");
     assert_eq!(
         parts[1],
         format!("default/a-policy: payload type {AUTHORIZATION_TYPE:?} does not match the response type")
