@@ -43,7 +43,7 @@ const COMMANDS: &[Command] = &[
     },
     Command {
         name: "relay",
-        usage: "relay --listen IP:PORT --to IP:PORT   a plain TCP relay (no TLS) until killed (the bench's floor)",
+        usage: "relay --listen IP:PORT --to IP:PORT [--event-loop]   a plain TCP relay (no TLS) until killed, blocking threads or one thread's event loop (the bench's floor)",
         run: relay,
     },
     Command {
@@ -133,14 +133,28 @@ fn echo_server(args: &[String]) -> anyhow::Result<()> {
 }
 
 fn relay(args: &[String]) -> anyhow::Result<()> {
-    let (listen, to) = match args {
-        [l, listen, t, to] if l == "--listen" && t == "--to" => (
-            listen.parse().context("--listen")?,
-            to.parse().context("--to")?,
-        ),
-        _ => bail!("usage: relay --listen IP:PORT --to IP:PORT"),
+    let (listen, to, event_loop) = match args {
+        [l, listen, t, to, rest @ ..]
+            if l == "--listen" && t == "--to" && matches!(rest, [] | [_]) =>
+        {
+            let event_loop = match rest {
+                [] => false,
+                [e] if e == "--event-loop" => true,
+                _ => bail!("usage: relay --listen IP:PORT --to IP:PORT [--event-loop]"),
+            };
+            (
+                listen.parse().context("--listen")?,
+                to.parse().context("--to")?,
+                event_loop,
+            )
+        }
+        _ => bail!("usage: relay --listen IP:PORT --to IP:PORT [--event-loop]"),
     };
-    ztun::testkit::bench::relay(listen, to)
+    if event_loop {
+        ztun::testkit::bench::relay_event_loop(listen, to)
+    } else {
+        ztun::testkit::bench::relay(listen, to)
+    }
 }
 
 fn state_bench(args: &[String]) -> anyhow::Result<()> {

@@ -37,6 +37,33 @@ pub fn relay(listen: SocketAddr, to: SocketAddr) -> anyhow::Result<()> {
     }
 }
 
+/// The same relay on one thread's event loop (a current-thread tokio runtime: epoll, one task
+/// per connection copying both ways, no TLS): what an event-loop proxy pays per hop on top of
+/// the blocking relay, with nothing of a tunnel's own work.
+pub fn relay_event_loop(listen: SocketAddr, to: SocketAddr) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("bind {listen}"))?;
+        println!("relaying {listen} -> {to} (event loop)");
+        loop {
+            let (mut client, _) = listener.accept().await?;
+            tokio::spawn(async move {
+                let Ok(mut upstream) = tokio::net::TcpStream::connect(to).await else {
+                    return;
+                };
+                for s in [&client, &upstream] {
+                    let _ = s.set_nodelay(true);
+                }
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            });
+        }
+    })
+}
+
 fn pump(mut from: TcpStream, mut to: TcpStream) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {

@@ -15,7 +15,7 @@
 mod floor;
 pub mod report;
 
-pub use floor::{aes_gcm_seconds_per_gb, relay};
+pub use floor::{aes_gcm_seconds_per_gb, relay, relay_event_loop};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -39,6 +39,12 @@ const CP_PORT: u16 = 15012;
 /// The floor's relays: in y (to y's iperf3 server) and in x (to y's relay).
 const RELAY_FAR: u16 = 15109;
 const RELAY_NEAR: u16 = 15110;
+/// The floor's relays for the round-trip figure: in y (to y's echo server) and in x (to y's).
+const RELAY_FAR_ECHO: u16 = 15111;
+const RELAY_NEAR_ECHO: u16 = 15112;
+/// The same, relaying on one thread's event loop (`relay --event-loop`).
+const RELAY_FAR_LOOP: u16 = 15113;
+const RELAY_NEAR_LOOP: u16 = 15114;
 /// Plaintext encrypted and decrypted once per floor run.
 const AEAD_BYTES: u64 = 1 << 30;
 
@@ -239,6 +245,14 @@ impl Side {
             .sum()
     }
 
+    /// Both tunnels' system (kernel) CPU seconds so far.
+    fn system_seconds(&self) -> f64 {
+        self.tunnels
+            .iter()
+            .map(|p| p.cpu_times().1.as_secs_f64())
+            .sum()
+    }
+
     fn counters(&self) -> anyhow::Result<LinkCounters> {
         let out = self
             .lab
@@ -358,6 +372,9 @@ pub fn run(ztun: &Path, opts: &Options) -> anyhow::Result<Value> {
         println!("log level {level}: tunnels up; load {}", loadavg());
         loads.push(json!({ "at": format!("{level}: start"), "loadavg": loadavg() }));
         level_figures(&sides, level, opts, &mut table, &mut isolation)?;
+        if opts.wants("memory") {
+            memory_figures(&mut sides, level, opts, &mut table)?;
+        }
         loads.push(json!({ "at": format!("{level}: end"), "loadavg": loadavg() }));
         println!("log level {level}: done; load {}", loadavg());
     }
@@ -382,51 +399,44 @@ pub fn run(ztun: &Path, opts: &Options) -> anyhow::Result<Value> {
 }
 
 /// The floor: throughput and CPU per GB of two plain relays (x → relay in x → relay in y →
-/// iperf3 in y), plus AES-GCM's sealing and opening cost per GB at a full record.
+/// iperf3 in y), plus AES-GCM's sealing and opening cost per GB at a full record; and the
+/// latency two plain relays add to a round trip (x → relay in x → relay in y → y's echo
+/// server), against direct TCP to the same echo server in the same run.
 fn floor_figures(side: &Side, opts: &Options, table: &mut Table) -> anyhow::Result<()> {
     let lab = &side.lab;
     let exe = std::env::current_exe()?;
     let (x, y) = (lab.pod("x").ip(), lab.pod("y").ip());
-    let far = lab.spawn_in(
-        lab.pod("y").netns(),
-        "relay-y",
-        &exe,
-        &[
-            "relay",
-            "--listen",
-            &format!("{y}:{RELAY_FAR}"),
-            "--to",
-            &format!("{y}:5201"),
-        ],
-        &[],
-        lab.dir(),
-    )?;
-    let near = lab.spawn_in(
-        lab.pod("x").netns(),
-        "relay-x",
-        &exe,
-        &[
-            "relay",
-            "--listen",
-            &format!("{x}:{RELAY_NEAR}"),
-            "--to",
-            &format!("{y}:{RELAY_FAR}"),
-        ],
-        &[],
-        lab.dir(),
-    )?;
-    for r in [&far, &near] {
+    let relay = |pod: &str, listen: SocketAddr, to: SocketAddr, event_loop: bool| {
+        let label = format!("relay-{pod}-{}", listen.port());
+        let (listen, to) = (listen.to_string(), to.to_string());
+        let mut args = vec!["relay", "--listen", &listen, "--to", &to];
+        if event_loop {
+            args.push("--event-loop");
+        }
+        lab.spawn_in(lab.pod(pod).netns(), &label, &exe, &args, &[], lab.dir())
+    };
+    let far = SocketAddr::from((y, RELAY_FAR));
+    let far_echo = SocketAddr::from((y, RELAY_FAR_ECHO));
+    let far_loop = SocketAddr::from((y, RELAY_FAR_LOOP));
+    let relays = [
+        relay("y", far, SocketAddr::from((y, 5201)), false)?,
+        relay("x", SocketAddr::from((x, RELAY_NEAR)), far, false)?,
+        relay("y", far_echo, side.direct, false)?,
+        relay("x", SocketAddr::from((x, RELAY_NEAR_ECHO)), far_echo, false)?,
+        relay("y", far_loop, side.direct, true)?,
+        relay("x", SocketAddr::from((x, RELAY_NEAR_LOOP)), far_loop, true)?,
+    ];
+    for r in &relays {
         r.wait_for_log("relaying", WAIT)?;
     }
-    let relays = [far, near];
     let relay_cpu = || {
-        relays
+        relays[..2]
             .iter()
             .map(|p| p.cpu_time().as_secs_f64())
             .sum::<f64>()
     };
     let level = "-";
-    for _ in 0..opts.runs {
+    for i in 0..opts.runs {
         let (aead_seal, aead_open) = aes_gcm_seconds_per_gb(AEAD_BYTES)?;
         let before = relay_cpu();
         let result = side.checked(PathKind::Plain, "floor throughput", || {
@@ -453,6 +463,55 @@ fn floor_figures(side: &Side, opts: &Options, table: &mut Table) -> anyhow::Resu
             Through::Floor,
             aead_seal + aead_open,
         );
+
+        let n = opts.requests;
+        let sent = (n as u64 + WARMUP as u64) * 64;
+        // Direct, the blocking relays and the event-loop relays, in an order rotating per run.
+        let paths = [
+            (Through::Direct, side.direct, "", &relays[..0]),
+            (
+                Through::Floor,
+                SocketAddr::from((x, RELAY_NEAR_ECHO)),
+                "",
+                &relays[2..4],
+            ),
+            (
+                Through::Floor,
+                SocketAddr::from((x, RELAY_NEAR_LOOP)),
+                ", event-loop relays",
+                &relays[4..6],
+            ),
+        ];
+        for k in 0..paths.len() {
+            let (who, dst, variant, relays) = &paths[(i + k) % paths.len()];
+            let cpu = || {
+                relays
+                    .iter()
+                    .map(|p| p.cpu_time().as_secs_f64())
+                    .sum::<f64>()
+            };
+            let ((p50, p99, rps), cpu) = side.checked(PathKind::Plain, "floor latency", || {
+                let before = cpu();
+                let figures = lab.pod("x").block_on(latency(*dst, n))?;
+                Ok(((figures, (cpu() - before) / (n + WARMUP) as f64), sent))
+            })?;
+            table.add(
+                level,
+                &format!("requests/s (1 connection){variant}"),
+                *who,
+                rps,
+            );
+            table.add(level, &format!("p50 latency (µs){variant}"), *who, p50);
+            table.add(level, &format!("p99 latency (µs){variant}"), *who, p99);
+            if *who == Through::Floor {
+                table.add(
+                    level,
+                    &format!("{FIGURE_RTT_CPU}{variant}"),
+                    *who,
+                    cpu * 1e6,
+                );
+            }
+        }
     }
     Ok(())
 }
@@ -528,13 +587,17 @@ fn level_figures(
         table.add(level, "p50 latency (µs)", Through::Direct, p50);
         table.add(level, "p99 latency (µs)", Through::Direct, p99);
         for s in order(sides.len(), i).into_iter().map(|k| &sides[k]) {
-            let (p50, p99, rps) = s.checked(PathKind::Hbone, "tunnelled latency", || {
-                Ok((s.lab.pod("a").block_on(latency(s.tunnel, n))?, sent))
+            let ((p50, p99, rps), cpu) = s.checked(PathKind::Hbone, "tunnelled latency", || {
+                let before = s.cpu_seconds();
+                let figures = s.lab.pod("a").block_on(latency(s.tunnel, n))?;
+                let cpu = (s.cpu_seconds() - before) / (n + WARMUP) as f64;
+                Ok(((figures, cpu), sent))
             })?;
             let who = s.kind.through();
             table.add(level, "requests/s (1 connection)", who, rps);
             table.add(level, "p50 latency (µs)", who, p50);
             table.add(level, "p99 latency (µs)", who, p99);
+            table.add(level, FIGURE_RTT_CPU, who, cpu * 1e6);
         }
     }
     if let Some(r) = table.row(level, "p99 latency (µs)") {
@@ -554,25 +617,41 @@ fn level_figures(
         let port = CONN_RATE_PORT + u16::try_from(i).unwrap_or(0);
         let _direct_server = base.lab.pod("y").spawn_echo_server(port)?;
         let direct = SocketAddr::new(base.direct.ip(), port);
-        let d = base.checked(PathKind::Plain, "direct connection rate", || {
+        let (d, d_cpu) = base.checked(PathKind::Plain, "direct connection rate", || {
+            let machine = machine_busy_seconds()?;
             let (rate, count) =
                 base.lab
                     .pod("x")
                     .block_on(conn_rate(direct, opts.concurrency, opts.seconds))?;
-            Ok((rate, count * 64))
+            let per_conn = (machine_busy_seconds()? - machine) / count.max(1) as f64;
+            Ok(((rate, per_conn), count * 64))
         })?;
         table.add(level, &figure, Through::Direct, d);
+        table.add(level, FIGURE_CONN_MACHINE, Through::Direct, d_cpu * 1e6);
         for s in order(sides.len(), i).into_iter().map(|k| &sides[k]) {
             let _server = s.lab.pod("c").spawn_echo_server(port)?;
             let tunnel = SocketAddr::new(s.tunnel.ip(), port);
-            let t = s.checked(PathKind::Hbone, "tunnelled connection rate", || {
-                let (rate, count) =
-                    s.lab
-                        .pod("a")
-                        .block_on(conn_rate(tunnel, opts.concurrency, opts.seconds))?;
-                Ok((rate, count * 64))
-            })?;
-            table.add(level, &figure, s.kind.through(), t);
+            let (t, tunnels, machine) =
+                s.checked(PathKind::Hbone, "tunnelled connection rate", || {
+                    let (tunnels, kernel) = (s.cpu_seconds(), s.system_seconds());
+                    let machine = machine_busy_seconds()?;
+                    let (rate, count) = s.lab.pod("a").block_on(conn_rate(
+                        tunnel,
+                        opts.concurrency,
+                        opts.seconds,
+                    ))?;
+                    let n = count.max(1) as f64;
+                    let tunnels = (s.cpu_seconds() - tunnels) / n;
+                    let kernel = (s.system_seconds() - kernel) / n;
+                    let machine = (machine_busy_seconds()? - machine) / n;
+                    Ok(((rate, (tunnels, kernel), machine), count * 64))
+                })?;
+            let (tunnels, kernel) = tunnels;
+            let who = s.kind.through();
+            table.add(level, &figure, who, t);
+            table.add(level, FIGURE_CONN_TUNNELS, who, tunnels * 1e6);
+            table.add(level, FIGURE_CONN_TUNNELS_KERNEL, who, kernel * 1e6);
+            table.add(level, FIGURE_CONN_MACHINE, who, machine * 1e6);
         }
     }
 
@@ -633,19 +712,6 @@ fn level_figures(
         }
     }
 
-    // 5. Memory: per idle tunnelled connection (both tunnels together) at each level.
-    if opts.wants("memory") {
-        for s in sides {
-            for (n, per_conn) in idle_memory(s, &opts.idle_connections)? {
-                table.add(
-                    level,
-                    &format!("RSS per idle connection, both ends, {n} (B)"),
-                    s.kind.through(),
-                    per_conn,
-                );
-            }
-        }
-    }
     for r in isolation.iter().filter(|r| r["log_level"] == level) {
         println!(
             "isolation, log {level}, neighbour {}: {} p99 {:.0} µs ({:.2}x alone)",
@@ -654,6 +720,30 @@ fn level_figures(
             r["p99_us"].as_f64().unwrap_or_default(),
             r["factor"].as_f64().unwrap_or_default()
         );
+    }
+    Ok(())
+}
+
+/// Memory: per idle tunnelled connection (both tunnels together) at each level of
+/// `--idle`, from freshly started tunnels: heap the earlier figures freed and the allocator
+/// kept would otherwise absorb the first connections' growth (a full run measured 0 B per
+/// connection at 1 000 that way).
+fn memory_figures(
+    sides: &mut [Side],
+    level: &str,
+    opts: &Options,
+    table: &mut Table,
+) -> anyhow::Result<()> {
+    for s in sides.iter_mut() {
+        s.start(level)?;
+        for (n, per_conn) in idle_memory(s, &opts.idle_connections)? {
+            table.add(
+                level,
+                &format!("RSS per idle connection, both ends, {n} (B)"),
+                s.kind.through(),
+                per_conn,
+            );
+        }
     }
     Ok(())
 }
@@ -874,6 +964,25 @@ async fn conn_rate(
         total += t.await??;
     }
     Ok((total as f64 / seconds as f64, total))
+}
+
+/// CPU per 64-byte round trip of the latency figure: both tunnels, or the floor's two relays.
+const FIGURE_RTT_CPU: &str = "  CPU per round trip, both tunnels (µs)";
+/// CPU per new connection, both tunnels (user + system, softirq work done in their context
+/// included).
+const FIGURE_CONN_TUNNELS: &str = "  CPU per connection, both tunnels (µs)";
+/// The kernel's part of [`FIGURE_CONN_TUNNELS`] (the tunnels' system time).
+const FIGURE_CONN_TUNNELS_KERNEL: &str = "    of which in the kernel (µs)";
+/// CPU per new connection, the whole machine: tunnels, client, server and kernel.
+const FIGURE_CONN_MACHINE: &str = "  CPU per connection, whole machine (µs)";
+
+/// Seconds the machine's CPUs have been busy (every `/proc/stat` field but idle and iowait).
+fn machine_busy_seconds() -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let ticks = report::parse_busy_ticks(&stat).context("unreadable /proc/stat")?;
+    // /proc/stat counts in USER_HZ, which the kernel's ABI fixes at 100 on every
+    // architecture this runs on (what `sysconf(_SC_CLK_TCK)` returns).
+    Ok(ticks as f64 / 100.0)
 }
 
 /// Opens `n` connections and keeps them idle until dropped.

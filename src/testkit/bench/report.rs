@@ -108,30 +108,65 @@ impl Table {
     }
 
     /// Rows computed from the measured ones, per level: latency added over direct TCP (the
-    /// tunnel's median minus direct's) and CPU per GB as a multiple of the floor's (the floor
-    /// involves no tunnel, so one floor row serves every level).
+    /// median minus direct's, for the tunnels and for the floor's relays), the tunnels' added
+    /// latency as a multiple of the floor's, and CPU per GB as a multiple of the floor's. The
+    /// floor involves no tunnel, so its one row (level `-`) serves every level.
     pub fn derived(&self) -> Vec<Row> {
         let floor = self
             .rows
             .iter()
             .filter(|r| r.figure == FIGURE_CPU)
             .find_map(|r| r.median(Through::Floor));
+        // A variant of a figure ("p50 latency (µs), event-loop relays") is measured against
+        // the direct median of the figure itself, at the same level.
+        let direct = |r: &Row| -> Option<f64> {
+            r.median(Through::Direct).or_else(|| {
+                let (base, _variant) = r.figure.split_once(", ")?;
+                self.row(&r.level, base)?.median(Through::Direct)
+            })
+        };
+        let added_by = |r: &Row, who| -> Option<f64> { Some(r.median(who)? - direct(r)?) };
+        let floor_added = |figure: &str| -> Option<f64> {
+            self.rows
+                .iter()
+                .filter(|r| r.figure == figure)
+                .find_map(|r| added_by(r, Through::Floor))
+        };
         let mut out = Vec::new();
         for r in &self.rows {
-            let added = |who| -> Vec<f64> {
-                match (r.median(who), r.median(Through::Direct)) {
-                    (Some(t), Some(d)) => vec![t - d],
-                    _ => Vec::new(),
-                }
-            };
-            if r.figure.starts_with("p50 latency") || r.figure.starts_with("p99 latency") {
+            let is_latency =
+                r.figure.starts_with("p50 latency") || r.figure.starts_with("p99 latency");
+            if is_latency {
+                let added = |who| added_by(r, who).into_iter().collect::<Vec<_>>();
                 out.push(Row {
                     figure: r.figure.replacen("latency", "added latency", 1),
                     level: r.level.clone(),
+                    floor: added(Through::Floor),
                     ztun: added(Through::Ztun),
                     ztunnel: added(Through::Ztunnel),
                     ..Row::default()
                 });
+                if let Some(f) = floor_added(&r.figure).filter(|_| r.level != "-") {
+                    let multiple = |who| -> Vec<f64> {
+                        added_by(r, who)
+                            .and_then(|a| ratio(a, f))
+                            .into_iter()
+                            .collect()
+                    };
+                    let (ztun, ztunnel) = (multiple(Through::Ztun), multiple(Through::Ztunnel));
+                    if !ztun.is_empty() || !ztunnel.is_empty() {
+                        out.push(Row {
+                            figure: format!(
+                                "{}, multiple of the floor's",
+                                r.figure.replacen("latency (µs)", "added latency", 1)
+                            ),
+                            level: r.level.clone(),
+                            ztun,
+                            ztunnel,
+                            ..Row::default()
+                        });
+                    }
+                }
             }
             let tunnelled =
                 r.median(Through::Ztun).is_some() || r.median(Through::Ztunnel).is_some();
@@ -398,6 +433,23 @@ pub fn parse_loadavg(text: &str) -> Option<[f64; 3]> {
     Some([f.next()??, f.next()??, f.next()??])
 }
 
+/// Busy clock ticks of the whole machine from `/proc/stat`'s first (`cpu`) line: every field
+/// but idle and iowait.
+pub fn parse_busy_ticks(text: &str) -> Option<u64> {
+    let line = text.lines().next()?;
+    let mut fields = line.split_whitespace();
+    if fields.next()? != "cpu" {
+        return None;
+    }
+    let ticks: Vec<u64> = fields.map(|f| f.parse().ok()).collect::<Option<_>>()?;
+    // user nice system idle iowait irq softirq steal [guest guest_nice]; guest time is
+    // already inside user and nice.
+    let [user, nice, system, _idle, _iowait, irq, softirq, steal, ..] = ticks[..] else {
+        return None;
+    };
+    Some(user + nice + system + irq + softirq + steal)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -456,6 +508,43 @@ mod tests {
             (vec![6.0], vec![])
         );
         assert!(!derived.iter().any(|r| r.level == "-"));
+        assert!(!derived.iter().any(|r| r.figure.contains("floor's")));
+
+        // The floor's relays measured against direct TCP at level `-`: their added latency,
+        // and the tunnels' added latency at every level as a multiple of it.
+        t.add("-", "p50 latency (µs)", Through::Direct, 9.0);
+        t.add("-", "p50 latency (µs)", Through::Floor, 16.0);
+        let derived = t.derived();
+        let floor_added = derived
+            .iter()
+            .find(|r| r.figure == "p50 added latency (µs)" && r.level == "-")
+            .unwrap();
+        assert_eq!(floor_added.floor, vec![7.0]);
+        // A variant of the figure is measured against the figure's own direct median.
+        t.add(
+            "-",
+            "p50 latency (µs), event-loop relays",
+            Through::Floor,
+            20.0,
+        );
+        let derived = t.derived();
+        let variant = derived
+            .iter()
+            .find(|r| r.figure == "p50 added latency (µs), event-loop relays")
+            .unwrap();
+        assert_eq!(
+            (variant.level.as_str(), variant.floor.clone()),
+            ("-", vec![11.0])
+        );
+        let multiple = derived
+            .iter()
+            .find(|r| r.figure == "p50 added latency, multiple of the floor's")
+            .unwrap();
+        assert_eq!(multiple.level, "warn");
+        assert_eq!(
+            (multiple.ztun.clone(), multiple.ztunnel.clone()),
+            (vec![2.0], vec![34.0 / 7.0])
+        );
         let text = t.render();
         assert!(text.contains("0.56x"), "{text}");
         assert!(text.contains("p50 added latency"), "{text}");
@@ -570,6 +659,15 @@ mod tests {
         assert!(err.to_string().contains("unable to connect"), "{err}");
         assert!(parse_iperf("not json").is_err());
         assert!(parse_iperf(r#"{"end":{}}"#).is_err());
+    }
+
+    #[test]
+    fn parses_the_machine_busy_ticks() {
+        let stat = "cpu  100 5 40 900 7 3 2 1 50 0\ncpu0 50 2 20 450 3 1 1 0 25 0\n";
+        assert_eq!(parse_busy_ticks(stat), Some(100 + 5 + 40 + 3 + 2 + 1));
+        assert_eq!(parse_busy_ticks("cpu0 1 2 3 4 5 6 7 8\n"), None);
+        assert_eq!(parse_busy_ticks("cpu 1 2 3\n"), None);
+        assert_eq!(parse_busy_ticks(""), None);
     }
 
     #[test]

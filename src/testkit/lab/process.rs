@@ -102,16 +102,26 @@ impl Process {
     /// The user + system CPU time it used so far (`/proc/PID/stat` fields 14 and 15, in
     /// Linux's fixed 100 Hz `USER_HZ` ticks; zero once it is gone).
     pub fn cpu_time(&self) -> std::time::Duration {
+        let (user, system) = self.cpu_times();
+        user + system
+    }
+
+    /// The user and the system CPU time it used so far, apart (see [`cpu_time`](Self::cpu_time)).
+    pub fn cpu_times(&self) -> (std::time::Duration, std::time::Duration) {
         let ticks = std::fs::read_to_string(format!("/proc/{}/stat", self.pid))
             .ok()
             .and_then(|s| {
                 // The command name (field 2) may hold spaces: count from after its ')'.
                 let rest = &s[s.rfind(')')? + 1..];
                 let f: Vec<&str> = rest.split_whitespace().collect();
-                Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+                Some((
+                    f.get(11)?.parse::<u64>().ok()?,
+                    f.get(12)?.parse::<u64>().ok()?,
+                ))
             })
-            .unwrap_or(0);
-        std::time::Duration::from_millis(ticks * 10)
+            .unwrap_or((0, 0));
+        let ms = |t: u64| std::time::Duration::from_millis(t * 10);
+        (ms(ticks.0), ms(ticks.1))
     }
 
     /// All output lines so far (stdout and stderr interleaved in arrival order).
