@@ -430,13 +430,35 @@ fn readiness_waits_for_the_cni_and_quitquitquit_exits() {
 
 #[test]
 fn sigterm_drains_open_connections_then_exits() {
-    let lab = standard_lab("sigterm_drain");
+    // ztunnel's default: two workers, on tokio's multi-thread scheduler.
+    sigterm_drain("sigterm_drain", &[], "multi-thread");
+}
+
+/// One worker runs on a current-thread runtime of its own thread: the tunnel, the drain and
+/// the exit work on it as on the multi-thread scheduler.
+#[test]
+fn one_worker_relays_drains_and_exits_on_its_own_runtime() {
+    sigterm_drain(
+        "one_worker",
+        &[("ZTUNNEL_WORKER_THREADS", "1")],
+        "current-thread",
+    );
+}
+
+/// A connection opened through both nodes' ztuns survives SIGTERM on the source node (its
+/// listeners close, new connections are refused) and ztun exits once it ends.
+fn sigterm_drain(name: &str, env: &[(&str, &str)], runtime: &str) {
+    let lab = standard_lab(name);
     let mesh = MeshFile::from_lab(&lab);
     let server = lab.pod("c").spawn_echo_server(8080).unwrap();
-    let cluster = Cluster::start_with(lab, mesh, &[("CONNECTION_TERMINATION_DEADLINE", "60s")]);
+    let mut env = env.to_vec();
+    env.push(("CONNECTION_TERMINATION_DEADLINE", "60s"));
+    let cluster = Cluster::start_with(lab, mesh, &env);
     let lab = &cluster.lab;
     let dst = SocketAddr::from((lab.pod("c").ip(), server.port()));
     let n1 = cluster.ztun("n1");
+    let started = n1.wait_for_log("data plane runtime started", WAIT).unwrap();
+    assert!(started.contains(runtime), "{started}");
     let (started_tx, started_rx) = std::sync::mpsc::channel();
     let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
     // A long-lived connection: one exchange, then wait, then another exchange after SIGTERM.
