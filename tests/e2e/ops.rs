@@ -431,7 +431,7 @@ fn readiness_waits_for_the_cni_and_quitquitquit_exits() {
 #[test]
 fn sigterm_drains_open_connections_then_exits() {
     // ztunnel's default: two workers, on tokio's multi-thread scheduler.
-    sigterm_drain("sigterm_drain", &[], "multi-thread");
+    sigterm_drain("sigterm_drain", &[], ("multi-thread", 2.0));
 }
 
 /// One worker runs on a current-thread runtime of its own thread: the tunnel, the drain and
@@ -441,13 +441,14 @@ fn one_worker_relays_drains_and_exits_on_its_own_runtime() {
     sigterm_drain(
         "one_worker",
         &[("ZTUNNEL_WORKER_THREADS", "1")],
-        "current-thread",
+        ("current-thread", 1.0),
     );
 }
 
 /// A connection opened through both nodes' ztuns survives SIGTERM on the source node (its
-/// listeners close, new connections are refused) and ztun exits once it ends.
-fn sigterm_drain(name: &str, env: &[(&str, &str)], runtime: &str) {
+/// listeners close, new connections are refused) and ztun exits once it ends. `runtime` is
+/// the data runtime the startup log names and the worker count its metrics report.
+fn sigterm_drain(name: &str, env: &[(&str, &str)], runtime: (&str, f64)) {
     let lab = standard_lab(name);
     let mesh = MeshFile::from_lab(&lab);
     let server = lab.pod("c").spawn_echo_server(8080).unwrap();
@@ -458,7 +459,13 @@ fn sigterm_drain(name: &str, env: &[(&str, &str)], runtime: &str) {
     let dst = SocketAddr::from((lab.pod("c").ip(), server.port()));
     let n1 = cluster.ztun("n1");
     let started = n1.wait_for_log("data plane runtime started", WAIT).unwrap();
-    assert!(started.contains(runtime), "{started}");
+    assert!(started.contains(runtime.0), "{started}");
+    let metrics = scrape(lab.node("n1").netns());
+    assert_eq!(
+        sample(&metrics, "tokio_num_workers", &[]),
+        Some(runtime.1),
+        "{metrics}"
+    );
     let (started_tx, started_rx) = std::sync::mpsc::channel();
     let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
     // A long-lived connection: one exchange, then wait, then another exchange after SIGTERM.
