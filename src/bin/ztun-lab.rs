@@ -23,7 +23,7 @@ const COMMANDS: &[Command] = &[
     },
     Command {
         name: "bench",
-        usage: "bench [--ztun PATH] [--ztunnel PATH] [--levels warn,info] [--runs N] [--seconds S] [--requests N] [--idle N[,N...]] [--concurrency N] [--only floor,throughput,connections,isolation,memory] [--out FILE]  direct TCP, the floor, ztun and (given) ztunnel side by side",
+        usage: "bench [--ztun PATH] [--ztunnel PATH] [--levels warn,info] [--runs N] [--seconds S] [--requests N] [--idle N[,N...]] [--concurrency N] [--workers N] [--only floor,throughput,connections,isolation,memory] [--out FILE]  direct TCP, the floor, ztun and (given) ztunnel side by side",
         run: bench,
     },
     Command {
@@ -256,6 +256,10 @@ fn bench(args: &[String]) -> anyhow::Result<()> {
             }
             "--requests" => opts.requests = value()?.parse().context("--requests")?,
             "--concurrency" => opts.concurrency = value()?.parse().context("--concurrency")?,
+            "--workers" => {
+                opts.workers = value()?.parse().context("--workers")?;
+                anyhow::ensure!(opts.workers >= 1, "--workers must be at least 1");
+            }
             "--only" => opts.only = value()?.split(',').map(str::to_string).collect(),
             "--out" => out = Some(std::path::PathBuf::from(value()?)),
             other => bail!("unexpected argument {other:?}"),

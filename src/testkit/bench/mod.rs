@@ -62,6 +62,8 @@ pub struct Options {
     pub idle_connections: Vec<usize>,
     /// Concurrency of the connection-rate test.
     pub concurrency: usize,
+    /// Data-plane worker threads of every tunnel (`ZTUNNEL_WORKER_THREADS`).
+    pub workers: usize,
     /// Figures to measure (`throughput`, `connections`, `isolation`, `memory`, `floor`);
     /// empty: all. Request/response latency always runs: the isolation figure is relative
     /// to it.
@@ -86,6 +88,7 @@ impl Default for Options {
             requests: 20_000,
             idle_connections: vec![1000, 5000, 10_000],
             concurrency: 16,
+            workers: 1,
             only: Vec::new(),
             ztunnel: None,
             log_levels: vec!["warn".into(), "info".into()],
@@ -194,10 +197,11 @@ impl Side {
         })
     }
 
-    /// (Re)starts both tunnels with `RUST_LOG=level` and waits until they have their pods
-    /// and certificates (a 1 MiB echo through the tunnel).
-    fn start(&mut self, level: &str) -> anyhow::Result<()> {
+    /// (Re)starts both tunnels with `RUST_LOG=level` and `workers` data-plane threads, and
+    /// waits until they have their pods and certificates (a 1 MiB echo through the tunnel).
+    fn start(&mut self, level: &str, workers: usize) -> anyhow::Result<()> {
         self.tunnels.clear();
+        let workers = workers.to_string();
         let cp = format!("https://{}:{CP_PORT}", self.lab.node("n1").link_ip());
         let root = format!("{}/root-cert.pem", self.ca);
         for node in ["n1", "n2"] {
@@ -208,7 +212,7 @@ impl Side {
                 ("CA_ADDRESS", cp.as_str()),
                 ("CA_ROOT_CA", root.as_str()),
                 ("AUTH_TOKEN", token.as_str()),
-                ("ZTUNNEL_WORKER_THREADS", "1"),
+                ("ZTUNNEL_WORKER_THREADS", workers.as_str()),
                 ("RUST_LOG", level),
             ];
             let p = self
@@ -367,7 +371,7 @@ pub fn run(ztun: &Path, opts: &Options) -> anyhow::Result<Value> {
     let mut isolation = Vec::new();
     for level in &opts.log_levels {
         for side in &mut sides {
-            side.start(level)?;
+            side.start(level, opts.workers)?;
         }
         println!("log level {level}: tunnels up; load {}", loadavg());
         loads.push(json!({ "at": format!("{level}: start"), "loadavg": loadavg() }));
@@ -389,6 +393,7 @@ pub fn run(ztun: &Path, opts: &Options) -> anyhow::Result<Value> {
         "runs": opts.runs,
         "seconds": opts.seconds,
         "concurrency": opts.concurrency,
+        "workers": opts.workers,
         "log_levels": opts.log_levels,
         "tunnels": sides.iter().map(|s| json!({ "kind": s.kind.name(), "binary": s.bin })).collect::<Vec<_>>(),
         "table": table.to_json(),
@@ -735,7 +740,7 @@ fn memory_figures(
     table: &mut Table,
 ) -> anyhow::Result<()> {
     for s in sides.iter_mut() {
-        s.start(level)?;
+        s.start(level, opts.workers)?;
         for (n, per_conn) in idle_memory(s, &opts.idle_connections)? {
             table.add(
                 level,
