@@ -80,6 +80,16 @@ fn start(config: ClientConfig) -> Running {
     }
 }
 
+/// A client with the default configuration, connected to a new test ADS server that has
+/// read its two initial requests.
+async fn connected() -> (TestAds, Running, Conn) {
+    let mut ads = TestAds::start(&["127.0.0.1"]).await;
+    let c = start(client_config(&ads, &[]));
+    let mut conn = ads.accept().await;
+    initial(&mut conn).await;
+    (ads, c, conn)
+}
+
 /// Reads the two initial requests and checks they are Address then Authorization.
 async fn initial(conn: &mut Conn) -> (DeltaDiscoveryRequest, DeltaDiscoveryRequest) {
     let a = conn.recv().await;
@@ -125,10 +135,7 @@ async fn initial_requests_identify_the_node_and_subscribe_to_everything() {
 
 #[tokio::test]
 async fn acks_every_response_and_syncs_after_the_first_of_both_types() {
-    let mut ads = TestAds::start(&["127.0.0.1"]).await;
-    let mut c = start(client_config(&ads, &[]));
-    let mut conn = ads.accept().await;
-    initial(&mut conn).await;
+    let (_ads, mut c, mut conn) = connected().await;
     assert!(!*c.synced.borrow());
 
     let resources = vec![
@@ -200,10 +207,7 @@ async fn nack_parts(conn: &mut Conn, nonce: &str) -> (String, Vec<String>) {
 
 #[tokio::test]
 async fn a_bad_resource_is_nacked_by_name_and_the_rest_applies() {
-    let mut ads = TestAds::start(&["127.0.0.1"]).await;
-    let c = start(client_config(&ads, &[]));
-    let mut conn = ads.accept().await;
-    initial(&mut conn).await;
+    let (_ads, c, mut conn) = connected().await;
 
     let mut legacy = workload_proto("legacy", [10, 0, 0, 3]);
     legacy.tunnel_protocol = wl::TunnelProtocol::LegacyIstioMtls as i32;
@@ -262,10 +266,7 @@ async fn a_bad_resource_is_nacked_by_name_and_the_rest_applies() {
 
 #[tokio::test]
 async fn one_generation_per_response_and_removal_by_name() {
-    let mut ads = TestAds::start(&["127.0.0.1"]).await;
-    let c = start(client_config(&ads, &[]));
-    let mut conn = ads.accept().await;
-    initial(&mut conn).await;
+    let (_ads, c, mut conn) = connected().await;
     let before = c.reader.load().generation();
     let many: Vec<_> = (1..=50)
         .map(|i| workload(&format!("w{i}"), [10, 0, 1, i], "v1"))
@@ -333,10 +334,7 @@ async fn one_generation_per_response_and_removal_by_name() {
 
 #[tokio::test]
 async fn reconnects_with_accepted_versions_and_keeps_state_meanwhile() {
-    let mut ads = TestAds::start(&["127.0.0.1"]).await;
-    let c = start(client_config(&ads, &[]));
-    let mut conn = ads.accept().await;
-    initial(&mut conn).await;
+    let (mut ads, c, mut conn) = connected().await;
     let mut bad = workload_proto("bad", [10, 0, 0, 9]);
     bad.addresses = vec![vec![1]];
     conn.send(response(
@@ -428,10 +426,7 @@ async fn server_name_must_match_the_host_or_the_alt_hostname() {
 
 #[tokio::test]
 async fn unknown_types_are_acked() {
-    let mut ads = TestAds::start(&["127.0.0.1"]).await;
-    let _c = start(client_config(&ads, &[]));
-    let mut conn = ads.accept().await;
-    initial(&mut conn).await;
+    let (_ads, _c, mut conn) = connected().await;
     conn.send(response("type.googleapis.com/some.Other", "x", vec![], &[]));
     let ack = conn.recv().await;
     assert_eq!(ack.response_nonce, "x");
@@ -591,10 +586,7 @@ async fn reconnect_backoff_doubles_with_jitter_up_to_fifteen_seconds() {
 /// exactly as in a small response, and the rest applies in one generation.
 #[tokio::test]
 async fn a_response_of_many_frames_applies_and_nacks_as_a_small_one_does() {
-    let mut ads = TestAds::start(&["127.0.0.1"]).await;
-    let c = start(client_config(&ads, &[]));
-    let mut conn = ads.accept().await;
-    initial(&mut conn).await;
+    let (_ads, c, mut conn) = connected().await;
 
     const N: usize = 3_000;
     let mut resources: Vec<Resource> = (0..N)
