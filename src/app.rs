@@ -60,7 +60,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
 /// The data plane's runtime, on threads named `ztun-data`. With one worker it is a
 /// current-thread runtime driven by a thread of its own: the same single thread as tokio's
 /// multi-thread scheduler with one worker, without that scheduler's cross-worker bookkeeping
-/// (measured side by side: 0.79-0.82x the CPU per new connection, level per round trip;
+/// (measured side by side: 0.76-0.82x the CPU per new connection, level per round trip;
 /// docs/performance.md). More workers get the multi-thread scheduler.
 struct DataRuntime {
     handle: Handle,

@@ -134,22 +134,16 @@ fn echo_server(args: &[String]) -> anyhow::Result<()> {
 
 fn relay(args: &[String]) -> anyhow::Result<()> {
     let (listen, to, event_loop) = match args {
-        [l, listen, t, to, rest @ ..]
-            if l == "--listen" && t == "--to" && matches!(rest, [] | [_]) =>
-        {
-            let event_loop = match rest {
-                [] => false,
-                [e] if e == "--event-loop" => true,
-                _ => bail!("usage: relay --listen IP:PORT --to IP:PORT [--event-loop]"),
-            };
-            (
-                listen.parse().context("--listen")?,
-                to.parse().context("--to")?,
-                event_loop,
-            )
+        [l, listen, t, to] if l == "--listen" && t == "--to" => (listen, to, false),
+        [l, listen, t, to, e] if l == "--listen" && t == "--to" && e == "--event-loop" => {
+            (listen, to, true)
         }
         _ => bail!("usage: relay --listen IP:PORT --to IP:PORT [--event-loop]"),
     };
+    let (listen, to) = (
+        listen.parse().context("--listen")?,
+        to.parse().context("--to")?,
+    );
     if event_loop {
         ztun::testkit::bench::relay_event_loop(listen, to)
     } else {

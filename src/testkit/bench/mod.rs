@@ -243,10 +243,7 @@ impl Side {
     }
 
     fn cpu_seconds(&self) -> f64 {
-        self.tunnels
-            .iter()
-            .map(|p| p.cpu_time().as_secs_f64())
-            .sum()
+        cpu_seconds(&self.tunnels)
     }
 
     /// Both tunnels' system (kernel) CPU seconds so far.
@@ -434,12 +431,7 @@ fn floor_figures(side: &Side, opts: &Options, table: &mut Table) -> anyhow::Resu
     for r in &relays {
         r.wait_for_log("relaying", WAIT)?;
     }
-    let relay_cpu = || {
-        relays[..2]
-            .iter()
-            .map(|p| p.cpu_time().as_secs_f64())
-            .sum::<f64>()
-    };
+    let relay_cpu = || cpu_seconds(&relays[..2]);
     let level = "-";
     for i in 0..opts.runs {
         let (aead_seal, aead_open) = aes_gcm_seconds_per_gb(AEAD_BYTES)?;
@@ -489,12 +481,7 @@ fn floor_figures(side: &Side, opts: &Options, table: &mut Table) -> anyhow::Resu
         ];
         for k in 0..paths.len() {
             let (who, dst, variant, relays) = &paths[(i + k) % paths.len()];
-            let cpu = || {
-                relays
-                    .iter()
-                    .map(|p| p.cpu_time().as_secs_f64())
-                    .sum::<f64>()
-            };
+            let cpu = || cpu_seconds(relays);
             let ((p50, p99, rps), cpu) = side.checked(PathKind::Plain, "floor latency", || {
                 let before = cpu();
                 let figures = lab.pod("x").block_on(latency(*dst, n))?;
@@ -636,7 +623,7 @@ fn level_figures(
         for s in order(sides.len(), i).into_iter().map(|k| &sides[k]) {
             let _server = s.lab.pod("c").spawn_echo_server(port)?;
             let tunnel = SocketAddr::new(s.tunnel.ip(), port);
-            let (t, tunnels, machine) =
+            let (t, (tunnels, kernel), machine) =
                 s.checked(PathKind::Hbone, "tunnelled connection rate", || {
                     let (tunnels, kernel) = (s.cpu_seconds(), s.system_seconds());
                     let machine = machine_busy_seconds()?;
@@ -651,7 +638,6 @@ fn level_figures(
                     let machine = (machine_busy_seconds()? - machine) / n;
                     Ok(((rate, (tunnels, kernel), machine), count * 64))
                 })?;
-            let (tunnels, kernel) = tunnels;
             let who = s.kind.through();
             table.add(level, &figure, who, t);
             table.add(level, FIGURE_CONN_TUNNELS, who, tunnels * 1e6);
@@ -980,6 +966,11 @@ const FIGURE_CONN_TUNNELS: &str = "  CPU per connection, both tunnels (µs)";
 const FIGURE_CONN_TUNNELS_KERNEL: &str = "    of which in the kernel (µs)";
 /// CPU per new connection, the whole machine: tunnels, client, server and kernel.
 const FIGURE_CONN_MACHINE: &str = "  CPU per connection, whole machine (µs)";
+
+/// User + system CPU seconds of `processes` so far.
+fn cpu_seconds(processes: &[Process]) -> f64 {
+    processes.iter().map(|p| p.cpu_time().as_secs_f64()).sum()
+}
 
 /// Seconds the machine's CPUs have been busy (every `/proc/stat` field but idle and iowait).
 fn machine_busy_seconds() -> anyhow::Result<f64> {

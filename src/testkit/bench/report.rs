@@ -146,7 +146,7 @@ impl Table {
                     ztunnel: added(Through::Ztunnel),
                     ..Row::default()
                 });
-                if let Some(f) = floor_added(&r.figure).filter(|_| r.level != "-") {
+                if let Some(f) = floor_added(&r.figure) {
                     let multiple = |who| -> Vec<f64> {
                         added_by(r, who)
                             .and_then(|a| ratio(a, f))
