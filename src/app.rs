@@ -2,8 +2,8 @@
 //! order, and runs the shutdown sequence.
 //!
 //! Runtimes: the calling thread runs a current-thread *control* runtime (CNI, configuration,
-//! certificates, signals); a separate multi-thread *data* runtime runs listeners and
-//! connections. They share only `state` (snapshots) and the certificate source.
+//! certificates, signals); the data plane's workers (`workers`: a thread and a current-thread
+//! runtime each) run listeners and connections. They share only `state` (snapshots) and the certificate source.
 //!
 //! Shutdown: SIGTERM/SIGINT → every listener stops accepting and HBONE connections send
 //! GOAWAY → connections finish until the termination deadline → the rest are closed → exit 0.
@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use prometheus_client::registry::Registry;
-use tokio::runtime::Handle;
 
 use crate::config::{Config, LocalXds, ProxyMode, Requirement};
 use crate::control::ca::{CaClient, CaClientConfig, CertStore, Issuer, LocalCa, StoreConfig};
@@ -30,6 +29,7 @@ use crate::state::{self, Reader, Writer};
 use crate::sys::Netns;
 use crate::tasks::{Exit, Tasks};
 use crate::tls::{CertSource, Revocation};
+use crate::workers::Workers;
 
 /// Runs ztun until it is told to stop.
 pub fn run(config: Config) -> anyhow::Result<()> {
@@ -42,95 +42,22 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     raise_fd_limit();
     crate::sys::alloc::retain_freed_heap();
     let config = Arc::new(config);
-    let data = DataRuntime::start(config.worker_threads)?;
+    let (data, threads) = crate::workers::start(config.worker_threads)?;
     tracing::info!(
-        workers = config.worker_threads.max(1),
-        runtime = data.flavor(),
+        workers = data.handles().len(),
+        runtime = "current-thread per worker",
         "data plane runtime started"
     );
     let control = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("building the control runtime")?;
-    let res = control.block_on(run_control(config, data.handle.clone(), log));
-    data.shutdown(Duration::from_secs(1));
+    let res = control.block_on(run_control(config, data, log));
+    threads.shutdown(Duration::from_secs(1));
     res
 }
 
-/// The data plane's runtime, on threads named `ztun-data`. With one worker it is a
-/// current-thread runtime driven by a thread of its own: the same single thread as tokio's
-/// multi-thread scheduler with one worker, without that scheduler's cross-worker bookkeeping
-/// (measured side by side: 0.76-0.82x the CPU per new connection, level per round trip;
-/// docs/performance.md). More workers get the multi-thread scheduler.
-struct DataRuntime {
-    handle: Handle,
-    kind: DataRuntimeKind,
-}
-
-enum DataRuntimeKind {
-    /// The one worker's thread, blocked on its runtime until `stop` fires.
-    Single {
-        stop: tokio::sync::oneshot::Sender<Duration>,
-        thread: std::thread::JoinHandle<()>,
-    },
-    Multi(tokio::runtime::Runtime),
-}
-
-impl DataRuntime {
-    fn start(workers: usize) -> anyhow::Result<DataRuntime> {
-        if workers > 1 {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(workers)
-                .thread_name("ztun-data")
-                .enable_all()
-                .build()
-                .context("building the data-plane runtime")?;
-            return Ok(DataRuntime {
-                handle: rt.handle().clone(),
-                kind: DataRuntimeKind::Multi(rt),
-            });
-        }
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .thread_name("ztun-data")
-            .enable_all()
-            .build()
-            .context("building the data-plane runtime")?;
-        let handle = rt.handle().clone();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<Duration>();
-        let thread = std::thread::Builder::new()
-            .name("ztun-data".into())
-            .spawn(move || {
-                // Tasks spawned through the handle run while this thread drives the runtime.
-                let grace = rt.block_on(stopped).unwrap_or(Duration::ZERO);
-                rt.shutdown_timeout(grace);
-            })
-            .context("starting the data-plane thread")?;
-        Ok(DataRuntime {
-            handle,
-            kind: DataRuntimeKind::Single { stop, thread },
-        })
-    }
-
-    /// Stops the runtime, giving its tasks up to `grace` to finish being dropped.
-    fn shutdown(self, grace: Duration) {
-        match self.kind {
-            DataRuntimeKind::Multi(rt) => rt.shutdown_timeout(grace),
-            DataRuntimeKind::Single { stop, thread } => {
-                let _ = stop.send(grace);
-                let _ = thread.join();
-            }
-        }
-    }
-
-    fn flavor(&self) -> &'static str {
-        match self.kind {
-            DataRuntimeKind::Multi(_) => "multi-thread",
-            DataRuntimeKind::Single { .. } => "current-thread",
-        }
-    }
-}
-
-async fn run_control(config: Arc<Config>, data: Handle, log: LogHandle) -> anyhow::Result<()> {
+async fn run_control(config: Arc<Config>, data: Workers, log: LogHandle) -> anyhow::Result<()> {
     tracing::info!(version = crate::VERSION, mode = ?config.proxy_mode, workers = config.worker_threads, "ztun starting");
     let istio_version = config
         .proxy_metadata
@@ -691,7 +618,7 @@ fn host_resolver(config: &Config) -> Arc<dyn ResolveHost> {
 struct PodProxies {
     inputs: ProxyInputs,
     dns_metrics: Arc<crate::dns::metrics::DnsMetrics>,
-    data: Handle,
+    data: Workers,
     process: Arc<drain::Trigger>,
 }
 
@@ -725,7 +652,7 @@ fn start_pod(
     sockets: crate::sockets::Sockets,
     inputs: &ProxyInputs,
     dns_metrics: &Arc<crate::dns::metrics::DnsMetrics>,
-    data: &Handle,
+    data: &Workers,
     process: &drain::Trigger,
 ) -> std::io::Result<crate::dataplane::ProxyHandle> {
     let dns = crate::dns::PodDns {
@@ -737,9 +664,9 @@ fn start_pod(
         sockets: sockets.clone(),
         metrics: dns_metrics.clone(),
     };
-    Proxy::new(pod, sockets, inputs).start(data, process, |drains| {
+    Proxy::new(pod, sockets, inputs).start(data, process, |drains, home| {
         if inputs.cfg.proxy.dns_capture {
-            crate::dns::start(dns, data, drains)?;
+            crate::dns::start(dns, home, drains)?;
         }
         Ok(())
     })

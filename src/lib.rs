@@ -31,6 +31,7 @@ pub mod tasks;
 #[cfg(any(test, feature = "testing"))]
 pub mod testkit;
 pub mod tls;
+pub mod workers;
 
 /// Version of this build.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

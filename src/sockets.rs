@@ -72,6 +72,12 @@ impl Sockets {
         Sockets::new(None, None, false, keepalive, Duration::from_secs(5))
     }
 
+    /// Whether listeners join an SO_REUSEPORT group (`INPOD_PORT_REUSE`): then several
+    /// may listen on one port.
+    pub fn reuses_ports(&self) -> bool {
+        self.reuse_port
+    }
+
     fn in_ns<R>(&self, f: impl FnOnce() -> io::Result<R>) -> io::Result<R> {
         match &self.netns {
             Some(ns) => ns.run(f)?,

@@ -12,6 +12,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("drain", 0),
     ("sys", 0),
     ("tasks", 0),
+    ("workers", 0),
     ("config", 1),
     ("cli", 1),
     ("state", 2),

@@ -97,7 +97,7 @@ async fn every_family_a_component_counts_is_exported() {
     let exports = crate::ops::metrics::Exports::default();
     let telemetry = Arc::new(Telemetry::new(&mut registry, "test", exports));
     let dns = crate::dns::metrics::DnsMetrics::register(&mut registry);
-    crate::ops::metrics::register_process(&mut registry, Some(Handle::current()));
+    crate::ops::metrics::register_process(&mut registry, Some(crate::workers::Workers::current()));
     let (_writer, reader) = state::new();
     crate::authz::metrics::register_metrics(
         &mut registry,
@@ -209,6 +209,7 @@ async fn every_family_a_component_counts_is_exported() {
         "tokio_worker_total_busy_duration_seconds",
         "tokio_worker_park_count",
         "tokio_worker_park_unpark_count",
+        "ztun_worker_alive_tasks",
         "ztun_authorization_policies_with_unmatchable_rules",
         "istio_xds_connection_terminations",
         "istio_xds_message",

@@ -19,19 +19,25 @@ use crate::drain::{self, DrainMode};
 use crate::ops::metrics::{Reporter, SocketOpen};
 use crate::ops::Telemetry;
 use crate::sockets::Transparency;
+use crate::workers::Workers;
 
 impl Proxy {
     /// Binds the pod's listeners (on the calling thread, in the pod's namespace) and starts
-    /// serving them on `data`. Dropping the returned handle stops the listeners and closes the
-    /// pod's connections. `process` is the process-wide drain: its signal reaches every
-    /// listener and connection, and its `closed()` waits for all of them. `also` starts what
-    /// else serves the pod under the same drain (its DNS proxy, from the composition root),
-    /// once the proxy's own listeners are bound; its error fails the start.
+    /// serving them on the `data` workers. Dropping the returned handle stops the listeners
+    /// and closes the pod's connections. `process` is the process-wide drain: its signal
+    /// reaches every listener and connection, and its `closed()` waits for all of them.
+    /// `also` starts what else serves the pod under the same drain (its DNS proxy, from the
+    /// composition root) on the worker it is given, once the proxy's own listeners are bound;
+    /// its error fails the start.
+    ///
+    /// Each port gets a listener per worker, in one SO_REUSEPORT group, so the kernel
+    /// spreads the pod's connections over the workers (`crate::workers`). Without port reuse
+    /// (`INPOD_PORT_REUSE=false`) a port takes one listener: the pod is served by one worker.
     pub fn start(
         self: &Arc<Self>,
-        data: &Handle,
+        data: &Workers,
         process: &drain::Trigger,
-        also: impl FnOnce(&Drains) -> io::Result<()>,
+        also: impl FnOnce(&Drains, &Handle) -> io::Result<()>,
     ) -> io::Result<ProxyHandle> {
         let any = if self.cfg.proxy.ipv6_enabled {
             IpAddr::V6(Ipv6Addr::UNSPECIFIED)
@@ -43,9 +49,25 @@ impl Proxy {
         if self.cfg.inpod.port_reuse {
             self.sockets.enable_listener_migration();
         }
-        let listen = |port| {
-            self.sockets
-                .capture_listener(SocketAddr::new(any, port), transparency)
+        let home = data.home();
+        let workers = if self.sockets.reuses_ports() {
+            data.handles()
+        } else {
+            std::slice::from_ref(home)
+        };
+        // Every listener of a port is bound before any is served; the first of each port
+        // says whether the kernel let it be transparent (the others ask the same).
+        let listen = |port| -> io::Result<(Vec<std::net::TcpListener>, bool)> {
+            let mut bound = Vec::with_capacity(workers.len());
+            let mut transparent = true;
+            for _ in workers {
+                let (l, t) = self
+                    .sockets
+                    .capture_listener(SocketAddr::new(any, port), transparency)?;
+                transparent &= t;
+                bound.push(l);
+            }
+            Ok((bound, transparent))
         };
         let (outbound, _) = listen(p.outbound_port)?;
         let (plaintext, plaintext_transparent) = listen(p.inbound_plaintext_port)?;
@@ -58,25 +80,27 @@ impl Proxy {
             .store(original_source, Ordering::Relaxed);
         let (trigger, pod) = drain::channel();
         let (drains, feed) = drain::merge(pod, process.watch());
-        data.spawn(feed);
-        also(&drains)?;
-        // The pod's connection budget, shared by its three listeners.
+        home.spawn(feed);
+        also(&drains, home)?;
+        // The pod's connection budget, shared by its listeners on every worker.
         let budget = Arc::new(ConnSlots::new(self.cfg.proxy.max_connections_per_pod));
         let serving = Serving {
             proxy: self,
-            data,
             drains: &drains,
             budget: &budget,
         };
-        serving.spawn(outbound, "outbound", super::outbound::serve);
-        serving.spawn(plaintext, "inbound", super::passthrough::serve);
-        serving.spawn(hbone, "inbound", super::inbound::serve);
+        let ports = outbound.into_iter().zip(plaintext).zip(hbone);
+        for (worker, ((outbound, plaintext), hbone)) in workers.iter().zip(ports) {
+            serving.spawn(worker, outbound, "outbound", super::outbound::serve);
+            serving.spawn(worker, plaintext, "inbound", super::passthrough::serve);
+            serving.spawn(worker, hbone, "inbound", super::inbound::serve);
+        }
         // Late enforcement: closes open inbound connections a policy change denies. It stops
         // when draining starts (it must not hold the drain open); connections still finishing
         // then are bounded by the termination deadline.
         let enforce = self.connections.clone().enforce(self.state.clone());
         let mut d = drains;
-        data.spawn(async move {
+        home.spawn(async move {
             tokio::select! {
                 _ = enforce => {}
                 _ = d.signaled() => {}
@@ -86,27 +110,31 @@ impl Proxy {
     }
 }
 
-/// What a pod's three listeners share while they are started: each is served on `data`
+/// What a pod's listeners share while they are started: each is served on its worker
 /// under the pod's drain and connection budget, reporting to the proxy's telemetry.
 struct Serving<'a> {
     proxy: &'a Arc<Proxy>,
-    data: &'a Handle,
     drains: &'a Drains,
     budget: &'a Arc<ConnSlots>,
 }
 
 impl Serving<'_> {
-    /// Serves `listener`, each accepted connection by `handle` (`direction` labels its
-    /// refusals over the budget).
-    fn spawn<H, Fut>(&self, listener: std::net::TcpListener, direction: &'static str, handle: H)
-    where
+    /// Serves `listener` on `worker`, each accepted connection by `handle` (`direction`
+    /// labels its refusals over the budget).
+    fn spawn<H, Fut>(
+        &self,
+        worker: &Handle,
+        listener: std::net::TcpListener,
+        direction: &'static str,
+        handle: H,
+    ) where
         H: Fn(Arc<Proxy>, TcpStream, SocketAddr, Drains) -> Fut + Copy + Send + Sync + 'static,
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
         let proxy = self.proxy.clone();
         let slots = (self.budget.clone(), direction);
         let telemetry = self.proxy.telemetry.clone();
-        self.data.spawn(serve(
+        worker.spawn(serve(
             listener,
             self.drains.clone(),
             slots,

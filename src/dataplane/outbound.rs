@@ -302,7 +302,7 @@ async fn prepare(
                     Some(&service.hostname),
                     &src,
                 )?;
-                let mut outer = proxy.pool.checkout(&key, &cert).await?;
+                let mut outer = proxy.pool().checkout(&key, &cert).await?;
                 let (response, send) = outer
                     .sender()
                     .send_request(connect.request(None)?, false)
@@ -371,7 +371,7 @@ async fn prepare(
                     dst: hbone_dst,
                     src_ip,
                 };
-                let mut checkout = proxy.pool.checkout(&key, &cert).await?;
+                let mut checkout = proxy.pool().checkout(&key, &cert).await?;
                 // The pool only hands out connections whose peer proved one of the identities.
                 log.dst.identity = workload.identity();
                 let service = service.as_ref().map(|s| &*s.hostname);

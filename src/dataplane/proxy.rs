@@ -59,7 +59,9 @@ pub struct Proxy {
     pub(crate) state: Reader,
     certs: Arc<dyn CertSource>,
     pub(crate) sockets: Sockets,
-    pub(crate) pool: Pool,
+    /// One HBONE pool per data worker: a pooled connection's task and the tunnels riding it
+    /// stay on one thread (`crate::workers`).
+    pools: Box<[Pool]>,
     /// Live inbound connections, re-authorized when the mesh state changes.
     pub(crate) connections: Connections,
     /// Fetches missing addresses from the control plane (`XDS_ON_DEMAND`).
@@ -91,7 +93,9 @@ impl Proxy {
             handshake_timeout: cfg.proxy.handshake_timeout,
             h2: H2Settings::from_config(&cfg.proxy),
         };
-        let pool = Pool::new(pool_cfg, sockets.clone());
+        let pools = (0..cfg.worker_threads.max(1))
+            .map(|_| Pool::new(pool_cfg, sockets.clone()))
+            .collect();
         let connections = Connections::new(
             LocalPod {
                 namespace: pod.namespace.clone(),
@@ -107,13 +111,18 @@ impl Proxy {
             state,
             certs,
             sockets,
-            pool,
+            pools,
             connections,
             on_demand,
             resolver,
             original_source: AtomicBool::new(false),
             telemetry,
         })
+    }
+
+    /// The HBONE pool of the worker the caller runs on.
+    pub(crate) fn pool(&self) -> &Pool {
+        &self.pools[crate::workers::index() % self.pools.len()]
     }
 
     /// The source address to connect from when delivering a connection from `client` to

@@ -325,8 +325,8 @@ fn cni_lifecycle_add_is_idempotent_and_del_closes_listeners() {
     // Deleting closes the pod's listeners: its redirected traffic finds nothing on 15001.
     let ack = lab.cni("n1").del_pod(a.uid()).unwrap();
     assert!(ack.is_ok(), "{ack:?}");
-    // The pod's three listeners close right after the ack: wait for that event.
-    crate::support::wait_for_nth_log(n1, "listener closed", 3);
+    // The pod's listeners close right after the ack: wait for that event.
+    crate::support::wait_for_nth_log(n1, "listener closed", crate::support::POD_LISTENERS);
     let err = a
         .try_connect(dst)
         .expect_err("a deleted pod's traffic must not flow");
@@ -510,7 +510,11 @@ fn a_new_netns_for_the_same_uid_replaces_the_pod_proxy() {
         .ztun("n1")
         .wait_for_log("pod has a new network namespace", WAIT)
         .unwrap();
-    crate::support::wait_for_nth_log(cluster.ztun("n1"), "listener closed", 3);
+    crate::support::wait_for_nth_log(
+        cluster.ztun("n1"),
+        "listener closed",
+        crate::support::POD_LISTENERS,
+    );
     let err = lab
         .pod("b")
         .try_connect(dst)

@@ -430,25 +430,20 @@ fn readiness_waits_for_the_cni_and_quitquitquit_exits() {
 
 #[test]
 fn sigterm_drains_open_connections_then_exits() {
-    // ztunnel's default: two workers, on tokio's multi-thread scheduler.
-    sigterm_drain("sigterm_drain", &[], ("multi-thread", 2.0));
+    // ztunnel's default: two workers.
+    sigterm_drain("sigterm_drain", &[], 2);
 }
 
-/// One worker runs on a current-thread runtime of its own thread: the tunnel, the drain and
-/// the exit work on it as on the multi-thread scheduler.
+/// One worker: the tunnel, the drain and the exit work on it as on two.
 #[test]
 fn one_worker_relays_drains_and_exits_on_its_own_runtime() {
-    sigterm_drain(
-        "one_worker",
-        &[("ZTUNNEL_WORKER_THREADS", "1")],
-        ("current-thread", 1.0),
-    );
+    sigterm_drain("one_worker", &[("ZTUNNEL_WORKER_THREADS", "1")], 1);
 }
 
 /// A connection opened through both nodes' ztuns survives SIGTERM on the source node (its
-/// listeners close, new connections are refused) and ztun exits once it ends. `runtime` is
-/// the data runtime the startup log names and the worker count its metrics report.
-fn sigterm_drain(name: &str, env: &[(&str, &str)], runtime: (&str, f64)) {
+/// listeners close, new connections are refused) and ztun exits once it ends. `workers` is
+/// the worker count the startup log names and the metrics report.
+fn sigterm_drain(name: &str, env: &[(&str, &str)], workers: usize) {
     let lab = standard_lab(name);
     let mesh = MeshFile::from_lab(&lab);
     let server = lab.pod("c").spawn_echo_server(8080).unwrap();
@@ -459,13 +454,14 @@ fn sigterm_drain(name: &str, env: &[(&str, &str)], runtime: (&str, f64)) {
     let dst = SocketAddr::from((lab.pod("c").ip(), server.port()));
     let n1 = cluster.ztun("n1");
     let started = n1.wait_for_log("data plane runtime started", WAIT).unwrap();
-    assert!(started.contains(runtime.0), "{started}");
+    assert!(started.contains(&format!("workers={workers}")), "{started}");
     let metrics = scrape(lab.node("n1").netns());
     assert_eq!(
         sample(&metrics, "tokio_num_workers", &[]),
-        Some(runtime.1),
+        Some(workers as f64),
         "{metrics}"
     );
+    assert_eq!(worker_tasks(&metrics).len(), workers, "{metrics}");
     let (started_tx, started_rx) = std::sync::mpsc::channel();
     let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
     // A long-lived connection: one exchange, then wait, then another exchange after SIGTERM.
@@ -485,8 +481,9 @@ fn sigterm_drain(name: &str, env: &[(&str, &str)], runtime: (&str, f64)) {
     started_rx.recv_timeout(WAIT).unwrap();
     n1.sigterm().unwrap();
     n1.wait_for_log("shutting down", WAIT).unwrap();
-    // Both pods' three listeners are closed (the event to wait for, not a delay).
-    crate::support::wait_for_nth_log(n1, "listener closed", 6);
+    // Both pods' three listeners on every worker are closed (the event to wait for, not a
+    // delay).
+    crate::support::wait_for_nth_log(n1, "listener closed", 6 * workers);
     // New connections are refused while draining...
     let err = lab
         .pod("b")
@@ -504,6 +501,85 @@ fn sigterm_drain(name: &str, env: &[(&str, &str)], runtime: (&str, f64)) {
             .all(|l| !l.contains("termination deadline reached")),
         "drain hit the deadline"
     );
+}
+
+/// Tasks alive on each data worker, in worker order (`ztun_worker_alive_tasks`).
+fn worker_tasks(metrics: &str) -> Vec<f64> {
+    (0..)
+        .map_while(|w| {
+            let w = w.to_string();
+            sample(metrics, "ztun_worker_alive_tasks", &[("worker", &w)])
+        })
+        .collect()
+}
+
+/// With two workers (ztunnel's default), each of a pod's ports has a listener per worker in
+/// one SO_REUSEPORT group: the kernel spreads the pod's connections over both workers, and
+/// each connection's task lives on the worker that accepted it until the connection ends.
+#[test]
+fn a_pods_connections_spread_over_both_workers() {
+    const CONNECTIONS: usize = 24;
+    let lab = standard_lab("worker_spread");
+    let mesh = MeshFile::from_lab(&lab);
+    let server = lab.pod("c").spawn_echo_server(8080).unwrap();
+    let cluster = Cluster::start_with(lab, mesh, &[]);
+    let lab = &cluster.lab;
+    let dst = SocketAddr::from((lab.pod("c").ip(), server.port()));
+    let n1 = lab.node("n1").netns();
+    // Before any traffic: each worker's listeners and the pods' own tasks.
+    let before = worker_tasks(&scrape(n1));
+    assert_eq!(before.len(), 2, "two workers by default");
+
+    let (opened_tx, opened_rx) = std::sync::mpsc::channel();
+    let (close_tx, close_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = lab.pod("a").spawn_async(async move {
+        let mut open = Vec::new();
+        for _ in 0..CONNECTIONS {
+            let mut s = ztun::testkit::lab::connect(dst, WAIT).await?;
+            let mut buf = [0u8; 5];
+            s.write_all(b"hello").await?;
+            s.read_exact(&mut buf).await?;
+            anyhow::ensure!(&buf == b"hello", "echo differs");
+            open.push(s);
+        }
+        let _ = opened_tx.send(());
+        let _ = close_rx.await;
+        for mut s in open {
+            s.shutdown().await?;
+        }
+        anyhow::Ok(())
+    });
+    opened_rx.recv_timeout(WAIT).expect("connections open");
+    let during = worker_tasks(&scrape(n1));
+    // A connection's task stays on the worker that accepted it while the connection lives:
+    // both workers hold some (all 24 hashed to one listener: one chance in 2^23).
+    for (w, (b, d)) in before.iter().zip(&during).enumerate() {
+        assert!(
+            d > b,
+            "worker {w} took no connection: {before:?} -> {during:?}"
+        );
+    }
+    let grown: f64 = during.iter().sum::<f64>() - before.iter().sum::<f64>();
+    assert!(
+        grown >= CONNECTIONS as f64,
+        "{grown} more tasks for {CONNECTIONS} connections: {before:?} -> {during:?}"
+    );
+    let _ = close_tx.send(());
+    task.join().unwrap().unwrap();
+    // Their tasks end with them; each worker's pooled HBONE connection stays, idle.
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let after = worker_tasks(&scrape(n1));
+        let left = after.iter().sum::<f64>() - before.iter().sum::<f64>();
+        if left <= 2.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "tasks left after the connections closed: {before:?} -> {after:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
 
 #[test]

@@ -10,6 +10,9 @@ use ztun::testkit::mesh::MeshFile;
 
 /// Generous deadline for anything the tests wait on (loaded 2-core CI machines).
 pub const WAIT: Duration = Duration::from_secs(60);
+/// A pod's listeners in a ztun started with the default worker count (ztunnel's two): its
+/// three ports, a listener per worker each.
+pub const POD_LISTENERS: usize = 3 * 2;
 /// Where `ztun control-plane` listens (on n1's link IP).
 const XDS_PORT: u16 = 15012;
 

@@ -8,16 +8,23 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+use crate::workers::Workers;
+
 /// Registers the process and runtime gauges (`process_*`, `tokio_*`), read at each scrape
-/// from `/proc` and from `runtime` (the data plane's).
-pub fn register_process(registry: &mut Registry, runtime: Option<tokio::runtime::Handle>) {
+/// from `/proc` and from `runtime` (the data plane's workers).
+pub fn register_process(registry: &mut Registry, runtime: Option<Workers>) {
     registry.register_collector(Box::new(ProcessCollector { runtime }));
 }
 
 /// Reads [`ProcessStats`] at each scrape.
-#[derive(Debug)]
 struct ProcessCollector {
-    runtime: Option<tokio::runtime::Handle>,
+    runtime: Option<Workers>,
+}
+
+impl std::fmt::Debug for ProcessCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProcessCollector").finish_non_exhaustive()
+    }
 }
 
 impl Collector for ProcessCollector {
@@ -35,18 +42,30 @@ pub struct ProcessStats {
     pub max_fds: u64,
     /// Data-plane worker threads.
     pub workers: u64,
-    /// Tasks alive on the data runtime.
+    /// Tasks alive on the data workers.
     pub alive_tasks: u64,
-    /// Tasks in the global queue.
+    /// Tasks woken from other threads, waiting for their worker.
     pub global_queue_depth: u64,
-    /// Per data-plane worker, in worker order: (seconds busy, times parked, times parked or
-    /// unparked).
-    pub per_worker: Vec<(f64, u64, u64)>,
+    /// Per data-plane worker, in worker order.
+    pub per_worker: Vec<WorkerStats>,
+}
+
+/// One data-plane worker's figures.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct WorkerStats {
+    /// Seconds busy.
+    pub busy: f64,
+    /// Times parked.
+    pub parks: u64,
+    /// Times parked or unparked.
+    pub park_unparks: u64,
+    /// Tasks alive on it: its listeners, its connections and their pooled HBONE connections.
+    pub alive_tasks: u64,
 }
 
 impl ProcessStats {
-    /// Reads the process figures and the given runtime's.
-    pub fn read(runtime: Option<&tokio::runtime::Handle>) -> Self {
+    /// Reads the process figures and the given workers'.
+    pub fn read(runtime: Option<&Workers>) -> Self {
         // The directory listing holds a descriptor of its own while it is read: not counted.
         let open_fds = std::fs::read_dir("/proc/self/fd")
             .map(|d| (d.count() as u64).saturating_sub(1))
@@ -59,23 +78,23 @@ impl ProcessStats {
             max_fds,
             ..ProcessStats::default()
         };
-        if let Some(h) = runtime {
+        // Each worker is a current-thread runtime: its one worker's figures, in worker order.
+        for h in runtime.map_or(&[][..], Workers::handles) {
             let m = h.metrics();
-            stats.workers = m.num_workers() as u64;
-            stats.alive_tasks = m.num_alive_tasks() as u64;
-            stats.global_queue_depth = m.global_queue_depth() as u64;
+            let mut worker = WorkerStats {
+                alive_tasks: m.num_alive_tasks() as u64,
+                ..WorkerStats::default()
+            };
             #[cfg(target_has_atomic = "64")]
             {
-                stats.per_worker = (0..m.num_workers())
-                    .map(|w| {
-                        (
-                            m.worker_total_busy_duration(w).as_secs_f64(),
-                            m.worker_park_count(w),
-                            m.worker_park_unpark_count(w),
-                        )
-                    })
-                    .collect();
+                worker.busy = m.worker_total_busy_duration(0).as_secs_f64();
+                worker.parks = m.worker_park_count(0);
+                worker.park_unparks = m.worker_park_unpark_count(0);
             }
+            stats.workers += 1;
+            stats.alive_tasks += worker.alive_tasks;
+            stats.global_queue_depth += m.global_queue_depth() as u64;
+            stats.per_worker.push(worker);
         }
         stats
     }
@@ -105,21 +124,31 @@ impl ProcessStats {
         if self.per_worker.is_empty() {
             return Ok(());
         }
-        let busy = self.per_worker.iter().map(|w| w.0);
+        let mut family = encoder.encode_descriptor(
+            "ztun_worker_alive_tasks",
+            "Tasks alive on each data-plane worker.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (w, stats) in self.per_worker.iter().enumerate() {
+            let worker = [("worker", w.to_string())];
+            ConstGauge::new(stats.alive_tasks as i64).encode(family.encode_family(&worker)?)?;
+        }
+        let busy = self.per_worker.iter().map(|w| w.busy);
         per_worker(
             encoder,
             "tokio_worker_total_busy_duration_seconds",
             "Time each data-plane worker spent busy.",
             busy,
         )?;
-        let parks = self.per_worker.iter().map(|w| w.1);
+        let parks = self.per_worker.iter().map(|w| w.parks);
         per_worker(
             encoder,
             "tokio_worker_park_count",
             "Times each data-plane worker parked.",
             parks,
         )?;
-        let park_unparks = self.per_worker.iter().map(|w| w.2);
+        let park_unparks = self.per_worker.iter().map(|w| w.park_unparks);
         per_worker(
             encoder,
             "tokio_worker_park_unpark_count",
