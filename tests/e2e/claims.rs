@@ -102,14 +102,20 @@ fn a_silent_hbone_peer_fails_the_ping_and_its_pooled_connection_is_closed() {
 
 /// HBONE: "one dial per key and idle release". Twenty connections from a to c opened at once
 /// share exactly one dialled TLS connection; with `POOL_UNUSED_RELEASE_TIMEOUT=1s` it is
-/// closed once the last stream has ended, and the next connection dials a new one.
+/// closed once the last stream has ended, and the next connection dials a new one. ztun
+/// keeps a pool per data worker (docs/compat.md), so the claim is checked with one worker,
+/// as ztunnel's one pool; the next test checks two.
 #[test]
 fn concurrent_connections_share_one_dial_and_the_idle_connection_is_released() {
     const N: usize = 20;
     let lab = standard_lab("claim_pool");
     let mesh = MeshFile::from_lab(&lab);
     let server = lab.pod("c").spawn_echo_server(ECHO).unwrap();
-    let cluster = Cluster::start_with(lab, mesh, &[("POOL_UNUSED_RELEASE_TIMEOUT", "1s")]);
+    let env = [
+        ("POOL_UNUSED_RELEASE_TIMEOUT", "1s"),
+        ("ZTUNNEL_WORKER_THREADS", "1"),
+    ];
+    let cluster = Cluster::start_with(lab, mesh, &env);
     let lab = &cluster.lab;
     let dst = SocketAddr::from((lab.pod("c").ip(), server.port()));
     let held = Concurrent::open(lab.pod("a"), dst, N);
@@ -130,14 +136,46 @@ fn concurrent_connections_share_one_dial_and_the_idle_connection_is_released() {
     );
 }
 
+/// With two workers (the default) each worker's pool dials its own connection: twenty
+/// connections from a to c opened at once, spread by the kernel over both workers, ride two
+/// TLS connections, one dial each (all twenty on one worker: one chance in 2^19).
+#[test]
+fn each_worker_dials_its_own_pooled_connection() {
+    const N: usize = 20;
+    let lab = standard_lab("claim_pool_workers");
+    let mesh = MeshFile::from_lab(&lab);
+    let server = lab.pod("c").spawn_echo_server(ECHO).unwrap();
+    let cluster = Cluster::start_with(lab, mesh, &[]);
+    let lab = &cluster.lab;
+    let dst = SocketAddr::from((lab.pod("c").ip(), server.port()));
+    let held = Concurrent::open(lab.pod("a"), dst, N);
+    let n1 = cluster.ztun("n1");
+    assert_eq!(
+        count_lines(n1, DIALLED),
+        2,
+        "{N} streams, one dial per worker"
+    );
+    assert_eq!(
+        hbone_connections(lab.pod("a").netns()),
+        2,
+        "{N} streams, a TLS connection per worker"
+    );
+    held.close();
+}
+
 /// HBONE: "a stream cap". With `POOL_MAX_STREAMS_PER_CONNECTION=5`, twenty connections from a
-/// to c opened at once ride exactly four TLS connections.
+/// to c opened at once ride exactly four TLS connections (one worker: its pool is ztunnel's
+/// one pool).
 #[test]
 fn concurrent_connections_beyond_the_stream_cap_dial_one_connection_per_cap() {
     let lab = standard_lab("claim_pool_cap");
     let mesh = MeshFile::from_lab(&lab);
     let server = lab.pod("c").spawn_echo_server(ECHO).unwrap();
-    let cluster = Cluster::start_with(lab, mesh, &[("POOL_MAX_STREAMS_PER_CONNECTION", "5")]);
+    let env = [
+        ("POOL_MAX_STREAMS_PER_CONNECTION", "5"),
+        ("ZTUNNEL_WORKER_THREADS", "1"),
+    ];
+    let cluster = Cluster::start_with(lab, mesh, &env);
     let lab = &cluster.lab;
     let dst = SocketAddr::from((lab.pod("c").ip(), server.port()));
     let held = Concurrent::open(lab.pod("a"), dst, 20);

@@ -206,9 +206,11 @@ const ECHO_LEN: u64 = 2048;
 const QUEUED: usize = 48;
 /// Connections opened after the old listener closed, each proven served by the new ztun.
 const AFTER_CLOSE: usize = 150;
+/// Data-plane workers of each ztun (the default): a listener each per port.
+const WORKERS: usize = 2;
 
-/// An upgrade under load: connections queued in the old ztun's listener when it closes it
-/// move to the new ztun's listener of the same SO_REUSEPORT group (`tcp_migrate_req`, set by
+/// An upgrade under load: connections queued in the old ztun's listeners when it closes them
+/// move to the new ztun's listeners of the same SO_REUSEPORT group (`tcp_migrate_req`, set by
 /// ztun in each pod), instead of being reset. The old ztun is first starved of file
 /// descriptors, so every connection the kernel hashes to its listener stays in that
 /// listener's accept queue (the clients keep opening connections until the queue holds
@@ -232,12 +234,16 @@ fn queued_connections_move_to_the_new_ztun_during_an_upgrade() {
 
     let new = spawn_successor(&mut cluster, "n1");
     let pod_a = cluster.lab.pod("a").netns().clone();
+    // Each ztun has a listener per worker (two by default) in the group.
+    let owned_by = |pid: u32| {
+        outbound_listeners(&pod_a)
+            .iter()
+            .filter(|l| l.pid == pid)
+            .count()
+    };
     wait_until(
-        "the new ztun's outbound listener joins the old one in pod a",
-        || {
-            let owners: Vec<u32> = outbound_listeners(&pod_a).iter().map(|l| l.pid).collect();
-            owners.len() == 2 && owners.contains(&old_pid) && owners.contains(&new.pid())
-        },
+        "the new ztun's outbound listeners join the old ones in pod a",
+        || owned_by(old_pid) == WORKERS && owned_by(new.pid()) == WORKERS,
     );
     churn.wait_ok(50);
 
@@ -245,21 +251,25 @@ fn queued_connections_move_to_the_new_ztun_during_an_upgrade() {
     let limit = "--nofile=0:";
     ztun::testkit::lab::run_cmd("prlimit", &["--pid", &old_pid.to_string(), limit], None).unwrap();
     let mut queued = 0;
-    wait_until("connections queue up in the old ztun's listener", || {
+    wait_until("connections queue up in the old ztun's listeners", || {
         queued = outbound_listeners(&pod_a)
             .iter()
-            .find(|l| l.pid == old_pid)
-            .map_or(0, |l| l.queued);
+            .filter(|l| l.pid == old_pid)
+            .map(|l| l.queued)
+            .sum();
         queued >= QUEUED
     });
     let before = migration_counters(&pod_a);
 
     let old = cluster.ztun("n1");
     old.sigterm().unwrap();
-    wait_until("the old ztun closes its outbound listener in pod a", || {
-        let owners: Vec<u32> = outbound_listeners(&pod_a).iter().map(|l| l.pid).collect();
-        owners == [new.pid()]
-    });
+    wait_until(
+        "the old ztun closes its outbound listeners in pod a",
+        || {
+            let owners: Vec<u32> = outbound_listeners(&pod_a).iter().map(|l| l.pid).collect();
+            owners == [new.pid(); WORKERS]
+        },
+    );
     churn.after_close.store(true, Ordering::Release);
     churn.wait_after_close(AFTER_CLOSE);
     churn.stop.store(true, Ordering::Release);

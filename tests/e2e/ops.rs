@@ -87,7 +87,9 @@ fn metrics_count_connections_and_bytes_exactly() {
     let lab = standard_lab("metrics_exact");
     let mesh = MeshFile::from_lab(&lab);
     let server = lab.pod("c").spawn_echo_server(8080).unwrap();
-    let cluster = Cluster::start(lab, mesh);
+    // One worker: its one pool makes the HBONE socket counts below exact (with two, a's
+    // connections ride one pooled connection per worker that took one).
+    let cluster = Cluster::start_with(lab, mesh, &[("ZTUNNEL_WORKER_THREADS", "1")]);
     let lab = &cluster.lab;
     let dst = SocketAddr::from((lab.pod("c").ip(), server.port()));
     const N: u64 = 3 << 20;
@@ -518,11 +520,38 @@ fn worker_tasks(metrics: &str) -> Vec<f64> {
 /// each connection's task lives on the worker that accepted it until the connection ends.
 #[test]
 fn a_pods_connections_spread_over_both_workers() {
+    let (before, during) = connections_per_worker("worker_spread", &[]);
+    // Both workers hold some (all 24 hashed to one listener: one chance in 2^23).
+    for (w, (b, d)) in before.iter().zip(&during).enumerate() {
+        assert!(
+            d > b,
+            "worker {w} took no connection: {before:?} -> {during:?}"
+        );
+    }
+}
+
+/// Without port reuse (`INPOD_PORT_REUSE=false`) a port cannot have a listener per worker:
+/// each of the pod's ports has one, and one worker serves all its connections.
+#[test]
+fn without_port_reuse_one_worker_serves_a_pod() {
+    let (before, during) =
+        connections_per_worker("worker_no_reuse", &[("INPOD_PORT_REUSE", "false")]);
+    let grew: Vec<usize> = (0..before.len())
+        .filter(|&w| during[w] > before[w])
+        .collect();
+    assert_eq!(grew.len(), 1, "{before:?} -> {during:?}");
+}
+
+/// Tasks alive on each of n1's two workers before pod a opens 24 connections to c and while
+/// they are open. Every connection adds at least its task on the worker that accepted it,
+/// and the tasks end with the connections (each worker's pooled HBONE connection stays,
+/// idle).
+fn connections_per_worker(name: &str, env: &[(&str, &str)]) -> (Vec<f64>, Vec<f64>) {
     const CONNECTIONS: usize = 24;
-    let lab = standard_lab("worker_spread");
+    let lab = standard_lab(name);
     let mesh = MeshFile::from_lab(&lab);
     let server = lab.pod("c").spawn_echo_server(8080).unwrap();
-    let cluster = Cluster::start_with(lab, mesh, &[]);
+    let cluster = Cluster::start_with(lab, mesh, env);
     let lab = &cluster.lab;
     let dst = SocketAddr::from((lab.pod("c").ip(), server.port()));
     let n1 = lab.node("n1").netns();
@@ -551,14 +580,6 @@ fn a_pods_connections_spread_over_both_workers() {
     });
     opened_rx.recv_timeout(WAIT).expect("connections open");
     let during = worker_tasks(&scrape(n1));
-    // A connection's task stays on the worker that accepted it while the connection lives:
-    // both workers hold some (all 24 hashed to one listener: one chance in 2^23).
-    for (w, (b, d)) in before.iter().zip(&during).enumerate() {
-        assert!(
-            d > b,
-            "worker {w} took no connection: {before:?} -> {during:?}"
-        );
-    }
     let grown: f64 = during.iter().sum::<f64>() - before.iter().sum::<f64>();
     assert!(
         grown >= CONNECTIONS as f64,
@@ -566,7 +587,6 @@ fn a_pods_connections_spread_over_both_workers() {
     );
     let _ = close_tx.send(());
     task.join().unwrap().unwrap();
-    // Their tasks end with them; each worker's pooled HBONE connection stays, idle.
     let deadline = std::time::Instant::now() + WAIT;
     loop {
         let after = worker_tasks(&scrape(n1));
@@ -580,6 +600,7 @@ fn a_pods_connections_spread_over_both_workers() {
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+    (before, during)
 }
 
 #[test]
@@ -654,9 +675,10 @@ fn fd_exhaustion_is_counted_and_recovers() {
         drop(conns);
     });
     n1.wait_for_log("Too many open files", WAIT).unwrap();
-    // Failed accepts are retried every 50 ms: the 30th failure is at least 1.45 s into an
-    // unbroken run, past the 1 s liveness grace.
-    crate::support::wait_for_nth_log(n1, "accept failed", 30);
+    // Failed accepts are retried every 50 ms by each listener with connections queued: pod
+    // a's outbound listeners, one per worker (two). The 60th failure of at most two such
+    // loops is at least 1.45 s into an unbroken run, past the 1 s liveness grace.
+    crate::support::wait_for_nth_log(n1, "accept failed", 60);
     let restore = format!("--nofile={soft}:");
     ztun::testkit::lab::run_cmd("prlimit", &["--pid", &pid, &restore], None).unwrap();
     // The probes get through now; the run of failures ended less than the 10 s window ago.
