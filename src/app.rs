@@ -3,7 +3,8 @@
 //!
 //! Runtimes: the calling thread runs a current-thread *control* runtime (CNI, configuration,
 //! certificates, signals); the data plane's workers (`workers`: a thread and a current-thread
-//! runtime each) run listeners and connections. They share only `state` (snapshots) and the certificate source.
+//! runtime each) run listeners and connections. They share only `state` (snapshots) and the
+//! certificate source.
 //!
 //! Shutdown: SIGTERM/SIGINT → every listener stops accepting and HBONE connections send
 //! GOAWAY → connections finish until the termination deadline → the rest are closed → exit 0.

@@ -55,8 +55,8 @@ impl Proxy {
         } else {
             std::slice::from_ref(home)
         };
-        // Every listener of a port is bound before any is served; the first of each port
-        // says whether the kernel let it be transparent (the others ask the same).
+        // Every listener of a port is bound before any is served; a port is transparent when
+        // the kernel let each of its listeners be.
         let listen = |port| -> io::Result<(Vec<std::net::TcpListener>, bool)> {
             let mut bound = Vec::with_capacity(workers.len());
             let mut transparent = true;
