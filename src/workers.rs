@@ -29,7 +29,7 @@ pub fn index() -> usize {
 }
 
 /// The workers' runtime handles. Cheap to clone.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Workers {
     handles: Arc<[Handle]>,
     /// The worker the next pod's own tasks go to.

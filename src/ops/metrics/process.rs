@@ -17,14 +17,9 @@ pub fn register_process(registry: &mut Registry, runtime: Option<Workers>) {
 }
 
 /// Reads [`ProcessStats`] at each scrape.
+#[derive(Debug)]
 struct ProcessCollector {
     runtime: Option<Workers>,
-}
-
-impl std::fmt::Debug for ProcessCollector {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ProcessCollector").finish_non_exhaustive()
-    }
 }
 
 impl Collector for ProcessCollector {
