@@ -35,13 +35,10 @@ pub struct ProcessStats {
     pub open_fds: u64,
     /// The soft limit.
     pub max_fds: u64,
-    /// Data-plane worker threads.
-    pub workers: u64,
-    /// Tasks alive on the data workers.
-    pub alive_tasks: u64,
     /// Tasks woken from other threads, waiting for their worker.
     pub global_queue_depth: u64,
-    /// Per data-plane worker, in worker order.
+    /// Per data-plane worker, in worker order (`tokio_num_workers` is their count,
+    /// `tokio_num_alive_tasks` the sum of their tasks).
     pub per_worker: Vec<WorkerStats>,
 }
 
@@ -86,8 +83,6 @@ impl ProcessStats {
                 worker.parks = m.worker_park_count(0);
                 worker.park_unparks = m.worker_park_unpark_count(0);
             }
-            stats.workers += 1;
-            stats.alive_tasks += worker.alive_tasks;
             stats.global_queue_depth += m.global_queue_depth() as u64;
             stats.per_worker.push(worker);
         }
@@ -95,18 +90,20 @@ impl ProcessStats {
     }
 
     fn encode(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
+        let workers = self.per_worker.len() as u64;
+        let alive_tasks = self.per_worker.iter().map(|w| w.alive_tasks).sum();
         for (name, help, v) in [
             ("process_open_fds", "Open file descriptors", self.open_fds),
             ("process_max_fds", "File descriptor limit", self.max_fds),
             (
                 "tokio_num_workers",
                 "Data-plane worker threads",
-                self.workers,
+                workers,
             ),
             (
                 "tokio_num_alive_tasks",
                 "Tasks alive on the data runtime",
-                self.alive_tasks,
+                alive_tasks,
             ),
             (
                 "tokio_global_queue_depth",
