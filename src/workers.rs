@@ -49,9 +49,9 @@ impl Workers {
         &self.handles[i]
     }
 
-    /// One "worker" running on the caller's runtime: for tests that start a pod's proxy on
-    /// their own runtime.
-    #[cfg(any(test, feature = "testing"))]
+    /// One "worker" running on the caller's runtime: for unit tests that read the data
+    /// plane's figures from their own runtime.
+    #[cfg(test)]
     pub fn current() -> Workers {
         Workers::of(vec![Handle::current()])
     }
