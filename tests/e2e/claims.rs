@@ -12,17 +12,16 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::mpsc;
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use ztun::testkit::lab::{connect, Netns, NetnsTask, Process};
+use ztun::testkit::lab::{connect, Netns, Process};
 use ztun::testkit::mesh::MeshFile;
 
 use crate::ops::{http, local, sample, scrape};
-use crate::support::{standard_lab, wait_for_line, wait_for_nth_log, Cluster, WAIT};
+use crate::support::{standard_lab, wait_for_line, wait_for_nth_log, Cluster, Concurrent, WAIT};
 
 mod dns;
 
@@ -520,59 +519,6 @@ fn zds_reconnects_with_backoff_after_the_cni_restarts_and_resyncs() {
     a.bulk_echo(dst, 1 << 20).expect("a -> c after the resync");
     assert!(cni.add_pod(&b.info()).expect("re-adding b").is_ok());
     b.bulk_echo(dst, 4096).expect("b -> c once re-added");
-}
-
-/// `n` connections from a pod to an echo server, opened at once (every one accepted before
-/// any sends its first bytes) and held open, each having echoed once, until closed.
-struct Concurrent {
-    task: NetnsTask<anyhow::Result<()>>,
-    release: tokio::sync::watch::Sender<bool>,
-}
-
-impl Concurrent {
-    fn open(pod: &Netns, dst: SocketAddr, n: usize) -> Concurrent {
-        let (echoed_tx, echoed_rx) = mpsc::channel();
-        let (release, release_rx) = tokio::sync::watch::channel(false);
-        let task = pod.spawn_async(async move {
-            let barrier = Arc::new(tokio::sync::Barrier::new(n));
-            let mut tasks = tokio::task::JoinSet::new();
-            for i in 0..n {
-                let (barrier, echoed, mut release) =
-                    (barrier.clone(), echoed_tx.clone(), release_rx.clone());
-                tasks.spawn(async move {
-                    let mut s = connect(dst, WAIT).await?;
-                    barrier.wait().await;
-                    let msg = format!("stream {i:02}");
-                    s.write_all(msg.as_bytes()).await?;
-                    let mut buf = vec![0u8; msg.len()];
-                    s.read_exact(&mut buf).await?;
-                    anyhow::ensure!(buf == msg.as_bytes(), "stream {i}: echo differs");
-                    let _ = echoed.send(i);
-                    release.wait_for(|go| *go).await?;
-                    s.shutdown().await?;
-                    let mut rest = Vec::new();
-                    s.read_to_end(&mut rest).await?;
-                    anyhow::Ok(())
-                });
-            }
-            while let Some(r) = tasks.join_next().await {
-                r??;
-            }
-            anyhow::Ok(())
-        });
-        for _ in 0..n {
-            echoed_rx
-                .recv_timeout(WAIT)
-                .expect("every connection echoed");
-        }
-        Concurrent { task, release }
-    }
-
-    /// Closes every connection (each half-closes and reads to EOF).
-    fn close(self) {
-        let _ = self.release.send(true);
-        self.task.join().unwrap().expect("the connections");
-    }
 }
 
 /// Established TCP connections from `ns` to an HBONE port, as `ss` lists them.

@@ -559,34 +559,14 @@ fn connections_per_worker(name: &str, env: &[(&str, &str)]) -> (Vec<f64>, Vec<f6
     let before = worker_tasks(&scrape(n1));
     assert_eq!(before.len(), 2, "two workers by default");
 
-    let (opened_tx, opened_rx) = std::sync::mpsc::channel();
-    let (close_tx, close_rx) = tokio::sync::oneshot::channel::<()>();
-    let task = lab.pod("a").spawn_async(async move {
-        let mut open = Vec::new();
-        for _ in 0..CONNECTIONS {
-            let mut s = ztun::testkit::lab::connect(dst, WAIT).await?;
-            let mut buf = [0u8; 5];
-            s.write_all(b"hello").await?;
-            s.read_exact(&mut buf).await?;
-            anyhow::ensure!(&buf == b"hello", "echo differs");
-            open.push(s);
-        }
-        let _ = opened_tx.send(());
-        let _ = close_rx.await;
-        for mut s in open {
-            s.shutdown().await?;
-        }
-        anyhow::Ok(())
-    });
-    opened_rx.recv_timeout(WAIT).expect("connections open");
+    let held = crate::support::Concurrent::open(lab.pod("a"), dst, CONNECTIONS);
     let during = worker_tasks(&scrape(n1));
     let grown: f64 = during.iter().sum::<f64>() - before.iter().sum::<f64>();
     assert!(
         grown >= CONNECTIONS as f64,
         "{grown} more tasks for {CONNECTIONS} connections: {before:?} -> {during:?}"
     );
-    let _ = close_tx.send(());
-    task.join().unwrap().unwrap();
+    held.close();
     let deadline = std::time::Instant::now() + WAIT;
     loop {
         let after = worker_tasks(&scrape(n1));

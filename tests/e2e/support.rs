@@ -5,7 +5,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use ztun::testkit::lab::{bulk_echo, IpFamilies, Lab, Netns, PodSpec, Process};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use ztun::testkit::lab::{bulk_echo, IpFamilies, Lab, Netns, NetnsTask, PodSpec, Process};
 use ztun::testkit::mesh::MeshFile;
 
 /// Generous deadline for anything the tests wait on (loaded 2-core CI machines).
@@ -431,4 +432,57 @@ pub fn assert_field_only_in(witness: &str, field: &str, value: &str, line: &str)
         !line.contains(&format!("{field}=")),
         "unexpected {field} in: {line}"
     );
+}
+
+/// `n` connections from a pod to an echo server, opened at once (every one accepted before
+/// any sends its first bytes) and held open, each having echoed once, until closed.
+pub struct Concurrent {
+    task: NetnsTask<anyhow::Result<()>>,
+    release: tokio::sync::watch::Sender<bool>,
+}
+
+impl Concurrent {
+    pub fn open(pod: &Netns, dst: SocketAddr, n: usize) -> Concurrent {
+        let (echoed_tx, echoed_rx) = std::sync::mpsc::channel();
+        let (release, release_rx) = tokio::sync::watch::channel(false);
+        let task = pod.spawn_async(async move {
+            let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(n));
+            let mut tasks = tokio::task::JoinSet::new();
+            for i in 0..n {
+                let (barrier, echoed, mut release) =
+                    (barrier.clone(), echoed_tx.clone(), release_rx.clone());
+                tasks.spawn(async move {
+                    let mut s = ztun::testkit::lab::connect(dst, WAIT).await?;
+                    barrier.wait().await;
+                    let msg = format!("stream {i:02}");
+                    s.write_all(msg.as_bytes()).await?;
+                    let mut buf = vec![0u8; msg.len()];
+                    s.read_exact(&mut buf).await?;
+                    anyhow::ensure!(buf == msg.as_bytes(), "stream {i}: echo differs");
+                    let _ = echoed.send(i);
+                    release.wait_for(|go| *go).await?;
+                    s.shutdown().await?;
+                    let mut rest = Vec::new();
+                    s.read_to_end(&mut rest).await?;
+                    anyhow::Ok(())
+                });
+            }
+            while let Some(r) = tasks.join_next().await {
+                r??;
+            }
+            anyhow::Ok(())
+        });
+        for _ in 0..n {
+            echoed_rx
+                .recv_timeout(WAIT)
+                .expect("every connection echoed");
+        }
+        Concurrent { task, release }
+    }
+
+    /// Closes every connection (each half-closes and reads to EOF).
+    pub fn close(self) {
+        let _ = self.release.send(true);
+        self.task.join().unwrap().expect("the connections");
+    }
 }

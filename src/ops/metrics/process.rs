@@ -95,11 +95,7 @@ impl ProcessStats {
         for (name, help, v) in [
             ("process_open_fds", "Open file descriptors", self.open_fds),
             ("process_max_fds", "File descriptor limit", self.max_fds),
-            (
-                "tokio_num_workers",
-                "Data-plane worker threads",
-                workers,
-            ),
+            ("tokio_num_workers", "Data-plane worker threads", workers),
             (
                 "tokio_num_alive_tasks",
                 "Tasks alive on the data runtime",
