@@ -246,12 +246,13 @@ impl Side {
         cpu_seconds(&self.tunnels)
     }
 
-    /// Both tunnels' system (kernel) CPU seconds so far.
-    fn system_seconds(&self) -> f64 {
-        self.tunnels
-            .iter()
-            .map(|p| p.cpu_times().1.as_secs_f64())
-            .sum()
+    /// Both tunnels' CPU seconds so far, and the system (kernel) part of them: one read of
+    /// each tunnel's `/proc/PID/stat`.
+    fn cpu_and_system_seconds(&self) -> (f64, f64) {
+        self.tunnels.iter().fold((0.0, 0.0), |(all, system), p| {
+            let (u, s) = p.cpu_times();
+            (all + (u + s).as_secs_f64(), system + s.as_secs_f64())
+        })
     }
 
     fn counters(&self) -> anyhow::Result<LinkCounters> {
@@ -625,7 +626,7 @@ fn level_figures(
             let tunnel = SocketAddr::new(s.tunnel.ip(), port);
             let (t, (tunnels, kernel), machine) =
                 s.checked(PathKind::Hbone, "tunnelled connection rate", || {
-                    let (tunnels, kernel) = (s.cpu_seconds(), s.system_seconds());
+                    let (tunnels, kernel) = s.cpu_and_system_seconds();
                     let machine = machine_busy_seconds()?;
                     let (rate, count) = s.lab.pod("a").block_on(conn_rate(
                         tunnel,
@@ -633,8 +634,9 @@ fn level_figures(
                         opts.seconds,
                     ))?;
                     let n = count.max(1) as f64;
-                    let tunnels = (s.cpu_seconds() - tunnels) / n;
-                    let kernel = (s.system_seconds() - kernel) / n;
+                    let (tunnels_after, kernel_after) = s.cpu_and_system_seconds();
+                    let tunnels = (tunnels_after - tunnels) / n;
+                    let kernel = (kernel_after - kernel) / n;
                     let machine = (machine_busy_seconds()? - machine) / n;
                     Ok(((rate, (tunnels, kernel), machine), count * 64))
                 })?;
