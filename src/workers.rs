@@ -72,11 +72,17 @@ pub struct Threads {
     )>,
 }
 
-/// Starts `count` workers (at least one), each on a thread of its own.
-pub fn start(count: usize) -> anyhow::Result<(Workers, Threads)> {
+/// How many workers `ZTUNNEL_WORKER_THREADS` (`configured`) starts: at least one. Whatever
+/// is kept per worker elsewhere (a pod's HBONE pools) is sized by this too.
+pub fn count(configured: usize) -> usize {
+    configured.max(1)
+}
+
+/// Starts [`count`]`(configured)` workers, each on a thread of its own.
+pub fn start(configured: usize) -> anyhow::Result<(Workers, Threads)> {
     let mut handles = Vec::new();
     let mut running = Vec::new();
-    for i in 0..count.max(1) {
+    for i in 0..count(configured) {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

@@ -93,7 +93,7 @@ impl Proxy {
             handshake_timeout: cfg.proxy.handshake_timeout,
             h2: H2Settings::from_config(&cfg.proxy),
         };
-        let pools = (0..cfg.worker_threads.max(1))
+        let pools = (0..crate::workers::count(cfg.worker_threads))
             .map(|_| Pool::new(pool_cfg, sockets.clone()))
             .collect();
         let connections = Connections::new(
