@@ -282,10 +282,10 @@ pub(crate) fn find_service(snap: &Snapshot, src: &Source<'_>, ip: IpAddr) -> Opt
         return Some(s.clone());
     }
     // A CIDR VIP takes precedence over a workload IP it covers, so every destination that is
-    // not an exact VIP pays this scan over the services (O(services)). It belongs in a
-    // `Snapshot` index built once per generation.
-    snap.services()
-        .filter(|s| !s.cidr_vips.is_empty())
+    // not an exact VIP is checked against the services with CIDR VIPs (the snapshot lists
+    // them apart: few, against every service of the mesh).
+    snap.cidr_services()
+        .iter()
         .filter(visible)
         .filter_map(|s| {
             let len = s

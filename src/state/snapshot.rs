@@ -27,6 +27,9 @@ pub struct Snapshot {
     services: ShardMap<Strng, Arc<Service>>,
     /// (network, VIP) → services, sorted by (namespace, hostname).
     services_by_vip: ShardMap<NetworkAddress, List<Service>>,
+    /// The services with CIDR VIPs (few), sorted by (namespace, hostname): what a
+    /// destination that is no exact VIP is checked against, without a pass over every service.
+    cidr_services: Option<List<Service>>,
     /// (namespace, name) → workloads with that pod name (sorted by uid).
     pods: ShardMap<(Strng, Strng), List<Workload>>,
     /// Service key → workloads that list the service (sorted by uid).
@@ -194,6 +197,14 @@ impl Snapshot {
         })
         .map(List::as_slice)
         .unwrap_or_default()
+    }
+
+    /// The services with at least one CIDR VIP, sorted by (namespace, hostname).
+    pub fn cidr_services(&self) -> &[Arc<Service>] {
+        self.cidr_services
+            .as_ref()
+            .map(List::as_slice)
+            .unwrap_or_default()
     }
 
     /// The service with key `namespace/hostname`.
@@ -537,6 +548,7 @@ impl SnapshotBuilder {
         let mut pods = Vec::with_capacity(live_workloads);
         let mut endpoints = Vec::with_capacity(live_workloads);
         let mut by_vip = Vec::with_capacity(bulk.services.len());
+        let mut cidr = Vec::new();
         let mut local = Vec::new();
         // Each Arc moves into its last index entry: no reference count is taken and given
         // back for the bulk list itself (a cold cache line per workload).
@@ -564,9 +576,13 @@ impl SnapshotBuilder {
                 continue;
             }
             by_vip.extend(vip_keys(&s).map(|key| (key, s.clone())));
+            if !s.cidr_vips.is_empty() {
+                cidr.push(s);
+            }
         }
         let next = &mut self.next;
         next.local = (!local.is_empty()).then(|| list(&mut local, by_uid));
+        next.cidr_services = (!cidr.is_empty()).then(|| list(&mut cidr, by_service_key));
         next.workloads_by_ip
             .load_grouped(by_ip, |l| list(l, preference));
         next.pods.load_grouped(pods, |l| list(l, by_uid));
@@ -626,6 +642,10 @@ impl SnapshotBuilder {
                 .services_by_vip
                 .update(key, |l| Some(List::with(l, s, by_service_key)));
         }
+        if !s.cidr_vips.is_empty() {
+            let cidr = &mut self.next.cidr_services;
+            *cidr = Some(List::with(cidr.as_ref(), s, by_service_key));
+        }
     }
 
     fn unindex_service(&mut self, s: &Arc<Service>) {
@@ -637,6 +657,10 @@ impl SnapshotBuilder {
             self.next
                 .services_by_vip
                 .update(key, |l| List::without(l, s));
+        }
+        if !s.cidr_vips.is_empty() {
+            let cidr = &mut self.next.cidr_services;
+            *cidr = List::without(cidr.as_ref(), s);
         }
     }
 }
@@ -761,7 +785,7 @@ mod tests {
     use std::collections::BTreeMap;
     use std::net::{Ipv4Addr, Ipv6Addr};
 
-    use super::super::model::{TunnelProtocol, VecMap};
+    use super::super::model::{CidrVip, TunnelProtocol, VecMap};
     use super::*;
 
     use crate::testkit::rng::Xorshift as Rng;
@@ -832,7 +856,15 @@ mod tests {
             namespace: format!("ns-{}", i % 3).into(),
             hostname: format!("svc-{i}.ns-{}.svc", i % 3).into(),
             vips,
-            cidr_vips: Vec::new(),
+            // One in four covers a range (a ServiceEntry's CIDR address).
+            cidr_vips: match r.below(4) {
+                0 => vec![CidrVip {
+                    network: "".into(),
+                    address: IpAddr::V4(Ipv4Addr::new(10, r.below(4) as u8, 0, 0)),
+                    prefix_len: 16,
+                }],
+                _ => Vec::new(),
+            },
             ports: BTreeMap::from([(80, r.below(3) as u16 + 8080)]),
             subject_alt_names: Vec::new(),
             waypoint: None,
@@ -872,6 +904,8 @@ mod tests {
         }
         let uids: Vec<&str> = s.local_workloads().iter().map(|w| &*w.uid).collect();
         lines.push(format!("local {:?} → {uids:?}", s.local_node()));
+        let keys: Vec<String> = s.cidr_services().iter().map(|s| s.key()).collect();
+        lines.push(format!("cidr → {keys:?}"));
         lines.sort();
         lines
     }
@@ -939,6 +973,16 @@ mod tests {
             on_node.sort();
             let listed: Vec<&str> = each.local_workloads().iter().map(|w| &*w.uid).collect();
             assert_eq!(listed, on_node, "seed {seed}");
+            assert!(!listed.is_empty(), "seed {seed}");
+            // The CIDR list is exactly the services with a CIDR VIP, by key.
+            let mut with_cidr: Vec<String> = each
+                .services()
+                .filter(|s| !s.cidr_vips.is_empty())
+                .map(|s| s.key())
+                .collect();
+            with_cidr.sort();
+            let listed: Vec<String> = each.cidr_services().iter().map(|s| s.key()).collect();
+            assert_eq!(listed, with_cidr, "seed {seed}");
             assert!(!listed.is_empty(), "seed {seed}");
         }
     }
