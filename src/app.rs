@@ -43,7 +43,13 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     raise_fd_limit();
     crate::sys::alloc::retain_freed_heap();
     let config = Arc::new(config);
-    let (data, threads) = crate::workers::start(config.worker_threads)?;
+    let (data, threads) = crate::workers::start(
+        config.worker_threads,
+        crate::ops::logging::batch::flush_thread,
+    )?;
+    for worker in data.handles() {
+        worker.spawn(crate::ops::logging::batch::batch_this_thread());
+    }
     tracing::info!(
         workers = data.handles().len(),
         runtime = "current-thread per worker",

@@ -78,13 +78,15 @@ pub fn count(configured: usize) -> usize {
     configured.max(1)
 }
 
-/// Starts [`count`]`(configured)` workers, each on a thread of its own.
-pub fn start(configured: usize) -> anyhow::Result<(Workers, Threads)> {
+/// Starts [`count`]`(configured)` workers, each on a thread of its own. Each runs `idle`
+/// whenever its runtime is about to wait for events.
+pub fn start(configured: usize, idle: fn()) -> anyhow::Result<(Workers, Threads)> {
     let mut handles = Vec::new();
     let mut running = Vec::new();
     for i in 0..count(configured) {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
+            .on_thread_park(idle)
             .build()
             .context("building a data-plane runtime")?;
         handles.push(rt.handle().clone());
@@ -128,7 +130,7 @@ mod tests {
     /// Each worker is a thread of its own that knows its number; a pod's tasks take turns.
     #[test]
     fn workers_run_on_their_own_numbered_threads() {
-        let (workers, threads) = start(3).unwrap();
+        let (workers, threads) = start(3, || {}).unwrap();
         let mut seen = Vec::new();
         for (i, h) in workers.handles().iter().enumerate() {
             let (tx, rx) = std::sync::mpsc::channel();

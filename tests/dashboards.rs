@@ -390,7 +390,7 @@ fn in_process_scrape() -> String {
     let exports = ztun::ops::metrics::Exports::default();
     let telemetry = Arc::new(Telemetry::new(&mut registry, "unknown", exports));
     let dns = DnsMetrics::register(&mut registry);
-    let (workers, _threads) = ztun::workers::start(2).expect("data workers");
+    let (workers, _threads) = ztun::workers::start(2, || {}).expect("data workers");
     ztun::ops::metrics::register_process(&mut registry, Some(workers));
     let _outbound_socket = telemetry.metrics.socket_opened(Reporter::Source);
     let _inbound_socket = telemetry.metrics.socket_opened(Reporter::Destination);

@@ -1,5 +1,8 @@
 //! Log output: `RUST_LOG`-style filters, plain or JSON (`LOG_FORMAT=json`) lines on stdout,
-//! with a filter that the admin API can change at runtime.
+//! with a filter that the admin API can change at runtime. The data workers write their lines
+//! in batches ([`batch`]).
+
+pub mod batch;
 
 use std::sync::Arc;
 
@@ -52,7 +55,7 @@ pub fn init(cfg: &LogConfig) -> anyhow::Result<LogHandle> {
         .map_err(|e| anyhow::anyhow!("RUST_LOG {:?}: {e}", cfg.filter))?;
     let (filter, handle) = reload::Layer::new(filter);
     let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stdout)
+        .with_writer(batch::Stdout)
         .with_ansi(false);
     let res = if cfg.json {
         tracing_subscriber::registry()
