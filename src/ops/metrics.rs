@@ -72,7 +72,7 @@ impl Drop for SocketOpen {
 }
 
 /// Istio's TCP traffic labels. Missing values are `unknown`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+#[derive(Debug, Clone, PartialEq, Eq, EncodeLabelSet)]
 pub struct TrafficLabels {
     /// `source` or `destination`.
     pub reporter: Reporter,
@@ -124,6 +124,24 @@ pub struct TrafficLabels {
     /// only when a workload on either side is known.
     #[prometheus(flatten)]
     pub locality: MaybeLocality,
+}
+
+/// Hashes the labels that tell series apart in practice, not all of them: every connection
+/// looks its series up about six times on each node (opened, sent, received, closed, and the
+/// set expiry walks), and hashing every label was the largest user-space cost of a new
+/// connection after the kernel's. The others (canonical names, revisions, principals,
+/// cluster, locality) mostly follow the workload; series differing only in them share a hash
+/// and are still told apart by equality.
+impl std::hash::Hash for TrafficLabels {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.reporter.hash(state);
+        self.source_workload.hash(state);
+        self.source_workload_namespace.hash(state);
+        self.destination_workload.hash(state);
+        self.destination_workload_namespace.hash(state);
+        self.destination_service.hash(state);
+        self.response_flags.hash(state);
+    }
 }
 
 /// The four locality labels of a traffic series; a part not known is `unknown`.

@@ -23,6 +23,36 @@ fn samples<'a>(text: &'a str, family: &'a str) -> Vec<&'a str> {
         .collect()
 }
 
+/// A traffic series' labels, every one `unknown`.
+fn all_unknown() -> TrafficLabels {
+    TrafficLabels {
+        reporter: Reporter::Source,
+        source_workload: unknown(),
+        source_canonical_service: unknown(),
+        source_canonical_revision: unknown(),
+        source_workload_namespace: unknown(),
+        source_principal: unknown(),
+        source_app: unknown(),
+        source_version: unknown(),
+        source_cluster: unknown(),
+        destination_service: unknown(),
+        destination_service_namespace: unknown(),
+        destination_service_name: unknown(),
+        destination_workload: unknown(),
+        destination_canonical_service: unknown(),
+        destination_canonical_revision: unknown(),
+        destination_workload_namespace: unknown(),
+        destination_principal: unknown(),
+        destination_app: unknown(),
+        destination_version: unknown(),
+        destination_cluster: unknown(),
+        request_protocol: "tcp",
+        response_flags: "-",
+        connection_security_policy: "unknown",
+        locality: MaybeLocality(None),
+    }
+}
+
 /// A fresh start, as ztunnel's /metrics shows it: prometheus-client writes nothing at
 /// all (not even HELP/TYPE) for a label family with no series, and plain gauges and
 /// counters (the workload manager's) at 0.
@@ -69,32 +99,7 @@ fn a_socket_series_appears_with_its_first_socket() {
 #[test]
 fn the_closed_series_appears_at_close() {
     let (registry, m) = metrics(Exports::default());
-    let labels = TrafficLabels {
-        reporter: Reporter::Source,
-        source_workload: unknown(),
-        source_canonical_service: unknown(),
-        source_canonical_revision: unknown(),
-        source_workload_namespace: unknown(),
-        source_principal: unknown(),
-        source_app: unknown(),
-        source_version: unknown(),
-        source_cluster: unknown(),
-        destination_service: unknown(),
-        destination_service_namespace: unknown(),
-        destination_service_name: unknown(),
-        destination_workload: unknown(),
-        destination_canonical_service: unknown(),
-        destination_canonical_revision: unknown(),
-        destination_workload_namespace: unknown(),
-        destination_principal: unknown(),
-        destination_app: unknown(),
-        destination_version: unknown(),
-        destination_cluster: unknown(),
-        request_protocol: "tcp",
-        response_flags: "-",
-        connection_security_policy: "unknown",
-        locality: MaybeLocality(None),
-    };
+    let labels = all_unknown();
     let _series = m.open(&labels);
     let text = encode(&registry);
     assert_eq!(samples(&text, "istio_tcp_connections_opened").len(), 1);
@@ -123,4 +128,32 @@ fn workload_manager_families_follow_the_mode() {
         shared.contains("workload_manager_active_proxy_count 0"),
         "{shared}"
     );
+}
+
+/// Series that differ only in labels their hash leaves out (principals, revisions, locality)
+/// are still series of their own.
+#[test]
+fn series_differing_only_in_unhashed_labels_stay_apart() {
+    let (registry, m) = metrics(Exports::default());
+    let a = all_unknown();
+    let mut b = all_unknown();
+    b.source_principal = "spiffe://cluster.local/ns/a/sa/one".into();
+    let mut c = all_unknown();
+    c.destination_canonical_revision = "v2".into();
+    c.locality = MaybeLocality(Some(LocalityLabels {
+        source_region: "r".into(),
+        source_zone: unknown(),
+        destination_region: unknown(),
+        destination_zone: unknown(),
+    }));
+    for labels in [&a, &b, &b, &c, &c, &c] {
+        m.close(labels, false);
+    }
+    let text = encode(&registry);
+    let mut counts: Vec<&str> = samples(&text, "istio_tcp_connections_closed")
+        .iter()
+        .map(|l| l.rsplit(' ').next().unwrap())
+        .collect();
+    counts.sort();
+    assert_eq!(counts, ["1", "2", "3"], "{text}");
 }
