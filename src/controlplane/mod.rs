@@ -37,6 +37,7 @@ pub mod ca;
 pub mod encode;
 mod reload;
 mod service;
+mod silence;
 pub mod store;
 pub mod tls;
 pub mod wire;
@@ -64,9 +65,14 @@ pub use tls::Ca;
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 15012);
 /// Largest request accepted from a client.
 const MAX_REQUEST: usize = 16 << 20;
-/// HTTP/2 PINGs to clients, so dead connections are noticed.
+/// HTTP/2 PINGs to clients, so that an idle client sends at least the answer; a client from
+/// which nothing at all arrived for both together is closed ([`silence`]), as istiod's
+/// grpc-go keepalive (30 s, 10 s) judges any frame read as a sign of life.
 const KEEPALIVE: Duration = Duration::from_secs(30);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// hyper's own verdict on a PING's answer, which counts neither WINDOW_UPDATEs nor an answer
+/// queued behind a large push: kept out of the way, the silence limit decides.
+const PING_ANSWER_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 /// Command-line arguments of `ztun control-plane`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -227,6 +233,9 @@ pub struct ControlPlane {
     ca: ca::CaService,
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
+    /// PING interval, and how much longer a client may stay silent.
+    keepalive: Duration,
+    keepalive_timeout: Duration,
 }
 
 impl ControlPlane {
@@ -277,7 +286,17 @@ impl ControlPlane {
             ca: ca_service,
             listener,
             tls,
+            keepalive: KEEPALIVE,
+            keepalive_timeout: KEEPALIVE_TIMEOUT,
         })
+    }
+
+    /// Pings clients every `interval` and closes one silent for `interval + timeout`
+    /// (tests: the defaults are 30 s and 10 s).
+    #[cfg(test)]
+    pub(crate) fn with_keepalive(mut self, interval: Duration, timeout: Duration) -> Self {
+        (self.keepalive, self.keepalive_timeout) = (interval, timeout);
+        self
     }
 
     /// The bound address (useful with port 0).
@@ -297,7 +316,11 @@ impl ControlPlane {
     pub async fn serve(self, shutdown: impl std::future::Future<Output = ()>) -> Result<(), Error> {
         let routes = services(&self.ads, &self.ca);
         let watcher = tokio::spawn(self.watcher.run());
-        let incoming = tls::incoming(self.listener, self.tls);
+        let incoming = tls::incoming(
+            self.listener,
+            self.tls,
+            self.keepalive + self.keepalive_timeout,
+        );
         let ads = self.ads.clone();
         let shutdown = async move {
             shutdown.await;
@@ -305,8 +328,8 @@ impl ControlPlane {
             ads.stop_streams();
         };
         let served = Server::builder()
-            .http2_keepalive_interval(Some(KEEPALIVE))
-            .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+            .http2_keepalive_interval(Some(self.keepalive))
+            .http2_keepalive_timeout(Some(PING_ANSWER_TIMEOUT))
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await;

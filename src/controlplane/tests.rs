@@ -383,7 +383,16 @@ impl Running {
 
     async fn start_in(dir: tempfile::TempDir) -> Running {
         std::fs::write(dir.path().join("tokens"), format!("{TOKEN} n1\n")).unwrap();
-        Running::start_with(dir, Some("tokens"), false).await
+        Running::start_with(dir, Some("tokens"), false, None).await
+    }
+
+    /// As [`start`](Self::start), pinging clients every `interval` and closing one silent
+    /// for `interval + timeout`.
+    async fn start_pinging(yaml: &str, interval: Duration, timeout: Duration) -> Running {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("mesh.yaml"), yaml).unwrap();
+        std::fs::write(dir.path().join("tokens"), format!("{TOKEN} n1\n")).unwrap();
+        Running::start_with(dir, Some("tokens"), false, Some((interval, timeout))).await
     }
 
     /// Starts with the tokens file `tokens` (relative to the directory) or none, and
@@ -392,6 +401,7 @@ impl Running {
         dir: tempfile::TempDir,
         tokens: Option<&str>,
         dangerous_unauthenticated_xds: bool,
+        keepalive: Option<(Duration, Duration)>,
     ) -> Running {
         let args = Args {
             config: dir.path().join("mesh.yaml"),
@@ -402,9 +412,12 @@ impl Running {
             dangerous_unauthenticated_xds,
             max_cert_ttl: super::ca::CaServerConfig::DEFAULT_MAX_TTL,
         };
-        let cp = ControlPlane::start(&args)
+        let mut cp = ControlPlane::start(&args)
             .await
             .expect("control plane starts");
+        if let Some((interval, timeout)) = keepalive {
+            cp = cp.with_keepalive(interval, timeout);
+        }
         let addr = cp.local_addr().unwrap();
         let ads = cp.ads().clone();
         let (stop, stopped) = tokio::sync::oneshot::channel();
@@ -764,7 +777,7 @@ async fn without_a_tokens_file_xds_refuses_everyone_unless_opted_out() {
     let first = || vec![wildcard(ADDRESS_TYPE, BTreeMap::new())];
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("mesh.yaml"), &yaml).unwrap();
-    let cp = Running::start_with(dir, None, false).await;
+    let cp = Running::start_with(dir, None, false, None).await;
     for token in [None, Some(TOKEN)] {
         let status = Raw::open(cp.addr, &cp.root(), token, first())
             .await
@@ -774,7 +787,7 @@ async fn without_a_tokens_file_xds_refuses_everyone_unless_opted_out() {
     }
     let dir = cp.stop().await;
 
-    let cp = Running::start_with(dir, None, true).await;
+    let cp = Running::start_with(dir, None, true, None).await;
     let mut raw = Raw::open(cp.addr, &cp.root(), None, first())
         .await
         .expect("opted out: served without a token");
@@ -911,4 +924,76 @@ fn push_change(sub: &mut Subscription, m: &MeshResources, ids: &[u8]) -> ads::Pu
         next.delta(ResourceType::Address),
         &[],
     )
+}
+
+/// A client that connects, says its HTTP/2 preface and then nothing at all (a stopped or
+/// lost node) is closed once it has been silent for the PING interval and timeout together,
+/// although hyper's own verdict on the unanswered PINGs is kept out of the way.
+#[tokio::test]
+async fn a_silent_client_is_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let cp = Running::start_pinging(
+        &mesh_yaml(&[1], 8080, &[]),
+        Duration::from_millis(100),
+        Duration::from_millis(400),
+    )
+    .await;
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(cp.root()).unwrap();
+    roots.add_parsable_certificates(crate::tls::parse_pem_certs(&pem).unwrap());
+    let mut config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(cp.addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    // The preface and an empty SETTINGS frame; never an answer to anything after that.
+    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    tls.flush().await.unwrap();
+    // Reading what the server sends (its SETTINGS, PINGs) sends nothing back.
+    let mut sink = vec![0u8; 4096];
+    let closed = tokio::time::timeout(WAIT, async {
+        loop {
+            match tls.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "a silent client was kept for {WAIT:?}");
+    cp.stop().await;
+}
+
+/// An idle client that answers the PINGs is kept across many silence limits, and its stream
+/// still carries the next change.
+#[tokio::test]
+async fn an_idle_client_that_answers_pings_is_kept() {
+    let interval = Duration::from_millis(200);
+    let timeout = Duration::from_secs(2);
+    let cp = Running::start_pinging(&mesh_yaml(&[1], 8080, &[]), interval, timeout).await;
+    let mut raw = Raw::connect(
+        cp.addr,
+        &cp.root(),
+        vec![wildcard(ADDRESS_TYPE, BTreeMap::new())],
+    )
+    .await;
+    let first = raw.recv().await;
+    raw.ack(&first).await;
+    // Idle for three times the silence limit: only PINGs and their answers cross.
+    tokio::time::sleep((interval + timeout) * 3).await;
+    cp.write_mesh(&mesh_yaml(&[1, 2], 8080, &[]));
+    let change = raw.recv().await;
+    assert!(
+        resource_names(&change).iter().any(|n| n.contains("w2")),
+        "{:?}",
+        resource_names(&change)
+    );
+    cp.stop().await;
 }

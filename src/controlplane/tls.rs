@@ -28,6 +28,7 @@ use tonic::transport::server::Connected;
 use tracing::{debug, info};
 
 use super::ads::PeerAddr;
+use super::silence::Silence;
 use super::Error;
 use crate::tls::ca::ca_params;
 
@@ -185,10 +186,12 @@ pub fn server_config(
 }
 
 /// Accepts TCP connections on `listener`, handshakes each in its own task and yields the
-/// finished TLS connections. Runs until the returned stream is dropped.
+/// finished TLS connections, each closed once nothing has arrived from its client for
+/// `silence`. Runs until the returned stream is dropped.
 pub fn incoming(
     listener: TcpListener,
     config: Arc<rustls::ServerConfig>,
+    silence: Duration,
 ) -> ReceiverStream<io::Result<TlsConn>> {
     let (tx, rx) = mpsc::channel(ACCEPT_BACKLOG);
     let acceptor = TlsAcceptor::from(config);
@@ -213,7 +216,8 @@ pub fn incoming(
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {
-                        let _ = tx.send(Ok(TlsConn { inner: tls, peer })).await;
+                        let inner = Silence::new(tls, silence);
+                        let _ = tx.send(Ok(TlsConn { inner, peer })).await;
                     }
                     Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
                     Err(_) => debug!(%peer, "TLS handshake timed out"),
@@ -224,9 +228,9 @@ pub fn incoming(
     ReceiverStream::new(rx)
 }
 
-/// A handshaken client connection.
+/// A handshaken client connection, closed once the client has been silent too long.
 pub struct TlsConn {
-    inner: TlsStream<TcpStream>,
+    inner: Silence<TlsStream<TcpStream>>,
     peer: SocketAddr,
 }
 

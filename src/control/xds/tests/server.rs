@@ -57,7 +57,7 @@ impl TestAds {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (tx, conns) = mpsc::unbounded_channel();
-        let incoming = tls::incoming(listener, config.into());
+        let incoming = tls::incoming(listener, config.into(), Duration::from_secs(3600));
         let service = AggregatedDiscoveryServiceServer::new(Scripted { conns: tx });
         let server = tokio::spawn(async move {
             let _ = tonic::transport::Server::builder()
