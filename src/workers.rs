@@ -158,4 +158,23 @@ mod tests {
         assert_eq!(homes, [0, 1, 2, 0]);
         threads.shutdown(Duration::from_secs(1));
     }
+
+    /// A worker runs the idle hook on its own thread each time its runtime is about to
+    /// wait: the log batches leave then.
+    #[test]
+    fn a_worker_runs_the_idle_hook_on_its_thread_before_it_waits() {
+        static IDLE_ON: parking_lot::Mutex<Vec<usize>> = parking_lot::Mutex::new(Vec::new());
+        let (workers, threads) = start(2, || IDLE_ON.lock().push(index())).unwrap();
+        for (i, h) in workers.handles().iter().enumerate() {
+            let (tx, rx) = std::sync::mpsc::channel();
+            h.spawn(async move {
+                // Nothing to run for a moment: the runtime goes idle.
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                let _ = tx.send(());
+            });
+            rx.recv_timeout(Duration::from_secs(10)).unwrap();
+            assert!(IDLE_ON.lock().contains(&i), "worker {i}");
+        }
+        threads.shutdown(Duration::from_secs(1));
+    }
 }

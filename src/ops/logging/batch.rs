@@ -18,9 +18,9 @@ use tokio::sync::Notify;
 use tracing_subscriber::fmt::MakeWriter;
 
 /// A batch is written as soon as it holds this much.
-pub(crate) const FLUSH_BYTES: usize = 16 * 1024;
+const FLUSH_BYTES: usize = 16 * 1024;
 /// A batch is written at the latest this long after its first line.
-pub(crate) const FLUSH_WITHIN: Duration = Duration::from_millis(50);
+const FLUSH_WITHIN: Duration = Duration::from_millis(50);
 
 thread_local! {
     static BATCH: RefCell<Option<Batch>> = const { RefCell::new(None) };
