@@ -138,19 +138,39 @@ impl MeshResources {
     }
 }
 
-/// The names added, changed or removed from `old` to `new`.
+/// The names added, changed or removed from `old` to `new`: one merge of the two sorted
+/// maps, each name compared once, rather than a lookup of every name in the other map (at
+/// 60 000 resources the lookups' key comparisons were a seventh of a reload's CPU).
 pub fn diff(old: &BTreeMap<Arc<str>, Entry>, new: &BTreeMap<Arc<str>, Entry>) -> Delta {
-    let updated = new
-        .iter()
-        .filter(|(name, e)| old.get(*name).is_none_or(|o| o.version != e.version))
-        .map(|(name, _)| name.clone())
-        .collect();
-    let removed = old
-        .keys()
-        .filter(|name| !new.contains_key(*name))
-        .cloned()
-        .collect();
-    Delta { updated, removed }
+    use std::cmp::Ordering;
+    let mut delta = Delta::default();
+    let (mut old, mut new) = (old.iter().peekable(), new.iter().peekable());
+    loop {
+        let order = match (old.peek(), new.peek()) {
+            (None, None) => break,
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some((o, _)), Some((n, _))) => o.cmp(n),
+        };
+        match order {
+            Ordering::Less => {
+                let (name, _) = old.next().expect("peeked");
+                delta.removed.push(name.clone());
+            }
+            Ordering::Greater => {
+                let (name, _) = new.next().expect("peeked");
+                delta.updated.push(name.clone());
+            }
+            Ordering::Equal => {
+                let ((_, o), (name, n)) =
+                    (old.next().expect("peeked"), new.next().expect("peeked"));
+                if o.version != n.version {
+                    delta.updated.push(name.clone());
+                }
+            }
+        }
+    }
+    delta
 }
 
 type Encoded = ([BTreeMap<Arc<str>, Entry>; 2], HashMap<String, Arc<str>>);

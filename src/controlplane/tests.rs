@@ -997,3 +997,47 @@ async fn an_idle_client_that_answers_pings_is_kept() {
     );
     cp.stop().await;
 }
+
+/// The merge in `store::diff` finds exactly what looking each name up in the other map finds,
+/// in the same order, over random pairs of generations (names added, removed, changed, kept).
+#[test]
+fn the_merged_diff_matches_a_lookup_of_every_name() {
+    use crate::testkit::rng::Xorshift;
+    let entry = |v: u64| store::Entry {
+        version: format!("{v:016x}").into(),
+        encoded: Default::default(),
+    };
+    for seed in 1..=50u64 {
+        let mut r = Xorshift::new(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let mut old = BTreeMap::new();
+        let mut new = BTreeMap::new();
+        for i in 0..r.below(200) {
+            let name: Arc<str> = format!("Kubernetes//Pod/ns-{}/w-{i}", i % 7).into();
+            let version = r.below(3);
+            match r.below(4) {
+                0 => {
+                    old.insert(name, entry(version));
+                }
+                1 => {
+                    new.insert(name, entry(version));
+                }
+                _ => {
+                    old.insert(name.clone(), entry(version));
+                    new.insert(name, entry(version + r.below(2)));
+                }
+            }
+        }
+        let updated: Vec<Arc<str>> = new
+            .iter()
+            .filter(|(name, e)| old.get(*name).is_none_or(|o| o.version != e.version))
+            .map(|(name, _)| name.clone())
+            .collect();
+        let removed: Vec<Arc<str>> = old
+            .keys()
+            .filter(|name| !new.contains_key(*name))
+            .cloned()
+            .collect();
+        let d = store::diff(&old, &new);
+        assert_eq!((d.updated, d.removed), (updated, removed), "seed {seed}");
+    }
+}
