@@ -140,7 +140,7 @@ impl MeshResources {
 
 /// The names added, changed or removed from `old` to `new`: one merge of the two sorted
 /// maps, each name compared once, rather than a lookup of every name in the other map (at
-/// 60 000 resources the lookups' key comparisons were a seventh of a reload's CPU).
+/// 60 000 resources the lookups' key comparisons were 10-15 % of a reload's CPU).
 pub fn diff(old: &BTreeMap<Arc<str>, Entry>, new: &BTreeMap<Arc<str>, Entry>) -> Delta {
     use std::cmp::Ordering;
     let mut delta = Delta::default();
