@@ -374,25 +374,23 @@ struct Running {
     task: tokio::task::JoinHandle<Result<(), Error>>,
 }
 
+/// A temporary directory holding `yaml` as its mesh file.
+fn mesh_dir(yaml: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("mesh.yaml"), yaml).unwrap();
+    dir
+}
+
 impl Running {
     async fn start(yaml: &str) -> Running {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("mesh.yaml"), yaml).unwrap();
-        Running::start_in(dir).await
+        Running::start_in(mesh_dir(yaml), None).await
     }
 
-    async fn start_in(dir: tempfile::TempDir) -> Running {
+    /// Starts on the mesh in `dir`, with node `n1`'s token, pinging clients every
+    /// `keepalive.0` and closing one silent for both together (else the defaults).
+    async fn start_in(dir: tempfile::TempDir, keepalive: Option<(Duration, Duration)>) -> Running {
         std::fs::write(dir.path().join("tokens"), format!("{TOKEN} n1\n")).unwrap();
-        Running::start_with(dir, Some("tokens"), false, None).await
-    }
-
-    /// As [`start`](Self::start), pinging clients every `interval` and closing one silent
-    /// for `interval + timeout`.
-    async fn start_pinging(yaml: &str, interval: Duration, timeout: Duration) -> Running {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("mesh.yaml"), yaml).unwrap();
-        std::fs::write(dir.path().join("tokens"), format!("{TOKEN} n1\n")).unwrap();
-        Running::start_with(dir, Some("tokens"), false, Some((interval, timeout))).await
+        Running::start_with(dir, Some("tokens"), false, keepalive).await
     }
 
     /// Starts with the tokens file `tokens` (relative to the directory) or none, and
@@ -648,7 +646,7 @@ async fn pushes_only_changes_and_honours_initial_versions_across_restarts() {
         mesh_yaml(&[1, 2, 3], 8080, &["p1"]),
     )
     .unwrap();
-    let cp = Running::start_in(dir).await;
+    let cp = Running::start_in(dir, None).await;
     let mut initial = versions.clone();
     initial.insert("w2".into(), "stale".into());
     initial.insert("gone".into(), "v".into());
@@ -773,10 +771,8 @@ async fn xds_streams_without_a_known_token_are_refused_before_any_resource() {
 /// serves a stream without any token.
 #[tokio::test]
 async fn without_a_tokens_file_xds_refuses_everyone_unless_opted_out() {
-    let yaml = mesh_yaml(&[1], 8080, &[]);
     let first = || vec![wildcard(ADDRESS_TYPE, BTreeMap::new())];
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("mesh.yaml"), &yaml).unwrap();
+    let dir = mesh_dir(&mesh_yaml(&[1], 8080, &[]));
     let cp = Running::start_with(dir, None, false, None).await;
     for token in [None, Some(TOKEN)] {
         let status = Raw::open(cp.addr, &cp.root(), token, first())
@@ -932,12 +928,8 @@ fn push_change(sub: &mut Subscription, m: &MeshResources, ids: &[u8]) -> ads::Pu
 #[tokio::test]
 async fn a_silent_client_is_closed() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let cp = Running::start_pinging(
-        &mesh_yaml(&[1], 8080, &[]),
-        Duration::from_millis(100),
-        Duration::from_millis(400),
-    )
-    .await;
+    let keepalive = (Duration::from_millis(100), Duration::from_millis(400));
+    let cp = Running::start_in(mesh_dir(&mesh_yaml(&[1], 8080, &[])), Some(keepalive)).await;
     let mut roots = rustls::RootCertStore::empty();
     let pem = std::fs::read(cp.root()).unwrap();
     roots.add_parsable_certificates(crate::tls::parse_pem_certs(&pem).unwrap());
@@ -977,7 +969,8 @@ async fn a_silent_client_is_closed() {
 async fn an_idle_client_that_answers_pings_is_kept() {
     let interval = Duration::from_millis(200);
     let timeout = Duration::from_secs(2);
-    let cp = Running::start_pinging(&mesh_yaml(&[1], 8080, &[]), interval, timeout).await;
+    let dir = mesh_dir(&mesh_yaml(&[1], 8080, &[]));
+    let cp = Running::start_in(dir, Some((interval, timeout))).await;
     let mut raw = Raw::connect(
         cp.addr,
         &cp.root(),
