@@ -46,11 +46,9 @@ impl Proxy {
         };
         let transparency = transparency(self.cfg.proxy.enable_orig_src);
         let p = &self.cfg.proxy;
-        if self.cfg.inpod.port_reuse {
-            self.sockets.enable_listener_migration();
-        }
         let home = data.home();
         let workers = if self.sockets.reuses_ports() {
+            self.sockets.enable_listener_migration();
             data.handles()
         } else {
             std::slice::from_ref(home)
