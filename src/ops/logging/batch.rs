@@ -231,8 +231,7 @@ mod tests {
         });
     }
 
-    /// What a thread logged last is written as it ends; a thread without a batch writes
-    /// each line as it comes.
+    /// What a thread logged last is written as it ends; the batch was that thread's alone.
     #[test]
     fn a_batch_is_written_when_its_thread_ends() {
         static SINK: Sink = Mutex::new(Vec::new());
