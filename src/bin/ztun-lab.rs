@@ -43,7 +43,7 @@ const COMMANDS: &[Command] = &[
     },
     Command {
         name: "relay",
-        usage: "relay --listen IP:PORT --to IP:PORT [--event-loop]   a plain TCP relay (no TLS) until killed, blocking threads or one thread's event loop (the bench's floor)",
+        usage: "relay --listen IP:PORT --to IP:PORT [--event-loop | --mux | --demux]   a plain TCP relay (no TLS) until killed: blocking threads, one thread's event loop, or a pair carrying every connection over one link (the bench's floor)",
         run: relay,
     },
     Command {
@@ -133,21 +133,23 @@ fn echo_server(args: &[String]) -> anyhow::Result<()> {
 }
 
 fn relay(args: &[String]) -> anyhow::Result<()> {
-    let (listen, to, event_loop) = match args {
-        [l, listen, t, to] if l == "--listen" && t == "--to" => (listen, to, false),
-        [l, listen, t, to, e] if l == "--listen" && t == "--to" && e == "--event-loop" => {
-            (listen, to, true)
-        }
-        _ => bail!("usage: relay --listen IP:PORT --to IP:PORT [--event-loop]"),
+    const USAGE: &str =
+        "usage: relay --listen IP:PORT --to IP:PORT [--event-loop | --mux | --demux]";
+    let (listen, to, mode) = match args {
+        [l, listen, t, to] if l == "--listen" && t == "--to" => (listen, to, ""),
+        [l, listen, t, to, m] if l == "--listen" && t == "--to" => (listen, to, m.as_str()),
+        _ => bail!(USAGE),
     };
     let (listen, to) = (
         listen.parse().context("--listen")?,
         to.parse().context("--to")?,
     );
-    if event_loop {
-        ztun::testkit::bench::relay_event_loop(listen, to)
-    } else {
-        ztun::testkit::bench::relay(listen, to)
+    match mode {
+        "" => ztun::testkit::bench::relay(listen, to),
+        "--event-loop" => ztun::testkit::bench::relay_event_loop(listen, to),
+        "--mux" => ztun::testkit::bench::relay_mux(listen, to),
+        "--demux" => ztun::testkit::bench::relay_demux(listen, to),
+        _ => bail!(USAGE),
     }
 }
 

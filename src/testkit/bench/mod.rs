@@ -13,9 +13,11 @@
 //! CSRs, one CA, per-node tokens): the same keys, chains and TLS (1.3, AES-256-GCM).
 
 mod floor;
+mod mux;
 pub mod report;
 
 pub use floor::{aes_gcm_seconds_per_gb, relay, relay_event_loop};
+pub use mux::{relay_demux, relay_mux};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -45,6 +47,13 @@ const RELAY_NEAR_ECHO: u16 = 15112;
 /// The same, relaying on one thread's event loop (`relay --event-loop`).
 const RELAY_FAR_LOOP: u16 = 15113;
 const RELAY_NEAR_LOOP: u16 = 15114;
+/// The floor's multiplexing pair, one per run (the run's number added): the far end in y
+/// (to y's echo server on `FLOOR_CONN_PORT` + run), the near end in x.
+const FLOOR_MUX_FAR: u16 = 7300;
+const FLOOR_MUX_NEAR: u16 = 7400;
+/// The echo server of the floor's connection figure in y, one per run (the run's number
+/// added): dialled direct and through the multiplexing pair.
+const FLOOR_CONN_PORT: u16 = 7200;
 /// Plaintext encrypted and decrypted once per floor run.
 const AEAD_BYTES: u64 = 1 << 30;
 
@@ -246,15 +255,6 @@ impl Side {
         cpu_seconds(&self.tunnels)
     }
 
-    /// Both tunnels' CPU seconds so far, and the system (kernel) part of them: one read of
-    /// each tunnel's `/proc/PID/stat`.
-    fn cpu_and_system_seconds(&self) -> (f64, f64) {
-        self.tunnels.iter().fold((0.0, 0.0), |(all, system), p| {
-            let (u, s) = p.cpu_times();
-            (all + (u + s).as_secs_f64(), system + s.as_secs_f64())
-        })
-    }
-
     fn counters(&self) -> anyhow::Result<LinkCounters> {
         let out = self
             .lab
@@ -409,25 +409,29 @@ fn floor_figures(side: &Side, opts: &Options, table: &mut Table) -> anyhow::Resu
     let lab = &side.lab;
     let exe = std::env::current_exe()?;
     let (x, y) = (lab.pod("x").ip(), lab.pod("y").ip());
-    let relay = |pod: &str, listen: SocketAddr, to: SocketAddr, event_loop: bool| {
+    let relay = |pod: &str, listen: SocketAddr, to: SocketAddr, mode: Option<&str>| {
         let label = format!("relay-{pod}-{}", listen.port());
         let (listen, to) = (listen.to_string(), to.to_string());
         let mut args = vec!["relay", "--listen", &listen, "--to", &to];
-        if event_loop {
-            args.push("--event-loop");
-        }
+        args.extend(mode);
         lab.spawn_in(lab.pod(pod).netns(), &label, &exe, &args, &[], lab.dir())
     };
     let far = SocketAddr::from((y, RELAY_FAR));
     let far_echo = SocketAddr::from((y, RELAY_FAR_ECHO));
     let far_loop = SocketAddr::from((y, RELAY_FAR_LOOP));
+    let event_loop = Some("--event-loop");
     let relays = [
-        relay("y", far, SocketAddr::from((y, 5201)), false)?,
-        relay("x", SocketAddr::from((x, RELAY_NEAR)), far, false)?,
-        relay("y", far_echo, side.direct, false)?,
-        relay("x", SocketAddr::from((x, RELAY_NEAR_ECHO)), far_echo, false)?,
-        relay("y", far_loop, side.direct, true)?,
-        relay("x", SocketAddr::from((x, RELAY_NEAR_LOOP)), far_loop, true)?,
+        relay("y", far, SocketAddr::from((y, 5201)), None)?,
+        relay("x", SocketAddr::from((x, RELAY_NEAR)), far, None)?,
+        relay("y", far_echo, side.direct, None)?,
+        relay("x", SocketAddr::from((x, RELAY_NEAR_ECHO)), far_echo, None)?,
+        relay("y", far_loop, side.direct, event_loop)?,
+        relay(
+            "x",
+            SocketAddr::from((x, RELAY_NEAR_LOOP)),
+            far_loop,
+            event_loop,
+        )?,
     ];
     for r in &relays {
         r.wait_for_log("relaying", WAIT)?;
@@ -462,9 +466,30 @@ fn floor_figures(side: &Side, opts: &Options, table: &mut Table) -> anyhow::Resu
             aead_seal + aead_open,
         );
 
+        // The multiplexing pair, a pair per run: each run's clients dial ports of their own
+        // (see the connection figure), and the far end connects to an echo server of the run.
+        let k = u16::try_from(i).unwrap_or(0);
+        let conn_port = FLOOR_CONN_PORT + k;
+        let _echo = lab.pod("y").spawn_echo_server(conn_port)?;
+        let mux_far = SocketAddr::from((y, FLOOR_MUX_FAR + k));
+        let mux_near = SocketAddr::from((x, FLOOR_MUX_NEAR + k));
+        let mux = [
+            relay(
+                "y",
+                mux_far,
+                SocketAddr::from((y, conn_port)),
+                Some("--demux"),
+            )?,
+            relay("x", mux_near, mux_far, Some("--mux"))?,
+        ];
+        for r in &mux {
+            r.wait_for_log("relaying", WAIT)?;
+        }
+
         let n = opts.requests;
         let sent = (n as u64 + WARMUP as u64) * 64;
-        // Direct, the blocking relays and the event-loop relays, in an order rotating per run.
+        // Direct, the blocking relays, the event-loop relays and the multiplexing pair, in an
+        // order rotating per run.
         let paths = [
             (Through::Direct, side.direct, "", &relays[..0]),
             (
@@ -479,6 +504,7 @@ fn floor_figures(side: &Side, opts: &Options, table: &mut Table) -> anyhow::Resu
                 ", event-loop relays",
                 &relays[4..6],
             ),
+            (Through::Floor, mux_near, ", mux relays", &mux[..]),
         ];
         for k in 0..paths.len() {
             let (who, dst, variant, relays) = &paths[(i + k) % paths.len()];
@@ -504,6 +530,21 @@ fn floor_figures(side: &Side, opts: &Options, table: &mut Table) -> anyhow::Resu
                     cpu * 1e6,
                 );
             }
+        }
+
+        // New connections through the multiplexing pair, and direct to the same server, in
+        // an order rotating per run.
+        let figure = format!("connections/s ({} concurrent)", opts.concurrency);
+        let paths = [
+            (Through::Direct, SocketAddr::from((y, conn_port)), &mux[..0]),
+            (Through::Floor, mux_near, &mux[..]),
+        ];
+        for k in 0..paths.len() {
+            let (who, dst, carriers) = &paths[(i + k) % paths.len()];
+            let r = side.checked(PathKind::Plain, "floor connection rate", || {
+                conn_rate_through(lab, "x", *dst, opts, carriers)
+            })?;
+            r.add_to(table, level, &figure, *who);
         }
     }
     Ok(())
@@ -610,41 +651,17 @@ fn level_figures(
         let port = CONN_RATE_PORT + u16::try_from(i).unwrap_or(0);
         let _direct_server = base.lab.pod("y").spawn_echo_server(port)?;
         let direct = SocketAddr::new(base.direct.ip(), port);
-        let (d, d_cpu) = base.checked(PathKind::Plain, "direct connection rate", || {
-            let machine = machine_busy_seconds()?;
-            let (rate, count) =
-                base.lab
-                    .pod("x")
-                    .block_on(conn_rate(direct, opts.concurrency, opts.seconds))?;
-            let per_conn = (machine_busy_seconds()? - machine) / count.max(1) as f64;
-            Ok(((rate, per_conn), count * 64))
+        let d = base.checked(PathKind::Plain, "direct connection rate", || {
+            conn_rate_through(&base.lab, "x", direct, opts, &[])
         })?;
-        table.add(level, &figure, Through::Direct, d);
-        table.add(level, FIGURE_CONN_MACHINE, Through::Direct, d_cpu * 1e6);
+        d.add_to(table, level, &figure, Through::Direct);
         for s in order(sides.len(), i).into_iter().map(|k| &sides[k]) {
             let _server = s.lab.pod("c").spawn_echo_server(port)?;
             let tunnel = SocketAddr::new(s.tunnel.ip(), port);
-            let (t, (tunnels, kernel), machine) =
-                s.checked(PathKind::Hbone, "tunnelled connection rate", || {
-                    let (tunnels, kernel) = s.cpu_and_system_seconds();
-                    let machine = machine_busy_seconds()?;
-                    let (rate, count) = s.lab.pod("a").block_on(conn_rate(
-                        tunnel,
-                        opts.concurrency,
-                        opts.seconds,
-                    ))?;
-                    let n = count.max(1) as f64;
-                    let (tunnels_after, kernel_after) = s.cpu_and_system_seconds();
-                    let tunnels = (tunnels_after - tunnels) / n;
-                    let kernel = (kernel_after - kernel) / n;
-                    let machine = (machine_busy_seconds()? - machine) / n;
-                    Ok(((rate, (tunnels, kernel), machine), count * 64))
-                })?;
-            let who = s.kind.through();
-            table.add(level, &figure, who, t);
-            table.add(level, FIGURE_CONN_TUNNELS, who, tunnels * 1e6);
-            table.add(level, FIGURE_CONN_TUNNELS_KERNEL, who, kernel * 1e6);
-            table.add(level, FIGURE_CONN_MACHINE, who, machine * 1e6);
+            let t = s.checked(PathKind::Hbone, "tunnelled connection rate", || {
+                conn_rate_through(&s.lab, "a", tunnel, opts, &s.tunnels)
+            })?;
+            t.add_to(table, level, &figure, s.kind.through());
         }
     }
 
@@ -959,6 +976,54 @@ async fn conn_rate(
     Ok((total as f64 / seconds as f64, total))
 }
 
+/// One connection-rate measurement: connections per second, and per connection the CPU of
+/// the processes carrying them (all of it, and the kernel's part) and of the whole machine.
+struct ConnRate {
+    rate: f64,
+    cpu: f64,
+    kernel: f64,
+    machine: f64,
+}
+
+impl ConnRate {
+    /// Its rows at `level`: the rate under `figure`; the carriers' CPU unless there were
+    /// none (direct TCP).
+    fn add_to(&self, table: &mut Table, level: &str, figure: &str, who: Through) {
+        table.add(level, figure, who, self.rate);
+        if who != Through::Direct {
+            table.add(level, FIGURE_CONN_TUNNELS, who, self.cpu * 1e6);
+            table.add(level, FIGURE_CONN_TUNNELS_KERNEL, who, self.kernel * 1e6);
+        }
+        table.add(level, FIGURE_CONN_MACHINE, who, self.machine * 1e6);
+    }
+}
+
+/// [`conn_rate`] from `client`'s pod to `dst`, with the CPU per connection of `carriers`
+/// (the tunnels, the floor's relays, none) and of the machine; and the bytes the far end
+/// received, for the path check.
+fn conn_rate_through(
+    lab: &Lab,
+    client: &str,
+    dst: SocketAddr,
+    opts: &Options,
+    carriers: &[Process],
+) -> anyhow::Result<(ConnRate, u64)> {
+    let (cpu, kernel) = cpu_and_system_seconds(carriers);
+    let machine = machine_busy_seconds()?;
+    let (rate, count) = lab
+        .pod(client)
+        .block_on(conn_rate(dst, opts.concurrency, opts.seconds))?;
+    let n = count.max(1) as f64;
+    let (cpu_after, kernel_after) = cpu_and_system_seconds(carriers);
+    let figures = ConnRate {
+        rate,
+        cpu: (cpu_after - cpu) / n,
+        kernel: (kernel_after - kernel) / n,
+        machine: (machine_busy_seconds()? - machine) / n,
+    };
+    Ok((figures, count * 64))
+}
+
 /// CPU per 64-byte round trip of the latency figure: both tunnels, or the floor's two relays.
 const FIGURE_RTT_CPU: &str = "  CPU per round trip, both tunnels (µs)";
 /// CPU per new connection, both tunnels (user + system, softirq work done in their context
@@ -972,6 +1037,15 @@ const FIGURE_CONN_MACHINE: &str = "  CPU per connection, whole machine (µs)";
 /// User + system CPU seconds of `processes` so far.
 fn cpu_seconds(processes: &[Process]) -> f64 {
     processes.iter().map(|p| p.cpu_time().as_secs_f64()).sum()
+}
+
+/// CPU seconds of `processes` so far, and the system (kernel) part of them: one read of
+/// each one's `/proc/PID/stat`.
+fn cpu_and_system_seconds(processes: &[Process]) -> (f64, f64) {
+    processes.iter().fold((0.0, 0.0), |(all, system), p| {
+        let (u, s) = p.cpu_times();
+        (all + (u + s).as_secs_f64(), system + s.as_secs_f64())
+    })
 }
 
 /// Seconds the machine's CPUs have been busy (every `/proc/stat` field but idle and iowait).
