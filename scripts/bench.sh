@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Side-by-side benchmark on the two-node namespace cluster: every figure through two ztuns
 # (one data-plane worker thread each) against direct TCP between pods of the same run and a
-# floor (two plain relays plus AES-GCM), at RUST_LOG=warn and at the shipped info (access log
-# on). With `--ztunnel PATH` (a ztunnel binary you supply) every tunnelled figure is also
-# measured through two ztunnels in the same run, alternating with ztun, same settings, and
-# the table shows ztun / ztunnel. Prints the table and writes JSON to target/bench/. Needs
+# floor (two plain relays plus AES-GCM, and a relay pair carrying every connection over one
+# link), at RUST_LOG=warn and at the shipped info (access log on). With `--ztunnel PATH` (a
+# ztunnel binary you supply) every tunnelled figure is also measured through two ztunnels in
+# the same run, alternating with ztun, same settings, and the table shows ztun / ztunnel. Prints the table and writes JSON to target/bench/. Needs
 # root. Other arguments go to `ztun-lab bench` (e.g. --runs 5 --seconds 10 --idle 1000,10000
 # --levels warn --only throughput,connections). Leftovers of a killed run: `ztun-lab cleanup`,
 # only when no other lab (tests) runs on the machine.

@@ -1,7 +1,7 @@
 //! The side-by-side benchmark behind `scripts/bench.sh`: every figure through two ztuns, and,
 //! given a ztunnel binary, through two ztunnels in the same run, alternating, with identical
 //! settings, against direct TCP between uncaptured pods and a floor (two plain relays plus the
-//! AES-GCM cost). Every tunnelled measurement is checked against the node link's counters: it
+//! AES-GCM cost, and a relay pair carrying every connection over one link, `mux`). Every tunnelled measurement is checked against the node link's counters: it
 //! counts only if the link carried nothing but HBONE (port 15008) and at least the bytes the
 //! client sent went to 15008; otherwise the run fails instead of reporting a figure.
 //!
@@ -27,7 +27,10 @@ use anyhow::{anyhow, bail, Context as _};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use self::report::{check_path, LinkCounters, PathKind, Table, Through, FIGURE_CPU};
+use self::report::{
+    check_path, LinkCounters, PathKind, Table, Through, FIGURE_CONN_RATE, FIGURE_CONN_TUNNELS,
+    FIGURE_CPU,
+};
 use super::lab::{Lab, PodSpec, Process, Server, NODE_LINK};
 use super::mesh::MeshFile;
 
@@ -534,7 +537,7 @@ fn floor_figures(side: &Side, opts: &Options, table: &mut Table) -> anyhow::Resu
 
         // New connections through the multiplexing pair, and direct to the same server, in
         // an order rotating per run.
-        let figure = format!("connections/s ({} concurrent)", opts.concurrency);
+        let figure = format!("{FIGURE_CONN_RATE}{} concurrent)", opts.concurrency);
         let paths = [
             (Through::Direct, SocketAddr::from((y, conn_port)), &mux[..0]),
             (Through::Floor, mux_near, &mux[..]),
@@ -643,7 +646,7 @@ fn level_figures(
     }
 
     // 3. New connections per second.
-    let figure = format!("connections/s ({} concurrent)", opts.concurrency);
+    let figure = format!("{FIGURE_CONN_RATE}{} concurrent)", opts.concurrency);
     for i in 0..opts.runs * usize::from(opts.wants("connections")) {
         // Each run dials a port of its own: the clients reuse TIME_WAIT ports
         // (`tcp_tw_reuse`) and a run leaves tens of thousands of 4-tuples in TIME_WAIT for
@@ -1026,9 +1029,6 @@ fn conn_rate_through(
 
 /// CPU per 64-byte round trip of the latency figure: both tunnels, or the floor's two relays.
 const FIGURE_RTT_CPU: &str = "  CPU per round trip, both tunnels (µs)";
-/// CPU per new connection, both tunnels (user + system, softirq work done in their context
-/// included).
-const FIGURE_CONN_TUNNELS: &str = "  CPU per connection, both tunnels (µs)";
 /// The kernel's part of [`FIGURE_CONN_TUNNELS`] (the tunnels' system time).
 const FIGURE_CONN_TUNNELS_KERNEL: &str = "    of which in the kernel (µs)";
 /// CPU per new connection, the whole machine: tunnels, client, server and kernel.

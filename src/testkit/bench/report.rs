@@ -170,6 +170,39 @@ impl Table {
             }
             let tunnelled =
                 r.median(Through::Ztun).is_some() || r.median(Through::Ztunnel).is_some();
+            // The connection figures against the multiplexing pair's: the rate as a fraction
+            // of the floor's, the tunnels' CPU per connection as a multiple of the relays'.
+            let per_connection = [
+                (FIGURE_CONN_RATE, "connections/s, fraction of the floor's"),
+                (
+                    FIGURE_CONN_TUNNELS,
+                    "CPU per connection, both tunnels, multiple of the floor's",
+                ),
+            ];
+            for (figure, label) in per_connection {
+                if !(tunnelled && r.figure.starts_with(figure)) {
+                    continue;
+                }
+                let Some(f) = self
+                    .row("-", &r.figure)
+                    .and_then(|f| f.median(Through::Floor))
+                else {
+                    continue;
+                };
+                let multiple = |who| -> Vec<f64> {
+                    r.median(who)
+                        .and_then(|t| ratio(t, f))
+                        .into_iter()
+                        .collect()
+                };
+                out.push(Row {
+                    figure: label.to_string(),
+                    level: r.level.clone(),
+                    ztun: multiple(Through::Ztun),
+                    ztunnel: multiple(Through::Ztunnel),
+                    ..Row::default()
+                });
+            }
             if r.figure == FIGURE_CPU && tunnelled {
                 let multiple = |who| -> Vec<f64> {
                     match (r.median(who), floor) {
@@ -240,6 +273,11 @@ impl Table {
 
 /// The CPU figure's name (the floor multiple is derived from it).
 pub const FIGURE_CPU: &str = "CPU seconds per GB, both tunnels";
+/// The connection-rate figure (its name goes on with the concurrency).
+pub const FIGURE_CONN_RATE: &str = "connections/s (";
+/// CPU per new connection, both tunnels or the floor's two relays (user + system, softirq
+/// work done in their context included).
+pub const FIGURE_CONN_TUNNELS: &str = "  CPU per connection, both tunnels (µs)";
 
 /// The median (the mean of the middle two for an even count); `None` when empty.
 pub fn median(samples: &[f64]) -> Option<f64> {
@@ -545,6 +583,36 @@ mod tests {
             (multiple.ztun.clone(), multiple.ztunnel.clone()),
             (vec![2.0], vec![34.0 / 7.0])
         );
+        // Connections against the multiplexing pair measured at level `-`.
+        let rate = "connections/s (16 concurrent)";
+        t.add("-", rate, Through::Floor, 10_000.0);
+        t.add("-", FIGURE_CONN_TUNNELS, Through::Floor, 50.0);
+        t.add("warn", rate, Through::Ztun, 8_000.0);
+        t.add("warn", rate, Through::Ztunnel, 5_000.0);
+        t.add("warn", FIGURE_CONN_TUNNELS, Through::Ztun, 100.0);
+        t.add("warn", FIGURE_CONN_TUNNELS, Through::Ztunnel, 150.0);
+        t.add("info", rate, Through::Direct, 20_000.0);
+        let derived = t.derived();
+        let find = |figure: &str, level: &str| {
+            derived
+                .iter()
+                .find(|r| r.figure == figure && r.level == level)
+                .map(|r| (r.ztun.clone(), r.ztunnel.clone()))
+        };
+        assert_eq!(
+            find("connections/s, fraction of the floor's", "warn"),
+            Some((vec![0.8], vec![0.5]))
+        );
+        assert_eq!(
+            find(
+                "CPU per connection, both tunnels, multiple of the floor's",
+                "warn"
+            ),
+            Some((vec![2.0], vec![3.0]))
+        );
+        // A level where no tunnel was measured gets no fraction.
+        assert_eq!(find("connections/s, fraction of the floor's", "info"), None);
+
         let text = t.render();
         assert!(text.contains("0.56x"), "{text}");
         assert!(text.contains("p50 added latency"), "{text}");
