@@ -239,7 +239,14 @@ fn bench(args: &[String]) -> anyhow::Result<()> {
                 opts.ztunnel = Some(std::fs::canonicalize(value()?).context("--ztunnel")?)
             }
             "--levels" => opts.log_levels = value()?.split(',').map(str::to_string).collect(),
-            "--runs" => opts.runs = value()?.parse().context("--runs")?,
+            "--runs" => {
+                opts.runs = value()?.parse().context("--runs")?;
+                let max = ztun::testkit::bench::MAX_RUNS;
+                anyhow::ensure!(
+                    (1..=max).contains(&opts.runs),
+                    "--runs must be between 1 and {max}"
+                );
+            }
             "--seconds" => opts.seconds = value()?.parse().context("--seconds")?,
             "--idle" => {
                 let mut levels = value()?

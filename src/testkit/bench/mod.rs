@@ -1077,6 +1077,18 @@ const IDLE_PORT: u16 = 7001;
 /// First port of the connection-rate runs' echo servers (one port per run).
 const CONN_RATE_PORT: u16 = 7100;
 
+/// Most runs of one benchmark: the connection figures take ports of their own per run, 100
+/// apart (`CONN_RATE_PORT`, `FLOOR_CONN_PORT`, `FLOOR_MUX_FAR`, `FLOOR_MUX_NEAR`).
+pub const MAX_RUNS: usize = 100;
+const _: () = {
+    let n = MAX_RUNS as u16;
+    assert!(IDLE_PORT < CONN_RATE_PORT);
+    assert!(CONN_RATE_PORT + n <= FLOOR_CONN_PORT);
+    assert!(FLOOR_CONN_PORT + n <= FLOOR_MUX_FAR);
+    assert!(FLOOR_MUX_FAR + n <= FLOOR_MUX_NEAR);
+    assert!(FLOOR_MUX_NEAR as u32 + n as u32 <= RELAY_FAR as u32);
+};
+
 /// Established TCP connections to the idle echo server, seen in the destination app's namespace.
 fn idle_established(lab: &Lab) -> anyhow::Result<usize> {
     let filter = format!("( sport = :{IDLE_PORT} )");
