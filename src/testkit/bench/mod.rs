@@ -1,9 +1,10 @@
 //! The side-by-side benchmark behind `scripts/bench.sh`: every figure through two ztuns, and,
 //! given a ztunnel binary, through two ztunnels in the same run, alternating, with identical
 //! settings, against direct TCP between uncaptured pods and a floor (two plain relays plus the
-//! AES-GCM cost, and a relay pair carrying every connection over one link, `mux`). Every tunnelled measurement is checked against the node link's counters: it
-//! counts only if the link carried nothing but HBONE (port 15008) and at least the bytes the
-//! client sent went to 15008; otherwise the run fails instead of reporting a figure.
+//! AES-GCM cost, and a relay pair carrying every connection over one link, `mux`). Every
+//! tunnelled measurement is checked against the node link's counters: it counts only if the
+//! link carried nothing but HBONE (port 15008) and at least the bytes the client sent went to
+//! 15008; otherwise the run fails instead of reporting a figure.
 //!
 //! Topology, one lab per tunnel (so both stay up for the whole run): node n1 with captured
 //! `a`, `b` and uncaptured `x`, `w`; node n2 with captured `c` and uncaptured `y`. Direct =
