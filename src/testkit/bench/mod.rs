@@ -477,18 +477,16 @@ fn floor_figures(side: &Side, opts: &Options, table: &mut Table) -> anyhow::Resu
         let _echo = lab.pod("y").spawn_echo_server(conn_port)?;
         let mux_far = SocketAddr::from((y, FLOOR_MUX_FAR + k));
         let mux_near = SocketAddr::from((x, FLOOR_MUX_NEAR + k));
-        let mux = [
-            relay(
-                "y",
-                mux_far,
-                SocketAddr::from((y, conn_port)),
-                Some("--demux"),
-            )?,
-            relay("x", mux_near, mux_far, Some("--mux"))?,
-        ];
-        for r in &mux {
-            r.wait_for_log("relaying", WAIT)?;
-        }
+        // The far end first: the near end dials its link once, as it starts.
+        let demux = relay(
+            "y",
+            mux_far,
+            SocketAddr::from((y, conn_port)),
+            Some("--demux"),
+        )?;
+        demux.wait_for_log("relaying", WAIT)?;
+        let mux = [demux, relay("x", mux_near, mux_far, Some("--mux"))?];
+        mux[1].wait_for_log("relaying", WAIT)?;
 
         let n = opts.requests;
         let sent = (n as u64 + WARMUP as u64) * 64;

@@ -21,7 +21,6 @@ use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use bytes::{Buf, BytesMut};
@@ -61,12 +60,20 @@ fn near(listener: TcpListener, to: SocketAddr, ready: impl FnOnce()) -> anyhow::
     event_loop(async move {
         listener.set_nonblocking(true)?;
         let listener = tokio::net::TcpListener::from_std(listener)?;
-        let link = Link::new(connect_link(to).await?);
+        let sock = TcpStream::connect(to)
+            .await
+            .with_context(|| format!("link to {to}"))?;
+        sock.set_nodelay(true)?;
+        let link = Link::new(sock);
         ready();
-        tokio::task::spawn_local(read_link(link.clone(), None));
+        let mut lost = tokio::task::spawn_local(read_link(link.clone(), None));
         let mut next = 0u32;
         loop {
-            let (client, _) = listener.accept().await?;
+            let (client, _) = tokio::select! {
+                accepted = listener.accept() => accepted?,
+                // Nothing could be relayed any more.
+                _ = &mut lost => anyhow::bail!("the link to the far end {to} is gone"),
+            };
             let _ = client.set_nodelay(true);
             let client = Rc::new(client);
             next = next.wrapping_add(1);
@@ -77,23 +84,6 @@ fn near(listener: TcpListener, to: SocketAddr, ready: impl FnOnce()) -> anyhow::
             tokio::task::spawn_local(to_link(next, client, link.clone()));
         }
     })
-}
-
-/// The link to the far end, which may still be starting: retried for a while.
-async fn connect_link(to: SocketAddr) -> anyhow::Result<TcpStream> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match TcpStream::connect(to).await {
-            Ok(s) => {
-                s.set_nodelay(true)?;
-                return Ok(s);
-            }
-            Err(e) if Instant::now() > deadline => {
-                return Err(e).with_context(|| format!("link to {to}"))
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
 }
 
 fn far(listener: TcpListener, to: SocketAddr) -> anyhow::Result<()> {
@@ -159,9 +149,8 @@ async fn to_link(id: u32, sock: Rc<TcpStream>, link: Rc<Link>) {
     link.out.write(&head(id, END, 0));
 }
 
-/// Reads the link's frames and hands each payload to its stream's socket. On the far end
-/// (`target` given) an OPEN connects a stream to the target. The process exits when the
-/// link is lost on the near end (nothing could be relayed any more).
+/// Reads the link's frames and hands each payload to its stream's socket, until the link
+/// ends. On the far end (`target` given) an OPEN connects a stream to the target.
 async fn read_link(link: Rc<Link>, target: Option<SocketAddr>) {
     let mut buf = BytesMut::with_capacity(4 * CHUNK);
     loop {
@@ -206,10 +195,6 @@ async fn read_link(link: Rc<Link>, target: Option<SocketAddr>) {
             }
             buf.advance(HEAD + len);
         }
-    }
-    if target.is_none() {
-        eprintln!("mux relay: the link to the far end is gone");
-        std::process::exit(1);
     }
 }
 
@@ -343,6 +328,7 @@ mod tests {
     use super::*;
     use std::io::{Read, Write};
     use std::net::{Shutdown, TcpStream as StdStream};
+    use std::time::Duration;
 
     /// A far end on loopback relaying to `to`, serving until the test process ends.
     fn far_end(to: SocketAddr) -> SocketAddr {
