@@ -23,7 +23,7 @@ const COMMANDS: &[Command] = &[
     },
     Command {
         name: "bench",
-        usage: "bench [--ztun PATH] [--ztunnel PATH] [--levels warn,info] [--runs N] [--seconds S] [--requests N] [--idle N[,N...]] [--concurrency N] [--workers N] [--only floor,throughput,connections,isolation,memory] [--out FILE]  direct TCP, the floor, ztun and (given) ztunnel side by side",
+        usage: "bench [--ztun PATH] [--ztunnel PATH] [--levels warn,info] [--runs N] [--seconds S] [--requests N] [--idle N[,N...]] [--concurrency N] [--floor-work-us US[,US...]] [--workers N] [--only floor,throughput,connections,isolation,memory] [--out FILE]  direct TCP, the floor, ztun and (given) ztunnel side by side",
         run: bench,
     },
     Command {
@@ -134,7 +134,15 @@ fn echo_server(args: &[String]) -> anyhow::Result<()> {
 
 fn relay(args: &[String]) -> anyhow::Result<()> {
     const USAGE: &str =
-        "usage: relay --listen IP:PORT --to IP:PORT [--event-loop | --mux | --demux]";
+        "usage: relay --listen IP:PORT --to IP:PORT [--event-loop | --mux | --demux] [--work-us N]";
+    // `--work-us N` (mux and demux only): user-space time each end spends per new stream.
+    let (args, work) = match args {
+        [rest @ .., w, n] if w == "--work-us" => (
+            rest,
+            std::time::Duration::from_micros(n.parse().context("--work-us")?),
+        ),
+        _ => (args, std::time::Duration::ZERO),
+    };
     let (listen, to, mode) = match args {
         [l, listen, t, to] if l == "--listen" && t == "--to" => (listen, to, ""),
         [l, listen, t, to, m] if l == "--listen" && t == "--to" => (listen, to, m.as_str()),
@@ -145,10 +153,10 @@ fn relay(args: &[String]) -> anyhow::Result<()> {
         to.parse().context("--to")?,
     );
     match mode {
-        "" => ztun::testkit::bench::relay(listen, to),
-        "--event-loop" => ztun::testkit::bench::relay_event_loop(listen, to),
-        "--mux" => ztun::testkit::bench::relay_mux(listen, to),
-        "--demux" => ztun::testkit::bench::relay_demux(listen, to),
+        "" if work.is_zero() => ztun::testkit::bench::relay(listen, to),
+        "--event-loop" if work.is_zero() => ztun::testkit::bench::relay_event_loop(listen, to),
+        "--mux" => ztun::testkit::bench::relay_mux(listen, to, work),
+        "--demux" => ztun::testkit::bench::relay_demux(listen, to, work),
         _ => bail!(USAGE),
     }
 }
@@ -259,6 +267,18 @@ fn bench(args: &[String]) -> anyhow::Result<()> {
             }
             "--requests" => opts.requests = value()?.parse().context("--requests")?,
             "--concurrency" => opts.concurrency = value()?.parse().context("--concurrency")?,
+            "--floor-work-us" => {
+                opts.floor_work_us = value()?
+                    .split(',')
+                    .map(str::parse)
+                    .collect::<Result<_, _>>()
+                    .context("--floor-work-us")?;
+                let max = ztun::testkit::bench::MAX_FLOOR_WORKS;
+                anyhow::ensure!(
+                    opts.floor_work_us.len() <= max,
+                    "--floor-work-us takes at most {max} values"
+                );
+            }
             "--workers" => {
                 opts.workers = value()?.parse().context("--workers")?;
                 anyhow::ensure!(opts.workers >= 1, "--workers must be at least 1");

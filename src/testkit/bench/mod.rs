@@ -30,7 +30,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use self::report::{
     check_path, LinkCounters, PathKind, Table, Through, FIGURE_CONN_RATE, FIGURE_CONN_TUNNELS,
-    FIGURE_CPU,
+    FIGURE_CPU, WORK_VARIANT_PREFIX, WORK_VARIANT_SUFFIX,
 };
 use super::lab::{Lab, PodSpec, Process, Server, NODE_LINK};
 use super::mesh::MeshFile;
@@ -58,6 +58,12 @@ const FLOOR_MUX_NEAR: u16 = 7400;
 /// The echo server of the floor's connection figure in y, one per run (the run's number
 /// added): dialled direct and through the multiplexing pair.
 const FLOOR_CONN_PORT: u16 = 7200;
+/// The floor's what-if pairs (`--floor-work-us`), one per run and work (run + 100 × the
+/// work's index added): the far end in y (to the run's echo server), the near end in x.
+const FLOOR_WORK_FAR: u16 = 7500;
+const FLOOR_WORK_NEAR: u16 = 8300;
+/// Most `--floor-work-us` values one bench takes.
+pub const MAX_FLOOR_WORKS: usize = 8;
 /// Plaintext encrypted and decrypted once per floor run.
 const AEAD_BYTES: u64 = 1 << 30;
 
@@ -85,6 +91,9 @@ pub struct Options {
     pub ztunnel: Option<PathBuf>,
     /// `RUST_LOG` levels to measure at, each with freshly started tunnels.
     pub log_levels: Vec<String>,
+    /// What-if rows of the floor: the connection rate through the multiplexing pair when each
+    /// of its ends spends this much user-space time per new connection (µs), one row each.
+    pub floor_work_us: Vec<u32>,
 }
 
 impl Options {
@@ -105,6 +114,7 @@ impl Default for Options {
             only: Vec::new(),
             ztunnel: None,
             log_levels: vec!["warn".into(), "info".into()],
+            floor_work_us: Vec::new(),
         }
     }
 }
@@ -290,6 +300,16 @@ impl Side {
         what: &str,
         f: impl FnOnce() -> anyhow::Result<(T, u64)>,
     ) -> anyhow::Result<T> {
+        self.checked_link(path, what, f).map(|(value, _)| value)
+    }
+
+    /// Like [`Side::checked`], also giving what the node link counted meanwhile.
+    fn checked_link<T>(
+        &self,
+        path: PathKind,
+        what: &str,
+        f: impl FnOnce() -> anyhow::Result<(T, u64)>,
+    ) -> anyhow::Result<(T, LinkCounters)> {
         let before = self.quiet_link()?;
         let (value, sent) = f()?;
         let seen = self.counters()?.since(&before);
@@ -299,7 +319,25 @@ impl Side {
                 self.kind.name()
             )
         })?;
-        Ok(value)
+        Ok((value, seen))
+    }
+
+    /// [`conn_rate_through`] from `client`, checked to take `path`, with the node link's
+    /// packets per connection.
+    fn conn_rate(
+        &self,
+        path: PathKind,
+        what: &str,
+        client: &str,
+        dst: SocketAddr,
+        opts: &Options,
+        carriers: &[Process],
+    ) -> anyhow::Result<ConnRate> {
+        let (mut r, seen) = self.checked_link(path, what, || {
+            conn_rate_through(&self.lab, client, dst, opts, carriers)
+        })?;
+        r.link_packets = seen.packets() as f64 / r.count.max(1) as f64;
+        Ok(r)
     }
 }
 
@@ -413,12 +451,19 @@ fn floor_figures(side: &Side, opts: &Options, table: &mut Table) -> anyhow::Resu
     let lab = &side.lab;
     let exe = std::env::current_exe()?;
     let (x, y) = (lab.pod("x").ip(), lab.pod("y").ip());
+    let relay_spending =
+        |pod: &str, listen: SocketAddr, to: SocketAddr, mode: Option<&str>, work_us: u32| {
+            let label = format!("relay-{pod}-{}", listen.port());
+            let (listen, to, work) = (listen.to_string(), to.to_string(), work_us.to_string());
+            let mut args = vec!["relay", "--listen", &listen, "--to", &to];
+            args.extend(mode);
+            if work_us > 0 {
+                args.extend(["--work-us", &work]);
+            }
+            lab.spawn_in(lab.pod(pod).netns(), &label, &exe, &args, &[], lab.dir())
+        };
     let relay = |pod: &str, listen: SocketAddr, to: SocketAddr, mode: Option<&str>| {
-        let label = format!("relay-{pod}-{}", listen.port());
-        let (listen, to) = (listen.to_string(), to.to_string());
-        let mut args = vec!["relay", "--listen", &listen, "--to", &to];
-        args.extend(mode);
-        lab.spawn_in(lab.pod(pod).netns(), &label, &exe, &args, &[], lab.dir())
+        relay_spending(pod, listen, to, mode, 0)
     };
     let far = SocketAddr::from((y, RELAY_FAR));
     let far_echo = SocketAddr::from((y, RELAY_FAR_ECHO));
@@ -543,10 +588,44 @@ fn floor_figures(side: &Side, opts: &Options, table: &mut Table) -> anyhow::Resu
         ];
         for k in 0..paths.len() {
             let (who, dst, carriers) = &paths[(i + k) % paths.len()];
-            let r = side.checked(PathKind::Plain, "floor connection rate", || {
-                conn_rate_through(lab, "x", *dst, opts, carriers)
-            })?;
+            let r = side.conn_rate(
+                PathKind::Plain,
+                "floor connection rate",
+                "x",
+                *dst,
+                opts,
+                carriers,
+            )?;
             r.add_to(table, level, &figure, *who);
+        }
+        drop(mux);
+
+        // What-if: the same pair, each end spending `work` µs per new connection.
+        for (j, &work) in opts.floor_work_us.iter().enumerate() {
+            let j = u16::try_from(j).unwrap_or(0) * 100;
+            let far = SocketAddr::from((y, FLOOR_WORK_FAR + j + k));
+            let near = SocketAddr::from((x, FLOOR_WORK_NEAR + j + k));
+            let to = SocketAddr::from((y, conn_port));
+            let demux = relay_spending("y", far, to, Some("--demux"), work)?;
+            demux.wait_for_log("relaying", WAIT)?;
+            let pair = [demux, relay_spending("x", near, far, Some("--mux"), work)?];
+            pair[1].wait_for_log("relaying", WAIT)?;
+            let r = side.conn_rate(
+                PathKind::Plain,
+                "floor connection rate, what-if",
+                "x",
+                near,
+                opts,
+                &pair,
+            )?;
+            let variant = format!("{WORK_VARIANT_PREFIX}{work}{WORK_VARIANT_SUFFIX}");
+            r.add_variant_to(
+                table,
+                level,
+                &format!("{figure}{variant}"),
+                Through::Floor,
+                &variant,
+            );
         }
     }
     Ok(())
@@ -653,16 +732,26 @@ fn level_figures(
         let port = CONN_RATE_PORT + u16::try_from(i).unwrap_or(0);
         let _direct_server = base.lab.pod("y").spawn_echo_server(port)?;
         let direct = SocketAddr::new(base.direct.ip(), port);
-        let d = base.checked(PathKind::Plain, "direct connection rate", || {
-            conn_rate_through(&base.lab, "x", direct, opts, &[])
-        })?;
+        let d = base.conn_rate(
+            PathKind::Plain,
+            "direct connection rate",
+            "x",
+            direct,
+            opts,
+            &[],
+        )?;
         d.add_to(table, level, &figure, Through::Direct);
         for s in order(sides.len(), i).into_iter().map(|k| &sides[k]) {
             let _server = s.lab.pod("c").spawn_echo_server(port)?;
             let tunnel = SocketAddr::new(s.tunnel.ip(), port);
-            let t = s.checked(PathKind::Hbone, "tunnelled connection rate", || {
-                conn_rate_through(&s.lab, "a", tunnel, opts, &s.tunnels)
-            })?;
+            let t = s.conn_rate(
+                PathKind::Hbone,
+                "tunnelled connection rate",
+                "a",
+                tunnel,
+                opts,
+                &s.tunnels,
+            )?;
             t.add_to(table, level, &figure, s.kind.through());
         }
     }
@@ -985,18 +1074,38 @@ struct ConnRate {
     cpu: f64,
     kernel: f64,
     machine: f64,
+    /// Connections made.
+    count: u64,
+    /// Packets over the node link per connection, both ways (0 until measured).
+    link_packets: f64,
 }
 
 impl ConnRate {
     /// Its rows at `level`: the rate under `figure`; the carriers' CPU unless there were
-    /// none (direct TCP).
+    /// none (direct TCP); the machine's CPU and the node link's packets.
     fn add_to(&self, table: &mut Table, level: &str, figure: &str, who: Through) {
+        self.add_variant_to(table, level, figure, who, "");
+    }
+
+    /// Like [`ConnRate::add_to`], every row but the rate's named with `variant` appended, so
+    /// that a variant's figures stay apart from the plain ones.
+    fn add_variant_to(
+        &self,
+        table: &mut Table,
+        level: &str,
+        figure: &str,
+        who: Through,
+        variant: &str,
+    ) {
         table.add(level, figure, who, self.rate);
+        let mut add =
+            |name: &str, value: f64| table.add(level, &format!("{name}{variant}"), who, value);
         if who != Through::Direct {
-            table.add(level, FIGURE_CONN_TUNNELS, who, self.cpu * 1e6);
-            table.add(level, FIGURE_CONN_TUNNELS_KERNEL, who, self.kernel * 1e6);
+            add(FIGURE_CONN_TUNNELS, self.cpu * 1e6);
+            add(FIGURE_CONN_TUNNELS_KERNEL, self.kernel * 1e6);
         }
-        table.add(level, FIGURE_CONN_MACHINE, who, self.machine * 1e6);
+        add(FIGURE_CONN_MACHINE, self.machine * 1e6);
+        add(FIGURE_CONN_PACKETS, self.link_packets);
     }
 }
 
@@ -1022,6 +1131,8 @@ fn conn_rate_through(
         cpu: (cpu_after - cpu) / n,
         kernel: (kernel_after - kernel) / n,
         machine: (machine_busy_seconds()? - machine) / n,
+        count,
+        link_packets: 0.0,
     };
     Ok((figures, count * 64))
 }
@@ -1030,6 +1141,9 @@ fn conn_rate_through(
 const FIGURE_RTT_CPU: &str = "  CPU per round trip, both tunnels (µs)";
 /// The kernel's part of [`FIGURE_CONN_TUNNELS`] (the tunnels' system time).
 const FIGURE_CONN_TUNNELS_KERNEL: &str = "    of which in the kernel (µs)";
+/// Packets crossing the node link per new connection, both ways: what the carriers' framing
+/// and coalescing cost the network (and both nodes' stacks).
+const FIGURE_CONN_PACKETS: &str = "  node-link packets per connection";
 /// CPU per new connection, the whole machine: tunnels, client, server and kernel.
 const FIGURE_CONN_MACHINE: &str = "  CPU per connection, whole machine (µs)";
 
@@ -1085,7 +1199,11 @@ const _: () = {
     assert!(CONN_RATE_PORT + n <= FLOOR_CONN_PORT);
     assert!(FLOOR_CONN_PORT + n <= FLOOR_MUX_FAR);
     assert!(FLOOR_MUX_FAR + n <= FLOOR_MUX_NEAR);
-    assert!(FLOOR_MUX_NEAR as u32 + n as u32 <= RELAY_FAR as u32);
+    assert!(FLOOR_MUX_NEAR + n <= FLOOR_WORK_FAR);
+    let works = MAX_FLOOR_WORKS as u16 * 100;
+    assert!(n <= 100);
+    assert!(FLOOR_WORK_FAR + works <= FLOOR_WORK_NEAR);
+    assert!(FLOOR_WORK_NEAR as u32 + works as u32 <= RELAY_FAR as u32);
 };
 
 /// Established TCP connections to the idle echo server, seen in the destination app's namespace.

@@ -14,6 +14,10 @@
 //!
 //! Frames on the link: stream id (u32), kind (u8: open, data, end), payload length (u32),
 //! payload. An end half-closes the stream's socket once everything before it was written.
+//!
+//! For what-if runs, each end can be given `work` to spend per new stream (on-CPU, in user
+//! space, before the stream opens): how a tunnel's connection rate on this machine moves with
+//! the user-space time its two ends spend per connection, everything else held equal.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -21,6 +25,7 @@ use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use bytes::{Buf, BytesMut};
@@ -35,18 +40,31 @@ const HEAD: usize = 9;
 const CHUNK: usize = 64 * 1024;
 
 /// The near end: relays every connection accepted on `listen` as a stream over one link to
-/// the far end at `to`, until killed.
-pub fn relay_mux(listen: SocketAddr, to: SocketAddr) -> anyhow::Result<()> {
+/// the far end at `to`, spending `work` per stream, until killed.
+pub fn relay_mux(listen: SocketAddr, to: SocketAddr, work: Duration) -> anyhow::Result<()> {
     let listener = TcpListener::bind(listen).with_context(|| format!("bind {listen}"))?;
-    near(listener, to, || println!("relaying {listen} -> {to} (mux)"))
+    near(listener, to, work, || {
+        println!("relaying {listen} -> {to} (mux)")
+    })
 }
 
 /// The far end: accepts links on `listen` and connects to `to` for every stream they open,
-/// until killed.
-pub fn relay_demux(listen: SocketAddr, to: SocketAddr) -> anyhow::Result<()> {
+/// spending `work` per stream, until killed.
+pub fn relay_demux(listen: SocketAddr, to: SocketAddr, work: Duration) -> anyhow::Result<()> {
     let listener = TcpListener::bind(listen).with_context(|| format!("bind {listen}"))?;
     println!("relaying {listen} -> {to} (demux)");
-    far(listener, to)
+    far(listener, to, work)
+}
+
+/// Keeps the thread busy in user space for `work` (nothing when zero).
+fn spend(work: Duration) {
+    if work.is_zero() {
+        return;
+    }
+    let start = Instant::now();
+    while start.elapsed() < work {
+        std::hint::spin_loop();
+    }
 }
 
 fn event_loop(run: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
@@ -56,7 +74,12 @@ fn event_loop(run: impl std::future::Future<Output = anyhow::Result<()>>) -> any
     tokio::task::LocalSet::new().block_on(&rt, run)
 }
 
-fn near(listener: TcpListener, to: SocketAddr, ready: impl FnOnce()) -> anyhow::Result<()> {
+fn near(
+    listener: TcpListener,
+    to: SocketAddr,
+    work: Duration,
+    ready: impl FnOnce(),
+) -> anyhow::Result<()> {
     event_loop(async move {
         listener.set_nonblocking(true)?;
         let listener = tokio::net::TcpListener::from_std(listener)?;
@@ -64,7 +87,7 @@ fn near(listener: TcpListener, to: SocketAddr, ready: impl FnOnce()) -> anyhow::
             .await
             .with_context(|| format!("link to {to}"))?;
         sock.set_nodelay(true)?;
-        let link = Link::new(sock);
+        let link = Link::new(sock, work);
         ready();
         let mut lost = tokio::task::spawn_local(read_link(link.clone(), None));
         let mut next = 0u32;
@@ -75,6 +98,7 @@ fn near(listener: TcpListener, to: SocketAddr, ready: impl FnOnce()) -> anyhow::
                 _ = &mut lost => anyhow::bail!("the link to the far end {to} is gone"),
             };
             let _ = client.set_nodelay(true);
+            spend(link.work);
             let client = Rc::new(client);
             next = next.wrapping_add(1);
             link.streams
@@ -86,14 +110,14 @@ fn near(listener: TcpListener, to: SocketAddr, ready: impl FnOnce()) -> anyhow::
     })
 }
 
-fn far(listener: TcpListener, to: SocketAddr) -> anyhow::Result<()> {
+fn far(listener: TcpListener, to: SocketAddr, work: Duration) -> anyhow::Result<()> {
     event_loop(async move {
         listener.set_nonblocking(true)?;
         let listener = tokio::net::TcpListener::from_std(listener)?;
         loop {
             let (sock, _) = listener.accept().await?;
             sock.set_nodelay(true)?;
-            tokio::task::spawn_local(read_link(Link::new(sock), Some(to)));
+            tokio::task::spawn_local(read_link(Link::new(sock, work), Some(to)));
         }
     })
 }
@@ -107,16 +131,19 @@ struct Link {
     /// One read buffer for every stream of the link: a read is framed and written (or queued)
     /// before the next one starts.
     scratch: RefCell<Vec<u8>>,
+    /// Spent per new stream (see the module's notes).
+    work: Duration,
 }
 
 impl Link {
-    fn new(sock: TcpStream) -> Rc<Link> {
+    fn new(sock: TcpStream, work: Duration) -> Rc<Link> {
         let sock = Rc::new(sock);
         Rc::new(Link {
             out: Outlet::new(Some(sock.clone())),
             sock,
             streams: RefCell::new(HashMap::new()),
             scratch: RefCell::new(vec![0; HEAD + CHUNK]),
+            work,
         })
     }
 }
@@ -175,6 +202,7 @@ async fn read_link(link: Rc<Link>, target: Option<SocketAddr>) {
             match kind {
                 OPEN => {
                     if let Some(to) = target {
+                        spend(link.work);
                         let out = Outlet::new(None);
                         link.streams.borrow_mut().insert(id, out.clone());
                         tokio::task::spawn_local(connect_stream(id, to, out, link.clone()));
@@ -332,19 +360,27 @@ mod tests {
 
     /// A far end on loopback relaying to `to`, serving until the test process ends.
     fn far_end(to: SocketAddr) -> SocketAddr {
+        far_end_spending(to, Duration::ZERO)
+    }
+
+    fn far_end_spending(to: SocketAddr, work: Duration) -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
-        std::thread::spawn(move || far(listener, to));
+        std::thread::spawn(move || far(listener, to, work));
         addr
     }
 
     /// A near end on loopback to `far`, serving until the test process ends; returns once
     /// its link is up.
     fn near_end(far: SocketAddr) -> SocketAddr {
+        near_end_spending(far, Duration::ZERO)
+    }
+
+    fn near_end_spending(far: SocketAddr, work: Duration) -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || near(listener, far, move || tx.send(()).unwrap()));
+        std::thread::spawn(move || near(listener, far, work, move || tx.send(()).unwrap()));
         rx.recv_timeout(Duration::from_secs(60)).expect("link up");
         addr
     }
@@ -435,5 +471,27 @@ mod tests {
         let mut back = Vec::new();
         c.read_to_end(&mut back).unwrap();
         assert!(back.is_empty());
+    }
+
+    /// Each end spends its work on every new stream before the stream's bytes move on: a
+    /// connection's first round trip cannot come back sooner than both ends' work together.
+    /// (A lower bound only, which no load can break.)
+    #[test]
+    fn each_end_spends_its_work_on_every_new_stream() {
+        let work = Duration::from_millis(25);
+        let near = near_end_spending(far_end_spending(echo(), work), work);
+        for _ in 0..3 {
+            let started = std::time::Instant::now();
+            let mut c = client(near);
+            c.write_all(b"ping").unwrap();
+            let mut back = [0u8; 4];
+            c.read_exact(&mut back).unwrap();
+            assert_eq!(&back, b"ping");
+            let took = started.elapsed();
+            assert!(
+                took >= 2 * work,
+                "round trip in {took:?}, work {work:?} per end"
+            );
+        }
     }
 }

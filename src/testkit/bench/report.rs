@@ -203,6 +203,27 @@ impl Table {
                     ..Row::default()
                 });
             }
+            // The tunnels' rate placed on the what-if curve: how much work per end the pair
+            // spends to fall to the same rate.
+            if tunnelled && r.figure.starts_with(FIGURE_CONN_RATE) {
+                let curve = self.work_curve(&r.figure);
+                let work = |who| -> Vec<f64> {
+                    r.median(who)
+                        .and_then(|rate| equivalent_work(&curve, rate))
+                        .into_iter()
+                        .collect()
+                };
+                let (ztun, ztunnel) = (work(Through::Ztun), work(Through::Ztunnel));
+                if !ztun.is_empty() || !ztunnel.is_empty() {
+                    out.push(Row {
+                        figure: FIGURE_EQUIVALENT_WORK.to_string(),
+                        level: r.level.clone(),
+                        ztun,
+                        ztunnel,
+                        ..Row::default()
+                    });
+                }
+            }
             if r.figure == FIGURE_CPU && tunnelled {
                 let multiple = |who| -> Vec<f64> {
                     match (r.median(who), floor) {
@@ -220,6 +241,31 @@ impl Table {
             }
         }
         out
+    }
+
+    /// The floor's what-if curve for the connection figure `figure`: (work per end in µs,
+    /// median rate) for the plain pair (work 0) and each `--floor-work-us` variant, by work.
+    pub fn work_curve(&self, figure: &str) -> Vec<(f64, f64)> {
+        let mut curve: Vec<(f64, f64)> = self
+            .rows
+            .iter()
+            .filter(|r| r.level == "-")
+            .filter_map(|r| {
+                let work = if r.figure == figure {
+                    0.0
+                } else {
+                    r.figure
+                        .strip_prefix(figure)?
+                        .strip_prefix(WORK_VARIANT_PREFIX)?
+                        .strip_suffix(WORK_VARIANT_SUFFIX)?
+                        .parse()
+                        .ok()?
+                };
+                Some((work, r.median(Through::Floor)?))
+            })
+            .collect();
+        curve.sort_by(|a, b| a.0.total_cmp(&b.0));
+        curve
     }
 
     /// The side-by-side table: medians, and ztun / ztunnel.
@@ -278,6 +324,32 @@ pub const FIGURE_CONN_RATE: &str = "connections/s (";
 /// CPU per new connection, both tunnels or the floor's two relays (user + system, softirq
 /// work done in their context included).
 pub const FIGURE_CONN_TUNNELS: &str = "  CPU per connection, both tunnels (µs)";
+
+/// A what-if variant of the floor's connection figure is named the figure, then this, the
+/// work per end in µs, then [`WORK_VARIANT_SUFFIX`].
+pub const WORK_VARIANT_PREFIX: &str = ", mux relays + ";
+/// See [`WORK_VARIANT_PREFIX`].
+pub const WORK_VARIANT_SUFFIX: &str = " µs per end";
+/// A tunnel's connection rate as the work per end at which the floor's pair makes that rate.
+pub const FIGURE_EQUIVALENT_WORK: &str = "connections/s, as the floor's work per end (µs)";
+
+/// The work per end at which the `curve` ((work, rate) by work, as
+/// [`Table::work_curve`] gives it) makes `rate`: interpolated between the two points around
+/// it, linearly in time per connection (1 / rate), which is what work adds to. `None` outside
+/// the curve: a rate above the pair's own, or below its slowest variant, is not extrapolated.
+pub fn equivalent_work(curve: &[(f64, f64)], rate: f64) -> Option<f64> {
+    if !(rate.is_finite() && rate > 0.0) {
+        return None;
+    }
+    curve.windows(2).find_map(|w| {
+        let ((w0, r0), (w1, r1)) = (w[0], w[1]);
+        if !(r0 >= rate && rate >= r1 && r0 > r1 && r1 > 0.0) {
+            return None;
+        }
+        let (t0, t1, t) = (1.0 / r0, 1.0 / r1, 1.0 / rate);
+        Some(w0 + (w1 - w0) * (t - t0) / (t1 - t0))
+    })
+}
 
 /// The median (the mean of the middle two for an even count); `None` when empty.
 pub fn median(samples: &[f64]) -> Option<f64> {
@@ -346,6 +418,14 @@ pub fn accounting_rules(chain: &str, link: &str) -> Vec<Vec<String>> {
 }
 
 impl LinkCounters {
+    /// Packets counted on the link, both ways, every port.
+    pub fn packets(&self) -> u64 {
+        [self.hbone_out, self.hbone_in, self.other_out, self.other_in]
+            .iter()
+            .map(|c| c.packets)
+            .sum()
+    }
+
     /// What was counted between `before` and `self`.
     pub fn since(&self, before: &LinkCounters) -> LinkCounters {
         LinkCounters {
@@ -593,12 +673,8 @@ mod tests {
         t.add("warn", FIGURE_CONN_TUNNELS, Through::Ztunnel, 150.0);
         t.add("info", rate, Through::Direct, 20_000.0);
         let derived = t.derived();
-        let find = |figure: &str, level: &str| {
-            derived
-                .iter()
-                .find(|r| r.figure == figure && r.level == level)
-                .map(|r| (r.ztun.clone(), r.ztunnel.clone()))
-        };
+        let find = |figure: &str, level: &str| find_in(&derived, figure, level);
+        let rate_figure = rate;
         assert_eq!(
             find("connections/s, fraction of the floor's", "warn"),
             Some((vec![0.8], vec![0.5]))
@@ -612,12 +688,45 @@ mod tests {
         );
         // A level where no tunnel was measured gets no fraction.
         assert_eq!(find("connections/s, fraction of the floor's", "info"), None);
+        // No what-if curve, no equivalent work.
+        assert_eq!(find(FIGURE_EQUIVALENT_WORK, "warn"), None);
+        // The what-if curve: 10 000/s with no work (100 µs a connection), 6 250/s with 20 µs
+        // per end (160 µs), 4 000/s with 50 (250 µs). ztun's 8 000/s (125 µs) is 5/12 of
+        // the way from the first point's time to the second's; ztunnel's 5 000/s (200 µs)
+        // 4/9 of the way from the second to the third.
+        for (work, rate) in [(50.0, 4_000.0), (20.0, 6_250.0)] {
+            let figure = format!("{rate_figure}{WORK_VARIANT_PREFIX}{work}{WORK_VARIANT_SUFFIX}");
+            t.add("-", &figure, Through::Floor, rate);
+        }
+        assert_eq!(
+            t.work_curve(rate),
+            vec![(0.0, 10_000.0), (20.0, 6_250.0), (50.0, 4_000.0)]
+        );
+        let (ztun, ztunnel) = find_in(&t.derived(), FIGURE_EQUIVALENT_WORK, "warn").unwrap();
+        assert!((ztun[0] - 20.0 * 5.0 / 12.0).abs() < 1e-9, "{ztun:?}");
+        assert!(
+            (ztunnel[0] - (20.0 + 30.0 * 4.0 / 9.0)).abs() < 1e-9,
+            "{ztunnel:?}"
+        );
+        // Outside the curve: faster than the pair, slower than its slowest variant.
+        let curve = t.work_curve(rate);
+        assert_eq!(equivalent_work(&curve, 12_000.0), None);
+        assert_eq!(equivalent_work(&curve, 3_000.0), None);
+        assert_eq!(equivalent_work(&curve, 10_000.0), Some(0.0));
 
         let text = t.render();
         assert!(text.contains("0.56x"), "{text}");
         assert!(text.contains("p50 added latency"), "{text}");
         let j = t.to_json();
         assert_eq!(j["rows"][0]["median"]["ztunnel"], 45.0);
+    }
+
+    /// The ztun and ztunnel samples of the derived row `figure` at `level`.
+    fn find_in(derived: &[Row], figure: &str, level: &str) -> Option<(Vec<f64>, Vec<f64>)> {
+        derived
+            .iter()
+            .find(|r| r.figure == figure && r.level == level)
+            .map(|r| (r.ztun.clone(), r.ztunnel.clone()))
     }
 
     const CHAIN: &str = "Chain ZTL-BENCH (1 references)
