@@ -6,7 +6,9 @@
 # ztunnel binary you supply) every tunnelled figure is also measured through two ztunnels in
 # the same run, alternating with ztun, same settings, and the table shows ztun / ztunnel. Prints the table and writes JSON to target/bench/. Needs
 # root. Other arguments go to `ztun-lab bench` (e.g. --runs 5 --seconds 10 --idle 1000,10000
-# --levels warn --only throughput,connections). Leftovers of a killed run: `ztun-lab cleanup`,
+# --levels warn --only throughput,connections; --floor-work-us 10,20,30 adds the floor's
+# what-if rows: the relay pair with that much user-space work per end and connection, and each
+# tunnel's connection rate placed on that curve). Leftovers of a killed run: `ztun-lab cleanup`,
 # only when no other lab (tests) runs on the machine.
 # `scripts/bench.sh --state [--ztunnel PATH] [--workloads N] [--runs N]`: the state-at-scale
 # figures instead (below); `scripts/bench.sh --control-plane [--workloads N] [--nodes N]`: the
