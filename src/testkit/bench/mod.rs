@@ -58,8 +58,8 @@ const FLOOR_MUX_NEAR: u16 = 7400;
 /// The echo server of the floor's connection figure in y, one per run (the run's number
 /// added): dialled direct and through the multiplexing pair.
 const FLOOR_CONN_PORT: u16 = 7200;
-/// The floor's what-if pairs (`--floor-work-us`), one per run and work (run + 100 × the
-/// work's index added): the far end in y (to the run's echo server), the near end in x.
+/// The floor's what-if pairs (`--floor-work-us`), one per run and work (run + `RUN_PORTS` ×
+/// the work's index added): the far end in y (to the run's echo server), the near end in x.
 const FLOOR_WORK_FAR: u16 = 7500;
 const FLOOR_WORK_NEAR: u16 = 8300;
 /// Most `--floor-work-us` values one bench takes.
@@ -322,8 +322,9 @@ impl Side {
         Ok((value, seen))
     }
 
-    /// [`conn_rate_through`] from `client`, checked to take `path`, with the node link's
-    /// packets per connection.
+    /// [`conn_rate`] from `client`'s pod to `dst`, checked to take `path`: with, per
+    /// connection, the CPU of `carriers` (the tunnels, the floor's relays, none) and of the
+    /// machine, and the node link's packets.
     fn conn_rate(
         &self,
         path: PathKind,
@@ -333,11 +334,27 @@ impl Side {
         opts: &Options,
         carriers: &[Process],
     ) -> anyhow::Result<ConnRate> {
-        let (mut r, seen) = self.checked_link(path, what, || {
-            conn_rate_through(&self.lab, client, dst, opts, carriers)
+        let ((rate, count, cpu, kernel, machine), seen) = self.checked_link(path, what, || {
+            let (cpu, kernel) = cpu_and_system_seconds(carriers);
+            let machine = machine_busy_seconds()?;
+            let (rate, count) =
+                self.lab
+                    .pod(client)
+                    .block_on(conn_rate(dst, opts.concurrency, opts.seconds))?;
+            let (cpu_after, kernel_after) = cpu_and_system_seconds(carriers);
+            let machine = machine_busy_seconds()? - machine;
+            let used = (rate, count, cpu_after - cpu, kernel_after - kernel, machine);
+            // The far end received 64 bytes per connection: the path check's minimum.
+            Ok((used, count * 64))
         })?;
-        r.link_packets = seen.packets() as f64 / r.count.max(1) as f64;
-        Ok(r)
+        let n = count.max(1) as f64;
+        Ok(ConnRate {
+            rate,
+            cpu: cpu / n,
+            kernel: kernel / n,
+            machine: machine / n,
+            link_packets: seen.packets() as f64 / n,
+        })
     }
 }
 
@@ -465,6 +482,15 @@ fn floor_figures(side: &Side, opts: &Options, table: &mut Table) -> anyhow::Resu
     let relay = |pod: &str, listen: SocketAddr, to: SocketAddr, mode: Option<&str>| {
         relay_spending(pod, listen, to, mode, 0)
     };
+    // A multiplexing pair to `to`, each end spending `work_us` per new connection: the far
+    // end first, so that the near end dials its link once, as it starts.
+    let pair = |far: SocketAddr, near: SocketAddr, to: SocketAddr, work_us: u32| {
+        let demux = relay_spending("y", far, to, Some("--demux"), work_us)?;
+        demux.wait_for_log("relaying", WAIT)?;
+        let mux = relay_spending("x", near, far, Some("--mux"), work_us)?;
+        mux.wait_for_log("relaying", WAIT)?;
+        anyhow::Ok([demux, mux])
+    };
     let far = SocketAddr::from((y, RELAY_FAR));
     let far_echo = SocketAddr::from((y, RELAY_FAR_ECHO));
     let far_loop = SocketAddr::from((y, RELAY_FAR_LOOP));
@@ -520,18 +546,9 @@ fn floor_figures(side: &Side, opts: &Options, table: &mut Table) -> anyhow::Resu
         let k = u16::try_from(i).unwrap_or(0);
         let conn_port = FLOOR_CONN_PORT + k;
         let _echo = lab.pod("y").spawn_echo_server(conn_port)?;
-        let mux_far = SocketAddr::from((y, FLOOR_MUX_FAR + k));
+        let echo = SocketAddr::from((y, conn_port));
         let mux_near = SocketAddr::from((x, FLOOR_MUX_NEAR + k));
-        // The far end first: the near end dials its link once, as it starts.
-        let demux = relay(
-            "y",
-            mux_far,
-            SocketAddr::from((y, conn_port)),
-            Some("--demux"),
-        )?;
-        demux.wait_for_log("relaying", WAIT)?;
-        let mux = [demux, relay("x", mux_near, mux_far, Some("--mux"))?];
-        mux[1].wait_for_log("relaying", WAIT)?;
+        let mux = pair(SocketAddr::from((y, FLOOR_MUX_FAR + k)), mux_near, echo, 0)?;
 
         let n = opts.requests;
         let sent = (n as u64 + WARMUP as u64) * 64;
@@ -583,7 +600,7 @@ fn floor_figures(side: &Side, opts: &Options, table: &mut Table) -> anyhow::Resu
         // an order rotating per run.
         let figure = format!("{FIGURE_CONN_RATE}{} concurrent)", opts.concurrency);
         let paths = [
-            (Through::Direct, SocketAddr::from((y, conn_port)), &mux[..0]),
+            (Through::Direct, echo, &mux[..0]),
             (Through::Floor, mux_near, &mux[..]),
         ];
         for k in 0..paths.len() {
@@ -602,21 +619,17 @@ fn floor_figures(side: &Side, opts: &Options, table: &mut Table) -> anyhow::Resu
 
         // What-if: the same pair, each end spending `work` µs per new connection.
         for (j, &work) in opts.floor_work_us.iter().enumerate() {
-            let j = u16::try_from(j).unwrap_or(0) * 100;
-            let far = SocketAddr::from((y, FLOOR_WORK_FAR + j + k));
-            let near = SocketAddr::from((x, FLOOR_WORK_NEAR + j + k));
-            let to = SocketAddr::from((y, conn_port));
-            let demux = relay_spending("y", far, to, Some("--demux"), work)?;
-            demux.wait_for_log("relaying", WAIT)?;
-            let pair = [demux, relay_spending("x", near, far, Some("--mux"), work)?];
-            pair[1].wait_for_log("relaying", WAIT)?;
+            let offset = k + u16::try_from(j).unwrap_or(0) * RUN_PORTS;
+            let near = SocketAddr::from((x, FLOOR_WORK_NEAR + offset));
+            let far = SocketAddr::from((y, FLOOR_WORK_FAR + offset));
+            let what_if = pair(far, near, echo, work)?;
             let r = side.conn_rate(
                 PathKind::Plain,
                 "floor connection rate, what-if",
                 "x",
                 near,
                 opts,
-                &pair,
+                &what_if,
             )?;
             let variant = format!("{WORK_VARIANT_PREFIX}{work}{WORK_VARIANT_SUFFIX}");
             r.add_variant_to(
@@ -1074,9 +1087,7 @@ struct ConnRate {
     cpu: f64,
     kernel: f64,
     machine: f64,
-    /// Connections made.
-    count: u64,
-    /// Packets over the node link per connection, both ways (0 until measured).
+    /// Packets over the node link per connection, both ways.
     link_packets: f64,
 }
 
@@ -1107,34 +1118,6 @@ impl ConnRate {
         add(FIGURE_CONN_MACHINE, self.machine * 1e6);
         add(FIGURE_CONN_PACKETS, self.link_packets);
     }
-}
-
-/// [`conn_rate`] from `client`'s pod to `dst`, with the CPU per connection of `carriers`
-/// (the tunnels, the floor's relays, none) and of the machine; and the bytes the far end
-/// received, for the path check.
-fn conn_rate_through(
-    lab: &Lab,
-    client: &str,
-    dst: SocketAddr,
-    opts: &Options,
-    carriers: &[Process],
-) -> anyhow::Result<(ConnRate, u64)> {
-    let (cpu, kernel) = cpu_and_system_seconds(carriers);
-    let machine = machine_busy_seconds()?;
-    let (rate, count) = lab
-        .pod(client)
-        .block_on(conn_rate(dst, opts.concurrency, opts.seconds))?;
-    let n = count.max(1) as f64;
-    let (cpu_after, kernel_after) = cpu_and_system_seconds(carriers);
-    let figures = ConnRate {
-        rate,
-        cpu: (cpu_after - cpu) / n,
-        kernel: (kernel_after - kernel) / n,
-        machine: (machine_busy_seconds()? - machine) / n,
-        count,
-        link_packets: 0.0,
-    };
-    Ok((figures, count * 64))
 }
 
 /// CPU per 64-byte round trip of the latency figure: both tunnels, or the floor's two relays.
@@ -1190,18 +1173,19 @@ const IDLE_PORT: u16 = 7001;
 /// First port of the connection-rate runs' echo servers (one port per run).
 const CONN_RATE_PORT: u16 = 7100;
 
-/// Most runs of one benchmark: the connection figures take ports of their own per run, 100
-/// apart (`CONN_RATE_PORT`, `FLOOR_CONN_PORT`, `FLOOR_MUX_FAR`, `FLOOR_MUX_NEAR`).
+/// Most runs of one benchmark: the connection figures take ports of their own per run
+/// (`CONN_RATE_PORT`, `FLOOR_CONN_PORT`, `FLOOR_MUX_FAR`, `FLOOR_MUX_NEAR`, and per what-if
+/// value `FLOOR_WORK_FAR`, `FLOOR_WORK_NEAR`), `RUN_PORTS` in each range.
 pub const MAX_RUNS: usize = 100;
+const RUN_PORTS: u16 = MAX_RUNS as u16;
 const _: () = {
-    let n = MAX_RUNS as u16;
+    let n = RUN_PORTS;
     assert!(IDLE_PORT < CONN_RATE_PORT);
     assert!(CONN_RATE_PORT + n <= FLOOR_CONN_PORT);
     assert!(FLOOR_CONN_PORT + n <= FLOOR_MUX_FAR);
     assert!(FLOOR_MUX_FAR + n <= FLOOR_MUX_NEAR);
     assert!(FLOOR_MUX_NEAR + n <= FLOOR_WORK_FAR);
-    let works = MAX_FLOOR_WORKS as u16 * 100;
-    assert!(n <= 100);
+    let works = MAX_FLOOR_WORKS as u16 * n;
     assert!(FLOOR_WORK_FAR + works <= FLOOR_WORK_NEAR);
     assert!(FLOOR_WORK_NEAR as u32 + works as u32 <= RELAY_FAR as u32);
 };

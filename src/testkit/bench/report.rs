@@ -674,7 +674,6 @@ mod tests {
         t.add("info", rate, Through::Direct, 20_000.0);
         let derived = t.derived();
         let find = |figure: &str, level: &str| find_in(&derived, figure, level);
-        let rate_figure = rate;
         assert_eq!(
             find("connections/s, fraction of the floor's", "warn"),
             Some((vec![0.8], vec![0.5]))
@@ -694,9 +693,9 @@ mod tests {
         // per end (160 µs), 4 000/s with 50 (250 µs). ztun's 8 000/s (125 µs) is 5/12 of
         // the way from the first point's time to the second's; ztunnel's 5 000/s (200 µs)
         // 4/9 of the way from the second to the third.
-        for (work, rate) in [(50.0, 4_000.0), (20.0, 6_250.0)] {
-            let figure = format!("{rate_figure}{WORK_VARIANT_PREFIX}{work}{WORK_VARIANT_SUFFIX}");
-            t.add("-", &figure, Through::Floor, rate);
+        for (work, floor_rate) in [(50.0, 4_000.0), (20.0, 6_250.0)] {
+            let figure = format!("{rate}{WORK_VARIANT_PREFIX}{work}{WORK_VARIANT_SUFFIX}");
+            t.add("-", &figure, Through::Floor, floor_rate);
         }
         assert_eq!(
             t.work_curve(rate),
